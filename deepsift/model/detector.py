@@ -1,0 +1,156 @@
+"""The :class:`Detector`: CoDE embeddings + a classifier head, over any number of images.
+
+>>> det = Detector.load("aimagelab/CoDE")                      # doctest: +SKIP
+>>> [p.label for p in det.predict(["photo.jpg", "render.png"])]  # doctest: +SKIP
+[0, 1]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from transformers import ViTModel
+
+from ..exceptions import ModelNotFoundError, UsageError
+from ..images import PREPROCESS_MODES, normalize_batch
+from .backbone import DEFAULT_MODEL, embed_tensor, load_backbone, resolve_model_dir
+from .engine import run_batches
+from .headset import find_heads_dir, load_headset
+from .heads import HEAD_KINDS, Head
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Prediction:
+    """The verdict on one input; ``error`` is set (and the rest None) when it could not be read."""
+
+    source: str
+    label: int | None = None  # 1 = fake, 0 = real
+    score: float | None = None  # continuous fake-score (higher = more fake)
+    probability: float | None = None  # calibrated P(fake)
+    head: str | None = None  # the head that decided, e.g. "linear"
+    generator: str | None = None  # most likely generator, when per-generator heads exist
+    error: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        """'fake', 'real' or 'error'."""
+        return "error" if self.label is None else ("fake" if self.label == 1 else "real")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (adds ``verdict``)."""
+        return {**asdict(self), "verdict": self.verdict}
+
+
+class Detector:
+    """CoDE backbone plus classifier heads; streams any number of images in input order."""
+
+    def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
+                 *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
+                 threshold: float | None = None, workers: int | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if preprocessing not in PREPROCESS_MODES:
+            raise UsageError(f"preprocessing must be one of {PREPROCESS_MODES}, got {preprocessing!r}")
+        if batch_size < 1:
+            raise UsageError(f"batch size must be >= 1, got {batch_size}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise UsageError(f"threshold is a probability in [0, 1], got {threshold}")
+        self.backbone = backbone.eval()
+        if precision == "bf16":
+            self.backbone = self.backbone.to(torch.bfloat16)
+        self.heads = dict(heads or {})
+        self.classifier = classifier
+        self.precision, self.batch_size, self.preprocessing = precision, batch_size, preprocessing
+        self.threshold, self.workers = threshold, workers
+        if self.heads and classifier not in self.heads:
+            raise UsageError(f"classifier {classifier!r} is not among the loaded heads: {', '.join(self.heads)}")
+
+    @classmethod
+    def load(cls, model: str | os.PathLike = DEFAULT_MODEL, heads: str | os.PathLike | None = None,
+             classifier: str = "linear", device: str = "cpu", **kwargs: object) -> "Detector":
+        """Load the backbone (hub id or folder) and its heads (explicit, beside the model, or cached)."""
+        if classifier not in HEAD_KINDS:
+            raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
+        backbone = load_backbone(model, device)
+        heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
+        if heads_dir is None:
+            raise ModelNotFoundError(
+                f"no classifier heads found for model {str(model)!r}. Convert the published ones once with "
+                f"`deepsift weights import-official {model} --trust-pickles`, fit your own with "
+                f"`deepsift heads fit`, or pass --heads DIR"
+            )
+        loaded, _ = load_headset(heads_dir)
+        return cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
+                           **kwargs: object) -> "Detector":
+        """A detector without heads: for :meth:`embed` (and for fitting heads)."""
+        return cls(load_backbone(model, device), None, **kwargs)  # type: ignore[arg-type]
+
+    # -- embeddings -----------------------------------------------------------------------
+    def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Embed an NxHxWx3 uint8 batch of cropped images: (N, 192) float32."""
+        with torch.inference_mode():
+            return embed_tensor(self.backbone, normalize_batch(batch)).numpy()
+
+    def embed_batches(self, sources: Iterable[object]) -> Iterator[tuple[list, np.ndarray]]:
+        """Stream ``(items, embeddings)`` per batch, in input order (see :func:`run_batches`)."""
+        return run_batches(sources, self.embed_pixels, self.batch_size, self.preprocessing, self.workers)  # type: ignore[arg-type]
+
+    def embed_iter(self, sources: Iterable[object]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+        """Stream ``(source, embedding or None, error or None)`` per input, in order."""
+        for items, emb in self.embed_batches(sources):
+            for it in items:
+                yield it.source, (emb[it.row] if it.row is not None else None), it.error
+
+    def embed(self, sources: Iterable[object]) -> np.ndarray:
+        """Embed all inputs: (N, 192) float32; rows of unreadable inputs are NaN."""
+        rows = [e for _, e, _ in self.embed_iter(sources)]
+        dim = int(self.backbone.config.hidden_size)
+        return np.stack([r if r is not None else np.full(dim, np.nan, np.float32) for r in rows]) if rows \
+            else np.empty((0, dim), np.float32)
+
+    # -- predictions ----------------------------------------------------------------------
+    def classify(self, embeddings: np.ndarray) -> list[dict]:
+        """Apply the selected head (and per-generator heads) to embeddings."""
+        if not self.heads:
+            raise ModelNotFoundError("this detector has no classifier heads (load them with --heads)")
+        head = self.heads[self.classifier]
+        scores = head.decision_function(embeddings)
+        probs = head.probability(scores)
+        if self.threshold is None:
+            labels = head.predict(embeddings)
+        else:
+            labels = (probs >= self.threshold).astype(np.int64)
+        gen_names = [n for n in self.heads if n.startswith(self.classifier + ":")]
+        generator: list[str | None] = [None] * len(scores)
+        if gen_names:
+            gen_probs = np.stack([self.heads[n].probability(self.heads[n].decision_function(embeddings))
+                                  for n in gen_names], axis=1)
+            best = gen_probs.argmax(axis=1)
+            generator = [gen_names[b].split(":", 1)[1] if lab == 1 else None for b, lab in zip(best, labels)]
+        return [dict(label=int(lab), score=float(s), probability=float(p), head=self.classifier, generator=g)
+                for lab, s, p, g in zip(labels, scores, probs, generator)]
+
+    def predict_iter(self, sources: Iterable[object]) -> Iterator[Prediction]:
+        """Stream one :class:`Prediction` per input, in input order, in constant memory."""
+        if not self.heads:
+            raise ModelNotFoundError("this detector has no classifier heads (load them with --heads)")
+        for items, emb in self.embed_batches(sources):
+            verdicts = self.classify(emb) if len(emb) else []
+            for it in items:
+                if it.row is None:
+                    yield Prediction(it.source, error=it.error)
+                else:
+                    yield Prediction(it.source, **verdicts[it.row])
+
+    def predict(self, sources: Iterable[object]) -> list[Prediction]:
+        """Predict every input; results are in input order."""
+        return list(self.predict_iter(sources))

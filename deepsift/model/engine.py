@@ -1,0 +1,106 @@
+"""The batch engine: decode in worker threads while the network runs, in input order, streaming.
+
+Decoding (Pillow releases the GIL) overlaps the forward pass. At most ``max_in_flight``
+decoded images wait at any time, so memory stays flat however long the input stream is.
+Errors travel with their item; one bad input never stops a batch.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..exceptions import DeepsiftError
+from ..images import ImageSource, PreprocessMode, crop_uint8, decode_image
+from ..sources import SourceError, fetch_url, is_url
+
+
+@dataclass
+class Item:
+    """One input on its way through the engine."""
+
+    index: int
+    source: str
+    pixels: np.ndarray | None = None  # 224x224x3 uint8 after geometric preprocessing
+    error: str | None = None
+    row: int | None = None  # position of this item's output in its batch, once run
+
+
+def source_name(source: object, index: int) -> str:
+    """A printable name for an input: its path or URL, else a positional placeholder."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, SourceError):
+        return source.source
+    if isinstance(source, Image.Image):
+        return f"<image {index}>"
+    if isinstance(source, np.ndarray):
+        return f"<array {index}>"
+    return f"<bytes {index}>" if isinstance(source, (bytes, bytearray, memoryview)) else f"<input {index}>"
+
+
+def load_pixels(source: ImageSource | SourceError, mode: PreprocessMode = "official") -> np.ndarray:
+    """Fetch (URLs), decode and crop one input to a 224x224x3 uint8 array."""
+    if isinstance(source, SourceError):
+        raise DeepsiftError(source.error)
+    data = fetch_url(source) if is_url(source) else source
+    return crop_uint8(decode_image(data), mode)
+
+
+def _prepare(index: int, source: object, mode: PreprocessMode) -> Item:
+    item = Item(index, source_name(source, index))
+    try:
+        item.pixels = load_pixels(source, mode)  # type: ignore[arg-type]
+    except DeepsiftError as exc:
+        item.error = str(exc)
+    except Exception as exc:  # a decoder bug must not take the batch down; report it per file
+        item.error = f"{type(exc).__name__}: {exc}"
+    return item
+
+
+def prepared_items(sources: Iterable[object], mode: PreprocessMode = "official", workers: int | None = None,
+                   max_in_flight: int = 64) -> Iterator[Item]:
+    """Decode ``sources`` in a thread pool and yield :class:`Item` in input order (bounded look-ahead)."""
+    workers = workers or min(4, (os.cpu_count() or 2))
+    pending: deque[Future[Item]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepsift-decode") as pool:
+        for index, source in enumerate(sources):
+            pending.append(pool.submit(_prepare, index, source, mode))
+            if len(pending) >= max_in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
+    """Group items into runs holding ``batch_size`` decodable images (error items ride along in order)."""
+    run: list[Item] = []
+    good = 0
+    for item in items:
+        run.append(item)
+        good += item.pixels is not None
+        if good >= batch_size:
+            yield run
+            run, good = [], 0
+    if run:
+        yield run
+
+
+def run_batches(sources: Iterable[object], forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 32,
+                mode: PreprocessMode = "official", workers: int | None = None) -> Iterator[tuple[list[Item], np.ndarray]]:
+    """Yield ``(items, outputs)`` per batch in input order; ``item.row`` indexes ``outputs`` (None on error).
+
+    ``forward`` maps an NxHxWx3 uint8 batch to N output rows.
+    """
+    look_ahead = max(2 * batch_size, 16)
+    for run in batched(prepared_items(sources, mode, workers, look_ahead), batch_size):
+        good = [it for it in run if it.pixels is not None]
+        outputs = forward(np.stack([it.pixels for it in good])) if good else np.empty((0, 0), np.float32)
+        for k, it in enumerate(good):
+            it.row, it.pixels = k, None  # release pixels as soon as the batch is done
+        yield run, outputs

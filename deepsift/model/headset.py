@@ -1,0 +1,95 @@
+"""A set of classifier heads stored together: ``heads.json`` plus one folder per head.
+
+Layout::
+
+    HEADS_DIR/
+      heads.json          {"format_version", "embedding_dim", "model", "preprocessing", "heads": {name: folder}}
+      linear/head.json    + head.safetensors
+      knn/ ...  svm/ ...
+      linear-sd21/ ...    per-generator heads are named "<kind>:<generator>"
+
+Heads for a model are looked up in this order: an explicit folder; ``<model dir>/heads``;
+the deepsift cache ``$DEEPSIFT_HOME/heads/<owner>--<name>`` (default ``~/.cache/deepsift``)
+where ``deepsift weights import-official`` writes the converted published classifiers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ..exceptions import ModelError, ModelNotFoundError
+from .heads import Head, load_head
+
+HEADSET_FILE = "heads.json"
+
+
+def deepsift_home() -> Path:
+    """The deepsift cache folder (``$DEEPSIFT_HOME`` or ``~/.cache/deepsift``)."""
+    return Path(os.environ.get("DEEPSIFT_HOME") or Path.home() / ".cache" / "deepsift")
+
+
+def cached_heads_dir(model_id: str) -> Path:
+    """Where converted heads for hub model ``model_id`` live in the cache."""
+    return deepsift_home() / "heads" / str(model_id).replace("/", "--")
+
+
+def _folder_name(name: str) -> str:
+    """A safe folder name for head ``name`` (``linear:sd 2.1`` -> ``linear-sd_2.1``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace(":", "-"))
+
+
+def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | None = None,
+                 preprocessing: str = "official", embedding_dim: int | None = None) -> Path:
+    """Save several named heads into ``folder`` with a ``heads.json`` index."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    index = {}
+    for name, head in heads.items():
+        sub = _folder_name(name)
+        head.save(out / sub)
+        index[name] = sub
+    meta = {"format_version": 1, "model": model, "preprocessing": preprocessing,
+            "embedding_dim": embedding_dim, "heads": index}
+    tmp = out / (HEADSET_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / HEADSET_FILE)
+    return out
+
+
+def load_headset(folder: str | Path) -> tuple[dict[str, Head], dict]:
+    """Load every head listed in ``folder/heads.json``; returns (heads by name, index metadata)."""
+    folder = Path(folder)
+    index_path = folder / HEADSET_FILE
+    if not index_path.is_file():
+        if (folder / "head.json").is_file():  # a single head folder
+            head = load_head(folder)
+            return {head.kind: head}, {"heads": {head.kind: "."}}
+        raise ModelNotFoundError(f"{folder}: no {HEADSET_FILE} (not a deepsift heads folder)")
+    try:
+        meta = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{index_path}: invalid JSON ({exc})") from None
+    heads: dict[str, Head] = {}
+    for name, sub in meta.get("heads", {}).items():
+        path = (folder / sub).resolve()
+        if folder.resolve() not in path.parents and path != folder.resolve():
+            raise ModelError(f"{index_path}: head {name!r} points outside its folder ({sub!r})")
+        heads[name] = load_head(path)
+    if not heads:
+        raise ModelError(f"{index_path}: lists no heads")
+    return heads, meta
+
+
+def find_heads_dir(model: str | os.PathLike, model_dir: Path | None) -> Path | None:
+    """Locate the heads for ``model`` (see the module docstring); None if there are none."""
+    candidates = []
+    if model_dir is not None:
+        candidates.append(model_dir / "heads")
+    if not Path(model).expanduser().is_dir():
+        candidates.append(cached_heads_dir(str(model)))
+    for c in candidates:
+        if (c / HEADSET_FILE).is_file():
+            return c
+    return None

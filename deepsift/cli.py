@@ -31,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # an optional area that is not installed
+            if exc.name != name:
+                raise
+            continue
         module.register(sub, groups)
     return parser
 
@@ -49,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeepsiftError as exc:
         print(f"deepsift: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # e.g. `deepsift detect DIR | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("deepsift: interrupted", file=sys.stderr)
         return 130

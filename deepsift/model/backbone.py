@@ -69,7 +69,7 @@ def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> 
         raise ModelNotFoundError(
             f"cannot load model {text!r}: it is not in the local Hugging Face cache and the hub could "
             f"not be reached ({type(exc).__name__}: {reason[:200]}). Download it once on a machine "
-            f"with network (`huggingface-cli download {text}`), or point at a local directory "
+            f"with network (`hf download {text}`), or point at a local directory "
             f"holding config.json and model.safetensors: --model /path/to/dir"
         ) from None
 
@@ -79,10 +79,17 @@ def load_backbone(model: str | os.PathLike = DEFAULT_MODEL, device: str | torch.
     folder = resolve_model_dir(model)
     if not (folder / "model.safetensors").is_file():
         raise ModelNotFoundError(f"{folder}: no model.safetensors (deepsift loads safetensors weights only)")
+    from transformers.utils import logging as hf_logging
+
+    quiet = not hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor bar is noise for a 22 MB model
     try:
         net = ViTModel.from_pretrained(folder, add_pooling_layer=False, use_safetensors=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{folder}: cannot load the ViT weights ({exc})") from None
+    finally:
+        if not quiet:
+            hf_logging.enable_progress_bar()
     return net.to(device).eval()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import ViTModel
 
-from ..exceptions import ModelNotFoundError, UsageError
+from ..exceptions import ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
 from .backbone import DEFAULT_MODEL, embed_tensor, load_backbone, resolve_model_dir
 from .engine import run_batches
@@ -23,6 +23,7 @@ from .headset import find_heads_dir, load_headset
 from .heads import HEAD_KINDS, Head
 
 PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -47,12 +48,32 @@ class Prediction:
         return {**asdict(self), "verdict": self.verdict}
 
 
+def onnx_for(backbone: ViTModel, model_dir: Path) -> Path:
+    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use)."""
+    import hashlib
+
+    from .headset import deepsift_home
+    from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
+
+    weights = model_dir / "model.safetensors"
+    st = weights.stat()
+    key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = deepsift_home() / "onnx" / f"{key}.onnx"
+    if not path.is_file():
+        export_onnx(backbone, path)
+        diff = check_onnx(backbone, path)
+        if diff > ONNX_TOLERANCE:
+            path.unlink()
+            raise ModelError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
+    return path
+
+
 class Detector:
     """CoDE backbone plus classifier heads; streams any number of images in input order."""
 
     def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
-                 threshold: float | None = None, workers: int | None = None) -> None:
+                 threshold: float | None = None, workers: int | None = None, onnx_path: str | None = None) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if preprocessing not in PREPROCESS_MODES:
@@ -68,16 +89,28 @@ class Detector:
         self.classifier = classifier
         self.precision, self.batch_size, self.preprocessing = precision, batch_size, preprocessing
         self.threshold, self.workers = threshold, workers
+        self.onnx = None
+        if onnx_path is not None:
+            if precision != "fp32":
+                raise UsageError("the onnx backend runs in fp32 only")
+            from .onnx import OnnxEmbedder
+
+            self.onnx = OnnxEmbedder(onnx_path)
         if self.heads and classifier not in self.heads:
             raise UsageError(f"classifier {classifier!r} is not among the loaded heads: {', '.join(self.heads)}")
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, heads: str | os.PathLike | None = None,
-             classifier: str = "linear", device: str = "cpu", **kwargs: object) -> "Detector":
+             classifier: str = "linear", device: str = "cpu", backend: str = "torch",
+             **kwargs: object) -> "Detector":
         """Load the backbone (hub id or folder) and its heads (explicit, beside the model, or cached)."""
         if classifier not in HEAD_KINDS:
             raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
         backbone = load_backbone(model, device)
+        if backend == "onnx":
+            kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
         if heads_dir is None:
             raise ModelNotFoundError(
@@ -90,13 +123,18 @@ class Detector:
 
     @classmethod
     def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
-                           **kwargs: object) -> "Detector":
+                           backend: str = "torch", **kwargs: object) -> "Detector":
         """A detector without heads: for :meth:`embed` (and for fitting heads)."""
-        return cls(load_backbone(model, device), None, **kwargs)  # type: ignore[arg-type]
+        backbone = load_backbone(model, device)
+        if backend == "onnx":
+            kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
+        return cls(backbone, None, **kwargs)  # type: ignore[arg-type]
 
     # -- embeddings -----------------------------------------------------------------------
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
         """Embed an NxHxWx3 uint8 batch of cropped images: (N, 192) float32."""
+        if self.onnx is not None:
+            return self.onnx(normalize_batch(batch))
         with torch.inference_mode():
             return embed_tensor(self.backbone, normalize_batch(batch)).numpy()
 

@@ -1,0 +1,88 @@
+"""Fit classifier heads from labelled image folders (``deepsift heads fit``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..exceptions import UsageError
+from ..sources import IMAGE_EXTENSIONS, walk_images
+from .detector import Detector
+from .headset import save_headset
+from .heads import HEAD_KINDS, Head, make_head
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
+
+
+def generator_folders(fake_dirs: list[str]) -> dict[str, list[Path]]:
+    """Map generator name -> folders: each --fake folder, or the sub-folders of a single one."""
+    dirs = [Path(d) for d in fake_dirs]
+    for d in dirs:
+        if not d.is_dir():
+            raise UsageError(f"--fake {d}: not a directory")
+    if len(dirs) == 1 and not _has_images(dirs[0]):
+        subs = sorted(p for p in dirs[0].iterdir() if p.is_dir())
+        if subs:
+            return {p.name: [p] for p in subs}
+    out: dict[str, list[Path]] = {}
+    for d in dirs:
+        out.setdefault(d.resolve().name, []).append(d)
+    return out
+
+
+def _embed_folders(det: Detector, folders: list[Path]) -> tuple[np.ndarray, int]:
+    """Embed every image under ``folders``; returns (embeddings, number of unreadable files)."""
+    sources = [s for f in folders for s in walk_images(f) if isinstance(s, str)]
+    if not sources:
+        raise UsageError(f"no images found in {', '.join(map(str, folders))}")
+    emb = det.embed(sources)
+    ok = np.isfinite(emb).all(axis=1)
+    return emb[ok], int((~ok).sum())
+
+
+def _holdout_accuracy(kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0) -> float | None:
+    """Balanced accuracy of ``kind`` on a stratified 20 % hold-out (None when too few samples)."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(y), bool)
+    for c in (0, 1):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 5:
+            return None
+        test[rng.choice(idx, max(1, len(idx) // 5), replace=False)] = True
+    pred = make_head(kind).fit(X[~test], y[~test]).predict(X[test])
+    return float(np.mean([np.mean(pred[y[test] == c] == c) for c in (0, 1)]))
+
+
+def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: str | os.PathLike, out: str,
+                           kinds: list[str] | tuple[str, ...] = HEAD_KINDS, per_generator: bool = True,
+                           **detector_kwargs: object) -> list[str]:
+    """Embed the folders, fit each head kind (and per-generator heads), save them; returns summary lines."""
+    bad = [k for k in kinds if k not in HEAD_KINDS]
+    if bad or not kinds:
+        raise UsageError(f"--classifiers must be a subset of {','.join(HEAD_KINDS)}, got {','.join(kinds)}")
+    gens = generator_folders(fake_dirs)
+    det = Detector.load_backbone_only(model, **detector_kwargs)  # type: ignore[arg-type]
+    real, real_bad = _embed_folders(det, [Path(d) for d in real_dirs])
+    fakes = {g: _embed_folders(det, folders) for g, folders in gens.items()}
+    lines = [f"real: {len(real)} image(s) ({real_bad} unreadable)"]
+    lines += [f"fake/{g}: {len(e)} image(s) ({b} unreadable)" for g, (e, b) in fakes.items()]
+    all_fake = np.concatenate([e for e, _ in fakes.values()])
+    X = np.concatenate([real, all_fake])
+    y = np.r_[np.zeros(len(real), np.int64), np.ones(len(all_fake), np.int64)]
+    heads: dict[str, Head] = {}
+    for kind in kinds:
+        heads[kind] = make_head(kind).fit(X, y)
+        acc = _holdout_accuracy(kind, X, y)
+        lines.append(f"head {kind}: hold-out balanced accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
+        if per_generator and len(fakes) > 1:
+            for g, (e, _) in fakes.items():
+                Xg = np.concatenate([real, e])
+                yg = np.r_[np.zeros(len(real), np.int64), np.ones(len(e), np.int64)]
+                heads[f"{kind}:{g}"] = make_head(kind).fit(Xg, yg)
+    save_headset(heads, out, model=str(model), preprocessing=det.preprocessing,
+                 embedding_dim=int(det.backbone.config.hidden_size))
+    lines.append(f"saved {len(heads)} head(s) to {out}: {', '.join(heads)}")
+    return lines

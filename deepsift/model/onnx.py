@@ -1,0 +1,78 @@
+"""ONNX export of the embedding network, and an onnxruntime backend with the same interface.
+
+The exported graph takes ``pixel_values`` (N, 3, 224, 224) float32, normalised as in
+:func:`deepsift.images.normalize_batch`, and returns ``embedding`` (N, hidden) float32.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import ViTModel
+
+from ..exceptions import ModelError
+
+ONNX_TOLERANCE = 1e-4
+
+
+class _EmbeddingOnly(torch.nn.Module):
+    """Wrap a ViTModel so its single output is the CLS embedding."""
+
+    def __init__(self, net: ViTModel) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values=pixel_values).last_hidden_state[:, 0]
+
+
+def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> Path:
+    """Export ``net`` to ONNX with a dynamic batch axis, writing atomically to ``out_path``."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    wrapper = _EmbeddingOnly(net.float().eval())
+    example = torch.zeros(2, 3, 224, 224)
+    try:
+        torch.onnx.export(
+            wrapper, (example,), str(tmp), input_names=["pixel_values"], output_names=["embedding"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=opset, dynamo=False,
+        )
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
+    os.replace(tmp, out)
+    return out
+
+
+class OnnxEmbedder:
+    """Run an exported embedding network with onnxruntime (CPU)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ModelError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Embed a normalised NCHW float32 batch."""
+        x = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def check_onnx(net: ViTModel, path: str | os.PathLike, batch: int = 3, seed: int = 0) -> float:
+    """Max absolute difference between torch and onnxruntime embeddings on a random batch."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    with torch.inference_mode():
+        ref = net.float().eval()(pixel_values=x).last_hidden_state[:, 0].numpy()
+    return float(np.abs(OnnxEmbedder(path)(x) - ref).max())

@@ -1,0 +1,68 @@
+"""Streaming writers for per-image results: table, json, jsonl and csv."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from typing import IO, Iterable
+
+OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def _cell(value: object) -> str:
+    """Format one table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+class RowWriter:
+    """Write dict rows to a stream as they come, in one of :data:`OUTPUT_FORMATS`."""
+
+    def __init__(self, stream: IO[str], fmt: str, columns: list[str]) -> None:
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+        self.stream, self.fmt, self.columns = stream, fmt, columns
+        self.count = 0
+        self._csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == "csv" else None
+        if self._csv:
+            self._csv.writeheader()
+        elif fmt == "json":
+            stream.write("[")
+        elif fmt == "table":
+            self._widths = [max(len(c), 10) for c in columns]
+            self._widths[0] = max(self._widths[0], 40)
+
+    def write(self, row: dict) -> None:
+        """Write one row and flush, so a crash loses nothing already decided."""
+        if self.fmt == "csv":
+            self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})  # type: ignore[union-attr]
+        elif self.fmt == "jsonl":
+            self.stream.write(json.dumps(row) + "\n")
+        elif self.fmt == "json":
+            self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
+        else:
+            if self.count == 0:
+                self.stream.write("  ".join(c.ljust(w) for c, w in zip(self.columns, self._widths)).rstrip() + "\n")
+            cells = [_cell(row.get(c)) for c in self.columns]
+            self.stream.write("  ".join(v.ljust(w) for v, w in zip(cells, self._widths)).rstrip() + "\n")
+        self.count += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Finish the document (closes the JSON array)."""
+        if self.fmt == "json":
+            self.stream.write("\n]\n" if self.count else "]\n")
+        self.stream.flush()
+
+
+def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[str] | None = None) -> int:
+    """Write all ``rows``; returns how many were written."""
+    writer = RowWriter(stream or sys.stdout, fmt, columns)
+    for row in rows:
+        writer.write(row)
+    writer.close()
+    return writer.count

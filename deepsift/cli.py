@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "deepsift.data.cli",  # data ...
     "deepsift.generate.cli",  # data build
     "deepsift.evaluate.cli",  # eval, baseline ...
+    "deepsift.evaluate.baselines.cli",  # baseline list, train, predict
 )
 
 

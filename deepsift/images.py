@@ -73,7 +73,7 @@ def decode_image(
                 raise ImageDecodeError(f"{name}: image has no pixels ({w}x{h})")
             if w * h > max_pixels:
                 raise ImageTooLargeError(
-                    f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the cap of {max_pixels / 1e6:.0f} MP"
+                    f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the cap of {max_pixels / 1e6:g} MP"
                 )
             try:
                 im = _first_frame(im)

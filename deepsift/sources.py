@@ -52,6 +52,14 @@ def expand_inputs(names: Iterable[str], stdin: IO[str] | None = None) -> Iterato
             yield name
             continue
         path = Path(name).expanduser()
+        try:
+            path.stat()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if not glob.has_magic(name):
+                yield SourceError(name, f"cannot access ({exc.strerror or exc})")
+                continue
         if path.is_dir():
             yield from walk_images(path)
         elif path.exists() or os.path.lexists(path):

@@ -73,7 +73,8 @@ class Detector:
 
     def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
-                 threshold: float | None = None, workers: int | None = None, onnx_path: str | None = None) -> None:
+                 threshold: float | None = None, workers: int | None = None, onnx_path: str | None = None,
+                 url_timeout: float = 20.0) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if preprocessing not in PREPROCESS_MODES:
@@ -88,7 +89,7 @@ class Detector:
         self.heads = dict(heads or {})
         self.classifier = classifier
         self.precision, self.batch_size, self.preprocessing = precision, batch_size, preprocessing
-        self.threshold, self.workers = threshold, workers
+        self.threshold, self.workers, self.url_timeout = threshold, workers, url_timeout
         self.onnx = None
         if onnx_path is not None:
             if precision != "fp32":
@@ -140,7 +141,8 @@ class Detector:
 
     def embed_batches(self, sources: Iterable[object]) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(items, embeddings)`` per batch, in input order (see :func:`run_batches`)."""
-        return run_batches(sources, self.embed_pixels, self.batch_size, self.preprocessing, self.workers)  # type: ignore[arg-type]
+        return run_batches(sources, self.embed_pixels, self.batch_size, self.preprocessing,  # type: ignore[arg-type]
+                           self.workers, self.url_timeout)
 
     def embed_iter(self, sources: Iterable[object]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         """Stream ``(source, embedding or None, error or None)`` per input, in order."""

@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..exceptions import DeepsiftError
 from ..images import ImageSource, PreprocessMode, crop_uint8, decode_image
-from ..sources import SourceError, fetch_url, is_url
+from ..sources import URL_TIMEOUT_S, SourceError, fetch_url, is_url
 
 
 @dataclass
@@ -44,18 +44,19 @@ def source_name(source: object, index: int) -> str:
     return f"<bytes {index}>" if isinstance(source, (bytes, bytearray, memoryview)) else f"<input {index}>"
 
 
-def load_pixels(source: ImageSource | SourceError, mode: PreprocessMode = "official") -> np.ndarray:
+def load_pixels(source: ImageSource | SourceError, mode: PreprocessMode = "official",
+                url_timeout: float = URL_TIMEOUT_S) -> np.ndarray:
     """Fetch (URLs), decode and crop one input to a 224x224x3 uint8 array."""
     if isinstance(source, SourceError):
         raise DeepsiftError(source.error)
-    data = fetch_url(source) if is_url(source) else source
+    data = fetch_url(source, timeout=url_timeout) if is_url(source) else source
     return crop_uint8(decode_image(data), mode)
 
 
-def _prepare(index: int, source: object, mode: PreprocessMode) -> Item:
+def _prepare(index: int, source: object, mode: PreprocessMode, url_timeout: float) -> Item:
     item = Item(index, source_name(source, index))
     try:
-        item.pixels = load_pixels(source, mode)  # type: ignore[arg-type]
+        item.pixels = load_pixels(source, mode, url_timeout)  # type: ignore[arg-type]
     except DeepsiftError as exc:
         item.error = str(exc)
     except Exception as exc:  # a decoder bug must not take the batch down; report it per file
@@ -64,13 +65,13 @@ def _prepare(index: int, source: object, mode: PreprocessMode) -> Item:
 
 
 def prepared_items(sources: Iterable[object], mode: PreprocessMode = "official", workers: int | None = None,
-                   max_in_flight: int = 64) -> Iterator[Item]:
+                   max_in_flight: int = 64, url_timeout: float = URL_TIMEOUT_S) -> Iterator[Item]:
     """Decode ``sources`` in a thread pool and yield :class:`Item` in input order (bounded look-ahead)."""
     workers = workers or min(4, (os.cpu_count() or 2))
     pending: deque[Future[Item]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepsift-decode") as pool:
         for index, source in enumerate(sources):
-            pending.append(pool.submit(_prepare, index, source, mode))
+            pending.append(pool.submit(_prepare, index, source, mode, url_timeout))
             if len(pending) >= max_in_flight:
                 yield pending.popleft().result()
         while pending:
@@ -92,13 +93,14 @@ def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
 
 
 def run_batches(sources: Iterable[object], forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 32,
-                mode: PreprocessMode = "official", workers: int | None = None) -> Iterator[tuple[list[Item], np.ndarray]]:
+                mode: PreprocessMode = "official", workers: int | None = None,
+                url_timeout: float = URL_TIMEOUT_S) -> Iterator[tuple[list[Item], np.ndarray]]:
     """Yield ``(items, outputs)`` per batch in input order; ``item.row`` indexes ``outputs`` (None on error).
 
     ``forward`` maps an NxHxWx3 uint8 batch to N output rows.
     """
     look_ahead = max(2 * batch_size, 16)
-    for run in batched(prepared_items(sources, mode, workers, look_ahead), batch_size):
+    for run in batched(prepared_items(sources, mode, workers, look_ahead, url_timeout), batch_size):
         good = [it for it in run if it.pixels is not None]
         outputs = forward(np.stack([it.pixels for it in good])) if good else np.empty((0, 0), np.float32)
         for k, it in enumerate(good):

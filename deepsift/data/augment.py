@@ -1,0 +1,317 @@
+"""Image perturbations shared by the trainer (augmentation A) and the robustness sweep.
+
+Two families of functions, PIL + numpy only, every random choice drawn from a caller-given
+``numpy.random.Generator`` so results are reproducible bit for bit:
+
+* **Robustness transforms** (:data:`ROBUSTNESS_FAMILIES`): JPEG 95/75/50/30, WebP, resize
+  x0.5/x0.75/x1.5, Gaussian blur sigma 1/2, centre and random crop, Gaussian noise and a
+  "social media" chain (downscale + JPEG). :func:`robustness_perturbations` lists them as
+  :class:`Perturbation` objects whose ``strength`` is the x axis of a robustness curve.
+* **Training augmentation A** (:class:`TrainAugment`): 0 to 2 transforms drawn from the 19
+  families of the CoDE recipe (:data:`TRAIN_FAMILIES`), each at one of 5 intensities
+  (:data:`TRAIN_INTENSITIES`), plus the global/local random-resized crops and the final
+  resize-248 / centre-crop-224 of every view.
+
+Encoded round trips (JPEG, WebP) decode through :func:`deepsift.images.decode_image`.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+
+from ..images import CROP_SIZE, TRAIN_RESIZE, center_crop_array, decode_image, resize_shorter
+
+Transform = Callable[[Image.Image, float, np.random.Generator], Image.Image]
+
+
+# --------------------------------------------------------------------------- primitives
+def encode_roundtrip(im: Image.Image, fmt: str, quality: int) -> Image.Image:
+    """Encode ``im`` as JPEG or WebP at ``quality`` and decode it again."""
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format=fmt, quality=int(quality))
+    return decode_image(buf.getvalue())
+
+
+def rescale(im: Image.Image, factor: float, resample: int = Image.BICUBIC) -> Image.Image:
+    """Resize both sides by ``factor`` (at least 1 pixel each)."""
+    w, h = im.size
+    return im.resize((max(1, round(w * factor)), max(1, round(h * factor))), resample)
+
+
+def gaussian_blur(im: Image.Image, sigma: float) -> Image.Image:
+    """Exact separable Gaussian blur, standard deviation ``sigma`` px, kernel radius ceil(3 sigma), reflect edges."""
+    r = max(1, int(np.ceil(3.0 * float(sigma))))
+    x = np.arange(-r, r + 1, dtype=np.float32)
+    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    k /= k.sum()
+    arr = np.asarray(im, dtype=np.float32)
+    for axis in (0, 1):
+        n = arr.shape[axis]
+        pad = [(0, 0)] * 3
+        pad[axis] = (min(r, n - 1), min(r, n - 1))
+        padded = np.pad(arr, pad, mode="reflect") if n > 1 else arr
+        if n == 1:
+            continue
+        rr = pad[axis][0]
+        out = np.zeros_like(arr)
+        for i, w in enumerate(k[r - rr : r + rr + 1]):
+            out += w * np.take(padded, np.arange(i, i + n), axis=axis)
+        arr = out / k[r - rr : r + rr + 1].sum()
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "RGB")
+
+
+def add_noise(im: Image.Image, std: float, rng: np.random.Generator) -> Image.Image:
+    """Add i.i.d. Gaussian noise of standard deviation ``std`` (0-255 scale), clipped."""
+    arr = np.asarray(im, dtype=np.float32)
+    noisy = arr + rng.normal(0.0, float(std), size=arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8), "RGB")
+
+
+def crop_fraction(im: Image.Image, fraction: float, rng: np.random.Generator | None) -> Image.Image:
+    """Keep ``fraction`` of each side: centred when ``rng`` is None, else at a random place."""
+    w, h = im.size
+    cw, ch = max(1, round(w * fraction)), max(1, round(h * fraction))
+    if rng is None:
+        left, top = (w - cw) // 2, (h - ch) // 2
+    else:
+        left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return im.crop((left, top, left + cw, top + ch))
+
+
+# --------------------------------------------------------------------------- robustness
+SOCIAL_LEVELS: dict[int, tuple[float, int]] = {1: (0.75, 85), 2: (0.5, 75), 3: (0.5, 60)}
+"""Social-media chain level -> (downscale factor, JPEG quality)."""
+
+
+def _social(im: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
+    scale, quality = SOCIAL_LEVELS[int(level)]
+    return encode_roundtrip(rescale(im, scale, Image.BILINEAR), "JPEG", quality)
+
+
+_ROBUST_FUNCS: dict[str, Transform] = {
+    "jpeg": lambda im, q, rng: encode_roundtrip(im, "JPEG", int(q)),
+    "webp": lambda im, q, rng: encode_roundtrip(im, "WEBP", int(q)),
+    "resize": lambda im, f, rng: rescale(im, f),
+    "blur": lambda im, s, rng: gaussian_blur(im, s),
+    "center_crop": lambda im, f, rng: crop_fraction(im, f, None),
+    "random_crop": lambda im, f, rng: crop_fraction(im, f, rng),
+    "noise": lambda im, s, rng: add_noise(im, s, rng),
+    "social": _social,
+}
+
+ROBUSTNESS_FAMILIES: dict[str, tuple[str, tuple[float, ...]]] = {
+    "jpeg": ("JPEG quality", (95, 75, 50, 30)),
+    "webp": ("WebP quality", (90, 75, 50)),
+    "resize": ("scale factor", (0.5, 0.75, 1.5)),
+    "blur": ("Gaussian sigma (px)", (1.0, 2.0)),
+    "center_crop": ("kept side fraction", (0.9, 0.75, 0.5)),
+    "random_crop": ("kept side fraction", (0.9, 0.75, 0.5)),
+    "noise": ("noise std (0-255)", (2.0, 5.0, 10.0)),
+    "social": ("level (1: x0.75+q85, 2: x0.5+q75, 3: x0.5+q60)", (1, 2, 3)),
+}
+"""Robustness family -> (axis label, strengths). Order of strengths = order on the curve."""
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """One robustness transform at one strength; call it on an RGB image."""
+
+    family: str
+    strength: float
+
+    @property
+    def name(self) -> str:
+        """A short label such as ``jpeg@75``."""
+        s = self.strength
+        return f"{self.family}@{int(s) if float(s).is_integer() else s}"
+
+    def __call__(self, im: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
+        """Apply the transform (``rng`` is used by random crop and noise; default seed 0)."""
+        rng = rng if rng is not None else np.random.default_rng(0)
+        return _ROBUST_FUNCS[self.family](im.convert("RGB"), self.strength, rng).convert("RGB")
+
+
+def robustness_perturbations(families: Sequence[str] | None = None) -> list[Perturbation]:
+    """List the sweep's perturbations (all families by default, in a fixed order)."""
+    names = list(ROBUSTNESS_FAMILIES) if families is None else list(families)
+    unknown = [n for n in names if n not in ROBUSTNESS_FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown robustness transform(s) {unknown}; known: {sorted(ROBUSTNESS_FAMILIES)}")
+    return [Perturbation(n, float(s)) for n in names for s in ROBUSTNESS_FAMILIES[n][1]]
+
+
+# --------------------------------------------------------------------------- augmentation A
+TRAIN_INTENSITIES: dict[str, tuple[float, ...]] = {
+    "blur": tuple(np.linspace(0.1, 2.0, 5)),  # sigma
+    "brightness": tuple(np.linspace(0.5, 2.0, 5)),  # factor
+    "aspect_ratio": tuple(np.linspace(0.75, 2.0, 5)),  # new width / height, area kept
+    "pixelization": (0.8, 0.6, 0.45, 0.3, 0.2),  # downscale ratio before nearest upscale
+    "rotation": (90.0, 135.0, 180.0, 225.0, 270.0),  # degrees, canvas expanded
+    "contrast": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
+    "saturation": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
+    "jpeg": (40.0, 55.0, 70.0, 85.0, 100.0),  # quality
+    "grayscale": (0.2, 0.4, 0.6, 0.8, 1.0),  # blend weight of the grey image
+    "hflip": (1.0,) * 5,  # no strength: a flip is a flip
+    "opacity": (0.9, 0.75, 0.6, 0.45, 0.3),  # alpha over a random flat background
+    "overlay_stripes": (0.1, 0.2, 0.3, 0.4, 0.5),  # stripe width / period
+    "pad": (0.05, 0.1, 0.15, 0.2, 0.25),  # border as a fraction of each side
+    "resize": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px
+    "random_crop": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px (capped)
+    "scale": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side), aspect kept
+    "sharpen": (2.0, 4.0, 6.0, 8.0, 10.0),  # PIL sharpness factor
+    "pixel_shuffle": (0.05, 0.1, 0.2, 0.3, 0.5),  # fraction of pixels permuted
+    "skew": (0.1, 0.2, 0.3, 0.4, 0.5),  # horizontal shear, random sign
+}
+"""Training family -> its 5 parameter values (weakest to strongest)."""
+
+TRAIN_FAMILIES: tuple[str, ...] = tuple(TRAIN_INTENSITIES)
+
+
+def _two_sided(dev: float, rng: np.random.Generator) -> float:
+    """A factor ``1 + dev`` or ``1 - dev`` (random side), so no intensity is the identity."""
+    return 1.0 + dev if rng.random() < 0.5 else 1.0 - dev
+
+
+def _aspect(im: Image.Image, r: float) -> Image.Image:
+    w, h = im.size
+    area = w * h
+    nw = max(1, round((area * r) ** 0.5))
+    return im.resize((nw, max(1, round(area / nw))), Image.BICUBIC)
+
+
+def _pixelize(im: Image.Image, r: float) -> Image.Image:
+    small = rescale(im, r, Image.BILINEAR)
+    return small.resize(im.size, Image.NEAREST)
+
+
+def _opacity(im: Image.Image, a: float, rng: np.random.Generator) -> Image.Image:
+    bg = Image.new("RGB", im.size, tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return Image.blend(bg, im, float(a))
+
+
+def _stripes(im: Image.Image, width: float, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    period = max(2, min(w, h) // 8)
+    line = max(1, round(period * width))
+    overlay = im.copy()
+    draw = ImageDraw.Draw(overlay)
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    for y in range(int(rng.integers(0, period)), h, period):
+        draw.rectangle((0, y, w, y + line - 1), fill=colour)
+    return Image.blend(im, overlay, 0.5)
+
+
+def _pad(im: Image.Image, f: float, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    return ImageOps.expand(im, border=(round(w * f), round(h * f)), fill=colour)
+
+
+def _random_square_crop(im: Image.Image, side: float, rng: np.random.Generator) -> Image.Image:
+    w, h = im.size
+    s = int(min(side, w, h))
+    left, top = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+    return im.crop((left, top, left + s, top + s))
+
+
+def _shuffle_pixels(im: Image.Image, frac: float, rng: np.random.Generator) -> Image.Image:
+    arr = np.asarray(im).reshape(-1, 3).copy()
+    n = arr.shape[0]
+    k = max(2, int(round(n * frac)))
+    idx = rng.choice(n, size=min(k, n), replace=False)
+    arr[idx] = arr[rng.permutation(idx)]
+    return Image.fromarray(arr.reshape(im.size[1], im.size[0], 3), "RGB")
+
+
+def _skew(im: Image.Image, k: float, rng: np.random.Generator) -> Image.Image:
+    k = float(k) * (1 if rng.random() < 0.5 else -1)
+    w, h = im.size
+    shift = abs(k) * h
+    new_w = int(round(w + shift))
+    offset = -shift if k > 0 else 0.0
+    return im.transform((new_w, h), Image.AFFINE, (1, k, offset, 0, 1, 0), Image.BICUBIC)
+
+
+_TRAIN_FUNCS: dict[str, Transform] = {
+    "blur": lambda im, v, rng: gaussian_blur(im, v),
+    "brightness": lambda im, v, rng: ImageEnhance.Brightness(im).enhance(v),
+    "aspect_ratio": lambda im, v, rng: _aspect(im, v),
+    "pixelization": lambda im, v, rng: _pixelize(im, v),
+    "rotation": lambda im, v, rng: im.rotate(v, resample=Image.BICUBIC, expand=True),
+    "contrast": lambda im, v, rng: ImageEnhance.Contrast(im).enhance(_two_sided(v, rng)),
+    "saturation": lambda im, v, rng: ImageEnhance.Color(im).enhance(_two_sided(v, rng)),
+    "jpeg": lambda im, v, rng: encode_roundtrip(im, "JPEG", int(v)),
+    "grayscale": lambda im, v, rng: Image.blend(im, ImageOps.grayscale(im).convert("RGB"), v),
+    "hflip": lambda im, v, rng: ImageOps.mirror(im),
+    "opacity": _opacity,
+    "overlay_stripes": _stripes,
+    "pad": _pad,
+    "resize": lambda im, v, rng: im.resize((int(v), int(v)), Image.BICUBIC),
+    "random_crop": _random_square_crop,
+    "scale": lambda im, v, rng: rescale(im, _two_sided(v, rng)),
+    "sharpen": lambda im, v, rng: ImageEnhance.Sharpness(im).enhance(v),
+    "pixel_shuffle": _shuffle_pixels,
+    "skew": _skew,
+}
+
+
+def apply_family(im: Image.Image, family: str, level: int, rng: np.random.Generator) -> Image.Image:
+    """Apply training family ``family`` at intensity ``level`` (0 = weakest .. 4 = strongest)."""
+    if family not in _TRAIN_FUNCS:
+        raise ValueError(f"unknown augmentation family {family!r}; known: {list(TRAIN_FAMILIES)}")
+    if not 0 <= level < 5:
+        raise ValueError(f"intensity level must be in 0..4, got {level}")
+    return _TRAIN_FUNCS[family](im.convert("RGB"), TRAIN_INTENSITIES[family][level], rng).convert("RGB")
+
+
+@dataclass
+class TrainAugment:
+    """Augmentation A: ``0..max_ops`` distinct families, each at a random intensity."""
+
+    max_ops: int = 2
+    families: tuple[str, ...] = TRAIN_FAMILIES
+
+    def sample(self, rng: np.random.Generator) -> list[tuple[str, int]]:
+        """Draw the (family, level) operations for one image."""
+        n = int(rng.integers(0, self.max_ops + 1))
+        picked = rng.choice(len(self.families), size=n, replace=False) if n else []
+        return [(self.families[int(i)], int(rng.integers(0, 5))) for i in picked]
+
+    def __call__(self, im: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """Augment one RGB image (not yet resized to the network input)."""
+        out = im.convert("RGB")
+        for family, level in self.sample(rng):
+            out = apply_family(out, family, level, rng)
+        return out
+
+
+def random_resized_crop(
+    im: Image.Image,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.4, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    size: int = CROP_SIZE,
+) -> Image.Image:
+    """RandomResizedCrop (bicubic): the global (0.4-1.0) or local (0.05-0.4) view of the recipe."""
+    w, h = im.size
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
+    s = min(w, h)  # fallback: centre square, as torchvision does
+    return im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize(
+        (size, size), Image.BICUBIC
+    )
+
+
+def finish_view(im: Image.Image) -> np.ndarray:
+    """Resize the shorter side to 248 and centre-crop 224: the HxWx3 uint8 network input."""
+    return np.ascontiguousarray(center_crop_array(np.asarray(resize_shorter(im.convert("RGB"), TRAIN_RESIZE)), CROP_SIZE))

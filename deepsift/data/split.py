@@ -1,0 +1,123 @@
+"""Deterministic dataset splits: train/val/test by id hash, and leave-one-generator-out.
+
+``split_of(id)`` hashes ``"<salt>:<id>"`` with SHA-256, so a record lands in the same split on
+every machine, in every run, whatever order the shards are read in, and adding records never
+moves old ones. A leave-generator-out split keeps that id split (a record's prompt and real
+image never appear on both sides) and then removes generator ``G`` from train/val records and
+keeps only ``G`` in test records.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable
+
+from ..exceptions import DataError, UsageError
+from .schema import D3Record
+from .writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "splits.csv"
+
+
+def split_of(record_id: str, val: float = 0.05, test: float = 0.05, salt: str = "deepsift") -> str:
+    """``"train"``, ``"val"`` or ``"test"`` for an id, from a uniform hash in [0, 1)."""
+    if val < 0 or test < 0 or val + test > 1:
+        raise UsageError(f"val and test fractions must be >= 0 and sum to <= 1, got {val} and {test}")
+    digest = hashlib.sha256(f"{salt}:{record_id}".encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
+    if u < test:
+        return "test"
+    if u < test + val:
+        return "val"
+    return "train"
+
+
+def model_matches(model: str, name: str) -> bool:
+    """Whether generator ``model`` is the one named (case-insensitive, exact or substring)."""
+    m, n = model.lower(), name.lower()
+    return m == n or n in m
+
+
+def leave_out(record: D3Record, generator: str, side: str) -> D3Record | None:
+    """The record as it goes to ``side``: test keeps only ``generator``, train/val drop it."""
+    if side == "test":
+        gens = [g for g in record.generations if model_matches(g.model, generator)]
+    else:
+        gens = [g for g in record.generations if not model_matches(g.model, generator)]
+    return replace(record, generations=gens) if gens else None
+
+
+@dataclass
+class SplitSummary:
+    """Counts of one split."""
+
+    records: Counter = field(default_factory=Counter)
+    images: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    dropped: int = 0
+    shards: dict[str, list[Path]] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One-line summary for the end of the command."""
+        parts = []
+        for s in SPLITS:
+            per_gen = ", ".join(f"{m} {c}" for m, c in sorted(self.images[s].items()))
+            parts.append(f"{s} {self.records[s]} records ({per_gen or 'no images'})")
+        return "; ".join(parts) + f"; dropped {self.dropped} records left with no image"
+
+
+def split_records(
+    records: Iterable[D3Record],
+    out_dir: str | os.PathLike,
+    *,
+    n_generators: int,
+    val: float = 0.05,
+    test: float = 0.05,
+    salt: str = "deepsift",
+    leave_out_generator: str | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = True,
+) -> SplitSummary:
+    """Write ``out_dir/{train,val,test}/d3-*.parquet`` and ``out_dir/splits.csv`` (id, split)."""
+    from tqdm import tqdm
+
+    split_of("", val, test, salt)  # validates the fractions before any work
+    out = Path(out_dir)
+    if out.exists() and any((out / s).glob("*.parquet") for s in SPLITS):
+        raise DataError(f"{out}: already holds split shards; choose an empty output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = SplitSummary()
+    writers = {s: ShardWriter(out / s, n_generators=n_generators, max_shard_bytes=max_shard_bytes) for s in SPLITS}
+    tmp_manifest = out / f".{MANIFEST}.tmp-{os.getpid()}"
+    seen: set[str] = set()
+    try:
+        with open(tmp_manifest, "w", newline="", encoding="utf-8") as fh:
+            manifest = csv.writer(fh)
+            manifest.writerow(["id", "split"])
+            for record in tqdm(records, desc="split", unit="rec", disable=None if progress else True):
+                if record.id in seen:
+                    raise DataError(f"duplicate record id {record.id!r}: ids must be unique to split by id")
+                seen.add(record.id)
+                side = split_of(record.id, val, test, salt)
+                if leave_out_generator is not None:
+                    record = leave_out(record, leave_out_generator, side)  # type: ignore[assignment]
+                    if record is None:
+                        summary.dropped += 1
+                        continue
+                writers[side].write(record)
+                manifest.writerow([record.id, side])
+                summary.records[side] += 1
+                summary.images[side].update(g.model for g in record.generations)
+        for s, w in writers.items():
+            summary.shards[s] = w.close()
+        os.replace(tmp_manifest, out / MANIFEST)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        tmp_manifest.unlink(missing_ok=True)
+        raise
+    return summary

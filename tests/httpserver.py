@@ -1,0 +1,66 @@
+"""A tiny HTTP server on 127.0.0.1 for URL tests: routes are bytes or callables, in a thread."""
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+Route = tuple[int, str, bytes]
+
+
+class LocalServer:
+    """Serve ``routes`` (path -> (status, content-type, body) or a callable returning one)."""
+
+    def __init__(self, routes: dict[str, Route | Callable[[], Route]]) -> None:
+        self.routes = routes
+        self.release = threading.Event()  # set to let slow handlers finish
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                path = self.path.split("?")[0]
+                server.hits[path] = server.hits.get(path, 0) + 1
+                route = server.routes.get(path)
+                if route is None:
+                    status, ctype, body = 404, "text/plain", b"not found"
+                else:
+                    status, ctype, body = route() if callable(route) else route
+                try:
+                    self.send_response(status)
+                    if status in (301, 302):
+                        self.send_header("Location", body.decode())
+                        body = b""
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def slow(self, route: Route) -> Callable[[], Route]:
+        """A route that answers only once :attr:`release` is set (or after 30 s)."""
+        def handler() -> Route:
+            self.release.wait(30)
+            return route
+        return handler
+
+    def __enter__(self) -> "LocalServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

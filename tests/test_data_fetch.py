@@ -1,0 +1,226 @@
+"""The real-image fetcher against a local HTTP server on 127.0.0.1 (started here, in a thread)."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from data_factory import encoded_image, make_record
+
+from deepsift.data.fetch import Fetcher, FetchConfig, load_status, parse_retry_after, safe_name
+from deepsift.data.writer import write_shard
+from deepsift.exceptions import UsageError
+
+GOOD = encoded_image(1, (32, 20))
+PNG = encoded_image(2, (20, 20), "PNG")
+HUGE_PIXELS = encoded_image(3, (200, 200), "PNG")  # over the test's pixel cap of 10,000
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code, body=b"", ctype="image/jpeg", headers=()):
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        srv = self.server
+        path = self.path
+        with srv.lock:
+            srv.hits[path] += 1
+            srv.times.setdefault(path, []).append(time.monotonic())
+            n = srv.hits[path]
+        if path.startswith("/good"):
+            self._send(200, GOOD)
+        elif path == "/png":
+            self._send(200, PNG, "image/png")
+        elif path == "/missing":
+            self._send(404, b"not found", "text/plain")
+        elif path == "/slow":
+            srv.release.wait(30)  # held until the test ends; the client gives up first
+            self._send(200, GOOD)
+        elif path == "/redirect":
+            self._send(302, b"", headers=[("Location", "/good/target")])
+        elif path == "/loop":
+            self._send(302, b"", headers=[("Location", "/loop")])
+        elif path == "/oversized":
+            self._send(200, b"\xff\xd8\xff" + b"0" * 5000)
+        elif path == "/oversized-chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"400\r\n" + b"x" * 1024 + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/huge-pixels":
+            self._send(200, HUGE_PIXELS, "image/png")
+        elif path == "/html":
+            self._send(200, b"<html><body>Gone fishing</body></html>", "text/html")
+        elif path == "/corrupt":
+            self._send(200, GOOD[: len(GOOD) // 2])
+        elif path == "/flaky429":
+            if n == 1:
+                self._send(429, b"slow down", "text/plain", [("Retry-After", "1")])
+            else:
+                self._send(200, GOOD)
+        elif path == "/flaky503":
+            if n <= 2:
+                self._send(503, b"busy", "text/plain")
+            else:
+                self._send(200, GOOD)
+        elif path == "/down503":
+            self._send(503, b"busy", "text/plain")
+        else:
+            self._send(500, b"?", "text/plain")
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.hits, srv.times, srv.lock, srv.release = Counter(), {}, threading.Lock(), threading.Event()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+CASES = {
+    "good": ("/good/1", "ok"),
+    "png": ("/png", "ok"),
+    "missing": ("/missing", "http_404"),
+    "slow": ("/slow", "timeout"),
+    "redirect": ("/redirect", "ok"),
+    "loop": ("/loop", "too_many_redirects"),
+    "oversized": ("/oversized", "too_large"),
+    "chunked": ("/oversized-chunked", "too_large"),
+    "pixels": ("/huge-pixels", "too_large"),
+    "html": ("/html", "not_image"),
+    "corrupt": ("/corrupt", "not_image"),
+    "r429": ("/flaky429", "ok"),
+    "r503": ("/flaky503", "ok"),
+    "down": ("/down503", "http_503"),
+}
+
+
+def config(**kw):
+    base = dict(concurrency=8, per_host=4, timeout=1.0, retries=2, backoff=0.01, max_bytes=4096,
+                max_pixels=10_000, max_redirects=3, trust_env=False)
+    return FetchConfig(**{**base, **kw})
+
+
+def test_every_response_kind_gets_its_status_and_resume_fetches_nothing(server, tmp_path):
+    items = [(rid, server.base + path) for rid, (path, _) in CASES.items()] + [("nourl", None), ("ftp", "ftp://x/y.jpg")]
+    out = tmp_path / "real"
+    summary = Fetcher(out, config()).run(items, progress=False)
+    status = load_status(out)
+    got = {rid: status[rid]["status"] for rid in CASES}
+    assert got == {rid: want for rid, (_, want) in CASES.items()}
+    assert status["nourl"]["status"] == "no_url" and status["ftp"]["status"] == "invalid_url"
+    assert summary.statuses["ok"] == 5 and summary.fetched == len(items)
+    # original bytes kept, extension from the content
+    assert (out / "good.jpg").read_bytes() == GOOD and (out / "png.png").read_bytes() == PNG
+    assert (out / "redirect.jpg").read_bytes() == GOOD
+    assert status["good"]["width"] == 32 and status["good"]["height"] == 20
+    # retries: 429 honoured Retry-After (1 s), 503 retried twice, a dead host gives up after retries
+    t429 = server.times["/flaky429"]
+    assert len(t429) == 2 and t429[1] - t429[0] >= 0.9
+    assert server.hits["/flaky503"] == 3 and status["r503"]["attempts"] == 3
+    assert server.hits["/down503"] == 3 and status["down"]["attempts"] == 3
+    assert server.hits["/missing"] == 1  # a 404 is not retried
+    # failed downloads leave no file behind, and no temporary files remain
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["status.jsonl", "good.jpg", "png.png", "redirect.jpg", "r429.jpg", "r503.jpg"])
+
+    before = Counter(server.hits)
+    again = Fetcher(out, config()).run(items, progress=False)
+    # ok and permanent failures are skipped; only transient failures (timeout, 503) are retried
+    assert again.statuses == Counter({"timeout": 1, "http_503": 1})
+    assert again.skipped == len(items) - 2
+    changed = {p for p in server.hits if server.hits[p] != before[p]}
+    assert changed == {"/slow", "/down503"}
+
+
+def test_a_deleted_image_is_fetched_again_and_retry_failed(server, tmp_path):
+    out = tmp_path / "real"
+    items = [("a", server.base + "/good/a"), ("b", server.base + "/missing")]
+    Fetcher(out, config()).run(items, progress=False)
+    (out / "a.jpg").unlink()
+    again = Fetcher(out, config()).run(items, progress=False)
+    assert again.statuses == Counter({"ok": 1}) and (out / "a.jpg").read_bytes() == GOOD
+    forced = Fetcher(out, config(retry_failed=True)).run(items, progress=False)
+    assert forced.statuses == Counter({"http_404": 1})
+    lines = (out / "status.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["id"] for x in lines) == ["a", "a", "b", "b"]  # one line per attempt run
+
+
+def test_per_host_cap_is_respected(tmp_path):
+    active, peak, lock, gate = [0], [0], threading.Lock(), threading.Event()
+
+    class Counting(Handler):
+        def do_GET(self):
+            with lock:
+                active[0] += 1
+                peak[0] = max(peak[0], active[0])
+                if active[0] >= 3:
+                    gate.set()
+            gate.wait(10)  # hold the first requests until 3 overlap, so the peak is reached
+            self._send(200, GOOD)
+            with lock:
+                active[0] -= 1
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        items = [(str(i), f"{base}/good/{i}") for i in range(12)]
+        summary = Fetcher(tmp_path, config(concurrency=12, per_host=3)).run(items, progress=False)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert summary.statuses == Counter({"ok": 12})
+    assert peak[0] == 3
+
+
+def test_cli_fetch_real_from_shards(server, tmp_path, capsys):
+    from deepsift.cli import main
+
+    recs = [make_record(0, 1, url=server.base + "/good/x"), make_record(1, 1, url=server.base + "/missing"),
+            make_record(2, 1, url=server.base + "/html")]
+    write_shard(recs, tmp_path / "shards" / "d3-00000.parquet", n_generators=1)
+    out = tmp_path / "real"
+    args = ["data", "fetch-real", str(tmp_path / "shards"), "--out", str(out), "--timeout", "2", "--backoff", "0"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "fetched 3 ids" in err and "ok 1" in err and "http_404 1" in err and "not_image 1" in err
+    assert (out / "100000.jpg").read_bytes() == GOOD
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "fetched 0 ids" in err and "skipped 3 already done" in err
+
+
+def test_helpers():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+    assert safe_name("12345") == "12345"
+    for evil in ("../../etc/passwd", "a/b", ".hidden", "", "x" * 500):
+        name = safe_name(evil)
+        assert "/" not in name and not name.startswith(".") and len(name) < 130
+    with pytest.raises(UsageError):
+        FetchConfig(concurrency=0)

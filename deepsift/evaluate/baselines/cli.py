@@ -1,0 +1,204 @@
+"""Baseline commands: ``deepsift baseline list | train | predict``.
+
+    deepsift baseline train frequency --real photos/ --fake sd21/ --fake sdxl/ --out runs/freq
+    deepsift baseline predict runs/freq test/ --format csv > scores.csv
+
+``train`` reads the folders recursively, can hold out a fraction for a quick held-out score
+(``--holdout``), and saves ``baseline.json`` + ``weights.safetensors``. ``predict`` writes the
+same columns as ``deepsift detect``. Exit codes as ``deepsift detect``: 0 all inputs scored;
+1 an error stopped the command; 2 bad usage; 3 some inputs could not be read (each has its row).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import sys
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+from ...exceptions import DataError, UsageError
+from ...output import OUTPUT_FORMATS, RowWriter
+
+EXIT_SOME_FAILED = 3
+PREDICT_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
+# option dest -> constructor parameter; only the baselines that take a parameter accept its option
+MODEL_OPTIONS = {"crop_size": "--crop-size", "epochs": "--epochs", "lr": "--lr", "width": "--width",
+                 "seed": "--seed", "C": "--C", "model": "--model", "n_bins": "--n-bins"}
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    """Add ``deepsift baseline ...`` to the ``deepsift`` parser."""
+    from ...cli import subgroup
+
+    base = subgroup(sub, groups, "baseline", "train and run baseline detectors (frequency, npr, univfd)")
+    p = base.add_parser("list", help="list the baselines and their parameters")
+    p.set_defaults(func=cmd_list)
+
+    p = base.add_parser("train", help="train a baseline on folders of real and fake images",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", metavar="NAME", help="frequency, npr or univfd")
+    p.add_argument("--real", required=True, action="append", metavar="DIR", help="folder of real images (repeatable)")
+    p.add_argument("--fake", required=True, action="append", metavar="DIR", help="folder of fake images (repeatable)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to save the trained baseline in")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="score this fraction of each class after training on the rest (default 0)")
+    p.add_argument("--crop-size", type=int, help="centre crop side (frequency, npr; default 224)")
+    p.add_argument("--n-bins", type=int, help="rings of the radial spectrum (frequency; default 64)")
+    p.add_argument("--epochs", type=int, help="training epochs (npr; default 10)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (npr; default 1e-3)")
+    p.add_argument("--width", type=int, help="channels of the first stage (npr; default 32)")
+    p.add_argument("--seed", type=int, help="random seed (npr and --holdout split; default 0)")
+    p.add_argument("--C", type=float, help="inverse L2 strength of the logistic regression (frequency, univfd)")
+    p.add_argument("--model", help="CLIP hub id or local folder (univfd; default openai/clip-vit-large-patch14)")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = base.add_parser("predict", help="score images with a trained baseline")
+    p.add_argument("baseline_dir", metavar="NAME_DIR", help="folder written by 'deepsift baseline train'")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (recursive), glob, URL, or '-'")
+    p.add_argument("--format", choices=OUTPUT_FORMATS, default="csv")
+    p.add_argument("--output", "-o", metavar="FILE", help="write results to this file instead of stdout")
+    _runtime_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--device", help="torch device for npr and univfd (default cpu)")
+    p.add_argument("--workers", type=int, help="decoding threads (default min(4, cores))")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """deepsift baseline list."""
+    from . import BASELINES
+
+    for name, cls in BASELINES.items():
+        params = [f"{k}={v.default!r}" for k, v in inspect.signature(cls.__init__).parameters.items()
+                  if k != "self" and v.kind is v.POSITIONAL_OR_KEYWORD]
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:10s} {doc}\n{'':10s} {', '.join(params)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """deepsift baseline train."""
+    import numpy as np
+
+    from . import BASELINES, get_baseline
+
+    if args.name not in BASELINES:
+        raise UsageError(f"unknown baseline {args.name!r}; choose from {', '.join(sorted(BASELINES))}")
+    if not 0.0 <= args.holdout < 1.0:
+        raise UsageError(f"--holdout must be in [0, 1), got {args.holdout}")
+    accepted = inspect.signature(BASELINES[args.name].__init__).parameters
+    params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
+    if "seed" not in accepted:
+        params.pop("seed", None)  # still seeds the --holdout split
+    wrong = [MODEL_OPTIONS[k] for k in params if k not in accepted]
+    if wrong:
+        raise UsageError(f"{', '.join(wrong)} does not apply to the {args.name} baseline")
+    det = get_baseline(args.name, **params, **_runtime(args, accepted))
+    real, fake = _images(args.real, "--real"), _images(args.fake, "--fake")
+    rng = np.random.default_rng(args.seed or 0)
+    (real_fit, real_out), (fake_fit, fake_out) = _split(real, args.holdout, rng), _split(fake, args.holdout, rng)
+    start = time.perf_counter()
+    det.fit(real_fit, fake_fit)
+    fit_s = time.perf_counter() - start
+    if real_out and fake_out:
+        det.train_info_["holdout"] = _holdout_scores(det, real_out, fake_out)
+    out = det.save(args.out)
+    info = det.train_info_
+    print(f"deepsift: trained {args.name} on {info['n_real']} real + {info['n_fake']} fake image(s) "
+          f"({info['n_skipped']} unreadable skipped) in {fit_s:.1f} s; saved to {out}", file=sys.stderr)
+    if "loss_per_epoch" in info:
+        losses = info["loss_per_epoch"]
+        print(f"deepsift: training loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epoch(s)",
+              file=sys.stderr)
+    if "holdout" in info:
+        h = info["holdout"]
+        print(f"deepsift: held-out {h['n']} image(s): accuracy {h['accuracy']:.3f}, "
+              f"AUROC {'undefined' if h['auroc'] is None else format(h['auroc'], '.3f')}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """deepsift baseline predict."""
+    from ...sources import expand_inputs
+    from . import load_baseline
+
+    det = load_baseline(args.baseline_dir, **{k: v for k, v in _runtime(args).items()})
+    failed = total = fakes = 0
+    with _output(args.output) as stream:
+        writer = RowWriter(stream, args.format, PREDICT_COLUMNS)
+        for pred in det.predict_iter(expand_inputs(args.paths)):
+            writer.write(pred.to_dict())
+            total += 1
+            failed += pred.error is not None
+            fakes += pred.label == 1
+        writer.close()
+    print(f"deepsift: {det.name}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed",
+          file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def _runtime(args: argparse.Namespace, accepted: object = None) -> dict:
+    """The runtime options given on the command line (those the baseline takes, when ``accepted``)."""
+    given = {k: getattr(args, k) for k in ("batch_size", "device", "workers") if getattr(args, k) is not None}
+    return {k: v for k, v in given.items() if accepted is None or k in accepted}  # type: ignore[operator]
+
+
+def _images(folders: list[str], option: str) -> list[str]:
+    """All images under the folders (recursive, sorted); a missing or image-less folder is an error."""
+    from ...sources import SourceError, walk_images
+
+    found: list[str] = []
+    for folder in folders:
+        path = Path(folder)
+        if not path.is_dir():
+            raise UsageError(f"{option} {folder}: not a directory")
+        items = list(walk_images(path))
+        bad = [it for it in items if isinstance(it, SourceError)]
+        if bad:
+            raise DataError(f"{option} {bad[0].source}: {bad[0].error}")
+        if not items:
+            raise DataError(f"{option} {folder}: no images found (looked for the usual image extensions, recursively)")
+        found.extend(items)  # type: ignore[arg-type]
+    return found
+
+
+def _split(paths: list[str], fraction: float, rng: object) -> tuple[list[str], list[str]]:
+    """Randomly hold out ``fraction`` of ``paths`` (at least one kept for training)."""
+    n_out = min(int(round(len(paths) * fraction)), len(paths) - 1)
+    if n_out <= 0:
+        return paths, []
+    order = rng.permutation(len(paths))  # type: ignore[attr-defined]
+    out = set(order[:n_out].tolist())
+    return [p for i, p in enumerate(paths) if i not in out], [p for i, p in enumerate(paths) if i in out]
+
+
+def _holdout_scores(det: object, real: list[str], fake: list[str]) -> dict:
+    """Accuracy and AUROC of ``det`` on held-out real and fake images (unreadable ones skipped)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    preds = det.predict(real + fake)  # type: ignore[attr-defined]
+    y = np.array([0] * len(real) + [1] * len(fake))
+    ok = np.array([p.error is None for p in preds])
+    scores = np.array([p.score if p.error is None else 0.0 for p in preds])[ok]
+    labels = np.array([p.label if p.error is None else -1 for p in preds])[ok]
+    y = y[ok]
+    auroc = float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else None
+    return {"n": int(ok.sum()), "accuracy": float((labels == y).mean()), "auroc": auroc}
+
+
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    """stdout, or a file opened for writing."""
+    if path is None:
+        yield sys.stdout
+        return
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        yield fh

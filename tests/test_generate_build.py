@@ -1,0 +1,195 @@
+"""``deepsift data build``: records x generators, bad input, --add-to, kill -9 and restart."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from tiny_models import shared_tiny_models
+
+from deepsift.cli import main
+from deepsift.data.reader import read_d3
+from deepsift.data.writer import write_shard
+from deepsift.data.schema import D3Record, Generation
+from deepsift.generate.builder import build
+from deepsift.generate.spec import derive_seed, parse_spec
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return shared_tiny_models(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def sd_spec(models, name="sd"):
+    return f"{name}=t2i:{models.sd},steps=2,width=64,height=64,guidance=5.0,batch=2"
+
+
+def write_prompts(folder, n, extra=()):
+    """A JSONL prompt file with n good records (each with a real image) plus extra raw lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        Image.fromarray(np.random.RandomState(i).randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"real{i}.png")
+        lines.append(json.dumps({"id": f"rec{i}", "prompt": f"a photo of thing {i}", "negative_prompt": "blurry",
+                                 "url": f"http://example.invalid/{i}.jpg", "image": f"real{i}.png"}))
+    path = folder / "prompts.jsonl"
+    path.write_text("\n".join(lines + list(extra)) + "\n")
+    return path
+
+
+def dataset_bytes(out):
+    """{id: [(model, w, h, steps, seed, image bytes) per generator]} of a build folder."""
+    return {r.id: [(g.model, g.width, g.height, g.steps, g.seed, g.image) for g in r.generations] for r in read_d3(out)}
+
+
+def test_build_records_every_generator_with_derived_seed(models, tmp_path):
+    src = write_prompts(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    s = build(str(src), [parse_spec(sd_spec(models)), parse_spec(f"vae=vae:{models.vae}")], out, chunk_size=2)
+    assert (s.records, dict(s.images), dict(s.failures)) == (5, {"sd": 5, "vae": 5}, {})
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    recs = list(read_d3(out))
+    assert [r.id for r in recs] == [f"rec{i}" for i in range(5)]
+    for r in recs:
+        sd, vae = r.generations
+        assert (sd.model, sd.width, sd.height, sd.steps) == (str(models.sd), 64, 64, 2)
+        assert (vae.model, vae.width, vae.height, vae.steps) == (str(models.vae), 48, 40, None)
+        assert sd.seed == derive_seed(r.id, "sd") and vae.seed == derive_seed(r.id, "vae")
+        assert sd.filepath == f"sd/{r.id}.png" and sd.decode().size == (64, 64)
+        assert r.negative_prompt == "blurry" and r.url.endswith(".jpg")
+    assert len({r.generations[0].image for r in recs}) == 5  # different seeds/prompts, different images
+    # the published format: datasets reads the shards with image_gen* as Image features
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=sorted(str(p) for p in out.glob("*.parquet")), split="train")
+    assert ds.num_rows == 5 and ds[0]["image_gen0"].size == (64, 64) and ds[0]["seed_gen1"] == recs[0].generations[1].seed
+
+
+def test_bad_records_are_logged_and_skipped(models, tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    extra = [
+        json.dumps({"id": "blank", "prompt": "   ", "image": "real0.png"}),
+        json.dumps({"id": "huge", "prompt": "x" * 10_001, "image": "real0.png"}),
+        json.dumps({"id": "long", "prompt": "word " * 120, "image": "real1.png"}),
+        json.dumps({"id": "corrupt", "prompt": "a corrupt real image", "image": "corrupt.png"}),
+        json.dumps({"id": "missing", "prompt": "a missing real image", "image": "nope.png"}),
+        json.dumps({"id": "escape", "prompt": "a path outside", "image": "../../etc/passwd"}),
+        json.dumps({"id": "noreal", "prompt": "no real image"}),
+        "{not json",
+        json.dumps({"id": "rec0", "prompt": "duplicate id", "image": "real0.png"}),
+    ]
+    src = write_prompts(tmp_path / "in", 2, extra)
+    with caplog.at_level("WARNING", logger="deepsift.generate"):
+        s = build(str(src), [parse_spec(sd_spec(models)), parse_spec(f"vae=vae:{models.vae}")], tmp_path / "out", chunk_size=4)
+    assert [r.id for r in read_d3(tmp_path / "out")] == ["rec0", "rec1", "long"]
+    assert dict(s.failures) == {"blank_prompt": 1, "prompt_too_long": 1, "image_decode_error": 2, "bad_image_path": 1,
+                                "no_real_image": 1, "bad_line": 1, "duplicate_id": 1}
+    assert s.notes == {"truncated_prompt:sd": 1}
+    assert s.input_records == 11 and s.records == 3
+    logged = caplog.text
+    for rid in ("blank", "huge", "corrupt", "missing", "escape", "noreal", "prompts-10", "rec0"):
+        assert f"record {rid} skipped" in logged
+    assert "corrupt.png" in logged
+
+
+def test_csv_and_d3_shard_sources(models, tmp_path):
+    with open(tmp_path / "p.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "original_prompt", "url"])
+        w.writeheader()
+        w.writerows([{"id": "a", "original_prompt": "red", "url": "u1"}, {"id": "b", "original_prompt": "blue", "url": "u2"}])
+    build(str(tmp_path / "p.csv"), [parse_spec(sd_spec(models))], tmp_path / "o1")
+    old = [Generation("old-model", 8, 8, 1, "x.png", b"not decoded here")]
+    write_shard([D3Record("a", "red", "red", None, "u1", old), D3Record("b", "blue", "blue", None, "u2", old)],
+                tmp_path / "d3" / "train-0.parquet", n_generators=1)
+    build(str(tmp_path / "d3"), [parse_spec(sd_spec(models))], tmp_path / "o2")
+    a, b = dataset_bytes(tmp_path / "o1"), dataset_bytes(tmp_path / "o2")
+    assert list(a) == ["a", "b"] and a == b  # same ids and prompts -> same images from either source
+    (tmp_path / "bad.csv").write_text("id,text\n1,hello\n")
+    assert main(["data", "build", "--prompts", str(tmp_path / "bad.csv"), "-g", sd_spec(models), "--out", str(tmp_path / "o3")]) == 1
+
+
+def test_spec_that_does_not_load_fails_before_any_work(models, tmp_path, capsys):
+    src = write_prompts(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    code = main(["data", "build", "--prompts", str(src), "-g", sd_spec(models), "-g", "bad=t2i:/no/such/model", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "generator 'bad'" in err and "/no/such/model" in err and "Traceback" not in err
+    assert not out.exists()  # nothing was generated or written
+    assert main(["data", "build", "--prompts", str(src), "-g", "x=t2i:/m,steps=0", "--out", str(out)]) == 1
+    assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, capsys):
+    src = write_prompts(tmp_path / "in", 3, [json.dumps({"id": "noreal", "prompt": "kept, but no vae image"})])
+    base = tmp_path / "base"
+    build(str(src), [parse_spec(sd_spec(models))], base, chunk_size=2)
+    before = {p.name: pq.read_table(p) for p in base.glob("*.parquet")}
+    grown = tmp_path / "grown"
+    assert main(["data", "build", "--add-to", str(base), "-g", sd_spec(models, "sd2"), "--out", str(grown)]) == 0
+    assert "images per generator: sd2=4" in capsys.readouterr().err
+    for name, old in before.items():
+        new = pq.read_table(grown / name)
+        for col in old.column_names:  # every existing column kept as is
+            assert new.column(col).equals(old.column(col)), col
+        assert "model_gen1" in new.column_names and "seed_gen1" in new.column_names
+    recs = {r.id: r for r in read_d3(grown)}
+    assert list(recs) == ["rec0", "rec1", "rec2", "noreal"]
+    for r in recs.values():
+        g0, g1 = r.generations
+        assert g1.seed == derive_seed(r.id, "sd2") and g1.image != g0.image and g1.model == str(models.sd)
+    # in place, with a generator that needs real images (D3 shards have none): rows kept, slot left empty
+    assert main(["data", "build", "--add-to", str(grown), "-g", sd_spec(models, "sd3"), "-q"]) == 0
+    assert all(len(r.generations) == 3 for r in read_d3(grown))
+    assert main(["data", "build", "--add-to", str(grown), "-g", sd_spec(models, "sd3")]) == 0  # already there: no-op
+    err = capsys.readouterr().err
+    assert "(2 already done)" in err
+    assert all(len(r.generations) == 3 for r in read_d3(grown))
+
+
+def test_restart_with_other_settings_is_refused(models, tmp_path):
+    src = write_prompts(tmp_path / "in", 1)
+    build(str(src), [parse_spec(sd_spec(models))], tmp_path / "out")
+    assert main(["data", "build", "--prompts", str(src), "-g", sd_spec(models, "other"), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_killed_build_restarts_where_it_stopped(models, tmp_path):
+    src = write_prompts(tmp_path / "in", 7, ["   ", json.dumps({"id": "blank", "prompt": ""})])
+    specs = [sd_spec(models), f"vae=vae:{models.vae}"]
+    argv = ["data", "build", "--prompts", str(src), "--chunk-size", "2", "--threads", "1"]
+    for s in specs:
+        argv += ["-g", s]
+    ref = tmp_path / "ref"
+    assert main(argv + ["--out", str(ref)]) == 0
+
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "deepsift", *argv, "--out", str(out), "-v"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stderr:  # wait for the first shard to be on disk, then kill -9 mid-build
+        if "wrote " in line and ".parquet" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    partial = sorted(p.name for p in out.glob("*.parquet"))
+    assert 1 <= len(partial) < 5, partial  # stopped mid-way
+    assert main(argv + ["--out", str(out)]) == 0
+    assert not list(out.glob(".*.tmp-*"))
+    a, b = dataset_bytes(ref), dataset_bytes(out)
+    assert list(a) == list(b) == [f"rec{i}" for i in range(7)]  # none lost, none duplicated
+    assert a == b  # same image bytes
+    assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.name for p in ref.glob("*.parquet"))

@@ -83,3 +83,14 @@ def load_baseline(folder: str | os.PathLike, **runtime: Any) -> Baseline:
     det._restore(arrays, meta)
     det.train_info_ = meta.get("train") or {}
     return det
+
+
+def _register_with_the_harness() -> None:
+    """Let ``deepsift eval ... --detector KIND:DIR`` load saved baselines (KIND: a baseline name or 'baseline')."""
+    from ..detectors import register_detector_loader
+
+    for kind in (*BASELINES, "baseline"):
+        register_detector_loader(kind, load_baseline)
+
+
+_register_with_the_harness()

@@ -1,0 +1,225 @@
+"""One function per ``deepsift eval`` command: run a protocol, fill a :class:`Report`, summarise.
+
+Each ``run_*`` returns ``(report, summary lines)``; the CLI prints the summary and writes the
+report when ``--report DIR`` is given. The functions take plain objects, so other code (the
+baselines, notebooks, the challenge server) can call them directly.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .calibration import Calibrator, threshold_for_fpr, unsure_report
+from .datasets import EvalSet, real_only
+from .metrics import compute_metrics, format_value
+from .plots import bar_plot, embedding_map, histogram_plot, robustness_plot, roc_pr_plot
+from .protocols import ALL, fpr_on_real, leave_one_out, per_generator
+from .report import Report, metrics_rows
+from .robustness import robustness_sweep
+from .scoring import ScoreTable, score_samples
+
+
+def _dataset_block(report: Report, data: EvalSet) -> None:
+    counts = data.counts()
+    report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
+    report.text(f"Dataset {data.root} (layout {data.layout}): "
+                + ", ".join(f"{g} {n}" for g, n in counts.items()) + ".")
+
+
+def _errors_block(report: Report, tables: dict[str, ScoreTable]) -> None:
+    errs = {n: t.errors for n, t in tables.items() if t.errors}
+    report.results["errors"] = {n: [{"id": i, "error": e} for i, e in v] for n, v in errs.items()}
+    for name, items in errs.items():
+        report.text(f"{name}: {len(items)} image(s) could not be read and were left out, e.g. "
+                    + "; ".join(f"{i}: {e}" for i, e in items[:3]))
+
+
+def operating_point(tables_val: dict[str, ScoreTable], *, calibration: str | None,
+                    target_fpr: float | None) -> tuple[dict[str, Calibrator], dict[str, float]]:
+    """Fit a calibrator and/or the target-FPR threshold per detector on validation scores."""
+    cals: dict[str, Calibrator] = {}
+    thresholds: dict[str, float] = {}
+    for name, t in tables_val.items():
+        ok = t.ok
+        y, raw = t.labels[ok], t.raw_scores[ok]
+        scores = t.scores[ok]
+        if calibration:
+            cals[name] = Calibrator(calibration).fit(y, raw)
+            scores = cals[name].transform(raw)
+        if target_fpr is not None:
+            thresholds[name] = threshold_for_fpr(y, scores, target_fpr)
+    return cals, thresholds
+
+
+def apply_operating_point(tables: dict[str, ScoreTable], cals: dict[str, Calibrator],
+                          thresholds: dict[str, float]) -> None:
+    """Apply validation-fitted calibrators / thresholds to test score tables (in place)."""
+    for name, t in tables.items():
+        if name in cals:
+            t.scores = np.where(np.isfinite(t.raw_scores), cals[name].transform(np.nan_to_num(t.raw_scores)), np.nan)
+            t.threshold = 0.5
+        if name in thresholds:
+            t.threshold = thresholds[name]
+
+
+def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int = 0, seed: int = 0,
+                   unsure: tuple[float, float] | None = None, val: EvalSet | None = None,
+                   calibration: str | None = None, target_fpr: float | None = None,
+                   embedding_method: str = "pca", calibrator: Calibrator | None = None,
+                   cache: dict | None = None) -> tuple[Report, list[str]]:
+    """Per-generator protocol (folders, D3 test layout or parquet shards)."""
+    report = Report("deepsift evaluation: per generator")
+    _dataset_block(report, data)
+    tables = score_samples(detectors, data.samples, calibrator=calibrator, embeddings=cache)
+    if val is not None and (calibration or target_fpr is not None):
+        cals, thr = operating_point(score_samples(detectors, val.samples), calibration=calibration,
+                                    target_fpr=target_fpr)
+        apply_operating_point(tables, cals, thr)
+        report.results["operating_point"] = {"validation": val.root, "calibration": {n: c.to_dict() for n, c in cals.items()},
+                                             "thresholds": thr, "target_fpr": target_fpr}
+        report.text(f"Operating point fitted on {val.root}: "
+                    + ", ".join(f"{n} threshold {t.threshold:.4g}" for n, t in tables.items()))
+    results = {n: per_generator(t, bootstrap=bootstrap, seed=seed) for n, t in tables.items()}
+    report.results["per_generator"] = results
+    report.results["detectors"] = list(detectors)
+    report.heading("Per-generator metrics")
+    report.text("Each row: real images versus one generator ('all': every generator pooled). "
+                + (f"Brackets: bootstrap 95% intervals ({bootstrap} resamples)." if bootstrap else ""))
+    splits = list(next(iter(results.values())))
+    for split in splits:
+        if len(splits) > 1:
+            report.heading(f"Split: {split}", 3)
+        rows: dict[str, dict[str, Any]] = {}
+        for det, per_split in results.items():
+            for gen, m in per_split.get(split, {}).items():
+                rows.setdefault(gen, {})[det] = m
+        report.table(*metrics_rows(rows))
+    if unsure:
+        report.heading("Unsure band")
+        ur = {n: unsure_report(t.labels[t.ok], t.scores[t.ok], unsure, t.threshold) for n, t in tables.items()}
+        report.results["unsure"] = ur
+        keys = ["n_unsure", "unsure_fraction", "unsure_real", "unsure_fake", "decided_accuracy", "decided_fpr",
+                "decided_tpr"]
+        report.table(["detector", *keys], [[n, *(r[k] for k in keys)] for n, r in ur.items()])
+    report.heading("Curves")
+    curves = {n: (t.labels[t.ok], t.scores[t.ok]) for n, t in tables.items()}
+    if all(np.unique(y).size == 2 for y, _ in curves.values()):
+        report.image("roc_pr", roc_pr_plot(curves), "ROC and precision-recall, all generators pooled")
+    for n, t in tables.items():
+        report.image(f"hist_{n}", histogram_plot(n, t.scores[t.ok], t.generators[t.ok], t.threshold),
+                     f"Score histogram per generator: {n}")
+    emb_table = next((t for t in tables.values() if t.embeddings is not None), None)
+    if emb_table is not None and emb_table.ok.sum() >= 3:
+        ok = emb_table.ok
+        report.heading("Embedding map")
+        report.image("embedding_map", embedding_map(emb_table.embeddings[ok], emb_table.generators[ok],
+                                                    embedding_method, seed), "CoDE embeddings coloured by generator")
+    _errors_block(report, tables)
+    summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL][ALL].values[k])}" for k in ("auroc", "ap", "accuracy", "f1"))
+               + f" on {len(t.samples)} images ({len(t.errors)} unreadable)" for (n, r), t in zip(results.items(), tables.values())]
+    return report, summary
+
+
+def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: int = 0, seed: int = 0,
+             real_train_fraction: float = 0.5) -> tuple[Report, list[str]]:
+    """Leave-one-generator-out protocol."""
+    report = Report("deepsift evaluation: leave one generator out")
+    _dataset_block(report, data)
+    res = leave_one_out(detector, data.samples, kinds=kinds, bootstrap=bootstrap, seed=seed,
+                        real_train_fraction=real_train_fraction)
+    report.results["leave_one_out"] = res
+    report.heading("Leave-one-generator-out")
+    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}) and every generator but G; tested on "
+                "the held-out real images and G.")
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, per_g in res.items():
+        for g, m in per_g.items():
+            rows.setdefault(g, {})[kind] = m
+    report.table(*metrics_rows(rows))
+    report.image("logo_auroc", bar_plot("Unseen-generator AUROC", {g: {k: m["auroc"] for k, m in v.items()}
+                                                                   for g, v in rows.items()}, "AUROC"))
+    summary = [f"{kind}: unseen-generator AUROC " + ", ".join(f"{g} {format_value(m.values['auroc'])}"
+                                                               for g, m in per_g.items()) for kind, per_g in res.items()]
+    return report, summary
+
+
+def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequence[str] | None, metric: str,
+                   seed: int = 0, cache: dict | None = None) -> tuple[Report, list[str]]:
+    """Robustness sweep protocol."""
+    report = Report("deepsift evaluation: robustness")
+    _dataset_block(report, data)
+    sweep = robustness_sweep(detectors, data.samples, families=families, metric=metric, seed=seed, clean_cache=cache)
+    d = sweep.to_dict()
+    report.results["robustness"] = d
+    report.heading(f"Robustness ({metric} against perturbation strength)")
+    dets = list(sweep.clean)
+    rows = [["clean", "", *(sweep.clean[n] for n in dets)]]
+    for fam, c in sweep.curves.items():
+        rows += [[fam, p["strength"], *(p["values"][n] for n in dets)] for p in c["points"]]
+    report.table(["transform", "strength", *dets], rows)
+    report.image("robustness", robustness_plot(d), f"{metric} per transform; dotted: clean images")
+    t = sweep.timing
+    report.text(f"{int(t['n_images'])} images x {int(t['n_transforms'])} transforms: perturbation {t['perturb_s']:.1f} s, "
+                f"forward {t['forward_s']:.1f} s, sweep {t['sweep_s']:.1f} s (overhead ratio {sweep.overhead_ratio:.2f}).")
+    worst = {n: min(((p["values"][n], p["name"]) for c in sweep.curves.values() for p in c["points"]
+                     if p["values"][n] is not None), default=(None, "-")) for n in dets}
+    summary = [f"{n}: clean {metric} {sweep.clean[n] if sweep.clean[n] is None else round(sweep.clean[n], 3)}, "
+               f"worst {worst[n][1]} ({worst[n][0] if worst[n][0] is None else round(worst[n][0], 3)})" for n in dets]
+    summary.append(f"sweep overhead ratio {sweep.overhead_ratio:.2f} (sweep / (perturbation + forward))")
+    return report, summary
+
+
+def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0) -> tuple[Report, list[str]]:
+    """False-positive rate on a folder of real photos."""
+    data = real_only(folder)
+    report = Report("deepsift evaluation: false positives on real photos")
+    _dataset_block(report, data)
+    tables = score_samples(detectors, data.samples)
+    res = {n: fpr_on_real(t, bootstrap=bootstrap, seed=seed) for n, t in tables.items()}
+    report.results["fpr"] = res
+    report.heading("False-positive rate")
+    report.table(["detector", "images", "unreadable", "threshold", "FPR", "95% CI"],
+                 [[n, r["n"], r["errors"], r["threshold"], r["fpr"],
+                   "-" if r["fpr_ci95"] is None else f"[{r['fpr_ci95'][0]:.3f}, {r['fpr_ci95'][1]:.3f}]"]
+                  for n, r in res.items()])
+    for n, t in tables.items():
+        report.image(f"hist_{n}", histogram_plot(n, t.scores[t.ok], t.generators[t.ok], t.threshold),
+                     f"Scores of real photos: {n}")
+        report.table(["most 'fake' real photos", "score"], [[m["id"], m["score"]] for m in res[n]["most_fake"]])
+    _errors_block(report, tables)
+    summary = [f"{n}: FPR {r['fpr']:.3f} on {r['n']} real photos at threshold {r['threshold']:.3g}"
+               + (f" ({r['errors']} unreadable)" if r["errors"] else "") for n, r in res.items()]
+    return report, summary
+
+
+def run_scores(labels: Any, runs: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], *, threshold: float,
+               bootstrap: int = 0, seed: int = 0, unsure: tuple[float, float] | None = None) -> tuple[Report, list[str]]:
+    """Metrics of prediction files against a label file, per generator, side by side."""
+    report = Report("deepsift evaluation: score files")
+    rows: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    curves = {}
+    for name, (y, s, gens) in runs.items():
+        g = np.asarray(gens, dtype=object)
+        res = {ALL: compute_metrics(y, s, threshold=threshold, bootstrap=bootstrap, seed=seed)}
+        fakes = [x for x in dict.fromkeys(g[y == 1])]
+        if len(fakes) > 1:
+            for gen in fakes:
+                m = (y == 0) | (g == gen)
+                res[gen] = compute_metrics(y[m], s[m], threshold=threshold, bootstrap=bootstrap, seed=seed)
+        if unsure:
+            res["unsure"] = unsure_report(y, s, unsure, threshold)  # type: ignore[assignment]
+        results[name] = res
+        for k, m in res.items():
+            if k != "unsure":
+                rows.setdefault(k, {})[name] = m
+        curves[name] = (y, s)
+    report.results["scores"] = results
+    report.heading("Metrics")
+    report.table(*metrics_rows(rows))
+    if all(np.unique(y).size == 2 for y, _ in curves.values()):
+        report.image("roc_pr", roc_pr_plot(curves), "ROC and precision-recall")
+    summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL].values[k])}" for k in ("auroc", "ap", "accuracy", "f1"))
+               for n, r in results.items()]
+    return report, summary

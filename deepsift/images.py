@@ -194,11 +194,17 @@ def crop_uint8(im: Image.Image, mode: PreprocessMode = "official") -> np.ndarray
         im = resize_shorter(im, TRAIN_RESIZE)
     elif mode != "official":
         raise ValueError(f"preprocessing mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+    w, h = im.size
+    if w >= CROP_SIZE and h >= CROP_SIZE:  # same box as center_crop_array, without copying the full frame
+        top, left = int(round((h - CROP_SIZE) / 2.0)), int(round((w - CROP_SIZE) / 2.0))
+        return np.ascontiguousarray(np.asarray(im.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))))
     return np.ascontiguousarray(center_crop_array(np.asarray(im), CROP_SIZE))
 
 
 def normalize_batch(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Turn an NxHxWx3 uint8 batch into a normalised float32 NCHW tensor (ToTensor + Normalize)."""
+    if isinstance(batch, np.ndarray) and batch.dtype == np.uint8 and batch.ndim in (3, 4) and batch.shape[-1] == 3:
+        return _normalize_lut(batch if batch.ndim == 4 else batch[None])
     t = torch.as_tensor(batch)
     if t.ndim == 3:
         t = t.unsqueeze(0)
@@ -211,3 +217,26 @@ def normalize_batch(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
 def preprocess(source: ImageSource, mode: PreprocessMode = "official") -> torch.Tensor:
     """Decode and preprocess one image into a 1x3x224x224 float32 tensor."""
     return normalize_batch(crop_uint8(decode_image(source), mode))
+
+
+_NORMALIZE_LUT: np.ndarray | None = None
+
+
+def _normalize_lut(batch: np.ndarray) -> torch.Tensor:
+    """:func:`normalize_batch` for uint8 arrays by table look-up: one pass, bit-identical results.
+
+    The 3x256 table is computed by the float32 arithmetic below (ToTensor + Normalize), so
+    every output value is exactly what that arithmetic gives for its input byte.
+    """
+    global _NORMALIZE_LUT
+    if _NORMALIZE_LUT is None:
+        ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, 3))
+        t = torch.from_numpy(np.ascontiguousarray(ramp)).permute(0, 3, 1, 2).to(torch.float32).div(255)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        _NORMALIZE_LUT = np.ascontiguousarray(t.sub(mean).div(std).numpy().reshape(3, 256))
+    n, h, w, _ = batch.shape
+    out = np.empty((n, 3, h, w), dtype=np.float32)
+    for c in range(3):
+        np.take(_NORMALIZE_LUT[c], batch[..., c], out=out[:, c])
+    return torch.from_numpy(out)

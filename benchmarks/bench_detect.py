@@ -1,0 +1,280 @@
+"""Speed of ``deepsift detect`` (issue 2): end-to-end vs model-only ceiling, vs naive, bf16, ONNX, memory.
+
+Builds everything it needs in a temporary folder (a random CoDE ViT-Tiny in the published
+layout, heads fit on a few embeddings, 512 mixed JPEG/PNG 512x512 images, and folders of small
+PNGs for the memory check), then measures in ONE process, side by side:
+
+* end-to-end ``Detector.predict_iter`` over the folder vs the model-only forward of pre-decoded,
+  pre-normalised tensors through the same backbone at the same precision and batch size
+  (target ratio >= 0.8);
+* end-to-end vs the naive path: open one image, preprocess, forward with batch 1, classify
+  (target >= 3x);
+* bf16 vs fp32 images/s and the fraction of images given the same label (target >= 99.5 %);
+* the ONNX backend vs torch fp32;
+* peak RSS of ``deepsift detect`` (fresh subprocess each) over 2k and 20k small images.
+
+Timed passes are interleaved (ceiling, end-to-end, ceiling, ...) and each figure is the best of
+the rounds, so load from other processes on a shared machine distorts the ratios less.
+
+    python benchmarks/bench_detect.py            # full: 512 images, 2k/20k memory (< 10 min, 2 cores)
+    python benchmarks/bench_detect.py --quick    # smaller counts, about a minute
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from deepsift.images import crop_uint8, decode_image, normalize_batch  # noqa: E402
+from deepsift.model.backbone import create_backbone, embed_tensor, save_backbone  # noqa: E402
+from deepsift.model.detector import Detector  # noqa: E402
+from deepsift.model.headset import save_headset  # noqa: E402
+from deepsift.model.heads import HEAD_KINDS, make_head  # noqa: E402
+from deepsift.sources import expand_inputs  # noqa: E402
+
+SIZE = 512
+
+
+# -- data -----------------------------------------------------------------------------------
+def natural_image(rng: np.random.Generator, fake: bool, size: int = SIZE) -> np.ndarray:
+    """A natural-ish picture: smooth colour field + fine grain; 'fake' ones add a faint periodic grid."""
+    small = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC)).astype(np.float32)
+    base += rng.normal(0.0, 3.0, (size, size, 1)).astype(np.float32)  # sensor-like grain
+    if fake:
+        yy, xx = np.mgrid[0:size, 0:size]
+        base += (((yy // 4) + (xx // 4)) % 2 * 12.0 - 6.0)[..., None]
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """Write ``n`` images, alternating JPEG (q 90) and PNG, half of them 'fake'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:05d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(natural_image(rng, fake=(i // 2) % 2 == 1)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def make_small_pngs(folder: Path, n: int, seed: int = 1) -> None:
+    """Write ``n`` 64x64 PNGs quickly (a few distinct images, re-encoded bytes are shared)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for _ in range(16):
+        tmp = folder / "_tmp.png"
+        Image.fromarray(natural_image(rng, fake=bool(len(blobs) % 2), size=64)).save(tmp)
+        blobs.append(tmp.read_bytes())
+        tmp.unlink()
+    for i in range(n):
+        (folder / f"{i:06d}.png").write_bytes(blobs[i % len(blobs)])
+
+
+def build_model(root: Path, images: list[Path]) -> Path:
+    """Random CoDE ViT-Tiny in the published layout, with heads fit on a few embeddings beside it."""
+    model_dir = save_backbone(create_backbone(seed=0), root / "model")
+    det = Detector.load_backbone_only(str(model_dir))
+    fit_paths = images[:64]
+    X = det.embed([str(p) for p in fit_paths]).astype(np.float64)
+    y = np.array([(i // 2) % 2 for i in range(len(fit_paths))], np.int64)
+    heads = {kind: make_head(kind).fit(X, y) for kind in HEAD_KINDS}
+    save_headset(heads, model_dir / "heads", model=str(model_dir), embedding_dim=X.shape[1])
+    return model_dir
+
+
+# -- measurements ---------------------------------------------------------------------------
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def model_only(det: Detector, tensors: list[torch.Tensor]) -> tuple[float, np.ndarray]:
+    """Images/s of the bare forward over pre-normalised batches, and the embeddings."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = [det.onnx(t) if det.onnx is not None else embed_tensor(det.backbone, t).numpy() for t in tensors]
+    secs = time.perf_counter() - t0
+    return rate(sum(len(t) for t in tensors), secs), np.concatenate(out)
+
+
+def end_to_end(det: Detector, folder: Path) -> tuple[float, np.ndarray]:
+    """Images/s of ``predict_iter`` over the folder (expansion, decoding, forward, heads), and labels."""
+    t0 = time.perf_counter()
+    labels = [p.label if p.error is None else -1 for p in det.predict_iter(expand_inputs([str(folder)]))]
+    secs = time.perf_counter() - t0
+    return rate(len(labels), secs), np.asarray(labels)
+
+
+def naive(det: Detector, paths: list[Path]) -> float:
+    """Images/s of the naive path: one image at a time, decode, preprocess, batch-1 forward, classify."""
+    head = det.heads[det.classifier]
+    t0 = time.perf_counter()
+    for p in paths:
+        x = normalize_batch(crop_uint8(decode_image(str(p))))
+        with torch.inference_mode():
+            emb = embed_tensor(det.backbone, x).numpy()
+        head.predict(emb), head.probability(head.decision_function(emb))
+    return rate(len(paths), time.perf_counter() - t0)
+
+
+def paired(det: Detector, tensors: list[torch.Tensor], folder: Path, rounds: int) -> dict:
+    """Interleave model-only and end-to-end passes; keep the best of each and the last outputs."""
+    with torch.inference_mode():  # warm-up (allocator, oneDNN kernels)
+        embed_tensor(det.backbone, tensors[0][:4]) if det.onnx is None else det.onnx(tensors[0][:4])
+    ceil, e2e = [], []
+    for _ in range(rounds):
+        r, emb = model_only(det, tensors)
+        ceil.append(r)
+        r, labels = end_to_end(det, folder)
+        e2e.append(r)
+    return {"ceiling": max(ceil), "e2e": max(e2e), "ceilings": ceil, "e2es": e2e, "emb": emb, "labels": labels}
+
+
+def peak_rss_mib(model_dir: Path, folder: Path, precision: str, batch_size: int) -> tuple[float, int, float]:
+    """Run ``deepsift detect FOLDER`` in a fresh process; return (peak RSS MiB, inputs, seconds)."""
+    code = (
+        "import resource, sys, time\n"
+        "from deepsift.cli import main\n"
+        "t0 = time.perf_counter()\n"
+        f"rc = main(['detect', {str(folder)!r}, '--model', {str(model_dir)!r}, '--format', 'jsonl', "
+        f"'--out', {os.devnull!r}, '--precision', {precision!r}, '--batch-size', '{batch_size}'])\n"
+        "secs = time.perf_counter() - t0\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        "kib = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print('RESULT', rc, kib, secs)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    if not line:
+        raise RuntimeError(f"memory subprocess failed:\n{proc.stderr[-2000:]}")
+    _, rc, kib, secs = line[0].split()
+    n = len(list(folder.iterdir()))
+    if int(rc) != 0:
+        raise RuntimeError(f"deepsift detect exited {rc} on {folder}")
+    return int(kib) / 1024, n, float(secs)
+
+
+def cpu_bf16_flags() -> str:
+    """The CPU's bf16-relevant flags from /proc/cpuinfo (what lscpu prints)."""
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16") if f in flags]
+    return ", ".join(found) if found else "none (bf16 is emulated: expect it slower than fp32)"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+# -- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print figure + ratio lines."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller counts (about a minute)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--rounds", type=int, help="interleaved timing rounds (default 3, quick 1)")
+    ap.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    n_images = 128 if args.quick else 512
+    n_naive = 32 if args.quick else 96
+    mem_counts = (500, 5000) if args.quick else (2000, 20000)
+    rounds = args.rounds or (1 if args.quick else 3)
+    bs = args.batch_size
+
+    with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
+        root = Path(args.workdir or tmp)
+        os.environ["DEEPSIFT_HOME"] = str(root / "home")  # the ONNX export cache stays in the work dir
+        t0 = time.perf_counter()
+        folder = root / "images"
+        paths = sorted(folder.glob("*")) if folder.is_dir() else []
+        if len(paths) != n_images:
+            paths = make_images(folder, n_images)
+        model_dir = build_model(root, paths)
+        sizes = [p.stat().st_size for p in paths]
+        print(f"setup: {n_images} images {SIZE}x{SIZE} (JPEG q90 / PNG, mean {np.mean(sizes) / 1024:.0f} KiB), "
+              f"random CoDE ViT-Tiny, heads {','.join(HEAD_KINDS)}, batch {bs}; {time.perf_counter() - t0:.1f} s")
+        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), "
+              f"bf16 CPU flags: {cpu_bf16_flags()}; load average {loadavg()}")
+
+        arrays = np.stack([crop_uint8(decode_image(str(p))) for p in paths])
+        tensors = [normalize_batch(arrays[i : i + bs]) for i in range(0, len(arrays), bs)]
+        del arrays
+
+        res = {}
+        for prec in ("fp32", "bf16"):
+            det = Detector.load(str(model_dir), precision=prec, batch_size=bs)
+            res[prec] = paired(det, tensors, folder, rounds)
+            res[prec]["naive"] = naive(det, paths[:n_naive])
+            res[prec]["det"] = det
+        onnx_det = Detector.load(str(model_dir), backend="onnx", batch_size=bs)
+        res["onnx"] = paired(onnx_det, tensors, folder, rounds)
+
+        print(f"\n== end-to-end vs model-only ceiling (best of {rounds} interleaved rounds; target ratio >= 0.80)")
+        for prec in ("fp32", "bf16", "onnx"):
+            r = res[prec]
+            print(f"{prec:>5}: detect {r['e2e']:7.1f} img/s | model-only {r['ceiling']:7.1f} img/s | "
+                  f"ratio {r['e2e'] / r['ceiling']:.2f}  (rounds e2e {' '.join(f'{v:.0f}' for v in r['e2es'])}; "
+                  f"ceiling {' '.join(f'{v:.0f}' for v in r['ceilings'])})")
+
+        print(f"\n== end-to-end vs naive path (one image at a time, batch 1; {n_naive} images; target >= 3x)")
+        nf, nb = res["fp32"]["naive"], res["bf16"]["naive"]
+        print(f"naive fp32 {nf:6.1f} img/s | naive bf16 {nb:6.1f} img/s")
+        print(f"detect fp32 / naive fp32 = {res['fp32']['e2e'] / nf:.2f}x")
+        print(f"detect bf16 / naive bf16 = {res['bf16']['e2e'] / nb:.2f}x")
+        print(f"detect bf16 / naive fp32 = {res['bf16']['e2e'] / nf:.2f}x  (fastest detect vs the published fp32 path)")
+
+        print("\n== bf16 vs fp32 (target: same label on >= 99.5 % of images)")
+        print(f"fp32 {res['fp32']['e2e']:.1f} img/s | bf16 {res['bf16']['e2e']:.1f} img/s | "
+              f"bf16/fp32 {res['bf16']['e2e'] / res['fp32']['e2e']:.2f}x end-to-end, "
+              f"{res['bf16']['ceiling'] / res['fp32']['ceiling']:.2f}x model-only")
+        agree = float(np.mean(res["bf16"]["labels"] == res["fp32"]["labels"]))
+        print(f"same label (detect, linear head): {100 * agree:.2f} % of {len(res['fp32']['labels'])}")
+        e32, e16 = res["fp32"]["emb"], res["bf16"]["emb"]
+        heads = res["fp32"]["det"].heads
+        for kind in HEAD_KINDS:
+            same = float(np.mean(heads[kind].predict(e32) == heads[kind].predict(e16)))
+            fake = float(np.mean(heads[kind].predict(e32)))
+            print(f"same label ({kind:>6} head on embeddings): {100 * same:.2f} %  (fp32 calls {100 * fake:.0f} % fake)")
+        cos = np.sum(e32 * e16, 1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
+        print(f"embedding cosine bf16 vs fp32: min {cos.min():.5f}, mean {cos.mean():.5f}")
+
+        print("\n== ONNX backend vs torch fp32 (is --backend onnx a faster CPU backend?)")
+        o, f = res["onnx"], res["fp32"]
+        print(f"onnx {o['e2e']:.1f} img/s detect, {o['ceiling']:.1f} img/s model-only | torch fp32 {f['e2e']:.1f} "
+              f"detect, {f['ceiling']:.1f} model-only | onnx/torch {o['e2e'] / f['e2e']:.2f}x detect, "
+              f"{o['ceiling'] / f['ceiling']:.2f}x model-only; max |emb diff| {np.abs(o['emb'] - e32).max():.1e}")
+        del tensors, res, onnx_det
+
+        print(f"\n== peak memory of `deepsift detect` (fresh process each, 64x64 PNGs, bf16, batch {bs})")
+        peaks = []
+        for n in mem_counts:
+            small = root / f"small-{n}"
+            if not small.is_dir() or len(list(small.iterdir())) != n:
+                make_small_pngs(small, n)
+            mib, count, secs = peak_rss_mib(model_dir, small, "bf16", bs)
+            peaks.append(mib)
+            print(f"{count:>6} images: peak RSS {mib:7.1f} MiB  ({rate(count, secs):.0f} img/s)")
+        print(f"peak RSS {mem_counts[1]} / {mem_counts[0]} images = {peaks[1] / peaks[0]:.3f} (flat = 1.00)")
+        print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,13 +1,20 @@
 """Streaming writers for per-image results: table, json, jsonl and csv."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 import sys
-from typing import IO, Iterable
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+from .exceptions import UsageError
 
 OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
+PREDICTION_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
+EXIT_SOME_FAILED = 3
+"""Exit code of a command that finished but could not read some of its inputs."""
 
 
 def _cell(value: object) -> str:
@@ -66,3 +73,41 @@ def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[st
         writer.write(row)
     writer.close()
     return writer.count
+
+
+@contextlib.contextmanager
+def open_output(path: str | None) -> Iterator[IO[str]]:
+    """Yield a text stream for ``path`` (stdout when None); a path that cannot be written is a UsageError."""
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "w", newline="")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with fh:
+        yield fh
+
+
+def progress(iterable: Iterable, desc: str, unit: str = "img") -> Iterable:
+    """A tqdm bar on stderr, shown only when stderr is a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
+                dynamic_ncols=True)
+
+
+def write_predictions(predictions: Iterable, fmt: str, out: str | None, label: str = "deepsift") -> int:
+    """Stream Prediction objects to ``out`` in ``fmt``, print a one-line summary; returns the exit code."""
+    failed = total = fakes = 0
+    with open_output(out) as stream:
+        writer = RowWriter(stream, fmt, PREDICTION_COLUMNS)
+        for pred in progress(predictions, "detect"):
+            writer.write(pred.to_dict())
+            total += 1
+            failed += pred.error is not None
+            fakes += pred.label == 1
+        writer.close()
+    print(f"{label}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else 0

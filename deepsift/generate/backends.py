@@ -15,7 +15,6 @@ and ``--generator x=plugin:mine,foo=1`` calls ``MyGenerator(name="x", foo="1")``
 from __future__ import annotations
 
 import inspect
-import os
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable

@@ -6,17 +6,11 @@ Exit codes: 0 all inputs scored; 1 an error stopped the command; 2 bad usage;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
-from typing import IO, Iterator
 
-from ..exceptions import UsageError
-from ..output import OUTPUT_FORMATS, RowWriter
+from ..output import EXIT_SOME_FAILED, OUTPUT_FORMATS, progress, write_predictions
 from .backbone import DEFAULT_MODEL
-
-EXIT_SOME_FAILED = 3
-DETECT_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -86,28 +80,6 @@ def _detector_kwargs(args: argparse.Namespace) -> dict:
                 workers=args.workers, backend=args.backend, url_timeout=args.url_timeout)
 
 
-@contextlib.contextmanager
-def _output(path: str | None) -> Iterator[IO[str]]:
-    if path is None:
-        yield sys.stdout
-        return
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "w", newline="")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    with fh:
-        yield fh
-
-
-def progress(iterable, desc: str, unit: str = "img"):
-    """A tqdm bar on stderr, only when stderr is a terminal."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
-                dynamic_ncols=True)
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     """deepsift detect."""
     from ..sources import expand_inputs
@@ -115,18 +87,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     det = Detector.load(args.model, heads=args.heads, classifier=args.classifier,
                         threshold=args.threshold, **_detector_kwargs(args))
-    failed = total = fakes = 0
-    with _output(args.out) as stream:
-        writer = RowWriter(stream, args.format, DETECT_COLUMNS)
-        for pred in progress(det.predict_iter(expand_inputs(args.paths)), "detect"):
-            writer.write(pred.to_dict())
-            total += 1
-            failed += pred.error is not None
-            fakes += pred.label == 1
-        writer.close()
-    print(f"deepsift: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed",
-          file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else 0
+    return write_predictions(det.predict_iter(expand_inputs(args.paths)), args.format, args.out)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:

@@ -11,18 +11,14 @@ same columns as ``deepsift detect``. Exit codes as ``deepsift detect``: 0 all in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import inspect
 import sys
 import time
 from pathlib import Path
-from typing import IO, Iterator
 
 from ...exceptions import DataError, UsageError
-from ...output import OUTPUT_FORMATS, RowWriter
+from ...output import OUTPUT_FORMATS, write_predictions
 
-EXIT_SOME_FAILED = 3
-PREDICT_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
 # option dest -> constructor parameter; only the baselines that take a parameter accept its option
 MODEL_OPTIONS = {"crop_size": "--crop-size", "epochs": "--epochs", "lr": "--lr", "width": "--width",
                  "seed": "--seed", "C": "--C", "model": "--model", "n_bins": "--n-bins"}
@@ -129,19 +125,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ...sources import expand_inputs
     from . import load_baseline
 
-    det = load_baseline(args.baseline_dir, **{k: v for k, v in _runtime(args).items()})
-    failed = total = fakes = 0
-    with _output(args.output) as stream:
-        writer = RowWriter(stream, args.format, PREDICT_COLUMNS)
-        for pred in det.predict_iter(expand_inputs(args.paths)):
-            writer.write(pred.to_dict())
-            total += 1
-            failed += pred.error is not None
-            fakes += pred.label == 1
-        writer.close()
-    print(f"deepsift: {det.name}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed",
-          file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else 0
+    det = load_baseline(args.baseline_dir, **_runtime(args))
+    return write_predictions(det.predict_iter(expand_inputs(args.paths)), args.format, args.output,
+                             label=f"deepsift: {det.name}")
 
 
 def _runtime(args: argparse.Namespace, accepted: object = None) -> dict:
@@ -192,13 +178,3 @@ def _holdout_scores(det: object, real: list[str], fake: list[str]) -> dict:
     y = y[ok]
     auroc = float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else None
     return {"n": int(ok.sum()), "accuracy": float((labels == y).mean()), "auroc": auroc}
-
-
-@contextlib.contextmanager
-def _output(path: str | None) -> Iterator[IO[str]]:
-    """stdout, or a file opened for writing."""
-    if path is None:
-        yield sys.stdout
-        return
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        yield fh

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..exceptions import DataError, UsageError
 from .backends import load_generators
 from .chunks import generate_chunk, prepare_chunk, read_chunk_metadata, write_chunk
-from .sources import SourceItem, iter_source
+from .sources import RealDir, SourceItem, iter_source
 from .spec import GeneratorSpec
 
 log = logging.getLogger("deepsift.generate")
@@ -110,15 +110,34 @@ def _clean_temporaries(out: Path) -> None:
 
 
 def log_failures(meta: dict) -> None:
-    """Log each record a chunk skipped, with its reason."""
+    """Log each record a chunk skipped (or kept without its real-image generators), with the reason."""
     for rid, reason in meta.get("failed_ids", []):
         log.warning("record %s skipped: %s", rid, reason)
+    for rid, reason in meta.get("skipped_ids", []):
+        log.warning("record %s skipped for real-image generators: %s", rid, reason)
+
+
+def real_dir_for(real_dir: RealDir | None, needs_real: bool) -> RealDir | None:
+    """The ``--real-dir`` lookup to use: ``None`` (with a warning) when no generator needs a real image."""
+    if real_dir is not None and not needs_real:
+        log.warning("--real-dir %s is not used: no generator needs a real image", real_dir.root)
+        return None
+    return real_dir
 
 
 def plan_chunks(
-    source: str | None, out: Path, specs: Sequence[GeneratorSpec], *, chunk_size: int, add_to: str | None
+    source: str | None, out: Path, specs: Sequence[GeneratorSpec], *, chunk_size: int, add_to: str | None,
+    real_dir: RealDir | None = None,
 ) -> Iterator[Chunk]:
-    """The build's chunks, in order (lazily: the input is streamed)."""
+    """The build's chunks, in order (lazily: the input is streamed); ``real_dir`` attaches real images."""
+    for chunk in _input_chunks(source, out, chunk_size=chunk_size, add_to=add_to):
+        if real_dir is not None:
+            chunk.items = [real_dir.attach(item) for item in chunk.items]
+        yield chunk
+
+
+def _input_chunks(source: str | None, out: Path, *, chunk_size: int, add_to: str | None) -> Iterator[Chunk]:
+    """The input cut into chunks: one per existing shard (``add_to``), else ``chunk_size`` records each."""
     if add_to is not None:
         from ..data.reader import parquet_files, read_parquet_file
 
@@ -161,8 +180,13 @@ def build(
     ray_address: str | None = None,
     ray_actors: int | None = None,
     progress: bool | None = None,
+    real_dir: str | os.PathLike | None = None,
 ) -> BuildSummary:
-    """Build (or resume) a dataset: every record x every generator, one shard per chunk."""
+    """Build (or resume) a dataset: every record x every generator, one shard per chunk.
+
+    ``real_dir``: a ``deepsift data fetch-real`` folder; each record's real image (for ``vae``
+    generators) is looked up there by id.
+    """
     if not specs:
         raise UsageError("give at least one --generator NAME=KIND:SOURCE")
     if (source is None) == (add_to is None):
@@ -172,13 +196,17 @@ def build(
     if add_to is not None and not Path(add_to).exists():
         raise DataError(f"{add_to}: no such file or folder to add to")
     out = Path(out)
+    reals = RealDir(real_dir) if real_dir is not None else None
     settings = {"source": str(add_to or source), "add_to": add_to is not None,
                 "generators": [s.to_text() for s in specs], "chunk_size": None if add_to else chunk_size}
+    if reals is not None:  # only when given, so builds made before --real-dir existed still resume
+        settings["real_dir"] = str(reals.resolved)
     if ray_address is not None:
         from .ray_build import build_on_ray
 
         return build_on_ray(source, specs, out, settings=settings, add_to=add_to, chunk_size=chunk_size,
-                            threads=threads, address=ray_address, actors=ray_actors, progress=progress)
+                            threads=threads, address=ray_address, actors=ray_actors, progress=progress,
+                            real_dir=reals)
     import torch
 
     t0 = time.perf_counter()
@@ -186,14 +214,15 @@ def build(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _build_local(source, specs, out, settings, add_to=add_to, chunk_size=chunk_size, progress=progress, t0=t0)
+        return _build_local(source, specs, out, settings, add_to=add_to, chunk_size=chunk_size, progress=progress, t0=t0,
+                            real_dir=reals)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _build_local(
     source: str | None, specs: Sequence[GeneratorSpec], out: Path, settings: dict, *, add_to: str | None,
-    chunk_size: int, progress: bool | None, t0: float,
+    chunk_size: int, progress: bool | None, t0: float, real_dir: RealDir | None = None,
 ) -> BuildSummary:
     """The single-process build loop."""
     names = [s.name for s in specs]
@@ -206,10 +235,11 @@ def _build_local(
     _clean_temporaries(out)
     needs_real = any(g.needs_real_image for g in generators)
     needs_prompt = any(not g.needs_real_image for g in generators)
+    real_dir = real_dir_for(real_dir, needs_real)
     summary = BuildSummary(load_seconds=load_seconds)
     bar = tqdm(desc="build", unit="rec", disable=None if progress is None else not progress)
     try:
-        for chunk in plan_chunks(source, out, specs, chunk_size=chunk_size, add_to=add_to):
+        for chunk in plan_chunks(source, out, specs, chunk_size=chunk_size, add_to=add_to, real_dir=real_dir):
             meta = chunk_done(chunk, names)
             if meta is None:
                 prep = prepare_chunk(chunk.items, needs_prompt=needs_prompt, needs_real=needs_real, base=chunk.base)

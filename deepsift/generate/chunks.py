@@ -13,6 +13,12 @@ generator runs; a prompt over ``MAX_PROMPT_CHARS`` characters is skipped
 (``prompt_too_long``); a prompt over the tokenizer's limit (77 CLIP tokens) is truncated to
 that limit by the pipeline's own tokenizer, exactly what the text encoder can see, and
 counted as ``truncated_prompt`` (the record keeps the full prompt text).
+
+Real-image policy: a record whose real image is missing or does not decode is skipped
+(``no_real_image``, ``image_decode_error``, ...) when a generator needs it, except when the
+image comes from a ``--real-dir`` fetch folder and text-to-image generators also run: then
+only the real-image generators skip it (their slot stays empty), counted under the same
+reason and logged, and the text-to-image generators still run.
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ class Prepared:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, "reason: detail")
     n_input: int = 0
     base: str | None = None  # existing shard grown by --add-to, else None
+    real_skips: dict[str, str] = field(default_factory=dict)  # id -> reason: real-image generators skip it
 
 
 @dataclass
@@ -68,6 +75,7 @@ class Generated:
     notes: Counter
     n_input: int
     base: str | None
+    skips: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): kept, real-image slots empty
 
 
 def prepare_chunk(items: Sequence[SourceItem], *, needs_prompt: bool, needs_real: bool, base: str | None = None) -> Prepared:
@@ -81,13 +89,11 @@ def prepare_chunk(items: Sequence[SourceItem], *, needs_prompt: bool, needs_real
         elif reason is None and needs_prompt and len(item.prompt) > MAX_PROMPT_CHARS:
             reason = f"prompt_too_long: {len(item.prompt)} characters > {MAX_PROMPT_CHARS}"
         elif reason is None and needs_real:
-            if item.real is None:
-                reason = "no_real_image: a reconstruction generator needs the record's real image"
+            real, real_reason = _load_real(item)
+            if real_reason is not None and item.real_from_dir and needs_prompt:
+                out.real_skips[item.id] = real_reason
             else:
-                try:
-                    real = decode_image(item.real)
-                except ImageError as exc:
-                    reason = f"{_reason_of(exc)}: {exc}"
+                reason = real_reason
         if reason is not None:
             out.failures.append((item.id, reason))
             if base is None:
@@ -95,6 +101,16 @@ def prepare_chunk(items: Sequence[SourceItem], *, needs_prompt: bool, needs_real
         out.items.append(item)
         out.reals.append(real)
     return out
+
+
+def _load_real(item: SourceItem) -> tuple[Image.Image | None, str | None]:
+    """The item's decoded real image, or ``None`` and the reason it has none."""
+    if item.real is None:
+        return None, item.real_problem or "no_real_image: a reconstruction generator needs the record's real image"
+    try:
+        return decode_image(item.real), None
+    except ImageError as exc:
+        return None, f"{_reason_of(exc)}: {exc}"
 
 
 def _reason_of(exc: BaseException) -> str:
@@ -117,8 +133,9 @@ def generate_chunk(prep: Prepared, generators: Sequence[Any]) -> Generated:
                 log.info("%s: %d prompt(s) over the tokenizer limit, truncated: %s", gen.name, len(long_ids), long_ids[:5])
         row: list[np.ndarray | None] = [None] * len(prep.items)
         bs = max(1, int(getattr(gen, "batch_size", 1) or 1))
-        for start in range(0, len(live), bs):
-            ks = [k for k in live[start:start + bs] if prep.items[k].id not in failed]
+        todo = [k for k in live if prep.reals[k] is not None] if gen.needs_real_image else live
+        for start in range(0, len(todo), bs):
+            ks = [k for k in todo[start:start + bs] if prep.items[k].id not in failed]
             if not ks:
                 continue
             its = [prep.items[k] for k in ks]
@@ -142,7 +159,10 @@ def generate_chunk(prep: Prepared, generators: Sequence[Any]) -> Generated:
         pixels.append(row)
     gen_meta = [{"name": g.name, "model": g.model, "steps": g.steps, "spec": getattr(getattr(g, "spec", None), "text", "")}
                 for g in generators]
-    return Generated(prep.items, gen_meta, pixels, failures, notes, prep.n_input, prep.base)
+    real_names = ", ".join(g.name for g in generators if g.needs_real_image)
+    skips = [(i, f"{r} (no {real_names} image; the other generators ran)") for i, r in prep.real_skips.items()
+             if i not in failed]
+    return Generated(prep.items, gen_meta, pixels, failures, notes, prep.n_input, prep.base, skips)
 
 
 def encode_png(arr: np.ndarray) -> bytes:
@@ -168,7 +188,7 @@ def _generation(meta: dict, item: SourceItem, arr: np.ndarray) -> Generation:
 
 def chunk_metadata(res: Generated, n_records: int, images: dict[str, int]) -> dict:
     """The ``deepsift`` metadata of a chunk shard."""
-    failures = Counter(reason.split(":", 1)[0] for _, reason in res.failures)
+    failures = Counter(reason.split(":", 1)[0] for _, reason in res.failures + res.skips)
     return {
         "generators": [m["name"] for m in res.gen_meta],
         "specs": [m["spec"] for m in res.gen_meta],
@@ -178,6 +198,7 @@ def chunk_metadata(res: Generated, n_records: int, images: dict[str, int]) -> di
         "failures": dict(failures),
         "notes": dict(res.notes),
         "failed_ids": [[i, r[:300]] for i, r in res.failures[:1000]],
+        "skipped_ids": [[i, r[:300]] for i, r in res.skips[:1000]],
     }
 
 
@@ -188,15 +209,21 @@ def write_chunk(res: Generated, path: str | Path) -> dict:
         return _write_added(res, path)
     failed = {i for i, _ in res.failures}
     records = []
+    images = {m["name"]: 0 for m in res.gen_meta}
     for k, item in enumerate(res.items):
         if item.id in failed:
             continue
-        gens = [_generation(meta, item, res.pixels[g][k]) for g, meta in enumerate(res.gen_meta)]
-        records.append(D3Record(item.id, item.original_prompt, item.positive_prompt, item.negative_prompt, item.url, gens))
+        # None = an empty slot (a real-image generator skipped the record); record_to_row writes nulls
+        gens = [None if res.pixels[g][k] is None else _generation(meta, item, res.pixels[g][k])
+                for g, meta in enumerate(res.gen_meta)]
+        for meta, g in zip(res.gen_meta, gens):
+            images[meta["name"]] += g is not None
+        records.append(D3Record(item.id, item.original_prompt, item.positive_prompt, item.negative_prompt, item.url,
+                                gens))  # type: ignore[arg-type]
     n = len(res.gen_meta)
     schema = d3_arrow_schema(n)
     table = pa.Table.from_pylist([record_to_row(r, n) for r in records], schema=schema)
-    meta = chunk_metadata(res, len(records), {m["name"]: len(records) for m in res.gen_meta})
+    meta = chunk_metadata(res, len(records), images)
     table = table.replace_schema_metadata({**(schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
     write_table_atomic(table, path)
     return meta

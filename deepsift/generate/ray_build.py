@@ -7,7 +7,8 @@ writes the shard (:func:`write_chunk`). There is one generator actor per GPU
 claim no CPU so the encode/write tasks always find one (a 1-CPU node would otherwise starve).
 At most ``2 x actors`` chunks are in flight. Outputs, restarts and summaries are those of the
 local build (same chunk functions, same shard-exists rule); real-image paths and ``--out``
-must be visible to every node (shared filesystem) on a multi-node cluster.
+(and a ``--real-dir`` folder) must be visible to every node (shared filesystem) on a multi-node
+cluster.
 
 Ray's helper processes try to reach outside addresses: run it in a loopback-only network
 namespace (``unshare -n``) unless the cluster is meant to be networked.
@@ -21,8 +22,9 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from ..exceptions import DeepsiftError, GeneratorError
-from .builder import BuildSummary, _clean_temporaries, _write_manifest, chunk_done, log_failures, plan_chunks
+from .builder import BuildSummary, _clean_temporaries, _write_manifest, chunk_done, log_failures, plan_chunks, real_dir_for
 from .chunks import Generated, Prepared, generate_chunk, prepare_chunk, write_chunk
+from .sources import RealDir
 from .spec import GeneratorSpec, parse_spec
 
 
@@ -77,6 +79,7 @@ def _unwrap(exc: BaseException) -> DeepsiftError:
 def build_on_ray(
     source: str | None, specs: Sequence[GeneratorSpec], out: Path, *, settings: dict, add_to: str | None,
     chunk_size: int, threads: int | None, address: str, actors: int | None, progress: bool | None,
+    real_dir: RealDir | None = None,
 ) -> BuildSummary:
     """Run :func:`deepsift.generate.builder.build` on Ray (see the module docstring)."""
     import ray
@@ -99,6 +102,7 @@ def build_on_ray(
             raise _unwrap(exc) from None
         needs_real = any(i["needs_real_image"] for i in infos)
         needs_prompt = any(not i["needs_real_image"] for i in infos)
+        real_dir = real_dir_for(real_dir, needs_real)
         out.mkdir(parents=True, exist_ok=True)
         if add_to is None or Path(add_to).resolve() != out.resolve():
             _write_manifest(out, settings)
@@ -121,7 +125,7 @@ def build_on_ray(
                 bar.update(n)
 
         try:
-            for chunk in plan_chunks(source, out, specs, chunk_size=chunk_size, add_to=add_to):
+            for chunk in plan_chunks(source, out, specs, chunk_size=chunk_size, add_to=add_to, real_dir=real_dir):
                 meta = chunk_done(chunk, names)
                 if meta is not None:
                     summary.add(meta, resumed=True)

@@ -10,6 +10,10 @@ JSONL (one object per line) and CSV (a header row) use the same fields:
 
 Rows that cannot be used become items with a ``problem`` (``bad_line``, ``duplicate_id``,
 ``bad_image_path``) so the builder logs and counts them and carries on.
+
+:class:`RealDir` attaches real images from a ``deepsift data fetch-real`` folder by record id
+(``--real-dir``); a record whose image was not fetched keeps ``real_problem`` instead, so only
+the generators that need a real image skip it.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..data.fetch import STATUS_FILE, load_status, real_image_path
 from ..exceptions import DataError, SchemaError
 
 PROMPT_FIELDS = ("prompt", "original_prompt", "positive_prompt")
@@ -36,6 +41,8 @@ class SourceItem:
     url: str | None = None
     real: str | None = None  # absolute path of the real image, if any
     problem: str | None = None  # e.g. "bad_line: ..." when the row itself is unusable
+    real_from_dir: bool = False  # real image looked up in a --real-dir folder (missing: only real-image generators skip)
+    real_problem: str | None = None  # why a --real-dir lookup found no usable image ("no_real_image: ...")
 
     @property
     def prompt(self) -> str:
@@ -138,3 +145,48 @@ def _iter_d3(src: str | os.PathLike) -> Iterator[SourceItem]:
             negative_prompt=rec.negative_prompt,
             url=rec.url,
         )
+
+
+class RealDir:
+    """The real images of a ``deepsift data fetch-real`` folder, looked up by record id.
+
+    Lookups go through :func:`deepsift.data.fetch.load_status` / :func:`~deepsift.data.fetch.real_image_path`;
+    a path that resolves outside the folder (e.g. a symlink) is refused, so bytes are only read
+    from inside it. ``status.jsonl`` is read on the first lookup.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise DataError(f"{path}: --real-dir is not a folder")
+        if not (self.root / STATUS_FILE).is_file():
+            raise DataError(f"{path}: no {STATUS_FILE}; --real-dir takes the --out folder of 'deepsift data fetch-real'")
+        self.resolved = self.root.resolve()
+        self._status: dict[str, dict] | None = None
+
+    @property
+    def status(self) -> dict[str, dict]:
+        """The latest fetch status per id (read once)."""
+        if self._status is None:
+            self._status = load_status(self.root)
+        return self._status
+
+    def attach(self, item: SourceItem) -> SourceItem:
+        """Set ``item.real`` from the folder, or ``item.real_problem`` saying why there is none."""
+        if item.problem is not None or item.real is not None:
+            return item  # unusable rows, and rows that name their own image, are left as they are
+        item.real_from_dir = True
+        path = real_image_path(self.root, self.status, item.id)
+        if path is None:
+            entry = self.status.get(item.id)
+            why = "no line in status.jsonl" if entry is None else f"fetch status {entry.get('status')!r}"
+            if entry is not None and entry.get("status") == "ok":
+                why = f"fetched as {entry.get('path')!r} but the file is gone"
+            item.real_problem = f"no_real_image: {why} in {self.root}"
+            return item
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.resolved):
+            item.real_problem = f"bad_image_path: {path} resolves outside {self.root}"
+            return item
+        item.real = str(resolved)
+        return item

@@ -126,3 +126,19 @@ def test_bytes_and_arrays(files):
     assert decode_image(rgb(2)).size == (300, 260)
     with pytest.raises(ImageDecodeError, match="uint8"):
         decode_image(rgb(2).astype(np.float32))
+
+
+def test_fast_preprocessing_is_bit_identical_to_the_arithmetic():
+    # uint8 arrays take the look-up-table path, torch tensors the float arithmetic: same bits
+    import torch
+
+    rng = np.random.default_rng(3)
+    for shape in [(3, 224, 224, 3), (224, 224, 3), (2, 37, 41, 3)]:
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert torch.equal(normalize_batch(x), normalize_batch(torch.from_numpy(x)))
+    x = rng.integers(0, 256, (2, 230, 224, 3), dtype=np.uint8)[:, 3:227]  # a non-contiguous view
+    assert torch.equal(normalize_batch(x), normalize_batch(torch.from_numpy(np.ascontiguousarray(x))))
+    # the crop of large-enough images (done in Pillow) takes the same box as center_crop_array
+    for w, h in [(224, 224), (225, 301), (300, 227), (512, 512), (257, 256), (100, 300)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        np.testing.assert_array_equal(crop_uint8(im), center_crop_array(np.asarray(im)))

@@ -98,7 +98,10 @@ def convert_estimator(kind: str, est: object, path: Path) -> Head:
         _expect(est, "OneClassSVM", path)
         if est.kernel != "poly":
             raise ModelError(f"{path}: expected a poly-kernel OneClassSVM, got kernel={est.kernel!r}")
-        head = OCSVMHead(nu=float(est.nu), degree=int(est.degree), coef0=float(est.coef0), gamma=float(est._gamma))
+        gamma = getattr(est, "_gamma", None)  # resolved 'auto' (1 / n_features) on every sklearn we know
+        if gamma is None:
+            gamma = est.gamma if isinstance(est.gamma, float) else 1.0 / est.support_vectors_.shape[1]
+        head = OCSVMHead(nu=float(est.nu), degree=int(est.degree), coef0=float(est.coef0), gamma=float(gamma))
         head.support_vectors_ = np.asarray(est.support_vectors_, dtype=np.float64)
         head.dual_coef_ = np.asarray(est.dual_coef_[0], dtype=np.float64)
         head.intercept_ = np.asarray(est.intercept_, dtype=np.float64).reshape(1)

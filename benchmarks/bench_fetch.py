@@ -44,9 +44,11 @@ def _serve(port_q: mp.Queue, stop: mp.Event) -> None:
             self.end_headers()
             self.wfile.write(body)
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    srv.daemon_threads = True
-    srv.request_queue_size = 256
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 256  # listen() backlog: must be set before the socket listens
+        daemon_threads = True
+
+    srv = Server(("127.0.0.1", 0), H)
     import threading
 
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -173,3 +173,13 @@ def test_missing_heads_is_a_clear_error(code_model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPSIFT_HOME", str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="import-official"):
         Detector.load(str(code_model_dir))
+
+
+def test_heads_for_another_model_are_refused(code_model_dir, tmp_path):
+    from deepsift.exceptions import ModelError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 16)), np.r_[np.zeros(20), np.ones(20)]
+    save_headset({"linear": make_head("linear").fit(X, y)}, tmp_path / "h16")
+    with pytest.raises(ModelError, match="expect 16-d embeddings but the model gives 192-d"):
+        Detector.load(str(code_model_dir), heads=tmp_path / "h16")

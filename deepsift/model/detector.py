@@ -97,6 +97,11 @@ class Detector:
             from .onnx import OnnxEmbedder
 
             self.onnx = OnnxEmbedder(onnx_path)
+        width = int(backbone.config.hidden_size)
+        wrong = {n: h.n_features for n, h in self.heads.items() if h.n_features != width}
+        if wrong:
+            raise ModelError(f"heads {', '.join(wrong)} expect {set(wrong.values()).pop()}-d embeddings but the "
+                             f"model gives {width}-d: these heads were fitted for another model")
         if self.heads and classifier not in self.heads:
             raise UsageError(f"classifier {classifier!r} is not among the loaded heads: {', '.join(self.heads)}")
 

@@ -98,6 +98,13 @@ class Head:
         p = self.probability(self.decision_function(X))
         return np.stack([1.0 - p, p], axis=1)
 
+    @property
+    def n_features(self) -> int:
+        """Embedding width the head was fitted on."""
+        self._check_fitted()
+        first = np.asarray(getattr(self, self._arrays[0] + "_"))
+        return int(first.shape[-1])
+
     def probability(self, scores: np.ndarray) -> np.ndarray:
         """Map fake-scores to calibrated P(fake)."""
         self._check_fitted()

@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the hub offline (a test may lift it explicitly, e.g. to test errors)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny random diffusers pipeline, VAE and tokenizer saved like hub models (built once per session)."""
+    from tiny_models import shared_tiny_models
+
+    return shared_tiny_models(tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def code_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ViT-Tiny in the published aimagelab/CoDE layout, random weights, saved by transformers."""

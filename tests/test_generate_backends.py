@@ -7,22 +7,11 @@ import textwrap
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_models import shared_tiny_models
 
 from deepsift.cli import main
 from deepsift.exceptions import GeneratorError
 from deepsift.generate.backends import ENTRY_POINT_GROUP, create_generator, load_generators
 from deepsift.generate.spec import DEFAULT_VAE, derive_seed, parse_spec
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def test_parse_spec_types_options():

@@ -10,9 +10,7 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
-from tiny_models import shared_tiny_models
 
 from deepsift.cli import main
 from deepsift.data.reader import read_d3
@@ -20,16 +18,6 @@ from deepsift.data.writer import write_shard
 from deepsift.data.schema import D3Record, Generation
 from deepsift.generate.builder import build
 from deepsift.generate.spec import derive_seed, parse_spec
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def sd_spec(models, name="sd"):

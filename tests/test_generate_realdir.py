@@ -18,7 +18,6 @@ import torch
 from data_factory import make_record
 from httpserver import LocalServer
 from PIL import Image
-from tiny_models import shared_tiny_models
 
 from deepsift.cli import main
 from deepsift.data.fetch import load_status
@@ -42,16 +41,6 @@ def encoded(seed: int, size: tuple[int, int], fmt: str) -> bytes:
 
 REALS = {IDS[0]: encoded(1, (48, 40), "PNG"), IDS[1]: encoded(2, (56, 32), "JPEG"),
          IDS[3]: encoded(3, (40, 40), "PNG"), IDS[4]: encoded(4, (40, 40), "PNG"), IDS[5]: encoded(5, (40, 40), "PNG")}
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return shared_tiny_models(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,18 @@ def test_cli_split_and_leave_generator_out(tmp_path, capsys):
     assert "matches no generator" in capsys.readouterr().err
 
 
+def test_leave_out_a_short_generator_name_matches_whole_words_only(tmp_path, capsys):
+    make_shards(tmp_path / "d3", 40, per_shard=40, n_gen=4)  # "deepfloyd-if" + three "stable-diffusion-*"
+    out = tmp_path / "lgo"
+    assert main(["data", "split", str(tmp_path / "d3"), "--out", str(out), "--test", "0.5", "--val", "0",
+                 "--leave-out", "IF"]) == 0
+    train, test = list(read_d3(out / "train")), list(read_d3(out / "test"))
+    assert train and test
+    assert {g.model for r in test for g in r.generations} == {"deepfloyd-if"}  # not stable-d-IF-fusion
+    assert {g.model for r in train for g in r.generations} == {
+        "stable-diffusion-1-4", "stable-diffusion-2-1", "stable-diffusion-xl"}
+
+
 def test_cli_info_and_export(tmp_path, capsys):
     recs = [make_record(i, 2) for i in range(4)]
     recs[0].original_prompt = recs[0].positive_prompt = " "
@@ -124,3 +136,12 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and "bad.parquet" in err[0] and "Traceback" not in err[0]
     with pytest.raises(SystemExit):
         main(["data", "fetch-real", str(bad)])  # --out is required
+
+
+def test_cli_split_bad_shard_size_is_one_line(tmp_path, capsys):
+    make_shards(tmp_path / "d3", 4, per_shard=4, n_gen=1)
+    for bad in ("0", "-1"):
+        assert main(["data", "split", str(tmp_path / "d3"), "--out", str(tmp_path / "s"), "--max-shard-mb", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--max-shard-mb" in err[0]
+    assert not (tmp_path / "s").exists()  # refused before any work

@@ -224,3 +224,52 @@ def test_helpers():
         assert "/" not in name and not name.startswith(".") and len(name) < 130
     with pytest.raises(UsageError):
         FetchConfig(concurrency=0)
+
+
+def test_a_malformed_url_is_invalid_url_and_the_fetch_carries_on(server, tmp_path):
+    out = tmp_path / "real"
+    items = [("bad", "http://[::1/x.jpg"), ("good", server.base + "/good/g")]
+    summary = Fetcher(out, config(concurrency=1)).run(items, progress=False)
+    status = load_status(out)
+    assert status["bad"]["status"] == "invalid_url" and status["good"]["status"] == "ok"
+    assert summary.statuses == Counter({"invalid_url": 1, "ok": 1})
+
+
+def test_a_failed_write_is_a_status_not_a_hang(server, tmp_path):
+    out = tmp_path / "real"
+    (out / "a.jpg").mkdir(parents=True)  # the image cannot be stored under its name
+    items = [("a", server.base + "/good/a")] + [(f"n{i}", server.base + f"/good/{i}") for i in range(8)]
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        s=Fetcher(out, config(concurrency=1)).run(items, progress=False)), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the fetch hung after a worker failed"
+    assert result["s"].statuses == Counter({"ok": 8, "write_error": 1})
+    status = load_status(out)
+    assert status["a"]["status"] == "write_error" and "a.jpg" in status["a"]["error"]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    again = Fetcher(out, config()).run(items, progress=False)  # not a permanent failure: retried
+    assert again.statuses == Counter({"write_error": 1}) and again.skipped == 8
+
+
+def test_a_status_line_cut_short_by_a_kill_does_not_swallow_the_next_run(server, tmp_path):
+    out = tmp_path / "real"
+    out.mkdir()
+    (out / "status.jsonl").write_text('{"id": "killed", "url": "http://x/", "sta')  # a run killed mid-line
+    items = [("a", server.base + "/good/a")]
+    assert Fetcher(out, config()).run(items, progress=False).statuses == Counter({"ok": 1})
+    assert load_status(out)["a"]["status"] == "ok"
+    again = Fetcher(out, config()).run(items, progress=False)
+    assert again.fetched == 0 and again.skipped == 1 and server.hits["/good/a"] == 1
+
+
+@pytest.mark.parametrize("option", [["--limit", "-1"], ["--max-pixels", "0"], ["--concurrency", "0"]])
+def test_cli_fetch_real_bad_numbers_are_one_line_errors(tmp_path, capsys, option):
+    from deepsift.cli import main
+
+    write_shard([make_record(0, 1)], tmp_path / "d3.parquet", n_generators=1)
+    assert main(["data", "fetch-real", str(tmp_path / "d3.parquet"), "--out", str(tmp_path / "real"), *option]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option[0].lstrip("-").replace("-", "_") in err[0].replace("-", "_")
+    assert not (tmp_path / "real" / "status.jsonl").exists()  # refused before any work

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -109,6 +110,15 @@ def test_csv_and_d3_shard_sources(models, tmp_path):
     assert main(["data", "build", "--prompts", str(tmp_path / "bad.csv"), "-g", sd_spec(models), "--out", str(tmp_path / "o3")]) == 1
 
 
+def test_csv_prompt_over_the_csv_field_limit_is_skipped_as_too_long(models, tmp_path, capsys):
+    huge = "x" * 200_000  # over the csv module's default field limit (131072)
+    (tmp_path / "p.csv").write_text(f"id,prompt\na,red\nhuge,{huge}\nb,blue\n")
+    out = tmp_path / "out"
+    assert main(["data", "build", "--prompts", str(tmp_path / "p.csv"), "-g", sd_spec(models), "--out", str(out), "-q"]) == 0
+    assert "failures by reason: prompt_too_long=1" in capsys.readouterr().err
+    assert [r.id for r in read_d3(out)] == ["a", "b"]
+
+
 def test_spec_that_does_not_load_fails_before_any_work(models, tmp_path, capsys):
     src = write_prompts(tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -145,6 +155,16 @@ def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, cap
     err = capsys.readouterr().err
     assert "(2 already done)" in err
     assert all(len(r.generations) == 3 for r in read_d3(grown))
+
+
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--ray-actors", "-1"], ["--ray-actors", "0"]])
+def test_bad_thread_and_actor_counts_are_one_line_errors(models, tmp_path, capsys, option):
+    src = write_prompts(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    code = main(["data", "build", "--prompts", str(src), "-g", sd_spec(models), "--out", str(out), *option])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and option[0] in err[0] and "Traceback" not in err[0]
+    assert not out.exists()  # refused before any work
 
 
 def test_restart_with_other_settings_is_refused(models, tmp_path):

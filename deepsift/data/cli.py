@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--test", type=float, default=0.05, help="test fraction (default: 0.05)")
     p.add_argument("--salt", default="deepsift", help="hash salt; change it for a different split")
     p.add_argument("--leave-out", default=None, metavar="GENERATOR",
-                   help="train/val without this generator, test on it only (model name or part of it)")
+                   help="train/val without this generator, test on it only (model name or a whole word of it, e.g. IF)")
     p.add_argument("--max-shard-mb", type=float, default=512.0)
     p.set_defaults(func=cmd_split)
 
@@ -97,9 +97,11 @@ def cmd_fetch_real(args: argparse.Namespace) -> int:
 
     config = FetchConfig(
         concurrency=args.concurrency, per_host=args.per_host, timeout=args.timeout, retries=args.retries,
-        backoff=args.backoff, max_bytes=args.max_bytes, max_pixels=args.max_pixels or MAX_PIXELS,
-        retry_failed=args.retry_failed,
+        backoff=args.backoff, max_bytes=args.max_bytes,
+        max_pixels=MAX_PIXELS if args.max_pixels is None else args.max_pixels, retry_failed=args.retry_failed,
     )
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
     items = ((r.id, r.url) for r in _records(args, images=False))
     total = _total(args.sources)
     if args.limit is not None:
@@ -129,6 +131,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     from .reader import is_local, n_generators_in
     from .split import model_matches, split_records
 
+    if not int(args.max_shard_mb * 1024 * 1024) >= 1:
+        raise UsageError(f"--max-shard-mb must be > 0, got {args.max_shard_mb:g}")
     remote = [s for s in args.sources if not is_local(s)]
     if remote:
         raise UsageError(f"split reads local shards only; not found: {', '.join(remote)}")

@@ -10,7 +10,7 @@ Policy (tested in ``tests/test_data_fetch.py``):
   the original bytes are stored unchanged as ``<id>.<ext>`` (ext from the file's magic bytes);
 * every id gets one line in ``status.jsonl`` next to the images (``ok``, ``http_404``,
   ``timeout``, ``not_image``, ``too_large``, ``connect_error``, ``too_many_redirects``,
-  ``invalid_url``, ``no_url``, ...); a re-run skips ids already ``ok`` (file present) and
+  ``invalid_url``, ``no_url``, ``write_error``, ...); a re-run skips ids already ``ok`` (file present) and
   ids that failed for good (4xx, not an image, too large) unless ``retry_failed``.
 """
 from __future__ import annotations
@@ -178,6 +178,13 @@ def load_status(out_dir: str | os.PathLike) -> dict[str, dict]:
     return latest
 
 
+def _last_byte(path: Path) -> bytes:
+    """The last byte of a non-empty file."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
+
+
 def needs_fetch(entry: dict | None, out_dir: Path, retry_failed: bool) -> bool:
     """Whether an id with this previous status line should be fetched (again)."""
     if entry is None:
@@ -213,13 +220,20 @@ class Fetcher:
         bar = tqdm(total=total, unit="img", desc="fetch-real", disable=None if progress else True)
         clients: list[httpx.AsyncClient] = []
         workers: list[asyncio.Task] = []
-        with open(self.out_dir / STATUS_FILE, "a", encoding="utf-8") as status_fh:
+        status_path = self.out_dir / STATUS_FILE
+        torn = status_path.is_file() and status_path.stat().st_size > 0 and _last_byte(status_path) != b"\n"
+        with open(status_path, "a", encoding="utf-8") as status_fh:
+            if torn:  # a killed run left half a line: end it, or the next line would be lost with it
+                status_fh.write("\n")
             async def worker(client: httpx.AsyncClient) -> None:
                 while True:
                     item = await queue.get()
                     if item is None:
                         return
-                    result = await self.fetch_one(client, *item)
+                    try:
+                        result = await self.fetch_one(client, *item)
+                    except Exception as exc:  # a dead worker would hang the queue: record it and go on
+                        result = FetchResult(item[0], item[1], "error", error=f"{type(exc).__name__}: {exc}")
                     status_fh.write(json.dumps(asdict(result)) + "\n")
                     summary.statuses[result.status] += 1
                     summary.bytes += result.bytes or 0
@@ -277,7 +291,10 @@ class Fetcher:
         cfg = self.config
         if not url:
             return FetchResult(rid, url, "no_url")
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:
+            return FetchResult(rid, url, "invalid_url", error=str(exc))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return FetchResult(rid, url, "invalid_url", error="only http(s) URLs are fetched")
         sem = self._hosts.setdefault(parts.hostname, asyncio.Semaphore(cfg.per_host))
@@ -345,8 +362,13 @@ class Fetcher:
         name = f"{safe_name(result.id)}.{sniff_ext(body)}"
         final = self.out_dir / name
         tmp = self.out_dir / f".{name}.tmp-{os.getpid()}"
-        tmp.write_bytes(body)
-        os.replace(tmp, final)
+        try:
+            tmp.write_bytes(body)
+            os.replace(tmp, final)
+        except OSError as exc:  # disk full, unwritable folder...: a status, never a dead worker
+            tmp.unlink(missing_ok=True)
+            result.status, result.error = "write_error", f"{final}: {exc.strerror or exc}"
+            return result
         result.path = name
         return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,9 +39,12 @@ def split_of(record_id: str, val: float = 0.05, test: float = 0.05, salt: str = 
 
 
 def model_matches(model: str, name: str) -> bool:
-    """Whether generator ``model`` is the one named (case-insensitive, exact or substring)."""
+    """Whether generator ``model`` is the one named (case-insensitive, exact or whole-word part).
+
+    ``IF`` matches ``DeepFloyd/IF-I-XL-v1.0`` but not ``stable-diffusion`` (no match inside a word).
+    """
     m, n = model.lower(), name.lower()
-    return m == n or n in m
+    return m == n or re.search(rf"(?<![a-z0-9]){re.escape(n)}(?![a-z0-9])", m) is not None
 
 
 def leave_out(record: D3Record, generator: str, side: str) -> D3Record | None:

@@ -193,6 +193,9 @@ def build(
         raise UsageError("give either --prompts SRC (a new build) or --add-to EXISTING (grow shards)")
     if chunk_size <= 0:
         raise UsageError(f"--chunk-size must be positive, got {chunk_size}")
+    for option, value in (("--threads", threads), ("--ray-actors", ray_actors)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{option} must be positive, got {value}")
     if add_to is not None and not Path(add_to).exists():
         raise DataError(f"{add_to}: no such file or folder to add to")
     out = Path(out)

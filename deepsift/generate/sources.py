@@ -28,6 +28,8 @@ from ..data.fetch import STATUS_FILE, load_status, real_image_path
 from ..exceptions import DataError, SchemaError
 
 PROMPT_FIELDS = ("prompt", "original_prompt", "positive_prompt")
+CSV_FIELD_LIMIT = 1 << 30
+"""Largest CSV field read (the csv module's default, 128 KiB, is below some real prompts)."""
 
 
 @dataclass
@@ -124,6 +126,8 @@ def _iter_jsonl(src: str | os.PathLike) -> Iterator[SourceItem]:
 def _iter_csv(src: str | os.PathLike) -> Iterator[SourceItem]:
     """Items of a CSV (or TSV) file with a header row naming the prompt column."""
     path = Path(src)
+    # over-long prompts must reach the prompt_too_long check, not stop at csv's 128 KiB field limit
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with open(path, encoding="utf-8", errors="replace", newline="") as fh:
         reader = csv.DictReader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         header = reader.fieldnames or []

@@ -106,3 +106,21 @@ def test_npr_bad_parameters_and_mismatched_weights(fitted, tmp_path):
     (out / "baseline.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="do not match"):
         load_baseline(out)
+
+
+def test_npr_saved_form_records_everything_needed_to_retrain(data, tmp_path):
+    # the training batch size shapes the weights (steps, schedule, shuffling) but is a runtime
+    # option of predict: baseline.json must record the one training used, or a rerun differs
+    import json
+
+    (real, fake), (test_real, _) = data
+    small = {**PARAMS, "epochs": 1, "batch_size": 4}
+    first = get_baseline("npr", **small).fit(_files(real)[:12], _files(fake)[:12])
+    meta = json.loads((first.save(tmp_path / "npr") / "baseline.json").read_text())
+    assert meta["train"]["batch_size"] == 4
+    again = get_baseline("npr", **meta["params"], batch_size=meta["train"]["batch_size"])
+    again.fit(_files(real)[:12], _files(fake)[:12])
+    probe = _files(test_real)[:4]
+    assert [p.score for p in again.predict(probe)] == [p.score for p in first.predict(probe)]
+    other = get_baseline("npr", **meta["params"]).fit(_files(real)[:12], _files(fake)[:12])  # default batch
+    assert [p.score for p in other.predict(probe)] != [p.score for p in first.predict(probe)]

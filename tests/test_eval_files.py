@@ -125,3 +125,38 @@ def test_cli_calibrate_then_apply(tmp_path: Path) -> None:
     p = cal.transform(raw)
     assert np.mean(p[y == 0] >= cal.params["threshold"]) <= 0.05
     assert np.all(np.diff(p[np.argsort(raw)]) >= 0)  # monotone
+
+
+def test_malformed_rows_are_errors_not_silently_read(tmp_path: Path) -> None:
+    # an unquoted comma in the file name 'b,1' shifts the columns: 'b' must not be scored 1
+    p = tmp_path / "s.csv"
+    p.write_text("id,score\na.png,0.1\nb,1,0.9\nc.png,0.3\n")
+    with pytest.raises(EvaluationError, match=r"s\.csv.*line 3.*3 fields.*header has 2"):
+        read_scores(p)
+    q = tmp_path / "l.csv"
+    q.write_text("id,label\na,0\nb,1,extra\n")
+    with pytest.raises(EvaluationError, match=r"l\.csv.*line 3"):
+        read_labels(q)
+    e = tmp_path / "e.csv"
+    e.write_text("id,score\na,0.1\n,0.7\n")
+    with pytest.raises(EvaluationError, match=r"e\.csv.*line 3.*empty id"):
+        read_scores(e)
+    for name, text in (("rows.json", "[0.5, 0.7]"), ("rows.jsonl", '{"id": "a", "score": 0.1}\n[1, 2]\n')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(EvaluationError, match=rf"{name}.*line \d.*not an object"):
+            read_scores(tmp_path / name)
+
+
+def test_cli_calibrate_fits_the_raw_score_of_a_detect_csv(tmp_path: Path) -> None:
+    # `deepsift detect` CSV has both a probability and a raw score; a saved calibration is applied
+    # to the raw score (eval generators --calibration), so it must be fitted on the raw score too
+    lab, y = _labels(tmp_path, 200)
+    raw = np.random.default_rng(3).normal(2.0 * (2 * y - 1), 2.0)
+    prob = 1 / (1 + np.exp(-4.0 * raw))
+    (tmp_path / "det.csv").write_text("source,verdict,label,probability,score\n" + "\n".join(
+        f"img{i}.png,x,{int(p >= 0.5)},{p},{r}" for i, (p, r) in enumerate(zip(prob, raw))))
+    out = tmp_path / "cal.json"
+    assert main(["eval", "calibrate", "--labels", str(lab), "--scores", str(tmp_path / "det.csv"),
+                 "--out", str(out)]) == 0
+    expected = Calibrator("platt").fit(y, raw)
+    np.testing.assert_allclose(Calibrator.load(out).transform(raw), expected.transform(raw), atol=1e-6)

@@ -106,9 +106,10 @@ def test_bootstrap_matches_explicit_resampling() -> None:
     y, s = _data(300, seed=5)
     fast = compute_metrics(y, s, bootstrap=400, seed=1).values["auroc"]
     rng = np.random.default_rng(99)
+    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
     slow = []
-    for _ in range(400):
-        i = rng.integers(0, len(y), len(y))
+    for _ in range(400):  # stratified: each class resampled within itself, as pROC does
+        i = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
         slow.append(skm.roc_auc_score(y[i], s[i]))
     lo, hi = np.quantile(slow, [0.025, 0.975])
     assert fast.low == pytest.approx(lo, abs=0.02) and fast.high == pytest.approx(hi, abs=0.02)
@@ -170,3 +171,27 @@ def test_unsure_band_reported_separately() -> None:
     assert parse_band("0.3,0.7") == (0.3, 0.7)
     with pytest.raises(EvaluationError):
         parse_band("0.7,0.3")
+
+
+def test_bootstrap_survives_one_class_resamples_among_normal_ones() -> None:
+    # with 2 samples, many resamples hold one class only while others hold both: the curve
+    # metrics of the one-class rows are undefined and must not take the batch down
+    m = compute_metrics([0, 1], [0.2, 0.8], bootstrap=200, seed=0)
+    assert m["auroc"] == 1.0 and m["eer"] == 0.0
+    y = np.r_[np.zeros(60, int), np.ones(3, int)]
+    s = np.random.default_rng(0).random(63) + 0.3 * y
+    m = compute_metrics(y, s, bootstrap=500, seed=1)
+    for name in ("eer", "tpr@1%fpr", "tpr@5%fpr", "auroc"):
+        v = m.values[name]
+        assert v.low is not None and 0.0 <= v.low <= v.high <= 1.0, name
+
+
+def test_bootstrap_keeps_the_class_counts() -> None:
+    # a test set's real/fake counts are fixed by design: a resample keeps them (stratified), so a
+    # detector that calls every real right and every fake wrong has accuracy 60/63 in all of them
+    y = np.r_[np.zeros(60, int), np.ones(3, int)]
+    s = np.r_[np.full(60, 0.1), np.full(3, 0.2)]
+    m = compute_metrics(y, s, threshold=0.5, bootstrap=300, seed=0)
+    acc = m.values["accuracy"]
+    assert acc.low == pytest.approx(60 / 63) and acc.high == pytest.approx(60 / 63)
+    assert m.values["auroc"].low == 1.0 == m.values["auroc"].high  # never a one-class resample

@@ -241,3 +241,75 @@ def test_baseline_and_code_side_by_side_in_one_report(env, tmp_path: Path) -> No
     assert res["freq"]["all"]["all"]["n_fake"] == 12
     assert res["freq"]["all"]["all"]["metrics"]["auroc"]["value"] > 0.8  # the grid artefact is a frequency cue
     assert "freq" in (rep / "report.md").read_text()
+
+
+def test_target_fpr_threshold_is_chosen_on_calibrated_validation_scores(env, tmp_path: Path) -> None:
+    # with a saved --calibration, the test scores are calibrated probabilities: the target-FPR
+    # threshold must be picked on the validation scores mapped the same way
+    from deepsift.evaluate.calibration import Calibrator, threshold_for_fpr
+
+    val = folders_dataset(tmp_path / "val", 10, seed=7)
+    cal = Calibrator("platt", {"a": 0.05, "b": -1.0})
+    cal.save(tmp_path / "cal.json")
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(env.test), *env.det, "--calibration", str(tmp_path / "cal.json"),
+                 "--val", str(val), "--target-fpr", "0.1", "--report", str(rep)]) == 0
+    ev = load_eval_set(val)
+    preds = Detector.load(env.model, heads=env.heads, classifier="linear").predict([s.source for s in ev.samples])
+    raw = np.array([p.score for p in preds])
+    expected = threshold_for_fpr([s.label for s in ev.samples], cal.transform(raw), 0.1)
+    assert _json(rep)["operating_point"]["thresholds"]["CoDE/linear"] == pytest.approx(expected)
+
+
+def test_robustness_cli_bootstrap_gives_intervals(env, tmp_path: Path) -> None:
+    # --bootstrap is offered by every eval command; the robustness sweep must honour it too
+    rep = tmp_path / "rep"
+    assert main(["eval", "robustness", str(env.test), *env.det, "--transforms", "jpeg", "--metric", "accuracy",
+                 "--bootstrap", "40", "--report", str(rep)]) == 0
+    r = _json(rep)["robustness"]
+    lo, hi = r["clean_ci95"]["CoDE/linear"]
+    assert lo <= r["clean"]["CoDE/linear"] <= hi
+    for p in r["curves"]["jpeg"]["points"]:
+        lo, hi = p["ci95"]["CoDE/linear"]
+        assert lo <= p["values"]["CoDE/linear"] <= hi
+
+
+def test_logo_refuses_detectors_it_would_silently_drop(env, capsys) -> None:
+    # eval logo runs one detector (CoDE heads, or one --detector): an extra one must not vanish
+    register_detector_loader("toy", lambda arg: BrightnessDetector())
+    assert main(["eval", "logo", str(env.test), *env.det, "--detector", "busy=toy:x"]) == 2
+    assert "busy" in capsys.readouterr().err
+
+
+def test_leave_one_out_keeps_d3_twins_on_one_side(monkeypatch) -> None:
+    # the D3 test layout holds every real photo twice (augm/real/x and no_augm/real/x): the
+    # real train/test split must keep both copies on the same side, or test reals leak
+    from deepsift.model import heads
+
+    rng = np.random.default_rng(0)
+    samples, emb = [], []
+    photos = {g: rng.normal(0, 1, (10, 6)) for g in ("real", "gen_0", "gen_1")}
+    for split in ("augm", "no_augm"):
+        for g, vecs in photos.items():
+            for i, v in enumerate(vecs):
+                samples.append(Sample(f"{split}/{g}/{i}.png", "-", int(g != "real"), g, split))
+                emb.append(v)  # twins share the embedding: a leak is visible as a shared row
+    seen: dict[str, list[np.ndarray]] = {"fit": [], "test": []}
+    make = heads.make_head
+
+    def spying(kind):
+        head = make(kind)
+        fit, dec = head.fit, head.decision_function
+        head.fit = lambda X, y: seen["fit"].append(np.asarray(X)) or fit(X, y)
+        head.decision_function = lambda X: seen["test"].append(np.asarray(X)) or dec(X)
+        return head
+
+    monkeypatch.setattr(heads, "make_head", spying)
+    fake_det = SimpleNamespace(embed_iter=None, classify=None, heads={}, backbone=None)
+    for seed in range(3):
+        leave_one_out(fake_det, samples, seed=seed, embeddings=np.array(emb, np.float32))
+    real_rows = {tuple(v) for v in np.asarray(photos["real"], np.float32)}
+    for X_fit, X_test in zip(seen["fit"], seen["test"]):
+        train_reals = {tuple(r) for r in X_fit} & real_rows
+        test_reals = {tuple(r) for r in X_test} & real_rows
+        assert train_reals and test_reals and not train_reals & test_reals

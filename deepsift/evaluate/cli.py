@@ -17,7 +17,7 @@ from ..exceptions import UsageError
 from .calibration import CALIBRATION_METHODS, Calibrator, parse_band, threshold_for_fpr
 from .datasets import LAYOUTS, load_eval_set
 from .metrics import METRIC_NAMES
-from .scorefiles import join, read_labels, read_scores
+from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
 
 
 def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
     p = ev.add_parser("calibrate", help="fit Platt/isotonic calibration and a target-FPR threshold on validation scores")
     p.add_argument("--labels", required=True)
-    p.add_argument("--scores", required=True)
+    p.add_argument("--scores", required=True,
+                   help="validation scores; the raw 'score' column is preferred (a calibration maps raw scores)")
     p.add_argument("--method", default="platt", choices=CALIBRATION_METHODS)
     p.add_argument("--target-fpr", type=float)
     p.add_argument("--out", required=True, metavar="JSON")
@@ -129,6 +130,10 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     data = load_eval_set(args.data, args.layout, args.real)
     dets = _detectors(args)
     code = [d for d in dets.values() if is_code_detector(d)]
+    others = [n for n, d in dets.items() if not is_code_detector(d)]
+    if len(others) > (0 if code else 1):  # one run per command: CoDE heads, or a single other detector
+        raise UsageError(f"eval logo evaluates the CoDE heads (--classifier, repeatable) or one --detector; "
+                         f"run it separately for {', '.join(others if code else others[1:])}")
     kinds = list(dict.fromkeys(args.classifier or ["linear"]))
     if code:
         report, summary = run_logo(code[0], data, kinds=kinds, bootstrap=args.bootstrap, seed=args.seed,
@@ -146,7 +151,8 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     data = load_eval_set(args.data, args.layout, args.real)
     fams = [f.strip() for f in args.transforms.split(",") if f.strip()] if args.transforms else None
     try:
-        report, summary = run_robustness(_detectors(args), data, families=fams, metric=args.metric, seed=args.seed)
+        report, summary = run_robustness(_detectors(args), data, families=fams, metric=args.metric, seed=args.seed,
+                                         bootstrap=args.bootstrap)
     except ValueError as exc:  # unknown transform family
         raise UsageError(str(exc)) from None
     return _finish(args, report, summary)
@@ -175,7 +181,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels)
-    _, y, s = join(labels, read_scores(args.scores), args.scores)
+    _, y, s = join(labels, read_scores(args.scores, RAW_SCORE_COLUMNS), args.scores)
     cal = Calibrator(args.method).fit(y, s)
     if args.target_fpr is not None:
         cal.params["threshold"] = threshold_for_fpr(y, cal.transform(s), args.target_fpr)

@@ -5,9 +5,9 @@ an image is called fake when ``score >= threshold``.
 
 Every metric is computed by one routine on a matrix of per-sample *weights* (one row per
 resample): the point estimate uses weight 1 everywhere, a bootstrap resample uses the
-multinomial counts of a draw with replacement. Scores are sorted once; curves come from
-cumulative sums over the tie groups of the sorted scores, so B resamples cost O(B*N) with no
-per-resample sort.
+multinomial counts of a draw with replacement within each class (stratified). Scores are
+sorted once; curves come from cumulative sums over the tie groups of the sorted scores, so
+B resamples cost O(B*N) with no per-resample sort.
 
 Definitions (documented, tested against scikit-learn where it has them):
 
@@ -143,11 +143,11 @@ def _first_true(pred: Callable[[np.ndarray], np.ndarray], n_points: int, n_rows:
     """Per row, the first k in 0..n_points-1 where the monotone ``pred(k)`` holds (bisection)."""
     lo = np.zeros(n_rows, dtype=np.int64)
     hi = np.full(n_rows, n_points - 1, dtype=np.int64)
-    while np.any(lo < hi):
+    while np.any(active := lo < hi):
         mid = (lo + hi) // 2
         ok = pred(mid)
-        hi = np.where(ok, mid, hi)
-        lo = np.where(ok, lo, mid + 1)
+        hi = np.where(active & ok, mid, hi)
+        lo = np.where(active & ~ok, mid + 1, lo)  # settled rows stay put (a NaN row never holds)
     return lo
 
 
@@ -259,9 +259,14 @@ def _undefined_reason(name: str, n_real: int, n_fake: int, has_probs: bool) -> s
 def bootstrap_intervals(
     st: _Sorted, n_resamples: int, seed: int = 0, confidence: float = 0.95
 ) -> dict[str, tuple[float | None, float | None]]:
-    """Percentile intervals from ``n_resamples`` resamples with replacement, in batches."""
+    """Percentile intervals from ``n_resamples`` stratified resamples, in batches.
+
+    Stratified (as pROC does): the reals are resampled with replacement among the reals and the
+    fakes among the fakes, so every resample keeps the test set's class counts.
+    """
     rng = np.random.default_rng(seed)
     n = st.n
+    classes = [c for c in (np.flatnonzero(st.y == 0), np.flatnonzero(st.y == 1)) if c.size]
     # resample counts and their cumulative sums are integers < 2**24: exact in float32, half the traffic
     dtype = np.float32 if n < 2**24 else np.float64
     chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(n, 1)))
@@ -269,8 +274,10 @@ def bootstrap_intervals(
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)
-        idx = rng.integers(0, n, size=(b, n), dtype=np.int64 if b * n >= 2**31 else np.int32)
-        idx += (np.arange(b, dtype=idx.dtype) * n)[:, None]
+        itype = np.int64 if b * n >= 2**31 else np.int32
+        idx = np.concatenate([c.astype(itype)[rng.integers(0, c.size, size=(b, c.size), dtype=itype)]
+                              for c in classes], axis=1)
+        idx += (np.arange(b, dtype=itype) * n)[:, None]
         w = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(dtype)
         for k, v in _compute(st, w).items():
             results.setdefault(k, []).append(v)

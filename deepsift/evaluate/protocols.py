@@ -76,12 +76,19 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
     gens = list(dict.fromkeys(s.generator for s in samples if s.label == 1))
     if len(gens) < 2:
         raise EvaluationError(f"leave-one-generator-out needs at least 2 generators, found {gens or 'none'}")
-    real_idx = np.array([i for i, s in enumerate(samples) if s.label == 0])
-    if real_idx.size < 2:
+    # a real photo's copies in the D3 splits (augm/real/x, no_augm/real/x) go to the same side
+    photos: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.label == 0:
+            key = s.id[len(s.split) + 1:] if s.split and s.id.startswith(s.split + "/") else s.id
+            photos.setdefault(key, []).append(i)
+    groups = list(photos.values())
+    if len(groups) < 2:
         raise EvaluationError("leave-one-generator-out needs at least 2 real images (train and test)")
-    perm = np.random.default_rng(seed).permutation(real_idx)
-    n_train = min(max(1, int(round(real_idx.size * real_train_fraction))), real_idx.size - 1)
-    real_train, real_test = perm[:n_train], perm[n_train:]
+    perm = np.random.default_rng(seed).permutation(len(groups))
+    n_train = min(max(1, int(round(len(groups) * real_train_fraction))), len(groups) - 1)
+    real_train = np.array([i for g in perm[:n_train] for i in groups[g]], np.int64)
+    real_test = np.array([i for g in perm[n_train:] for i in groups[g]], np.int64)
     gen_of = np.array([s.generator for s in samples], dtype=object)
     if is_code_detector(detector):
         return _logo_embeddings(detector, samples, gens, gen_of, real_train, real_test, kinds, bootstrap, seed,

@@ -34,6 +34,7 @@ class SweepResult:
     curves: dict[str, dict[str, Any]]
     timing: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    clean_ci95: dict[str, list[float] | None] | None = None  # with ``bootstrap``; points then carry "ci95"
 
     @property
     def overhead_ratio(self) -> float:
@@ -43,23 +44,33 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"metric": self.metric, "clean": self.clean, "curves": self.curves,
-                "timing": {**self.timing, "overhead_ratio": self.overhead_ratio},
-                "skipped": [{"id": i, "error": e} for i, e in self.skipped]}
+        out = {"metric": self.metric, "clean": self.clean, "curves": self.curves,
+               "timing": {**self.timing, "overhead_ratio": self.overhead_ratio},
+               "skipped": [{"id": i, "error": e} for i, e in self.skipped]}
+        if self.clean_ci95 is not None:
+            out["clean_ci95"] = self.clean_ci95
+        return out
 
 
-def _value(samples: list[Sample], scores: np.ndarray, threshold: float, metric: str) -> float | None:
+def _value(samples: list[Sample], scores: np.ndarray, threshold: float, metric: str, bootstrap: int = 0,
+           seed: int = 0) -> tuple[float | None, list[float] | None]:
+    """The metric on the scored samples and its bootstrap interval (``None`` without ``bootstrap``)."""
     ok = np.isfinite(scores)
     if not ok.any():
-        return None
+        return None, None
     labels = np.array([s.label for s in samples], np.int8)[ok]
-    return compute_metrics(labels, scores[ok], threshold=threshold)[metric]
+    v = compute_metrics(labels, scores[ok], threshold=threshold, bootstrap=bootstrap, seed=seed).values[metric]
+    return v.value, ([v.low, v.high] if v.low is not None else None)
 
 
 def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, families: Sequence[str] | None = None,
                      metric: str = "auroc", seed: int = 0,
-                     clean_cache: dict[int, tuple[np.ndarray, list[str | None]]] | None = None) -> SweepResult:
-    """Run every perturbation of ``families`` (default all) and measure ``metric`` per detector."""
+                     clean_cache: dict[int, tuple[np.ndarray, list[str | None]]] | None = None,
+                     bootstrap: int = 0) -> SweepResult:
+    """Run every perturbation of ``families`` (default all) and measure ``metric`` per detector.
+
+    ``bootstrap`` > 0 adds a 95 % interval per point (``ci95``) and for the clean images.
+    """
     if metric not in METRIC_NAMES:
         raise EvaluationError(f"unknown metric {metric!r}; choose from {', '.join(METRIC_NAMES)}")
     perturbations = robustness_perturbations(families)
@@ -78,7 +89,8 @@ def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, famili
     clean_samples = [Sample(s.id, s.source, s.label, s.generator, s.split) for s in kept]
     clean_tables = score_samples(detectors, clean_samples, embeddings=clean_cache)
     clean_s = time.perf_counter() - t0
-    clean = {n: _value(kept, t.scores, t.threshold, metric) for n, t in clean_tables.items()}
+    clean_v = {n: _value(kept, t.scores, t.threshold, metric, bootstrap, seed) for n, t in clean_tables.items()}
+    clean = {n: v for n, (v, _) in clean_v.items()}
     curves: dict[str, dict[str, Any]] = {
         fam: {"axis": ROBUSTNESS_FAMILIES[fam][0], "points": []}
         for fam in dict.fromkeys(p.family for p in perturbations)
@@ -96,9 +108,13 @@ def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, famili
         t2 = time.perf_counter()
         perturb_s += t1 - t0
         forward_s += t2 - t1
-        values = {n: _value(kept, t.scores, t.threshold, metric) for n, t in tables.items()}
-        curves[pert.family]["points"].append({"strength": pert.strength, "name": pert.name, "values": values})
+        vals = {n: _value(kept, t.scores, t.threshold, metric, bootstrap, seed) for n, t in tables.items()}
+        point = {"strength": pert.strength, "name": pert.name, "values": {n: v for n, (v, _) in vals.items()}}
+        if bootstrap:
+            point["ci95"] = {n: ci for n, (_, ci) in vals.items()}
+        curves[pert.family]["points"].append(point)
     sweep_s = time.perf_counter() - t_start - decode_s - clean_s
     timing = {"decode_s": decode_s, "clean_s": clean_s, "perturb_s": perturb_s, "forward_s": forward_s,
               "sweep_s": sweep_s, "n_images": float(len(kept)), "n_transforms": float(len(perturbations))}
-    return SweepResult(metric, clean, curves, timing, skipped)
+    return SweepResult(metric, clean, curves, timing, skipped,
+                       {n: ci for n, (_, ci) in clean_v.items()} if bootstrap else None)

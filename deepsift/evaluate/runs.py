@@ -73,8 +73,9 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     _dataset_block(report, data)
     tables = score_samples(detectors, data.samples, calibrator=calibrator, embeddings=cache)
     if val is not None and (calibration or target_fpr is not None):
-        cals, thr = operating_point(score_samples(detectors, val.samples), calibration=calibration,
-                                    target_fpr=target_fpr)
+        # the validation scores go through the same saved calibrator as the test scores
+        cals, thr = operating_point(score_samples(detectors, val.samples, calibrator=calibrator),
+                                    calibration=calibration, target_fpr=target_fpr)
         apply_operating_point(tables, cals, thr)
         report.results["operating_point"] = {"validation": val.root, "calibration": {n: c.to_dict() for n, c in cals.items()},
                                              "thresholds": thr, "target_fpr": target_fpr}
@@ -145,11 +146,12 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
 
 
 def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequence[str] | None, metric: str,
-                   seed: int = 0, cache: dict | None = None) -> tuple[Report, list[str]]:
+                   seed: int = 0, cache: dict | None = None, bootstrap: int = 0) -> tuple[Report, list[str]]:
     """Robustness sweep protocol."""
     report = Report("deepsift evaluation: robustness")
     _dataset_block(report, data)
-    sweep = robustness_sweep(detectors, data.samples, families=families, metric=metric, seed=seed, clean_cache=cache)
+    sweep = robustness_sweep(detectors, data.samples, families=families, metric=metric, seed=seed, clean_cache=cache,
+                             bootstrap=bootstrap)
     d = sweep.to_dict()
     report.results["robustness"] = d
     report.heading(f"Robustness ({metric} against perturbation strength)")

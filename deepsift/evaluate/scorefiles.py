@@ -29,6 +29,8 @@ from ..exceptions import EvaluationError
 
 ID_COLUMNS = ("id", "file", "filename", "source", "path")
 SCORE_COLUMNS = ("probability", "score", "label", "prediction")
+RAW_SCORE_COLUMNS = ("score", "probability", "label", "prediction")
+"""Column preference for fitting a calibration: it is applied to a detector's raw score."""
 LABEL_WORDS = {"0": 0, "1": 1, "real": 0, "fake": 1, "0.0": 0, "1.0": 1}
 _SHOW = 10
 
@@ -50,21 +52,43 @@ def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         raise EvaluationError(f"{path}: cannot read ({exc})") from None
     if suffix == ".csv":
         reader = csv.DictReader(text.splitlines())
-        return [(i + 2, {k.strip().lower(): v for k, v in row.items() if k}) for i, row in enumerate(reader)]
+        rows = []
+        for row in reader:
+            if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
+                raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
+                                      f"fields but the header has {len(reader.fieldnames or [])}")
+            rows.append((reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}))
+        return rows
     if suffix == ".jsonl":
         out = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
-                out.append((i, _json(line, path, i)))
+                out.append((i, _object(_json(line, path, i), path, i)))
         return out
     if suffix == ".json":
         data = _json(text, path, None)
         if isinstance(data, dict):  # re-read as pairs so duplicate keys are not silently merged
             return [(0, {"id": k, "value": v}) for k, v in _json_pairs(text)]
         if isinstance(data, list):
-            return [(i + 1, row) for i, row in enumerate(data)]
+            return [(i + 1, _object(row, path, i + 1)) for i, row in enumerate(data)]
         raise EvaluationError(f"{path}: expected a JSON object {{id: value}} or a list of rows")
     raise EvaluationError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .json or .jsonl")
+
+
+def _object(row: Any, path: Path, line: int) -> dict[str, Any]:
+    """A JSON row must be an object ``{"id": ..., "score": ...}``."""
+    if not isinstance(row, dict):
+        raise EvaluationError(f"{path} line {line}: row is not an object with id and value columns "
+                              f"(got {type(row).__name__} {str(row)[:50]})")
+    return row
+
+
+def _row_id(row: dict[str, Any], key: str, path: Path, line: int) -> str:
+    """The stripped id of a row; an empty one is an error naming the line."""
+    rid = "" if row[key] is None else str(row[key]).strip()
+    if not rid:
+        raise EvaluationError(f"{path}" + (f" line {line}" if line else "") + f": empty id in column {key!r}")
+    return rid
 
 
 def _json(text: str, path: Path, line: int | None) -> Any:
@@ -108,7 +132,7 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
         if key is None or col is None:
             raise EvaluationError(f"{p}: needs an id column ({'/'.join(ID_COLUMNS)}) and a label column; "
                                   f"got {sorted(row)}")
-        rid = str(row[key]).strip()
+        rid = _row_id(row, key, p, line)
         raw = str(row[col]).strip().lower()
         if rid in labels:
             dupes.append(rid)
@@ -127,18 +151,18 @@ def read_labels(path: str | os.PathLike) -> LabelTable:
     return LabelTable(str(p), labels, gens)
 
 
-def read_scores(path: str | os.PathLike) -> dict[str, float]:
-    """Read a score file (ids -> finite float score or probability)."""
+def read_scores(path: str | os.PathLike, columns: tuple[str, ...] = SCORE_COLUMNS) -> dict[str, float]:
+    """Read a score file (ids -> finite float score or probability; the first of ``columns`` present)."""
     p = Path(path)
     scores: dict[str, float] = {}
     dupes, bad = [], []
     for line, row in _rows(p):
         key = _pick(row, ID_COLUMNS)
-        col = "value" if "value" in row else _pick(row, SCORE_COLUMNS)
+        col = "value" if "value" in row else _pick(row, columns)
         if key is None or col is None:
             raise EvaluationError(f"{p}: needs an id column ({'/'.join(ID_COLUMNS)}) and a score column "
-                                  f"({'/'.join(SCORE_COLUMNS)}); got {sorted(row)}")
-        rid = str(row[key]).strip()
+                                  f"({'/'.join(columns)}); got {sorted(row)}")
+        rid = _row_id(row, key, p, line)
         if rid in scores:
             dupes.append(rid)
         raw = row[col]

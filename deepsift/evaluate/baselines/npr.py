@@ -129,13 +129,14 @@ class NPRBaseline(Baseline):
                 bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]:.4f}")
         self.net_ = net.eval()
         self.history_ = history
+        self.train_batch_size_ = self.batch_size  # shapes the weights, yet a runtime option: recorded
 
     @torch.inference_mode()
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         return self.net_(normalize_batch(batch).to(self.device)).float().cpu().numpy().astype(np.float64)
 
     def _train_summary(self) -> dict[str, Any]:
-        return {"loss_per_epoch": [round(v, 6) for v in self.history_]}
+        return {"loss_per_epoch": [round(v, 6) for v in self.history_], "batch_size": self.train_batch_size_}
 
     def _state(self) -> dict[str, np.ndarray]:
         return {k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}

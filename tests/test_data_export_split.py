@@ -15,6 +15,7 @@ from deepsift.data.reader import read_d3
 from deepsift.data.split import split_of
 from deepsift.data.webdataset import export_webdataset
 from deepsift.data.writer import write_shard
+from deepsift.exceptions import DataError
 
 
 def _fake_fetch(folder, entries):
@@ -145,3 +146,46 @@ def test_cli_split_bad_shard_size_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--max-shard-mb" in err[0]
     assert not (tmp_path / "s").exists()  # refused before any work
+
+
+def test_export_refuses_a_folder_holding_an_earlier_export_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "wds"
+    first = export_webdataset([make_record(i, 1) for i in range(3)], out, samples_per_shard=1, progress=False)
+    assert [p.name for p in first.shards] == ["elsa_v2-0000.tar", "elsa_v2-0001.tar", "elsa_v2-0002.tar"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=r"wds.*not empty.*--overwrite"):
+        export_webdataset([make_record(9, 1)], out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    write_shard([make_record(9, 1)], tmp_path / "d3" / "d3-00000.parquet", n_generators=1)
+    assert main(["data", "export-wds", str(tmp_path / "d3"), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and str(out) in err[0]
+    (out / "notes.txt").write_text("mine")
+    (out / "other-0000.tar").write_bytes(before["elsa_v2-0002.tar"])  # not this export's: another prefix
+    assert main(["data", "export-wds", str(tmp_path / "d3"), "--out", str(out), "--overwrite"]) == 0
+    # the earlier export's tars are gone (no stale -0001, -0002), everything else is kept
+    assert sorted(p.name for p in out.iterdir()) == ["elsa_v2-0000.tar", "notes.txt", "other-0000.tar"]
+    with tarfile.open(out / "elsa_v2-0000.tar") as tar:
+        assert {n.split(".")[0] for n in tar.getnames()} == {f"elsa_v2__train__{make_record(9, 1).id}"}
+
+
+def test_export_reports_two_ids_that_map_to_one_sample_key(tmp_path):
+    recs = [make_record(i, 1) for i in range(3)]
+    recs[0].id, recs[2].id = "a.b", "a_b"
+    with pytest.raises(DataError, match=r"'a\.b' and 'a_b'.*elsa_v2__train__a_b"):
+        export_webdataset(recs, tmp_path / "wds", progress=False)
+    assert not [p for p in (tmp_path / "wds").iterdir() if p.name.startswith(".")]  # no temporary left
+    dup = [make_record(0, 1), make_record(0, 1)]
+    with pytest.raises(DataError, match="same sample key"):
+        export_webdataset(dup, tmp_path / "dup", progress=False)
+
+
+@pytest.mark.parametrize("option,value", [("--prefix", "../x"), ("--prefix", "a.b"), ("--prefix", ""),
+                                          ("--split", "a/b"), ("--split", "val id"), ("--split", "x.y")])
+def test_export_unsafe_prefix_or_split_is_a_one_line_usage_error(tmp_path, capsys, option, value):
+    write_shard([make_record(0, 1)], tmp_path / "d3.parquet", n_generators=1)
+    out = tmp_path / "wds"
+    assert main(["data", "export-wds", str(tmp_path / "d3.parquet"), "--out", str(out), option, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and option in err[0] and repr(value) in err[0]
+    assert not out.exists() and not (tmp_path / "x-0000.tar").exists()  # refused before any work

@@ -273,3 +273,59 @@ def test_cli_fetch_real_bad_numbers_are_one_line_errors(tmp_path, capsys, option
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and option[0].lstrip("-").replace("-", "_") in err[0].replace("-", "_")
     assert not (tmp_path / "real" / "status.jsonl").exists()  # refused before any work
+
+
+def test_status_lines_survive_a_kill_9_of_fetch_real(tmp_path):
+    """Every image on disk has its ``ok`` line even when the process is SIGKILLed; a re-run fetches only the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from httpserver import LocalServer
+
+    from deepsift.cli import main
+
+    n_served, concurrency, n_records = 6, 4, 14
+    lock, held = threading.Lock(), [0]
+
+    with LocalServer({}) as srv:
+        def held_image():  # answers only once released: the killed run's workers wait here
+            with lock:
+                held[0] += 1
+            srv.release.wait(30)
+            return 200, "image/jpeg", GOOD
+
+        for i in range(n_records):
+            srv.routes[f"/img/{i}"] = (200, "image/jpeg", GOOD) if i < n_served else held_image
+        recs = [make_record(i, 1, url=f"{srv.base}/img/{i}") for i in range(n_records)]
+        write_shard(recs, tmp_path / "d3.parquet", n_generators=1)
+        out = tmp_path / "real"
+        args = ["data", "fetch-real", str(tmp_path / "d3.parquet"), "--out", str(out),
+                "--concurrency", str(concurrency), "--per-host", str(concurrency), "--timeout", "60", "--backoff", "0"]
+        with open(tmp_path / "stderr.txt", "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "deepsift", *args], stdout=subprocess.DEVNULL, stderr=err,
+                                    env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
+        try:
+            # wait until the served images are stored and every worker sits in a held request
+            # (so each stored image's line has been handed to the status file), then kill -9
+            deadline, tick = time.monotonic() + 60, threading.Event()
+            while not (len(list(out.glob("*.jpg"))) == n_served and held[0] == concurrency):
+                assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
+                assert time.monotonic() < deadline, f"only {len(list(out.glob('*.jpg')))} images, {held[0]} held"
+                tick.wait(0.02)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        on_disk = {p.stem for p in out.glob("*.jpg")}
+        assert on_disk == {r.id for r in recs[:n_served]}
+        ok = {rid for rid, e in load_status(out).items() if e["status"] == "ok"}
+        assert ok == on_disk, f"images on disk without an ok line: {sorted(on_disk - ok)}"
+
+        srv.release.set()
+        hits_before = dict(srv.hits)
+        assert main(args) == 0
+        refetched = {p for p in srv.hits if srv.hits[p] != hits_before.get(p, 0)}
+        assert refetched == {f"/img/{i}" for i in range(n_served, n_records)}  # only ids without an image
+        status = load_status(out)
+        assert all(status[r.id]["status"] == "ok" and (out / f"{r.id}.jpg").read_bytes() == GOOD for r in recs)

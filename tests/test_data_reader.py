@@ -119,3 +119,40 @@ def test_blank_and_over_long_prompts_are_read_unchanged(tmp_path):
     assert got[0].positive_prompt == "" and got[0].prompt == ""
     assert got[1].original_prompt == "   \n" and got[1].positive_prompt is None
     assert got[2].positive_prompt == long_prompt and got[2].prompt == long_prompt
+
+
+def _elsa1m_table(ids):
+    n = len(ids)
+    return pa.table({
+        "image": pa.array([{"bytes": encoded_image(i), "path": f"{i}.jpg"} for i in range(n)],
+                          pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        "id": pa.array(ids, pa.string()),
+        "model": ["CompVis/stable-diffusion-v1-4"] * n,
+        "url_real_image": [f"http://x/{i}.jpg" for i in range(n)],
+    })
+
+
+@pytest.mark.parametrize("bad_id", [None, ""])
+def test_elsa1m_null_or_empty_id_is_a_schema_error_naming_file_and_row(tmp_path, bad_id):
+    pq.write_table(_elsa1m_table(["a1", "a2", bad_id, "a4"]), tmp_path / "elsa1m.parquet")
+    with pytest.raises(SchemaError, match=r"elsa1m.parquet: row 2: .*'id'"):
+        list(read_d3(tmp_path / "elsa1m.parquet", batch_rows=3))
+    with pytest.raises(SchemaError, match=r"elsa1m.parquet: row 2: "):
+        list(read_d3(tmp_path / "elsa1m.parquet", images=False))
+
+
+@pytest.mark.parametrize("bad_id", [None, ""])
+def test_d3_null_or_empty_id_is_a_schema_error_naming_file_and_row(tmp_path, bad_id):
+    rows = [record_to_row(make_record(i, 1), 1) for i in range(5)]
+    rows[3]["id"] = bad_id
+    pq.write_table(pa.Table.from_pylist(rows, schema=d3_arrow_schema(1)), tmp_path / "d3.parquet")
+    with pytest.raises(SchemaError, match=r"d3.parquet: row 3: .*'id'"):
+        list(read_d3(tmp_path / "d3.parquet", batch_rows=2))
+
+
+def test_null_id_through_the_datasets_backend_is_a_schema_error(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    pq.write_table(_elsa1m_table(["a1", None]), repo / "data" / "train-00000.parquet")
+    with pytest.raises(SchemaError, match=r"row 1: .*'id'"):
+        list(read_d3(repo, backend="datasets"))

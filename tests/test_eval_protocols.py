@@ -313,3 +313,28 @@ def test_leave_one_out_keeps_d3_twins_on_one_side(monkeypatch) -> None:
         train_reals = {tuple(r) for r in X_fit} & real_rows
         test_reals = {tuple(r) for r in X_test} & real_rows
         assert train_reals and test_reals and not train_reals & test_reals
+
+
+class FittingBrightness(BrightnessDetector):
+    """The toy detector with the ``fit(real, fake)`` leave-one-out needs (records what it saw)."""
+
+    def __init__(self) -> None:
+        self.fits: list[tuple[int, int]] = []
+
+    def fit(self, real, fake):
+        self.fits.append((len(real), len(fake)))
+        return self
+
+
+def test_logo_keys_a_non_code_detector_by_its_display_name(env, tmp_path: Path) -> None:
+    det = FittingBrightness()
+    register_detector_loader("toyfit", lambda arg: det)
+    rep = tmp_path / "rep"
+    assert main(["eval", "logo", str(env.test), "--detector", "busy=toyfit:x", "--report", str(rep)]) == 0
+    res = _json(rep)["leave_one_out"]
+    assert set(res) == {"busy"} and set(res["busy"]) == {"gen_a", "gen_b"}
+    assert len(det.fits) == 2 and all(n_real > 0 and n_fake > 0 for n_real, n_fake in det.fits)
+    samples = load_eval_set(env.test).samples
+    direct = leave_one_out(FittingBrightness(), samples, name="busy")
+    assert set(direct) == {"busy"}
+    assert direct["busy"]["gen_a"]["auroc"] == res["busy"]["gen_a"]["metrics"]["auroc"]["value"]

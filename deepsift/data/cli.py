@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--prefix", default="elsa_v2", help="tar and sample-key prefix (default: elsa_v2)")
     p.add_argument("--samples-per-shard", type=int, default=1000)
     p.add_argument("--format", default="auto", choices=("auto", "jpeg", "png"), help="image format of every sample")
+    p.add_argument("--overwrite", action="store_true", help="replace the tars of an earlier export in --out")
     p.set_defaults(func=cmd_export_wds)
 
     p = data.add_parser("split", help="deterministic train/val/test split by id hash; leave-generator-out")
@@ -120,6 +121,7 @@ def cmd_export_wds(args: argparse.Namespace) -> int:
     summary = export_webdataset(
         _records(args), args.out, real_dir=args.real, split=args.split, prefix=args.prefix,
         samples_per_shard=args.samples_per_shard, fmt=args.format, require_real=not args.allow_missing_real,
+        overwrite=args.overwrite,
     )
     print(summary.line(), file=sys.stderr)
     return 0

@@ -10,8 +10,10 @@ Policy (tested in ``tests/test_data_fetch.py``):
   the original bytes are stored unchanged as ``<id>.<ext>`` (ext from the file's magic bytes);
 * every id gets one line in ``status.jsonl`` next to the images (``ok``, ``http_404``,
   ``timeout``, ``not_image``, ``too_large``, ``connect_error``, ``too_many_redirects``,
-  ``invalid_url``, ``no_url``, ``write_error``, ...); a re-run skips ids already ``ok`` (file present) and
-  ids that failed for good (4xx, not an image, too large) unless ``retry_failed``.
+  ``invalid_url``, ``no_url``, ``write_error``, ...), written and flushed as soon as the image is
+  renamed into place, so a killed run (even ``kill -9``) loses no line of a stored image; a re-run
+  skips ids already ``ok`` (file present) and ids that failed for good (4xx, not an image, too
+  large) unless ``retry_failed``.
 """
 from __future__ import annotations
 
@@ -235,6 +237,7 @@ class Fetcher:
                     except Exception as exc:  # a dead worker would hang the queue: record it and go on
                         result = FetchResult(item[0], item[1], "error", error=f"{type(exc).__name__}: {exc}")
                     status_fh.write(json.dumps(asdict(result)) + "\n")
+                    status_fh.flush()  # durable at once: a killed run must not lose lines of stored images
                     summary.statuses[result.status] += 1
                     summary.bytes += result.bytes or 0
                     bar.update(1)

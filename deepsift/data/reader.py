@@ -11,7 +11,8 @@
   generation (width/height ``None``: that format does not store them).
 
 Every problem with a file's columns is reported at once, in one :class:`SchemaError` naming
-the file and the columns; an unreadable or corrupt parquet file is a :class:`DataError`.
+the file and the columns; an unreadable or corrupt parquet file is a :class:`DataError`; a row
+with a null or empty ``id`` is a :class:`SchemaError` naming the file and the row (0-based).
 """
 from __future__ import annotations
 
@@ -146,14 +147,21 @@ def read_parquet_file(path: str | os.PathLike, *, images: bool = True, batch_row
         raise DataError(f"{path}: unreadable parquet schema ({_short(exc)})") from None
     layout = detect_layout(schema, str(path))
     columns = [n for n in schema.names if images or not _is_image_column(n)]
+    row = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            if layout == "d3":
-                yield from _d3_batch(batch)
-            else:
-                yield from _elsa1m_batch(batch)
+            for record in (_d3_batch(batch) if layout == "d3" else _elsa1m_batch(batch)):
+                _check_id(record, path, row)
+                row += 1
+                yield record
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: corrupt parquet data ({_short(exc)})") from None
+
+
+def _check_id(record: D3Record, source: str | os.PathLike, row: int) -> None:
+    """Raise :class:`SchemaError` for a record read from a null or empty ``id``."""
+    if record.id == "":
+        raise SchemaError(f"{source}: row {row}: null or empty 'id' (every row needs an id)")
 
 
 def _is_image_column(name: str) -> bool:
@@ -215,8 +223,9 @@ def _elsa1m_record(row: dict[str, Any]) -> D3Record:
     if row.get("model") is not None or image is not None:
         gens.append(Generation(model=row.get("model") or "", width=None, height=None, steps=None,  # type: ignore[arg-type]
                                filepath=row.get("filepath"), image=image))
+    rid = row.get("id")
     return D3Record(
-        id=str(row.get("id")), original_prompt=row.get("original_prompt"), positive_prompt=row.get("positive_prompt"),
+        id="" if rid is None else str(rid), original_prompt=row.get("original_prompt"), positive_prompt=row.get("positive_prompt"),
         negative_prompt=row.get("negative_prompt"), url=row.get("url_real_image"), generations=gens,
     )
 
@@ -243,10 +252,12 @@ def _read_datasets(source: str, *, split: str, streaming: bool, images: bool) ->
             ds = ds.remove_columns(img_cols)
     else:
         layout = None
-    for row in ds:
+    for n, row in enumerate(ds):
         if layout is None:
             layout = detect_layout(pa.Table.from_pylist([row]).schema, source)
-        yield row_to_record(row) if layout == "d3" else _elsa1m_record(row)
+        record = row_to_record(row) if layout == "d3" else _elsa1m_record(row)
+        _check_id(record, source, n)
+        yield record
 
 
 def count_records(source: str | os.PathLike) -> int | None:

@@ -6,11 +6,18 @@ One sample per record, key ``<prefix>__<split>__<id>``, members ``gen_0..gen_k``
 so the file format cannot leak the label: JPEG (quality 100, 4:2:0, as in their published
 sample) when every source image of the sample is JPEG, PNG otherwise; ``fmt`` can force one.
 Tars are named ``<prefix>-0000.tar`` ... and written to a temporary name, then renamed.
+
+``prefix`` and ``split`` may hold only ``[A-Za-z0-9_-]`` (they name files and members). The
+output folder must be empty, or ``overwrite`` removes the ``<prefix>-NNNN.tar`` tars (and
+temporaries) of an earlier export first, keeping every other file. Two records whose ids map to
+one sample key (``a.b`` and ``a_b``, or a repeated id) are a :class:`DataError` naming both ids;
+the tars finished before it stay on disk, the one in progress is dropped.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +33,7 @@ from .schema import D3Record
 
 FORMATS = ("auto", "jpeg", "png")
 JPEG_OPTIONS = {"quality": 100, "subsampling": "4:2:0"}
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -133,6 +141,22 @@ class _TarShards:
                 self.tar = None
 
 
+def _clear_output(out: Path, prefix: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder; with ``overwrite`` remove an earlier export's tars only."""
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        raise DataError(f"{out}: output folder is not empty ({len(entries)} entries, e.g. {entries[0]}); "
+                        "pass --overwrite to replace an earlier export's tars")
+    ours = re.compile(rf"\.?{re.escape(prefix)}-\d{{4,}}\.tar(\.tmp-\d+)?")
+    for name in entries:
+        if ours.fullmatch(name) and (out / name).is_file():
+            (out / name).unlink()
+
+
 def export_webdataset(
     records: Iterable[D3Record],
     out_dir: str | os.PathLike,
@@ -144,6 +168,7 @@ def export_webdataset(
     fmt: str = "auto",
     require_real: bool = True,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ExportSummary:
     """Write ``records`` as WebDataset tars; with ``real_dir`` (a fetch-real folder) add ``real``.
 
@@ -156,11 +181,17 @@ def export_webdataset(
         raise UsageError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     if fmt not in FORMATS:
         raise UsageError(f"format must be one of {FORMATS}, got {fmt!r}")
+    for option, value in (("--prefix", prefix), ("--split", split)):
+        if not _NAME.fullmatch(value):
+            raise UsageError(f"{option} {value!r}: only letters, digits, '_' and '-' are allowed "
+                             "(it names tars and sample keys)")
     out = Path(out_dir)
+    _clear_output(out, prefix, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     status = load_status(real_dir) if real_dir is not None else {}
     summary = ExportSummary()
     shards = _TarShards(out, prefix, samples_per_shard)
+    keys: dict[str, str] = {}
     try:
         for record in tqdm(records, desc="export", unit="rec", disable=None if progress else True):
             real = None
@@ -178,7 +209,12 @@ def export_webdataset(
             except (ImageError, DataError):
                 summary.skipped["bad_image"] += 1
                 continue
-            shards.add(sample_key(prefix, split, record.id), members)
+            key = sample_key(prefix, split, record.id)
+            if key in keys:
+                raise DataError(f"records {keys[key]!r} and {record.id!r} map to the same sample key {key!r}; "
+                                "ids must stay distinct once '.' and unsafe characters are replaced")
+            keys[key] = record.id
+            shards.add(key, members)
             summary.samples += 1
             summary.formats["jpeg" if "gen_0.jpg" in members else "png"] += 1
         shards.finish()

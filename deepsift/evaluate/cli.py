@@ -141,7 +141,7 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     else:
         name, det = next(iter(dets.items()))
         report, summary = run_logo(det, data, kinds=[name], bootstrap=args.bootstrap, seed=args.seed,
-                                   real_train_fraction=args.real_train_fraction)
+                                   real_train_fraction=args.real_train_fraction, name=name)
     return _finish(args, report, summary)
 
 

@@ -66,12 +66,13 @@ def fpr_on_real(table: ScoreTable, *, bootstrap: int = 0, seed: int = 0, top: in
 
 def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] = ("linear",),
                   real_train_fraction: float = 0.5, seed: int = 0, bootstrap: int = 0,
-                  embeddings: np.ndarray | None = None) -> dict[str, dict[str, Metrics]]:
+                  embeddings: np.ndarray | None = None, name: str | None = None) -> dict[str, dict[str, Metrics]]:
     """Leave-one-generator-out: fit without generator G, test on G (and held-out reals), for every G.
 
     A CoDE detector is embedded once and a fresh head of each kind is fitted per G; any other
     detector-like object needs ``fit(real_sources, fake_sources)`` and is refitted per G.
-    Returns ``{kind: {G: Metrics}}``.
+    Returns ``{kind: {G: Metrics}}``; for another detector the key is its display ``name``
+    (default: its ``name`` attribute or class name).
     """
     gens = list(dict.fromkeys(s.generator for s in samples if s.label == 1))
     if len(gens) < 2:
@@ -106,7 +107,7 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
         y = np.array([samples[i].label for i in test])
         keep = np.isfinite(s)
         out[g] = _metrics(y[keep], s[keep], 0.5, bootstrap, seed)
-    return {"detector": out}
+    return {name or getattr(detector, "name", None) or type(detector).__name__: out}
 
 
 def _logo_embeddings(det: Any, samples: list[Sample], gens: list[str], gen_of: np.ndarray, real_train: np.ndarray,

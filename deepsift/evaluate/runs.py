@@ -123,12 +123,12 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
 
 
 def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: int = 0, seed: int = 0,
-             real_train_fraction: float = 0.5) -> tuple[Report, list[str]]:
-    """Leave-one-generator-out protocol."""
+             real_train_fraction: float = 0.5, name: str | None = None) -> tuple[Report, list[str]]:
+    """Leave-one-generator-out protocol (``name``: display name of a non-CoDE detector)."""
     report = Report("deepsift evaluation: leave one generator out")
     _dataset_block(report, data)
     res = leave_one_out(detector, data.samples, kinds=kinds, bootstrap=bootstrap, seed=seed,
-                        real_train_fraction=real_train_fraction)
+                        real_train_fraction=real_train_fraction, name=name)
     report.results["leave_one_out"] = res
     report.heading("Leave-one-generator-out")
     report.text(f"Heads fitted on real images ({real_train_fraction:.0%}) and every generator but G; tested on "

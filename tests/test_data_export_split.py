@@ -169,6 +169,16 @@ def test_export_refuses_a_folder_holding_an_earlier_export_unless_overwrite(tmp_
         assert {n.split(".")[0] for n in tar.getnames()} == {f"elsa_v2__train__{make_record(9, 1).id}"}
 
 
+def test_a_failed_overwrite_keeps_the_earlier_export(tmp_path):
+    out = tmp_path / "wds"
+    export_webdataset([make_record(i, 1) for i in range(3)], out, samples_per_shard=1, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = [make_record(5, 1), make_record(6, 1), make_record(5, 1)]  # a repeated id fails mid-way
+    with pytest.raises(DataError, match="same sample key"):
+        export_webdataset(bad, out, samples_per_shard=1, progress=False, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # old tars intact, no staging left
+
+
 def test_export_reports_two_ids_that_map_to_one_sample_key(tmp_path):
     recs = [make_record(i, 1) for i in range(3)]
     recs[0].id, recs[2].id = "a.b", "a_b"

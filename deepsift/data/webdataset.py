@@ -8,8 +8,9 @@ sample) when every source image of the sample is JPEG, PNG otherwise; ``fmt`` ca
 Tars are named ``<prefix>-0000.tar`` ... and written to a temporary name, then renamed.
 
 ``prefix`` and ``split`` may hold only ``[A-Za-z0-9_-]`` (they name files and members). The
-output folder must be empty, or ``overwrite`` removes the ``<prefix>-NNNN.tar`` tars (and
-temporaries) of an earlier export first, keeping every other file. Two records whose ids map to
+output folder must be empty, or ``overwrite`` replaces the ``<prefix>-NNNN.tar`` tars (and
+temporaries) of an earlier export, keeping every other file; the new export is built in a hidden
+staging folder and swapped in only once complete, so a failed export leaves the old one intact. Two records whose ids map to
 one sample key (``a.b`` and ``a_b``, or a repeated id) are a :class:`DataError` naming both ids;
 the tars finished before it stay on disk, the one in progress is dropped.
 """
@@ -141,20 +142,30 @@ class _TarShards:
                 self.tar = None
 
 
-def _clear_output(out: Path, prefix: str, overwrite: bool) -> None:
-    """Refuse a non-empty output folder; with ``overwrite`` remove an earlier export's tars only."""
+def _earlier_export(out: Path, prefix: str, overwrite: bool) -> list[Path]:
+    """Refuse a non-empty output folder; with ``overwrite`` list an earlier export's tars (to replace)."""
     if not out.is_dir():
-        return
+        return []
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
-        return
+        return []
     if not overwrite:
         raise DataError(f"{out}: output folder is not empty ({len(entries)} entries, e.g. {entries[0]}); "
                         "pass --overwrite to replace an earlier export's tars")
     ours = re.compile(rf"\.?{re.escape(prefix)}-\d{{4,}}\.tar(\.tmp-\d+)?")
-    for name in entries:
-        if ours.fullmatch(name) and (out / name).is_file():
-            (out / name).unlink()
+    return [out / name for name in entries if ours.fullmatch(name) and (out / name).is_file()]
+
+
+def _swap_in(staging: Path, out: Path, old: list[Path]) -> list[Path]:
+    """Replace the earlier export's tars by the staged ones (only once the new export is complete)."""
+    for path in old:
+        path.unlink(missing_ok=True)
+    moved = []
+    for path in sorted(staging.iterdir()):
+        os.replace(path, out / path.name)
+        moved.append(out / path.name)
+    staging.rmdir()
+    return moved
 
 
 def export_webdataset(
@@ -186,11 +197,14 @@ def export_webdataset(
             raise UsageError(f"{option} {value!r}: only letters, digits, '_' and '-' are allowed "
                              "(it names tars and sample keys)")
     out = Path(out_dir)
-    _clear_output(out, prefix, overwrite)
+    old = _earlier_export(out, prefix, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    # replacing an earlier export: build the new one beside it, swap only when complete
+    target = out / f".export-staging-{os.getpid()}" if old else out
+    target.mkdir(exist_ok=True)
     status = load_status(real_dir) if real_dir is not None else {}
     summary = ExportSummary()
-    shards = _TarShards(out, prefix, samples_per_shard)
+    shards = _TarShards(target, prefix, samples_per_shard)
     keys: dict[str, str] = {}
     try:
         for record in tqdm(records, desc="export", unit="rec", disable=None if progress else True):
@@ -220,6 +234,10 @@ def export_webdataset(
         shards.finish()
     except BaseException:
         shards.abort()
+        if target != out:
+            for path in target.iterdir():
+                path.unlink()
+            target.rmdir()
         raise
-    summary.shards = shards.paths
+    summary.shards = _swap_in(target, out, old) if target != out else shards.paths
     return summary

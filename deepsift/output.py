@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-from .exceptions import UsageError
+from .exceptions import DataError, UsageError
 
 OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 PREDICTION_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
@@ -86,8 +86,16 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
         fh = open(path, "w", newline="")
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    with fh:
+    try:
         yield fh
+    except BaseException:
+        with contextlib.suppress(OSError):  # the error in flight says more than a failed close
+            fh.close()
+        raise
+    try:
+        fh.close()
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def progress(iterable: Iterable, desc: str, unit: str = "img") -> Iterable:
@@ -103,11 +111,17 @@ def write_predictions(predictions: Iterable, fmt: str, out: str | None, label: s
     failed = total = fakes = 0
     with open_output(out) as stream:
         writer = RowWriter(stream, fmt, PREDICTION_COLUMNS)
-        for pred in progress(predictions, "detect"):
-            writer.write(pred.to_dict())
-            total += 1
-            failed += pred.error is not None
-            fakes += pred.label == 1
-        writer.close()
+        try:
+            for pred in progress(predictions, "detect"):
+                writer.write(pred.to_dict())
+                total += 1
+                failed += pred.error is not None
+                fakes += pred.label == 1
+            writer.close()
+        except OSError as exc:
+            if out is None and isinstance(exc, BrokenPipeError):
+                raise
+            raise DataError(f"cannot write {out or 'stdout'}: {exc.strerror or exc}; the {total} row(s) "
+                            f"before it were written and flushed") from None
     print(f"{label}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else 0

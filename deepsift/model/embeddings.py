@@ -29,7 +29,10 @@ class EmbeddingWriter:
         meta = {b"deepsift.model": (model or "").encode(), b"deepsift.dim": str(dim).encode()}
         self.schema = embedding_schema(dim).with_metadata(meta)
         self.dim = dim
-        self._writer = pq.ParquetWriter(self.tmp, self.schema)
+        try:
+            self._writer = pq.ParquetWriter(self.tmp, self.schema)
+        except OSError as exc:
+            raise DataError(f"cannot write {self.path}: {exc}") from None
 
     def write_batch(self, items: Sequence, embeddings: np.ndarray) -> None:
         """Write one engine batch: items with ``source``, ``row`` and ``error``."""
@@ -39,12 +42,20 @@ class EmbeddingWriter:
         column = values.take(taken) if len(values) else pa.nulls(len(items), pa.list_(pa.float32(), self.dim))
         table = pa.table({"source": [it.source for it in items], "embedding": column,
                           "error": [it.error for it in items]}, schema=self.schema)
-        self._writer.write_table(table)
+        try:
+            self._writer.write_table(table)
+        except OSError as exc:
+            raise DataError(f"cannot write {self.path}: {exc}; nothing was written there "
+                            f"(the partial file is removed)") from None
 
     def close(self) -> Path:
         """Finish the file and move it into place."""
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self._writer.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise DataError(f"cannot write {self.path}: {exc}; nothing was written there") from None
         return self.path
 
     def __enter__(self) -> "EmbeddingWriter":
@@ -54,7 +65,10 @@ class EmbeddingWriter:
         if exc_type is None:
             self.close()
         else:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except OSError:
+                pass
             self.tmp.unlink(missing_ok=True)
 
 

@@ -4,12 +4,17 @@ The disk is real: a 64 KiB tmpfs mounted for the test (needs root, as in CI), th
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 from deepsift.cli import main
+from deepsift.model.detector import Detector
+from deepsift.model.headset import save_headset
+from deepsift.model.heads import make_head
 
 
 @pytest.fixture
@@ -38,11 +43,6 @@ def test_embed_on_a_full_disk(full_disk, code_model_dir, labelled_folders, capsy
 
 
 def test_detect_on_a_full_disk(full_disk, code_model_dir, labelled_folders, tmp_path, capsys):
-    from deepsift.model.detector import Detector
-    from deepsift.model.headset import save_headset
-    from deepsift.model.heads import make_head
-    import numpy as np
-
     det = Detector.load_backbone_only(str(code_model_dir))
     X = det.embed(sorted(map(str, labelled_folders["real"].iterdir()))[:4] +
                   sorted(map(str, labelled_folders["gen_a"].iterdir()))[:4])
@@ -55,6 +55,5 @@ def test_detect_on_a_full_disk(full_disk, code_model_dir, labelled_folders, tmp_
     assert len(err) == 1 and "cannot write" in err[0] and "No space left on device" in err[0]
     # what was flushed before the disk filled is complete JSON lines, nothing torn
     lines = out.read_text().splitlines() if out.exists() else []
-    import json
     for line in lines[:-1]:
         json.loads(line)

@@ -137,3 +137,6 @@ def test_usage_errors(code_model_dir, fitted):
                  "--threshold", "1.5"]) == 2
     with pytest.raises(SystemExit):
         main(["detect", "x.png", "--classifier", "forest"])
+    if not __import__("torch").cuda.is_available():  # a device this machine lacks: one line, exit 2
+        assert main(["detect", "x.png", "--model", str(code_model_dir), "--heads", str(heads),
+                     "--device", "cuda"]) == 2

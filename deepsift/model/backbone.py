@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import ViTConfig, ViTModel
 
-from ..exceptions import ModelError, ModelNotFoundError
+from ..exceptions import ModelError, ModelNotFoundError, UsageError
 
 DEFAULT_MODEL = "aimagelab/CoDE"
 """Hub id of the published CoDE weights (MIT licence)."""
@@ -90,7 +90,10 @@ def load_backbone(model: str | os.PathLike = DEFAULT_MODEL, device: str | torch.
     finally:
         if not quiet:
             hf_logging.enable_progress_bar()
-    return net.to(device).eval()
+    try:
+        return net.to(device).eval()
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise UsageError(f"device {str(device)!r} is not usable here ({exc})") from None
 
 
 def save_backbone(net: ViTModel, out_dir: str | os.PathLike) -> Path:
@@ -122,7 +125,7 @@ def write_preprocessor_config(out_dir: Path) -> None:
 
 @torch.inference_mode()
 def embed_tensor(net: ViTModel, pixels: torch.Tensor) -> torch.Tensor:
-    """Forward a normalised NCHW batch and return the CLS embeddings as float32 (N, hidden)."""
-    dtype = next(net.parameters()).dtype
-    out = net(pixel_values=pixels.to(dtype=dtype, device=next(net.parameters()).device))
-    return out.last_hidden_state[:, 0].float()
+    """Forward a normalised NCHW batch and return the CLS embeddings as float32 on the CPU (N, hidden)."""
+    param = next(net.parameters())
+    out = net(pixel_values=pixels.to(device=param.device, dtype=param.dtype, non_blocking=True))
+    return out.last_hidden_state[:, 0].float().cpu()

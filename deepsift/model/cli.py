@@ -71,12 +71,14 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocessing", choices=("official", "resize"), default="official",
                    help="official: centre crop 224, no resize; resize: resize 248 then crop (training style)")
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    p.add_argument("--device", default="cpu", help="torch device for the network, e.g. cpu, cuda, cuda:1")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, CPUs))")
     p.add_argument("--url-timeout", type=float, default=20.0, help="seconds before an image URL times out")
 
 
 def _detector_kwargs(args: argparse.Namespace) -> dict:
-    return dict(batch_size=args.batch_size, precision=args.precision, preprocessing=args.preprocessing,
+    return dict(device=args.device, batch_size=args.batch_size, precision=args.precision,
+                preprocessing=args.preprocessing,
                 workers=args.workers, backend=args.backend, url_timeout=args.url_timeout)
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..exceptions import DataError
+from ..sources import IMAGE_EXTENSIONS  # one list of image file types for the whole package
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 REAL = "real"
 D3_SPLITS = ("augm", "no_augm")
 LAYOUTS: dict[str, str] = {

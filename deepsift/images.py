@@ -5,7 +5,9 @@ Decoding policy (documented, tested in ``tests/test_images.py``):
 * Inputs: a path, raw bytes, a binary file object, a ``PIL.Image`` or an HxWx3 uint8 array.
 * Pixel cap: images with more than ``MAX_PIXELS`` (80 MP by default) are refused *before*
   their pixels are decoded (:class:`ImageTooLargeError`), so decompression bombs cost nothing.
-* Empty, truncated or non-image data raise :class:`ImageDecodeError` with the reason.
+* Empty, truncated or non-image data raise :class:`ImageDecodeError` with the reason; so does a
+  path that is not a regular file (a FIFO or a device is never opened for reading, so it cannot
+  block or stream forever).
 * Animated GIF/WebP/PNG: the first frame.
 * EXIF orientation is **ignored** by default: the detector sees the pixels as stored, which is
   what the published CoDE inference path does (``Image.open(p).convert("RGB")``). Pass
@@ -13,26 +15,39 @@ Decoding policy (documented, tested in ``tests/test_images.py``):
 * Colour: everything becomes 8-bit RGB. 16-bit greyscale is scaled (``v / 257``), not clipped;
   CMYK uses Pillow's conversion; alpha (RGBA, LA, palette transparency) is dropped, as in the
   published path.
+
+Geometry (:func:`crop_uint8`, :func:`center_crop_array`): the 224 x 224 window is cut first and
+only that window is zero-padded, so a few-byte 1,000,000 x 1 PNG costs what its pixels cost, not a
+1,000,000 x 224 padded copy; the pixels are exactly those of torchvision's pad-then-crop. In
+``resize`` mode an image whose sides differ by more than :data:`MAX_ASPECT_RATIO` is refused
+(:class:`ImageTooLargeError`): resizing its short side to 248 would blow it up to gigabytes.
 """
 from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Literal, Union
+from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .choices import PREPROCESS_MODES
 from .exceptions import ImageDecodeError, ImageTooLargeError
+
+if TYPE_CHECKING:  # torch loads only where tensors are made (decoding needs numpy and Pillow alone)
+    import torch
 
 MAX_PIXELS = 80_000_000
 """Default pixel cap (width x height) for any decoded image: 80 MP."""
 
 MAX_BYTES = 64 * 1024 * 1024
 """Default byte cap for one encoded image read from a file, a URL or an upload: 64 MiB."""
+
+MAX_ASPECT_RATIO = 32.0
+"""Longest / shortest side accepted by ``resize`` preprocessing: at most 248 x 7936 px after resizing."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,7 +56,6 @@ TRAIN_RESIZE = 248
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 PreprocessMode = Literal["official", "resize"]
-PREPROCESS_MODES: tuple[str, ...] = ("official", "resize")
 
 
 def decode_image(
@@ -94,23 +108,7 @@ def _open_source(source: ImageSource, max_bytes: int) -> tuple[BinaryIO, str]:
     """Return a readable binary file object and a display name, checking size limits."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        name = str(path)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ImageDecodeError(f"{name}: no such file") from None
-        except OSError as exc:
-            raise ImageDecodeError(f"{name}: cannot access ({exc.strerror or exc})") from None
-        if path.is_dir():
-            raise ImageDecodeError(f"{name}: is a directory, not an image")
-        if size == 0:
-            raise ImageDecodeError(f"{name}: empty file (0 bytes)")
-        if size > max_bytes:
-            raise ImageTooLargeError(f"{name}: {size} bytes exceeds the cap of {max_bytes} bytes")
-        try:
-            return open(path, "rb"), name
-        except OSError as exc:
-            raise ImageDecodeError(f"{name}: cannot open ({exc.strerror or exc})") from None
+        return _open_file(path, max_bytes), str(path)
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise ImageDecodeError("<bytes>: empty data (0 bytes)")
@@ -120,6 +118,46 @@ def _open_source(source: ImageSource, max_bytes: int) -> tuple[BinaryIO, str]:
     if hasattr(source, "read"):
         return source, getattr(source, "name", "<stream>")  # type: ignore[return-value]
     raise TypeError(f"cannot decode an image from {type(source).__name__}")
+
+
+def _open_file(path: Path, max_bytes: int) -> BinaryIO:
+    """Open a regular file for reading; anything else (FIFO, device, folder) is refused unread.
+
+    The file is opened non-blocking and checked on its descriptor, so a FIFO swapped in after a
+    check can neither block the open nor be read.
+    """
+    name = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageDecodeError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{name}: cannot access ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageDecodeError(f"{name}: is a directory, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageDecodeError(f"{name}: not a regular file ({_file_kind(st.st_mode)}), not an image")
+        if st.st_size == 0:
+            raise ImageDecodeError(f"{name}: empty file (0 bytes)")
+        if st.st_size > max_bytes:
+            raise ImageTooLargeError(f"{name}: {st.st_size} bytes exceeds the cap of {max_bytes} bytes")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    """A word for a non-regular file type."""
+    for test, word in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return "a special file"
 
 
 def _first_frame(im: Image.Image) -> Image.Image:
@@ -160,27 +198,48 @@ def _from_array(arr: np.ndarray) -> Image.Image:
     raise ImageDecodeError(f"<array>: expected HxW or HxWxC pixels, got shape {arr.shape}")
 
 
-def center_crop_array(arr: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
-    """Centre-crop an HxWxC array to ``size``, zero-padding short sides (torchvision geometry).
+def crop_origin(length: int, size: int = CROP_SIZE) -> int:
+    """Where a centred ``size`` window starts along a side of ``length`` (negative: zero padding first).
 
-    A side shorter than ``size`` is padded with ``floor(d/2)`` zeros before and ``ceil(d/2)``
-    after; the crop offset is ``int(round((S - size) / 2))`` with Python's half-to-even rounding.
+    torchvision geometry: a longer side is cropped at ``int(round((length - size) / 2))`` (Python's
+    half-to-even rounding); a shorter side is padded with ``floor(d/2)`` zeros before and
+    ``ceil(d/2)`` after, so its window starts ``floor(d/2)`` pixels before the image.
+    """
+    return int(round((length - size) / 2.0)) if length >= size else -((size - length) // 2)
+
+
+def center_crop_array(arr: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """Centre-crop an HxW[xC] array to ``size``, zero-padding short sides (torchvision geometry).
+
+    The window is cut first and only the ``size`` x ``size`` result is padded: the same pixels as
+    padding the whole frame, without its cost (see :func:`crop_origin`).
     """
     h, w = arr.shape[:2]
-    if h < size or w < size:
-        ph, pw = max(size - h, 0), max(size - w, 0)
-        pad = [(ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2)] + [(0, 0)] * (arr.ndim - 2)
-        arr = np.pad(arr, pad, mode="constant", constant_values=0)
-        h, w = arr.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return arr[top : top + size, left : left + size]
+    top, left = crop_origin(h, size), crop_origin(w, size)
+    if h >= size and w >= size:
+        return arr[top : top + size, left : left + size]
+    out = np.zeros((size, size) + arr.shape[2:], dtype=arr.dtype)
+    r0, r1 = max(top, 0), min(top + size, h)
+    c0, c1 = max(left, 0), min(left + size, w)
+    out[r0 - top : r1 - top, c0 - left : c1 - left] = arr[r0:r1, c0:c1]
+    return out
 
 
-def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bilinear), the longer side as torchvision's Resize."""
+def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE, max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bilinear), the longer side as torchvision's Resize.
+
+    An image whose longer side is more than ``max_aspect`` times its shorter side is refused with
+    :class:`ImageTooLargeError` (a 100000 x 1 PNG would otherwise become 24,800,000 x 248 pixels).
+    """
     w, h = im.size
     short, long = (w, h) if w <= h else (h, w)
+    if long > max_aspect * short:
+        new_long = int(size * long / short)
+        shape = f"{new_long}x{size}" if w > h else f"{size}x{new_long}"
+        raise ImageTooLargeError(
+            f"{w}x{h} image: aspect ratio {long / short:.0f}:1 exceeds the cap of {max_aspect:g}:1 for resize "
+            f"preprocessing (it would become {shape} pixels); use the official preprocessing (centre crop)"
+        )
     if short == size:
         return im
     new_short, new_long = size, int(size * long / short)
@@ -189,20 +248,24 @@ def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE) -> Image.Image:
 
 
 def crop_uint8(im: Image.Image, mode: PreprocessMode = "official") -> np.ndarray:
-    """Geometric preprocessing only: a 224x224x3 uint8 array ready for :func:`normalize_batch`."""
+    """Geometric preprocessing only: a 224x224x3 uint8 array ready for :func:`normalize_batch`.
+
+    Pillow cuts the 224 x 224 window straight from the decoded frame; a window reaching past a
+    short side is filled with zeros there, which is torchvision's padding (see :func:`crop_origin`).
+    """
     if mode == "resize":
         im = resize_shorter(im, TRAIN_RESIZE)
     elif mode != "official":
         raise ValueError(f"preprocessing mode must be one of {PREPROCESS_MODES}, got {mode!r}")
     w, h = im.size
-    if w >= CROP_SIZE and h >= CROP_SIZE:  # same box as center_crop_array, without copying the full frame
-        top, left = int(round((h - CROP_SIZE) / 2.0)), int(round((w - CROP_SIZE) / 2.0))
-        return np.ascontiguousarray(np.asarray(im.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))))
-    return np.ascontiguousarray(center_crop_array(np.asarray(im), CROP_SIZE))
+    top, left = crop_origin(h), crop_origin(w)
+    return np.ascontiguousarray(np.asarray(im.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))))
 
 
 def normalize_batch(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Turn an NxHxWx3 uint8 batch into a normalised float32 NCHW tensor (ToTensor + Normalize)."""
+    import torch
+
     if isinstance(batch, np.ndarray) and batch.dtype == np.uint8 and batch.ndim in (3, 4) and batch.shape[-1] == 3:
         return _normalize_lut(batch if batch.ndim == 4 else batch[None])
     t = torch.as_tensor(batch)
@@ -228,6 +291,8 @@ def _normalize_lut(batch: np.ndarray) -> torch.Tensor:
     The 3x256 table is computed by the float32 arithmetic below (ToTensor + Normalize), so
     every output value is exactly what that arithmetic gives for its input byte.
     """
+    import torch
+
     global _NORMALIZE_LUT
     if _NORMALIZE_LUT is None:
         ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 1, 3))

@@ -1,20 +1,57 @@
-"""Streaming writers for per-image results: table, json, jsonl and csv."""
+"""Streaming writers for per-image results (table, json, jsonl, csv), and output files that are never torn.
+
+Output files (tested in ``tests/test_output.py`` and ``tests/test_full_disk.py``):
+
+* A results file (``--out``) is written under a temporary name in its own folder and renamed
+  into place only when complete, so the path holds either the whole result or whatever was
+  there before.
+* Interrupted (Ctrl-C, SIGTERM, or a write error such as a full disk), the rows written so far
+  are kept when the format can be cut between rows: ``<out>.partial`` holds every complete row,
+  never a torn one, and ends with one line saying it is partial (jsonl: ``{"partial": true,
+  ...}``; csv: ``# partial: ...``). A json or table output leaves nothing behind.
+* Text that is not valid Unicode (a file name that is not UTF-8, legal on Linux, arrives as
+  surrogate escapes) is written the same way in every format: each byte that is not UTF-8
+  becomes ``\\xNN`` (``caf\\xe9.png``). No row is ever lost to it.
+* :func:`ensure_writable_dir` and :func:`ensure_writable_file` check an output place before the
+  expensive work starts: one :class:`~deepsift.exceptions.DataError` line, nothing written.
+"""
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
 import math
+import os
+import signal
 import sys
+import tempfile
+import threading
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
-from .exceptions import DataError, UsageError
+from .choices import OUTPUT_FORMATS  # re-exported: the formats of result rows
+from .exceptions import EXIT_PARTIAL, DataError, Terminated
 
-OUTPUT_FORMATS = ("table", "json", "jsonl", "csv")
 PREDICTION_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
-EXIT_SOME_FAILED = 3
-"""Exit code of a command that finished but could not read some of its inputs."""
+EXIT_SOME_FAILED = EXIT_PARTIAL
+"""Exit code of a command that finished but could not read some of its inputs (:data:`EXIT_PARTIAL`)."""
+PARTIAL_SUFFIX = ".partial"
+"""Suffix of the file that keeps the complete rows of an interrupted jsonl/csv output."""
+
+
+def printable(text: str) -> str:
+    """``text`` with every byte that was not UTF-8 (a surrogate escape) written as ``\\xNN``."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _cell(value: object) -> str:
@@ -23,17 +60,24 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
+    return printable(str(value))
 
 
 class RowWriter:
-    """Write dict rows to a stream as they come, in one of :data:`OUTPUT_FORMATS`."""
+    """Write dict rows to a stream as they come, in one of :data:`OUTPUT_FORMATS`.
 
-    def __init__(self, stream: IO[str], fmt: str, columns: list[str]) -> None:
+    Each row is flushed whole; ``on_row`` is called after each one (an :class:`AtomicOutput`
+    marks where its last complete row ends). An ``OSError`` of the stream is re-raised as is and
+    kept in :attr:`failed`, so a caller can tell a write failure from its input's errors.
+    """
+
+    def __init__(self, stream: IO[str], fmt: str, columns: list[str],
+                 on_row: Callable[[], None] | None = None) -> None:
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-        self.stream, self.fmt, self.columns = stream, fmt, columns
+        self.stream, self.fmt, self.columns, self.on_row = stream, fmt, columns, on_row
         self.count = 0
+        self.failed: OSError | None = None
         self._csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == "csv" else None
         if self._csv:
             self._csv.writeheader()
@@ -45,25 +89,45 @@ class RowWriter:
 
     def write(self, row: dict) -> None:
         """Write one row and flush, so a crash loses nothing already decided."""
-        if self.fmt == "csv":
-            self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})  # type: ignore[union-attr]
-        elif self.fmt == "jsonl":
-            self.stream.write(json.dumps(row) + "\n")
-        elif self.fmt == "json":
-            self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
-        else:
-            if self.count == 0:
-                self.stream.write("  ".join(c.ljust(w) for c, w in zip(self.columns, self._widths)).rstrip() + "\n")
-            cells = [_cell(row.get(c)) for c in self.columns]
-            self.stream.write("  ".join(v.ljust(w) for v, w in zip(cells, self._widths)).rstrip() + "\n")
+        row = {k: (printable(v) if isinstance(v, str) else v) for k, v in row.items()}
+        try:
+            if self.fmt == "csv":
+                self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})  # type: ignore[union-attr]
+            elif self.fmt == "jsonl":
+                self.stream.write(json.dumps(row) + "\n")
+            elif self.fmt == "json":
+                self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
+            else:
+                if self.count == 0:
+                    self.stream.write("  ".join(c.ljust(w) for c, w in zip(self.columns, self._widths)).rstrip() + "\n")
+                cells = [_cell(row.get(c)) for c in self.columns]
+                self.stream.write("  ".join(v.ljust(w) for v, w in zip(cells, self._widths)).rstrip() + "\n")
+            self.stream.flush()
+        except OSError as exc:
+            self.failed = exc
+            raise
         self.count += 1
-        self.stream.flush()
+        if self.on_row is not None:
+            self.on_row()
 
     def close(self) -> None:
         """Finish the document (closes the JSON array)."""
-        if self.fmt == "json":
-            self.stream.write("\n]\n" if self.count else "]\n")
-        self.stream.flush()
+        try:
+            if self.fmt == "json":
+                self.stream.write("\n]\n" if self.count else "]\n")
+            self.stream.flush()
+        except OSError as exc:
+            self.failed = exc
+            raise
+
+    def partial_line(self, reason: str) -> str | None:
+        """The last line of a partial file of this format (None: json and table keep nothing)."""
+        if self.fmt == "jsonl":
+            return json.dumps({"partial": True, "complete_rows": self.count, "reason": reason}) + "\n"
+        if self.fmt == "csv":
+            words = "".join(c if c not in ',"\r\n' else " " for c in reason)
+            return f"# partial: {self.count} complete rows; {words}\n"
+        return None
 
 
 def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[str] | None = None) -> int:
@@ -75,53 +139,226 @@ def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[st
     return writer.count
 
 
+class AtomicOutput:
+    """A text file written as a hidden temporary beside ``path`` and renamed into place by :meth:`commit`.
+
+    :meth:`mark` records where the last complete row ends; :meth:`keep_partial` cuts the file
+    there, adds a closing line and keeps it as ``<path>.partial``; :meth:`discard` leaves nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError(f"cannot write {path}: is a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        except OSError as exc:
+            raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+        self.tmp = Path(tmp)
+        self.stream: IO[str] = open(fd, "w", encoding="utf-8", newline="")
+        self.complete = 0  # bytes up to the end of the last complete row
+
+    def mark(self) -> None:
+        """Everything written so far (and flushed) is complete rows."""
+        self.complete = self.stream.tell()
+
+    def commit(self) -> Path:
+        """Close the file and move it into place (fsync first, so the rename never exposes a torn file)."""
+        try:
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+            self.stream.close()
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise DataError(f"cannot write {self.path}: {exc.strerror or exc}; nothing was written there") from None
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file."""
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
+
+    def keep_partial(self, last_line: str | None) -> Path | None:
+        """Cut the file after its last complete row, end it with ``last_line``, keep it as ``<path>.partial``.
+
+        Returns that path, or None when there is nothing to keep (no complete row, or no
+        ``last_line`` for this format): then nothing is left behind.
+        """
+        with contextlib.suppress(OSError):  # a full disk may refuse the buffered tail: it is cut anyway
+            self.stream.close()
+        if last_line is None or self.complete == 0:
+            self.discard()
+            return None
+        partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+        try:
+            os.truncate(self.tmp, self.complete)
+            try:
+                with open(self.tmp, "a", encoding="utf-8", newline="") as fh:
+                    fh.write(last_line)
+            except OSError:  # no room for the closing line: the name alone says it is partial
+                os.truncate(self.tmp, self.complete)
+            os.replace(self.tmp, partial)
+        except OSError:
+            self.discard()
+            return None
+        return partial
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``), so clean-up code runs.
+
+    The ``deepsift`` command holds this around every command and exits 143 (Ctrl-C: 130) after
+    the same clean-up. Only in the main thread, and only where SIGTERM still has its default action (a server's
+    own handler is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why an output stopped, in a few words."""
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted ({exc.args[0] if exc.args else 'SIGINT'})"
+    if isinstance(exc, OSError):
+        return f"write failed ({exc.strerror or exc})"
+    return f"stopped by an error ({type(exc).__name__})"
+
+
+@contextlib.contextmanager
+def open_rows(out: str | None, fmt: str, columns: list[str]) -> Iterator[RowWriter]:
+    """A :class:`RowWriter` on stdout (``out`` None) or on the file ``out``, never torn (see the module policy).
+
+    A write error becomes one :class:`DataError` line naming what was kept.
+    """
+    if out is None:
+        writer = RowWriter(sys.stdout, fmt, columns)
+        try:
+            yield writer
+            writer.close()
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc is not writer.failed:
+                raise
+            raise DataError(f"cannot write stdout: {exc.strerror or exc}; the {writer.count} row(s) before it "
+                            f"were written and flushed") from None
+        return
+    target = AtomicOutput(out)
+    with sigterm_as_interrupt():
+        writer = RowWriter(target.stream, fmt, columns, on_row=target.mark)
+        try:
+            yield writer
+            writer.close()
+        except BaseException as exc:
+            kept = target.keep_partial(writer.partial_line(_reason(exc)))
+            what = (f"the {writer.count} complete row(s) before it are kept in {kept}" if kept
+                    else "nothing was written there")
+            if isinstance(exc, OSError) and exc is writer.failed:
+                raise DataError(f"cannot write {out}: {exc.strerror or exc}; {what}") from None
+            print(f"deepsift: {out} not written: {_reason(exc)}; {what}", file=sys.stderr)
+            raise
+        target.commit()
+
+
 @contextlib.contextmanager
 def open_output(path: str | None) -> Iterator[IO[str]]:
-    """Yield a text stream for ``path`` (stdout when None); a path that cannot be written is a UsageError."""
+    """Yield a text stream for ``path`` (stdout when None): the file appears only if the block completes."""
     if path is None:
         yield sys.stdout
         return
-    try:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "w", newline="")
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        yield fh
-    except BaseException:
-        with contextlib.suppress(OSError):  # the error in flight says more than a failed close
-            fh.close()
-        raise
-    try:
-        fh.close()
-    except OSError as exc:
-        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+    target = AtomicOutput(path)
+    with sigterm_as_interrupt():
+        try:
+            yield target.stream
+        except BaseException:
+            target.discard()
+            raise
+        target.commit()
 
 
-def progress(iterable: Iterable, desc: str, unit: str = "img") -> Iterable:
-    """A tqdm bar on stderr, shown only when stderr is a terminal."""
+def ensure_writable_dir(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` if needed and prove a file can be written in it; else one DataError line."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".deepsift-probe-"):
+            pass
+    except OSError as exc:
+        raise DataError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def ensure_writable_file(path: str | os.PathLike) -> Path:
+    """Check that file ``path`` can be written: not a folder, in a folder that takes new files.
+
+    Files are written to a temporary name and renamed over ``path``, so the folder is what counts.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise DataError(f"cannot write {target}: is a directory")
+    ensure_writable_dir(target.parent)
+    return target
+
+
+_CONSOLE_LEVEL = 0
+
+
+def set_console(level: int) -> None:
+    """Process-wide console policy from the CLI: -1 ``--quiet`` (no bars, no summary lines), 0 normal, 1 ``--verbose``."""
+    global _CONSOLE_LEVEL
+    _CONSOLE_LEVEL = int(level)
+
+
+def console_level() -> int:
+    """-1 quiet, 0 normal (the default, also for the Python API), 1 verbose."""
+    return _CONSOLE_LEVEL
+
+
+def progress(iterable: Iterable | None = None, desc: str = "", unit: str = "img", *, total: int | None = None,
+             enabled: bool | None = None, leave: bool = True) -> Any:
+    """The one progress bar of deepsift: tqdm on stderr, shown only when stderr is a terminal.
+
+    ``enabled`` (an API caller's ``progress=``) forces it on or off; None follows the console
+    policy (:func:`set_console`; off under ``--quiet``), else whether stderr is a terminal.
+    Use it as an iterable wrapper or as a context manager with ``update(n)``.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(),
-                dynamic_ncols=True)
+    if enabled is None:
+        enabled = _CONSOLE_LEVEL >= 0 and sys.stderr.isatty()
+    in_bytes = unit == "B"  # downloads and uploads: KiB, MiB, ...
+    return tqdm(iterable, desc=desc, unit=unit, total=total, file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, leave=leave, unit_scale=in_bytes, unit_divisor=1024 if in_bytes else 1000)
+
+
+def note(text: str) -> None:
+    """One summary line of what a command did, on stderr (silenced by ``--quiet``)."""
+    if _CONSOLE_LEVEL >= 0:
+        print(text, file=sys.stderr, flush=True)
 
 
 def write_predictions(predictions: Iterable, fmt: str, out: str | None, label: str = "deepsift") -> int:
     """Stream Prediction objects to ``out`` in ``fmt``, print a one-line summary; returns the exit code."""
     failed = total = fakes = 0
-    with open_output(out) as stream:
-        writer = RowWriter(stream, fmt, PREDICTION_COLUMNS)
-        try:
-            for pred in progress(predictions, "detect"):
-                writer.write(pred.to_dict())
-                total += 1
-                failed += pred.error is not None
-                fakes += pred.label == 1
-            writer.close()
-        except OSError as exc:
-            if out is None and isinstance(exc, BrokenPipeError):
-                raise
-            raise DataError(f"cannot write {out or 'stdout'}: {exc.strerror or exc}; the {total} row(s) "
-                            f"before it were written and flushed") from None
-    print(f"{label}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed", file=sys.stderr)
+    with open_rows(out, fmt, PREDICTION_COLUMNS) as writer:
+        for pred in progress(predictions, "detect"):
+            writer.write(pred.to_dict())
+            total += 1
+            failed += pred.error is not None
+            fakes += pred.label == 1
+    note(f"{label}: {total} input(s): {fakes} fake, {total - fakes - failed} real, {failed} failed")
     return EXIT_SOME_FAILED if failed else 0

@@ -1,28 +1,35 @@
 """Turn what a user names (files, folders, globs, ``-`` for stdin, URLs) into image sources.
 
 Expansion is lazy, so a folder of 100k images streams in constant memory; folders are walked
-recursively in sorted order. A name that cannot be expanded (missing path, unreadable folder)
-becomes a :class:`SourceError` item, so one bad input never stops a batch.
+recursively in sorted order. A name that cannot be expanded (missing path, unreadable folder,
+a glob into a folder that cannot be listed) becomes a :class:`SourceError` item, so one bad
+input never stops a batch; expansion itself never raises ``OSError``.
+
+Folder walks (:func:`walk_images`) visit each real directory once, by device and inode:
+
+* a directory link back to a folder being walked (``sub/up -> ..``) is a link loop, reported
+  once as an error row and not followed;
+* a second way into a folder already walked (two links to one folder) is skipped;
+* a directory link leading out of the named folder is not followed unless ``follow_links``
+  (``--follow-links``): it is an error row saying so. Links to files are read as files.
+
+The walk keeps its own stack, so a very deep tree cannot exhaust Python's recursion limit.
+URLs are fetched by :mod:`deepsift.urlfetch` (re-exported here: :func:`fetch_url`).
 """
 from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
-import httpx
+from .choices import IMAGE_EXTENSIONS  # re-exported: the one list of image extensions
+from .urlfetch import URL_TIMEOUT_S, fetch_url
 
-from .exceptions import ImageFetchError, ImageTooLargeError
-from .images import MAX_BYTES
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".pgm", ".ppm", ".avif", ".heic"}
-)
-URL_TIMEOUT_S = 20.0
-"""Default timeout (connect, read, and between bytes) for an image URL."""
+__all__ = ["IMAGE_EXTENSIONS", "URL_TIMEOUT_S", "SourceError", "expand_inputs", "fetch_url", "is_url", "walk_images"]
 
 
 @dataclass(frozen=True)
@@ -38,87 +45,161 @@ def is_url(text: object) -> bool:
     return isinstance(text, str) and text.lower().startswith(("http://", "https://"))
 
 
-def expand_inputs(names: Iterable[str], stdin: IO[str] | None = None) -> Iterator[str | SourceError]:
-    """Yield image paths/URLs for each name: file, folder (recursive), glob, URL or ``-``."""
+def _why(exc: BaseException) -> str:
+    """The reason of an OSError (or a bad path) in a few words."""
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def expand_inputs(names: Iterable[str], stdin: IO[str] | None = None, *,
+                  follow_links: bool = False) -> Iterator[str | SourceError]:
+    """Yield image paths/URLs for each name: file, folder (recursive), glob, URL or ``-``.
+
+    ``-`` reads one name per line from ``stdin`` (default: the process's standard input, read as
+    bytes so that file names that are not UTF-8 come through); blank lines and ``#`` comments
+    are skipped.
+    """
     for name in names:
         if name == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            for line in stream:
+            for line in _stdin_lines(stdin):
                 line = line.strip()
                 if line and not line.startswith("#"):
-                    yield from expand_inputs([line])
+                    yield from expand_inputs([line], follow_links=follow_links)
             continue
         if is_url(name):
             yield name
             continue
-        path = Path(name).expanduser()
-        try:
-            path.stat()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            if not glob.has_magic(name):
-                yield SourceError(name, f"cannot access ({exc.strerror or exc})")
-                continue
-        if path.is_dir():
-            yield from walk_images(path)
-        elif path.exists() or os.path.lexists(path):
-            yield str(path)
-        elif glob.has_magic(name):
-            matches = sorted(glob.iglob(os.path.expanduser(name), recursive=True))
-            if not matches:
-                yield SourceError(name, "glob matched no files")
-            for m in matches:
-                yield from walk_images(Path(m)) if os.path.isdir(m) else iter([m])
-        else:
-            yield SourceError(name, "no such file or directory")
+        yield from _expand_name(name, follow_links)
 
 
-def walk_images(root: Path) -> Iterator[str | SourceError]:
-    """Walk ``root`` recursively in sorted order, yielding image files and unreadable folders."""
-    try:
-        with os.scandir(root) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        yield SourceError(str(root), f"cannot read directory ({exc.strerror or exc})")
+def _stdin_lines(stdin: IO[str] | None) -> Iterator[str]:
+    """Lines of ``stdin``; the process's own standard input is decoded like file names are."""
+    if stdin is not None:
+        yield from stdin
         return
-    for entry in entries:
-        try:
-            is_dir = entry.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            yield from walk_images(Path(entry.path))
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
-            yield entry.path
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        yield from sys.stdin
+        return
+    for raw in buffer:
+        yield os.fsdecode(raw.rstrip(b"\r\n"))
 
 
-def fetch_url(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = MAX_BYTES,
-              client: httpx.Client | None = None) -> bytes:
-    """Download an image URL with a timeout and a byte cap; HTML or an HTTP error is refused."""
-    own = client is None
-    client = client or httpx.Client(follow_redirects=True, timeout=timeout, headers={"User-Agent": "deepsift"})
+def _expand_name(name: str, follow_links: bool) -> Iterator[str | SourceError]:
+    """The image sources of one named path or glob."""
+    path = Path(name).expanduser()
+    magic = glob.has_magic(name)
     try:
-        with client.stream("GET", url, timeout=timeout) as resp:
-            if resp.status_code >= 400:
-                raise ImageFetchError(f"{url}: HTTP {resp.status_code}")
-            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype in ("text/html", "application/xhtml+xml", "text/plain", "application/json"):
-                raise ImageFetchError(f"{url}: returned {ctype}, not an image")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise ImageTooLargeError(f"{url}: {declared} bytes exceeds the cap of {max_bytes} bytes")
-            chunks, size = [], 0
-            for chunk in resp.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ImageTooLargeError(f"{url}: more than the cap of {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException:
-        raise ImageFetchError(f"{url}: timed out after {timeout:g} s") from None
-    except httpx.HTTPError as exc:
-        raise ImageFetchError(f"{url}: {type(exc).__name__}: {exc}") from None
-    finally:
-        if own:
-            client.close()
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except (OSError, ValueError) as exc:
+        if not magic:
+            yield SourceError(name, f"cannot access ({_why(exc)})")
+            return
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            yield from walk_images(path, follow_links=follow_links)
+        else:
+            yield str(path)
+        return
+    if not magic:
+        # a dangling link is handed on: the decoder reports it ("no such file")
+        yield str(path) if os.path.lexists(path) else SourceError(name, "no such file or directory")
+        return
+    try:
+        matches = sorted(glob.iglob(os.path.expanduser(name), recursive=True))
+    except (OSError, ValueError) as exc:
+        yield SourceError(name, f"cannot expand the glob ({_why(exc)})")
+        return
+    if not matches:
+        yield SourceError(name, _why_no_match(os.path.expanduser(name)))
+    for m in matches:
+        if os.path.isdir(m):
+            yield from walk_images(Path(m), follow_links=follow_links)
+        else:
+            yield m
+
+
+def _why_no_match(pattern: str) -> str:
+    """Why a glob matched nothing: a folder on its fixed part that cannot be listed, or no match."""
+    parts = Path(pattern).parts
+    fixed = Path(*parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]) if parts else Path(".")
+    folder = fixed if str(fixed) else Path(".")
+    try:
+        with os.scandir(folder):
+            pass
+    except FileNotFoundError:
+        return "glob matched no files"
+    except (OSError, ValueError) as exc:
+        return f"cannot read directory {folder} ({_why(exc)})"
+    return "glob matched no files"
+
+
+def walk_images(root: str | os.PathLike, *, follow_links: bool = False) -> Iterator[str | SourceError]:
+    """Walk ``root`` recursively in sorted order, yielding image files and error rows (see the module policy)."""
+    root = Path(root)
+    try:
+        st = os.stat(root)
+        inside = os.path.realpath(root)
+    except (OSError, ValueError) as exc:
+        yield SourceError(str(root), f"cannot read directory ({_why(exc)})")
+        return
+    seen = {(st.st_dev, st.st_ino)}
+    # a stack of (folder key, its entries in order, next index): depth first, each folder's entries sorted
+    stack: list[tuple[tuple[int, int], list[os.DirEntry], int]] = []
+    entries = _listing(root)
+    if isinstance(entries, SourceError):
+        yield entries
+        return
+    stack.append(((st.st_dev, st.st_ino), entries, 0))
+    while stack:
+        key, entries, i = stack[-1]
+        if i == len(entries):
+            stack.pop()
+            continue
+        stack[-1] = (key, entries, i + 1)
+        entry = entries[i]
+        try:
+            is_link = entry.is_symlink()
+            is_dir = entry.is_dir()  # follows a link
+        except OSError:
+            is_link, is_dir = False, False
+        if not is_dir:
+            if os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                yield entry.path
+            continue
+        try:
+            sub = os.stat(entry.path)
+        except (OSError, ValueError) as exc:
+            yield SourceError(entry.path, f"cannot read directory ({_why(exc)})")
+            continue
+        sub_key = (sub.st_dev, sub.st_ino)
+        if sub_key in {k for k, _, _ in stack}:
+            target = os.path.realpath(entry.path)
+            yield SourceError(entry.path, f"directory link loop: leads back to {target}, which is being walked; "
+                                          f"not followed")
+            continue
+        if sub_key in seen:
+            continue  # another way into a folder already walked
+        if is_link and not follow_links:
+            target = os.path.realpath(entry.path)
+            if os.path.commonpath([inside, target]) != inside:
+                yield SourceError(entry.path, f"directory link to {target}, outside {root}: not followed "
+                                              f"(pass --follow-links to walk it)")
+                continue
+        seen.add(sub_key)
+        listing = _listing(Path(entry.path))
+        if isinstance(listing, SourceError):
+            yield listing
+            continue
+        stack.append((sub_key, listing, 0))
+
+
+def _listing(folder: Path) -> list[os.DirEntry] | SourceError:
+    """The entries of ``folder`` sorted by name, or the error that stops listing it."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (OSError, ValueError) as exc:
+        return SourceError(str(folder), f"cannot read directory ({_why(exc)})")

@@ -66,3 +66,107 @@ def labelled_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
             Image.fromarray(arr).save(d / f"{i:03d}.{'png' if i % 2 else 'jpg'}", quality=95)
         out[name] = d
     return out
+
+
+# -- real services: PostgreSQL and a headless Chromium ------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("DEEPSIFT_TEST_ARTIFACTS", REPO / "test-artifacts"))
+"""Screenshots and other files a person reviews after a test run (git-ignored)."""
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL server for the whole session (tests/pgserver.py); stopped at the end.
+
+    Tests that need a clean database call ``pg_server.reset_database()``; tests of recovery call
+    ``pg_server.restart()``. Fails (does not skip) when PostgreSQL is not installed:
+    ``scripts/test.sh`` installs it.
+    """
+    import tempfile
+
+    from pgserver import PgServer
+
+    try:  # not under pytest's tmp folders: those are private to root, and the server runs as postgres
+        server = PgServer(tempfile.mkdtemp(prefix="deepsift-pg-")).start()
+    except (RuntimeError, OSError) as exc:
+        pytest.fail(f"cannot start the test PostgreSQL: {exc}")
+    yield server
+    server.destroy()
+
+
+CHROMIUM = os.environ.get("DEEPSIFT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (never a downloaded browser).
+
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it is
+    open, and any later test calling ``asyncio.run`` (e.g. the fetcher's) would fail.
+    """
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`apt-get install chromium`; scripts/test.sh does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Path:
+    """A folder for this test's screenshots: test-artifacts/screenshots/<test name>/."""
+    name = request.node.name.replace("/", "_").replace("[", "-").replace("]", "")
+    out = ARTIFACTS / "screenshots" / name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# -- the server (deepsift/server) against SQLite and PostgreSQL -----------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: SQLite in tmp_path, or the session's PostgreSQL, reset (test ids -sqlite/-postgresql)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'deepsift.db'}"
+    pg = request.getfixturevalue("pg_server")
+    pg.reset_database()
+    return pg.url
+
+
+@pytest.fixture
+def server_settings(database_url: str, tmp_path: Path):
+    """Settings of a test server: ``database_url``, a private data folder, a fixed secret, loose rate limits."""
+    from serverkit import make_settings
+
+    return make_settings(database_url, tmp_path / "data")
+
+
+@pytest.fixture
+def app(server_settings):
+    """The whole app (every installed domain) on a migrated database; disposed afterwards."""
+    from deepsift.server import create_app
+
+    application = create_app(server_settings)
+    yield application
+    application.state.db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    """A requests-style client on the app through the ASGI transport (no socket), lifespan run."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        yield c
+
+
+@pytest.fixture
+def live_server(app):
+    """The app served by a real uvicorn on 127.0.0.1:<free port> (``.url``) in a thread."""
+    from serverkit import LiveServer
+
+    with LiveServer(app) as server:
+        yield server

@@ -123,6 +123,29 @@ def test_bad_file_gets_an_error_prediction_and_the_rest_are_scored(data, fitted,
     assert all(p.label is None and p.score is None and p.probability is None for p in preds if p.error)
 
 
+def test_baselines_read_through_the_detector_engine_with_its_error_wording(data, fitted, code_model_dir, tmp_path,
+                                                                           monkeypatch):
+    """The same bad inputs get the same error text from a baseline as from the CoDE detector."""
+    import deepsift.model.engine as engine
+    from deepsift.model.detector import Detector
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    sources = [str(broken), str(empty), str(tmp_path / "missing.png"), b"", b"\x00 not an image"]
+    base_errors = [p.error for p in fitted.predict(sources)]
+    code_errors = [e for _, _, e in Detector.load_backbone_only(str(code_model_dir)).embed_iter(sources)]
+    assert base_errors == code_errors and all(base_errors)
+    assert base_errors[3].startswith("<bytes 3>: ")  # every per-input error names its input
+    calls = []  # and the baseline's decoding runs in the engine (with its preprocessor), not a copy of it
+    real_load = engine.load_pixels
+    monkeypatch.setattr(engine, "load_pixels", lambda *a, **k: calls.append(a[1]) or real_load(*a, **k))
+    _, (real, _) = data
+    fitted.predict(_files(real)[:3])
+    assert len(calls) == 3 and all(callable(mode) for mode in calls)
+
+
 def test_training_skips_unreadable_images_and_lists_them(data, tmp_path, capsys):
     (real, fake), _ = data
     bad = tmp_path / "bad.png"

@@ -53,7 +53,7 @@ def test_predict_csv_and_json(folders, trained, capsys):
     assert correct >= 17
     assert "20 input(s)" in out.err and "0 failed" in out.err
     target = trained.parent / "scores.json"
-    assert main(["baseline", "predict", str(trained), str(test_real), "--format", "json", "-o", str(target)]) == 0
+    assert main(["baseline", "predict", str(trained), str(test_real), "--format", "json", "--out", str(target)]) == 0
     data = json.loads(target.read_text())
     assert len(data) == 10 and {"score", "probability", "label", "error"} <= set(data[0])
 
@@ -84,14 +84,14 @@ def test_train_npr_one_command(folders, tmp_path, capsys):
     (["baseline", "train", "nope", "--real", "{real}", "--fake", "{fake}", "--out", "{tmp}/o"], 2,
      "unknown baseline 'nope'"),
     (["baseline", "train", "frequency", "--real", "{tmp}/missing", "--fake", "{fake}", "--out", "{tmp}/o"], 2,
-     "--real {tmp}/missing: not a directory"),
+     "argument --real: {tmp}/missing: no such file or folder"),
     (["baseline", "train", "frequency", "--real", "{empty}", "--fake", "{fake}", "--out", "{tmp}/o"], 1,
      "--real {empty}: no images found"),
     (["baseline", "train", "frequency", "--real", "{real}", "--fake", "{fake}", "--out", "{tmp}/o", "--epochs", "3"],
      2, "--epochs does not apply to the frequency baseline"),
     (["baseline", "train", "frequency", "--real", "{real}", "--fake", "{fake}", "--out", "{tmp}/o", "--holdout", "1"],
-     2, "--holdout must be in [0, 1)"),
-    (["baseline", "predict", "{tmp}", "x.png"], 1, "not a saved baseline"),
+     2, "argument --holdout: must be a number in [0, 1), got '1'"),
+    (["baseline", "predict", "{tmp}", "{real}"], 1, "not a saved baseline"),
 ])
 def test_cli_errors(folders, tmp_path, capsys, argv, code, message):
     _, real, fake, *_ = folders
@@ -108,6 +108,5 @@ def test_baseline_list_as_a_subprocess_and_help(capsys):
                           timeout=120)
     assert done.returncode == 0
     assert all(name in done.stdout for name in ("frequency", "npr", "univfd"))
-    with pytest.raises(SystemExit) as exc:
-        main(["baseline", "train", "--help"])
-    assert exc.value.code == 0 and "--holdout" in capsys.readouterr().out
+    assert main(["baseline", "train", "--help"]) == 0
+    assert "--holdout" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from data_factory import encoded_image, make_record
 from deepsift.data.fetch import Fetcher, FetchConfig, load_status, parse_retry_after, safe_name
 from deepsift.data.writer import write_shard
 from deepsift.exceptions import UsageError
+from deepsift.urlfetch import USER_POLICY, FetchPolicy
 
 GOOD = encoded_image(1, (32, 20))
 PNG = encoded_image(2, (20, 20), "PNG")
@@ -54,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(302, b"", headers=[("Location", "/good/target")])
         elif path == "/loop":
             self._send(302, b"", headers=[("Location", "/loop")])
+        elif path == "/redirect-away":  # to another loopback address than the one allowed in strict tests
+            self._send(302, b"", headers=[("Location", f"http://127.0.0.2:{srv.server_address[1]}/good/away")])
         elif path == "/oversized":
             self._send(200, b"\xff\xd8\xff" + b"0" * 5000)
         elif path == "/oversized-chunked":
@@ -118,8 +121,9 @@ CASES = {
 
 
 def config(**kw):
+    # the test server is on 127.0.0.1: the explicit setting that allows it (the default policy is strict)
     base = dict(concurrency=8, per_host=4, timeout=1.0, retries=2, backoff=0.01, max_bytes=4096,
-                max_pixels=10_000, max_redirects=3, trust_env=False)
+                max_pixels=10_000, max_redirects=3, trust_env=False, url_policy=USER_POLICY)
     return FetchConfig(**{**base, **kw})
 
 
@@ -205,13 +209,16 @@ def test_cli_fetch_real_from_shards(server, tmp_path, capsys):
     write_shard(recs, tmp_path / "shards" / "d3-00000.parquet", n_generators=1)
     out = tmp_path / "real"
     args = ["data", "fetch-real", str(tmp_path / "shards"), "--out", str(out), "--timeout", "2", "--backoff", "0"]
-    assert main(args) == 0
+    assert main(args) == 3  # two dead links: done, but some ids failed
     err = capsys.readouterr().err
-    assert "fetched 3 ids" in err and "ok 1" in err and "http_404 1" in err and "not_image 1" in err
+    assert "3 id(s): http_404 1, not_image 1, ok 1" in err and "this run fetched 3" in err
+    assert "2 id(s) have no image" in err
     assert (out / "100000.jpg").read_bytes() == GOOD
-    assert main(args) == 0
+    assert main(args) == 3  # a re-run skips everything, and still says the folder lacks two images
     err = capsys.readouterr().err
-    assert "fetched 0 ids" in err and "skipped 3 already done" in err
+    assert "3 id(s): http_404 1, not_image 1, ok 1" in err and "this run fetched 0" in err and "skipped 3" in err
+    assert main([*args, "--allow-failures"]) == 0  # dead links accepted
+
 
 
 def test_helpers():
@@ -329,3 +336,29 @@ def test_status_lines_survive_a_kill_9_of_fetch_real(tmp_path):
         assert refetched == {f"/img/{i}" for i in range(n_served, n_records)}  # only ids without an image
         status = load_status(out)
         assert all(status[r.id]["status"] == "ok" and (out / f"{r.id}.jpg").read_bytes() == GOOD for r in recs)
+
+
+def test_the_default_policy_blocks_non_public_addresses_and_sends_nothing(server, tmp_path):
+    """A fetcher a server runs for others (the default, strict policy) never reaches loopback; the CLI does (above)."""
+    port = server.server_address[1]
+    items = [("direct", server.base + "/good/1"), ("named", f"http://localhost:{port}/good/2"),
+             ("v6", f"http://[::ffff:127.0.0.1]:{port}/good/3"), ("meta", "http://169.254.169.254/latest/meta-data")]
+    out = tmp_path / "real"
+    strict = config(url_policy=FetchConfig().url_policy)
+    summary = Fetcher(out, strict).run(items, progress=False)
+    assert summary.statuses == Counter({"blocked": 4})
+    status = load_status(out)
+    assert "127.0.0.1" in status["named"]["error"] and "loopback" in status["named"]["error"]
+    assert "link-local" in status["meta"]["error"]
+    assert server.hits == Counter()  # not one request sent
+    again = Fetcher(out, strict).run(items, progress=False)
+    assert again.skipped == 4 and again.fetched == 0  # blocked is a permanent failure
+
+
+def test_a_redirect_to_a_forbidden_address_is_blocked(server, tmp_path):
+    one_allowed = FetchPolicy(allow_networks=("127.0.0.1/32",))  # strict checks, 127.0.0.1 standing in for the web
+    items = [("ok", server.base + "/redirect"), ("away", server.base + "/redirect-away")]
+    summary = Fetcher(tmp_path / "real", config(url_policy=one_allowed)).run(items, progress=False)
+    assert summary.statuses == Counter({"ok": 1, "blocked": 1})
+    assert "127.0.0.2" in load_status(tmp_path / "real")["away"]["error"]
+    assert server.hits["/good/away"] == 0

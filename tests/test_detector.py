@@ -12,6 +12,7 @@ from httpserver import LocalServer
 from deepsift.model.detector import Detector, Prediction
 from deepsift.model.headset import save_headset
 from deepsift.model.heads import make_head
+from deepsift.urlfetch import USER_POLICY
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def heads_dir(code_model_dir, labelled_folders, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector(code_model_dir, heads_dir):
-    return Detector.load(str(code_model_dir), heads=heads_dir, batch_size=4, url_timeout=1.0)
+    # the image URLs of these tests are served from 127.0.0.1: the explicit setting that allows it
+    return Detector.load(str(code_model_dir), heads=heads_dir, batch_size=4, url_timeout=1.0, url_policy=USER_POLICY)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,7 @@ def test_url_size_cap(awkward):
 
     with LocalServer({"/big.jpg": (200, "image/jpeg", b"x" * 5000)}) as srv:
         with pytest.raises(ImageTooLargeError, match="cap of 1000 bytes"):
-            fetch_url(f"{srv.base}/big.jpg", max_bytes=1000)
+            fetch_url(f"{srv.base}/big.jpg", max_bytes=1000, policy=USER_POLICY)
 
 
 def test_unreadable_directory_is_one_error_row(detector, awkward):

@@ -40,8 +40,12 @@ def test_metrics_match_sklearn(ties: bool) -> None:
     a, b = fpr[k - 1] - fnr[k - 1], fpr[k] - fnr[k]
     eer = fpr[k - 1] + (-a / (b - a)) * (fpr[k] - fpr[k - 1])
     assert m["eer"] == pytest.approx(eer, abs=1e-9)
-    ours_fpr, ours_tpr, _ = roc_curve(y, s)
-    np.testing.assert_allclose(ours_fpr, fpr[np.r_[0, 1:len(fpr)]] if len(ours_fpr) == len(fpr) else ours_fpr)
+    # every ROC point, one per distinct threshold, as sklearn gives them without dropping any
+    ours_fpr, ours_tpr, ours_thr = roc_curve(y, s)
+    all_fpr, all_tpr, all_thr = skm.roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(ours_fpr, all_fpr, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(ours_tpr, all_tpr, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(ours_thr[1:], all_thr[1:])
     assert skm.auc(ours_fpr, ours_tpr) == pytest.approx(m["auroc"])
 
 
@@ -58,6 +62,20 @@ def test_hand_worked_case() -> None:
     # EER: ROC points (0,0) (0,1/3) (0,2/3) (1/3,2/3) (2/3,2/3) (2/3,1) (1,1): FPR = FNR = 1/3
     assert m["eer"] == pytest.approx(1 / 3)
     assert m["tpr@5%fpr"] == pytest.approx(2 / 3)
+
+
+def _ece_reference(y: np.ndarray, p: np.ndarray, bins: int) -> float:
+    """ECE written out: equal-width bins over [0, 1] (1.0 in the last), sum over bins of |fakes - sum p| / N."""
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    return float(sum(abs(y[idx == b].sum() - p[idx == b].sum()) for b in range(bins)) / len(y))
+
+
+def test_ece_uses_15_equal_width_bins() -> None:
+    y, s = _data(5000, seed=11, ties=False)
+    ece = compute_metrics(y, s)["ece"]
+    assert ece == pytest.approx(_ece_reference(y, s, 15), abs=1e-12)
+    for other in (10, 14, 16, 20):  # the case tells the bin counts apart
+        assert abs(_ece_reference(y, s, other) - ece) > 1e-4, other
 
 
 def test_one_class_is_undefined_not_a_crash() -> None:
@@ -103,16 +121,25 @@ def test_bootstrap_interval_covers_and_is_reproducible() -> None:
 
 
 def test_bootstrap_matches_explicit_resampling() -> None:
+    from scipy.stats import rankdata
+
     y, s = _data(300, seed=5)
-    fast = compute_metrics(y, s, bootstrap=400, seed=1).values["auroc"]
+    fast = compute_metrics(y, s, bootstrap=20000, seed=1).values["auroc"]
     rng = np.random.default_rng(99)
     real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-    slow = []
-    for _ in range(400):  # stratified: each class resampled within itself, as pROC does
-        i = np.concatenate([rng.choice(real, real.size), rng.choice(fake, fake.size)])
-        slow.append(skm.roc_auc_score(y[i], s[i]))
-    lo, hi = np.quantile(slow, [0.025, 0.975])
-    assert fast.low == pytest.approx(lo, abs=0.02) and fast.high == pytest.approx(hi, abs=0.02)
+    # stratified (each class resampled within itself, as pROC does); AUROC by Mann-Whitney with midranks
+    r = s[rng.choice(real, (20000, real.size))]
+    f = s[rng.choice(fake, (20000, fake.size))]
+    ranks = rankdata(np.concatenate([f, r], axis=1), axis=1)[:, : fake.size]
+    slow = (ranks.sum(axis=1) - fake.size * (fake.size + 1) / 2) / (fake.size * real.size)
+    assert slow[0] == pytest.approx(skm.roc_auc_score(np.r_[np.ones(fake.size), np.zeros(real.size)],
+                                                      np.r_[f[0], r[0]]), abs=1e-12)
+    lo95, hi95 = np.quantile(slow, [0.025, 0.975])
+    lo90, hi90 = np.quantile(slow, [0.05, 0.95])
+    # a 95 % interval: close to the explicit 2.5/97.5 % quantiles, clearly wider than a 90 % one
+    gap = min(lo90 - lo95, hi95 - hi90)
+    assert gap > 0.004
+    assert abs(fast.low - lo95) < gap / 2 and abs(fast.high - hi95) < gap / 2
 
 
 def test_pr_curve_endpoints() -> None:

@@ -90,8 +90,9 @@ def test_parquet_shards_with_real_folder(env, tmp_path: Path) -> None:
                  "--report", str(rep)]) == 0
     res = _json(rep)["per_generator"]["CoDE/linear"]["all"]
     assert set(res) == {"all", "sd-1.4", "if-i-xl"} and res["sd-1.4"]["n_real"] == 6
-    with pytest.raises(DataError, match="--real"):
+    with pytest.raises(DataError, match="the real option"):
         load_eval_set(shards)
+    assert main(["eval", "generators", str(shards), *env.det]) == 2  # on the command line: said before any work
 
 
 def test_leave_one_out_holds_the_generator_out() -> None:
@@ -143,13 +144,13 @@ def test_robustness_sweep_reuses_clean_embeddings_and_is_deterministic(env, monk
 
 def test_robustness_cli_report(env, tmp_path: Path) -> None:
     rep = tmp_path / "rep"
-    assert main(["eval", "robustness", str(env.test), *env.det, "--transforms", "resize,random_crop",
+    assert main(["eval", "robustness", str(env.test), *env.det, "--transform", "resize", "--transform", "random_crop",
                  "--metric", "accuracy", "--report", str(rep)]) == 0
     r = _json(rep)["robustness"]
     assert r["metric"] == "accuracy" and len(r["curves"]["resize"]["points"]) == 3
     assert r["timing"]["overhead_ratio"] >= 1.0
     assert (rep / "plots" / "robustness.png").exists()
-    assert main(["eval", "robustness", str(env.test), *env.det, "--transforms", "vhs"]) == 2
+    assert main(["eval", "robustness", str(env.test), *env.det, "--transform", "vhs"]) == 2
 
 
 def test_fpr_on_real_photos(env, tmp_path: Path) -> None:
@@ -158,7 +159,8 @@ def test_fpr_on_real_photos(env, tmp_path: Path) -> None:
     for p in (env.test / "real").iterdir():
         (tmp_path / "real" / p.name).write_bytes(p.read_bytes())
     (tmp_path / "real" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    assert main(["eval", "fpr", str(tmp_path / "real"), *env.det, "--bootstrap", "50", "--report", str(rep)]) == 0
+    # one unreadable photo: the rest are scored, the command says so and exits 3 (done, some inputs failed)
+    assert main(["eval", "fpr", str(tmp_path / "real"), *env.det, "--bootstrap", "50", "--report", str(rep)]) == 3
     r = _json(rep)["fpr"]["CoDE/linear"]
     det = Detector.load(env.model, heads=env.heads)
     preds = det.predict(sorted(str(p) for p in (env.test / "real").iterdir()))
@@ -210,7 +212,7 @@ def test_unknown_layout_lists_accepted_ones(tmp_path: Path, capsys) -> None:
     assert "unknown dataset layout" in msg and "cats, dogs" in msg
     for layout in ("d3-test", "folders", "parquet"):
         assert layout in msg
-    assert main(["eval", "generators", str(tmp_path), "--model", "x"]) == 1
+    assert main(["eval", "generators", str(tmp_path), "--model", "owner/x"]) == 1
     assert "Accepted layouts" in capsys.readouterr().err
 
 
@@ -264,7 +266,7 @@ def test_target_fpr_threshold_is_chosen_on_calibrated_validation_scores(env, tmp
 def test_robustness_cli_bootstrap_gives_intervals(env, tmp_path: Path) -> None:
     # --bootstrap is offered by every eval command; the robustness sweep must honour it too
     rep = tmp_path / "rep"
-    assert main(["eval", "robustness", str(env.test), *env.det, "--transforms", "jpeg", "--metric", "accuracy",
+    assert main(["eval", "robustness", str(env.test), *env.det, "--transform", "jpeg", "--metric", "accuracy",
                  "--bootstrap", "40", "--report", str(rep)]) == 0
     r = _json(rep)["robustness"]
     lo, hi = r["clean_ci95"]["CoDE/linear"]
@@ -338,3 +340,35 @@ def test_logo_keys_a_non_code_detector_by_its_display_name(env, tmp_path: Path) 
     direct = leave_one_out(FittingBrightness(), samples, name="busy")
     assert set(direct) == {"busy"}
     assert direct["busy"]["gen_a"]["auroc"] == res["busy"]["gen_a"]["metrics"]["auroc"]["value"]
+
+
+class RecordingDetector(BrightnessDetector):
+    """Records every source each fit and predict sees."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list, list]] = []
+
+    def fit(self, real, fake):
+        self.calls.append(("fit", list(real), list(fake)))
+        return self
+
+    def predict(self, sources):
+        sources = list(sources)
+        self.calls.append(("predict", sources, []))
+        return super().predict(sources)
+
+
+def test_logo_never_trains_a_non_code_detector_on_the_held_out_generator(env) -> None:
+    samples = load_eval_set(env.test).samples
+    det = RecordingDetector()
+    res = leave_one_out(det, samples, name="rec", seed=3)
+    gen_of = {s.source: s.generator for s in samples}
+    fits = [c for c in det.calls if c[0] == "fit"]
+    predicts = [c for c in det.calls if c[0] == "predict"]
+    assert [g for g in res["rec"]] == ["gen_a", "gen_b"] and len(fits) == len(predicts) == 2
+    for held_out, (_, real, fake), (_, tested, _) in zip(res["rec"], fits, predicts):
+        assert {gen_of[s] for s in fake} == {"gen_a", "gen_b"} - {held_out}  # every other generator, never G
+        assert {gen_of[s] for s in real} == {"real"}
+        assert {gen_of[s] for s in tested} == {"real", held_out}
+        assert not set(real) & set(tested)  # the real test images were not trained on either
+        assert sum(gen_of[s] == held_out for s in tested) == sum(g == held_out for g in gen_of.values())

@@ -53,7 +53,53 @@ def test_detect_on_a_full_disk(full_disk, code_model_dir, labelled_folders, tmp_
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot write" in err[0] and "No space left on device" in err[0]
-    # what was flushed before the disk filled is complete JSON lines, nothing torn
-    lines = out.read_text().splitlines() if out.exists() else []
-    for line in lines[:-1]:
-        json.loads(line)
+    assert not out.exists()  # the results file appears only when complete
+    # the complete rows are kept in verdicts.jsonl.partial: every line is whole JSON, the last one too,
+    # and the last says the file is partial when the disk had room for it
+    partial = full_disk / "verdicts.jsonl.partial"
+    assert f"kept in {partial}" in err[0]
+    lines = partial.read_text().splitlines()
+    parsed = [json.loads(line) for line in lines]
+    rows = [r for r in parsed if "source" in r]
+    assert rows and all(r["verdict"] in ("real", "fake") for r in rows)
+    if parsed[-1].get("partial"):
+        assert parsed[-1]["complete_rows"] == len(rows) and "No space left" in parsed[-1]["reason"]
+        assert parsed[:-1] == rows
+    else:
+        assert parsed == rows
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", partial.name]  # no temporary file
+
+
+def test_fetch_real_on_a_full_disk(full_disk, tmp_path, capsys):
+    """Images stop fitting: one line, exit 1; every status line whole, every stored image has its ok line."""
+    import io
+
+    from data_factory import make_record
+    from httpserver import LocalServer
+    from PIL import Image
+
+    from deepsift.data.fetch import load_status
+    from deepsift.data.writer import write_shard
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buf, "PNG")
+    png = buf.getvalue()  # about 7 KB: three fit in the free page-and-a-bit, not twenty
+    (full_disk / "filler").unlink()
+    with open(full_disk / "filler", "wb") as fh:
+        fh.write(b"\0" * (40 * 1024))
+    with LocalServer({f"/img/{i}": (200, "image/png", png) for i in range(20)}) as srv:
+        recs = [make_record(i, 1, url=f"{srv.base}/img/{i}") for i in range(20)]
+        write_shard(recs, tmp_path / "d3.parquet", n_generators=1)
+        out = full_disk / "real"
+        rc = main(["data", "fetch-real", str(tmp_path / "d3.parquet"), "--out", str(out), "--concurrency", "1",
+                   "--backoff", "0"])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in err if line.startswith("deepsift:")]
+    assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
+    text = (out / "status.jsonl").read_text() if (out / "status.jsonl").exists() else ""
+    assert text == "" or text.endswith("\n")  # no torn last line
+    lines = [json.loads(line) for line in text.splitlines()]
+    ok = {e["path"] for e in lines if e["status"] == "ok"}
+    on_disk = {p.name for p in out.iterdir() if p.name != "status.jsonl"}
+    assert on_disk == ok and len(ok) < 20  # no image without its line, no temporary file

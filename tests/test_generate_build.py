@@ -83,14 +83,20 @@ def test_bad_records_are_logged_and_skipped(models, tmp_path, caplog):
     src = write_prompts(tmp_path / "in", 2, extra)
     with caplog.at_level("WARNING", logger="deepsift.generate"):
         s = build(str(src), [parse_spec(sd_spec(models)), parse_spec(f"vae=vae:{models.vae}")], tmp_path / "out", chunk_size=4)
-    assert [r.id for r in read_d3(tmp_path / "out")] == ["rec0", "rec1", "long"]
+    # records without a usable real image keep their text-to-image image (the vae slot stays empty)
+    recs = {r.id: r for r in read_d3(tmp_path / "out")}
+    assert list(recs) == ["rec0", "rec1", "long", "corrupt", "missing", "noreal"]
+    assert [[g.generator for g in recs[i].generations] for i in ("corrupt", "missing", "noreal")] == [["sd"]] * 3
+    assert [g.generator for g in recs["rec0"].generations] == ["sd", "vae"]
     assert dict(s.failures) == {"blank_prompt": 1, "prompt_too_long": 1, "image_decode_error": 2, "bad_image_path": 1,
                                 "no_real_image": 1, "bad_line": 1, "duplicate_id": 1}
     assert s.notes == {"truncated_prompt:sd": 1}
-    assert s.input_records == 11 and s.records == 3
+    assert s.input_records == 11 and s.records == 6
     logged = caplog.text
-    for rid in ("blank", "huge", "corrupt", "missing", "escape", "noreal", "prompts-10", "rec0"):
-        assert f"record {rid} skipped" in logged
+    for rid in ("blank", "huge", "escape", "prompts-10", "rec0"):
+        assert f"record {rid} skipped:" in logged
+    for rid in ("corrupt", "missing", "noreal"):
+        assert f"record {rid} skipped for real-image generators" in logged
     assert "corrupt.png" in logged
 
 
@@ -114,7 +120,7 @@ def test_csv_prompt_over_the_csv_field_limit_is_skipped_as_too_long(models, tmp_
     huge = "x" * 200_000  # over the csv module's default field limit (131072)
     (tmp_path / "p.csv").write_text(f"id,prompt\na,red\nhuge,{huge}\nb,blue\n")
     out = tmp_path / "out"
-    assert main(["data", "build", "--prompts", str(tmp_path / "p.csv"), "-g", sd_spec(models), "--out", str(out), "-q"]) == 0
+    assert main(["data", "build", "--prompts", str(tmp_path / "p.csv"), "-g", sd_spec(models), "--out", str(out)]) == 3
     assert "failures by reason: prompt_too_long=1" in capsys.readouterr().err
     assert [r.id for r in read_d3(out)] == ["a", "b"]
 
@@ -126,8 +132,8 @@ def test_spec_that_does_not_load_fails_before_any_work(models, tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 1 and "generator 'bad'" in err and "/no/such/model" in err and "Traceback" not in err
     assert not out.exists()  # nothing was generated or written
-    assert main(["data", "build", "--prompts", str(src), "-g", "x=t2i:/m,steps=0", "--out", str(out)]) == 1
-    assert "must be a positive integer" in capsys.readouterr().err
+    assert main(["data", "build", "--prompts", str(src), "-g", "x=t2i:/m,steps=0", "--out", str(out)]) == 2
+    assert "must be a positive integer" in capsys.readouterr().err  # a bad spec is bad usage, found at parsing
 
 
 def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, capsys):
@@ -151,9 +157,10 @@ def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, cap
     # in place, with a generator that needs real images (D3 shards have none): rows kept, slot left empty
     assert main(["data", "build", "--add-to", str(grown), "-g", sd_spec(models, "sd3"), "-q"]) == 0
     assert all(len(r.generations) == 3 for r in read_d3(grown))
+    capsys.readouterr()
     assert main(["data", "build", "--add-to", str(grown), "-g", sd_spec(models, "sd3")]) == 0  # already there: no-op
     err = capsys.readouterr().err
-    assert "(2 already done)" in err
+    assert "nothing to do, all 2 shard(s) were already done (4 record(s)" in err and "wrote" not in err
     assert all(len(r.generations) == 3 for r in read_d3(grown))
 
 
@@ -180,7 +187,7 @@ def test_killed_build_restarts_where_it_stopped(models, tmp_path):
     for s in specs:
         argv += ["-g", s]
     ref = tmp_path / "ref"
-    assert main(argv + ["--out", str(ref)]) == 0
+    assert main(argv + ["--out", str(ref)]) == 3  # done, but the blank prompts were skipped
 
     out = tmp_path / "out"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -195,9 +202,63 @@ def test_killed_build_restarts_where_it_stopped(models, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     partial = sorted(p.name for p in out.glob("*.parquet"))
     assert 1 <= len(partial) < 5, partial  # stopped mid-way
-    assert main(argv + ["--out", str(out)]) == 0
+    assert main(argv + ["--out", str(out)]) == 3
     assert not list(out.glob(".*.tmp-*"))
     a, b = dataset_bytes(ref), dataset_bytes(out)
     assert list(a) == list(b) == [f"rec{i}" for i in range(7)]  # none lost, none duplicated
     assert a == b  # same image bytes
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.name for p in ref.glob("*.parquet"))
+
+
+def test_vae_and_text_to_image_without_real_images_still_run_the_text_to_image_generator(models, tmp_path, capsys):
+    """Prompts without real images: the vae generator skips them, the t2i generator does not; exit 3 says so."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"thing {i}"}) + "\n" for i in range(3)))
+    out = tmp_path / "out"
+    assert main(["data", "build", "--prompts", str(prompts), "--out", str(out), "-g", sd_spec(models),
+                 "-g", f"vae=vae:{models.vae}"]) == 3
+    err = capsys.readouterr().err
+    assert "images per generator: sd=3, vae=0" in err and "failures by reason: no_real_image=3" in err
+    assert [[g.generator for g in r.generations] for r in read_d3(out)] == [["sd"]] * 3
+    # a build that writes nothing is an error, not a success
+    assert main(["data", "build", "--prompts", str(prompts), "--out", str(tmp_path / "v"),
+                 "-g", f"vae=vae:{models.vae}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("deepsift: error: data build wrote no record") and "no_real_image=3" in err[-1]
+
+
+def test_build_json_records_every_generator_of_the_dataset(models, tmp_path):
+    src = write_prompts(tmp_path / "in", 2)
+    base = tmp_path / "base"
+    assert main(["data", "build", "--prompts", str(src), "--out", str(base), "-g", sd_spec(models)]) == 0
+    first = json.loads((base / "build.json").read_text())
+    assert first["generators"] == [sd_spec(models)] and "additions" not in first
+    assert main(["data", "build", "--add-to", str(base), "-g", sd_spec(models, "sd2")]) == 0  # in place
+    grown = json.loads((base / "build.json").read_text())
+    assert grown == {**first, "additions": [{"generators": [sd_spec(models, "sd2")]}]}
+    assert main(["data", "build", "--add-to", str(base), "-g", sd_spec(models, "sd2")]) == 0  # the same again
+    assert json.loads((base / "build.json").read_text()) == grown
+    copy = tmp_path / "copy"
+    assert main(["data", "build", "--add-to", str(base), "--out", str(copy), "-g", sd_spec(models, "sd3")]) == 0
+    assert json.loads((copy / "build.json").read_text())["additions"] == grown["additions"] + [
+        {"generators": [sd_spec(models, "sd3")]}]
+    # the original build still restarts against its settings (its additions do not count as other settings)
+    assert main(["data", "build", "--prompts", str(src), "--out", str(base), "-g", sd_spec(models)]) == 0
+
+
+def test_an_image_depends_on_its_record_not_on_the_batch_it_was_made_in(models, tmp_path):
+    """Other chunk sizes, a failed neighbour, --add-to: the same record gets the same bytes (batch=2 here)."""
+    src = write_prompts(tmp_path / "in", 5, [json.dumps({"id": "blank", "prompt": " "})])
+    lines = src.read_text().splitlines()
+    src.write_text("\n".join(lines[:2] + [lines[-1]] + lines[2:-1]) + "\n")  # the blank prompt shifts the batches
+    runs = {}
+    for chunk in (3, 4, 64):
+        out = tmp_path / f"c{chunk}"
+        build(str(src), [parse_spec(sd_spec(models))], out, chunk_size=chunk, threads=1)
+        runs[chunk] = {r.id: r.generations[0].image for r in read_d3(out)}
+    assert runs[3] == runs[4] == runs[64] and len(runs[3]) == 5
+    base = tmp_path / "base"
+    build(str(src), [parse_spec(f"vae=vae:{models.vae}")], base, chunk_size=2, threads=1)
+    build(None, [parse_spec(sd_spec(models))], tmp_path / "grown", add_to=str(base), threads=1)
+    grown = {r.id: [g.image for g in r.generations if g.generator == "sd"][0] for r in read_d3(tmp_path / "grown")}
+    assert {i: grown[i] for i in runs[3]} == runs[3]

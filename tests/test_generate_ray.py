@@ -70,14 +70,16 @@ def test_ray_build_equals_single_process_build(cluster, tmp_path, tmp_path_facto
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     argv = ["data", "build", "--prompts", str(tmp_path / "p.jsonl"), "--chunk-size", "3", "--threads", "1",
             "-g", f"sd=t2i:{models.sd},steps=2,width=64,height=64,batch=2", "-g", f"vae=vae:{models.vae}"]
-    assert main(argv + ["--out", str(tmp_path / "local")]) == 0
-    assert main(argv + ["--out", str(tmp_path / "ray"), "--ray", cluster.address, "--ray-actors", "2"]) == 0
+    # exit 3: the blank prompt is skipped, and "bad" keeps only its text-to-image image
+    assert main(argv + ["--out", str(tmp_path / "local")]) == 3
+    assert main(argv + ["--out", str(tmp_path / "ray"), "--ray", cluster.address, "--ray-actors", "2"]) == 3
 
     def content(out):
         return [(r.id, [(g.model, g.width, g.height, g.steps, g.seed, g.image) for g in r.generations]) for r in read_d3(out)]
 
     local, on_ray = content(tmp_path / "local"), content(tmp_path / "ray")
-    assert [i for i, _ in local] == [f"id{i}" for i in range(6)]
+    assert [i for i, _ in local] == [f"id{i}" for i in range(6)] + ["bad"]
+    assert len(dict(local)["bad"]) == 1
     assert on_ray == local  # same ids, same order, same image bytes
     # a generator that does not load fails before any work, with one clear error
     bad = argv[:-4] + ["-g", "nope=t2i:/no/such/dir", "--out", str(tmp_path / "bad"), "--ray", cluster.address]

@@ -55,7 +55,7 @@ def fetched(tmp_path_factory):
         write_shard(records[3:], root / "shards" / "d3-00001.parquet", n_generators=1)
         real = root / "real"  # the last record is left out (--limit 5): no status line at all
         assert main(["data", "fetch-real", str(root / "shards"), "--out", str(real), "--limit", "5",
-                     "--timeout", "5", "--retries", "0"]) == 0
+                     "--timeout", "5", "--retries", "0"]) == 3  # one dead link: done, but an id failed
     status = load_status(real)
     assert {rid: e["status"] for rid, e in status.items()} == {**{r: "ok" for r in IDS[:5]}, BAD404: "http_404"}
     (real / status[CORRUPT]["path"]).write_bytes(REALS[CORRUPT][:60])  # broken on disk after the fetch
@@ -95,9 +95,9 @@ def test_prompts_build_takes_real_images_from_the_fetch_folder(models, fetched, 
     argv = ["data", "build", "--prompts", str(shards), "--real-dir", str(real), "--out", str(out), "--threads", "1",
             "--chunk-size", "4", "-g", f"rec=vae:{models.vae}", "-g", sd_spec(models)]
     with caplog.at_level("WARNING", logger="deepsift.generate"):
-        assert main(argv) == 0
+        assert main(argv) == 3  # done; records without a real image were skipped by the vae generator
     err = capsys.readouterr().err
-    assert "build: 6 record(s) written from 6 input record(s)" in err
+    assert "build: wrote 6 record(s)" in err and "6 record(s) from 6 input record(s) in all" in err
     assert "images per generator: rec=2, sd=6" in err
     assert "failures by reason: bad_image_path=1, image_decode_error=1, no_real_image=2" in err
     for rid in (BAD404, CORRUPT, ESCAPE, UNFETCHED):
@@ -130,13 +130,13 @@ def test_real_dir_is_part_of_the_restart_settings(models, fetched, tmp_path, cap
     shards, real, _ = fetched
     out = tmp_path / "out"
     argv = ["data", "build", "--prompts", str(shards), "--out", str(out), "--chunk-size", "3", "-g", f"rec=vae:{models.vae}"]
-    assert main(argv + ["--real-dir", str(real)]) == 0
+    assert main(argv + ["--real-dir", str(real)]) == 3
     err = capsys.readouterr().err
     # only vae generators: records without a real image are skipped as before
-    assert "build: 2 record(s) written from 6 input record(s)" in err and "images per generator: rec=2" in err
+    assert "build: wrote 2 record(s) in 2 shard(s)" in err and "2 record(s) from 6 input record(s) in all" in err and "images per generator: rec=2" in err
     assert json.loads((out / "build.json").read_text())["real_dir"] == str(real.resolve())
-    assert main(argv + ["--real-dir", str(real)]) == 0
-    assert "(2 already done)" in capsys.readouterr().err
+    assert main(argv + ["--real-dir", str(real)]) == 3  # nothing new; the dataset still lacks 4 records
+    assert "nothing to do, all 2 shard(s) were already done (2 record(s)" in capsys.readouterr().err
     other = tmp_path / "other-real"
     other.mkdir()
     (other / "status.jsonl").write_text("")
@@ -149,7 +149,7 @@ def test_add_to_with_real_dir(models, fetched, tmp_path, capsys):
     shards, real, _ = fetched
     grown = tmp_path / "grown"
     assert main(["data", "build", "--add-to", str(shards), "--real-dir", str(real), "--out", str(grown), "--threads", "1",
-                 "-g", f"rec=vae:{models.vae}", "-g", sd_spec(models)]) == 0
+                 "-g", f"rec=vae:{models.vae}", "-g", sd_spec(models)]) == 3
     err = capsys.readouterr().err
     assert "images per generator: rec=2, sd=6" in err
     assert "failures by reason: bad_image_path=1, image_decode_error=1, no_real_image=2" in err
@@ -171,8 +171,8 @@ def test_add_to_with_real_dir(models, fetched, tmp_path, capsys):
 def test_bad_real_dir_is_refused_before_any_work(models, fetched, tmp_path, capsys):
     shards, _, _ = fetched
     argv = ["data", "build", "--prompts", str(shards), "-g", f"rec=vae:{models.vae}"]
-    assert main(argv + ["--real-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o1")]) == 1
-    assert "nope: --real-dir is not a folder" in capsys.readouterr().err
+    assert main(argv + ["--real-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o1")]) == 2
+    assert "argument --real-dir: " in (err := capsys.readouterr().err) and "nope: no such file or folder" in err
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "x.png").write_bytes(REALS[IDS[0]])
     assert main(argv + ["--real-dir", str(tmp_path / "plain"), "--out", str(tmp_path / "o2")]) == 1
@@ -185,7 +185,7 @@ def test_real_dir_unused_by_text_to_image_only_build_is_a_warning(models, fetche
     with caplog.at_level("WARNING", logger="deepsift.generate"):
         assert main(["data", "build", "--prompts", str(shards), "--real-dir", str(real), "--out", str(tmp_path / "o"),
                      "--threads", "1", "-g", sd_spec(models)]) == 0
-    assert "--real-dir" in caplog.text and "not used" in caplog.text
+    assert "real-image folder" in caplog.text and "not used" in caplog.text
     assert len(list(read_d3(tmp_path / "o"))) == 6
 
 
@@ -202,8 +202,8 @@ def test_ray_build_with_real_dir_equals_local(models, fetched, tmp_path, monkeyp
     shards, real, _ = fetched
     argv = ["data", "build", "--add-to", str(shards), "--real-dir", str(real), "--threads", "1",
             "-g", f"rec=vae:{models.vae}"]
-    assert main(argv + ["--out", str(tmp_path / "local")]) == 0
-    assert main(argv + ["--out", str(tmp_path / "ray"), "--ray", "auto", "--ray-actors", "1"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "local")]) == 3  # records without a fetched image: partial
+    assert main(argv + ["--out", str(tmp_path / "ray"), "--ray", "auto", "--ray-actors", "1"]) == 3
 
     def content(out: Path):
         return [(r.id, [(g.model, g.seed, g.image) for g in r.generations]) for r in read_d3(out)]
@@ -211,4 +211,4 @@ def test_ray_build_with_real_dir_equals_local(models, fetched, tmp_path, monkeyp
     local, on_ray = content(tmp_path / "local"), content(tmp_path / "ray")
     assert [rid for rid, _ in local] == IDS and local == on_ray
     assert [len(gens) for _, gens in on_ray] == [2 if rid in GOOD else 1 for rid in IDS]
-    assert json.loads((tmp_path / "ray" / "build.json").read_text())["real_dir"] == str(real.resolve())
+    assert json.loads((tmp_path / "ray" / "build.json").read_text())["additions"][-1]["real_dir"] == str(real.resolve())

@@ -1,6 +1,8 @@
 """The one decoder: every awkward input either decodes by the documented policy or fails clearly."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,3 +144,107 @@ def test_fast_preprocessing_is_bit_identical_to_the_arithmetic():
     for w, h in [(224, 224), (225, 301), (300, 227), (512, 512), (257, 256), (100, 300)]:
         im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         np.testing.assert_array_equal(crop_uint8(im), center_crop_array(np.asarray(im)))
+
+
+# -- hostile input, second round: few bytes, huge frames; special files --------------------------
+def _png(path, w, h, value=200):
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("w, h", [(1, 1), (1, 5000), (5000, 1), (223, 3000), (3000, 223), (224, 1), (17, 17),
+                                  (100, 300), (301, 150)])
+def test_crop_then_pad_gives_the_pixels_of_pad_then_crop(w, h):
+    """The window is cut first and padded alone: bit for bit what padding the whole frame gives."""
+    arr = np.random.default_rng(w * 7 + h).integers(1, 256, (h, w, 3), dtype=np.uint8)
+    ph, pw = max(224 - h, 0), max(224 - w, 0)
+    padded = np.pad(arr, [(ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)])  # torchvision's way
+    top, left = int(round((padded.shape[0] - 224) / 2.0)), int(round((padded.shape[1] - 224) / 2.0))
+    expected = padded[top:top + 224, left:left + 224]
+    np.testing.assert_array_equal(center_crop_array(arr), expected)
+    np.testing.assert_array_equal(crop_uint8(Image.fromarray(arr)), expected)
+    assert center_crop_array(arr[..., 0]).shape == (224, 224)  # greyscale arrays too
+
+
+def test_resize_mode_refuses_extreme_aspect_ratios_with_a_clear_error(tmp_path):
+    from deepsift.images import MAX_ASPECT_RATIO, preprocess
+
+    thin = decode_image(_png(tmp_path / "thin.png", 100_000, 1))  # 373 bytes; resized: 24,800,000 x 248
+    with pytest.raises(ImageTooLargeError, match=r"aspect ratio 100000:1 exceeds the cap of 32:1.*24800000x248"):
+        crop_uint8(thin, "resize")
+    assert crop_uint8(thin, "official").shape == (224, 224, 3)  # the centre crop has no such cost
+    ok = decode_image(_png(tmp_path / "wide.png", int(50 * MAX_ASPECT_RATIO), 50))  # exactly at the cap
+    assert crop_uint8(ok, "resize").shape == (224, 224, 3)
+    with pytest.raises(ImageTooLargeError, match="aspect ratio"):
+        preprocess(tmp_path / "thin.png", "resize")
+
+
+PEAK_SCRIPT = r"""
+import json, sys
+from deepsift.exceptions import ImageError
+from deepsift.images import crop_uint8, decode_image
+
+def rss(field):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith(field + ":")) / 1024.0
+
+out = {}
+for path, mode in json.loads(sys.argv[1]):
+    crop_uint8(decode_image(sys.argv[2]), "official")  # warm up: every library loaded
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak (VmHWM) to the current RSS
+    start = rss("VmRSS")
+    try:
+        crop_uint8(decode_image(path), mode)
+        error = None
+    except ImageError as exc:
+        error = str(exc)
+    out[f"{path}:{mode}"] = [rss("VmHWM") - start, error]
+print(json.dumps(out))
+"""
+
+
+def test_peak_memory_of_thin_images_stays_that_of_a_normal_image(tmp_path):
+    """Measured in a fresh process: a 1,000,000 x 1 PNG (about 1 KB) must not cost a padded 1,000,000 x 224 frame."""
+    import json
+    import subprocess
+    import sys
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    normal = _png(tmp_path / "normal.png", 1000, 1000)  # the same number of pixels as the thin ones
+    cases = [(str(normal), "official"), (str(_png(tmp_path / "wide.png", 1_000_000, 1)), "official"),
+             (str(_png(tmp_path / "tall.png", 4, 250_000)), "official"),
+             (str(normal), "resize"), (str(_png(tmp_path / "thin.png", 2000, 1)), "resize")]
+    assert (tmp_path / "wide.png").stat().st_size < 5000
+    res = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, json.dumps(cases), str(normal)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    peaks = json.loads(res.stdout)
+    base = peaks[f"{normal}:official"][0]
+    for key, (peak_mb, error) in peaks.items():
+        assert peak_mb <= base + 8.0, f"{key}: peak +{peak_mb:.1f} MB vs +{base:.1f} MB for a normal image"
+    assert peaks[f"{tmp_path / 'thin.png'}:resize"][1] and "aspect ratio" in peaks[f"{tmp_path / 'thin.png'}:resize"][1]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_a_fifo_or_device_is_not_a_regular_file(tmp_path, kind):
+    """Named like an image, never opened for reading (a FIFO would block, /dev/zero would never end)."""
+    import threading
+
+    if kind == "fifo":
+        path = tmp_path / "pipe.jpg"
+        os.mkfifo(path)
+        word = "a FIFO"
+    else:
+        path = tmp_path / "zero.jpg"
+        os.symlink("/dev/zero", path)
+        word = "a character device"
+    result = {}
+    t = threading.Thread(target=lambda: result.update(err=pytest.raises(ImageDecodeError, decode_image, path)),
+                         daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "decoding a special file blocked"
+    msg = str(result["err"].value)
+    assert f"not a regular file ({word})" in msg and "empty file" not in msg and str(path) in msg

@@ -8,22 +8,29 @@ Policy (tested in ``tests/test_data_fetch.py``):
 * a byte cap (``Content-Length`` checked first, then the body as it streams in);
 * the body must decode as an image within the pixel cap (:func:`deepsift.images.decode_image`);
   the original bytes are stored unchanged as ``<id>.<ext>`` (ext from the file's magic bytes);
+* every connection obeys a URL policy (:mod:`deepsift.urlfetch`): by default the strict one, so
+  a URL, a redirect or a DNS answer leading to a loopback, private or other non-public address
+  is ``blocked`` without a request being sent; the command line (a user's own run) passes
+  :data:`~deepsift.urlfetch.USER_POLICY`;
 * every id gets one line in ``status.jsonl`` next to the images (``ok``, ``http_404``,
   ``timeout``, ``not_image``, ``too_large``, ``connect_error``, ``too_many_redirects``,
-  ``invalid_url``, ``no_url``, ``write_error``, ...), written and flushed as soon as the image is
+  ``invalid_url``, ``no_url``, ``blocked``, ``write_error``, ...), written and flushed as soon as the image is
   renamed into place, so a killed run (even ``kill -9``) loses no line of a stored image; a re-run
   skips ids already ``ok`` (file present) and ids that failed for good (4xx, not an image, too
-  large) unless ``retry_failed``.
+  large) unless ``retry_failed``;
+* the output folder is checked before any download; a full disk (or a status line that cannot
+  be written) stops the run with one :class:`~deepsift.exceptions.DataError`, every line
+  written before it intact.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
-import hashlib
+import errno
 import json
 import os
 import random
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,11 +41,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from .. import __version__
-from ..exceptions import ImageDecodeError, ImageTooLargeError, UsageError
+from ..exceptions import DataError, ImageDecodeError, ImageTooLargeError, URLNotAllowedError, UsageError
+from ..filenames import safe_name  # noqa: F401  (re-exported: the image file name of an id)
 from ..images import MAX_PIXELS, decode_image
+from ..output import ensure_writable_dir
+from ..urlfetch import STRICT_POLICY, FetchPolicy, aget, async_client, run_sync
 
 STATUS_FILE = "status.jsonl"
-PERMANENT = ("not_image", "too_large", "invalid_url", "no_url", "too_many_redirects")
+PERMANENT = ("not_image", "too_large", "invalid_url", "no_url", "too_many_redirects", "blocked")
 """Failure statuses a re-run does not retry (plus every ``http_4xx`` except 408 and 429)."""
 
 _MAGIC = (
@@ -47,7 +57,8 @@ _MAGIC = (
 )
 CONNECTIONS_PER_CLIENT = 8
 """Connections per httpx client; the fetcher spreads its workers over several small pools."""
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors of an image write that stop the whole run: every later id would fail the same way."""
 
 
 @dataclass
@@ -65,6 +76,7 @@ class FetchConfig:
     max_redirects: int = 5
     retry_failed: bool = False
     trust_env: bool = True
+    url_policy: FetchPolicy = STRICT_POLICY
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "per_host", "max_bytes", "max_pixels"):
@@ -92,10 +104,11 @@ class FetchResult:
 
 @dataclass
 class FetchSummary:
-    """Counts of one fetch run."""
+    """Counts of one fetch run: statuses of the ids fetched now and of those skipped (done before)."""
 
     statuses: Counter = field(default_factory=Counter)
     skipped: int = 0
+    skipped_statuses: Counter = field(default_factory=Counter)
     bytes: int = 0
     seconds: float = 0.0
 
@@ -104,12 +117,23 @@ class FetchSummary:
         """Ids attempted in this run."""
         return sum(self.statuses.values())
 
+    @property
+    def tally(self) -> Counter:
+        """Status of every id of the input: this run's result, or the earlier one for skipped ids."""
+        return self.statuses + self.skipped_statuses
+
+    @property
+    def failed(self) -> int:
+        """Ids of the input that have no image (this run's failures and earlier ones not retried)."""
+        return sum(n for status, n in self.tally.items() if status != "ok")
+
     def line(self) -> str:
-        """One-line summary for the end of the command."""
+        """One-line summary for the end of the command: the tally by status, then this run's work."""
         rate = self.fetched / self.seconds if self.seconds > 0 else 0.0
-        parts = ", ".join(f"{k} {v}" for k, v in sorted(self.statuses.items(), key=lambda kv: -kv[1])) or "nothing to do"
-        return (f"fetched {self.fetched} ids in {self.seconds:.1f} s ({rate:.0f}/s, {self.bytes / 1e6:.1f} MB): "
-                f"{parts}; skipped {self.skipped} already done")
+        tally = ", ".join(f"{k} {v}" for k, v in sorted(self.tally.items(), key=lambda kv: (-kv[1], kv[0])))
+        return (f"{sum(self.tally.values())} id(s): {tally or 'none'}; this run fetched {self.fetched} in "
+                f"{self.seconds:.1f} s ({rate:.0f}/s, {self.bytes / 1e6:.1f} MB), skipped {self.skipped} "
+                f"done before")
 
 
 def is_permanent(status: str) -> bool:
@@ -130,13 +154,6 @@ def is_transient(status: str) -> bool:
         code = int(status[5:])
         return code >= 500 or code in (408, 429)
     return False
-
-
-def safe_name(record_id: str) -> str:
-    """A file-name stem for an id that cannot escape the output folder."""
-    if _SAFE_ID.fullmatch(record_id) and ".." not in record_id:
-        return record_id
-    return "id-" + hashlib.sha1(record_id.encode()).hexdigest()[:24]
 
 
 def sniff_ext(data: bytes) -> str:
@@ -180,6 +197,14 @@ def load_status(out_dir: str | os.PathLike) -> dict[str, dict]:
     return latest
 
 
+def _cut(path: Path, size: int) -> None:
+    """Truncate ``path`` to ``size`` bytes (dropping a line torn by a failed write), if it can be done."""
+    try:
+        os.truncate(path, size)
+    except OSError:
+        pass
+
+
 def _last_byte(path: Path) -> bytes:
     """The last byte of a non-empty file."""
     with open(path, "rb") as fh:
@@ -204,40 +229,60 @@ class Fetcher:
         self.out_dir = Path(out_dir)
         self.config = config or FetchConfig()
         self._hosts: dict[str, asyncio.Semaphore] = {}
+        self.disk_full: str | None = None  # set when an image write finds the disk full: the run stops
 
     def run(self, items: Iterable[tuple[str, str | None]], *, total: int | None = None, progress: bool = True) -> FetchSummary:
-        """Fetch every pending item (blocking) and return the summary."""
-        return asyncio.run(self.arun(items, total=total, progress=progress))
+        """Fetch every pending item (blocking, also where an event loop is running) and return the summary."""
+        return run_sync(self.arun(items, total=total, progress=progress))
 
     async def arun(self, items: Iterable[tuple[str, str | None]], *, total: int | None = None, progress: bool = True) -> FetchSummary:
         """Fetch every pending item and return the summary."""
-        from tqdm import tqdm
+        from ..output import progress as progress_bar
 
         cfg = self.config
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(self.out_dir)
         previous = load_status(self.out_dir)
         summary = FetchSummary()
         start = time.perf_counter()
         queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.concurrency * 4)
-        bar = tqdm(total=total, unit="img", desc="fetch-real", disable=None if progress else True)
+        bar = progress_bar(desc="fetch-real", unit="img", total=total, enabled=None if progress else False)
         clients: list[httpx.AsyncClient] = []
         workers: list[asyncio.Task] = []
         status_path = self.out_dir / STATUS_FILE
         torn = status_path.is_file() and status_path.stat().st_size > 0 and _last_byte(status_path) != b"\n"
-        with open(status_path, "a", encoding="utf-8") as status_fh:
+        fatal: list[str] = []  # why the run must stop (a full disk...): workers then drain the queue unread
+        try:
+            status_fh = open(status_path, "a", encoding="utf-8")
             if torn:  # a killed run left half a line: end it, or the next line would be lost with it
                 status_fh.write("\n")
+                status_fh.flush()
+        except OSError as exc:
+            raise DataError(f"cannot write {status_path}: {exc.strerror or exc}") from None
+        good_end = [status_fh.tell()]  # where the last complete status line ends
+        with status_fh:
             async def worker(client: httpx.AsyncClient) -> None:
                 while True:
                     item = await queue.get()
                     if item is None:
                         return
+                    if fatal:
+                        continue
                     try:
                         result = await self.fetch_one(client, *item)
                     except Exception as exc:  # a dead worker would hang the queue: record it and go on
                         result = FetchResult(item[0], item[1], "error", error=f"{type(exc).__name__}: {exc}")
-                    status_fh.write(json.dumps(asdict(result)) + "\n")
-                    status_fh.flush()  # durable at once: a killed run must not lose lines of stored images
+                    try:
+                        status_fh.write(json.dumps(asdict(result)) + "\n")
+                        status_fh.flush()  # durable at once: a killed run must not lose lines of stored images
+                        good_end[0] = status_fh.tell()
+                    except OSError as exc:  # a full disk: no torn line, and no image without its line
+                        fatal.append(f"cannot write {status_path}: {exc.strerror or exc}")
+                        _cut(status_path, good_end[0])
+                        if result.path:
+                            (self.out_dir / result.path).unlink(missing_ok=True)
+                        continue
+                    if self.disk_full:
+                        fatal.append(self.disk_full)
                     summary.statuses[result.status] += 1
                     summary.bytes += result.bytes or 0
                     bar.update(1)
@@ -245,11 +290,15 @@ class Fetcher:
             try:
                 seen: set[str] = set()
                 for rid, url in items:
+                    if fatal:
+                        break
                     if rid in seen:
                         continue
                     seen.add(rid)
-                    if not needs_fetch(previous.get(rid), self.out_dir, cfg.retry_failed):
+                    entry = previous.get(rid)
+                    if not needs_fetch(entry, self.out_dir, cfg.retry_failed):
                         summary.skipped += 1
+                        summary.skipped_statuses[str((entry or {}).get("status"))] += 1
                         bar.update(1)
                         continue
                     if not workers:  # started on the first pending id: a finished re-run costs nothing
@@ -265,12 +314,19 @@ class Fetcher:
                 for client in clients:
                     await client.aclose()
                 bar.close()
-                status_fh.flush()
+                try:
+                    status_fh.flush()
+                except OSError as exc:
+                    fatal.append(f"cannot write {status_path}: {exc.strerror or exc}")
+                    _cut(status_path, good_end[0])
         summary.seconds = time.perf_counter() - start
+        if fatal:
+            raise DataError(f"{fatal[0]}; stopped after {summary.fetched} id(s) this run ({summary.line()}); "
+                            f"every status line before it is intact: free space and run again to go on")
         return summary
 
     def _clients(self) -> list[httpx.AsyncClient]:
-        """Several small connection pools sharing one TLS context.
+        """Several small connection pools sharing one TLS context, each obeying the URL policy.
 
         httpcore scans its whole pool on every request state change, so one pool of 64
         connections costs O(64) per event; small pools shared by a few workers each scale.
@@ -278,14 +334,11 @@ class Fetcher:
         cfg = self.config
         n_clients = -(-cfg.concurrency // CONNECTIONS_PER_CLIENT)
         per_client = -(-cfg.concurrency // n_clients)
-        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-        tls = httpx.create_ssl_context(trust_env=cfg.trust_env)
+        policy = dataclasses.replace(cfg.url_policy, max_redirects=cfg.max_redirects)
+        tls = httpx.create_ssl_context(trust_env=cfg.trust_env and policy.allow_private)
         return [
-            httpx.AsyncClient(
-                limits=limits, follow_redirects=True, max_redirects=cfg.max_redirects, timeout=httpx.Timeout(cfg.timeout),
-                headers={"User-Agent": f"deepsift/{__version__} (real-image fetcher)"}, trust_env=cfg.trust_env,
-                verify=tls,
-            )
+            async_client(policy, connections=per_client, timeout=cfg.timeout, trust_env=cfg.trust_env, verify=tls,
+                         user_agent=f"deepsift/{__version__} (real-image fetcher)")
             for _ in range(n_clients)
         ]
 
@@ -323,6 +376,10 @@ class Fetcher:
             return FetchResult(rid, url, "timeout", error=f"no complete answer within {self.config.timeout:g} s"), None, None
         except httpx.TooManyRedirects:
             return FetchResult(rid, url, "too_many_redirects"), None, None
+        except URLNotAllowedError as exc:
+            return FetchResult(rid, url, "blocked", error=str(exc)), None, None
+        except ImageTooLargeError as exc:
+            return FetchResult(rid, url, "too_large", error=str(exc)), None, None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return FetchResult(rid, url, "invalid_url", error=str(exc)), None, None
         except httpx.ConnectError as exc:
@@ -331,22 +388,13 @@ class Fetcher:
             return FetchResult(rid, url, "network_error", error=str(exc) or type(exc).__name__), None, None
 
     async def _get(self, client: httpx.AsyncClient, rid: str, url: str) -> tuple[FetchResult, bytes | None, float | None]:
-        """Stream one response body, stopping at the byte cap."""
-        cap = self.config.max_bytes
-        async with client.stream("GET", url) as resp:
-            code = resp.status_code
-            if code != 200:
-                return (FetchResult(rid, url, f"http_{code}", http_status=code),
-                        None, parse_retry_after(resp.headers.get("retry-after")))
-            length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > cap:
-                return FetchResult(rid, url, "too_large", code, error=f"Content-Length {length} > cap {cap}"), None, None
-            buf = bytearray()
-            async for chunk in resp.aiter_bytes():
-                buf += chunk
-                if len(buf) > cap:
-                    return FetchResult(rid, url, "too_large", code, error=f"body over the cap of {cap} bytes"), None, None
-            return FetchResult(rid, url, "ok", http_status=code, bytes=len(buf)), bytes(buf), None
+        """One GET through the URL fetcher, the body capped at ``max_bytes``."""
+        got = await aget(client, url, max_bytes=self.config.max_bytes)
+        if got.status != 200:
+            return (FetchResult(rid, url, f"http_{got.status}", http_status=got.status),
+                    None, parse_retry_after(got.headers.get("retry-after")))
+        body = got.content or b""
+        return FetchResult(rid, url, "ok", http_status=got.status, bytes=len(body)), body, None
 
     async def _check_and_store(self, result: FetchResult, body: bytes) -> FetchResult:
         """Decode the body within the caps; store the original bytes atomically."""
@@ -371,6 +419,8 @@ class Fetcher:
         except OSError as exc:  # disk full, unwritable folder...: a status, never a dead worker
             tmp.unlink(missing_ok=True)
             result.status, result.error = "write_error", f"{final}: {exc.strerror or exc}"
+            if exc.errno in _DISK_FULL:
+                self.disk_full = f"cannot write to {self.out_dir}: {exc.strerror or exc}"
             return result
         result.path = name
         return result

@@ -23,11 +23,14 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..exceptions import DataError, SchemaError
+from ..exceptions import DataError, SchemaError, input_not_found
+from ..hub import hub_access, looks_like_hub_id
 from .schema import (
     GEN_COLUMNS,
     IMAGE_TYPE,
     RECORD_COLUMNS,
+    EXTENSION_STEMS,
+    GENERATOR_STEM,
     SEED_STEM,
     D3Record,
     Generation,
@@ -62,7 +65,7 @@ def parquet_files(source: str | os.PathLike) -> list[Path]:
         if not files:
             raise DataError(f"{path}: no .parquet shards in this folder")
         return files
-    raise DataError(f"{path}: no such file or folder")
+    raise input_not_found(path)
 
 
 def is_local(source: str | os.PathLike) -> bool:
@@ -130,6 +133,8 @@ def read_d3(
     if backend not in ("auto", "pyarrow", "datasets"):
         raise ValueError(f"backend must be auto, pyarrow or datasets, got {backend!r}")
     use_datasets = backend == "datasets" or (backend == "auto" and not is_local(source))
+    if use_datasets and backend == "auto" and not looks_like_hub_id(str(source)):
+        raise input_not_found(source)  # neither a local file/folder nor an owner/name hub id
     if use_datasets:
         yield from _read_datasets(str(source), split=split, streaming=streaming, images=images)
         return
@@ -185,7 +190,7 @@ def _d3_batch(batch: pa.RecordBatch) -> Iterator[D3Record]:
     n = n_generators_of(batch.schema.names)
     none = [None] * batch.num_rows
     rec = {c: cols.get(c, none) for c in RECORD_COLUMNS}
-    gen = [{s: cols.get(gen_column(s, k), none) for s in GEN_COLUMNS + (SEED_STEM,)} for k in range(n)]
+    gen = [{s: cols.get(gen_column(s, k), none) for s in GEN_COLUMNS + EXTENSION_STEMS} for k in range(n)]
     for i in range(batch.num_rows):
         gens = []
         for g in gen:
@@ -195,6 +200,7 @@ def _d3_batch(batch: pa.RecordBatch) -> Iterator[D3Record]:
             gens.append(Generation(
                 model=model or "", width=g["width"][i], height=g["height"][i],
                 steps=g["num_inference_steps"][i], filepath=g["filepath"][i], image=image, seed=g[SEED_STEM][i],
+                generator=g[GENERATOR_STEM][i],
             ))
         rid = rec["id"][i]
         yield D3Record(
@@ -236,6 +242,13 @@ def _read_datasets(source: str, *, split: str, streaming: bool, images: bool) ->
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise DataError(f"{source}: reading hub datasets needs the 'datasets' package ({exc})") from None
+    if looks_like_hub_id(source) and not Path(source).exists():
+        from ..exceptions import ModelNotFoundError
+
+        try:  # fail at once, naming the cause, when the hub is off or out of reach and nothing is cached
+            hub_access(source, marker="README.md", repo_type="dataset", what="dataset")
+        except ModelNotFoundError as exc:
+            raise DataError(str(exc)) from None
     try:
         ds = datasets.load_dataset(source, split=split, streaming=streaming)
     except (FileNotFoundError, ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as exc:

@@ -4,8 +4,12 @@ A published row holds ``id``, ``original_prompt``, ``positive_prompt``, ``negati
 ``url`` (of the real LAION image) and, for each generator slot ``k``: ``model_gen{k}``,
 ``width_gen{k}``, ``height_gen{k}``, ``num_inference_steps_gen{k}``, ``filepath_gen{k}`` and
 ``image_gen{k}`` (the Hugging Face ``Image`` feature: ``struct<bytes: binary, path: string>``).
-deepsift's builder adds one nullable extension column per slot, ``seed_gen{k}`` (int64);
-readers accept shards without it.
+deepsift's builder adds two nullable extension columns per slot: ``generator_gen{k}`` (string:
+the name the user gave the generator, e.g. ``sd14`` in ``-g sd14=t2i:CompVis/...``, beside the
+model source in ``model_gen{k}``) and ``seed_gen{k}`` (int64). Readers accept shards without
+them; a generation's :attr:`Generation.generator` is then its ``model_gen{k}`` value (so for the
+published D3 shards the generator name is the model name). Generator names are matched exactly
+(``data split --leave-out``, ``eval logo``, ``data info``, the reports).
 
 The parquet schema carries the ``huggingface`` metadata key, so ``datasets.load_dataset(
 "parquet", ...)`` sees ``image_gen{k}`` as an ``Image`` feature.
@@ -34,6 +38,12 @@ GEN_COLUMNS: tuple[str, ...] = ("model", "width", "height", "num_inference_steps
 SEED_STEM = "seed"
 """deepsift's optional per-generator extension column stem (``seed_gen{k}``)."""
 
+GENERATOR_STEM = "generator"
+"""deepsift's optional per-generator extension column stem (``generator_gen{k}``): the generator's name."""
+
+EXTENSION_STEMS: tuple[str, ...] = (GENERATOR_STEM, SEED_STEM)
+"""deepsift's extension columns per slot, written after the published ones."""
+
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 """Arrow storage type of the Hugging Face ``Image`` feature."""
 
@@ -44,13 +54,18 @@ _GEN_TYPES: dict[str, pa.DataType] = {
     "num_inference_steps": pa.int64(),
     "filepath": pa.string(),
     "image": IMAGE_TYPE,
+    GENERATOR_STEM: pa.string(),
     SEED_STEM: pa.int64(),
 }
 
 
 @dataclass
 class Generation:
-    """One generated image of a record: which model made it, its size, steps, file and bytes."""
+    """One generated image of a record: which generator (by name) and model made it, its size, steps, file, bytes.
+
+    ``generator`` is the generator's name: the one given to ``data build -g NAME=...``, or, for
+    shards without a ``generator_gen{k}`` column (the published D3 ones), the ``model`` value.
+    """
 
     model: str
     width: int
@@ -59,6 +74,11 @@ class Generation:
     filepath: str | None
     image: bytes | None = field(default=None, repr=False)
     seed: int | None = None
+    generator: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.generator:
+            self.generator = self.model
 
     def decode(self, **kwargs: Any):  # -> PIL.Image.Image
         """Decode the stored bytes with :func:`deepsift.images.decode_image` (an RGB PIL image)."""
@@ -113,11 +133,11 @@ def with_hf_metadata(schema: pa.Schema) -> pa.Schema:
 
 
 def d3_arrow_schema(n_generators: int, *, with_seed: bool = True) -> pa.Schema:
-    """The D3 parquet schema for ``n_generators`` slots (plus ``seed_gen{k}`` unless disabled)."""
+    """The D3 parquet schema for ``n_generators`` slots (plus ``generator_gen{k}``, ``seed_gen{k}`` unless disabled)."""
     if n_generators < 0:
         raise ValueError(f"n_generators must be >= 0, got {n_generators}")
     fields = [pa.field(c, pa.string()) for c in RECORD_COLUMNS]
-    stems = GEN_COLUMNS + ((SEED_STEM,) if with_seed else ())
+    stems = GEN_COLUMNS + (EXTENSION_STEMS if with_seed else ())
     for k in range(n_generators):
         fields += [pa.field(gen_column(s, k), _GEN_TYPES[s]) for s in stems]
     return with_hf_metadata(pa.schema(fields))
@@ -151,9 +171,10 @@ def check_d3_schema(schema: pa.Schema, source: str = "<table>", *, require_image
         elif not _type_ok(schema.field(name).type, typ):
             problems.append(f"column {name!r} has type {schema.field(name).type}, expected {typ}")
     for k in range(n):
-        name = gen_column(SEED_STEM, k)
-        if name in names and not _type_ok(schema.field(name).type, pa.int64()):
-            problems.append(f"column {name!r} has type {schema.field(name).type}, expected int64")
+        for stem in EXTENSION_STEMS:
+            name, typ = gen_column(stem, k), _GEN_TYPES[stem]
+            if name in names and not _type_ok(schema.field(name).type, typ):
+                problems.append(f"column {name!r} has type {schema.field(name).type}, expected {typ}")
     if n == 0 and not problems:
         problems.append("no generator columns (model_gen0/image_gen0 ...)")
     if problems:
@@ -197,6 +218,7 @@ def record_to_row(record: D3Record, n_generators: int, *, with_seed: bool = True
         else:
             row[gen_column("image", k)] = None
         if with_seed:
+            row[gen_column(GENERATOR_STEM, k)] = g.generator if g else None
             row[gen_column(SEED_STEM, k)] = g.seed if g else None
     return row
 
@@ -220,6 +242,7 @@ def row_to_record(row: Mapping[str, Any], n_generators: int | None = None) -> D3
                 filepath=row.get(gen_column("filepath", k)),
                 image=image,
                 seed=_opt_int(row.get(gen_column(SEED_STEM, k))),
+                generator=row.get(gen_column(GENERATOR_STEM, k)),
             )
         )
     rid = row.get("id")

@@ -1,5 +1,8 @@
 """Deterministic dataset splits: train/val/test by id hash, and leave-one-generator-out.
 
+Generators are named exactly as :attr:`~deepsift.data.schema.Generation.generator` gives them
+(the name given to ``data build``, else the ``model_gen{k}`` value), as ``data info`` lists them.
+
 ``split_of(id)`` hashes ``"<salt>:<id>"`` with SHA-256, so a record lands in the same split on
 every machine, in every run, whatever order the shards are read in, and adding records never
 moves old ones. A leave-generator-out split keeps that id split (a record's prompt and real
@@ -11,13 +14,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 from ..exceptions import DataError, UsageError
+from ..output import ensure_writable_dir
 from .schema import D3Record
 from .writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 
@@ -38,21 +41,12 @@ def split_of(record_id: str, val: float = 0.05, test: float = 0.05, salt: str = 
     return "train"
 
 
-def model_matches(model: str, name: str) -> bool:
-    """Whether generator ``model`` is the one named (case-insensitive, exact or whole-word part).
-
-    ``IF`` matches ``DeepFloyd/IF-I-XL-v1.0`` but not ``stable-diffusion`` (no match inside a word).
-    """
-    m, n = model.lower(), name.lower()
-    return m == n or re.search(rf"(?<![a-z0-9]){re.escape(n)}(?![a-z0-9])", m) is not None
-
-
 def leave_out(record: D3Record, generator: str, side: str) -> D3Record | None:
-    """The record as it goes to ``side``: test keeps only ``generator``, train/val drop it."""
+    """The record as it goes to ``side``: test keeps only ``generator`` (its exact name), train/val drop it."""
     if side == "test":
-        gens = [g for g in record.generations if model_matches(g.model, generator)]
+        gens = [g for g in record.generations if g.generator == generator]
     else:
-        gens = [g for g in record.generations if not model_matches(g.model, generator)]
+        gens = [g for g in record.generations if g.generator != generator]
     return replace(record, generations=gens) if gens else None
 
 
@@ -87,13 +81,13 @@ def split_records(
     progress: bool = True,
 ) -> SplitSummary:
     """Write ``out_dir/{train,val,test}/d3-*.parquet`` and ``out_dir/splits.csv`` (id, split)."""
-    from tqdm import tqdm
+    from ..output import progress as progress_bar
 
     split_of("", val, test, salt)  # validates the fractions before any work
     out = Path(out_dir)
-    if out.exists() and any((out / s).glob("*.parquet") for s in SPLITS):
+    if out.exists() and any(any((out / s).glob("*.parquet")) for s in SPLITS):
         raise DataError(f"{out}: already holds split shards; choose an empty output folder")
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(out)
     summary = SplitSummary()
     writers = {s: ShardWriter(out / s, n_generators=n_generators, max_shard_bytes=max_shard_bytes) for s in SPLITS}
     tmp_manifest = out / f".{MANIFEST}.tmp-{os.getpid()}"
@@ -102,7 +96,7 @@ def split_records(
         with open(tmp_manifest, "w", newline="", encoding="utf-8") as fh:
             manifest = csv.writer(fh)
             manifest.writerow(["id", "split"])
-            for record in tqdm(records, desc="split", unit="rec", disable=None if progress else True):
+            for record in progress_bar(records, "split", unit="rec", enabled=None if progress else False):
                 if record.id in seen:
                     raise DataError(f"duplicate record id {record.id!r}: ids must be unique to split by id")
                 seen.add(record.id)
@@ -115,13 +109,15 @@ def split_records(
                 writers[side].write(record)
                 manifest.writerow([record.id, side])
                 summary.records[side] += 1
-                summary.images[side].update(g.model for g in record.generations)
+                summary.images[side].update(g.generator for g in record.generations)
         for s, w in writers.items():
             summary.shards[s] = w.close()
         os.replace(tmp_manifest, out / MANIFEST)
-    except BaseException:
+    except BaseException as exc:
         for w in writers.values():
             w.abort()
         tmp_manifest.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # a full disk or a folder gone read-only: one line, nothing half-written
+            raise DataError(f"cannot write the split to {out}: {exc.strerror or exc}; nothing was kept") from None
         raise
     return summary

@@ -29,7 +29,8 @@ from PIL import Image
 
 from ..exceptions import DataError, ImageError, UsageError
 from ..images import decode_image
-from .fetch import load_status, real_image_path, safe_name, sniff_ext
+from ..filenames import safe_name
+from .fetch import load_status, real_image_path, sniff_ext
 from .schema import D3Record
 
 FORMATS = ("auto", "jpeg", "png")
@@ -55,7 +56,7 @@ class ExportSummary:
 
 def sample_key(prefix: str, split: str, record_id: str) -> str:
     """The WebDataset key of a record (dots would split the key, so they never appear)."""
-    return f"{prefix}__{split}__{safe_name(record_id).replace('.', '_')}"
+    return f"{prefix}__{split}__{safe_name(record_id, dots=False)}"
 
 
 def choose_format(encoded: list[bytes], fmt: str = "auto") -> str:
@@ -151,7 +152,7 @@ def _earlier_export(out: Path, prefix: str, overwrite: bool) -> list[Path]:
         return []
     if not overwrite:
         raise DataError(f"{out}: output folder is not empty ({len(entries)} entries, e.g. {entries[0]}); "
-                        "pass --overwrite to replace an earlier export's tars")
+                        "use the overwrite option to replace an earlier export's tars")
     ours = re.compile(rf"\.?{re.escape(prefix)}-\d{{4,}}\.tar(\.tmp-\d+)?")
     return [out / name for name in entries if ours.fullmatch(name) and (out / name).is_file()]
 
@@ -186,13 +187,13 @@ def export_webdataset(
     With ``real_dir`` and ``require_real``, records whose real image was not fetched are skipped.
     A record whose image does not decode is skipped and counted, the export carries on.
     """
-    from tqdm import tqdm
+    from ..output import progress as progress_bar
 
     if samples_per_shard < 1:
         raise UsageError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     if fmt not in FORMATS:
         raise UsageError(f"format must be one of {FORMATS}, got {fmt!r}")
-    for option, value in (("--prefix", prefix), ("--split", split)):
+    for option, value in (("prefix", prefix), ("split", split)):
         if not _NAME.fullmatch(value):
             raise UsageError(f"{option} {value!r}: only letters, digits, '_' and '-' are allowed "
                              "(it names tars and sample keys)")
@@ -207,7 +208,7 @@ def export_webdataset(
     shards = _TarShards(target, prefix, samples_per_shard)
     keys: dict[str, str] = {}
     try:
-        for record in tqdm(records, desc="export", unit="rec", disable=None if progress else True):
+        for record in progress_bar(records, "export", unit="rec", enabled=None if progress else False):
             real = None
             if real_dir is not None:
                 path = real_image_path(real_dir, status, record.id)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from ..choices import CALIBRATION_METHODS
 from ..exceptions import EvaluationError
+from ..model.platt import apply_platt, fit_platt
 from .metrics import check_scores
 
-CALIBRATION_METHODS = ("platt", "isotonic")
 CALIBRATION_FORMAT = 1
 
 
@@ -50,10 +51,8 @@ class Calibrator:
         if np.unique(y).size < 2:
             raise EvaluationError("calibration needs both real and fake validation images")
         if self.method == "platt":
-            from sklearn.linear_model import LogisticRegression
-
-            lr = LogisticRegression(C=1e6, max_iter=1000).fit(s.reshape(-1, 1), y)
-            self.params = {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0])}
+            a, b = fit_platt(s, y)
+            self.params = {"a": a, "b": b}
         else:
             from sklearn.isotonic import IsotonicRegression
 
@@ -67,8 +66,7 @@ class Calibrator:
             raise EvaluationError("calibrator is not fitted")
         s = np.asarray(scores, dtype=np.float64)
         if self.method == "platt":
-            z = self.params["a"] * s + self.params["b"]
-            return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable sigmoid
+            return apply_platt(s, self.params["a"], self.params["b"])
         return np.interp(s, self.params["x"], self.params["y"])
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,11 +74,12 @@ class Calibrator:
         return {"format_version": CALIBRATION_FORMAT, "method": self.method, "params": self.params}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the calibrator as JSON."""
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_dict(), indent=2))
-        return out
+        """Write the calibrator as JSON (complete or not at all; a failure is one DataError line)."""
+        from ..output import open_output
+
+        with open_output(str(path)) as fh:
+            fh.write(json.dumps(self.to_dict(), indent=2))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibrator":

@@ -1,8 +1,8 @@
-"""``deepsift eval ...``: one command per evaluation protocol.
+"""deepsift eval ...: one command per evaluation protocol.
 
     deepsift eval generators DATA --model M [--classifier linear --classifier knn] [--report DIR]
     deepsift eval logo DATA --model M [--classifier linear]
-    deepsift eval robustness DATA --model M [--transforms jpeg,blur] [--metric auroc]
+    deepsift eval robustness DATA --model M [--transform jpeg --transform blur] [--metric auroc]
     deepsift eval fpr FOLDER --model M
     deepsift eval scores --labels labels.csv --scores a.csv [--scores b.json]
     deepsift eval calibrate --labels val.csv --scores val_scores.csv --method platt --out cal.json
@@ -13,121 +13,192 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..choices import CALIBRATION_METHODS, METRIC_NAMES
+from ..cliargs import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_command,
+    add_detector_options,
+    detector_kwargs,
+    existing_dir,
+    existing_file,
+    existing_path,
+    non_negative_int,
+    open_fraction,
+    probability,
+    probability_band,
+    subgroup,
+)
 from ..exceptions import UsageError
-from .calibration import CALIBRATION_METHODS, Calibrator, parse_band, threshold_for_fpr
-from .datasets import LAYOUTS, load_eval_set
-from .metrics import METRIC_NAMES
-from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
+from .datasets import LAYOUTS
+
+EVAL_EPILOG = """\
+Exit codes: 0 every image was scored; 3 finished, but some images could not be read (they are
+listed in the report and left out of the metrics); 1 an error stopped the command; 2 bad usage.
+"""
 
 
 def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
     if detectors:
-        p.add_argument("--model", help="CoDE model folder or hub id (e.g. aimagelab/CoDE)")
-        p.add_argument("--heads", help="classifier heads folder (default: beside the model or cached)")
-        p.add_argument("--classifier", action="append", default=None, help="head kind; repeat to compare heads")
-        p.add_argument("--detector", action="append", default=[], metavar="[NAME=]KIND:ARG",
-                       help="another detector (e.g. a baseline); repeat to compare")
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--preprocessing", default="official", choices=("official", "resize"))
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap resamples for 95%% intervals")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", metavar="DIR", help="write report.html, report.md and metrics.json here")
+        g = add_detector_options(p, model_default=None, classifier="many")
+        g.add_argument("--detector", action="append", default=[], metavar="[NAME=]KIND:ARG",
+                       help="another detector, e.g. a trained baseline (frequency:runs/freq); repeat to compare")
+    p.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",
+                   help="bootstrap resamples for 95%% intervals (0: none)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the bootstrap and random splits")
+    p.add_argument("--report", metavar="DIR", help="write report.html, report.md and metrics.json here "
+                                                   "(default: print the summary only)")
 
 
 def _data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="dataset: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items() if k != "real-only"))
-    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in LAYOUTS if k != "real-only"]])
-    p.add_argument("--real", metavar="DIR", help="folder of real images (required with parquet shards)")
+    p.add_argument("data", type=existing_path,
+                   help="dataset: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items() if k != "real-only"))
+    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in LAYOUTS if k != "real-only"]],
+                   help="dataset layout (auto: detected from what is on disk)")
+    p.add_argument("--real", metavar="DIR", type=existing_dir,
+                   help="folder of real images (required with parquet shards; default: none)")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add the ``eval`` command group."""
-    from ..cli import subgroup
-
     ev = subgroup(sub, groups, "eval", "evaluate detectors: metrics, protocols, reports")
-    p = ev.add_parser("generators", help="real vs each generator and all together (folders, D3 test, parquet)")
+    p = add_command(ev, "generators", "real vs each generator and all together (folders, D3 test, parquet)",
+                    epilog=EVAL_EPILOG)
     _data(p)
     _common(p)
-    p.add_argument("--unsure", metavar="LOW,HIGH", help="report predictions with LOW <= P(fake) < HIGH separately")
-    p.add_argument("--val", metavar="DATA", help="validation dataset for --calibrate / --target-fpr")
-    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, help="fit this calibration on --val")
-    p.add_argument("--target-fpr", type=float, help="set each detector's threshold for this FPR on --val")
-    p.add_argument("--calibration", metavar="JSON", help="apply a saved calibration to the raw scores")
-    p.add_argument("--embedding-map", default="pca", choices=("pca", "tsne"))
+    p.add_argument("--unsure", metavar="LOW,HIGH", type=probability_band,
+                   help="report predictions with LOW <= P(fake) < HIGH separately (default: no band)")
+    p.add_argument("--val", metavar="DATA", type=existing_path,
+                   help="validation dataset for --calibrate / --target-fpr (default: none)")
+    p.add_argument("--calibrate", choices=CALIBRATION_METHODS, help="fit this calibration on --val (default: none)")
+    p.add_argument("--target-fpr", type=probability,
+                   help="set each detector's threshold for this false-positive rate on --val (default: none)")
+    p.add_argument("--calibration", metavar="JSON", type=existing_file,
+                   help="apply a calibration saved by 'eval calibrate' to the raw scores (default: none)")
+    p.add_argument("--embedding-map", default="pca", choices=("pca", "tsne"), help="projection of the embedding map")
     p.set_defaults(func=_cmd_generators)
 
-    p = ev.add_parser("logo", help="leave one generator out: fit heads without G, test on G, for every G")
+    p = add_command(ev, "logo", "leave one generator out: fit heads without G, test on G, for every G",
+                    epilog=EVAL_EPILOG)
     _data(p)
     _common(p)
-    p.add_argument("--real-train-fraction", type=float, default=0.5)
+    p.add_argument("--real-train-fraction", type=open_fraction, default=0.5,
+                   help="share of the real images that train the heads; the rest are tested")
     p.set_defaults(func=_cmd_logo)
 
-    p = ev.add_parser("robustness", help="metric against JPEG/WebP/resize/blur/crop/noise/social strength")
+    p = add_command(ev, "robustness", "metric against JPEG/WebP/resize/blur/crop/noise/social strength",
+                    epilog=EVAL_EPILOG)
     _data(p)
     _common(p)
-    p.add_argument("--transforms", help="comma-separated families (default: all)")
-    p.add_argument("--metric", default="auroc", choices=METRIC_NAMES)
+    p.add_argument("--transform", action="append", default=None, metavar="FAMILY",
+                   help="perturbation family (jpeg, webp, resize, blur, crop, noise, social); repeat for several "
+                        "(default: all)")
+    p.add_argument("--metric", default="auroc", choices=METRIC_NAMES, help="metric plotted against strength")
     p.set_defaults(func=_cmd_robustness)
 
-    p = ev.add_parser("fpr", help="false-positive rate on a folder of real photos")
-    p.add_argument("folder")
+    p = add_command(ev, "fpr", "false-positive rate on a folder of real photos", epilog=EVAL_EPILOG)
+    p.add_argument("folder", type=existing_dir, help="folder of real photos (recursive)")
     _common(p)
     p.set_defaults(func=_cmd_fpr)
 
-    p = ev.add_parser("scores", help="evaluate prediction files against a label file")
-    p.add_argument("--labels", required=True, help="CSV/JSON: id, label (0 real / 1 fake) [, generator]")
-    p.add_argument("--scores", required=True, action="append", help="CSV/JSON/JSONL of id -> score; repeat to compare")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--unsure", metavar="LOW,HIGH")
+    p = add_command(ev, "scores", "evaluate prediction files against a label file")
+    p.add_argument("--labels", required=True, type=existing_file, metavar="FILE",
+                   help="CSV/JSON/JSONL: id, label (0 real / 1 fake) [, generator]")
+    p.add_argument("--scores", required=True, action="append", type=existing_file, metavar="FILE",
+                   help="CSV/JSON/JSONL of id -> P(fake) or score; repeat to compare")
+    p.add_argument("--threshold", type=probability, default=0.5,
+                   help="call an image fake when its score >= this")
+    p.add_argument("--unsure", metavar="LOW,HIGH", type=probability_band,
+                   help="report predictions with LOW <= score < HIGH separately (default: no band)")
     _common(p, detectors=False)
     p.set_defaults(func=_cmd_scores)
 
-    p = ev.add_parser("calibrate", help="fit Platt/isotonic calibration and a target-FPR threshold on validation scores")
-    p.add_argument("--labels", required=True)
-    p.add_argument("--scores", required=True,
+    p = add_command(ev, "calibrate", "fit Platt/isotonic calibration and a target-FPR threshold on validation scores")
+    p.add_argument("--labels", required=True, type=existing_file, metavar="FILE",
+                   help="CSV/JSON/JSONL: id, label (0 real / 1 fake)")
+    p.add_argument("--scores", required=True, type=existing_file, metavar="FILE",
                    help="validation scores; the raw 'score' column is preferred (a calibration maps raw scores)")
-    p.add_argument("--method", default="platt", choices=CALIBRATION_METHODS)
-    p.add_argument("--target-fpr", type=float)
-    p.add_argument("--out", required=True, metavar="JSON")
+    p.add_argument("--method", default="platt", choices=CALIBRATION_METHODS, help="calibration method")
+    p.add_argument("--target-fpr", type=probability,
+                   help="also choose the threshold with at most this false-positive rate (default: none)")
+    p.add_argument("--out", required=True, metavar="JSON", help="calibration file to write")
     p.set_defaults(func=_cmd_calibrate)
 
 
 def _detectors(args: argparse.Namespace) -> dict:
+    from ..hub import hub_access, looks_like_hub_id
     from .detectors import load_detectors
 
+    if not args.model and not args.detector:
+        raise UsageError("nothing to evaluate: give --model (CoDE) and/or --detector [NAME=]KIND:ARG")
+    if args.model and looks_like_hub_id(args.model) and not Path(args.model).expanduser().exists():
+        hub_access(args.model, marker="config.json", what="model")  # at once, before torch loads
     return load_detectors(model=args.model, heads=args.heads, classifiers=args.classifier or ["linear"],
-                          specs=args.detector, batch_size=args.batch_size, preprocessing=args.preprocessing)
+                          specs=args.detector, **detector_kwargs(args))
 
 
-def _finish(args: argparse.Namespace, report, summary: list[str]) -> int:
+def _check_report(args: argparse.Namespace) -> None:
+    """Check the ``--report`` folder before any work (one line, exit 1, when it cannot be written)."""
+    if getattr(args, "report", None):
+        from ..output import ensure_writable_dir
+
+        ensure_writable_dir(args.report)
+
+
+def _finish(args: argparse.Namespace, report, summary: list[str], unreadable: int = 0) -> int:
     for line in summary:
         print(line)
     if args.report:
         paths = report.write(args.report)
         print(f"report: {paths['html']} ({paths['md'].name}, {paths['json'].name})")
-    return 0
+    if unreadable:
+        from ..output import note
+
+        note(f"deepsift: {unreadable} image(s) could not be read and were left out of the metrics")
+        return EXIT_PARTIAL
+    return EXIT_OK
+
+
+def _unreadable(report) -> int:
+    """Images left out because they could not be read (the most of any detector)."""
+    errors = report.results.get("errors") or {}
+    return max((len(v) for v in errors.values()), default=0)
+
+
+def _eval_set(args: argparse.Namespace):
+    """The dataset of ``args.data`` (parquet shards need ``--real``: said before any work)."""
+    from .datasets import detect_layout, load_eval_set
+
+    layout = args.layout if args.layout != "auto" else detect_layout(Path(args.data))
+    if layout == "parquet" and args.real is None:
+        raise UsageError(f"{args.data}: D3 parquet shards hold no real images; add --real DIR (a folder of real images)")
+    return load_eval_set(args.data, layout, args.real)
 
 
 def _cmd_generators(args: argparse.Namespace) -> int:
+    _check_report(args)
+    from .calibration import Calibrator
+    from .datasets import load_eval_set
     from .runs import run_generators
 
     if (args.calibrate or args.target_fpr is not None) and not args.val:
         raise UsageError("--calibrate and --target-fpr need a validation set (--val DATA)")
-    data = load_eval_set(args.data, args.layout, args.real)
+    data = _eval_set(args)
     val = load_eval_set(args.val, "auto", args.real) if args.val else None
     cal = Calibrator.load(args.calibration) if args.calibration else None
     report, summary = run_generators(
-        _detectors(args), data, bootstrap=args.bootstrap, seed=args.seed,
-        unsure=parse_band(args.unsure) if args.unsure else None, val=val, calibration=args.calibrate,
-        target_fpr=args.target_fpr, embedding_method=args.embedding_map, calibrator=cal)
-    return _finish(args, report, summary)
+        _detectors(args), data, bootstrap=args.bootstrap, seed=args.seed, unsure=args.unsure, val=val,
+        calibration=args.calibrate, target_fpr=args.target_fpr, embedding_method=args.embedding_map,
+        calibrator=cal)
+    return _finish(args, report, summary, _unreadable(report))
 
 
 def _cmd_logo(args: argparse.Namespace) -> int:
+    _check_report(args)
     from .runs import run_logo
     from .scoring import is_code_detector
 
-    data = load_eval_set(args.data, args.layout, args.real)
+    data = _eval_set(args)
     dets = _detectors(args)
     code = [d for d in dets.values() if is_code_detector(d)]
     others = [n for n, d in dets.items() if not is_code_detector(d)]
@@ -142,31 +213,36 @@ def _cmd_logo(args: argparse.Namespace) -> int:
         name, det = next(iter(dets.items()))
         report, summary = run_logo(det, data, kinds=[name], bootstrap=args.bootstrap, seed=args.seed,
                                    real_train_fraction=args.real_train_fraction, name=name)
-    return _finish(args, report, summary)
+    return _finish(args, report, summary, _unreadable(report))
 
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
+    _check_report(args)
     from .runs import run_robustness
 
-    data = load_eval_set(args.data, args.layout, args.real)
-    fams = [f.strip() for f in args.transforms.split(",") if f.strip()] if args.transforms else None
+    data = _eval_set(args)
+    fams = list(dict.fromkeys(args.transform)) if args.transform else None
     try:
         report, summary = run_robustness(_detectors(args), data, families=fams, metric=args.metric, seed=args.seed,
                                          bootstrap=args.bootstrap)
     except ValueError as exc:  # unknown transform family
         raise UsageError(str(exc)) from None
-    return _finish(args, report, summary)
+    skipped = (report.results.get("robustness") or {}).get("skipped") or []
+    return _finish(args, report, summary, len(skipped))
 
 
 def _cmd_fpr(args: argparse.Namespace) -> int:
+    _check_report(args)
     from .runs import run_fpr
 
     report, summary = run_fpr(_detectors(args), args.folder, bootstrap=args.bootstrap, seed=args.seed)
-    return _finish(args, report, summary)
+    return _finish(args, report, summary, _unreadable(report))
 
 
 def _cmd_scores(args: argparse.Namespace) -> int:
+    _check_report(args)
     from .runs import run_scores
+    from .scorefiles import join, read_labels, read_scores
 
     labels = read_labels(args.labels)
     runs = {}
@@ -175,11 +251,16 @@ def _cmd_scores(args: argparse.Namespace) -> int:
         name = Path(path).stem if Path(path).stem not in runs else path
         runs[name] = (y, s, [labels.generators[i] for i in ids])
     report, summary = run_scores(labels, runs, threshold=args.threshold, bootstrap=args.bootstrap, seed=args.seed,
-                                 unsure=parse_band(args.unsure) if args.unsure else None)
+                                 unsure=args.unsure)
     return _finish(args, report, summary)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..output import ensure_writable_file
+    from .calibration import Calibrator, threshold_for_fpr
+    from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
+
+    ensure_writable_file(args.out)
     labels = read_labels(args.labels)
     _, y, s = join(labels, read_scores(args.scores, RAW_SCORE_COLUMNS), args.scores)
     cal = Calibrator(args.method).fit(y, s)
@@ -189,4 +270,4 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     cal.save(args.out)
     extra = f", threshold {cal.params['threshold']:.4g} for FPR <= {args.target_fpr}" if args.target_fpr is not None else ""
     print(f"calibration ({args.method}) fitted on {len(y)} validation scores{extra}: {args.out}", file=sys.stdout)
-    return 0
+    return EXIT_OK

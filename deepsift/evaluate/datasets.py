@@ -6,7 +6,8 @@ Accepted layouts (``layout="auto"`` picks one from what is on disk):
   each sample records its split (``augm`` or ``no_augm``).
 * ``folders``: ``ROOT/real/`` plus one folder per generator (``ROOT/sd21/``, ``ROOT/dalle3/``...).
 * ``parquet``: D3 parquet shards (a ``.parquet`` file or a folder of them) read with
-  :func:`deepsift.data.reader.read_d3`; generated images are labelled by ``model_gen{k}``.
+  :func:`deepsift.data.reader.read_d3`; generated images are labelled by their generator's name
+  (``generator_gen{k}`` of shards made by ``data build``, else ``model_gen{k}``).
   D3 shards hold no real images, so real ones come from a separate folder (``real=``).
 * ``real-only``: any folder of real photos (for the false-positive-rate protocol).
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..exceptions import DataError
-from ..sources import IMAGE_EXTENSIONS  # one list of image file types for the whole package
+from ..choices import IMAGE_EXTENSIONS  # one list of image file types for the whole package
 
 REAL = "real"
 D3_SPLITS = ("augm", "no_augm")
@@ -129,7 +130,8 @@ def load_eval_set(path: str | os.PathLike, layout: str = "auto", real: str | os.
     if real is not None:
         samples = samples + [Sample(f"{REAL}:{s.id}", s.source, 0, REAL) for s in real_only(real).samples]
     elif layout == "parquet":
-        raise DataError(f"{root}: D3 parquet shards hold no real images; pass a folder of real images (--real DIR)")
+        raise DataError(f"{root}: D3 parquet shards hold no real images; give a folder of real images too "
+                        f"(the real option)")
     return EvalSet(str(root), layout, samples)
 
 
@@ -162,7 +164,7 @@ def _read_parquet(root: Path) -> list[Sample]:
         for k, gen in enumerate(rec.generations):
             if gen.image is None:
                 continue
-            out.append(Sample(f"{rec.id}/gen{k}", gen.image, 1, gen.model or f"gen_{k}"))
+            out.append(Sample(f"{rec.id}/gen{k}", gen.image, 1, gen.generator or f"gen_{k}"))
     if not out:
         raise DataError(f"{root}: the parquet shards hold no generated images")
     return out

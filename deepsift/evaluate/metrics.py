@@ -29,12 +29,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..choices import METRIC_NAMES
 from ..exceptions import EvaluationError
 
-METRIC_NAMES: tuple[str, ...] = (
-    "acc_real", "acc_fake", "accuracy", "balanced_accuracy", "f1",
-    "ap", "auroc", "eer", "tpr@1%fpr", "tpr@5%fpr", "ece",
-)  # fmt: skip
 RANKING_METRICS = ("ap", "auroc", "eer", "tpr@1%fpr", "tpr@5%fpr")
 ECE_BINS = 15
 _CHUNK_ELEMENTS = 1_000_000  # resamples x samples handled per batch (memory bound)

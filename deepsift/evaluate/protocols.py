@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..decision import DEFAULT_THRESHOLD
 from ..exceptions import EvaluationError
 from .datasets import REAL, Sample
 from .metrics import Metrics, compute_metrics
@@ -106,7 +107,7 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
                      np.float64)
         y = np.array([samples[i].label for i in test])
         keep = np.isfinite(s)
-        out[g] = _metrics(y[keep], s[keep], 0.5, bootstrap, seed)
+        out[g] = _metrics(y[keep], s[keep], DEFAULT_THRESHOLD, bootstrap, seed)
     return {name or getattr(detector, "name", None) or type(detector).__name__: out}
 
 
@@ -127,5 +128,5 @@ def _logo_embeddings(det: Any, samples: list[Sample], gens: list[str], gen_of: n
         for kind in kinds:
             head = make_head(kind).fit(emb[train], labels[train])
             probs = head.probability(head.decision_function(emb[test]))
-            out[kind][g] = _metrics(labels[test], probs, 0.5, bootstrap, seed)
+            out[kind][g] = _metrics(labels[test], probs, DEFAULT_THRESHOLD, bootstrap, seed)
     return out

@@ -11,13 +11,16 @@ import html
 import json
 import math
 import os
-import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
+from ..exceptions import DataError
+from ..filenames import safe_name
 from .metrics import Metrics, format_value
 
 TABLE_METRICS = ("auroc", "ap", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr", "tpr@5%fpr", "ece")
@@ -50,11 +53,32 @@ class Report:
 
     def image(self, name: str, png: bytes, caption: str = "") -> None:
         """Add a PNG plot (``name`` becomes its file name)."""
-        self.blocks.append(("image", (re.sub(r"[^A-Za-z0-9._-]+", "_", name), png, caption)))
+        self.blocks.append(("image", (safe_name(name), png, caption)))
 
     def write(self, folder: str | os.PathLike) -> dict[str, Path]:
-        """Write ``report.html``, ``report.md``, ``metrics.json`` and ``plots/*.png`` into ``folder``."""
-        out = Path(folder)
+        """Write ``report.html``, ``report.md``, ``metrics.json`` and ``plots/*.png`` into ``folder``.
+
+        All or nothing: the files are staged in a hidden folder inside ``folder`` and moved into
+        place once every one is written; a failure is one DataError line and leaves no new file.
+        """
+        from ..output import ensure_writable_dir
+
+        final = ensure_writable_dir(folder)
+        stage = Path(tempfile.mkdtemp(prefix=".report-", dir=final))
+        try:
+            paths = self._write(stage)
+            (final / "plots").mkdir(exist_ok=True)
+            for p in sorted(stage.rglob("*"), key=lambda q: q.suffix == ".html"):  # the html (the entry point) last
+                if p.is_file():
+                    os.replace(p, final / p.relative_to(stage))
+        except OSError as exc:
+            raise DataError(f"cannot write the report to {final}: {exc.strerror or exc}") from None
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        return {k: final / v.relative_to(stage) for k, v in paths.items()}
+
+    def _write(self, out: Path) -> dict[str, Path]:
+        """Write every file of the report into ``out``."""
         (out / "plots").mkdir(parents=True, exist_ok=True)
         meta = {"deepsift_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         paths = {"json": out / "metrics.json", "md": out / "report.md", "html": out / "report.html"}

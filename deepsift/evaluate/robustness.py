@@ -9,17 +9,16 @@ sweep is reproducible.
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from ..data.augment import ROBUSTNESS_FAMILIES, robustness_perturbations
 from ..exceptions import EvaluationError, ImageError
 from ..images import decode_image
+from ..output import progress
 from .datasets import Sample
 from .metrics import METRIC_NAMES, compute_metrics
 from .scoring import score_samples
@@ -96,7 +95,7 @@ def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, famili
         for fam in dict.fromkeys(p.family for p in perturbations)
     }
     perturb_s = forward_s = 0.0
-    bar = tqdm(perturbations, desc="robustness", unit="transform", file=sys.stderr, disable=None, leave=False)
+    bar = progress(perturbations, "robustness", unit="transform", leave=False)
     for j, pert in enumerate(bar):
         t0 = time.perf_counter()
         pert_samples = [

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..decision import DEFAULT_THRESHOLD, rule_text
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
@@ -25,6 +26,16 @@ def _dataset_block(report: Report, data: EvalSet) -> None:
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
     report.text(f"Dataset {data.root} (layout {data.layout}): "
                 + ", ".join(f"{g} {n}" for g, n in counts.items()) + ".")
+
+
+def _rule_block(report: Report, rules: dict[str, str]) -> None:
+    """Name the decision rule behind every hard label of the report (accuracy, F1, FPR, TPR)."""
+    report.results["decision_rule"] = rules
+    distinct = list(dict.fromkeys(rules.values()))
+    if len(distinct) == 1:
+        report.text(f"Decision rule: {distinct[0]} (accuracies, F1 and false-positive rates count these labels).")
+    else:
+        report.text("Decision rules: " + "; ".join(f"{n}: {r}" for n, r in rules.items()) + ".")
 
 
 def _errors_block(report: Report, tables: dict[str, ScoreTable]) -> None:
@@ -58,7 +69,7 @@ def apply_operating_point(tables: dict[str, ScoreTable], cals: dict[str, Calibra
     for name, t in tables.items():
         if name in cals:
             t.scores = np.where(np.isfinite(t.raw_scores), cals[name].transform(np.nan_to_num(t.raw_scores)), np.nan)
-            t.threshold = 0.5
+            t.threshold = DEFAULT_THRESHOLD
         if name in thresholds:
             t.threshold = thresholds[name]
 
@@ -81,6 +92,7 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
                                              "thresholds": thr, "target_fpr": target_fpr}
         report.text(f"Operating point fitted on {val.root}: "
                     + ", ".join(f"{n} threshold {t.threshold:.4g}" for n, t in tables.items()))
+    _rule_block(report, {n: t.rule for n, t in tables.items()})
     results = {n: per_generator(t, bootstrap=bootstrap, seed=seed) for n, t in tables.items()}
     report.results["per_generator"] = results
     report.results["detectors"] = list(detectors)
@@ -130,6 +142,7 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
     res = leave_one_out(detector, data.samples, kinds=kinds, bootstrap=bootstrap, seed=seed,
                         real_train_fraction=real_train_fraction, name=name)
     report.results["leave_one_out"] = res
+    _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
     report.heading("Leave-one-generator-out")
     report.text(f"Heads fitted on real images ({real_train_fraction:.0%}) and every generator but G; tested on "
                 "the held-out real images and G.")
@@ -154,6 +167,8 @@ def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequen
                              bootstrap=bootstrap)
     d = sweep.to_dict()
     report.results["robustness"] = d
+    _rule_block(report, {n: rule_text(getattr(det, "decision_threshold", None) or DEFAULT_THRESHOLD)
+                         for n, det in detectors.items()})
     report.heading(f"Robustness ({metric} against perturbation strength)")
     dets = list(sweep.clean)
     rows = [["clean", "", *(sweep.clean[n] for n in dets)]]
@@ -180,6 +195,7 @@ def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed:
     tables = score_samples(detectors, data.samples)
     res = {n: fpr_on_real(t, bootstrap=bootstrap, seed=seed) for n, t in tables.items()}
     report.results["fpr"] = res
+    _rule_block(report, {n: t.rule for n, t in tables.items()})
     report.heading("False-positive rate")
     report.table(["detector", "images", "unreadable", "threshold", "FPR", "95% CI"],
                  [[n, r["n"], r["errors"], r["threshold"], r["fpr"],
@@ -218,6 +234,7 @@ def run_scores(labels: Any, runs: dict[str, tuple[np.ndarray, np.ndarray, list[s
                 rows.setdefault(k, {})[name] = m
         curves[name] = (y, s)
     report.results["scores"] = results
+    _rule_block(report, {n: rule_text(threshold) for n in runs})
     report.heading("Metrics")
     report.table(*metrics_rows(rows))
     if all(np.unique(y).size == 2 for y, _ in curves.values()):

@@ -197,3 +197,169 @@ def join(labels: LabelTable, scores: dict[str, float], scores_path: str = "score
         raise EvaluationError(f"{scores_path}: " + "; ".join(problems))
     ids = list(labels.labels)
     return ids, np.array([labels.labels[i] for i in ids], np.int8), np.array([scores[i] for i in ids], np.float64)
+
+
+# -- vectorised path: large score files aligned to a known id list (the benchmark platform) --------
+@dataclass
+class AlignedScores:
+    """Scores (and optional hard labels) of a score file, in the order of a given id list."""
+
+    path: str
+    scores: np.ndarray  # float64, aligned to the ids
+    labels: np.ndarray | None  # int8 0/1 from a 'label' column beside the score column, else None
+    score_column: str
+
+
+def _fast_table(p: Path) -> Any | None:
+    """The file as a pyarrow table of string columns (lower-cased names), or None when the fast path can't."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            with open(p, "rb") as fh:
+                head = fh.readline().decode("utf-8-sig")
+            names = next(csv.reader([head]), [])
+            if not names or len(set(n.strip().lower() for n in names)) != len(names):
+                return None
+            table = pacsv.read_csv(p, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+                                   convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                        strings_can_be_null=False))
+            return table.rename_columns([n.strip().lower() for n in names])
+        if suffix == ".json":
+            text = p.read_text(encoding="utf-8-sig")
+            if not text.lstrip().startswith("{"):
+                return None
+            pairs = json.loads(text, object_pairs_hook=lambda kv: kv)  # top-level pairs, duplicates kept
+            if not pairs:
+                return None
+            vals = pa.array([v for _, v in pairs])
+            if not (pa.types.is_floating(vals.type) or pa.types.is_integer(vals.type)):
+                return None
+            return pa.table({"id": pa.array([str(k) for k, _ in pairs], pa.string()), "value": vals})
+        if suffix == ".jsonl":
+            table = pajson.read_json(p)
+            if any(not (pa.types.is_string(t) or pa.types.is_floating(t) or pa.types.is_integer(t))
+                   for t in table.schema.types):
+                return None
+            return table
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, ValueError):
+        return None
+    return None
+
+
+def _labels_of(col: Any) -> np.ndarray | None:
+    """0/1 from a column of label words, or None when a value is not one."""
+    import pyarrow.compute as pc
+
+    words = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast("string")))
+    known = list(LABEL_WORDS)
+    idx = pc.index_in(words, value_set=__import__("pyarrow").array(known))
+    if idx.null_count:
+        return None
+    return np.array([LABEL_WORDS[k] for k in known], np.int8)[idx.to_numpy(zero_copy_only=False)]
+
+
+def read_aligned_scores(path: str | os.PathLike, ids: Any, columns: tuple[str, ...] = SCORE_COLUMNS,
+                        with_labels: bool = True, ids_name: str = "the labels") -> AlignedScores:
+    """Read a score file and align it to ``ids`` (every id exactly once): the rules of
+    :func:`read_scores` + :func:`join`, vectorised for million-row files.
+
+    A file the fast path cannot take as it is (a bad value, a duplicate, an unknown or missing id,
+    odd quoting...) is re-read row by row, and the error names the first offending ids with their
+    lines. ``with_labels``: also return a ``label`` column (0/1 or real/fake) found beside the score
+    column (e.g. ``id,score,label``). ``ids_name`` names ``ids`` in messages.
+    """
+    import pyarrow as pa
+
+    p = Path(path)
+    if not p.is_file():
+        raise EvaluationError(f"{p}: no such file")
+    key = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
+    fast = _fast_aligned(p, key, columns, with_labels)
+    if fast is not None:
+        return fast
+    return _slow_aligned(p, key.to_pylist(), columns, with_labels, ids_name)
+
+
+def _fast_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: bool) -> AlignedScores | None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _fast_table(p)
+    if table is None or table.num_rows == 0:
+        return None
+    names = dict.fromkeys(table.column_names)
+    id_col = _pick(names, ID_COLUMNS)
+    val_col = "value" if "value" in names else _pick(names, columns)
+    if id_col is None or val_col is None:
+        return None
+    rid = pc.utf8_trim_whitespace(table[id_col].cast(pa.string()))
+    if rid.null_count or pc.min(pc.utf8_length(rid)).as_py() == 0:
+        return None
+    try:
+        values = table[val_col]
+        if pa.types.is_string(values.type):
+            values = pc.utf8_trim_whitespace(values)
+        vals = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if not np.isfinite(vals).all():
+        return None
+    labels = None
+    if with_labels and val_col != "label" and "label" in names:
+        labels = _labels_of(table["label"])
+        if labels is None:
+            return None
+    if len(rid) != len(key):
+        return None
+    pos = pc.index_in(key, value_set=rid)  # for each wanted id, its row in the file
+    if pos.null_count:
+        return None
+    order = pos.to_numpy(zero_copy_only=False)
+    if np.bincount(order, minlength=len(rid)).max(initial=0) > 1:  # as many rows as ids, all found: distinct?
+        return None
+    return AlignedScores(str(p), vals[order], labels[order] if labels is not None else None, val_col)
+
+
+def _slow_aligned(p: Path, wanted: list[str], columns: tuple[str, ...], with_labels: bool,
+                  ids_name: str) -> AlignedScores:
+    scores = read_scores(p, columns)  # duplicates, bad values, shape: precise errors
+    rows = _rows(p)
+    first = rows[0][1]
+    val_col = "value" if "value" in first else (_pick(first, columns) or "value")
+    lines: dict[str, int] = {}
+    for line, row in rows:
+        key = _pick(row, ID_COLUMNS)
+        if key is not None:
+            lines[_row_id(row, key, p, line)] = line
+    where = lambda k: f"{k!r}" + (f" (line {lines[k]})" if lines.get(k) else "")  # noqa: E731
+    wanted_set = set(wanted)
+    unknown = [k for k in scores if k not in wanted_set]
+    missing = [k for k in wanted if k not in scores]
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} id(s) not in {ids_name}: " + ", ".join(where(k) for k in unknown[:_SHOW])
+                        + (f" ... and {len(unknown) - _SHOW} more" if len(unknown) > _SHOW else ""))
+    if missing:
+        problems.append(f"{len(missing)} id(s) of {ids_name} missing from the file: {_listing(missing)}")
+    if problems:
+        raise EvaluationError(f"{p}: " + "; ".join(problems))
+    labels = None
+    if with_labels and val_col not in ("label", "value") and "label" in first:
+        labs: dict[str, int] = {}
+        bad = []
+        for line, row in rows:
+            rid = _row_id(row, _pick(row, ID_COLUMNS) or "id", p, line)
+            raw = str(row.get("label")).strip().lower()
+            if raw in LABEL_WORDS:
+                labs[rid] = LABEL_WORDS[raw]
+            else:
+                bad.append(f"{rid} (line {line}): {row.get('label')!r}")
+        if bad:
+            raise EvaluationError(f"{p}: {len(bad)} bad label(s) (0/1 or real/fake): {', '.join(bad[:_SHOW])}"
+                                  + (f" ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""))
+        labels = np.array([labs[k] for k in wanted], np.int8)
+    return AlignedScores(str(p), np.array([scores[k] for k in wanted], np.float64), labels, val_col)

@@ -11,14 +11,14 @@ its raw score; errors (unreadable images) are listed and left out of the metrics
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from ..decision import DEFAULT_THRESHOLD, rule_text
 from ..exceptions import EvaluationError
+from ..output import progress
 from .calibration import Calibrator
 from .datasets import Sample
 
@@ -57,6 +57,14 @@ class ScoreTable:
     threshold: float
     errors: list[tuple[str, str]] = field(default_factory=list)
     embeddings: np.ndarray | None = None
+    calibrated: bool = True  # scores are calibrated P(fake); False: raw scores of a detector without one
+
+    @property
+    def rule(self) -> str:
+        """The decision rule these scores are labelled with, in words (for reports)."""
+        if self.calibrated:
+            return rule_text(self.threshold)
+        return f"fake when the raw score >= {self.threshold:g} (this detector gives no calibrated probability)"
 
     @property
     def ok(self) -> np.ndarray:
@@ -76,11 +84,11 @@ class ScoreTable:
         idx = np.flatnonzero(mask)
         emb = self.embeddings[idx] if self.embeddings is not None else None
         return ScoreTable(self.name, [self.samples[i] for i in idx], self.scores[idx], self.raw_scores[idx],
-                          self.threshold, self.errors, emb)
+                          self.threshold, self.errors, emb, self.calibrated)
 
 
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+def _progress(total: int, desc: str) -> Any:
+    return progress(desc=desc, unit="img", total=total, leave=False)
 
 
 def embed_samples(det: Any, sources: Sequence[Any], desc: str = "embedding") -> tuple[np.ndarray, list[str | None]]:
@@ -106,21 +114,28 @@ def _from_embeddings(name: str, det: Any, samples: list[Sample], emb: np.ndarray
         verdicts = det.classify(emb[ok])
         raw[ok] = [v["score"] for v in verdicts]
         prob[ok] = [v["probability"] for v in verdicts]
-    return _table(name, samples, raw, prob, errors, calibrator, getattr(det, "threshold", None), emb)
+    return _table(name, samples, raw, prob, errors, calibrator, _threshold_of(det), emb)
 
 
 def _table(name: str, samples: list[Sample], raw: np.ndarray, prob: np.ndarray, errors: list[str | None],
            calibrator: Calibrator | None, det_threshold: float | None, emb: np.ndarray | None) -> ScoreTable:
     have_prob = np.isfinite(prob[np.isfinite(raw)]).all() and np.isfinite(raw).any()
+    calibrated = True
     if calibrator is not None:
         scores = np.where(np.isfinite(raw), calibrator.transform(np.nan_to_num(raw)), np.nan)
-        threshold = float(calibrator.params.get("threshold", 0.5))
+        threshold = float(calibrator.params.get("threshold", DEFAULT_THRESHOLD))
     elif have_prob:
-        scores, threshold = prob, (det_threshold if det_threshold is not None else 0.5)
+        scores, threshold = prob, (det_threshold if det_threshold is not None else DEFAULT_THRESHOLD)
     else:
-        scores, threshold = raw, 0.5
+        scores, threshold, calibrated = raw, DEFAULT_THRESHOLD, False
     errs = [(s.id, e) for s, e in zip(samples, errors) if e]
-    return ScoreTable(name, samples, scores, raw, float(threshold), errs, emb)
+    return ScoreTable(name, samples, scores, raw, float(threshold), errs, emb, calibrated)
+
+
+def _threshold_of(det: Any) -> float | None:
+    """The decision threshold a detector labels with (``decision_threshold``, else ``threshold``), if any."""
+    value = getattr(det, "decision_threshold", None)
+    return value if value is not None else getattr(det, "threshold", None)
 
 
 def score_samples(detectors: dict[str, Any], samples: list[Sample], *, calibrator: Calibrator | None = None,
@@ -148,5 +163,5 @@ def score_samples(detectors: dict[str, Any], samples: list[Sample], *, calibrato
         raw = np.array([np.nan if p.score is None else p.score for p in preds], np.float64)
         prob = np.array([np.nan if getattr(p, "probability", None) is None else p.probability for p in preds])
         errors = [getattr(p, "error", None) for p in preds]
-        out[name] = _table(name, samples, raw, prob, errors, calibrator, getattr(det, "threshold", None), None)
+        out[name] = _table(name, samples, raw, prob, errors, calibrator, _threshold_of(det), None)
     return out

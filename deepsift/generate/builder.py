@@ -8,166 +8,39 @@ skips every chunk whose shard exists, and redoes the others: a kill at any momen
 no record and duplicates none, because a chunk's output is all-or-nothing and the same
 chunk always yields the same bytes (seeds derive from record id and generator name).
 
-Bit-identical images across runs also need the same hardware and the same number of torch
-threads (``threads``); the Ray and local paths give equal bytes under that condition.
+An image depends only on its record (id, prompts), its generator (name, hence seed) and the
+generator's options, never on the chunk or the batch it was made in: text-to-image calls always
+hold exactly ``batch`` images (see :class:`~deepsift.generate.backends.DiffusersText2Image`), so
+other chunk sizes, failed neighbours, restarts, ``--add-to`` and Ray give the same bytes.
+Bit-identical images also need the same hardware and the same number of torch threads
+(``threads``).
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
-from tqdm.auto import tqdm
-
-from ..exceptions import DataError, UsageError
+from ..exceptions import UsageError, input_not_found
+from ..output import progress as progress_bar
 from .backends import load_generators
-from .chunks import generate_chunk, prepare_chunk, read_chunk_metadata, write_chunk
-from .sources import RealDir, SourceItem, iter_source
+from .chunks import generate_chunk, prepare_chunk, write_chunk
+from .plan import (
+    MANIFEST,  # noqa: F401  (re-exported)
+    BuildSummary,
+    chunk_done,
+    clean_temporaries,
+    log,
+    log_failures,
+    plan_chunks,
+    real_dir_for,
+    write_manifest,
+)
+from .sources import RealDir
 from .spec import GeneratorSpec
 
-log = logging.getLogger("deepsift.generate")
-
-MANIFEST = "build.json"
-"""File in the output folder recording the build's settings (checked on restart)."""
-
-
-@dataclass
-class BuildSummary:
-    """What a build did: records written, images per generator, failures by reason."""
-
-    input_records: int = 0
-    records: int = 0
-    images: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)
-    notes: Counter = field(default_factory=Counter)
-    chunks: int = 0
-    chunks_resumed: int = 0
-    seconds: float = 0.0
-    load_seconds: float = 0.0
-
-    def add(self, meta: dict, resumed: bool) -> None:
-        """Fold one chunk's metadata into the totals."""
-        self.input_records += int(meta.get("input_records", 0))
-        self.records += int(meta.get("records", 0))
-        self.images.update(meta.get("images", {}))
-        self.failures.update(meta.get("failures", {}))
-        self.notes.update(meta.get("notes", {}))
-        self.chunks += 1
-        self.chunks_resumed += int(resumed)
-
-    def lines(self) -> list[str]:
-        """Human-readable summary lines."""
-        out = [
-            f"build: {self.records} record(s) written from {self.input_records} input record(s) in "
-            f"{self.chunks} shard(s) ({self.chunks_resumed} already done), {self.seconds:.1f} s "
-            f"({self.load_seconds:.1f} s loading generators)",
-            "images per generator: " + (", ".join(f"{k}={v}" for k, v in self.images.items()) or "none"),
-            "failures by reason: " + (", ".join(f"{k}={v}" for k, v in sorted(self.failures.items())) or "none"),
-        ]
-        if self.notes:
-            out.append("notes: " + ", ".join(f"{k}={v}" for k, v in sorted(self.notes.items())))
-        return out
-
-
-@dataclass
-class Chunk:
-    """One unit of work: its items, output path and (for ``--add-to``) the shard it grows."""
-
-    index: int
-    items: list[SourceItem]
-    path: Path
-    base: str | None = None
-
-
-def _write_manifest(out: Path, settings: dict) -> None:
-    """Record the build settings, or refuse a restart with different ones."""
-    path = out / MANIFEST
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = None
-        if old is not None and old != settings:
-            raise UsageError(
-                f"{out} holds a build with other settings ({path}: {old}); use a new --out or the same options"
-            )
-    tmp = path.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(settings, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _clean_temporaries(out: Path) -> None:
-    """Remove temporaries left by a killed build (hidden ``.name.tmp-PID`` files)."""
-    for p in out.rglob(".*.tmp-*"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-
-
-def log_failures(meta: dict) -> None:
-    """Log each record a chunk skipped (or kept without its real-image generators), with the reason."""
-    for rid, reason in meta.get("failed_ids", []):
-        log.warning("record %s skipped: %s", rid, reason)
-    for rid, reason in meta.get("skipped_ids", []):
-        log.warning("record %s skipped for real-image generators: %s", rid, reason)
-
-
-def real_dir_for(real_dir: RealDir | None, needs_real: bool) -> RealDir | None:
-    """The ``--real-dir`` lookup to use: ``None`` (with a warning) when no generator needs a real image."""
-    if real_dir is not None and not needs_real:
-        log.warning("--real-dir %s is not used: no generator needs a real image", real_dir.root)
-        return None
-    return real_dir
-
-
-def plan_chunks(
-    source: str | None, out: Path, specs: Sequence[GeneratorSpec], *, chunk_size: int, add_to: str | None,
-    real_dir: RealDir | None = None,
-) -> Iterator[Chunk]:
-    """The build's chunks, in order (lazily: the input is streamed); ``real_dir`` attaches real images."""
-    for chunk in _input_chunks(source, out, chunk_size=chunk_size, add_to=add_to):
-        if real_dir is not None:
-            chunk.items = [real_dir.attach(item) for item in chunk.items]
-        yield chunk
-
-
-def _input_chunks(source: str | None, out: Path, *, chunk_size: int, add_to: str | None) -> Iterator[Chunk]:
-    """The input cut into chunks: one per existing shard (``add_to``), else ``chunk_size`` records each."""
-    if add_to is not None:
-        from ..data.reader import parquet_files, read_parquet_file
-
-        root = Path(add_to)
-        for i, shard in enumerate(parquet_files(root)):
-            rel = shard.relative_to(root) if root.is_dir() else Path(shard.name)
-            items = [SourceItem(r.id, r.original_prompt, r.positive_prompt, r.negative_prompt, r.url)
-                     for r in read_parquet_file(shard, images=False)]
-            yield Chunk(i, items, out / rel, base=str(shard))
-        return
-    assert source is not None
-    it = iter_source(source)
-    i = 0
-    while True:
-        items = list(islice(it, chunk_size))
-        if not items:
-            return
-        yield Chunk(i, items, out / f"part-{i:05d}.parquet")
-        i += 1
-
-
-def chunk_done(chunk: Chunk, names: Sequence[str]) -> dict | None:
-    """The metadata of a chunk's finished shard (with every generator of ``names``), else None."""
-    if not chunk.path.is_file():
-        return None
-    meta = read_chunk_metadata(chunk.path)
-    if meta is None or not set(names) <= set(meta.get("generators", [])):
-        return None
-    return meta
-
+__all__ = ["BuildSummary", "build"]
 
 def build(
     source: str | None,
@@ -188,16 +61,16 @@ def build(
     generators) is looked up there by id.
     """
     if not specs:
-        raise UsageError("give at least one --generator NAME=KIND:SOURCE")
+        raise UsageError("give at least one generator spec (specs=[parse_spec('NAME=KIND:SOURCE')])")
     if (source is None) == (add_to is None):
-        raise UsageError("give either --prompts SRC (a new build) or --add-to EXISTING (grow shards)")
+        raise UsageError("give either a prompt source (source=, a new build) or existing shards (add_to=, grow them)")
     if chunk_size <= 0:
-        raise UsageError(f"--chunk-size must be positive, got {chunk_size}")
-    for option, value in (("--threads", threads), ("--ray-actors", ray_actors)):
+        raise UsageError(f"chunk_size must be positive, got {chunk_size}")
+    for option, value in (("threads", threads), ("ray_actors", ray_actors)):
         if value is not None and value <= 0:
             raise UsageError(f"{option} must be positive, got {value}")
     if add_to is not None and not Path(add_to).exists():
-        raise DataError(f"{add_to}: no such file or folder to add to")
+        raise input_not_found(add_to)
     out = Path(out)
     reals = RealDir(real_dir) if real_dir is not None else None
     settings = {"source": str(add_to or source), "add_to": add_to is not None,
@@ -233,14 +106,13 @@ def _build_local(
     generators = load_generators(specs)  # fails before any work starts
     load_seconds = time.perf_counter() - t_load
     out.mkdir(parents=True, exist_ok=True)
-    if add_to is None or Path(add_to).resolve() != out.resolve():
-        _write_manifest(out, settings)
-    _clean_temporaries(out)
+    write_manifest(out, settings, add_to=add_to)
+    clean_temporaries(out)
     needs_real = any(g.needs_real_image for g in generators)
     needs_prompt = any(not g.needs_real_image for g in generators)
     real_dir = real_dir_for(real_dir, needs_real)
     summary = BuildSummary(load_seconds=load_seconds)
-    bar = tqdm(desc="build", unit="rec", disable=None if progress is None else not progress)
+    bar = progress_bar(desc="build", unit="rec", enabled=progress)
     try:
         for chunk in plan_chunks(source, out, specs, chunk_size=chunk_size, add_to=add_to, real_dir=real_dir):
             meta = chunk_done(chunk, names)

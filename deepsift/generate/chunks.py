@@ -14,11 +14,12 @@ generator runs; a prompt over ``MAX_PROMPT_CHARS`` characters is skipped
 that limit by the pipeline's own tokenizer, exactly what the text encoder can see, and
 counted as ``truncated_prompt`` (the record keeps the full prompt text).
 
-Real-image policy: a record whose real image is missing or does not decode is skipped
-(``no_real_image``, ``image_decode_error``, ...) when a generator needs it, except when the
-image comes from a ``--real-dir`` fetch folder and text-to-image generators also run: then
-only the real-image generators skip it (their slot stays empty), counted under the same
-reason and logged, and the text-to-image generators still run.
+Real-image policy: a record whose real image is missing or does not decode (``no_real_image``,
+``image_decode_error``, ...) is skipped by the generators that need one; when text-to-image
+generators also run, they still run for it (the real-image slot stays empty, counted under
+that reason and logged); only when every generator needs a real image is the record skipped.
+Where the image comes from (a JSONL/CSV ``image`` field, a ``--real-dir`` folder, or nowhere)
+makes no difference.
 """
 from __future__ import annotations
 
@@ -36,9 +37,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..data.schema import D3Record, Generation, d3_arrow_schema, gen_column, record_to_row, with_hf_metadata
+from ..data.schema import (
+    EXTENSION_STEMS,
+    GEN_COLUMNS,
+    D3Record,
+    Generation,
+    d3_arrow_schema,
+    gen_column,
+    record_to_row,
+    with_hf_metadata,
+)
 from ..data.writer import write_table_atomic
 from ..exceptions import DeepsiftError, GeneratorError, ImageError
+from ..filenames import safe_name
 from ..images import decode_image
 from .sources import SourceItem
 from .spec import derive_seed
@@ -90,8 +101,8 @@ def prepare_chunk(items: Sequence[SourceItem], *, needs_prompt: bool, needs_real
             reason = f"prompt_too_long: {len(item.prompt)} characters > {MAX_PROMPT_CHARS}"
         elif reason is None and needs_real:
             real, real_reason = _load_real(item)
-            if real_reason is not None and item.real_from_dir and needs_prompt:
-                out.real_skips[item.id] = real_reason
+            if real_reason is not None and needs_prompt:
+                out.real_skips[item.id] = real_reason  # only the real-image generators skip it
             else:
                 reason = real_reason
         if reason is not None:
@@ -172,17 +183,12 @@ def encode_png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _safe_name(record_id: str) -> str:
-    """A file-name-safe version of a record id (for ``filepath_gen{k}``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", record_id)[:200] or "_"
-
-
 def _generation(meta: dict, item: SourceItem, arr: np.ndarray) -> Generation:
     """A :class:`Generation` from raw pixels."""
     return Generation(
         model=meta["model"], width=int(arr.shape[1]), height=int(arr.shape[0]), steps=meta["steps"],
-        filepath=f"{meta['name']}/{_safe_name(item.id)}.png", image=encode_png(arr),
-        seed=derive_seed(item.id, meta["name"]),
+        filepath=f"{meta['name']}/{safe_name(item.id)}.png", image=encode_png(arr),
+        seed=derive_seed(item.id, meta["name"]), generator=meta["name"],
     )
 
 
@@ -246,7 +252,7 @@ def _write_added(res: Generated, path: Path) -> dict:
             for k, item in enumerate(res.items)
         ]
         images[meta["name"]] = sum(x is not None for x in gens)
-        for stem in ("model", "width", "height", "num_inference_steps", "filepath", "image", "seed"):
+        for stem in (*GEN_COLUMNS, *EXTENSION_STEMS):
             values = [_cell(stem, x) for x in gens]
             field_ = template.field(gen_column(stem, 0))
             table = table.append_column(pa.field(gen_column(stem, n0 + g), field_.type), pa.array(values, field_.type))
@@ -266,7 +272,7 @@ def _cell(stem: str, g: Generation | None) -> Any:
     if stem == "image":
         return {"bytes": g.image, "path": Path(g.filepath or "").name}
     return {"model": g.model, "width": g.width, "height": g.height, "num_inference_steps": g.steps,
-            "filepath": g.filepath, "seed": g.seed}[stem]
+            "filepath": g.filepath, "seed": g.seed, "generator": g.generator}[stem]
 
 
 def read_chunk_metadata(path: str | Path) -> dict | None:

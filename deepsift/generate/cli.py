@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 
-from ..cli import subgroup
-from .spec import SPEC_HELP, parse_spec
+from ..cliargs import EXIT_OK, EXIT_PARTIAL, add_command, existing_dir, existing_path, path_or_hub_id, positive_int, subgroup
+from .spec import SPEC_HELP
 
 BUILD_EPILOG = f"""\
 generator spec:
@@ -40,35 +38,49 @@ included).
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add ``deepsift data build``."""
     data = subgroup(sub, groups, "data", "D3 dataset tools")
-    p = data.add_parser(
-        "build", help="generate images for prompts with diffusers/plugin generators (D3 shards)",
-        description="Generate one image per record and generator, written as D3 parquet shards.",
-        epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(data, "build", "generate images for prompts with diffusers/plugin generators (D3 shards)",
+                    description="Generate one image per record and generator, written as D3 parquet shards.",
+                    epilog=BUILD_EPILOG)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompts", metavar="SRC", help="D3 shards, JSONL or CSV of prompts")
-    src.add_argument("--add-to", metavar="EXISTING", help="existing D3 shards to add the generators' columns to")
-    p.add_argument("--generator", "-g", metavar="NAME=SPEC", action="append", required=True, help=SPEC_HELP)
+    src.add_argument("--prompts", metavar="SRC", type=path_or_hub_id,
+                     help="D3 shards (file, folder or hub id), JSONL or CSV of prompts")
+    src.add_argument("--add-to", metavar="EXISTING", type=existing_path,
+                     help="existing D3 shards to add the generators' columns to")
+    p.add_argument("--generator", "-g", metavar="NAME=SPEC", action="append", required=True, type=_spec,
+                   help="a generator (repeatable): " + SPEC_HELP)
     p.add_argument("--out", metavar="DIR", help="output folder (default with --add-to: EXISTING, in place)")
-    p.add_argument("--real-dir", metavar="DIR", default=None,
-                   help="fetch-real output folder (status.jsonl + images): real images for vae generators, by id")
-    p.add_argument("--chunk-size", type=int, default=64, help="records per output shard (unit of restart)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (same value = same bytes)")
-    p.add_argument("--ray", metavar="auto|ADDRESS", default=None, help="run on a Ray cluster")
-    p.add_argument("--ray-actors", type=int, default=None, help="generator actors (default: one per GPU, else 1)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no per-record log lines")
-    p.add_argument("--verbose", "-v", action="store_true", help="also log each shard written")
+    p.add_argument("--real-dir", metavar="DIR", default=None, type=existing_dir,
+                   help="fetch-real output folder (status.jsonl + images): real images for vae generators, by id "
+                        "(default: none)")
+    p.add_argument("--chunk-size", type=positive_int, default=64, help="records per output shard (unit of restart)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads; the same value gives the same bytes (default: torch's choice)")
+    p.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                   help="run on a Ray cluster: auto (join or start one) or its address (default: no Ray)")
+    p.add_argument("--ray-actors", type=positive_int, default=None,
+                   help="generator actors (default: one per GPU, else 1)")
     p.set_defaults(func=run_build)
+
+
+def _spec(text: str) -> str:
+    """argparse type: a generator spec that parses (a bad one is bad usage, exit 2)."""
+    from ..exceptions import GeneratorError
+    from .spec import parse_spec
+
+    try:
+        parse_spec(text)
+    except GeneratorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def run_build(args: argparse.Namespace) -> int:
     """Handler of ``deepsift data build``."""
-    from ..exceptions import UsageError
+    from ..exceptions import DataError, UsageError
+    from ..output import note
     from .builder import build
+    from .spec import parse_spec
 
-    level = logging.ERROR if args.quiet else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(name)s: %(message)s")
-    logging.getLogger("deepsift").setLevel(level)
     specs = [parse_spec(text) for text in args.generator]
     out = args.out or args.add_to
     if out is None:
@@ -76,6 +88,9 @@ def run_build(args: argparse.Namespace) -> int:
     summary = build(args.prompts, specs, out, add_to=args.add_to, chunk_size=args.chunk_size,
                     threads=args.threads, ray_address=args.ray, ray_actors=args.ray_actors, real_dir=args.real_dir)
     for line in summary.lines():
-        print(line, file=sys.stderr)
-    print(f"output: {out}", file=sys.stderr)
-    return 0
+        note(line)
+    if summary.records == 0:
+        raise DataError(f"data build wrote no record to {out}: {summary.input_records} input record(s), "
+                        + (", ".join(f"{k}={v}" for k, v in sorted(summary.failures.items())) or "no input"))
+    note(f"output: {out}")
+    return EXIT_PARTIAL if sum(summary.failures.values()) else EXIT_OK

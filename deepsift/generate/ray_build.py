@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
-
 from ..exceptions import DeepsiftError, GeneratorError
-from .builder import BuildSummary, _clean_temporaries, _write_manifest, chunk_done, log_failures, plan_chunks, real_dir_for
+from ..output import progress as progress_bar
 from .chunks import Generated, Prepared, generate_chunk, prepare_chunk, write_chunk
+from .plan import BuildSummary, chunk_done, clean_temporaries, log_failures, plan_chunks, real_dir_for, write_manifest
 from .sources import RealDir
 from .spec import GeneratorSpec, parse_spec
 
@@ -104,13 +103,12 @@ def build_on_ray(
         needs_prompt = any(not i["needs_real_image"] for i in infos)
         real_dir = real_dir_for(real_dir, needs_real)
         out.mkdir(parents=True, exist_ok=True)
-        if add_to is None or Path(add_to).resolve() != out.resolve():
-            _write_manifest(out, settings)
-        _clean_temporaries(out)
+        write_manifest(out, settings, add_to=add_to)
+        clean_temporaries(out)
         names = [s.name for s in specs]
         summary = BuildSummary(load_seconds=time.perf_counter() - t_load)
         inflight: dict[Any, int] = {}
-        bar = tqdm(desc="build (ray)", unit="rec", disable=None if progress is None else not progress)
+        bar = progress_bar(desc="build (ray)", unit="rec", enabled=progress)
 
         def drain(limit: int) -> None:
             while len(inflight) > limit:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..data.fetch import STATUS_FILE, load_status, real_image_path
-from ..exceptions import DataError, SchemaError
+from ..exceptions import DataError, SchemaError, input_not_found
 
 PROMPT_FIELDS = ("prompt", "original_prompt", "positive_prompt")
 CSV_FIELD_LIMIT = 1 << 30
@@ -43,7 +43,7 @@ class SourceItem:
     url: str | None = None
     real: str | None = None  # absolute path of the real image, if any
     problem: str | None = None  # e.g. "bad_line: ..." when the row itself is unusable
-    real_from_dir: bool = False  # real image looked up in a --real-dir folder (missing: only real-image generators skip)
+    real_from_dir: bool = False  # real image looked up in a --real-dir folder
     real_problem: str | None = None  # why a --real-dir lookup found no usable image ("no_real_image: ...")
 
     @property
@@ -162,9 +162,10 @@ class RealDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.root = Path(path)
         if not self.root.is_dir():
-            raise DataError(f"{path}: --real-dir is not a folder")
+            raise input_not_found(path) if not self.root.exists() else DataError(f"{path}: not a folder")
         if not (self.root / STATUS_FILE).is_file():
-            raise DataError(f"{path}: no {STATUS_FILE}; --real-dir takes the --out folder of 'deepsift data fetch-real'")
+            raise DataError(f"{path}: no {STATUS_FILE}; real images come from the output folder of "
+                            f"'deepsift data fetch-real'")
         self.resolved = self.root.resolve()
         self._status: dict[str, dict] | None = None
 

@@ -10,7 +10,8 @@ Kinds:
   SOURCE is the entry-point name.
 
 Options (all optional): ``steps``, ``width``, ``height``, ``guidance``, ``negative`` (a
-negative prompt used when the record has none), ``batch`` (images per pipeline call),
+negative prompt used when the record has none), ``batch`` (images per pipeline call, always
+exactly that many: short calls are padded so an image never depends on its neighbours),
 ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``), ``dtype`` (``float32``/``float16``/``bfloat16``),
 ``model`` (the model name written to ``model_gen{k}``; default: SOURCE). Plugins receive every
 option as a string keyword argument.

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from transformers import ViTConfig, ViTModel
 
+from ..choices import DEFAULT_MODEL
 from ..exceptions import ModelError, ModelNotFoundError, UsageError
-
-DEFAULT_MODEL = "aimagelab/CoDE"
-"""Hub id of the published CoDE weights (MIT licence)."""
+from ..hub import hub_access, quiet_loading
 
 MODEL_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
@@ -62,34 +61,72 @@ def resolve_model_dir(model: str | os.PathLike, revision: str | None = None) -> 
         )
     from huggingface_hub import snapshot_download
 
+    local_only = hub_access(text, marker="config.json", what="model")  # fails at once, naming the cause
     try:
-        return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=list(MODEL_FILES)))
+        with quiet_loading():
+            return Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=list(MODEL_FILES),
+                                          local_files_only=local_only))
     except Exception as exc:  # huggingface_hub raises many types for offline/missing
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
-            f"cannot load model {text!r}: it is not in the local Hugging Face cache and the hub could "
-            f"not be reached ({type(exc).__name__}: {reason[:200]}). Download it once on a machine "
-            f"with network (`hf download {text}`), or point at a local directory "
-            f"holding config.json and model.safetensors: --model /path/to/dir"
+            f"cannot load model {text!r} ({type(exc).__name__}: {reason[:200]}): download it once on a machine "
+            f"with network (hf download {text}), or give a local folder holding config.json and model.safetensors"
         ) from None
 
 
+def check_weights_file(path: Path) -> list[str]:
+    """The tensor names of a safetensors file; a file that is not one is a :class:`ModelError` naming it.
+
+    The header and its coverage of the file are checked (a truncated, padded or garbage file
+    fails here), before any tensor is read.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a valid safetensors file ({reason[:200]})") from None
+
+
 def load_backbone(model: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "cpu") -> ViTModel:
-    """Load the embedding network from a hub id or a local directory, in eval mode."""
+    """Load the embedding network from a hub id or a local directory, in eval mode.
+
+    A weights file that is corrupt, truncated, lacks some of the network's tensors or holds
+    tensors of the wrong shape is refused with one :class:`ModelError` naming it (transformers
+    would otherwise fill missing tensors with random values).
+    """
     folder = resolve_model_dir(model)
-    if not (folder / "model.safetensors").is_file():
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
         raise ModelNotFoundError(f"{folder}: no model.safetensors (deepsift loads safetensors weights only)")
+    check_weights_file(weights)
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     quiet = not hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # a per-tensor bar is noise for a 22 MB model
+    hf_logging.set_verbosity_error()  # its load report too: problems are refused below, in one line
     try:
-        net = ViTModel.from_pretrained(folder, add_pooling_layer=False, use_safetensors=True)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{folder}: cannot load the ViT weights ({exc})") from None
+        with quiet_loading("transformers"):
+            net, info = ViTModel.from_pretrained(folder, add_pooling_layer=False, use_safetensors=True,
+                                                 output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, json.JSONDecodeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "mismatched_sizes" in reason:
+            reason = "tensors of the wrong shape for this network's config.json"
+        raise ModelError(f"{weights}: cannot load the ViT weights ({reason[:300]})") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if not quiet:
             hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or [])
+    if missing or info.get("mismatched_keys"):
+        what = f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}" if missing else \
+            f"tensors of the wrong shape: {', '.join(str(m[0] if isinstance(m, tuple) else m) for m in list(info['mismatched_keys'])[:3])}"
+        raise ModelError(f"{weights}: does not hold this network's weights ({what})")
     try:
         return net.to(device).eval()
     except (RuntimeError, AssertionError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Detector commands: ``detect``, ``embed``, ``heads fit``, ``weights import-official``, ``export onnx``.
+"""Detector commands: detect, embed, heads fit, weights import-official, export onnx.
 
 Exit codes: 0 all inputs scored; 1 an error stopped the command; 2 bad usage;
 3 the command finished but some inputs could not be read (each has its error row).
@@ -6,140 +6,171 @@ Exit codes: 0 all inputs scored; 1 an error stopped the command; 2 bad usage;
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-from ..output import EXIT_SOME_FAILED, OUTPUT_FORMATS, progress, write_predictions
-from .backbone import DEFAULT_MODEL
+from ..choices import DEFAULT_MODEL, HEAD_KINDS
+from ..cliargs import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    add_command,
+    add_detector_options,
+    add_folder_options,
+    add_output_options,
+    detector_kwargs,
+    existing_dir,
+    image_input,
+    int_range,
+    path_or_hub_id,
+    subgroup,
+)
+
+DETECT_EPILOG = """\
+An image is called fake when its calibrated P(fake) >= the threshold (0.5 unless --threshold):
+the one decision rule of deepsift, whatever the head.
+
+Exit codes: 0 all inputs scored; 1 an error stopped the command; 2 bad usage;
+3 finished, but some inputs could not be read (each has its error row).
+"""
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add the detector commands to the ``deepsift`` parser."""
-    from ..cli import subgroup
-
-    p = sub.add_parser("detect", help="real or AI-generated? for images, folders, globs, URLs or '-' (stdin)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (recursive), glob, URL, or '-'")
-    _model_args(p)
-    p.add_argument("--heads", help="heads folder (default: beside the model, or the deepsift cache)")
-    p.add_argument("--classifier", choices=("linear", "knn", "svm"), default="linear")
-    p.add_argument("--format", choices=OUTPUT_FORMATS, default="table")
-    p.add_argument("--out", help="write results to this file instead of stdout")
-    p.add_argument("--threshold", type=float, help="P(fake) at or above which an image is called fake "
-                   "(default: the head's own decision rule)")
+    p = add_command(sub, "detect", "real or AI-generated? for images, folders, globs, URLs or '-' (stdin)",
+                    epilog=DETECT_EPILOG)
+    p.add_argument("paths", nargs="+", metavar="PATH", type=image_input,
+                   help="image file, folder (recursive), glob, http(s) URL, or '-' (a list on stdin)")
+    add_output_options(p)
+    add_folder_options(p)
+    add_detector_options(p, threshold=True)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("embed", help="write CoDE embeddings of images to a parquet file")
-    p.add_argument("paths", nargs="+", metavar="PATH")
-    _model_args(p)
-    p.add_argument("--out", required=True, help="output .parquet file")
+    p = add_command(sub, "embed", "write CoDE embeddings of images to a parquet file")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=image_input,
+                   help="image file, folder (recursive), glob, http(s) URL, or '-' (a list on stdin)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .parquet file (source, embedding, error)")
+    add_folder_options(p)
+    add_detector_options(p, heads=False, classifier=None)
     p.set_defaults(func=cmd_embed)
 
     heads = subgroup(sub, groups, "heads", "fit classifier heads on embeddings")
-    p = heads.add_parser("fit", help="fit linear, kNN and one-class SVM heads from labelled folders")
-    p.add_argument("--real", required=True, action="append", help="folder of real images (repeatable)")
-    p.add_argument("--fake", required=True, action="append",
+    p = add_command(heads, "fit", "fit linear, kNN and one-class SVM heads from labelled folders")
+    p.add_argument("--real", required=True, action="append", type=existing_dir, metavar="DIR",
+                   help="folder of real images (repeatable)")
+    p.add_argument("--fake", required=True, action="append", type=existing_dir, metavar="DIR",
                    help="folder of generated images; repeat per generator (named by the folder) "
                         "or give one folder whose sub-folders are generators")
-    _model_args(p)
-    p.add_argument("--out", required=True, help="output heads folder")
-    p.add_argument("--classifiers", default="linear,knn,svm", help="comma-separated subset of linear,knn,svm")
+    p.add_argument("--out", required=True, metavar="DIR", help="output heads folder")
+    p.add_argument("--classifier", choices=HEAD_KINDS, action="append", default=None,
+                   help=f"head kind to fit; repeat for several (default: {' '.join(HEAD_KINDS)})")
     p.add_argument("--no-per-generator", action="store_true", help="skip the per-generator heads")
+    add_folder_options(p)
+    add_detector_options(p, heads=False, classifier=None)
     p.set_defaults(func=cmd_heads_fit)
 
     weights = subgroup(sub, groups, "weights", "published weights")
-    p = weights.add_parser("import-official", help="convert the published pickled sklearn classifiers once")
-    p.add_argument("source", help="hub id (e.g. aimagelab/CoDE) or a folder holding the sklearn/ files")
+    p = add_command(weights, "import-official", "convert the published pickled sklearn classifiers once")
+    p.add_argument("source", type=path_or_hub_id,
+                   help="hub id (e.g. aimagelab/CoDE) or a folder holding the sklearn/ files")
     p.add_argument("--trust-pickles", action="store_true",
                    help="required: unpickling runs code from the file; only for a publisher you trust")
-    p.add_argument("--out", help="heads folder to write (default: the deepsift cache for a hub id, "
-                                 "SOURCE/heads for a folder)")
+    p.add_argument("--out", metavar="DIR", help="heads folder to write (default: the deepsift cache for a hub "
+                                                "id, SOURCE/heads for a folder)")
     p.set_defaults(func=cmd_import_official)
 
     export = subgroup(sub, groups, "export", "export the embedding network")
-    p = export.add_parser("onnx", help="export to ONNX and check it against torch (1e-4)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18)
+    p = add_command(export, "onnx", "export to ONNX and check it against torch (1e-4)")
+    p.add_argument("--model", default=DEFAULT_MODEL, type=path_or_hub_id, help="CoDE hub id or local model folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
+    p.add_argument("--opset", type=int_range(14, 30), default=18, help="ONNX opset version")
     p.set_defaults(func=cmd_export_onnx)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local folder (default {DEFAULT_MODEL})")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    p.add_argument("--preprocessing", choices=("official", "resize"), default="official",
-                   help="official: centre crop 224, no resize; resize: resize 248 then crop (training style)")
-    p.add_argument("--backend", choices=("torch", "onnx"), default="torch")
-    p.add_argument("--device", default="cpu", help="torch device for the network, e.g. cpu, cuda, cuda:1")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(4, CPUs))")
-    p.add_argument("--url-timeout", type=float, default=20.0, help="seconds before an image URL times out")
+def _check_model(model: str) -> None:
+    """A hub model that is neither cached nor reachable: one line at once, before torch loads."""
+    from pathlib import Path
 
+    from ..hub import hub_access, looks_like_hub_id
 
-def _detector_kwargs(args: argparse.Namespace) -> dict:
-    return dict(device=args.device, batch_size=args.batch_size, precision=args.precision,
-                preprocessing=args.preprocessing,
-                workers=args.workers, backend=args.backend, url_timeout=args.url_timeout)
+    if looks_like_hub_id(model) and not Path(model).expanduser().exists():
+        hub_access(model, marker="config.json", what="model")
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """deepsift detect."""
+    _check_model(args.model)
     from ..sources import expand_inputs
     from .detector import Detector
 
+    from ..output import write_predictions
+
     det = Detector.load(args.model, heads=args.heads, classifier=args.classifier,
-                        threshold=args.threshold, **_detector_kwargs(args))
-    return write_predictions(det.predict_iter(expand_inputs(args.paths)), args.format, args.out)
+                        threshold=args.threshold, **detector_kwargs(args))
+    return write_predictions(det.predict_iter(expand_inputs(args.paths, follow_links=args.follow_links)),
+                             args.format, args.out)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """deepsift embed."""
+    _check_model(args.model)
     from ..sources import expand_inputs
     from .detector import Detector
+    from ..output import note, progress
     from .embeddings import EmbeddingWriter
 
-    det = Detector.load_backbone_only(args.model, **_detector_kwargs(args))
+    det = Detector.load_backbone_only(args.model, **detector_kwargs(args))
     failed = total = 0
     with EmbeddingWriter(args.out, dim=int(det.backbone.config.hidden_size), model=str(args.model)) as writer:
-        for items, emb in progress(det.embed_batches(expand_inputs(args.paths)), "embed", unit="batch"):
+        sources = expand_inputs(args.paths, follow_links=args.follow_links)
+        for items, emb in progress(det.embed_batches(sources), "embed", unit="batch"):
             writer.write_batch(items, emb)
             total += len(items)
             failed += sum(it.row is None for it in items)
-    print(f"deepsift: wrote {total - failed} embedding(s) to {args.out}; {failed} input(s) failed",
-          file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else 0
+    note(f"deepsift: wrote {total - failed} embedding(s) to {args.out}; {failed} input(s) failed")
+    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 def cmd_heads_fit(args: argparse.Namespace) -> int:
     """deepsift heads fit."""
+    from .headset import check_heads_folder
+
+    check_heads_folder(args.out)  # first: an unwritable --out fails at once, not after the model and the embedding
+    _check_model(args.model)
+    from ..output import note
     from .fitting import fit_heads_from_folders
 
-    kinds = [k.strip() for k in args.classifiers.split(",") if k.strip()]
+    kinds = list(dict.fromkeys(args.classifier or HEAD_KINDS))
     summary = fit_heads_from_folders(args.real, args.fake, args.model, args.out, kinds=kinds,
-                                     per_generator=not args.no_per_generator, **_detector_kwargs(args))
+                                     per_generator=not args.no_per_generator, follow_links=args.follow_links,
+                                     **detector_kwargs(args))
     for line in summary:
-        print(line, file=sys.stderr)
-    return 0
+        note(line)
+    return EXIT_OK
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
     """deepsift weights import-official."""
+    if not args.trust_pickles:
+        from ..exceptions import UsageError
+
+        raise UsageError("the published classifiers are pickles, and unpickling runs code from the file: "
+                         "add --trust-pickles (only for a publisher you trust)")
+    from pathlib import Path
+
+    from ..output import note
     from .headset import cached_heads_dir, save_headset
     from .official import import_official
 
     heads = import_official(args.source, trust_pickles=args.trust_pickles)
     src = Path(args.source).expanduser()
     out = Path(args.out) if args.out else (src / "heads" if src.is_dir() else cached_heads_dir(args.source))
-    dims = {h.references_.shape[1] if h.kind == "knn" else (h.coef_.shape[0] if h.kind == "linear"
-            else h.support_vectors_.shape[1]) for h in heads.values()}
+    dims = {h.n_features for h in heads.values()}
     save_headset(heads, out, model=str(args.source), embedding_dim=dims.pop() if len(dims) == 1 else None)
-    print(f"deepsift: converted {', '.join(heads)} to {out} (JSON + safetensors; no pickle needed from now on)",
-          file=sys.stderr)
-    return 0
+    note(f"deepsift: converted {', '.join(heads)} to {out} (JSON + safetensors; no pickle needed from now on)")
+    return EXIT_OK
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """deepsift export onnx."""
+    from ..output import note
     from .backbone import load_backbone
     from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
 
@@ -147,6 +178,10 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     out = export_onnx(net, args.out, opset=args.opset)
     diff = check_onnx(net, out)
     ok = diff <= ONNX_TOLERANCE
-    print(f"deepsift: exported {out}; max |onnx - torch| = {diff:.2e} ({'ok' if ok else 'FAILED'}, "
-          f"tolerance {ONNX_TOLERANCE:g})", file=sys.stderr)
-    return 0 if ok else 1
+    note(f"deepsift: exported {out}; max |onnx - torch| = {diff:.2e} ({'ok' if ok else 'FAILED'}, "
+         f"tolerance {ONNX_TOLERANCE:g})")
+    if not ok:
+        from ..exceptions import ModelError
+
+        raise ModelError(f"the ONNX export {out} differs from torch by {diff:.2e} (> {ONNX_TOLERANCE:g})")
+    return EXIT_OK

@@ -15,15 +15,16 @@ import numpy as np
 import torch
 from transformers import ViTModel
 
+from ..choices import BACKENDS, PRECISIONS
+from ..decision import DEFAULT_THRESHOLD, check_threshold, decide
 from ..exceptions import ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
+from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .backbone import DEFAULT_MODEL, embed_tensor, load_backbone, resolve_model_dir
 from .engine import run_batches
 from .headset import find_heads_dir, load_headset
 from .heads import HEAD_KINDS, Head
 
-PRECISIONS = ("fp32", "bf16")
-BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Prediction:
 
     @property
     def verdict(self) -> str:
-        """'fake', 'real' or 'error'."""
+        """'fake', 'real' or 'error' (the label comes from :mod:`deepsift.decision`)."""
         return "error" if self.label is None else ("fake" if self.label == 1 else "real")
 
     def to_dict(self) -> dict:
@@ -74,15 +75,18 @@ class Detector:
     def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
                  threshold: float | None = None, workers: int | None = None, onnx_path: str | None = None,
-                 url_timeout: float = 20.0) -> None:
+                 url_timeout: float = 20.0, url_policy: FetchPolicy = STRICT_POLICY) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if preprocessing not in PREPROCESS_MODES:
             raise UsageError(f"preprocessing must be one of {PREPROCESS_MODES}, got {preprocessing!r}")
         if batch_size < 1:
             raise UsageError(f"batch size must be >= 1, got {batch_size}")
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            raise UsageError(f"threshold is a probability in [0, 1], got {threshold}")
+        if threshold is not None:
+            try:
+                check_threshold(threshold)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         self.backbone = backbone.eval()
         if precision == "bf16":
             self.backbone = self.backbone.to(torch.bfloat16)
@@ -90,6 +94,7 @@ class Detector:
         self.classifier = classifier
         self.precision, self.batch_size, self.preprocessing = precision, batch_size, preprocessing
         self.threshold, self.workers, self.url_timeout = threshold, workers, url_timeout
+        self.url_policy = url_policy  # where image URLs may lead: strict unless the caller says otherwise
         self.onnx = None
         if onnx_path is not None:
             if precision != "fp32":
@@ -120,9 +125,9 @@ class Detector:
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
         if heads_dir is None:
             raise ModelNotFoundError(
-                f"no classifier heads found for model {str(model)!r}. Convert the published ones once with "
-                f"`deepsift weights import-official {model} --trust-pickles`, fit your own with "
-                f"`deepsift heads fit`, or pass --heads DIR"
+                f"no classifier heads found for model {str(model)!r}. Convert the published ones once "
+                f"(command: deepsift weights import-official {model} --trust-pickles), fit your own "
+                f"(command: deepsift heads fit), or name a heads folder (heads=DIR)"
             )
         loaded, _ = load_headset(heads_dir)
         return cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
@@ -147,7 +152,7 @@ class Detector:
     def embed_batches(self, sources: Iterable[object]) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(items, embeddings)`` per batch, in input order (see :func:`run_batches`)."""
         return run_batches(sources, self.embed_pixels, self.batch_size, self.preprocessing,  # type: ignore[arg-type]
-                           self.workers, self.url_timeout)
+                           self.workers, self.url_timeout, self.url_policy)
 
     def embed_iter(self, sources: Iterable[object]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
         """Stream ``(source, embedding or None, error or None)`` per input, in order."""
@@ -163,17 +168,23 @@ class Detector:
             else np.empty((0, dim), np.float32)
 
     # -- predictions ----------------------------------------------------------------------
+    @property
+    def decision_threshold(self) -> float:
+        """The P(fake) at or above which this detector calls an image fake (:data:`DEFAULT_THRESHOLD` unless set)."""
+        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
+
     def classify(self, embeddings: np.ndarray) -> list[dict]:
-        """Apply the selected head (and per-generator heads) to embeddings."""
+        """Score embeddings with the selected head (and per-generator heads) and label them by the one rule.
+
+        The label is :func:`deepsift.decision.decide` on the calibrated P(fake), for every head: the
+        head's own native rule (logit sign, nearest neighbour, SVM inlier test) never labels.
+        """
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (load them with --heads)")
+            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: heads=DIR)")
         head = self.heads[self.classifier]
         scores = head.decision_function(embeddings)
         probs = head.probability(scores)
-        if self.threshold is None:
-            labels = head.predict(embeddings)
-        else:
-            labels = (probs >= self.threshold).astype(np.int64)
+        labels = decide(probs, self.decision_threshold)
         gen_names = [n for n in self.heads if n.startswith(self.classifier + ":")]
         generator: list[str | None] = [None] * len(scores)
         if gen_names:
@@ -187,7 +198,7 @@ class Detector:
     def predict_iter(self, sources: Iterable[object]) -> Iterator[Prediction]:
         """Stream one :class:`Prediction` per input, in input order, in constant memory."""
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (load them with --heads)")
+            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: heads=DIR)")
         for items, emb in self.embed_batches(sources):
             verdicts = self.classify(emb) if len(emb) else []
             for it in items:

@@ -1,4 +1,9 @@
-"""Embedding files: parquet with one row per input (source, embedding, error), written in batches."""
+"""Embedding files: parquet with one row per input (source, embedding, error), written in batches.
+
+The file is written under a temporary name beside the target and renamed into place when
+complete; an error, Ctrl-C or SIGTERM leaves nothing. Names that are not UTF-8 are written
+escaped as in every other output (:func:`deepsift.output.printable`).
+"""
 from __future__ import annotations
 
 import os
@@ -10,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..exceptions import DataError, UsageError
+from ..output import printable, sigterm_as_interrupt
 
 
 def embedding_schema(dim: int) -> pa.Schema:
@@ -24,15 +30,21 @@ class EmbeddingWriter:
         self.path = Path(path)
         if self.path.suffix.lower() != ".parquet":
             raise UsageError(f"{path}: embeddings are written as parquet; use a .parquet file name")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if self.path.is_dir():
+            raise DataError(f"cannot write {self.path}: is a directory")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         meta = {b"deepsift.model": (model or "").encode(), b"deepsift.dim": str(dim).encode()}
         self.schema = embedding_schema(dim).with_metadata(meta)
         self.dim = dim
         try:
             self._writer = pq.ParquetWriter(self.tmp, self.schema)
         except OSError as exc:
-            raise DataError(f"cannot write {self.path}: {exc}") from None
+            raise DataError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+        self._signals = sigterm_as_interrupt()
 
     def write_batch(self, items: Sequence, embeddings: np.ndarray) -> None:
         """Write one engine batch: items with ``source``, ``row`` and ``error``."""
@@ -40,8 +52,9 @@ class EmbeddingWriter:
         values = pa.FixedSizeListArray.from_arrays(flat, self.dim)
         taken = pa.array([it.row for it in items], pa.int64())
         column = values.take(taken) if len(values) else pa.nulls(len(items), pa.list_(pa.float32(), self.dim))
-        table = pa.table({"source": [it.source for it in items], "embedding": column,
-                          "error": [it.error for it in items]}, schema=self.schema)
+        table = pa.table({"source": [printable(it.source) for it in items], "embedding": column,
+                          "error": [None if it.error is None else printable(it.error) for it in items]},
+                         schema=self.schema)
         try:
             self._writer.write_table(table)
         except OSError as exc:
@@ -59,17 +72,21 @@ class EmbeddingWriter:
         return self.path
 
     def __enter__(self) -> "EmbeddingWriter":
+        self._signals.__enter__()  # SIGTERM unwinds like Ctrl-C, so the temporary file goes
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            try:
-                self._writer.close()
-            except OSError:
-                pass
-            self.tmp.unlink(missing_ok=True)
+        try:
+            if exc_type is None:
+                self.close()
+            else:
+                try:
+                    self._writer.close()
+                except OSError:
+                    pass
+                self.tmp.unlink(missing_ok=True)
+        finally:
+            self._signals.__exit__(None, None, None)
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[list[str], np.ndarray, list[str | None]]:

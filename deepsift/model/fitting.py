@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..exceptions import UsageError
+from ..decision import decide
+from ..exceptions import DeepsiftWarning, UsageError, input_not_found
 from ..sources import IMAGE_EXTENSIONS, walk_images
 from .detector import Detector
-from .headset import save_headset
+from .headset import check_heads_folder, save_headset
 from .heads import HEAD_KINDS, Head, make_head
 
 
@@ -18,11 +20,11 @@ def _has_images(folder: Path) -> bool:
 
 
 def generator_folders(fake_dirs: list[str]) -> dict[str, list[Path]]:
-    """Map generator name -> folders: each --fake folder, or the sub-folders of a single one."""
+    """Map generator name -> folders: each fake folder, or the sub-folders of a single one."""
     dirs = [Path(d) for d in fake_dirs]
     for d in dirs:
         if not d.is_dir():
-            raise UsageError(f"--fake {d}: not a directory")
+            raise input_not_found(d) if not d.exists() else UsageError(f"{d}: not a folder of generated images")
     if len(dirs) == 1 and not _has_images(dirs[0]):
         subs = sorted(p for p in dirs[0].iterdir() if p.is_dir())
         if subs:
@@ -33,9 +35,9 @@ def generator_folders(fake_dirs: list[str]) -> dict[str, list[Path]]:
     return out
 
 
-def _embed_folders(det: Detector, folders: list[Path]) -> tuple[np.ndarray, int]:
+def _embed_folders(det: Detector, folders: list[Path], follow_links: bool = False) -> tuple[np.ndarray, int]:
     """Embed every image under ``folders``; returns (embeddings, number of unreadable files)."""
-    sources = [s for f in folders for s in walk_images(f) if isinstance(s, str)]
+    sources = [s for f in folders for s in walk_images(f, follow_links=follow_links) if isinstance(s, str)]
     if not sources:
         raise UsageError(f"no images found in {', '.join(map(str, folders))}")
     emb = det.embed(sources)
@@ -52,21 +54,25 @@ def _holdout_accuracy(kind: str, X: np.ndarray, y: np.ndarray, seed: int = 0) ->
         if len(idx) < 5:
             return None
         test[rng.choice(idx, max(1, len(idx) // 5), replace=False)] = True
-    pred = make_head(kind).fit(X[~test], y[~test]).predict(X[test])
+    with warnings.catch_warnings():  # a scratch head: only the saved heads' warnings are the user's
+        warnings.simplefilter("ignore", DeepsiftWarning)
+        head = make_head(kind).fit(X[~test], y[~test])
+    pred = decide(head.predict_proba(X[test])[:, 1])  # the one decision rule, as detect labels
     return float(np.mean([np.mean(pred[y[test] == c] == c) for c in (0, 1)]))
 
 
 def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: str | os.PathLike, out: str,
                            kinds: list[str] | tuple[str, ...] = HEAD_KINDS, per_generator: bool = True,
-                           **detector_kwargs: object) -> list[str]:
+                           follow_links: bool = False, **detector_kwargs: object) -> list[str]:
     """Embed the folders, fit each head kind (and per-generator heads), save them; returns summary lines."""
     bad = [k for k in kinds if k not in HEAD_KINDS]
     if bad or not kinds:
-        raise UsageError(f"--classifiers must be a subset of {','.join(HEAD_KINDS)}, got {','.join(kinds)}")
+        raise UsageError(f"head kinds must be among {', '.join(HEAD_KINDS)}, got {', '.join(kinds) or 'none'}")
     gens = generator_folders(fake_dirs)
+    check_heads_folder(out)  # before the embedding work: an unwritable --out fails in a second, not an hour
     det = Detector.load_backbone_only(model, **detector_kwargs)  # type: ignore[arg-type]
-    real, real_bad = _embed_folders(det, [Path(d) for d in real_dirs])
-    fakes = {g: _embed_folders(det, folders) for g, folders in gens.items()}
+    real, real_bad = _embed_folders(det, [Path(d) for d in real_dirs], follow_links)
+    fakes = {g: _embed_folders(det, folders, follow_links) for g, folders in gens.items()}
     lines = [f"real: {len(real)} image(s) ({real_bad} unreadable)"]
     lines += [f"fake/{g}: {len(e)} image(s) ({b} unreadable)" for g, (e, b) in fakes.items()]
     all_fake = np.concatenate([e for e, _ in fakes.values()])

@@ -10,27 +10,19 @@ reloaded head gives identical decisions and scores.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from ..exceptions import ModelError, NotFittedError
+from ..choices import HEAD_KINDS
+from ..exceptions import DeepsiftWarning, ModelError, NotFittedError
+from .platt import apply_platt, fit_platt
 
-HEAD_KINDS: tuple[str, ...] = ("linear", "knn", "svm")
 HEAD_FORMAT_VERSION = 1
 _CALIBRATION_SAMPLES = 5000
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    out = np.empty_like(z, dtype=np.float64)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
 
 
 def _as_2d(X: np.ndarray) -> np.ndarray:
@@ -51,18 +43,6 @@ def _check_labels(y: np.ndarray, n: int) -> np.ndarray:
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 (real) or 1 (fake)")
     return y
-
-
-def fit_platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Fit Platt scaling P(fake) = sigmoid(a * score + b); identity-ish if one class is absent."""
-    from sklearn.linear_model import LogisticRegression
-
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
-    if len(np.unique(y)) < 2:
-        scale = float(np.std(scores)) or 1.0
-        return 1.0 / scale, 0.0
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(scores, y)
-    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
 class Head:
@@ -89,7 +69,11 @@ class Head:
         return self._score(_as_2d(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Hard labels: 1 = fake, 0 = real (the head's own decision rule)."""
+        """The head's NATIVE hard labels (1 fake, 0 real), kept for parity with scikit-learn.
+
+        deepsift never labels with it: the :class:`~deepsift.model.detector.Detector`, eval and
+        every report use :func:`deepsift.decision.decide` on :meth:`predict_proba`.
+        """
         self._check_fitted()
         return self._predict(_as_2d(X))
 
@@ -109,7 +93,7 @@ class Head:
         """Map fake-scores to calibrated P(fake)."""
         self._check_fitted()
         a, b = self.calibration_  # type: ignore[misc]
-        return _sigmoid(a * np.asarray(scores, dtype=np.float64) + b)
+        return apply_platt(scores, a, b)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | Path) -> Path:
@@ -236,11 +220,20 @@ class KNNHead(Head):
         return fit_platt(self._score(X[idx], exclude=idx), y[idx])
 
 
+OUTLIER_WARNING_FACTOR = 2.0
+"""Warn when a one-class SVM rejects more than this many times ``nu`` of its own training reals."""
+
+
 class OCSVMHead(Head):
     """One-class SVM (poly kernel, gamma 'auto', nu 0.1) fit on REAL embeddings only.
 
     Inliers are real; the fake-score is the negated SVM decision function. Fake embeddings,
     when given to ``fit``, are used only to calibrate the probability.
+
+    ``nu`` bounds the share of training reals the SVM should reject (about 10 %). With the
+    published hyper-parameters (a cubic kernel without offset) embeddings centred near the origin
+    can be rejected by half: ``training_outlier_rate_`` records the share, and ``fit`` warns
+    (:class:`~deepsift.exceptions.DeepsiftWarning`) when it is far above ``nu``.
     """
 
     kind = "svm"
@@ -269,6 +262,14 @@ class OCSVMHead(Head):
         self.support_vectors_ = svm.support_vectors_.astype(np.float64)
         self.dual_coef_ = svm.dual_coef_[0].astype(np.float64)
         self.intercept_ = np.asarray(svm.intercept_, dtype=np.float64).reshape(1)
+        self.training_outlier_rate_ = float(np.mean(self.svm_decision(real) < 0))
+        if self.training_outlier_rate_ > max(OUTLIER_WARNING_FACTOR * self.nu, self.nu + 0.05):
+            warnings.warn(
+                f"the one-class SVM rejects {self.training_outlier_rate_:.0%} of its {len(real)} training real "
+                f"images as outliers, far above nu={self.nu:g} (about {self.nu:.0%} expected): its score barely "
+                f"separates real from anything else here (kernel {self.kernel}, degree {self.degree}, coef0 "
+                f"{self.coef0:g}); its probabilities are calibrated, but compare it with the linear head",
+                DeepsiftWarning, stacklevel=3)
 
     def svm_decision(self, X: np.ndarray) -> np.ndarray:
         """The raw one-class SVM decision function (positive = inlier = real)."""
@@ -282,11 +283,7 @@ class OCSVMHead(Head):
         return (self.svm_decision(X) < 0).astype(np.int64)
 
     def _calibrate(self, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-        scores = self._score(X)
-        if len(np.unique(y)) < 2:
-            # one class only: scale by the spread of real scores, 0 stays the decision boundary
-            return 1.0 / (float(np.std(scores)) or 1.0), 0.0
-        return fit_platt(scores, y)
+        return fit_platt(self._score(X), y)  # one class only: scaled by the spread, 0 stays the boundary
 
 
 HEAD_CLASSES: dict[str, type[Head]] = {"linear": LinearHead, "knn": KNNHead, "svm": OCSVMHead}

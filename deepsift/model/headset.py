@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
+import tempfile
 from pathlib import Path
 
-from ..exceptions import ModelError, ModelNotFoundError
+from ..exceptions import DataError, ModelError, ModelNotFoundError
+from ..filenames import safe_name
 from .heads import Head, load_head
 
 HEADSET_FILE = "heads.json"
@@ -36,25 +38,61 @@ def cached_heads_dir(model_id: str) -> Path:
 
 
 def _folder_name(name: str) -> str:
-    """A safe folder name for head ``name`` (``linear:sd 2.1`` -> ``linear-sd_2.1``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace(":", "-"))
+    """A safe, distinct folder name for head ``name`` (``linear:sd21`` -> ``linear-sd21``)."""
+    kind, _, generator = name.partition(":")
+    return safe_name(kind) + (f"-{safe_name(generator)}" if generator else "")
+
+
+def check_heads_folder(folder: str | Path) -> Path:
+    """Check, before any work, that :func:`save_headset` can write ``folder`` (one DataError line if not)."""
+    from ..output import ensure_writable_dir
+
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"cannot write heads to {out}: it is a file")
+    if out.is_dir() and any(out.iterdir()) and not (out / HEADSET_FILE).is_file():
+        raise DataError(f"cannot write heads to {out}: the folder holds other files (not a heads folder); "
+                        f"choose a new or empty folder")
+    ensure_writable_dir(out.parent)
+    return out
 
 
 def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | None = None,
                  preprocessing: str = "official", embedding_dim: int | None = None) -> Path:
-    """Save several named heads into ``folder`` with a ``heads.json`` index."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    index = {}
-    for name, head in heads.items():
-        sub = _folder_name(name)
-        head.save(out / sub)
-        index[name] = sub
-    meta = {"format_version": 1, "model": model, "preprocessing": preprocessing,
-            "embedding_dim": embedding_dim, "heads": index}
-    tmp = out / (HEADSET_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, out / HEADSET_FILE)
+    """Save several named heads into ``folder`` with a ``heads.json`` index, all or nothing.
+
+    The heads are written into a hidden staging folder beside ``folder`` and swapped in whole,
+    so a failure (a read-only place, a full disk) leaves the earlier heads as they were. An
+    existing ``folder`` that is not a heads folder (and not empty) is refused, never replaced.
+    """
+    out = check_heads_folder(folder)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise DataError(f"cannot write heads to {out}: {exc.strerror or exc}") from None
+    old = out.with_name(stage.name[:-4] + ".old")
+    try:
+        index = {}
+        for name, head in heads.items():
+            sub = _folder_name(name)
+            head.save(stage / sub)
+            index[name] = sub
+        meta = {"format_version": 1, "model": model, "preprocessing": preprocessing,
+                "embedding_dim": embedding_dim, "heads": index}
+        (stage / HEADSET_FILE).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            os.replace(out, old)
+        os.replace(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise DataError(f"cannot write heads to {out}: {exc.strerror or exc}; the folder is as it was") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 

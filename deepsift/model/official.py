@@ -50,8 +50,8 @@ def _unpickle(path: Path, trust_pickles: bool) -> object:
     """Load one pickled estimator, only with explicit trust."""
     if not trust_pickles:
         raise UnsafeFileError(
-            f"{path}: is a pickle; loading it can run arbitrary code. Pass --trust-pickles "
-            f"(trust_pickles=True) only for files from a publisher you trust"
+            f"{path}: is a pickle; loading it can run arbitrary code. Use the trust-pickles option "
+            f"only for files from a publisher you trust"
         )
     import joblib  # ships with scikit-learn; reads both plain pickles and joblib files
 

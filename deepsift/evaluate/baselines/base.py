@@ -1,12 +1,15 @@
-"""What every baseline shares: streaming decode, per-file errors, fit/predict, safetensors + JSON.
+"""What every baseline shares: the detector's engine, the decision rule, fit/predict, safetensors + JSON.
 
 A baseline is a *detector-like* object for the evaluation harness: ``fit(real, fake)`` learns
 from two lists of image sources, ``predict(sources)`` returns one
-:class:`~deepsift.model.detector.Prediction` per input, in input order. An input that cannot
-be read gets a Prediction with ``error`` set and the rest are scored. A subclass supplies
-hooks: ``_prepare`` (one decoded image -> a fixed-shape array, run in worker threads),
-``_reduce`` (a stacked batch -> what training keeps in memory, e.g. CLIP embeddings; default
-the batch itself), ``_fit_prepared`` and ``_logits`` (a stacked batch -> fake logits).
+:class:`~deepsift.model.detector.Prediction` per input, in input order. Inputs are fetched,
+decoded and batched by the detector's engine (:func:`deepsift.model.engine.run_batches`), so an
+unreadable input gets a Prediction with ``error`` set in the same words as ``deepsift detect``
+and the rest are scored; labels follow :mod:`deepsift.decision` on P(fake) = sigmoid(logit).
+A subclass supplies hooks: ``preprocessor`` (a picklable callable: decoded image -> a
+fixed-shape array, run by the engine's workers), ``_reduce`` (a stacked batch -> what training
+keeps in memory, e.g. CLIP embeddings; default the batch itself), ``_fit_prepared`` and
+``_logits`` (a stacked batch -> fake logits).
 
 On disk a fitted baseline is a folder: ``baseline.json`` (name, hyper-parameters, threshold,
 training summary) and ``weights.safetensors`` (arrays). Nothing is pickled.
@@ -16,31 +19,23 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 from safetensors.numpy import save_file
-from scipy.special import expit
-from tqdm.auto import tqdm
 
 from ... import __version__
-from ...exceptions import DataError, DeepsiftError, NotFittedError
-from ...images import ImageSource, decode_image
+from ...choices import URL_TIMEOUT_S
+from ...decision import DEFAULT_THRESHOLD, decide
+from ...exceptions import DataError, NotFittedError
+from ...images import ImageSource
 from ...model.detector import Prediction
-from ...model.engine import source_name
-from ...sources import SourceError, fetch_url, is_url
-
-FORMAT = "deepsift-baseline"
-FORMAT_VERSION = 1
-CONFIG_FILE = "baseline.json"
-WEIGHTS_FILE = "weights.safetensors"
-RUNTIME_OPTIONS = frozenset({"batch_size", "device", "workers", "progress"})
-"""Constructor options that change speed or output only, never the model: not saved."""
+from ...model.engine import Item, Preprocessor, run_batches
+from ...model.platt import sigmoid
+from ...output import note, progress
+from ...urlfetch import STRICT_POLICY, FetchPolicy
+from .files import CONFIG_FILE, FORMAT, FORMAT_VERSION, RUNTIME_OPTIONS, WEIGHTS_FILE  # noqa: F401  (re-exported)
 MAX_LISTED_SKIPS = 20
 
 
@@ -48,9 +43,15 @@ class Baseline:
     """Base class of the baselines (see the module docstring for the contract)."""
 
     name: ClassVar[str] = ""
+    url_policy: FetchPolicy = STRICT_POLICY
+    """Where image URLs may lead (:mod:`deepsift.urlfetch`): strict unless ``load_baseline(url_policy=...)`` says
+    otherwise (the command line passes the user policy; a server scoring strangers' URLs keeps the strict one)."""
+
+    url_timeout: float = URL_TIMEOUT_S
+    """Total deadline for each image URL (a runtime option, set by ``load_baseline(url_timeout=...)``)."""
 
     def __init__(self, *, batch_size: int = 32, workers: int | None = None, progress: bool | None = None,
-                 threshold: float = 0.5) -> None:
+                 threshold: float = DEFAULT_THRESHOLD) -> None:
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress
@@ -85,17 +86,15 @@ class Baseline:
         """Streaming :meth:`predict` (bounded memory)."""
         self._check_fitted()
         self._setup()
-        for batch in _batched(self._prepared(sources, desc=f"{self.name}: scoring"), self.batch_size):
-            good = [(name, arr) for name, arr, _ in batch if arr is not None]
-            logits = iter(self._logits(np.stack([a for _, a in good])) if good else ())
-            for name, arr, error in batch:
-                if arr is None:
-                    yield Prediction(source=name, label=None, score=None, probability=None, head=None, error=error)
+        for items, logits in self._batches(sources, self._logits, desc=f"{self.name}: scoring"):
+            for it in items:
+                if it.row is None:
+                    yield Prediction(source=it.source, error=it.error)
                     continue
-                score = float(next(logits))
-                prob = float(expit(score))
-                yield Prediction(source=name, label=int(prob >= self.threshold), score=score,
-                                 probability=prob, head=self.name, error=None)
+                score = float(logits[it.row])
+                prob = float(sigmoid(score))
+                yield Prediction(source=it.source, label=int(decide(prob, self.threshold)), score=score,
+                                 probability=prob, head=self.name)
 
     # -- persistence -------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -117,66 +116,30 @@ class Baseline:
         return out
 
     # -- shared machinery ----------------------------------------------------------------------
-    def _bar(self, **kwargs: Any) -> tqdm:
-        """A tqdm bar on stderr, shown on a TTY unless ``progress`` says otherwise."""
-        disable = None if self.progress is None else not self.progress
-        return tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **kwargs)
-
-    def _load_one(self, index: int, source: Any) -> tuple[str, np.ndarray | None, str | None]:
-        """Fetch, decode and prepare one input; errors come back as text, never raised."""
-        name = source_name(source, index)
-        try:
-            if isinstance(source, SourceError):
-                return name, None, source.error
-            image = decode_image(fetch_url(source) if is_url(source) else source)
-        except DeepsiftError as exc:
-            return name, None, str(exc)
-        except Exception as exc:  # a decoder bug must not take the batch down; report it per file
-            return name, None, f"{name}: {type(exc).__name__}: {exc}"
-        try:
-            return name, self._prepare(image), None
-        except DeepsiftError as exc:
-            return name, None, f"{name}: {exc}"
-        except Exception as exc:  # likewise for a preprocessing failure on one odd image
-            return name, None, f"{name}: {type(exc).__name__}: {exc}"
-
-    def _prepared(self, sources: Iterable[Any], desc: str, total: int | None = None
-                  ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-        """Prepare ``sources`` in a thread pool; yield ``(name, array | None, error)`` in input order."""
-        workers = self.workers or min(4, os.cpu_count() or 2)
-        look_ahead = max(2 * self.batch_size, 16)
-        pending: deque[Future] = deque()
-        if total is None and hasattr(sources, "__len__"):
-            total = len(sources)  # type: ignore[arg-type]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepsift-baseline") as pool, \
-                self._bar(desc=desc, total=total, unit="img") as bar:
-            for index, source in enumerate(sources):
-                pending.append(pool.submit(self._load_one, index, source))
-                if len(pending) >= look_ahead:
-                    bar.update()
-                    yield pending.popleft().result()
-            while pending:
-                bar.update()
-                yield pending.popleft().result()
+    def _batches(self, sources: Iterable[Any], forward: Any, desc: str) -> Iterator[tuple[list[Item], np.ndarray]]:
+        """``(items, forward(stacked arrays))`` per batch, through the detector's engine, with a progress bar."""
+        if not isinstance(sources, (list, tuple)):
+            sources = list(sources) if hasattr(sources, "__len__") else sources
+        total = len(sources) if hasattr(sources, "__len__") else None  # type: ignore[arg-type]
+        with progress(desc=desc, unit="img", total=total, enabled=self.progress) as bar:
+            for items, out in run_batches(sources, forward, self.batch_size, self.preprocessor(), self.workers,
+                                          self.url_timeout, self.url_policy):
+                bar.update(len(items))
+                yield items, out
 
     def _collect(self, sources: list[Any], desc: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Prepare and ``_reduce`` all training inputs: rows, indices of the readable ones, errors."""
         rows, kept, skipped = [], [], []
-        index = 0
-        for batch in _batched(self._prepared(sources, desc), self.batch_size):
-            good = []
-            for _, arr, error in batch:
-                if arr is None:
-                    skipped.append(str(error))
+        for items, reduced in self._batches(sources, self._reduce, desc):
+            for it in items:
+                if it.row is None:
+                    skipped.append(str(it.error))
                 else:
-                    good.append(arr)
-                    kept.append(index)
-                index += 1
-            if good:
-                rows.append(self._reduce(np.stack(good)))
+                    kept.append(it.index)
+            if any(it.row is not None for it in items):
+                rows.append(reduced)
         if skipped:
-            print(f"deepsift: {self.name}: skipped {len(skipped)} unreadable training image(s), "
-                  f"e.g. {skipped[0]}", file=sys.stderr)
+            note(f"deepsift: {self.name}: skipped {len(skipped)} unreadable training image(s), e.g. {skipped[0]}")
         data = np.concatenate(rows) if rows else np.empty((0,))
         return data, np.asarray(kept, dtype=np.int64), skipped
 
@@ -186,10 +149,10 @@ class Baseline:
 
     # -- hooks -----------------------------------------------------------------------------------
     def _setup(self) -> None:
-        """Load what ``_prepare`` needs before worker threads start (default: nothing)."""
+        """Load what ``preprocessor`` needs before the engine's workers start (default: nothing)."""
 
-    def _prepare(self, image: Image.Image) -> np.ndarray:
-        """One decoded RGB image -> a fixed-shape array (runs in worker threads)."""
+    def preprocessor(self) -> Preprocessor:
+        """The picklable callable taking one decoded RGB image to a fixed-shape array (run by the engine)."""
         raise NotImplementedError
 
     def _reduce(self, batch: np.ndarray) -> np.ndarray:
@@ -219,18 +182,3 @@ class Baseline:
     def _extra_meta(self) -> dict[str, Any]:
         """Extra top-level entries for ``baseline.json``."""
         return {}
-
-
-def _batched(items: Iterable[tuple[str, np.ndarray | None, str | None]], batch_size: int
-             ) -> Iterator[list[tuple[str, np.ndarray | None, str | None]]]:
-    """Group prepared items into runs with ``batch_size`` readable ones (errors ride along in order)."""
-    run: list = []
-    good = 0
-    for item in items:
-        run.append(item)
-        good += item[1] is not None
-        if good >= batch_size:
-            yield run
-            run, good = [], 0
-    if run:
-        yield run

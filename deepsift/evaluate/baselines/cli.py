@@ -1,76 +1,91 @@
-"""Baseline commands: ``deepsift baseline list | train | predict``.
+"""Baseline commands: deepsift baseline list | train | predict.
 
     deepsift baseline train frequency --real photos/ --fake sd21/ --fake sdxl/ --out runs/freq
-    deepsift baseline predict runs/freq test/ --format csv > scores.csv
+    deepsift baseline predict runs/freq test/ --format csv --out scores.csv
 
-``train`` reads the folders recursively, can hold out a fraction for a quick held-out score
-(``--holdout``), and saves ``baseline.json`` + ``weights.safetensors``. ``predict`` writes the
-same columns as ``deepsift detect``. Exit codes as ``deepsift detect``: 0 all inputs scored;
-1 an error stopped the command; 2 bad usage; 3 some inputs could not be read (each has its row).
+'train' reads the folders recursively, can hold out a fraction for a quick held-out score
+(--holdout), and saves baseline.json + weights.safetensors. 'predict' writes the same
+columns as 'deepsift detect' and decides with the same rule (fake when P(fake) >= 0.5).
+Exit codes as 'deepsift detect': 0 all inputs scored; 1 an error stopped the command;
+2 bad usage; 3 some inputs could not be read (each has its row).
 """
 from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 import time
 from pathlib import Path
 
+from ...cliargs import (
+    EXIT_OK,
+    add_command,
+    add_folder_options,
+    add_output_options,
+    add_runtime_options,
+    existing_dir,
+    float_range,
+    image_input,
+    non_negative_int,
+    path_or_hub_id,
+    positive_float,
+    positive_int,
+    subgroup,
+    user_url_policy,
+)
 from ...exceptions import DataError, UsageError
-from ...output import OUTPUT_FORMATS, write_predictions
 
 # option dest -> constructor parameter; only the baselines that take a parameter accept its option
 MODEL_OPTIONS = {"crop_size": "--crop-size", "epochs": "--epochs", "lr": "--lr", "width": "--width",
                  "seed": "--seed", "C": "--C", "model": "--model", "n_bins": "--n-bins"}
+RUNTIME_DESTS = ("batch_size", "device", "workers", "url_timeout")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add ``deepsift baseline ...`` to the ``deepsift`` parser."""
-    from ...cli import subgroup
-
     base = subgroup(sub, groups, "baseline", "train and run baseline detectors (frequency, npr, univfd)")
-    p = base.add_parser("list", help="list the baselines and their parameters")
+    p = add_command(base, "list", "list the baselines and their parameters")
     p.set_defaults(func=cmd_list)
 
-    p = base.add_parser("train", help="train a baseline on folders of real and fake images",
-                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(base, "train", "train a baseline on folders of real and fake images", description=__doc__)
     p.add_argument("name", metavar="NAME", help="frequency, npr or univfd")
-    p.add_argument("--real", required=True, action="append", metavar="DIR", help="folder of real images (repeatable)")
-    p.add_argument("--fake", required=True, action="append", metavar="DIR", help="folder of fake images (repeatable)")
+    p.add_argument("--real", required=True, action="append", metavar="DIR", type=existing_dir,
+                   help="folder of real images (repeatable)")
+    p.add_argument("--fake", required=True, action="append", metavar="DIR", type=existing_dir,
+                   help="folder of fake images (repeatable)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to save the trained baseline in")
-    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
-                   help="score this fraction of each class after training on the rest (default 0)")
-    p.add_argument("--crop-size", type=int, help="centre crop side (frequency, npr; default 224)")
-    p.add_argument("--n-bins", type=int, help="rings of the radial spectrum (frequency; default 64)")
-    p.add_argument("--epochs", type=int, help="training epochs (npr; default 10)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (npr; default 1e-3)")
-    p.add_argument("--width", type=int, help="channels of the first stage (npr; default 32)")
-    p.add_argument("--seed", type=int, help="random seed (npr and --holdout split; default 0)")
-    p.add_argument("--C", type=float, help="inverse L2 strength of the logistic regression (frequency, univfd)")
-    p.add_argument("--model", help="CLIP hub id or local folder (univfd; default openai/clip-vit-large-patch14)")
-    _runtime_args(p)
+    p.add_argument("--holdout", type=float_range(0.0, 1.0, hi_open=True), default=0.0, metavar="FRACTION",
+                   help="score this fraction of each class after training on the rest")
+    p.add_argument("--crop-size", type=positive_int, help="centre crop side (frequency, npr; default 224)")
+    p.add_argument("--n-bins", type=positive_int, help="rings of the radial spectrum (frequency; default 64)")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (npr; default 10)")
+    p.add_argument("--lr", type=positive_float, help="AdamW learning rate (npr; default 1e-3)")
+    p.add_argument("--width", type=positive_int, help="channels of the first stage (npr; default 32)")
+    p.add_argument("--seed", type=non_negative_int, help="random seed (npr and --holdout split; default 0)")
+    p.add_argument("--C", type=positive_float,
+                   help="inverse L2 strength of the logistic regression (frequency, univfd; default 1)")
+    p.add_argument("--model", type=path_or_hub_id,
+                   help="CLIP hub id or local folder (univfd; default openai/clip-vit-large-patch14)")
+    add_folder_options(p)
+    add_runtime_options(p.add_argument_group("runtime options"), batch_size=None, device=None, url_timeout=False)
     p.set_defaults(func=cmd_train)
 
-    p = base.add_parser("predict", help="score images with a trained baseline")
-    p.add_argument("baseline_dir", metavar="NAME_DIR", help="folder written by 'deepsift baseline train'")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder (recursive), glob, URL, or '-'")
-    p.add_argument("--format", choices=OUTPUT_FORMATS, default="csv")
-    p.add_argument("--output", "-o", metavar="FILE", help="write results to this file instead of stdout")
-    _runtime_args(p)
+    p = add_command(base, "predict", "score images with a trained baseline", description=__doc__)
+    p.add_argument("baseline_dir", metavar="NAME_DIR", type=existing_dir,
+                   help="folder written by 'deepsift baseline train'")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=image_input,
+                   help="image file, folder (recursive), glob, http(s) URL, or '-' (a list on stdin)")
+    add_output_options(p)
+    add_folder_options(p)
+    add_runtime_options(p.add_argument_group("runtime options"), batch_size=None, device=None)
     p.set_defaults(func=cmd_predict)
-
-
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, help="images per forward pass")
-    p.add_argument("--device", help="torch device for npr and univfd (default cpu)")
-    p.add_argument("--workers", type=int, help="decoding threads (default min(4, cores))")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """deepsift baseline list."""
-    from . import BASELINES
+    from . import BASELINE_NAMES, baseline_class
 
-    for name, cls in BASELINES.items():
+    for name in BASELINE_NAMES:
+        cls = baseline_class(name)
         params = [f"{k}={v.default!r}" for k, v in inspect.signature(cls.__init__).parameters.items()
                   if k != "self" and v.kind is v.POSITIONAL_OR_KEYWORD]
         doc = (cls.__doc__ or "").strip().splitlines()[0]
@@ -82,13 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     """deepsift baseline train."""
     import numpy as np
 
-    from . import BASELINES, get_baseline
+    from ...output import note
+    from . import baseline_class, get_baseline
 
-    if args.name not in BASELINES:
-        raise UsageError(f"unknown baseline {args.name!r}; choose from {', '.join(sorted(BASELINES))}")
-    if not 0.0 <= args.holdout < 1.0:
-        raise UsageError(f"--holdout must be in [0, 1), got {args.holdout}")
-    accepted = inspect.signature(BASELINES[args.name].__init__).parameters
+    accepted = inspect.signature(baseline_class(args.name).__init__).parameters
     params = {k: getattr(args, k) for k in MODEL_OPTIONS if getattr(args, k) is not None}
     if "seed" not in accepted:
         params.pop("seed", None)  # still seeds the --holdout split
@@ -96,7 +108,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if wrong:
         raise UsageError(f"{', '.join(wrong)} does not apply to the {args.name} baseline")
     det = get_baseline(args.name, **params, **_runtime(args, accepted))
-    real, fake = _images(args.real, "--real"), _images(args.fake, "--fake")
+    real = _images(args.real, "--real", args.follow_links)
+    fake = _images(args.fake, "--fake", args.follow_links)
     rng = np.random.default_rng(args.seed or 0)
     (real_fit, real_out), (fake_fit, fake_out) = _split(real, args.holdout, rng), _split(fake, args.holdout, rng)
     start = time.perf_counter()
@@ -106,46 +119,45 @@ def cmd_train(args: argparse.Namespace) -> int:
         det.train_info_["holdout"] = _holdout_scores(det, real_out, fake_out)
     out = det.save(args.out)
     info = det.train_info_
-    print(f"deepsift: trained {args.name} on {info['n_real']} real + {info['n_fake']} fake image(s) "
-          f"({info['n_skipped']} unreadable skipped) in {fit_s:.1f} s; saved to {out}", file=sys.stderr)
+    note(f"deepsift: trained {args.name} on {info['n_real']} real + {info['n_fake']} fake image(s) "
+         f"({info['n_skipped']} unreadable skipped) in {fit_s:.1f} s; saved to {out}")
     if "loss_per_epoch" in info:
         losses = info["loss_per_epoch"]
-        print(f"deepsift: training loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epoch(s)",
-              file=sys.stderr)
+        note(f"deepsift: training loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} epoch(s)")
     if "holdout" in info:
         h = info["holdout"]
-        print(f"deepsift: held-out {h['n']} image(s): accuracy {h['accuracy']:.3f}, "
-              f"AUROC {'undefined' if h['auroc'] is None else format(h['auroc'], '.3f')}",
-              file=sys.stderr)
-    return 0
+        note(f"deepsift: held-out {h['n']} image(s): accuracy {h['accuracy']:.3f}, "
+             f"AUROC {'undefined' if h['auroc'] is None else format(h['auroc'], '.3f')}")
+    return EXIT_OK
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """deepsift baseline predict."""
+    from ...output import write_predictions
     from ...sources import expand_inputs
     from . import load_baseline
 
-    det = load_baseline(args.baseline_dir, **_runtime(args))
-    return write_predictions(det.predict_iter(expand_inputs(args.paths)), args.format, args.output,
+    # a user's own run: image URLs may lead to localhost and the local network (servers keep the strict policy)
+    det = load_baseline(args.baseline_dir, **_runtime(args), url_policy=user_url_policy())
+    return write_predictions(det.predict_iter(expand_inputs(args.paths, follow_links=args.follow_links)),
+                             args.format, args.out,
                              label=f"deepsift: {det.name}")
 
 
 def _runtime(args: argparse.Namespace, accepted: object = None) -> dict:
     """The runtime options given on the command line (those the baseline takes, when ``accepted``)."""
-    given = {k: getattr(args, k) for k in ("batch_size", "device", "workers") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in RUNTIME_DESTS if getattr(args, k, None) is not None}
     return {k: v for k, v in given.items() if accepted is None or k in accepted}  # type: ignore[operator]
 
 
-def _images(folders: list[str], option: str) -> list[str]:
+def _images(folders: list[str], option: str, follow_links: bool = False) -> list[str]:
     """All images under the folders (recursive, sorted); a missing or image-less folder is an error."""
     from ...sources import SourceError, walk_images
 
     found: list[str] = []
     for folder in folders:
         path = Path(folder)
-        if not path.is_dir():
-            raise UsageError(f"{option} {folder}: not a directory")
-        items = list(walk_images(path))
+        items = list(walk_images(path, follow_links=follow_links))
         bad = [it for it in items if isinstance(it, SourceError)]
         if bad:
             raise DataError(f"{option} {bad[0].source}: {bad[0].error}")

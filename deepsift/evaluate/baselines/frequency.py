@@ -13,6 +13,7 @@ A z-scored, class-balanced logistic regression on these gives the fake logit.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 from ...exceptions import ImageDecodeError
+from ...model.engine import Preprocessor
 from .base import Baseline
 from .probe import LogisticProbe
 
@@ -74,6 +76,14 @@ def frequency_features(rgb: np.ndarray, crop_size: int = 224, n_bins: int = 64) 
     return np.concatenate([radial_log_spectrum(grey, n_bins), dct_block_statistics(grey)]).astype(np.float32)
 
 
+def image_features(image: Image.Image, crop_size: int = 224, n_bins: int = 64) -> np.ndarray:
+    """:func:`frequency_features` of a decoded RGB image (a per-file error when it is smaller than one DCT block)."""
+    w, h = image.size
+    if min(w, h) < DCT_BLOCK:
+        raise ImageDecodeError(f"image is {w}x{h}; the frequency baseline needs at least {DCT_BLOCK}x{DCT_BLOCK}")
+    return frequency_features(np.asarray(image), crop_size, n_bins)
+
+
 class FrequencyBaseline(Baseline):
     """Radial FFT spectrum + block-DCT statistics, then logistic regression (see the module docstring)."""
 
@@ -86,11 +96,8 @@ class FrequencyBaseline(Baseline):
         self.n_bins = n_bins
         self.C = C
 
-    def _prepare(self, image: Image.Image) -> np.ndarray:
-        w, h = image.size
-        if min(w, h) < DCT_BLOCK:
-            raise ImageDecodeError(f"image is {w}x{h}; the frequency baseline needs at least {DCT_BLOCK}x{DCT_BLOCK}")
-        return frequency_features(np.asarray(image), self.crop_size, self.n_bins)
+    def preprocessor(self) -> Preprocessor:
+        return functools.partial(image_features, crop_size=self.crop_size, n_bins=self.n_bins)
 
     def _fit_prepared(self, data: np.ndarray, y: np.ndarray) -> None:
         self.probe_ = LogisticProbe(C=self.C).fit(data, y)

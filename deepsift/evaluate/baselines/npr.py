@@ -10,6 +10,7 @@ data, seed and thread count give the same weights.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -21,6 +22,8 @@ from torch.nn import functional as F
 
 from ...exceptions import ModelError, UsageError
 from ...images import center_crop_array, normalize_batch
+from ...model.engine import Preprocessor
+from ...output import progress
 from .base import Baseline
 
 
@@ -72,6 +75,11 @@ class NPRNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)).squeeze(1)
 
 
+def centre_crop_image(image: Image.Image, size: int) -> np.ndarray:
+    """The ``size`` x ``size`` centre crop of a decoded RGB image (zero padding for short sides)."""
+    return np.ascontiguousarray(center_crop_array(np.asarray(image), size))
+
+
 class NPRBaseline(Baseline):
     """Small ResNet on neighbouring-pixel residuals, trained from scratch (see the module docstring)."""
 
@@ -93,8 +101,8 @@ class NPRBaseline(Baseline):
         self.seed = seed
         self.device = device
 
-    def _prepare(self, image: Image.Image) -> np.ndarray:
-        return np.ascontiguousarray(center_crop_array(np.asarray(image), self.crop_size))
+    def preprocessor(self) -> Preprocessor:
+        return functools.partial(centre_crop_image, size=self.crop_size)
 
     def _fit_prepared(self, data: np.ndarray, y: np.ndarray) -> None:
         torch.manual_seed(self.seed)
@@ -108,7 +116,8 @@ class NPRBaseline(Baseline):
         labels = torch.as_tensor(y, dtype=torch.float32)
         history = []
         net.train()
-        with self._bar(desc="npr: training", total=self.epochs * steps_per_epoch, unit="step") as bar:
+        with progress(desc="npr: training", total=self.epochs * steps_per_epoch, unit="step",
+                      enabled=self.progress) as bar:
             for epoch in range(self.epochs):
                 order = torch.randperm(n, generator=gen)
                 total = 0.0

@@ -26,6 +26,7 @@ from PIL import Image
 
 from ...exceptions import ModelError, ModelNotFoundError
 from ...model.backbone import resolve_model_dir
+from ...model.engine import Preprocessor
 from .base import Baseline
 from .probe import LogisticProbe
 
@@ -161,8 +162,8 @@ class UnivFDBaseline(Baseline):
     def _setup(self) -> None:
         self._loaded()
 
-    def _prepare(self, image: Image.Image) -> np.ndarray:
-        return self._loaded()[1](image)
+    def preprocessor(self) -> Preprocessor:
+        return self._loaded()[1]  # a small frozen dataclass: picklable
 
     @torch.inference_mode()
     def _reduce(self, batch: np.ndarray) -> np.ndarray:

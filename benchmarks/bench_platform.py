@@ -1,0 +1,304 @@
+"""Speed and integrity of the benchmark platform, on loopback, with the real server and workers.
+
+    python benchmarks/bench_platform.py                 # both parts, SQLite and PostgreSQL
+    python benchmarks/bench_platform.py --part load --db sqlite --seconds 20 --clients 20   # shorter
+    python benchmarks/bench_platform.py --part million
+
+Targets (issue 10):
+* ``load``: 50 concurrent clients submitting predictions and polling for 60 s: 0 lost or duplicated
+  submissions; p50/p95 API latency (baseline: GET /healthz under the same load, same process).
+* ``million``: a 1 M-row predictions file end to end (upload, validation, scoring) <= 5 s (baseline:
+  the bare minimum in this process: parse the same file with pyarrow and compute the metrics once).
+
+The server is ``deepsift serve`` and the workers ``deepsift challenges worker`` processes (2 by
+default); PostgreSQL is a throwaway server (tests/pgserver.py, Debian's postgresql). Run as root
+inside ``unshare -n`` (scripts/test.sh does the same for the tests) or on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # pgserver, serverkit: the same helpers the tests use
+
+
+def _cmd(*args: str, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "deepsift", *args], env={**os.environ, **(env or {})},
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+def _run(*args: str, stdin: str | None = None) -> None:
+    subprocess.run([sys.executable, "-m", "deepsift", *args], input=stdin, text=True, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
+
+
+class Platform:
+    """A data folder, a database, `deepsift serve`, workers, a hosted challenge with a labels-only test set."""
+
+    def __init__(self, root: Path, db: str, n_ids: int, workers: int, bootstrap: int, pg=None) -> None:  # type: ignore[no-untyped-def]
+        self.root, self.db_kind = root, db
+        self.data = root / "data"
+        self.url = pg.url if pg else f"sqlite:///{root / 'bench.db'}"
+        env = {"DEEPSIFT_LOGIN_RATE": "100000/minute", "DEEPSIFT_SUBMIT_RATE": "1000000/minute",
+               "DEEPSIFT_API_RATE": "10000000/minute", "DEEPSIFT_SECRET_KEY": "bench",
+               "DEEPSIFT_CHALLENGES_MAX_PREDICTIONS_MB": "400", "DEEPSIFT_MAX_UPLOAD_MB": "500",
+               "DEEPSIFT_CHALLENGES_SERVE_WORKERS": "0"}  # the workers are started below, counted
+        os.environ.update(env)
+        dbargs = ["--database-url", self.url, "--data-dir", str(self.data)]
+        _run("admin", "add-user", "host", "--role", "host", "--password-stdin", *dbargs, stdin="host-password\n")
+        self.ids = [f"img{i:07d}.png" for i in range(n_ids)]
+        rng = np.random.default_rng(0)
+        self.labels = rng.integers(0, 2, n_ids)
+        gens = np.where(self.labels == 1, np.where(rng.random(n_ids) < 0.5, "sdxl", "sd21"), "real")
+        key = root / "key.csv"
+        with open(key, "w") as fh:
+            fh.write("id,label,generator,transformed\n")
+            fh.writelines(f"{i},{y},{g},{k % 2}\n" for k, (i, y, g) in enumerate(zip(self.ids, self.labels, gens)))
+        (root / "spec.yaml").write_text(f"""
+slug: bench
+title: Benchmark
+phases:
+  - slug: dev
+    starts: 2020-01-01T00:00:00Z
+    ends: 2099-01-01T00:00:00Z
+    bootstrap: {bootstrap}
+    testset: {{source: labels, labels: key.csv}}
+""")
+        _run("challenges", "create", str(root / "spec.yaml"), "--host-user", "host", *dbargs)
+        port = __import__("pgserver").free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.server = _cmd("serve", "--port", str(port), *dbargs, "--log-level", "warning", log=root / "serve.log")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(self.base + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or self.server.poll() is not None:
+                raise RuntimeError("deepsift serve did not start: " + (root / "serve.log").read_text()[-2000:])
+            time.sleep(0.2)
+        self.workers = [_cmd("challenges", "worker", *dbargs, "--poll-seconds", "0.05", "--name", f"w{i}",
+                             log=root / f"worker{i}.log") for i in range(workers)]
+        for i in range(workers):  # measured runs start once every worker says it is ready
+            while "ready" not in (root / f"worker{i}.log").read_text():
+                if time.monotonic() > deadline + 120 or self.workers[i].poll() is not None:
+                    raise RuntimeError("a worker did not start: " + (root / f"worker{i}.log").read_text()[-2000:])
+                time.sleep(0.2)
+
+    def user(self, name: str) -> str:
+        httpx.post(self.base + "/api/auth/register", json={"username": name, "password": "password-123"})
+        tok = httpx.post(self.base + "/api/auth/token", json={"username": name, "password": "password-123"}).json()["token"]
+        httpx.post(self.base + "/api/challenges/bench/teams", json={"name": f"team {name}"},
+                   headers={"Authorization": f"Bearer {tok}"})
+        return tok
+
+    def predictions(self, path: Path, noise: float, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        s = np.clip(0.3 + 0.4 * self.labels + rng.normal(0, noise, len(self.ids)), 0, 1)
+        with open(path, "w") as fh:
+            fh.write("id,score\n")
+            fh.writelines(f"{i},{v:.6f}\n" for i, v in zip(self.ids, s))
+        return path
+
+    def close(self) -> None:
+        for p in [*self.workers, self.server]:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in [*self.workers, self.server]:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def bench_load(db: str, clients: int, seconds: float, workers: int, pg=None) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import func, select
+
+    from deepsift.challenges.models import Submission, SubmissionEvent
+    from deepsift.server.db import Database
+
+    with tempfile.TemporaryDirectory(prefix="bench-platform-") as d:
+        plat = Platform(Path(d), db, n_ids=500, workers=workers, bootstrap=50, pg=pg)
+        try:
+            tokens = [plat.user(f"client{i}") for i in range(clients)]
+            files = [plat.predictions(Path(d) / f"p{i % 5}.csv", 0.2 + 0.05 * (i % 5), i) for i in range(5)]
+            lat: dict[str, list[float]] = {"submit": [], "status": [], "leaderboard": [], "healthz": []}
+            accepted: list[list[str]] = [[] for _ in range(clients)]
+            errors: list[str] = []
+            lock = threading.Lock()
+            stop = time.monotonic() + seconds
+
+            def client(k: int) -> None:
+                h = {"Authorization": f"Bearer {tokens[k]}"}
+                with httpx.Client(base_url=plat.base, headers=h, timeout=120) as c:
+                    n = 0
+                    while time.monotonic() < stop:
+                        def timed(kind: str, fn):  # type: ignore[no-untyped-def]
+                            t = time.perf_counter()
+                            r = fn()
+                            with lock:
+                                lat[kind].append(time.perf_counter() - t)
+                            if r.status_code >= 400:
+                                errors.append(f"{kind} {r.status_code} {r.text[:100]}")
+                            return r
+                        if n % 4 == 0:
+                            key = f"bench-c{k}-{n}-{os.getpid()}"
+                            with open(files[k % 5], "rb") as fh:
+                                r = timed("submit", lambda: c.post("/api/challenges/bench/phases/dev/submissions",
+                                                                   files={"file": ("p.csv", fh)},
+                                                                   headers={"Idempotency-Key": key}))
+                            if r.status_code == 201:
+                                accepted[k].append(r.json()["id"])
+                        elif n % 4 == 3:
+                            timed("leaderboard", lambda: c.get("/api/challenges/bench/phases/dev/leaderboard"))
+                        else:
+                            sid = accepted[k][-1] if accepted[k] else None
+                            if sid:
+                                timed("status", lambda: c.get(f"/api/submissions/{sid}"))
+                        timed("healthz", lambda: c.get("/healthz"))
+                        n += 1
+
+            threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+            t0 = time.monotonic()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.monotonic() - t0
+            ids = [i for a in accepted for i in a]
+            database = Database(plat.url)
+            try:
+                drain_start = time.monotonic()
+                while True:
+                    with database.session() as s:
+                        pending = s.scalar(select(func.count()).select_from(Submission).where(
+                            (Submission.state != "scored") | (Submission.intervals_done.is_(False))))
+                    if pending == 0 or time.monotonic() - drain_start > 600:
+                        break
+                    time.sleep(0.5)
+                drain = time.monotonic() - drain_start
+                with database.session() as s:
+                    in_db = s.scalars(select(Submission.id)).all()
+                    states = dict(s.execute(select(Submission.state, func.count()).group_by(Submission.state)).all())
+                    scored_events = s.scalars(select(SubmissionEvent.submission_id)
+                                              .where(SubmissionEvent.state == "scored")).all()
+            finally:
+                database.dispose()
+            lost = len(set(ids) - set(in_db))
+            dup = len(ids) - len(set(ids)) + (len(in_db) - len(set(ids)))
+            twice = len(scored_events) - len(set(scored_events))
+            api = lat["submit"] + lat["status"] + lat["leaderboard"]
+            print(f"load [{db}]: {clients} clients x {wall:.0f} s, {workers} workers: {len(ids)} submissions accepted, "
+                  f"{len(in_db)} in the database, lost {lost}, duplicated {dup}, scored twice {twice}, "
+                  f"states {states}, queue drained {drain:.1f} s after the clients stopped, {len(errors)} error answers")
+            for kind in ("submit", "status", "leaderboard"):
+                v = lat[kind]
+                print(f"  {kind:12s} n={len(v):6d}  p50 {_pct(v, 50):7.1f} ms  p95 {_pct(v, 95):7.1f} ms")
+            base50, base95 = _pct(lat["healthz"], 50), _pct(lat["healthz"], 95)
+            print(f"  {'all API':12s} n={len(api):6d}  p50 {_pct(api, 50):7.1f} ms  p95 {_pct(api, 95):7.1f} ms  "
+                  f"| baseline GET /healthz p50 {base50:.1f} ms p95 {base95:.1f} ms; ratio p95 {_pct(api, 95) / base95:.2f}")
+            if errors:
+                print("  first errors:", errors[:3])
+                log = [ln for ln in (Path(d) / "serve.log").read_text().splitlines() if "unavailable" in ln]
+                print("  server log:", log[:3])
+        finally:
+            plat.close()
+
+
+def bench_million(db: str, n: int, pg=None) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.csv as pacsv
+
+    from deepsift.evaluate.metrics import compute_metrics
+
+    with tempfile.TemporaryDirectory(prefix="bench-platform-") as d:
+        t_setup = time.perf_counter()
+        plat = Platform(Path(d), db, n_ids=n, workers=1, bootstrap=100, pg=pg)
+        try:
+            tok = plat.user("million")
+            preds = plat.predictions(Path(d) / "million.csv", 0.25, 1)
+            size = preds.stat().st_size
+            print(f"million [{db}]: set-up (key of {n:,} ids, server, worker) {time.perf_counter() - t_setup:.1f} s; "
+                  f"file {size / 1e6:.1f} MB")
+            times = []
+            with httpx.Client(base_url=plat.base, headers={"Authorization": f"Bearer {tok}"}, timeout=300) as c:
+                for rep in range(2):  # the first also warms the server's key cache
+                    t = time.perf_counter()
+                    with open(preds, "rb") as fh:
+                        r = c.post("/api/challenges/bench/phases/dev/submissions", files={"file": ("m.csv", fh)})
+                    r.raise_for_status()
+                    t_upload = time.perf_counter() - t
+                    sid = r.json()["id"]
+                    while (sub := c.get(f"/api/submissions/{sid}").json())["state"] not in ("scored", "failed"):
+                        time.sleep(0.02)
+                    t_scored = time.perf_counter() - t
+                    while not (sub := c.get(f"/api/submissions/{sid}").json())["intervals"] == "done":
+                        time.sleep(0.05)
+                    t_ci = time.perf_counter() - t
+                    times.append((t_upload, t_scored, t_ci))
+                    print(f"  run {rep + 1}: upload + validation answered in {t_upload:.2f} s; scored after "
+                          f"{t_scored:.2f} s (target <= 5 s); with 100-resample intervals {t_ci:.2f} s; "
+                          f"state {sub['state']}, public AUROC {sub['public_score']:.4f}")
+            t = time.perf_counter()
+            table = pacsv.read_csv(preds)
+            s = table["score"].to_numpy()
+            compute_metrics(plat.labels, s)
+            bare = time.perf_counter() - t
+            best = min(x[1] for x in times)
+            print(f"  baseline (same process: pyarrow parse + all metrics once, no HTTP, no checks, no parts): "
+                  f"{bare:.2f} s; ratio end-to-end / baseline {best / bare:.1f}")
+        finally:
+            plat.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("load", "million", "all"), default="all")
+    ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+    for kind in kinds:
+        pg = None
+        if kind == "postgresql":
+            from pgserver import PgServer
+
+            pg = PgServer(tempfile.mkdtemp(prefix="bench-pg-")).start()
+        try:
+            if args.part in ("load", "all"):
+                if pg:
+                    pg.reset_database()
+                bench_load(kind, args.clients, args.seconds, args.workers, pg)
+            if args.part in ("million", "all"):
+                if pg:
+                    pg.reset_database()
+                bench_million(kind, args.rows, pg)
+        finally:
+            if pg:
+                pg.destroy()
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The scoring queue: submission rows claimed with a lease, kept alive by heartbeats, finished once.
+
+* ``claim``: the oldest job that is queued, or running/scored with unfinished work whose lease ran
+  out (its worker died), becomes this worker's: a new random ``lease_token`` and an expiry. On
+  PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED``, so any number of workers
+  on any number of machines claim different jobs without waiting on each other; on SQLite the
+  claim runs in a ``BEGIN IMMEDIATE`` transaction (one writer at a time), which is just as safe.
+* ``heartbeat``: pushes the expiry out; it returns False once the lease is lost.
+* ``finish`` / ``fail`` / ``set_intervals``: one conditional update ``WHERE id = ? AND
+  lease_token = ?`` plus one event row, in one transaction: a worker that lost its lease (it was
+  presumed dead and the job went to another) cannot write anything, so a job is scored once.
+* A job claimed ``max_attempts`` times without finishing fails (refunded), so one poisonous
+  submission cannot stall the queue forever.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+
+from ..server.db import Database, utcnow
+from .models import Submission, SubmissionEvent
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job: which submission, the lease that proves ownership, and what is left to do."""
+
+    submission_id: str
+    lease_token: str
+    stage: str  # "score" (queued/running) or "intervals" (scored, intervals missing)
+    attempts: int
+
+
+def _claimable(now: dt.datetime) -> Any:
+    expired = and_(Submission.lease_token.is_not(None), Submission.lease_expires_at < now)
+    return or_(Submission.state == "queued",
+               and_(Submission.state.in_(("running", "scored")), expired))
+
+
+def claim(db: Database, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
+    """Take the oldest claimable job (see the module docstring), or None when there is none."""
+
+    def tx(s: Any) -> Job | None:
+        now = utcnow()
+        while True:
+            row = s.execute(select(Submission.id, Submission.state, Submission.attempts)
+                            .where(_claimable(now)).order_by(Submission.queued_at, Submission.id).limit(1)
+                            .with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            sid, state, attempts = row
+            if state == "running" and attempts >= max_attempts:  # died mid-job too often: give up, refund
+                s.execute(update(Submission).where(Submission.id == sid).values(
+                    state="failed", finished_at=now, lease_token=None, lease_expires_at=None,
+                    reason=f"scoring stopped {attempts} times without finishing (the worker died or was cut off)"))
+                s.add(SubmissionEvent(submission_id=sid, at=now, state="failed", worker=worker,
+                                      detail="too many attempts"))
+                continue
+            token = secrets.token_hex(16)
+            stage = "intervals" if state == "scored" else "score"
+            values: dict[str, Any] = dict(lease_token=token, lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                                          heartbeat_at=now, worker=worker)
+            if stage == "score":
+                values.update(state="running", attempts=Submission.attempts + 1,
+                              started_at=func.coalesce(Submission.started_at, now))
+            s.execute(update(Submission).where(Submission.id == sid).values(**values))
+            s.add(SubmissionEvent(submission_id=sid, at=now, state="running" if stage == "score" else "intervals",
+                                  worker=worker, detail=None if state == "queued" else f"taken over ({state}, lease expired)"))
+            return Job(sid, token, stage, attempts + (stage == "score"))
+
+    return db.run(tx, write=True)
+
+
+def heartbeat(db: Database, job: Job, lease_s: float) -> bool:
+    """Extend the lease; False when it was lost (the job is someone else's now)."""
+
+    def tx(s: Any) -> bool:
+        now = utcnow()
+        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
+                                                 Submission.lease_token == job.lease_token)
+                        .values(lease_expires_at=now + dt.timedelta(seconds=lease_s), heartbeat_at=now))
+        return res.rowcount == 1
+
+    return db.run(tx, write=True)
+
+
+def finish(db: Database, job: Job, scores: dict, public_score: float | None, private_score: float | None,
+           keep_lease: bool) -> bool:
+    """Record the score (state ``scored``) if this worker still holds the lease; True when written.
+
+    ``keep_lease``: the intervals are still to compute, so the lease stays with this worker.
+    """
+
+    def tx(s: Any) -> bool:
+        now = utcnow()
+        values: dict[str, Any] = dict(state="scored", scores=scores, public_score=public_score,
+                                      private_score=private_score, finished_at=now, reason=None)
+        if not keep_lease:
+            values.update(lease_token=None, lease_expires_at=None, intervals_done=True)
+        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
+                                                 Submission.lease_token == job.lease_token,
+                                                 Submission.state == "running").values(**values))
+        if res.rowcount != 1:
+            return False
+        s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="scored", worker=_worker(s, job)))
+        return True
+
+    return db.run(tx, write=True)
+
+
+def set_intervals(db: Database, job: Job, scores: dict) -> bool:
+    """Store the scores with their intervals and release the lease (if still held)."""
+
+    def tx(s: Any) -> bool:
+        now = utcnow()
+        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
+                                                 Submission.lease_token == job.lease_token,
+                                                 Submission.state == "scored")
+                        .values(scores=scores, intervals_done=True, lease_token=None, lease_expires_at=None))
+        if res.rowcount == 1:
+            s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="intervals done",
+                                  worker=_worker(s, job)))
+        return res.rowcount == 1
+
+    return db.run(tx, write=True)
+
+
+def fail(db: Database, job: Job, reason: str) -> bool:
+    """Mark the job failed with ``reason`` (refunded: failed submissions use no quota), if still ours."""
+
+    def tx(s: Any) -> bool:
+        now = utcnow()
+        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
+                                                 Submission.lease_token == job.lease_token,
+                                                 Submission.state == "running")
+                        .values(state="failed", reason=reason[:4000], finished_at=now, lease_token=None,
+                                lease_expires_at=None))
+        if res.rowcount != 1:
+            return False
+        s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="failed", detail=reason[:4000],
+                              worker=_worker(s, job)))
+        return True
+
+    return db.run(tx, write=True)
+
+
+def _worker(s: Any, job: Job) -> str | None:
+    return s.scalar(select(Submission.worker).where(Submission.id == job.submission_id))
+
+
+def position(s: Any, sub: Submission) -> int | None:
+    """1 + the number of queued jobs ahead of ``sub`` (None unless it is queued)."""
+    if sub.state != "queued":
+        return None
+    ahead = s.scalar(select(func.count()).select_from(Submission).where(
+        Submission.state == "queued",
+        or_(Submission.queued_at < sub.queued_at, and_(Submission.queued_at == sub.queued_at, Submission.id < sub.id))))
+    return int(ahead or 0) + 1
+
+
+def requeue(s: Any, sub: Submission, by: str) -> None:
+    """Put a submission back in the queue (a host's rescore), clearing its result."""
+    now = utcnow()
+    sub.state, sub.reason, sub.queued_at = "queued", None, now
+    sub.lease_token = sub.lease_expires_at = None
+    sub.scores = sub.public_score = sub.private_score = None
+    sub.intervals_done, sub.attempts, sub.started_at, sub.finished_at = False, 0, None, None
+    s.add(SubmissionEvent(submission_id=sub.id, at=now, state="queued", detail=f"requeued by {by}"))
+
+
+def health(s: Any) -> dict[str, Any]:
+    """What the queue looks like now: waiting and running jobs, the oldest wait, busy workers."""
+    now = utcnow()
+    queued = s.scalar(select(func.count()).select_from(Submission).where(Submission.state == "queued")) or 0
+    oldest = s.scalar(select(func.min(Submission.queued_at)).where(Submission.state == "queued"))
+    running = s.execute(select(Submission.worker).where(Submission.lease_token.is_not(None),
+                                                        Submission.lease_expires_at >= now)).scalars().all()
+    return {"queued": int(queued), "running": len(running),
+            "oldest_queued_seconds": max((now - oldest).total_seconds(), 0.0) if oldest else None,
+            "busy_workers": len(set(running))}

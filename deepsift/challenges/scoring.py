@@ -1,0 +1,126 @@
+"""Score a submission against a hidden key, with the evaluation toolkit's metrics (nothing re-implemented).
+
+For each part (``public``, ``private``; then ``all`` = both, in the second step) the result holds the overall metrics,
+one row per generator (real images + that generator's, as ``deepsift eval scores`` does), and,
+when the test set has transformed images, the metrics without and with transformations. Ranking
+metrics (AP, AUROC, EER, TPR at FPR) use the scores; hard labels (F1, accuracies) come from the
+submitted ``label`` column when there is one, else from the score by the one decision rule
+(:mod:`deepsift.decision`: fake iff score >= threshold). The ``all`` part and the bootstrap 95 %
+intervals of every metric are a second, separate step (:func:`complete`), so the live leaderboard
+shows a score as soon as the public part is scored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..decision import decide, rule_text
+from ..evaluate.metrics import METRIC_NAMES, compute_metrics, roc_curve
+from .testsets import Key
+
+PARTS = ("public", "private", "all")
+THRESHOLD_METRICS = ("acc_real", "acc_fake", "accuracy", "balanced_accuracy", "f1")
+ROC_POINTS = 200
+
+
+def _values(m: Any) -> dict[str, float | None]:
+    return {k: m.values[k].value for k in METRIC_NAMES}
+
+
+def _metrics(y: np.ndarray, s: np.ndarray, hard: np.ndarray | None, threshold: float) -> dict[str, float | None]:
+    """All metrics of one subset: ranking ones from scores, threshold ones from hard labels if given."""
+    out = _values(compute_metrics(y, s, threshold=threshold))
+    if hard is not None:
+        from_labels = _values(compute_metrics(y, hard.astype(np.float64), threshold=0.5))
+        out.update({k: from_labels[k] for k in THRESHOLD_METRICS})
+    out["n"] = int(y.size)  # type: ignore[assignment]
+    return out
+
+
+def _roc(y: np.ndarray, s: np.ndarray) -> list[list[float]] | None:
+    if np.unique(y).size < 2:
+        return None
+    fpr, tpr, _ = roc_curve(y, s)
+    if fpr.size > ROC_POINTS:
+        idx = np.unique(np.linspace(0, fpr.size - 1, ROC_POINTS).round().astype(int))
+        fpr, tpr = fpr[idx], tpr[idx]
+    return [[round(float(a), 5), round(float(b), 5)] for a, b in zip(fpr, tpr)]
+
+
+def _part(key: Key, mask: np.ndarray, scores: np.ndarray, hard: np.ndarray | None, threshold: float,
+          detail: bool) -> dict[str, Any]:
+    # sorted once (descending, stable); every subset below keeps that order, so the metrics' own
+    # stable sorts meet already-sorted input (linear time). Metrics do not depend on input order.
+    idx = np.flatnonzero(mask)
+    idx = idx[np.argsort(-scores[idx], kind="stable")]
+    y, s = key.labels[idx], scores[idx]
+    h = hard[idx] if hard is not None else None
+    codes, names = key.generator_codes
+    g = codes[idx]
+    out: dict[str, Any] = {"overall": _metrics(y, s, h, threshold), "generators": {}}
+    for code in sorted(np.unique(g[y == 1]).tolist(), key=lambda c: names[c]):
+        m = (y == 0) | (g == code)
+        out["generators"][names[code]] = _metrics(y[m], s[m], h[m] if h is not None else None, threshold)
+    tr = key.transformed[idx]
+    if detail and tr.any() and (~tr).any():
+        out["transformations"] = {
+            name: _metrics(y[sel], s[sel], h[sel] if h is not None else None, threshold)
+            for name, sel in (("without", ~tr), ("with", tr))
+        }  # fmt: skip
+    out["roc"] = _roc(y, s)
+    return out
+
+
+def score(key: Key, scores: np.ndarray, labels: np.ndarray | None, *, threshold: float = 0.5,
+          ranking_metric: str = "auroc") -> dict[str, Any]:
+    """The metrics JSON of one submission on the ``public`` and ``private`` parts (see the module docstring)."""
+    scores = np.asarray(scores, np.float64)
+    result: dict[str, Any] = {
+        "rule": rule_text(threshold) if labels is None else "hard labels as submitted (label column)",
+        "threshold": threshold, "ranking_metric": ranking_metric,
+        "hard_labels": "rule" if labels is None else "submitted",
+    }  # fmt: skip
+    for part, mask in (("public", key.public), ("private", ~key.public)):
+        result[part] = _part(key, mask, scores, labels, threshold, detail=True)
+    return result
+
+
+def complete(result: dict[str, Any], key: Key, scores: np.ndarray, labels: np.ndarray | None, *,
+             resamples: int, seed: int = 0) -> dict[str, Any]:
+    """The second step: the ``all`` part (the whole test set, for hosts and after the end) and the
+    bootstrap intervals of every overall metric of each part (none when ``resamples`` is 0)."""
+    out = dict(result)
+    threshold = float(result["threshold"])
+    out["all"] = _part(key, np.ones(len(key), bool), np.asarray(scores, np.float64), labels, threshold, detail=False)
+    if resamples > 0:
+        for part, ci in intervals(key, scores, labels, threshold=threshold, resamples=resamples, seed=seed).items():
+            out[part] = {**out[part], "ci": ci}
+    return out
+
+
+def ranking_value(result: dict[str, Any], part: str) -> float | None:
+    """The ranking metric of ``part`` (overall) from a result."""
+    return result.get(part, {}).get("overall", {}).get(result["ranking_metric"])
+
+
+def intervals(key: Key, scores: np.ndarray, labels: np.ndarray | None, *, threshold: float, resamples: int,
+              seed: int = 0) -> dict[str, dict[str, list[float] | None]]:
+    """Stratified bootstrap 95 % intervals of every overall metric, per part (``public``, ``private``)."""
+    out: dict[str, dict[str, list[float] | None]] = {}
+    masks = {"public": key.public, "private": ~key.public}
+    for part, mask in masks.items():
+        y, s = key.labels[mask], np.asarray(scores, np.float64)[mask]
+        m = compute_metrics(y, s, threshold=threshold, bootstrap=resamples, seed=seed)
+        ci = {k: ([m.values[k].low, m.values[k].high] if m.values[k].low is not None else None) for k in METRIC_NAMES}
+        if labels is not None:
+            mh = compute_metrics(y, labels[mask].astype(np.float64), threshold=0.5, bootstrap=resamples, seed=seed)
+            ci.update({k: ([mh.values[k].low, mh.values[k].high] if mh.values[k].low is not None else None)
+                       for k in THRESHOLD_METRICS})
+        out[part] = ci
+    return out
+
+
+def hard_labels(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Hard labels of scores by the one decision rule (for exports)."""
+    return decide(scores, threshold)

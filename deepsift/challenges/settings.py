@@ -1,0 +1,23 @@
+"""The platform's settings (environment ``DEEPSIFT_CHALLENGES_*``; tests: ``domain_overrides["challenges"]``)."""
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ChallengeSettings(BaseSettings):
+    """Upload caps, the scoring queue's lease, and how submitted models are confined."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSIFT_CHALLENGES_", extra="ignore")
+
+    max_predictions_mb: float = Field(200.0, gt=0, description="largest predictions file")
+    max_model_mb: float = Field(200.0, gt=0, description="largest ONNX model")
+    max_testset_upload_mb: float = Field(2048.0, gt=0, description="largest test-set archive a host uploads")
+    lease_seconds: float = Field(60.0, gt=0, description="a job not heartbeaten for this long is taken again")
+    max_attempts: int = Field(3, ge=1, description="a job whose worker died this many times fails (refunded)")
+    allow_unconfined_models: bool = Field(False, description="run submitted models without a network namespace "
+                                                             "and user switch when not root (development only)")
+    sandbox_user: str = Field("nobody", description="user a submitted model runs as (when the worker is root)")
+    import_threads: int = Field(4, ge=1, le=64, description="threads re-encoding images of a test set")
+    serve_workers: int = Field(1, ge=0, le=64, description="scoring workers `deepsift serve` runs beside itself "
+                                                          "(0 when dedicated `deepsift challenges worker`s run)")

@@ -1,0 +1,187 @@
+"""Account routes: the JSON API (``/api/auth/...``) and the pages (register, login, logout, tokens)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from pydantic import BaseModel, Field
+
+from ..exceptions import ServiceError
+from .accounts import authenticate, create_user, end_session, issue_token, list_tokens, revoke_token, start_session
+from .deps import CsrfProtect, DbSession, RequireUser, SettingsDep, rate_limit
+from .security import SESSION_COOKIE, set_cookie
+from .web import render
+
+ERRORS = {401: {"description": "not authenticated"}, 403: {"description": "not allowed"},
+          422: {"description": "invalid input"}, 429: {"description": "rate limited"}}
+
+api = APIRouter(prefix="/api/auth", tags=["accounts"], responses=ERRORS)
+pages = APIRouter(include_in_schema=False)
+
+
+class RegisterIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1000)
+    email: str | None = Field(None, max_length=254)
+
+
+class UserOut(BaseModel):
+    username: str
+    role: str
+    created_at: dt.datetime
+
+
+class TokenRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=1000)
+    name: str = Field("cli", max_length=80)
+
+
+class TokenName(BaseModel):
+    name: str = Field("token", max_length=80)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    prefix: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class NewToken(TokenOut):
+    token: str = Field(description="the token itself: shown this once, stored only as a hash")
+
+
+def _user_out(u) -> UserOut:  # type: ignore[no-untyped-def]
+    return UserOut(username=u.username, role=u.role, created_at=u.created_at)
+
+
+def _token_out(t, cls=TokenOut, **extra) -> TokenOut:  # type: ignore[no-untyped-def]
+    return cls(id=t.id, name=t.name, prefix=t.prefix, created_at=t.created_at, last_used_at=t.last_used_at,
+               revoked_at=t.revoked_at, **extra)
+
+
+@api.post("/register", response_model=UserOut, status_code=201,
+          dependencies=[Depends(rate_limit("login", "login_rate"))], responses={409: {"description": "name taken"}})
+def register(body: RegisterIn, session: DbSession) -> UserOut:
+    """Create a participant account."""
+    return _user_out(create_user(session, username=body.username, password=body.password, email=body.email))
+
+
+@api.post("/token", response_model=NewToken, status_code=201, dependencies=[Depends(rate_limit("login", "login_rate"))])
+def login_token(body: TokenRequest, session: DbSession) -> TokenOut:
+    """Exchange a username and password for a new API token (for the CLI client)."""
+    user = authenticate(session, body.username, body.password)
+    row, plain = issue_token(session, user, body.name)
+    return _token_out(row, NewToken, token=plain)
+
+
+@api.get("/me", response_model=UserOut)
+def me(user: RequireUser) -> UserOut:
+    """The caller's account."""
+    return _user_out(user)
+
+
+@api.get("/tokens", response_model=list[TokenOut])
+def tokens(user: RequireUser, session: DbSession) -> list[TokenOut]:
+    """The caller's API tokens (values are never shown again)."""
+    return [_token_out(t) for t in list_tokens(session, user)]
+
+
+@api.post("/tokens", response_model=NewToken, status_code=201, dependencies=[CsrfProtect])
+def create_token(body: TokenName, user: RequireUser, session: DbSession) -> TokenOut:
+    """A new API token for the caller."""
+    row, plain = issue_token(session, user, body.name)
+    return _token_out(row, NewToken, token=plain)
+
+
+@api.delete("/tokens/{token_id}", response_model=TokenOut, dependencies=[CsrfProtect],
+            responses={404: {"description": "no such token"}})
+def revoke(token_id: str, user: RequireUser, session: DbSession) -> TokenOut:
+    """Revoke one of the caller's tokens; it stops working at once."""
+    return _token_out(revoke_token(session, user, token_id))
+
+
+# -- pages ---------------------------------------------------------------------------------------
+def _safe_next(target: str | None) -> str:
+    """A local path to go to after login (never another site)."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+def _login_response(request: Request, settings, session, user, next_url: str) -> Response:  # type: ignore[no-untyped-def]
+    sid = start_session(session, user, settings.session_days)
+    resp = RedirectResponse(_safe_next(next_url), status_code=303)
+    set_cookie(resp, request, settings, SESSION_COOKIE, sid, max_age=int(settings.session_days * 86400))
+    return resp
+
+
+@pages.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    return render(request, "login.html", {"next": _safe_next(next)})
+
+
+@pages.post("/login", dependencies=[CsrfProtect, Depends(rate_limit("login", "login_rate"))])
+def login_form(request: Request, session: DbSession, settings: SettingsDep,
+               username: Annotated[str, Form(max_length=100)], password: Annotated[str, Form(max_length=1000)],
+               next: Annotated[str, Form(max_length=500)] = "/") -> Response:
+    try:
+        user = authenticate(session, username, password)
+    except ServiceError as exc:
+        return render(request, "login.html", {"next": _safe_next(next), "error": str(exc), "username": username},
+                      exc.status_code)
+    return _login_response(request, settings, session, user, next)
+
+
+@pages.get("/register")
+def register_page(request: Request, next: str = "/") -> Response:
+    return render(request, "register.html", {"next": _safe_next(next)})
+
+
+@pages.post("/register", dependencies=[CsrfProtect, Depends(rate_limit("login", "login_rate"))])
+def register_form(request: Request, session: DbSession, settings: SettingsDep,
+                  username: Annotated[str, Form(max_length=100)], password: Annotated[str, Form(max_length=1000)],
+                  email: Annotated[str, Form(max_length=254)] = "",
+                  next: Annotated[str, Form(max_length=500)] = "/") -> Response:
+    try:
+        user = create_user(session, username=username, password=password, email=email or None)
+    except ServiceError as exc:
+        return render(request, "register.html", {"next": _safe_next(next), "error": str(exc), "username": username,
+                                                 "email": email}, exc.status_code)
+    return _login_response(request, settings, session, user, next)
+
+
+@pages.post("/logout", dependencies=[CsrfProtect])
+def logout(request: Request, session: DbSession) -> Response:
+    end_session(session, request.cookies.get(SESSION_COOKIE))
+    resp = RedirectResponse("/", status_code=303)
+    resp.delete_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+@pages.get("/account")
+def account_page(request: Request, user: RequireUser, session: DbSession) -> Response:
+    return render(request, "account.html", {"tokens": list_tokens(session, user)})
+
+
+@pages.post("/account/tokens", dependencies=[CsrfProtect])
+def account_new_token(request: Request, user: RequireUser, session: DbSession,
+                      name: Annotated[str, Form(max_length=80)] = "token") -> Response:
+    row, plain = issue_token(session, user, name)
+    return render(request, "account.html", {"tokens": list_tokens(session, user), "new_token": plain,
+                                            "new_token_name": row.name}, 201)
+
+
+@pages.post("/account/tokens/{token_id}/revoke", dependencies=[CsrfProtect])
+def account_revoke(request: Request, token_id: str, user: RequireUser, session: DbSession) -> Response:
+    revoke_token(session, user, token_id)
+    return RedirectResponse("/account", status_code=303)

@@ -1,0 +1,206 @@
+"""``deepsift serve`` and ``deepsift admin ...``: run the server, migrate its database, manage users.
+
+    deepsift serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--database-url URL] [--processes N]
+    deepsift admin migrate                       # upgrade the database (serve does it on start)
+    deepsift admin add-user NAME [--role host] [--password-stdin]
+    deepsift admin set-role NAME host|participant
+
+Building these parsers imports nothing but the grammar (:mod:`deepsift.cliargs`): FastAPI,
+SQLAlchemy and uvicorn load inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..cliargs import EXIT_OK, add_command, int_range, positive_int, subgroup, verbosity
+from ..exceptions import UsageError
+
+ROLES = ("participant", "host")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def add_database_options(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--database-url``: where a server-side command finds its database and files."""
+    g = p.add_argument_group("database options")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="data folder: database, uploads, hidden files (default: $DEEPSIFT_DATA_DIR or "
+                        "~/.local/share/deepsift)")
+    g.add_argument("--database-url", metavar="URL",
+                   help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: $DEEPSIFT_DATABASE_URL, "
+                        "else SQLite in the data folder)")
+
+
+def register(sub: argparse._SubParsersAction, groups: dict) -> None:
+    """Add ``serve`` and the ``admin`` command group."""
+    p = add_command(sub, "serve", "run the web server (benchmark platform and demo); upgrades the database first",
+                    description=__doc__)
+    add_database_options(p)
+    p.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int_range(1, 65535, name="port"), default=8000, help="TCP port")
+    p.add_argument("--processes", type=int_range(1, 64, name="process count"), default=1,
+                   help="server processes (uvicorn workers)")
+    p.add_argument("--domain", action="append", metavar="NAME",
+                   help="domain to mount; repeat for several (default: every installed one)")
+    p.add_argument("--log-level", choices=LOG_LEVELS,
+                   help="server log level (default: info; warning with --quiet, debug with --verbose)")
+    p.set_defaults(func=cmd_serve)
+
+    admin = subgroup(sub, groups, "admin", "server administration: database migrations and users")
+    p = add_command(admin, "migrate", "upgrade the database to the newest schema")
+    add_database_options(p)
+    p.set_defaults(func=cmd_migrate)
+    p = add_command(admin, "add-user", "create a user (prompted password, or --password-stdin)")
+    add_database_options(p)
+    p.add_argument("username", help="the new account's name")
+    p.add_argument("--role", choices=ROLES, default="participant", help="host: may create challenges")
+    p.add_argument("--email", help="e-mail address (default: none)")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p.set_defaults(func=cmd_add_user)
+    p = add_command(admin, "set-role", "make a user a host or a participant")
+    add_database_options(p)
+    p.add_argument("username", help="the account")
+    p.add_argument("role", choices=ROLES, help="its new role")
+    p.set_defaults(func=cmd_set_role)
+
+
+def settings_from_args(args: argparse.Namespace, export: bool = False):  # type: ignore[no-untyped-def]
+    """Settings from the environment and ``--data-dir``/``--database-url``/``--domain``.
+
+    ``export``: also put those options in the environment, for the server's worker processes.
+    """
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+    given = {"DEEPSIFT_DATA_DIR": os.path.abspath(args.data_dir) if getattr(args, "data_dir", None) else None,
+             "DEEPSIFT_DATABASE_URL": getattr(args, "database_url", None),
+             "DEEPSIFT_DOMAINS": ",".join(args.domain) if getattr(args, "domain", None) else None}
+    given = {k: v for k, v in given.items() if v}
+    if export:
+        os.environ.update(given)
+    try:
+        return Settings(**{k.removeprefix("DEEPSIFT_").lower(): v for k, v in given.items()})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"setting DEEPSIFT_{str(err['loc'][0]).upper()}: {err['msg']}") from None
+
+
+def migrate(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    """Upgrade the settings' database; returns its revisions (errors as one line)."""
+    from .migrate import upgrade_database
+
+    return upgrade_database(settings.db_url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Migrate, start the domains' background workers, serve until stopped."""
+    import uvicorn
+
+    from ..output import note
+
+    settings = settings_from_args(args, export=True)
+    revs = migrate(settings)
+    os.environ["DEEPSIFT_MIGRATE_ON_START"] = "false"  # done once here, not in every worker process
+    level = args.log_level or {-1: "warning", 0: "info", 1: "debug"}[verbosity(args)]
+    note(f"deepsift: database {settings.db_url.split('@')[-1]} at {', '.join(revs)}; serving on "
+         f"http://{args.host}:{args.port}")
+    children = _start_background(settings, verbosity(args))
+    try:
+        uvicorn.run("deepsift.server.app:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.processes, log_level=level, proxy_headers=settings.trusted_proxy,
+                    server_header=False)
+    finally:
+        _stop_background(children)
+    return EXIT_OK
+
+
+def _start_background(settings, level: int) -> list:  # type: ignore[no-untyped-def]
+    """Start the domains' background commands (e.g. scoring workers); they die with this process."""
+    import subprocess
+
+    from ..output import note
+    from .domains import installed_domains
+
+    def die_with_parent() -> None:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    flags = {-1: ["--quiet"], 0: [], 1: ["--verbose"]}[level]
+    procs = []
+    for dom in installed_domains(list(settings.domains) if settings.domains else None):
+        for argv in (dom.background(settings) if dom.background else []):
+            procs.append(subprocess.Popen([sys.executable, "-m", "deepsift", *argv, *flags],
+                                          preexec_fn=die_with_parent))
+            note(f"deepsift: started `deepsift {' '.join(argv)}` (pid {procs[-1].pid})")
+    return procs
+
+
+def _stop_background(procs: list) -> None:  # type: ignore[type-arg]
+    import subprocess
+
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Upgrade the database and print its revisions."""
+    print(f"database at {', '.join(migrate(settings_from_args(args)))}")
+    return EXIT_OK
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise UsageError("no terminal to prompt for a password: pass --password-stdin")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
+
+
+def cmd_add_user(args: argparse.Namespace) -> int:
+    """Create one account."""
+    from .accounts import create_user
+    from .db import Database
+
+    settings = settings_from_args(args)
+    migrate(settings)
+    password = _read_password(args)
+    db = Database(settings.db_url)
+    try:
+        with db.session(write=True) as s:
+            user = create_user(s, username=args.username, password=password, email=args.email, role=args.role)
+            print(f"created {user.role} {user.username}")
+    finally:
+        db.dispose()
+    return EXIT_OK
+
+
+def cmd_set_role(args: argparse.Namespace) -> int:
+    """Change one account's role."""
+    from .accounts import set_role
+    from .db import Database
+
+    settings = settings_from_args(args)
+    migrate(settings)
+    db = Database(settings.db_url)
+    try:
+        with db.session(write=True) as s:
+            user = set_role(s, args.username, args.role)
+            print(f"{user.username} is now a {user.role}")
+    finally:
+        db.dispose()
+    return EXIT_OK

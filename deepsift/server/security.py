@@ -1,0 +1,144 @@
+"""Security helpers: password hashing, token hashing, CSRF tokens, rate limits, cookie flags.
+
+* Passwords: argon2id (memory-hard; argon2-cffi's RFC 9106 low-memory profile, 64 MiB), rehashed
+  on login when the parameters change.
+* API tokens and session ids: 32 random bytes, URL-safe, with a readable prefix (``dsk_``); only
+  their SHA-256 digest is stored, so a database leak reveals no usable token.
+* CSRF: double-submit. A random ``deepsift_csrf`` cookie (HttpOnly, SameSite=Strict) and the form
+  field / ``X-CSRF-Token`` header must carry an HMAC of it under the server's secret key.
+* Rate limits: a sliding window per (scope, key) in this process (``RateLimiter``).
+* Cookies: HttpOnly, SameSite, Secure when the request came over https (or always/never by setting).
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import hashlib
+import hmac
+import math
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from argon2.profiles import RFC_9106_LOW_MEMORY
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from .settings import Settings
+
+TOKEN_PREFIX = "dsk_"
+SESSION_COOKIE = "deepsift_session"
+CSRF_COOKIE = "deepsift_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+_hasher = PasswordHasher.from_parameters(RFC_9106_LOW_MEMORY)
+
+
+@functools.lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """A hash to verify against when the user does not exist (made on first use: one argon2 run,
+    0.1-0.3 s, that no start-up should pay)."""
+    return _hasher.hash("deepsift: not a password")
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash of ``password`` (salted, encoded with its parameters)."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """True when ``password`` matches; a missing user still costs one hash (no timing oracle)."""
+    dummy = _dummy_hash()  # made before either branch, so the first call costs the same for both
+    try:
+        return _hasher.verify(password_hash or dummy, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def password_needs_rehash(password_hash: str) -> bool:
+    """True when the stored hash uses older parameters than the current ones."""
+    return _hasher.check_needs_rehash(password_hash)
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh API token: ``(plain value shown once, SHA-256 digest to store)``."""
+    plain = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    return plain, hash_token(plain)
+
+
+def hash_token(plain: str) -> str:
+    """The stored form of a token or session id (hex SHA-256)."""
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+def csrf_token_for(cookie_value: str, key: bytes) -> str:
+    """The form/header token matching a CSRF cookie value."""
+    return hmac.new(key, b"csrf:" + cookie_value.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(cookie_value: str | None, submitted: str | None, key: bytes) -> bool:
+    """True when ``submitted`` is the token of ``cookie_value`` (constant-time)."""
+    if not cookie_value or not submitted:
+        return False
+    return hmac.compare_digest(csrf_token_for(cookie_value, key), submitted)
+
+
+def cookie_secure(request: "Request", settings: "Settings") -> bool:
+    """Whether cookies get the Secure flag: by setting, or (``auto``) when the request is https."""
+    if settings.cookie_secure != "auto":
+        return settings.cookie_secure == "true"
+    proto = request.headers.get("x-forwarded-proto") if settings.trusted_proxy else None
+    return (proto or request.url.scheme) == "https"
+
+
+def set_cookie(response: "Response", request: "Request", settings: "Settings", name: str, value: str, *,
+               max_age: int | None = None, samesite: str = "lax") -> None:
+    """Set a cookie with the house flags: HttpOnly, SameSite, path /, Secure per :func:`cookie_secure`."""
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite=samesite,  # type: ignore[arg-type]
+                        secure=cookie_secure(request, settings))
+
+
+def client_address(request: "Request", settings: "Settings") -> str:
+    """The client's address (the first X-Forwarded-For hop only behind a trusted proxy)."""
+    if settings.trusted_proxy and (fwd := request.headers.get("x-forwarded-for")):
+        return fwd.split(",")[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+class RateLimiter:
+    """Sliding-window limits per (scope, key), in memory, thread-safe (one server process)."""
+
+    def __init__(self) -> None:
+        self._hits: dict[tuple[str, str], collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
+        """Count one event; returns 0 when allowed, else the seconds until the next one is."""
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            q = self._hits.setdefault((scope, key), collections.deque())
+            while q and q[0] <= t - window_s:
+                q.popleft()
+            if len(q) >= limit:
+                return max(q[0] + window_s - t, 0.001)
+            q.append(t)
+            if len(self._hits) > 100_000:  # forget idle keys
+                for k in [k for k, v in self._hits.items() if not v or v[-1] <= t - window_s]:
+                    del self._hits[k]
+            return 0.0
+
+    def reset(self) -> None:
+        """Forget every count (tests)."""
+        with self._lock:
+            self._hits.clear()
+
+
+def retry_after(seconds: float) -> str:
+    """A Retry-After header value (whole seconds, at least 1)."""
+    return str(max(1, math.ceil(seconds)))

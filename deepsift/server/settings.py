@@ -1,0 +1,118 @@
+"""Server settings: one typed class read from ``DEEPSIFT_*`` environment variables.
+
+    DEEPSIFT_DATABASE_URL      SQLAlchemy URL; default ``sqlite:///<data dir>/deepsift.db`` (WAL)
+    DEEPSIFT_DATA_DIR          folder for the database, uploads and hidden files (never served)
+    DEEPSIFT_SECRET_KEY        signs CSRF tokens; default: generated once into <data dir>/secret_key
+    DEEPSIFT_DOMAINS           comma-separated domain packages to mount (default: every installed one)
+    DEEPSIFT_COOKIE_SECURE     ``auto`` (Secure when the request came over https), ``true`` or ``false``
+    DEEPSIFT_MAX_UPLOAD_MB, DEEPSIFT_LOGIN_RATE, DEEPSIFT_SUBMIT_RATE, ... (see the fields below)
+
+A domain package keeps its own settings in its own class (``env_prefix="DEEPSIFT_<DOMAIN>_"``)
+and reads them with :meth:`Settings.section`; tests override any of them with
+``Settings(domains={"demo": {"field": value}})``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|sec|second|m|min|minute|h|hour|d|day)s?\s*$")
+_UNIT_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600,
+           "d": 86400, "day": 86400}
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"10/minute"`` or ``"5/30s"`` -> (count, window in seconds); ValueError otherwise."""
+    m = RATE.match(text or "")
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"a rate is COUNT/PERIOD such as '10/minute' or '5/30s', got {text!r}")
+    return int(m.group(1)), float(int(m.group(2) or 1) * _UNIT_S[m.group(3)])
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/deepsift`` (``~/.local/share/deepsift``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "deepsift"
+
+
+class Settings(BaseSettings):
+    """Everything the server reads from its environment, with safe defaults for ``deepsift serve``."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSIFT_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="database, uploads, hidden files")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite in the data dir")
+    secret_key: str = Field("", description="CSRF signing key; empty: generated into data_dir/secret_key")
+    site_name: str = "deepsift"
+    domains: Any = Field(None, description="domain packages to mount: comma-separated names, or None for all")
+    domain_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                        description="per-domain settings overrides (tests)")
+    cookie_secure: Literal["auto", "true", "false"] = "auto"
+    session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
+    max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
+    max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
+    login_rate: str = Field("10/minute", description="login/registration attempts per client address")
+    submit_rate: str = Field("30/minute", description="submissions per user")
+    api_rate: str = Field("3000/minute", description="other API requests per client address")
+    db_pool_size: int = Field(10, ge=1, le=500)
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")
+    trusted_proxy: bool = Field(False, description="take the client address from X-Forwarded-For")
+
+    @field_validator("login_rate", "submit_rate", "api_rate")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        parse_rate(v)
+        return v
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _domains(cls, v: Any) -> tuple[str, ...] | None:
+        if v is None or v == "":
+            return None
+        items = v.split(",") if isinstance(v, str) else list(v)
+        return tuple(x.strip() for x in items if str(x).strip())
+
+    @property
+    def db_url(self) -> str:
+        """The database URL in use (the SQLite default lives in the data dir)."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'deepsift.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Root of uploaded and hidden files (outside any web root)."""
+        return self.data_dir / "storage"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * (1 << 20))
+
+    def signing_key(self) -> bytes:
+        """The secret key, created (0600) in the data dir on first use when not set."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret_key"
+        if not path.is_file():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # first writer wins; a concurrent start reads the winner's key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
+
+    def section(self, cls: type[S], name: str) -> S:
+        """Domain ``name``'s settings: its own env prefix, overridden by ``domain_overrides[name]``."""
+        return cls(**self.domain_overrides.get(name, {}))

@@ -1,0 +1,132 @@
+"""Helpers to run the real server in tests: settings, an in-thread uvicorn, a `deepsift serve` process.
+
+Fixtures built on these live in conftest.py (``database_url``, ``server_settings``, ``app``,
+``client``, ``live_server``). Typical use in a domain's tests::
+
+    def test_something(client):                      # ASGI transport (fast), SQLite and PostgreSQL
+        assert client.get("/healthz").json()["status"] == "ok"
+
+    def test_over_http(live_server):                 # a real uvicorn on 127.0.0.1:<free port>
+        httpx.get(live_server.url + "/healthz")
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from deepsift.server import Settings
+from pgserver import free_port
+
+TEST_SECRET = "test-secret-key-not-for-production"
+
+
+def make_settings(database_url: str, data_dir: str | os.PathLike, **overrides: Any) -> Settings:
+    """Settings for a test server: the given database, a private data folder, generous rate limits."""
+    base: dict[str, Any] = dict(database_url=database_url, data_dir=Path(data_dir), secret_key=TEST_SECRET,
+                                login_rate="1000/minute", submit_rate="1000/minute", api_rate="100000/minute")
+    base.update(overrides)
+    return Settings(**base)
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class LiveServer:
+    """A FastAPI app served by uvicorn on 127.0.0.1:<free port> in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LiveServer":
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                backlog=2048, timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
+        self._thread.start()
+        wait_until(lambda: self._server.started, 30, what="uvicorn to start")  # type: ignore[union-attr]
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(15)  # type: ignore[union-attr]
+
+    def __enter__(self) -> "LiveServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ServeProcess:
+    """``deepsift serve`` in a child process (the real command line), stopped by SIGTERM (SIGKILL if stuck)."""
+
+    def __init__(self, database_url: str, data_dir: str | os.PathLike, port: int | None = None,
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (), scoring_workers: int = 0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DEEPSIFT_SECRET_KEY": TEST_SECRET, "DEEPSIFT_LOGIN_RATE": "1000/minute",
+                    "DEEPSIFT_SUBMIT_RATE": "100000/minute", "DEEPSIFT_API_RATE": "1000000/minute",
+                    "DEEPSIFT_CHALLENGES_SERVE_WORKERS": str(scoring_workers), **(extra_env or {})}
+        self.cmd = [sys.executable, "-m", "deepsift", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
+                    "--database-url", database_url, "--log-level", "warning", *args]
+        self.log_path = Path(data_dir).parent / f"serve-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180) -> "ServeProcess":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:  # type: ignore[union-attr]
+                raise RuntimeError(f"deepsift serve exited ({self.proc.returncode}): {self.log()[-2000:]}")  # type: ignore[union-attr]
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+
+        wait_until(up, timeout, 0.1, "deepsift serve to answer /healthz")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "ServeProcess":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

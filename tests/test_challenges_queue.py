@@ -1,0 +1,213 @@
+"""The scoring queue under concurrency and faults: leases, takeovers, killed workers, a restarted PostgreSQL."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+
+from deepsift.challenges import queue
+from deepsift.challenges.models import Submission, SubmissionEvent
+from deepsift.server.db import Database, utcnow
+from platformkit import csv_text, good_scores, host_challenge, join, register, run_worker, submit
+from serverkit import LiveServer, wait_until
+
+
+@pytest.fixture
+def hosted(app, client, tmp_path):
+    return host_challenge(app, client, tmp_path, bootstrap=0)
+
+
+def _events(db: Database, sid: str) -> list[tuple[str, str | None]]:
+    with db.session() as s:
+        return [(e.state, e.worker) for e in s.scalars(select(SubmissionEvent).where(
+            SubmissionEvent.submission_id == sid).order_by(SubmissionEvent.id))]
+
+
+def test_concurrent_workers_never_claim_one_job_twice(app, client, hosted, database_url):
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    text = csv_text(good_scores(hosted))
+    ids = {submit(client, hosted, alice, text).json()["id"] for _ in range(16)}
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        db = Database(database_url)  # its own engine and pool, like another machine
+        try:
+            while (job := queue.claim(db, name, lease_s=60)) is not None:
+                with lock:
+                    claimed.append((job.submission_id, name))
+        finally:
+            db.dispose()
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(sid for sid, _ in claimed) == sorted(ids)  # each exactly once
+
+
+def test_a_worker_that_lost_its_lease_cannot_write(app, client, hosted):
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    sid = submit(client, hosted, alice, csv_text(good_scores(hosted))).json()["id"]
+    db = app.state.db
+    first = queue.claim(db, "slow", lease_s=60)
+    assert first is not None and first.submission_id == sid
+    assert queue.claim(db, "other", lease_s=60) is None  # leased: nobody else takes it
+    with db.session(write=True) as s:  # the lease runs out (the worker hung)
+        s.execute(update(Submission).values(lease_expires_at=utcnow()))
+    second = queue.claim(db, "fast", lease_s=60)
+    assert second is not None and second.submission_id == sid and second.attempts == 2
+    assert not queue.heartbeat(db, first, 60)
+    assert not queue.finish(db, first, {"x": 1}, 0.1, 0.1, keep_lease=False)
+    assert not queue.fail(db, first, "late")
+    assert queue.finish(db, second, {"x": 2}, 0.9, 0.8, keep_lease=False)
+    with db.session() as s:
+        sub = s.get(Submission, sid)
+        assert (sub.state, sub.scores, sub.public_score, sub.lease_token) == ("scored", {"x": 2}, 0.9, None)
+    assert [st for st, _ in _events(db, sid)].count("scored") == 1
+
+
+def test_a_job_that_keeps_killing_its_workers_fails_refunded(app, client, hosted):
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    sid = submit(client, hosted, alice, csv_text(good_scores(hosted))).json()["id"]
+    db = app.state.db
+    for _ in range(3):
+        assert queue.claim(db, "w", lease_s=60, max_attempts=3) is not None
+        with db.session(write=True) as s:
+            s.execute(update(Submission).values(lease_expires_at=utcnow()))
+    assert queue.claim(db, "w", lease_s=60, max_attempts=3) is None
+    sub = client.get(f"/api/submissions/{sid}", headers=alice.auth).json()
+    assert sub["state"] == "failed" and "3 times" in sub["reason"] and not sub["counts_toward_quota"]
+
+
+def _state(db: Database, sid: str) -> str:
+    with db.session() as s:
+        return s.get(Submission, sid).state
+
+
+def _worker_proc(database_url: str, data_dir: Path, name: str, log: Path, lease: float = 2.0) -> subprocess.Popen:
+    env = {**os.environ, "DEEPSIFT_CHALLENGES_LEASE_SECONDS": str(lease)}
+    return subprocess.Popen([sys.executable, "-m", "deepsift", "challenges", "worker", "--database-url", database_url,
+                             "--data-dir", str(data_dir), "--poll-seconds", "0.1", "--name", name, "--verbose"],
+                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def test_a_worker_killed_mid_job_is_finished_by_another_scored_once(app, client, hosted, server_settings, tmp_path):
+    """Worker 1 takes the job and is stuck inside it (its input is a FIFO nobody writes yet); SIGKILL;
+    worker 2 takes the job over when the lease runs out and scores it; one score, two attempts."""
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    sid = submit(client, hosted, alice, csv_text(good_scores(hosted))).json()["id"]
+    db = app.state.db
+    with db.session() as s:
+        aligned = app.state.storage.root / Path(s.get(Submission, sid).file_path).parent / "aligned.npz"
+    real = aligned.with_name("real.npz")
+    aligned.rename(real)
+    os.mkfifo(aligned)  # reading it blocks: worker 1 is mid-job for as long as we like
+    url, data = server_settings.db_url, server_settings.data_dir
+    w1 = _worker_proc(url, data, "w1", tmp_path / "w1.log")
+    w2 = None
+    try:
+        def running_with_heartbeat() -> bool:
+            with db.session() as s:
+                sub = s.get(Submission, sid)
+                return sub.state == "running" and sub.worker == "w1" and sub.heartbeat_at > sub.started_at
+
+        wait_until(lambda: _state(db, sid) == "running", 180, 0.1, "worker 1 to take the job")
+        w2 = _worker_proc(url, data, "w2", tmp_path / "w2.log")  # starts meanwhile; the job is leased to w1
+        wait_until(running_with_heartbeat, 60, 0.1, "worker 1 to be inside the job, heartbeating")
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(10)
+        os.replace(real, aligned)  # the input is fine again; only the worker died
+
+        def scored() -> bool:
+            with db.session() as s:
+                return s.get(Submission, sid).state == "scored"
+
+        wait_until(scored, 180, 0.1, "worker 2 to score the job")
+    finally:
+        for p in (w1, w2):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+    with db.session() as s:
+        sub = s.get(Submission, sid)
+        assert sub.attempts == 2 and sub.worker == "w2" and sub.public_score == pytest.approx(1.0)
+    ev = _events(db, sid)
+    assert [st for st, _ in ev].count("scored") == 1
+    assert [w for st, w in ev if st == "running"] == ["w1", "w2"]
+
+
+def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, tmp_path):
+    """Clients keep submitting and polling through the server (uvicorn) while PostgreSQL restarts; two
+    `deepsift challenges worker` processes keep scoring. Nobody restarts anything else: every accepted
+    submission is scored once."""
+    from deepsift.challenges.client import Client
+    from deepsift.server import create_app
+    from serverkit import make_settings
+
+    pg_server.reset_database()
+    data = tmp_path / "data"
+    app = create_app(make_settings(pg_server.url, data))
+    from fastapi.testclient import TestClient
+
+    c = TestClient(app)  # set-up through the API, before the server starts
+    hosted = host_challenge(app, c, tmp_path, bootstrap=20)
+    users = [join(c, hosted.slug, register(c, f"user{i}"), f"Team {i}") for i in range(3)]
+    preds = tmp_path / "p.csv"
+    preds.write_text(csv_text(good_scores(hosted, 0.2)))
+    workers = [_worker_proc(pg_server.url, data, f"w{i}", tmp_path / f"w{i}.log", lease=3) for i in range(2)]
+    accepted: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    with LiveServer(app) as srv:
+        def client_loop(p) -> None:  # type: ignore[no-untyped-def]
+            with Client(srv.url, p.token, retries=12) as cl:
+                while not stop.is_set():
+                    try:
+                        accepted.append(cl.submit(hosted.slug, "dev", preds)["id"])
+                        cl.leaderboard(hosted.slug, "dev")
+                    except Exception as exc:  # noqa: BLE001 - recorded, asserted below
+                        errors.append(repr(exc))
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=client_loop, args=(u,)) for u in users]
+        for t in threads:
+            t.start()
+        wait_until(lambda: len(accepted) >= 6, 180, 0.1, "submissions before the restart")
+        pg_server.restart()  # immediate stop (like a crash), then start
+        n_before = len(accepted)
+        wait_until(lambda: len(accepted) >= n_before + 6, 180, 0.2, "submissions after the restart")
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert httpx.get(srv.url + "/healthz").status_code == 200
+        db = Database(pg_server.url)
+        try:
+            def all_scored() -> bool:
+                with db.session() as s:
+                    states = dict(s.execute(select(Submission.id, Submission.state)).all())
+                return set(states) == set(accepted) and set(states.values()) == {"scored"}
+
+            wait_until(all_scored, 240, 0.5, "every accepted submission to be scored")
+            with db.session() as s:
+                scored_events = s.scalars(select(SubmissionEvent.submission_id).where(
+                    SubmissionEvent.state == "scored")).all()
+            assert sorted(scored_events) == sorted(accepted)  # each once
+            assert len(set(accepted)) == len(accepted)  # no duplicate from a retried submit
+        finally:
+            db.dispose()
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+                w.wait(30)
+    app.state.db.dispose()
+    assert not errors, errors[:3]
+    assert all(w.returncode == 0 for w in workers)

@@ -92,7 +92,8 @@ __all__ = [
     "HelpFormatter", "add_command", "add_detector_options", "add_folder_options", "add_output_options", "add_runtime_options", "add_verbosity", "detector_kwargs",
     "existing_dir", "existing_file", "existing_path", "finite_float", "float_range", "fraction", "image_input",
     "int_range", "non_negative_float", "non_negative_int", "open_fraction", "path_or_hub_id", "plain", "positive_float",
-    "positive_int", "probability", "probability_band", "subgroup", "user_url_policy", "verbosity",
+    "positive_int", "probability", "probability_band", "subgroup", "user_url_policy", "verbosity", "workers_count",
+    "device_list",
 ]  # fmt: skip
 
 
@@ -196,6 +197,24 @@ fraction = float_range(0.0, 1.0, name="fraction")
 """A fraction in [0, 1]."""
 open_fraction = float_range(0.0, 1.0, lo_open=True, hi_open=True, name="fraction")
 """A fraction in (0, 1): both sides keep something (train/test shares)."""
+
+
+def workers_count(text: str) -> int | str:
+    """An argparse type: ``auto`` or an integer >= 1 (image decoding worker processes)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
+workers_count.__name__ = "'auto' or a positive integer"
+
+
+def device_list(text: str) -> list[str]:
+    """An argparse type: ``DEV,DEV,...`` torch devices to share the work (``cuda:0,cuda:1``; ``cpu,cpu`` to test)."""
+    devices = [d.strip() for d in str(text).split(",")]
+    if len(devices) < 1 or not all(re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", d) for d in devices):
+        raise argparse.ArgumentTypeError(f"must be devices separated by commas (e.g. cuda:0,cuda:1), got {text!r}")
+    return devices
 
 
 def probability_band(text: str) -> tuple[float, float]:
@@ -316,7 +335,7 @@ def add_detector_options(parser: argparse.ArgumentParser, *, model_default: str 
     g.add_argument("--backend", choices=BACKENDS, default="torch", help="engine running the network")
     g.add_argument("--preprocessing", choices=PREPROCESS_MODES, default="official",
                    help="official: centre crop 224, no resize, zero padding; resize: 248 then crop 224 (training)")
-    add_runtime_options(g, batch_size=DEFAULT_BATCH_SIZE, device="cpu", url_timeout=inputs)
+    add_runtime_options(g, batch_size=DEFAULT_BATCH_SIZE, device="auto", url_timeout=inputs)
     return g
 
 
@@ -326,11 +345,12 @@ def add_runtime_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
 
     With ``batch_size=None`` / ``device=None`` each model keeps its own default (the baselines).
     """
-    parser.add_argument("--device", default=device, help="torch device of the network: cpu, cuda, cuda:1, ..."
-                        + ("" if device else " (default: the model's own, cpu)"))
+    parser.add_argument("--device", default=device, help="torch device of the network: auto (CUDA when present), "
+                        "cpu, cuda, cuda:1, ..." + ("" if device else " (default: the model's own, cpu)"))
     parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                         help="images per forward pass" + ("" if batch_size else " (default: the model's own)"))
-    parser.add_argument("--workers", type=positive_int, default=None, help="image decoding workers (default: min(4, CPUs))")
+    parser.add_argument("--workers", type=workers_count, default="auto",
+                        help="image decoding worker processes; auto: one per CPU (two threads on a 1-2 CPU machine)")
     if url_timeout:
         parser.add_argument("--url-timeout", type=positive_float, default=URL_TIMEOUT_S, metavar="SECONDS",
                             help="time limit for each image URL")

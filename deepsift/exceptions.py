@@ -9,6 +9,7 @@
     │   └── ImageFetchError       a URL timed out, failed, or did not return an image
     │       └── URLNotAllowedError  the URL policy forbids its address (loopback, private, ...)
     ├── ModelError                a model or head could not be loaded or used
+    ├── DeviceError               a device this machine lacks (--device cuda without CUDA, cuda:7 of one GPU)
     │   ├── ModelNotFoundError    hub id not reachable/cached, or directory missing
     │   └── NotFittedError        a classifier head used before ``fit``
     ├── UnsafeFileError           a pickle without explicit trust
@@ -81,6 +82,10 @@ class URLNotAllowedError(ImageFetchError):
 
 class ModelError(DeepsiftError):
     """A model or classifier head could not be loaded or used."""
+
+
+class DeviceError(DeepsiftError):
+    """The named torch device does not exist on this machine (exit code 1)."""
 
 
 class ModelNotFoundError(ModelError):

@@ -269,7 +269,7 @@ def test_eval_really_uses_the_device_option(tmp_path, capsys):
     test = folders_dataset(tmp_path / "test", 4, seed=2)
     argv = ["eval", "generators", str(test), "--model", str(model), "--heads", str(heads)]
     capsys.readouterr()
-    assert main([*argv, "--device", "cuda"]) == 2
+    assert main([*argv, "--device", "cuda"]) == 1  # issue 12: a device this machine lacks is an error, exit 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "device 'cuda' is not usable" in err[0]
     assert main([*argv, "--device", "cpu", "--precision", "bf16", "--workers", "1", "--batch-size", "3"]) == 0

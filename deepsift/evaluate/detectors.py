@@ -68,8 +68,10 @@ def load_detectors(*, model: str | None, heads: str | None, classifiers: Sequenc
     each detector's default, the strict policy.
     """
     from ..model.detector import Detector
+    from ..model.devices import resolve_device
     from .scoring import head_views
 
+    device = str(resolve_device(device))  # "auto" becomes the device every detector here runs on
     out: dict[str, Any] = {}
     if model is not None:
         kinds = list(dict.fromkeys(classifiers or ["linear"]))

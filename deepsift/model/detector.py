@@ -20,7 +20,8 @@ from ..decision import DEFAULT_THRESHOLD, check_threshold, decide
 from ..exceptions import ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
-from .backbone import DEFAULT_MODEL, embed_tensor, load_backbone, resolve_model_dir
+from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir
+from .devices import Runner, resolve_device
 from .engine import run_batches
 from .headset import find_heads_dir, load_headset
 from .heads import HEAD_KINDS, Head
@@ -74,7 +75,7 @@ class Detector:
 
     def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
-                 threshold: float | None = None, workers: int | None = None, onnx_path: str | None = None,
+                 threshold: float | None = None, workers: int | str | None = None, onnx_path: str | None = None,
                  url_timeout: float = 20.0, url_policy: FetchPolicy = STRICT_POLICY) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -95,6 +96,8 @@ class Detector:
         self.precision, self.batch_size, self.preprocessing = precision, batch_size, preprocessing
         self.threshold, self.workers, self.url_timeout = threshold, workers, url_timeout
         self.url_policy = url_policy  # where image URLs may lead: strict unless the caller says otherwise
+        self.device = next(self.backbone.parameters()).device
+        self.runner = Runner(self.backbone, self.device, precision)  # uint8 in, rows out; pinned + async on CUDA
         self.onnx = None
         if onnx_path is not None:
             if precision != "fp32":
@@ -112,14 +115,14 @@ class Detector:
 
     @classmethod
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, heads: str | os.PathLike | None = None,
-             classifier: str = "linear", device: str = "cpu", backend: str = "torch",
+             classifier: str = "linear", device: str = "auto", backend: str = "torch",
              **kwargs: object) -> "Detector":
         """Load the backbone (hub id or folder) and its heads (explicit, beside the model, or cached)."""
         if classifier not in HEAD_KINDS:
             raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        backbone = load_backbone(model, device)
+        backbone = load_backbone(model, resolve_device(device))
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
@@ -133,10 +136,10 @@ class Detector:
         return cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
 
     @classmethod
-    def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "cpu",
+    def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
                            backend: str = "torch", **kwargs: object) -> "Detector":
         """A detector without heads: for :meth:`embed` (and for fitting heads)."""
-        backbone = load_backbone(model, device)
+        backbone = load_backbone(model, resolve_device(device))
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         return cls(backbone, None, **kwargs)  # type: ignore[arg-type]
@@ -146,12 +149,12 @@ class Detector:
         """Embed an NxHxWx3 uint8 batch of cropped images: (N, 192) float32."""
         if self.onnx is not None:
             return self.onnx(normalize_batch(batch))
-        with torch.inference_mode():
-            return embed_tensor(self.backbone, normalize_batch(batch)).numpy()
+        return self.runner(batch)
 
     def embed_batches(self, sources: Iterable[object]) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(items, embeddings)`` per batch, in input order (see :func:`run_batches`)."""
-        return run_batches(sources, self.embed_pixels, self.batch_size, self.preprocessing,  # type: ignore[arg-type]
+        forward = self.embed_pixels if self.onnx is not None else self.runner
+        return run_batches(sources, forward, self.batch_size, self.preprocessing,  # type: ignore[arg-type]
                            self.workers, self.url_timeout, self.url_policy)
 
     def embed_iter(self, sources: Iterable[object]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:

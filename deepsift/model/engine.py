@@ -1,6 +1,6 @@
-"""The batch engine: decode in worker threads while the network runs, in input order, streaming.
+"""The batch engine: decode in worker processes (or threads) while the network runs, in input order, streaming.
 
-Decoding (Pillow releases the GIL) overlaps the forward pass. At most ``max_in_flight``
+Decoding (:mod:`deepsift.model.decodepool`: one process per CPU; threads on small machines) overlaps the forward pass. At most ``max_in_flight``
 decoded images wait at any time, so memory stays flat however long the input stream is.
 Errors travel with their item; one bad input never stops a batch, and every per-input error
 names its input (``"<path or URL>: <what went wrong>"``), for the detector and the baselines alike.
@@ -81,11 +81,55 @@ def _prepare(index: int, source: object, mode: Preprocessing, url_timeout: float
     return item
 
 
-def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", workers: int | None = None,
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def decode_plan(workers: int | str | None, mode: Preprocessing) -> tuple[str, int]:
+    """``("processes" | "threads", n)``: how inputs are decoded for ``workers`` (an int, or None / ``"auto"``).
+
+    ``auto`` follows the machine: one decoding process per usable CPU, except on one or two CPUs,
+    where two decoding threads beside the network are as fast and start nothing (measured in
+    ``benchmarks/README.md``). A number asks for that many processes. A custom preprocessor
+    (the baselines') decodes in threads: processes only run the CoDE modes.
+    """
+    cpus = usable_cpus()
+    if workers is None or workers == "auto":
+        if cpus <= 2 or callable(mode):
+            return "threads", min(4, cpus)
+        return "processes", cpus
+    n = int(workers)
+    if n < 1:
+        raise ValueError(f"workers must be >= 1 or 'auto', got {workers!r}")
+    return ("threads" if callable(mode) else "processes"), n
+
+
+def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", workers: int | str | None = None,
                    max_in_flight: int = 64, url_timeout: float = URL_TIMEOUT_S,
-                   url_policy: FetchPolicy = STRICT_POLICY) -> Iterator[Item]:
+                   url_policy: FetchPolicy = STRICT_POLICY, decode_in: str | None = None) -> Iterator[Item]:
+    """Decode ``sources`` (worker processes or threads, see :func:`decode_plan`) and yield :class:`Item`
+    in input order, never more than ``max_in_flight`` inputs ahead of the consumer.
+
+    ``decode_in`` (``"processes"`` / ``"threads"``) overrides the plan's kind (benchmarks, tests).
+    """
+    kind, n = decode_plan(workers, mode)
+    kind = decode_in or kind
+    if kind == "processes":
+        from .decodepool import picklable, process_items
+
+        if picklable(mode, url_policy):
+            yield from process_items(sources, mode, n, max_in_flight, url_timeout, url_policy)
+            return
+    yield from thread_items(sources, mode, n, max_in_flight, url_timeout, url_policy)
+
+
+def thread_items(sources: Iterable[object], mode: Preprocessing, workers: int, max_in_flight: int,
+                 url_timeout: float, url_policy: FetchPolicy) -> Iterator[Item]:
     """Decode ``sources`` in a thread pool and yield :class:`Item` in input order (bounded look-ahead)."""
-    workers = workers or min(4, (os.cpu_count() or 2))
     pending: deque[Future[Item]] = deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepsift-decode") as pool:
         for index, source in enumerate(sources):
@@ -111,17 +155,40 @@ def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
 
 
 def run_batches(sources: Iterable[object], forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 32,
-                mode: Preprocessing = "official", workers: int | None = None,
+                mode: Preprocessing = "official", workers: int | str | None = None,
                 url_timeout: float = URL_TIMEOUT_S,
                 url_policy: FetchPolicy = STRICT_POLICY) -> Iterator[tuple[list[Item], np.ndarray]]:
     """Yield ``(items, outputs)`` per batch in input order; ``item.row`` indexes ``outputs`` (None on error).
 
-    ``forward`` maps an NxHxWx3 uint8 batch to N output rows.
+    ``forward`` maps an NxHxWx3 uint8 batch to N output rows. A ``pipelined`` forward with
+    ``launch(batch) -> token`` and ``collect(token) -> rows`` (:class:`deepsift.model.devices.Runner` on
+    CUDA) keeps one batch in flight: batch k+1 is launched (its copy to the GPU overlapping batch k's
+    forward) before k is collected, so k's rows come out once k+1 is decoded or the input ends.
     """
     look_ahead = max(2 * batch_size, 16)
+    launch = getattr(forward, "launch", None) if getattr(forward, "pipelined", False) else None
+    ahead: tuple[list[Item], list[Item], object] | None = None  # a launched batch not collected yet
     for run in batched(prepared_items(sources, mode, workers, look_ahead, url_timeout, url_policy), batch_size):
         good = [it for it in run if it.pixels is not None]
-        outputs = forward(np.stack([it.pixels for it in good])) if good else np.empty((0, 0), np.float32)
-        for k, it in enumerate(good):
-            it.row, it.pixels = k, None  # release pixels as soon as the batch is done
-        yield run, outputs
+        if launch is None:
+            outputs = forward(np.stack([it.pixels for it in good])) if good else np.empty((0, 0), np.float32)
+            yield _rows(run, good, outputs)
+            continue
+        token = launch(np.stack([it.pixels for it in good])) if good else None  # queued behind the batch ahead
+        for it in good:
+            it.pixels = None
+        if ahead is not None:
+            yield _rows(ahead[0], ahead[1], _collect(forward, ahead[2]))
+        ahead = (run, good, token)
+    if ahead is not None:
+        yield _rows(ahead[0], ahead[1], _collect(forward, ahead[2]))
+
+
+def _collect(forward: object, token: object) -> np.ndarray:
+    return forward.collect(token) if token is not None else np.empty((0, 0), np.float32)  # type: ignore[attr-defined]
+
+
+def _rows(run: list[Item], good: list[Item], outputs: np.ndarray) -> tuple[list[Item], np.ndarray]:
+    for k, it in enumerate(good):
+        it.row, it.pixels = k, None  # release pixels as soon as the batch is done
+    return run, outputs

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .engine import Item, Preprocessing, _prepare, error_text, load_pixels, source_name
+from .decoding import Item, Preprocessing, error_text, load_pixels, prepare_item, source_name
 
 SLOT_SHAPE = (224, 224, 3)
 PER_WORKER = 2  # inputs queued per worker: one decoding, one waiting, so no worker idles on a round trip
@@ -159,7 +159,7 @@ class ProcessDecoder:
     def _submit(self, index: int, source: object) -> None:
         """Take one input: decoded here at once (images, arrays, errors), else queued for a worker."""
         if in_process(source):
-            item = _prepare(index, source, self.mode, self.url_timeout, self.url_policy)
+            item = prepare_item(index, source, self.mode, self.url_timeout, self.url_policy)
             with self.lock:
                 self.done[index] = item
             return

@@ -1,6 +1,7 @@
 """The batch engine: decode in worker processes (or threads) while the network runs, in input order, streaming.
 
-Decoding (:mod:`deepsift.model.decodepool`: one process per CPU; threads on small machines) overlaps the forward pass. At most ``max_in_flight``
+Decoding (:mod:`deepsift.model.decodepool`: one process per CPU; two threads on one- or two-CPU
+machines, see :func:`decode_plan`) overlaps the forward pass. At most ``max_in_flight``
 decoded images wait at any time, so memory stays flat however long the input stream is.
 Errors travel with their item; one bad input never stops a batch, and every per-input error
 names its input (``"<path or URL>: <what went wrong>"``), for the detector and the baselines alike.
@@ -15,64 +16,20 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Union
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
-from PIL import Image
 
-from ..exceptions import DeepsiftError
-from ..images import ImageSource, PreprocessMode, crop_uint8, decode_image
-from ..sources import URL_TIMEOUT_S, SourceError, fetch_url, is_url
+from ..sources import URL_TIMEOUT_S
 from ..urlfetch import STRICT_POLICY, FetchPolicy
+from .decoding import Item, Preprocessing, Preprocessor, error_text, load_pixels, source_name
 
-Preprocessor = Callable[[Image.Image], np.ndarray]
-"""A decoded RGB image -> a fixed-shape array (picklable: it may run in another process)."""
-Preprocessing = Union[PreprocessMode, Preprocessor]
-
-
-@dataclass
-class Item:
-    """One input on its way through the engine."""
-
-    index: int
-    source: str
-    pixels: np.ndarray | None = None  # 224x224x3 uint8 after geometric preprocessing
-    error: str | None = None
-    row: int | None = None  # position of this item's output in its batch, once run
-
-
-def source_name(source: object, index: int) -> str:
-    """A printable name for an input: its path or URL, else a positional placeholder."""
-    if isinstance(source, (str, os.PathLike)):
-        return str(source)
-    if isinstance(source, SourceError):
-        return source.source
-    if isinstance(source, Image.Image):
-        return f"<image {index}>"
-    if isinstance(source, np.ndarray):
-        return f"<array {index}>"
-    return f"<bytes {index}>" if isinstance(source, (bytes, bytearray, memoryview)) else f"<input {index}>"
-
-
-def load_pixels(source: ImageSource | SourceError, mode: Preprocessing = "official",
-                url_timeout: float = URL_TIMEOUT_S, url_policy: FetchPolicy = STRICT_POLICY) -> np.ndarray:
-    """Fetch (URLs, within ``url_timeout`` in all, under ``url_policy``) and decode one input, then crop it
-    to 224x224x3 uint8 (or apply the ``mode`` preprocessor)."""
-    if isinstance(source, SourceError):
-        raise DeepsiftError(source.error)
-    data = fetch_url(source, deadline=url_timeout, policy=url_policy) if is_url(source) else source
-    image = decode_image(data)
-    return mode(image) if callable(mode) else crop_uint8(image, mode)
-
-
-def error_text(name: str, exc: BaseException) -> str:
-    """The per-input error wording: ``"<input>: <problem>"`` (deepsift errors as they are, others with their type)."""
-    text = str(exc) if isinstance(exc, DeepsiftError) else f"{type(exc).__name__}: {exc}"
-    return text if text.startswith(name) else f"{name}: {text}"
+__all__ = ["Item", "Preprocessing", "Preprocessor", "batched", "decode_plan", "error_text", "load_pixels",
+           "prepared_items", "run_batches", "source_name", "thread_items", "usable_cpus"]
 
 
 def _prepare(index: int, source: object, mode: Preprocessing, url_timeout: float, url_policy: FetchPolicy) -> Item:
+    """:func:`deepsift.model.decoding.prepare_item`, through this module's ``load_pixels`` (what the threads run)."""
     item = Item(index, source_name(source, index))
     try:
         item.pixels = load_pixels(source, mode, url_timeout, url_policy)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..exceptions import DeepsiftError
-from ..images import ImageSource, PreprocessMode, crop_uint8, decode_image
+from ..images import MAX_BYTES, ImageSource, PreprocessMode, crop_uint8, decode_image
 from ..sources import URL_TIMEOUT_S, SourceError, fetch_url, is_url
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 
@@ -53,8 +53,25 @@ def load_pixels(source: ImageSource | SourceError, mode: Preprocessing = "offici
     if isinstance(source, SourceError):
         raise DeepsiftError(source.error)
     data = fetch_url(source, deadline=url_timeout, policy=url_policy) if is_url(source) else source
+    if mode == "official":  # a JPEG: decode only the window, byte-identical (None: not applicable here)
+        pixels = _jpeg_window(data)
+        if pixels is not None:
+            return pixels
     image = decode_image(data)
     return mode(image) if callable(mode) else crop_uint8(image, mode)
+
+
+def _jpeg_window(data: object) -> np.ndarray | None:
+    """The official crop of a JPEG path or bytes by exact region decoding (:mod:`deepsift.jpegcrop`), or None."""
+    from ..jpegcrop import centre_crop_jpeg, read_jpeg_bytes, turbojpeg
+
+    if turbojpeg() is None:
+        return None
+    if isinstance(data, (str, os.PathLike)):
+        data = read_jpeg_bytes(data)
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_BYTES:
+        return None
+    return centre_crop_jpeg(bytes(data))
 
 
 def error_text(name: str, exc: BaseException) -> str:

@@ -362,6 +362,8 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     A command that reads URLs also gets :func:`user_url_policy` (the library's default is strict).
     """
     out = {k: getattr(args, k) for k in ("device", "batch_size", "precision", "preprocessing", "workers", "backend")}
+    if getattr(args, "devices", None):
+        out["devices"] = args.devices
     if hasattr(args, "url_timeout"):
         out["url_timeout"] = args.url_timeout
         out["url_policy"] = user_url_policy()

@@ -102,3 +102,40 @@ def test_the_engine_launches_the_next_batch_before_collecting_the_current_one():
     for (items_a, out_a), (_, out_b) in zip(piped, plain):
         assert np.array_equal(out_a, out_b)
     assert [it.row for it in piped[0][0]] == [0, 1, None, 2] and piped[0][0][2].error.startswith("<bytes 2>: ")
+
+
+def test_two_devices_share_every_batch_and_keep_the_rows_in_order():
+    from deepsift.model.devices import MultiRunner
+
+    net = create_backbone(build_code_config(num_hidden_layers=1), seed=0).eval()
+    single, multi = Runner(net, torch.device("cpu")), MultiRunner(net, [torch.device("cpu"), torch.device("cpu")])
+    assert multi.runners[0].net is net and multi.runners[1].net is not net  # each device its own copy
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 5, 8):
+        batch = rng.integers(0, 256, (n, 224, 224, 3), dtype=np.uint8)
+        assert len(multi.launch(batch)) == min(n, 2)
+        np.testing.assert_allclose(multi(batch), single(batch), atol=1e-5, rtol=0)
+
+
+def test_embed_with_devices_cpu_cpu_equals_one_device_row_for_row(code_model_dir, labelled_folders, tmp_path):
+    from deepsift.model.embeddings import read_embeddings
+
+    folder = str(labelled_folders["real"])
+    base = ["embed", folder, "--model", str(code_model_dir), "--batch-size", "5", "--workers", "1"]
+    assert main([*base, "--out", str(tmp_path / "one.parquet"), "--device", "cpu"]) == 0
+    assert main([*base, "--out", str(tmp_path / "two.parquet"), "--devices", "cpu,cpu"]) == 0
+    src1, emb1, _ = read_embeddings(tmp_path / "one.parquet")
+    src2, emb2, _ = read_embeddings(tmp_path / "two.parquet")
+    assert src1 == src2 and len(src1) > 5
+    np.testing.assert_allclose(emb2, emb1, atol=1e-5, rtol=0)
+
+
+def test_devices_option_errors(code_model_dir, tmp_path, capsys):
+    args = ["embed", str(code_model_dir / "config.json"), "--model", str(code_model_dir),
+            "--out", str(tmp_path / "e.parquet")]
+    assert main([*args, "--devices", "gpu0,gpu1"]) == 2  # not device names: bad usage
+    if not torch.cuda.is_available():
+        capsys.readouterr()
+        assert main([*args, "--devices", "cpu,cuda:7"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "device 'cuda:7' is not usable here" in err[0]

@@ -16,6 +16,7 @@ from ..cliargs import (
     add_folder_options,
     add_output_options,
     detector_kwargs,
+    device_list,
     existing_dir,
     image_input,
     int_range,
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     add_output_options(p)
     add_folder_options(p)
     add_detector_options(p, threshold=True)
+    add_devices_option(p)
     p.set_defaults(func=cmd_detect)
 
     p = add_command(sub, "embed", "write CoDE embeddings of images to a parquet file")
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output .parquet file (source, embedding, error)")
     add_folder_options(p)
     add_detector_options(p, heads=False, classifier=None)
+    add_devices_option(p)
     p.set_defaults(func=cmd_embed)
 
     heads = subgroup(sub, groups, "heads", "fit classifier heads on embeddings")
@@ -82,6 +85,13 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output .onnx file")
     p.add_argument("--opset", type=int_range(14, 30), default=18, help="ONNX opset version")
     p.set_defaults(func=cmd_export_onnx)
+
+
+def add_devices_option(p: argparse.ArgumentParser) -> None:
+    """``--devices``: several devices of this machine share every batch (detect, embed)."""
+    p.add_argument("--devices", type=device_list, metavar="DEV,DEV,...",
+                   help="use several devices of this machine, e.g. cuda:0,cuda:1 (each takes a share of every batch; "
+                        "the output stays in input order; overrides --device; default: --device alone)")
 
 
 def _check_model(model: str) -> None:

@@ -21,7 +21,7 @@ from ..exceptions import ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir
-from .devices import Runner, resolve_device
+from .devices import MultiRunner, Runner, resolve_device
 from .engine import run_batches
 from .headset import find_heads_dir, load_headset
 from .heads import HEAD_KINDS, Head
@@ -70,13 +70,22 @@ def onnx_for(backbone: ViTModel, model_dir: Path) -> Path:
     return path
 
 
+def _first_device(device: str, kwargs: dict) -> torch.device:
+    """The device the network loads on: the first of ``devices`` when several are given (all checked first)."""
+    devices = kwargs.get("devices") or None
+    if devices:
+        return [resolve_device(d) for d in devices][0]
+    return resolve_device(device)
+
+
 class Detector:
     """CoDE backbone plus classifier heads; streams any number of images in input order."""
 
     def __init__(self, backbone: ViTModel, heads: dict[str, Head] | None = None, classifier: str = "linear",
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
                  threshold: float | None = None, workers: int | str | None = None, onnx_path: str | None = None,
-                 url_timeout: float = 20.0, url_policy: FetchPolicy = STRICT_POLICY) -> None:
+                 url_timeout: float = 20.0, url_policy: FetchPolicy = STRICT_POLICY,
+                 devices: list[str] | None = None) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if preprocessing not in PREPROCESS_MODES:
@@ -97,7 +106,9 @@ class Detector:
         self.threshold, self.workers, self.url_timeout = threshold, workers, url_timeout
         self.url_policy = url_policy  # where image URLs may lead: strict unless the caller says otherwise
         self.device = next(self.backbone.parameters()).device
-        self.runner = Runner(self.backbone, self.device, precision)  # uint8 in, rows out; pinned + async on CUDA
+        self.runner: Runner | MultiRunner = Runner(self.backbone, self.device, precision)  # pinned + async on CUDA
+        if devices and len(devices) > 1:  # several devices share every batch, rows back in input order
+            self.runner = MultiRunner(self.backbone, [resolve_device(d) for d in devices], precision)
         self.onnx = None
         if onnx_path is not None:
             if precision != "fp32":
@@ -122,7 +133,7 @@ class Detector:
             raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        backbone = load_backbone(model, resolve_device(device))
+        backbone = load_backbone(model, _first_device(device, kwargs))
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
@@ -139,7 +150,7 @@ class Detector:
     def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
                            backend: str = "torch", **kwargs: object) -> "Detector":
         """A detector without heads: for :meth:`embed` (and for fitting heads)."""
-        backbone = load_backbone(model, resolve_device(device))
+        backbone = load_backbone(model, _first_device(device, kwargs))
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         return cls(backbone, None, **kwargs)  # type: ignore[arg-type]

@@ -10,11 +10,15 @@
   CPU's exact float32 arithmetic, and the next batch's copy runs while the current one is in the
   network (:meth:`Runner.launch` queues, :meth:`Runner.collect` waits; the engine keeps one batch
   in flight). On the CPU the same calls run the bit-identical table normalisation.
+* :class:`MultiRunner`: several devices (``--devices cuda:0,cuda:1``) share every batch, each its
+  contiguous slice of rows at the same time, the rows joined back in input order.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+import copy
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -148,6 +152,39 @@ class Runner:
         host, done = token
         done.synchronize()
         return host.numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Launch and collect one batch."""
+        return self.collect(self.launch(batch))
+
+
+class MultiRunner:
+    """Several devices share every batch: contiguous row slices, one per device, run at once, joined in order.
+
+    Each device holds its own copy of ``net``; a slice runs through that device's :class:`Runner`
+    in its own thread (torch releases the GIL in the forward). ``cpu,cpu`` runs the same logic on
+    one machine without GPUs (tests, CI).
+    """
+
+    pipelined = True
+
+    def __init__(self, net: Any, devices: Sequence[torch.device], precision: str = "fp32") -> None:
+        if not devices:
+            raise ValueError("MultiRunner needs at least one device")
+        home = next(net.parameters()).device
+        self.runners = [Runner(net if (i == 0 and dev == home) else copy.deepcopy(net).to(dev).eval(), dev, precision)
+                        for i, dev in enumerate(devices)]
+        self.pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="deepsift-device")
+
+    def launch(self, batch: np.ndarray) -> list[Future]:
+        """Start every device on its slice of ``batch`` (an empty slice is skipped)."""
+        bounds = np.linspace(0, len(batch), len(self.runners) + 1).round().astype(int)
+        return [self.pool.submit(runner, batch[a:b]) for runner, a, b in zip(self.runners, bounds[:-1], bounds[1:])
+                if b > a]
+
+    def collect(self, token: list[Future]) -> np.ndarray:
+        """The rows of every slice, in input order."""
+        return np.concatenate([f.result() for f in token])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Launch and collect one batch."""

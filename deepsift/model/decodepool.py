@@ -249,7 +249,7 @@ class ProcessDecoder:
             from ..exceptions import DeepsiftError
 
             raise DeepsiftError(f"the image decoding worker processes cannot start ({sys.executable} -m "
-                                f"deepsift.model.decodepool exited with code {code}); use --workers auto")
+                                f"deepsift.model.decodepool exited with code {code}; its error is printed above)")
         with self.lock:
             if worker.tasks:
                 index, slot, source = worker.tasks.popleft()

@@ -40,13 +40,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise DeviceError(f"device {str(name)!r} is not usable here ({why}); use --device cpu or auto")
+            raise DeviceError(f"device {str(name)!r} is not usable here ({why}); use the device 'cpu' or 'auto'")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise DeviceError(f"device {str(name)!r} is not usable here (this machine has {count} CUDA GPU(s): "
                               f"cuda:0..cuda:{count - 1})")
     elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise DeviceError(f"device {str(name)!r} is not usable here (no Apple MPS device); use --device cpu or auto")
+        raise DeviceError(f"device {str(name)!r} is not usable here (no Apple MPS device); use the device 'cpu' or 'auto'")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device {str(name)!r} is not usable here (deepsift runs on cpu, cuda or mps)")
     return device

@@ -147,8 +147,8 @@ def test_every_response_kind_gets_its_status_and_resume_fetches_nothing(server, 
     assert server.hits["/down503"] == 3 and status["down"]["attempts"] == 3
     assert server.hits["/missing"] == 1  # a 404 is not retried
     # failed downloads leave no file behind, and no temporary files remain
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["status.jsonl", "good.jpg", "png.png", "redirect.jpg", "r429.jpg", "r503.jpg"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(  # status.sqlite: the on-disk index (issue 12)
+        ["status.jsonl", "status.sqlite", "good.jpg", "png.png", "redirect.jpg", "r429.jpg", "r503.jpg"])
 
     before = Counter(server.hits)
     again = Fetcher(out, config()).run(items, progress=False)

@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,6 +45,9 @@ from ..exceptions import DataError, ImageDecodeError, ImageTooLargeError, URLNot
 from ..filenames import safe_name  # noqa: F401  (re-exported: the image file name of an id)
 from ..images import MAX_PIXELS, decode_image
 from ..output import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from .statusindex import StatusIndex
 from ..urlfetch import STRICT_POLICY, FetchPolicy, aget, async_client, run_sync
 
 STATUS_FILE = "status.jsonl"
@@ -180,8 +183,19 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def load_status(out_dir: str | os.PathLike) -> dict[str, dict]:
-    """The latest status line per id from ``out_dir/status.jsonl`` (empty when absent)."""
+def load_status(out_dir: str | os.PathLike) -> "StatusIndex":
+    """The latest status line per id of ``out_dir/status.jsonl``, as an on-disk index (a read-only mapping).
+
+    Memory does not grow with the number of ids (:mod:`deepsift.data.statusindex`, ``status.sqlite``
+    beside the JSONL, rebuilt from it when missing or stale).
+    """
+    from .statusindex import StatusIndex
+
+    return StatusIndex(out_dir, STATUS_FILE)
+
+
+def load_status_dict(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """The latest status line per id from ``out_dir/status.jsonl`` as a dict in RAM (small folders, benchmarks)."""
     path = Path(out_dir) / STATUS_FILE
     latest: dict[str, dict] = {}
     if not path.exists():
@@ -257,6 +271,7 @@ class Fetcher:
                 status_fh.write("\n")
                 status_fh.flush()
         except OSError as exc:
+            previous.close()
             raise DataError(f"cannot write {status_path}: {exc.strerror or exc}") from None
         good_end = [status_fh.tell()]  # where the last complete status line ends
         with status_fh:
@@ -288,13 +303,11 @@ class Fetcher:
                     bar.update(1)
 
             try:
-                seen: set[str] = set()
                 for rid, url in items:
                     if fatal:
                         break
-                    if rid in seen:
+                    if not previous.first_sighting(rid):  # a duplicate id in the input (kept on disk, not in RAM)
                         continue
-                    seen.add(rid)
                     entry = previous.get(rid)
                     if not needs_fetch(entry, self.out_dir, cfg.retry_failed):
                         summary.skipped += 1
@@ -314,6 +327,7 @@ class Fetcher:
                 for client in clients:
                     await client.aclose()
                 bar.close()
+                previous.close()
                 try:
                     status_fh.flush()
                 except OSError as exc:

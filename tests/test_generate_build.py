@@ -136,7 +136,10 @@ def test_spec_that_does_not_load_fails_before_any_work(models, tmp_path, capsys)
     assert "must be a positive integer" in capsys.readouterr().err  # a bad spec is bad usage, found at parsing
 
 
-def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, capsys):
+def test_add_to_grows_existing_shards_without_regenerating(models, tmp_path, capsys, monkeypatch):
+    import deepsift.generate.chunks as chunks
+
+    monkeypatch.setattr(chunks, "ADD_TO_BATCH_ROWS", 1)  # the base shards are streamed a row at a time (issue 12)
     src = write_prompts(tmp_path / "in", 3, [json.dumps({"id": "noreal", "prompt": "kept, but no vae image"})])
     base = tmp_path / "base"
     build(str(src), [parse_spec(sd_spec(models))], base, chunk_size=2)

@@ -130,6 +130,29 @@ def write_table_atomic(
         raise
 
 
+def write_batches_atomic(schema: pa.Schema, tables: Iterable[pa.Table], path: str | os.PathLike, *,
+                         compression: str = "snappy") -> Path:
+    """Write tables of ``schema`` one after another as one parquet file, atomically: memory holds one at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = None
+    try:
+        out = _AtomicParquet(path, schema, _default_opener, compression)
+        for table in tables:
+            out.write_table(table)
+        return out.commit()
+    except OSError as exc:
+        if out is not None:
+            out.abort()
+        else:
+            _unlink_quiet(temp_path_for(path))
+        raise _write_error(exc, path, 0) from None
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
+
+
 def write_shard(
     records: Iterable[D3Record], path: str | os.PathLike, *, n_generators: int, with_seed: bool = True,
     opener: Opener | None = None,

@@ -30,7 +30,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -87,6 +87,10 @@ class Generated:
     n_input: int
     base: str | None
     skips: list[tuple[str, str]] = field(default_factory=list)  # (id, reason): kept, real-image slots empty
+
+
+ADD_TO_BATCH_ROWS = 256
+"""Rows of a base shard held at once while ``--add-to`` copies it (images included)."""
 
 
 def prepare_chunk(items: Sequence[SourceItem], *, needs_prompt: bool, needs_real: bool, base: str | None = None) -> Prepared:
@@ -236,16 +240,26 @@ def write_chunk(res: Generated, path: str | Path) -> dict:
 
 
 def _write_added(res: Generated, path: Path) -> dict:
-    """``--add-to``: the existing shard's columns unchanged plus the new generators' columns."""
-    base = pq.read_table(res.base)
-    if base.num_rows != len(res.items):
-        raise GeneratorError(f"{res.base}: has {base.num_rows} rows, expected {len(res.items)}")
-    old_meta = json.loads((base.schema.metadata or {}).get(META_KEY, b"{}") or b"{}")
-    n0 = max((int(c[len("model_gen"):]) + 1 for c in base.column_names if c.startswith("model_gen")), default=0)
+    """``--add-to``: the existing shard's columns unchanged plus the new generators' columns.
+
+    The base shard is streamed by batches of rows (its images are never all in memory at once):
+    each batch is written with the matching slice of the new columns.
+    """
+    from ..data.writer import write_batches_atomic
+
+    try:
+        base = pq.ParquetFile(res.base)
+        base_schema, n_rows = base.schema_arrow, base.metadata.num_rows
+    except (pa.ArrowException, OSError) as exc:
+        raise GeneratorError(f"{res.base}: unreadable parquet ({exc})") from None
+    if n_rows != len(res.items):
+        raise GeneratorError(f"{res.base}: has {n_rows} rows, expected {len(res.items)}")
+    old_meta = json.loads((base_schema.metadata or {}).get(META_KEY, b"{}") or b"{}")
+    n0 = max((int(c[len("model_gen"):]) + 1 for c in base_schema.names if c.startswith("model_gen")), default=0)
     template = d3_arrow_schema(1)
     failed = {i for i, _ in res.failures}
     images: dict[str, int] = {}
-    table = base
+    fields, columns = list(base_schema.remove_metadata()), []
     for g, meta in enumerate(res.gen_meta):
         gens: list[Generation | None] = [
             None if item.id in failed or res.pixels[g][k] is None else _generation(meta, item, res.pixels[g][k])
@@ -253,15 +267,25 @@ def _write_added(res: Generated, path: Path) -> dict:
         ]
         images[meta["name"]] = sum(x is not None for x in gens)
         for stem in (*GEN_COLUMNS, *EXTENSION_STEMS):
-            values = [_cell(stem, x) for x in gens]
             field_ = template.field(gen_column(stem, 0))
-            table = table.append_column(pa.field(gen_column(stem, n0 + g), field_.type), pa.array(values, field_.type))
-    meta = chunk_metadata(res, base.num_rows, images)
+            fields.append(pa.field(gen_column(stem, n0 + g), field_.type))
+            columns.append(pa.array([_cell(stem, x) for x in gens], field_.type))
+    meta = chunk_metadata(res, n_rows, images)
     meta["generators"] = list(old_meta.get("generators", [])) + meta["generators"]
     meta["added"] = [m["name"] for m in res.gen_meta]
-    schema = with_hf_metadata(table.schema.remove_metadata())
-    table = table.replace_schema_metadata({**(schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    write_table_atomic(table, path)
+    schema = with_hf_metadata(pa.schema(fields))
+    schema = schema.with_metadata({**(schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
+
+    def tables() -> Iterator[pa.Table]:
+        offset = 0
+        for batch in base.iter_batches(batch_size=ADD_TO_BATCH_ROWS):
+            n = batch.num_rows
+            yield pa.Table.from_arrays([*batch.columns, *(c.slice(offset, n) for c in columns)], schema=schema)
+            offset += n
+        if offset == 0:
+            yield schema.empty_table()
+
+    write_batches_atomic(schema, tables(), path)
     return meta
 
 

@@ -21,6 +21,7 @@ from ..cliargs import (
     image_input,
     int_range,
     path_or_hub_id,
+    positive_int,
     subgroup,
 )
 
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     add_folder_options(p)
     add_detector_options(p, threshold=True)
     add_devices_option(p)
+    add_ray_options(p, "OUT-00000.jsonl, OUT-00001.jsonl, ... (needs --out and --format jsonl)")
     p.set_defaults(func=cmd_detect)
 
     p = add_command(sub, "embed", "write CoDE embeddings of images to a parquet file")
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     add_folder_options(p)
     add_detector_options(p, heads=False, classifier=None)
     add_devices_option(p)
+    add_ray_options(p, "OUT-00000.parquet, OUT-00001.parquet, ...")
     p.set_defaults(func=cmd_embed)
 
     heads = subgroup(sub, groups, "heads", "fit classifier heads on embeddings")
@@ -94,6 +97,40 @@ def add_devices_option(p: argparse.ArgumentParser) -> None:
                         "the output stays in input order; overrides --device; default: --device alone)")
 
 
+def add_ray_options(p: argparse.ArgumentParser, shards: str) -> None:
+    """``--ray``, ``--ray-actors``, ``--ray-chunk-size``: the same engine as Ray actors, sharded outputs."""
+    p.add_argument("--ray", metavar="auto|ADDRESS", default=None,
+                   help=f"run on a Ray cluster: auto (join or start one) or its address; writes {shards}, whose "
+                        f"rows in name order are those of the local run (default: no Ray)")
+    p.add_argument("--ray-actors", type=positive_int, default=None,
+                   help="engine actors (default: one per GPU, else 1)")
+    p.add_argument("--ray-chunk-size", type=positive_int, default=4096, help="inputs per shard")
+
+
+def _on_ray(args: argparse.Namespace, task: str) -> int:
+    """detect/embed --ray: run the chunks on the cluster, one shard each; exit code as the local run."""
+    from ..exceptions import UsageError
+    from ..output import note
+    from ..sources import expand_inputs
+    from .ray_run import run_on_ray
+
+    if task == "detect" and (args.out is None or args.format != "jsonl"):
+        raise UsageError("detect with --ray writes JSONL shards: give --out FILE.jsonl and --format jsonl")
+    kwargs = detector_kwargs(args)
+    kwargs.pop("backend", None)
+    if getattr(args, "threshold", None) is not None:
+        kwargs["threshold"] = args.threshold
+    total = failed = shards = 0
+    for _, rows, bad in run_on_ray(task, expand_inputs(args.paths, follow_links=args.follow_links), args.out,
+                                   model=str(args.model), address=args.ray, heads=getattr(args, "heads", None),
+                                   classifier=getattr(args, "classifier", None) if task == "detect" else None,
+                                   actors=args.ray_actors, chunk_size=args.ray_chunk_size, kwargs=kwargs):
+        total, failed, shards = total + rows, failed + bad, shards + 1
+    note(f"deepsift: {task} on Ray wrote {total - failed} row(s) in {shards} shard(s) beside {args.out}; "
+         f"{failed} input(s) failed")
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
 def _check_model(model: str) -> None:
     """A hub model that is neither cached nor reachable: one line at once, before torch loads."""
     from pathlib import Path
@@ -112,6 +149,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     from ..output import write_predictions
 
+    if args.ray:
+        return _on_ray(args, "detect")
     det = Detector.load(args.model, heads=args.heads, classifier=args.classifier,
                         threshold=args.threshold, **detector_kwargs(args))
     return write_predictions(det.predict_iter(expand_inputs(args.paths, follow_links=args.follow_links)),
@@ -126,6 +165,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from ..output import note, progress
     from .embeddings import EmbeddingWriter
 
+    if args.ray:
+        return _on_ray(args, "embed")
     det = Detector.load_backbone_only(args.model, **detector_kwargs(args))
     failed = total = 0
     with EmbeddingWriter(args.out, dim=int(det.backbone.config.hidden_size), model=str(args.model)) as writer:

@@ -59,12 +59,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def model_only(det: Detector, batch: np.ndarray, rounds: int) -> list[float]:
-    """Images/s of normalise + forward for a uint8 batch already on the device (after a warm-up)."""
+def model_only(det: Detector, batch: np.ndarray, rounds: int, autocast: bool = False) -> list[float]:
+    """Images/s of normalise + forward for a uint8 batch already on the device (after a warm-up).
+
+    ``autocast``: fp32 weights under ``torch.autocast(bfloat16)`` (the other way to run bf16).
+    """
     on_device = torch.from_numpy(batch).to(det.device)
     param = next(det.backbone.parameters())
     rates = []
-    with torch.inference_mode(), exact_fp32(det.device, det.precision):
+    cast = torch.autocast(det.device.type, dtype=torch.bfloat16) if autocast else exact_fp32(det.device, det.precision)
+    with torch.inference_mode(), cast:
         for r in range(rounds + 1):
             sync(det.device)
             t0 = time.perf_counter()
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             rates = model_only(det, batch, args.rounds)
             ceiling[prec] = float(np.median(rates))
             print(f"{prec}: {ceiling[prec]:9.0f} img/s (spread {min(rates):.0f}-{max(rates):.0f})")
+        rates = model_only(dets["fp32"], batch, args.rounds, autocast=True)
+        print(f"bf16 by autocast (fp32 weights): {float(np.median(rates)):9.0f} img/s "
+              f"(deepsift's bf16 uses bf16 weights: {ceiling['bf16'] / float(np.median(rates)):.2f}x this)")
 
         print("\n== decode + crop only, worker processes (start-up included)")
         counts = sorted({c for c in (1, 2, 4, 8, 16, 32, cpus) if c <= cpus})

@@ -106,6 +106,8 @@ def test_worker_plan_follows_the_machine(monkeypatch):
     monkeypatch.setattr(engine, "usable_cpus", lambda: 16)
     assert decode_plan("auto", "official") == ("processes", 16)
     assert decode_plan(None, kill_on_magenta) == ("threads", 4)  # custom preprocessors stay in threads
+    assert decode_plan("auto", "official", count=20) == ("threads", 4)  # a few images start no processes
+    assert decode_plan("auto", "official", count=128) == ("processes", 16)
     monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
     assert decode_plan("auto", "official") == ("threads", 2)  # a 2-core laptop: as fast, nothing to start
     assert decode_plan(3, "official") == ("processes", 3)

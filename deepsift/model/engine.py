@@ -46,17 +46,18 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def decode_plan(workers: int | str | None, mode: Preprocessing) -> tuple[str, int]:
+def decode_plan(workers: int | str | None, mode: Preprocessing, count: int | None = None) -> tuple[str, int]:
     """``("processes" | "threads", n)``: how inputs are decoded for ``workers`` (an int, or None / ``"auto"``).
 
     ``auto`` follows the machine: one decoding process per usable CPU, except on one or two CPUs,
     where two decoding threads beside the network are as fast and start nothing (measured in
-    ``benchmarks/README.md``). A number asks for that many processes. A custom preprocessor
-    (the baselines') decodes in threads: processes only run the CoDE modes.
+    ``benchmarks/README.md``), and for a known ``count`` of inputs under 8 per CPU (a call on a
+    few images starts no processes). A number asks for that many processes. A custom
+    preprocessor (the baselines') decodes in threads: processes only run the CoDE modes.
     """
     cpus = usable_cpus()
     if workers is None or workers == "auto":
-        if cpus <= 2 or callable(mode):
+        if cpus <= 2 or callable(mode) or (count is not None and count < 8 * cpus):
             return "threads", min(4, cpus)
         return "processes", cpus
     n = int(workers)
@@ -73,7 +74,7 @@ def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", 
 
     ``decode_in`` (``"processes"`` / ``"threads"``) overrides the plan's kind (benchmarks, tests).
     """
-    kind, n = decode_plan(workers, mode)
+    kind, n = decode_plan(workers, mode, len(sources) if hasattr(sources, "__len__") else None)  # type: ignore[arg-type]
     kind = decode_in or kind
     if kind == "processes":
         from .decodepool import picklable, process_items

@@ -16,12 +16,14 @@ a worker whose parent is gone ends at once (its pipe closes).
 """
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
@@ -155,6 +157,8 @@ class ProcessDecoder:
         os.set_blocking(self.wake_w, False)  # a full pipe already means "wake up"
         self.wake_open = True
         self.replaced = 0  # workers that died and were replaced (for tests and logs)
+        self.closed = False
+        self.collector: threading.Thread | None = None
 
     def _submit(self, index: int, source: object) -> None:
         """Take one input: decoded here at once (images, arrays, errors), else queued for a worker."""
@@ -272,7 +276,8 @@ class ProcessDecoder:
         Inputs are taken here, in the caller's thread (a blocking source such as stdin blocks only
         the caller, as with threads), and never more than ``max_in_flight`` ahead of what was yielded.
         """
-        collector = threading.Thread(target=self._collect, daemon=True, name="deepsift-collect")
+        collector = self.collector = threading.Thread(target=self._collect, daemon=True, name="deepsift-collect")
+        _LIVE.add(self)
         collector.start()
         try:
             taken = yielded = 0
@@ -289,13 +294,22 @@ class ProcessDecoder:
             self.close(collector)
 
     def close(self, collector: threading.Thread | None = None) -> None:
-        """Stop the threads and the workers and free the shared memory."""
+        """Stop the threads and the workers and free the shared memory (once; also at interpreter exit)."""
         with self.lock:
-            self.stopping = True
+            if self.closed:
+                return
+            self.closed = self.stopping = True
             self.lock.notify_all()
+        _LIVE.discard(self)
         self._wake()
-        if collector is not None:
-            collector.join()
+        collector = collector or self.collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join(10)  # bounded: a run interrupted mid-way must still end
+        for w in self.workers:
+            try:
+                w.send.send(None)
+            except (OSError, ValueError):
+                pass
         for w in self.workers:
             w.stop()
         with self.lock:
@@ -305,6 +319,17 @@ class ProcessDecoder:
         del self.block
         self.shm.close()
         self.shm.unlink()
+
+
+_LIVE: "weakref.WeakSet[ProcessDecoder]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    """At exit (a run stopped by Ctrl-C or SIGTERM leaves its generator unclosed): stop every pool while
+    its threads still run; later, during interpreter finalisation, joining them would hang."""
+    for pool in list(_LIVE):
+        pool.close()
 
 
 def process_items(sources: Iterable[object], mode: Preprocessing, workers: int, max_in_flight: int,

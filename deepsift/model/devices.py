@@ -112,11 +112,11 @@ class Runner:
             return host
         slot = self.turn % self.depth
         self.turn += 1
-        while len(self.pinned) <= slot:
-            self.pinned.append(torch.empty(0, dtype=torch.uint8).pin_memory())
+        if len(self.pinned) <= slot:
+            self.pinned.append(torch.empty(host.numel(), dtype=torch.uint8, pin_memory=True))
         buf = self.pinned[slot]
-        if buf.numel() < host.numel():
-            buf = self.pinned[slot] = torch.empty(host.numel(), dtype=torch.uint8).pin_memory()
+        if buf.numel() < host.numel():  # grown once per slot: buffers are reused batch after batch
+            buf = self.pinned[slot] = torch.empty(host.numel(), dtype=torch.uint8, pin_memory=True)
         staged = buf[: host.numel()].view(host.shape)
         staged.copy_(host)
         with torch.cuda.stream(self.copy_stream):

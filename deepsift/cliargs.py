@@ -203,7 +203,10 @@ def workers_count(text: str) -> int | str:
     """An argparse type: ``auto`` or an integer >= 1 (image decoding worker processes)."""
     if str(text).strip().lower() == "auto":
         return "auto"
-    return positive_int(text)
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text!r}") from None
 
 
 workers_count.__name__ = "'auto' or a positive integer"

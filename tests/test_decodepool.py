@@ -113,3 +113,16 @@ def test_worker_plan_follows_the_machine(monkeypatch):
     assert decode_plan(3, "official") == ("processes", 3)
     with pytest.raises(ValueError):
         decode_plan(0, "official")
+
+
+def test_workers_option_takes_auto_or_a_positive_count(code_model_dir, capsys):
+    from deepsift.cli import main
+    from deepsift.cliargs import workers_count
+
+    assert workers_count("auto") == "auto" and workers_count("AUTO") == "auto" and workers_count("3") == 3
+    for bad in ("0", "-2", "many"):
+        capsys.readouterr()
+        assert main(["embed", str(code_model_dir / "config.json"), "--model", str(code_model_dir),
+                     "--out", "never.parquet", "--workers", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--workers" in err[0] and "auto" in err[0]

@@ -147,6 +147,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _runtime(args: argparse.Namespace, accepted: object = None) -> dict:
     """The runtime options given on the command line (those the baseline takes, when ``accepted``)."""
     given = {k: getattr(args, k) for k in RUNTIME_DESTS if getattr(args, k, None) is not None}
+    if given.get("device") is not None:  # "auto" and the one-line refusal of a missing GPU, as in detect
+        from ...model.devices import resolve_device
+
+        given["device"] = str(resolve_device(given["device"]))
     return {k: v for k, v in given.items() if accepted is None or k in accepted}  # type: ignore[operator]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,7 +17,9 @@ from PIL import Image
 from deepsift.data.schema import D3Record, Generation
 from deepsift.data.writer import write_shard
 
-GENERATORS = {"up-nearest": Image.NEAREST, "up-bilinear": Image.BILINEAR}
+GENERATORS = {"up-nearest": "nearest", "up-bilinear": "bilinear", "up-checker": "checker"}
+"""Generator name -> its trace: 2x nearest upsampling (blocks), or bilinear upsampling through a
+transposed-convolution-like layer (the period-2 checkerboard artifact)."""
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
               "patch_size": 32}
 
@@ -30,10 +33,16 @@ def real_image(i: int, size: int = 64) -> Image.Image:
     return Image.fromarray(np.clip(im, 0, 255).astype(np.uint8))
 
 
-def upsampled(im: Image.Image, resample: int) -> Image.Image:
-    """The upsampling generator: half size, then back with ``resample``."""
+def upsampled(im: Image.Image, kind: str, amplitude: float = 8.0) -> Image.Image:
+    """The upsampling generator: half size, then back up with ``kind``'s trace."""
     w, h = im.size
-    return im.resize((w // 2, h // 2), Image.BILINEAR).resize((w, h), resample)
+    small = im.resize((w // 2, h // 2), Image.BILINEAR)
+    if kind in ("nearest", "bilinear"):
+        return small.resize((w, h), Image.NEAREST if kind == "nearest" else Image.BILINEAR)
+    arr = np.asarray(small.resize((w, h), Image.BILINEAR), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    arr += amplitude * np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
 
 
 def png(im: Image.Image) -> bytes:
@@ -42,7 +51,7 @@ def png(im: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def make_dataset(root: Path, n: int, per_shard: int = 16, generators: dict = GENERATORS, size: int = 64,
+def make_dataset(root: Path, n: int, per_shard: int = 16, generators: Sequence[str] = ("up-nearest", "up-bilinear"), size: int = 64,
                  with_real: bool = True, first: int = 0) -> tuple[Path, Path]:
     """Write ``n`` records as D3 shards under ``root/shards`` and their reals under ``root/real``; return both."""
     shards, reals = root / "shards", root / "real"
@@ -55,7 +64,7 @@ def make_dataset(root: Path, n: int, per_shard: int = 16, generators: dict = GEN
         if with_real:
             r.save(reals / f"{rid}.png")
         gens = [Generation(model=f"model-{g}", width=size, height=size, steps=None, filepath=None,
-                           image=png(upsampled(r, f)), generator=g) for g, f in generators.items()]
+                           image=png(upsampled(r, f)), generator=g) for g, f in ((g, GENERATORS[g]) for g in generators)]
         records.append(D3Record(id=rid, original_prompt="p", positive_prompt="p", negative_prompt=None,
                                 url=f"http://example.invalid/{i}.png", generations=gens))
     for s in range(0, n, per_shard):

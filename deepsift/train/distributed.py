@@ -87,3 +87,24 @@ def shutdown() -> None:
     """Leave the process group."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def weight_digest(model: torch.nn.Module) -> str:
+    """A SHA-256 of every parameter's bytes (ranks in step hold equal digests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def gather_digests(model: torch.nn.Module) -> list[str]:
+    """Every rank's :func:`weight_digest`, in rank order (one entry in a single process)."""
+    mine = weight_digest(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return [str(d) for d in out]

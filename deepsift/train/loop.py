@@ -233,6 +233,10 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
         log.close()
     if result.step > start and (not result.head_accuracy or result.head_accuracy[-1][0] != result.step):
         checkpoint(result.step)
+    digests = ddp.gather_digests(model)  # every rank takes part; rank 0 logs them (equal when ranks are in step)
+    log = MetricsLog(out, enabled=info.main)
+    log.write({"step": result.step, "event": "end", "rank_weight_digests": digests, "world": info.world})
+    log.close()
     if info.main:
         result.summary += _finish(out, model, cfg, index, held, info.device)
         write_plot(out)

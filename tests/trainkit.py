@@ -17,7 +17,7 @@ from PIL import Image
 from deepsift.data.schema import D3Record, Generation
 from deepsift.data.writer import write_shard
 
-GENERATORS = {"up-nearest": "nearest", "up-bilinear": "bilinear", "up-checker": "checker"}
+GENERATORS = {"up-nearest": "nearest", "up-bilinear": "bilinear", "up-checker": "checker", "dark": "dark"}
 """Generator name -> its trace: 2x nearest upsampling (blocks), or bilinear upsampling through a
 transposed-convolution-like layer (the period-2 checkerboard artifact)."""
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -36,6 +36,8 @@ def real_image(i: int, size: int = 64) -> Image.Image:
 def upsampled(im: Image.Image, kind: str, amplitude: float = 8.0) -> Image.Image:
     """The upsampling generator: half size, then back up with ``kind``'s trace."""
     w, h = im.size
+    if kind == "dark":
+        return Image.fromarray((np.asarray(im) // 3).astype(np.uint8))
     small = im.resize((w // 2, h // 2), Image.BILINEAR)
     if kind in ("nearest", "bilinear"):
         return small.resize((w, h), Image.NEAREST if kind == "nearest" else Image.BILINEAR)

@@ -65,6 +65,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: dict, state: dict[str, Any]) -> Path:
     """Write ``out/checkpoint`` atomically (the previous one becomes ``checkpoint.prev``); DataError on failure."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     final, prev = out / NAME, out / f"{NAME}.prev"
@@ -89,12 +90,13 @@ def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: 
             os.replace(final, prev)
         os.replace(tmp, final)
         _fsync_dir(out)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if not final.exists() and prev.exists():
             os.replace(prev, final)
-        raise DataError(f"cannot write the checkpoint in {out}: {exc.strerror or exc}; "
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise DataError(f"cannot write the checkpoint in {out}: {reason}; "
                         f"the previous checkpoint is kept as it was") from None
     except BaseException:
         if tmp is not None:

@@ -68,3 +68,23 @@ def test_a_new_run_into_a_run_folder_is_refused(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 2
     assert "holds a training run" in capsys.readouterr().err
+
+
+def test_leave_out_trains_without_the_generator_and_evaluates_on_it(tiny_data, tmp_path, capsys):
+    shards, reals = tiny_data
+    out = tmp_path / "logo"
+    capsys.readouterr()
+    assert main(["train", "--data", str(shards), "--real", str(reals), "--out", str(out), "--config",
+                 str(write_yaml(tmp_path / "t.yaml", tiny_config(steps=2))), "--leave-out", "up-bilinear"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("up-bilinear (left out): auroc" in ln for ln in lines), lines
+    assert any("up-nearest (seen): auroc" in ln for ln in lines), lines
+    assert (out / "leave-out-report" / "report.html").is_file()
+    metrics = json.loads((out / "leave-out-report" / "metrics.json").read_text())
+    gens = set(metrics["per_generator"]["CoDE/linear"]["all"])
+    assert {"up-bilinear", "up-nearest", "all"} <= gens
+    from deepsift.train.data import build_index
+
+    index = build_index([str(shards)], real=str(reals), leave_out=["up-bilinear"])
+    assert {g for r in index.records for g, _ in r.fakes} == {"up-nearest"}  # training never sees it
+    assert len(index.left_out) == 40 and read_log(out / "train_log.jsonl")[0]["config"]["leave_out"] == ["up-bilinear"]

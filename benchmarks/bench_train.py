@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for w, r in loader_rates.items():
         print(f"loader alone, {w} worker(s):          {r:8.1f} img/s")
     print(f"one worker's read+decode+augment rate: {per_worker:8.1f} img/s  ->  workers needed to feed the model: "
-          f"{model_rate / per_worker:.1f}")
+          f"{model_rate / per_worker:.2f}")
     return 0
 
 

@@ -66,3 +66,42 @@ def test_batches_depend_on_the_step_only_and_come_as_uint8(fetched):
     ids = [i.split(":")[0] for s in range(3) for i in ds[s]["ids"]]
     assert len(set(ids)) == len(ids) == 12  # one pass over 14 records: no repeats within it
     assert np.asarray(one[0]["views"]).dtype == np.uint8
+
+
+def test_builder_output_with_a_prompt_file_of_reals_trains(models, tmp_path):
+    """``data build`` from a JSONL whose rows name their real images, a random-weight VAE reconstructing them:
+    the build folder alone is a training set (its build.json leads to the reals)."""
+    from trainkit import real_image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i in range(12):
+        real_image(i, 64).save(src / f"r{i}.png")
+        rows.append({"id": f"r{i}", "prompt": "a scene", "image": f"r{i}.png"})
+    (src / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    built = tmp_path / "built"
+    assert main(["data", "build", "--prompts", str(src / "prompts.jsonl"), "--out", str(built), "--threads", "1",
+                 "--chunk-size", "6", "-g", f"rec=vae:{models.vae}"]) == 0
+    index = build_index([str(built)])
+    assert len(index.records) == 12 and index.generators == {"rec": 12}
+    assert all(r.real == ("file", str(src / f"{r.id}.png")) for r in index.records)
+    assert main(["train", "--data", str(built), "--out", str(tmp_path / "run"), "--config",
+                 str(write_yaml(tmp_path / "t.yaml", tiny_config(steps=2, holdout=4)))]) == 0
+
+
+def test_init_fine_tunes_from_a_model_folder(fetched, tmp_path):
+    shards, reals = fetched
+    first = tmp_path / "first"
+    common = ["--data", str(shards), "--real", str(reals), "--workers", "1", "--steps", "1", "--holdout", "4",
+              "--batch-size", "4", "--precision", "fp32", "--warmup-steps", "0"]
+    assert main(["train", *common, "--out", str(first), "--hidden-size", "48", "--num-hidden-layers", "1",
+                 "--num-attention-heads", "2", "--intermediate-size", "32", "--patch-size", "32"]) == 0
+    second = tmp_path / "second"
+    assert main(["train", *common, "--out", str(second), "--init", str(first)]) == 0  # the shape comes from --init
+    cfg = json.loads((second / "config.json").read_text())
+    assert cfg["hidden_size"] == 48 and cfg["num_hidden_layers"] == 1
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and any(not bool((a[k] == b[k]).all()) for k in a)  # trained further

@@ -81,3 +81,17 @@ def test_two_ranks_stay_identical_and_one_step_averages_the_half_batches(data, t
     saved = load_file(str(tmp_path / "one/checkpoint/model.safetensors"))
     state = model.state_dict()
     assert max(float((saved[k] - state[k]).abs().max()) for k in saved) < 1e-5
+
+
+def test_global_negatives_train_in_step(data, tmp_path):
+    shards, reals = data
+    keys = tiny_config(steps=2, batch_size=4, steps_per_epoch=10)
+    _torchrun(["--data", str(shards), "--real", str(reals), "--config", str(write_yaml(tmp_path / "t.yaml", keys)),
+               "--out", str(tmp_path / "g"), "--global-negatives"], tmp_path)
+    log = read_log(tmp_path / "g/train_log.jsonl")
+    end = [e for e in log if e.get("event") == "end"][-1]
+    assert end["rank_weight_digests"][0] == end["rank_weight_digests"][1]
+    assert log[0]["config"]["global_negatives"] is True
+    losses = [e["loss"] for e in log if "loss" in e]
+    # chance level: 2 log(1 + 8) = 4.39 with both ranks' 4 negatives, 2 log(1 + 4) = 3.22 with this rank's only
+    assert len(losses) == 2 and all(4.0 < v < 8.0 for v in losses), losses

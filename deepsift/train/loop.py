@@ -165,12 +165,13 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     step = start
     t_last, imgs = time.perf_counter(), 0
 
-    def checkpoint(at: int) -> None:
+    def checkpoint(at: int, sync: bool = True) -> None:
         if info.main:
             save_checkpoint(out, model.state_dict(), opt.state_dict(), {
                 "step": at, "scheduler": sched.state_dict(), "best": best, "bad_epochs": bad,
                 "history": result.head_accuracy, "config": cfg.to_dict(), "data": list(data), "real": real})
-        ddp.barrier()
+        if sync:
+            ddp.barrier()
 
     try:
         net.train()
@@ -226,7 +227,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
                     break
     except KeyboardInterrupt:
         if step > start and info.main:  # Ctrl-C / SIGTERM: keep the work done so far
-            checkpoint(result.step)
+            checkpoint(result.step, sync=False)  # the other ranks are stopping too: no barrier
         raise
     finally:
         bar.close()

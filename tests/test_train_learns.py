@@ -17,7 +17,7 @@ from trainkit import make_dataset, tiny_config
 
 def test_a_reduced_code_learns_a_generators_trace(tmp_path):
     shards, reals = make_dataset(tmp_path, 200, size=128, generators=("up-tint",))
-    cfg = make_config(**tiny_config(steps=150, steps_per_epoch=50, batch_size=8, holdout=80, aug_max_ops=0,
+    cfg = make_config(**tiny_config(steps=150, steps_per_epoch=50, batch_size=8, holdout=80, aug_max_ops=0, patch_size=16,
                                     lr=2e-3, warmup_steps=20, log_every=10, workers=2))
     index = build_index([str(shards)], real=str(reals))
     _, held = split_holdout(index, cfg.holdout, cfg.seed)
@@ -30,4 +30,4 @@ def test_a_reduced_code_learns_a_generators_trace(tmp_path):
     print(f"\nloss: first 20 steps {first:.3f}, last 20 steps {last:.3f}; held-out linear head balanced accuracy: "
           f"untrained {before:.3f}, trained {after:.3f} (per epoch: {result.head_accuracy})")
     assert last < first - 0.3  # chance is 2 log(9) = 4.39 at 8 records per batch
-    assert after >= before + 0.05, (before, after)
+    assert after >= before + 0.1, (before, after)

@@ -2,7 +2,8 @@
 
 Each real image is a smooth random scene plus fine sensor-like noise; its fakes are the same
 scene passed through an "upsampling generator" (downscaled, then upscaled with a generator-specific
-filter), so content is shared and only the pixel-level trace tells them apart.
+filter and, for ``up-tint``, colour response), so content is shared and only the generator's trace
+tells them apart.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from PIL import Image
 from deepsift.data.schema import D3Record, Generation
 from deepsift.data.writer import write_shard
 
-GENERATORS = {"up-nearest": "nearest", "up-bilinear": "bilinear", "up-checker": "checker", "dark": "dark", "up4-nearest": "nearest4", "up-tint": "tint", "up-checker-phase": "checker-phase"}
-"""Generator name -> its trace: 2x nearest upsampling (blocks), or bilinear upsampling through a
-transposed-convolution-like layer (the period-2 checkerboard artifact)."""
+GENERATORS = {"up-nearest": "nearest", "up-bilinear": "bilinear", "up-tint": "tint"}
+"""Generator name -> its trace: 2x nearest or bilinear upsampling, or bilinear upsampling through a decoder
+with its own colour response (channel gains)."""
 TINY_MODEL = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
               "patch_size": 32}
 
@@ -33,25 +34,14 @@ def real_image(i: int, size: int = 64) -> Image.Image:
     return Image.fromarray(np.clip(im, 0, 255).astype(np.uint8))
 
 
-def upsampled(im: Image.Image, kind: str, amplitude: float = 8.0) -> Image.Image:
+def upsampled(im: Image.Image, kind: str) -> Image.Image:
     """The upsampling generator: half size, then back up with ``kind``'s trace."""
     w, h = im.size
-    if kind == "tint":  # a decoder with its own colour response: bilinear 2x upsampling, channel gains
-        arr = np.asarray(im.resize((w // 2, h // 2), Image.BILINEAR).resize((w, h), Image.BILINEAR), np.float32)
-        arr *= np.array([1.12, 1.0, 0.88], np.float32)
-        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-    if kind == "nearest4":
-        return im.resize((w // 4, h // 4), Image.BILINEAR).resize((w, h), Image.NEAREST)
-    if kind == "dark":
-        return Image.fromarray((np.asarray(im) // 3).astype(np.uint8))
     small = im.resize((w // 2, h // 2), Image.BILINEAR)
-    if kind in ("nearest", "bilinear"):
-        return small.resize((w, h), Image.NEAREST if kind == "nearest" else Image.BILINEAR)
-    arr = np.asarray(small.resize((w, h), Image.BILINEAR), np.float32)
-    yy, xx = np.mgrid[0:h, 0:w]
-    phase = 0 if kind == "checker" else int(np.asarray(im)[0, 0, 0]) % 2  # the artefact's phase follows the crop
-    arr += amplitude * np.where((yy + xx + phase) % 2 == 0, 1.0, -1.0)[..., None]
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    if kind == "tint":  # a decoder with its own colour response: bilinear 2x upsampling, channel gains
+        arr = np.asarray(small.resize((w, h), Image.BILINEAR), np.float32) * np.array([1.12, 1.0, 0.88], np.float32)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+    return small.resize((w, h), Image.NEAREST if kind == "nearest" else Image.BILINEAR)
 
 
 def png(im: Image.Image) -> bytes:

@@ -13,12 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..choices import CALIBRATION_METHODS, METRIC_NAMES
+from ..choices import CALIBRATION_METHODS, DATASET_LAYOUTS, METRIC_NAMES
 from ..cliargs import (
     EXIT_OK,
     EXIT_PARTIAL,
     add_command,
     add_detector_options,
+    add_folder_options,
+    add_group_options,
     detector_kwargs,
     existing_dir,
     existing_file,
@@ -30,7 +32,6 @@ from ..cliargs import (
     subgroup,
 )
 from ..exceptions import UsageError
-from .datasets import LAYOUTS
 
 EVAL_EPILOG = """\
 Exit codes: 0 every image was scored; 3 finished, but some images could not be read (they are
@@ -52,11 +53,12 @@ def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
 
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=existing_path,
-                   help="dataset: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items() if k != "real-only"))
-    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in LAYOUTS if k != "real-only"]],
+                   help="dataset: " + "; ".join(f"{k}: {v}" for k, v in DATASET_LAYOUTS.items() if k != "real-only"))
+    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in DATASET_LAYOUTS if k != "real-only"]],
                    help="dataset layout (auto: detected from what is on disk)")
     p.add_argument("--real", metavar="DIR", type=existing_dir,
                    help="folder of real images (required with parquet shards; default: none)")
+    add_folder_options(p)
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -83,7 +85,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     _data(p)
     _common(p)
     p.add_argument("--real-train-fraction", type=open_fraction, default=0.5,
-                   help="share of the real images that train the heads; the rest are tested")
+                   help="share of the real images (of their groups) that train the heads; the rest are tested")
+    add_group_options(p)
     p.set_defaults(func=_cmd_logo)
 
     p = add_command(ev, "robustness", "metric against JPEG/WebP/resize/blur/crop/noise/social strength",
@@ -98,6 +101,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
     p = add_command(ev, "fpr", "false-positive rate on a folder of real photos", epilog=EVAL_EPILOG)
     p.add_argument("folder", type=existing_dir, help="folder of real photos (recursive)")
+    add_folder_options(p)
     _common(p)
     p.set_defaults(func=_cmd_fpr)
 
@@ -172,7 +176,19 @@ def _eval_set(args: argparse.Namespace):
     layout = args.layout if args.layout != "auto" else detect_layout(Path(args.data))
     if layout == "parquet" and args.real is None:
         raise UsageError(f"{args.data}: D3 parquet shards hold no real images; add --real DIR (a folder of real images)")
-    return load_eval_set(args.data, layout, args.real)
+    data = load_eval_set(args.data, layout, args.real, follow_links=args.follow_links)
+    _note_skipped(data)
+    return data
+
+
+def _note_skipped(data) -> None:
+    """Say which folders the walk could not read (they are left out, never silently)."""
+    from ..output import note
+
+    for err in data.skipped[:5]:
+        note(f"deepsift: {err.source}: {err.error}")
+    if len(data.skipped) > 5:
+        note(f"deepsift: ... and {len(data.skipped) - 5} more folder(s) left out")
 
 
 def _cmd_generators(args: argparse.Namespace) -> int:
@@ -184,7 +200,7 @@ def _cmd_generators(args: argparse.Namespace) -> int:
     if (args.calibrate or args.target_fpr is not None) and not args.val:
         raise UsageError("--calibrate and --target-fpr need a validation set (--val DATA)")
     data = _eval_set(args)
-    val = load_eval_set(args.val, "auto", args.real) if args.val else None
+    val = load_eval_set(args.val, "auto", args.real, follow_links=args.follow_links) if args.val else None
     cal = Calibrator.load(args.calibration) if args.calibration else None
     report, summary = run_generators(
         _detectors(args), data, bootstrap=args.bootstrap, seed=args.seed, unsure=args.unsure, val=val,
@@ -198,7 +214,10 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     from .runs import run_logo
     from .scoring import is_code_detector
 
+    from ..data.groups import assign_groups, read_group_file
+
     data = _eval_set(args)
+    data.samples = assign_groups(data.samples, args.group, read_group_file(args.groups) if args.groups else None)
     dets = _detectors(args)
     code = [d for d in dets.values() if is_code_detector(d)]
     others = [n for n, d in dets.items() if not is_code_detector(d)]
@@ -235,7 +254,8 @@ def _cmd_fpr(args: argparse.Namespace) -> int:
     _check_report(args)
     from .runs import run_fpr
 
-    report, summary = run_fpr(_detectors(args), args.folder, bootstrap=args.bootstrap, seed=args.seed)
+    report, summary = run_fpr(_detectors(args), args.folder, bootstrap=args.bootstrap, seed=args.seed,
+                              follow_links=args.follow_links)
     return _finish(args, report, summary, _unreadable(report))
 
 

@@ -15,7 +15,7 @@ from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
 from .plots import bar_plot, embedding_map, histogram_plot, robustness_plot, roc_pr_plot
-from .protocols import ALL, fpr_on_real, leave_one_out, per_generator
+from .protocols import ALL, fpr_on_real, leave_one_out, per_generator, split_reals
 from .report import Report, metrics_rows
 from .robustness import robustness_sweep
 from .scoring import ScoreTable, score_samples
@@ -144,8 +144,12 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
     report.results["leave_one_out"] = res
     _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
     report.heading("Leave-one-generator-out")
-    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}) and every generator but G; tested on "
-                "the held-out real images and G.")
+    train, test = split_reals(data.samples, real_train_fraction, seed)
+    n_groups = len({s.group for s in data.samples if s.label == 0 and s.group})
+    report.results["real_split"] = {"train": int(train.size), "test": int(test.size), "groups": n_groups}
+    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}: {train.size} train, {test.size} test"
+                + (f"; split by source, {n_groups} group(s), none on both sides" if n_groups else "; split per image")
+                + ") and every generator but G; tested on the held-out real images and G.")
     rows: dict[str, dict[str, Any]] = {}
     for kind, per_g in res.items():
         for g, m in per_g.items():
@@ -187,9 +191,10 @@ def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequen
     return report, summary
 
 
-def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0) -> tuple[Report, list[str]]:
+def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0,
+            follow_links: bool = False) -> tuple[Report, list[str]]:
     """False-positive rate on a folder of real photos."""
-    data = real_only(folder)
+    data = real_only(folder, follow_links=follow_links)
     report = Report("deepsift evaluation: false positives on real photos")
     _dataset_block(report, data)
     tables = score_samples(detectors, data.samples)

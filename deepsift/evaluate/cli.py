@@ -25,6 +25,7 @@ from ..cliargs import (
     existing_dir,
     existing_file,
     existing_path,
+    float_range,
     non_negative_int,
     open_fraction,
     probability,
@@ -32,6 +33,12 @@ from ..cliargs import (
     subgroup,
 )
 from ..exceptions import UsageError
+
+AUDIT_EPILOG = """\
+Reads file headers only (no pixel decode where the format allows). Exit codes: 0 audited (warnings
+are printed, not errors); 3 some headers could not be read (left out, counted in the report);
+1 an error stopped the command; 2 bad usage.
+"""
 
 EVAL_EPILOG = """\
 Exit codes: 0 every image was scored; 3 finished, but some images could not be read (they are
@@ -98,6 +105,15 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                         "(default: all)")
     p.add_argument("--metric", default="auroc", choices=METRIC_NAMES, help="metric plotted against strength")
     p.set_defaults(func=_cmd_robustness)
+
+    p = add_command(ev, "audit", "confound audit: can file format, JPEG quality, size or metadata alone tell "
+                                 "real from fake?", epilog=AUDIT_EPILOG)
+    _data(p)
+    p.add_argument("--warn-above", type=float_range(0.5, 1.0), default=0.7, metavar="AUROC",
+                   help="warn when one feature alone separates real from fake (or from one generator) above this")
+    p.add_argument("--report", metavar="DIR", help="write report.html, report.md and metrics.json here "
+                                                   "(default: print the summary only)")
+    p.set_defaults(func=_cmd_audit)
 
     p = add_command(ev, "fpr", "false-positive rate on a folder of real photos", epilog=EVAL_EPILOG)
     p.add_argument("folder", type=existing_dir, help="folder of real photos (recursive)")
@@ -248,6 +264,23 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     skipped = (report.results.get("robustness") or {}).get("skipped") or []
     return _finish(args, report, summary, len(skipped))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    _check_report(args)
+    from .audit import audit, audit_block
+    from .report import Report
+
+    data = _eval_set(args)
+    result = audit(data.samples, warn_above=args.warn_above)
+    report = Report("deepsift confound audit")
+    report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": data.counts()}
+    audit_block(report, result)
+    lines = [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
+             for name, f in result.features.items()]
+    lines += [f"WARNING: {w}" for w in result.warnings] or [f"no feature separates real from fake above "
+                                                            f"AUROC {args.warn_above:g}"]
+    return _finish(args, report, lines, result.unreadable)
 
 
 def _cmd_fpr(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decision import DEFAULT_THRESHOLD, rule_text
+from .audit import SMALL_N, audit, audit_block
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
@@ -25,7 +26,8 @@ def _dataset_block(report: Report, data: EvalSet) -> None:
     counts = data.counts()
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
     report.text(f"Dataset {data.root} (layout {data.layout}): "
-                + ", ".join(f"{g} {n}" for g, n in counts.items()) + ".")
+                + ", ".join(f"{g} {n}" + (" ⚠" if n < SMALL_N else "") for g, n in counts.items()) + "."
+                + (f" ⚠: fewer than {SMALL_N} images, figures are unreliable." if min(counts.values(), default=SMALL_N) < SMALL_N else ""))
 
 
 def _rule_block(report: Report, rules: dict[str, str]) -> None:

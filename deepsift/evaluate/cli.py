@@ -58,6 +58,23 @@ def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
                                                    "(default: print the summary only)")
 
 
+def _control_type(text: str):
+    """argparse type of --control: jpeg:Q, png or resize:N (range-checked at parsing)."""
+    from .control import parse_control
+
+    try:
+        return parse_control(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _control(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", type=_control_type, metavar="TRANSFORM",
+                   help="re-encoding control: pass every image, real and fake, through jpeg:Q (1-100), png or "
+                        "resize:N (shorter side, 8-4096) too, and report both side by side with the drop "
+                        "(default: none)")
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=existing_path,
                    help="dataset: " + "; ".join(f"{k}: {v}" for k, v in DATASET_LAYOUTS.items() if k != "real-only"))
@@ -85,6 +102,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--calibration", metavar="JSON", type=existing_file,
                    help="apply a calibration saved by 'eval calibrate' to the raw scores (default: none)")
     p.add_argument("--embedding-map", default="pca", choices=("pca", "tsne"), help="projection of the embedding map")
+    _control(p)
     p.set_defaults(func=_cmd_generators)
 
     p = add_command(ev, "logo", "leave one generator out: fit heads without G, test on G, for every G",
@@ -94,6 +112,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--real-train-fraction", type=open_fraction, default=0.5,
                    help="share of the real images (of their groups) that train the heads; the rest are tested")
     add_group_options(p)
+    _control(p)
     p.set_defaults(func=_cmd_logo)
 
     p = add_command(ev, "robustness", "metric against JPEG/WebP/resize/blur/crop/noise/social strength",
@@ -104,6 +123,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                    help="perturbation family (jpeg, webp, resize, blur, crop, noise, social); repeat for several "
                         "(default: all)")
     p.add_argument("--metric", default="auroc", choices=METRIC_NAMES, help="metric plotted against strength")
+    _control(p)
     p.set_defaults(func=_cmd_robustness)
 
     p = add_command(ev, "audit", "confound audit: can file format, JPEG quality, size or metadata alone tell "
@@ -221,7 +241,7 @@ def _cmd_generators(args: argparse.Namespace) -> int:
     report, summary = run_generators(
         _detectors(args), data, bootstrap=args.bootstrap, seed=args.seed, unsure=args.unsure, val=val,
         calibration=args.calibrate, target_fpr=args.target_fpr, embedding_method=args.embedding_map,
-        calibrator=cal)
+        calibrator=cal, control=args.control)
     return _finish(args, report, summary, _unreadable(report))
 
 
@@ -243,11 +263,11 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     kinds = list(dict.fromkeys(args.classifier or ["linear"]))
     if code:
         report, summary = run_logo(code[0], data, kinds=kinds, bootstrap=args.bootstrap, seed=args.seed,
-                                   real_train_fraction=args.real_train_fraction)
+                                   real_train_fraction=args.real_train_fraction, control=args.control)
     else:
         name, det = next(iter(dets.items()))
         report, summary = run_logo(det, data, kinds=[name], bootstrap=args.bootstrap, seed=args.seed,
-                                   real_train_fraction=args.real_train_fraction, name=name)
+                                   real_train_fraction=args.real_train_fraction, name=name, control=args.control)
     return _finish(args, report, summary, _unreadable(report))
 
 
@@ -259,7 +279,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     fams = list(dict.fromkeys(args.transform)) if args.transform else None
     try:
         report, summary = run_robustness(_detectors(args), data, families=fams, metric=args.metric, seed=args.seed,
-                                         bootstrap=args.bootstrap)
+                                         bootstrap=args.bootstrap, control=args.control)
     except ValueError as exc:  # unknown transform family
         raise UsageError(str(exc)) from None
     skipped = (report.results.get("robustness") or {}).get("skipped") or []

@@ -21,9 +21,13 @@ from typing import Any, Sequence
 from .. import __version__
 from ..exceptions import DataError
 from ..filenames import safe_name
-from .metrics import Metrics, format_value
+from .metrics import SMALL_SAMPLE, Metrics, format_value
 
-TABLE_METRICS = ("auroc", "ap", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr", "tpr@5%fpr", "ece")
+TABLE_METRICS = ("auroc", "ap", "balanced_accuracy", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr",
+                 "tpr@5%fpr", "ece")
+SMALL_NOTE = (f"⚠: fewer than {SMALL_SAMPLE} images of a class, a fragile figure; †: its bootstrap interval is "
+              "unreliable (a resample cannot show the spread of a handful of images). Balanced accuracy is the mean "
+              "of the real and fake accuracies (plain accuracy is dominated by the larger class).")
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;
@@ -143,5 +147,10 @@ def metrics_rows(rows: dict[str, dict[str, Metrics]], names: Sequence[str] = TAB
     lines = []
     for key, per_det in rows.items():
         for det, m in per_det.items():
-            lines.append([key, det, str(m.n_real), str(m.n_fake), *(format_value(m.values[n]) for n in names)])
+            lines.append([key, det, _n(m.n_real), _n(m.n_fake), *(format_value(m.values[n], small=m.small) for n in names)])
     return headers, lines
+
+
+def _n(n: int) -> str:
+    """A count, marked when too small to trust a figure on it."""
+    return f"{n} ⚠" if n < SMALL_SAMPLE else str(n)

@@ -165,19 +165,22 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
         }
         f = res.features[name]
         pooled_warns = a is not None and a > warn_above
+        floor = max(warn_above, a + 0.05) if pooled_warns else warn_above
+        hits = sorted(((pg["auroc"], gen, pg) for gen, pg in per_gen.items()
+                       if len(generators) > 1 and pg["auroc"] is not None and pg["auroc"] > floor),
+                      key=lambda t: -t[0])
+        by_gen = ", ".join(f"{gen} {ag:.2f} ({_mark(pg['n'])})" for ag, gen, pg in hits[:4])
+        if len(hits) > 4:
+            by_gen += f" and {len(hits) - 4} more"
         if pooled_warns:
             res.warnings.append(f"{label} alone tells real from fake: AUROC {a:.2f} ({direction}; real: "
-                                f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})")
-        if len(generators) > 1:  # one generator's own confound, hidden in the pooled figure
-            floor = max(warn_above, a + 0.05) if pooled_warns else warn_above
-            hits = sorted(((pg["auroc"], gen, pg) for gen, pg in per_gen.items()
-                           if pg["auroc"] is not None and pg["auroc"] > floor), key=lambda t: -t[0])
-            for ag, gen, pg in hits[:5]:
-                res.warnings.append(f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
-                                    f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; "
-                                    f"{_mark(pg['n'])})")
-            if len(hits) > 5:
-                res.warnings.append(f"{label}: {len(hits) - 5} more generator(s) above {warn_above:g}")
+                                f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})"
+                                + (f"; higher still for {by_gen}" if hits else ""))
+        elif hits:  # one generator's own confound, hidden in the pooled figure
+            ag, gen, pg = hits[0]
+            res.warnings.append(f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
+                                f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; {_mark(pg['n'])})"
+                                + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else ""))
     return res
 
 

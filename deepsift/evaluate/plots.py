@@ -29,6 +29,17 @@ def colours(n: int) -> list[Any]:
     return [cols[i % len(cols)] for i in range(n)]
 
 
+def short_label(text: str, width: int = 24) -> str:
+    """A label that fits a small panel: wrapped onto at most two lines, the middle elided beyond that."""
+    import textwrap
+
+    lines = textwrap.wrap(str(text), width, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) <= 2:
+        return "\n".join(lines)
+    flat = str(text)
+    return "\n".join(textwrap.wrap(flat[: width - 1] + "…" + flat[-(width - 2):], width, break_long_words=True))
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
@@ -74,20 +85,21 @@ def histogram_plot(name: str, scores: np.ndarray, groups: np.ndarray, threshold:
     if len(fakes) > SMALL_MULTIPLES_ABOVE:
         cols = 5
         rows = int(np.ceil(len(fakes) / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 1.7 * rows + 0.6), sharex=True, squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 1.9 * rows + 0.6), sharex=True, squeeze=False)
         real = scores[groups == "real"] if "real" in counts else None
         for ax, g in zip(axes.ravel(), fakes):
             if real is not None:
                 ax.hist(real, bins=bins, color="0.6", alpha=0.6, density=True)
             ax.hist(scores[groups == g], bins=bins, color="tab:red", alpha=0.6, density=True)
             ax.axvline(threshold, color="k", ls="--", lw=0.8)
-            ax.set_title(f"{g} (n={counts[g]})", fontsize=8)
+            ax.set_title(short_label(f"{g} (n={counts[g]})"), fontsize=7)
             ax.tick_params(labelsize=6)
             ax.set_yticks([])
         for ax in axes.ravel()[len(fakes):]:
             ax.axis("off")
         fig.suptitle(f"Score distribution: {name}; grey: real (n={counts.get('real', 0)}), red: the generator; "
                      f"dashed: threshold {threshold:g}", fontsize=9)
+        fig.tight_layout()
         return _png(fig)
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for c, g in zip(colours(len(names)), names):

@@ -26,9 +26,15 @@ from .scoring import ScoreTable, score_samples
 def _dataset_block(report: Report, data: EvalSet) -> None:
     counts = data.counts()
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
-    report.text(f"Dataset {data.root} (layout {data.layout}): "
-                + ", ".join(f"{g} {n}" + (" ⚠" if n < SMALL_N else "") for g, n in counts.items()) + "."
-                + (f" ⚠: fewer than {SMALL_N} images, figures are unreliable." if min(counts.values(), default=SMALL_N) < SMALL_N else ""))
+    gens = {g: n for g, n in counts.items() if g != "real"}
+    small = [g for g, n in counts.items() if n < SMALL_N]
+    if len(gens) <= 6:
+        what = ", ".join(f"{g} {n}" + (" ⚠" if n < SMALL_N else "") for g, n in counts.items())
+    else:
+        what = (f"real {counts.get('real', 0)}, {sum(gens.values())} generated from {len(gens)} generators "
+                f"({min(gens.values())} to {max(gens.values())} each)")
+    report.text(f"Dataset {data.root} (layout {data.layout}): {what}."
+                + (f" ⚠ {len(small)} set(s) with fewer than {SMALL_N} images: fragile figures." if small else ""))
 
 
 def _rule_block(report: Report, rules: dict[str, str]) -> None:

@@ -47,8 +47,6 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
     mat = mat[order][:, col_order] if mat.size else mat
     report.heading("At a glance")
     report.results.setdefault("glance", {})[what] = {"metric": metric, "generators": gens, "detectors": dets}
-    for w in warnings:
-        report.text("⚠ confound: " + w)
     n_fake = {g: max((m.n_fake for m in rows[g].values()), default=0) for g in gens}
     n_real = max((m.n_real for v in rows.values() for m in v.values()), default=0)
     body = []
@@ -66,6 +64,11 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
     report.text(f"{metric.upper()}, {what}; {n_real} real images; hardest generator first. "
                 f"⚠: fewer than {SMALL_SAMPLE} images, a fragile figure.")
     report.table(["generator (n fake)", *dets], body)
+    for w in warnings:
+        report.text("⚠ confound: " + w)
+    if not warnings:
+        report.text("Confound audit: no file property (format, JPEG quality, size, metadata) alone separates real "
+                    "from fake (see the audit section).")
     if gens and dets:
         report.image(f"glance_{metric}", heatmap_plot(f"{metric.upper()}: {what} (n real = {n_real})", mat,
                                                       [f"{g} (n={n_fake[g]})" for g in gens], dets),

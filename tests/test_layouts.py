@@ -129,3 +129,23 @@ def test_group_file_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert main(["data", "split", str(root), "--out", str(tmp_path / "o"), "--groups", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs an 'id'" in err[0]
+
+
+def test_eval_logo_on_the_heads_fit_layout_splits_reals_by_source(tmp_path: Path, capsys) -> None:
+    import json
+
+    from eval_toys import FormatReader
+
+    from deepsift.evaluate.detectors import register_detector_loader
+
+    register_detector_loader("format", lambda arg: FormatReader())
+    root = classes_dataset(tmp_path / "ds")
+    rep = tmp_path / "rep"
+    assert main(["eval", "logo", str(root), "--detector", "fmt=format:x", "--report", str(rep)]) == 0
+    data = json.loads((rep / "metrics.json").read_text())
+    assert set(data["leave_one_out"]["fmt"]) == {"sd21", "dalle3", "mj"}
+    assert data["real_split"] == {"train": 8, "test": 8, "groups": 4}  # 2 of 4 sources each side
+    assert "split by source, 4 group(s)" in (rep / "report.md").read_text()
+    assert main(["eval", "logo", str(root), "--detector", "fmt=format:x", "--group", "image", "--report",
+                 str(tmp_path / "rep2")]) == 0
+    assert json.loads((tmp_path / "rep2" / "metrics.json").read_text())["real_split"]["groups"] == 0

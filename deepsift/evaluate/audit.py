@@ -74,35 +74,31 @@ def auroc(labels: np.ndarray, x: np.ndarray) -> float | None:
     return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def separability(labels: np.ndarray, values: list[Any], kind: str) -> tuple[float | None, str]:
+def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[float | None, str]:
     """AUROC of a feature alone, >= 0.5 by orientation, and in which direction it points to fake."""
     if kind == "number":
-        x = np.asarray(values, np.float64)
-        a = auroc(labels, x)
+        a = auroc(labels, np.asarray(values, np.float64))
         if a is None:
             return None, ""
         return (a, "higher: fake") if a >= 0.5 else (1 - a, "lower: fake")
-    cats = np.asarray([str(v) for v in values], dtype=object)
-    rate = {c: float(labels[cats == c].mean()) for c in dict.fromkeys(cats)}
-    a = auroc(labels, np.array([rate[c] for c in cats]))
+    cats, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+    rate = np.bincount(codes, weights=labels, minlength=cats.size) / np.maximum(np.bincount(codes, minlength=cats.size), 1)
+    a = auroc(labels, rate[codes])
     if a is None:
         return None, ""
-    top = max(rate, key=lambda c: rate[c])
-    return a, f"{top}: fake"
+    return a, f"{cats[int(np.argmax(rate))]}: fake"
 
 
-def _distribution(values: list[Any], kind: str) -> dict[str, Any]:
-    if not values:
+def _distribution(values: np.ndarray, kind: str) -> dict[str, Any]:
+    if values.size == 0:
         return {"n": 0}
     if kind == "number":
-        x = np.asarray(values, np.float64)
-        q = np.quantile(x, [0.0, 0.25, 0.5, 0.75, 1.0])
-        return {"n": int(x.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]), "q75": float(q[3]),
-                "max": float(q[4])}
-    counts: dict[str, int] = {}
-    for v in values:
-        counts[str(v)] = counts.get(str(v), 0) + 1
-    return {"n": len(values), "counts": dict(sorted(counts.items(), key=lambda kv: -kv[1]))}
+        q = np.quantile(np.asarray(values, np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
+        return {"n": int(values.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]),
+                "q75": float(q[3]), "max": float(q[4])}
+    cats, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {"n": int(values.size), "counts": {str(cats[i]): int(counts[i]) for i in order}}
 
 
 def describe(dist: dict[str, Any]) -> str:
@@ -145,23 +141,26 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
     generators = list(dict.fromkeys(g for g, y in zip(gens_all, labels_all) if y == 1))
     res = AuditResult(n=len(samples), unreadable=sum(1 for i in infos if i.error), warn_above=warn_above)
     for name, (kind, label) in FEATURES.items():
-        vals = [feature_value(i, name) for i in infos]
-        ok = np.array([v is not None for v in vals])
+        raw = [feature_value(i, name) for i in infos]
+        ok = np.fromiter((v is not None for v in raw), bool, len(raw))
+        if kind == "number":
+            x = np.fromiter((np.nan if v is None else v for v in raw), np.float64, len(raw))[ok]
+        else:
+            x = np.array([str(v) for v in raw if v is not None], dtype=str)
         y, g = labels_all[ok], gens_all[ok]
-        v = [x for x in vals if x is not None]
-        a, direction = separability(y, v, kind)
+        a, direction = separability(y, x, kind)
         per_gen: dict[str, dict[str, Any]] = {}
         for gen in generators:
-            m = (g == gen) | (y == 0)
-            ag, dg = separability(y[m], [x for x, k in zip(v, m) if k], kind)
-            per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(((g == gen)).sum())}
+            is_gen = g == gen
+            m = is_gen | (y == 0)
+            ag, dg = separability(y[m], x[m], kind)
+            per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(is_gen.sum())}
         groups = ["real", *generators]
         res.features[name] = {
             "description": label, "kind": kind, "auroc": a, "direction": direction, "n": int(ok.sum()),
-            "real": _distribution([x for x, k in zip(v, y == 0) if k], kind),
-            "fake": _distribution([x for x, k in zip(v, y == 1) if k], kind),
+            "real": _distribution(x[y == 0], kind), "fake": _distribution(x[y == 1], kind),
             "per_generator": per_gen,
-            "by_group": {gr: _distribution([x for x, k in zip(v, g == gr) if k], kind) for gr in groups},
+            "by_group": {gr: _distribution(x[g == gr], kind) for gr in groups},
         }
         f = res.features[name]
         pooled_warns = a is not None and a > warn_above

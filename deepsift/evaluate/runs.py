@@ -332,8 +332,11 @@ def run_scores(labels: Any, runs: dict[str, tuple[np.ndarray, np.ndarray, list[s
                 rows.setdefault(k, {})[name] = m
         curves[name] = (y, s)
     report.results["scores"] = results
+    if len(rows) > 1:  # per-generator rows: the same first screen as the other protocols
+        glance_block(report, rows)
     _rule_block(report, {n: rule_text(threshold) for n in runs})
     report.heading("Metrics")
+    report.text(SMALL_NOTE)
     report.table(*metrics_rows(rows))
     if all(np.unique(y).size == 2 for y, _ in curves.values()):
         report.image("roc_pr", roc_pr_plot(curves), "ROC and precision-recall")

@@ -31,9 +31,12 @@ def size_band(info: HeaderInfo) -> str | None:
     return SIZE_BANDS[0] if short < CROP else SIZE_BANDS[1] if short <= 512 else SIZE_BANDS[2]
 
 
-def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: Sequence[str] = (),
+def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: Sequence[str] | None = None,
                  metric: str = "auroc", what: str = "real vs each generator") -> None:
-    """First screen: generator x detector table of ``metric`` with n, hardest first; heatmap; audit warnings."""
+    """First screen: generator x detector table of ``metric`` with n, hardest first; audit warnings; heatmap.
+
+    ``warnings`` None: no audit was run (score files carry no images), so none is claimed.
+    """
     gens = [g for g in rows if g != "all"]
     dets = list(dict.fromkeys(d for v in rows.values() for d in v))
     mat = np.array([[np.nan if (m := rows[g].get(d)) is None or m[metric] is None else m[metric] for d in dets]
@@ -64,9 +67,9 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
     report.text(f"{metric.upper()}, {what}; {n_real} real images; hardest generator first. "
                 f"⚠: fewer than {SMALL_SAMPLE} images, a fragile figure.")
     report.table(["generator (n fake)", *dets], body)
-    for w in warnings:
+    for w in warnings or ():
         report.text("⚠ confound: " + w)
-    if not warnings:
+    if warnings is not None and not warnings:
         report.text("Confound audit: no file property (format, JPEG quality, size, metadata) alone separates real "
                     "from fake (see the audit section).")
     if gens and dets:

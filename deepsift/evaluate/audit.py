@@ -80,12 +80,16 @@ def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[flo
         a = auroc(labels, np.asarray(values, np.float64))
         if a is None:
             return None, ""
-        return (a, "higher: fake") if a >= 0.5 else (1 - a, "lower: fake")
+        if abs(a - 0.5) < 1e-12:
+            return 0.5, "none"
+        return (a, "higher: fake") if a > 0.5 else (1 - a, "lower: fake")
     cats, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
     rate = np.bincount(codes, weights=labels, minlength=cats.size) / np.maximum(np.bincount(codes, minlength=cats.size), 1)
     a = auroc(labels, rate[codes])
     if a is None:
         return None, ""
+    if abs(a - 0.5) < 1e-12:
+        return 0.5, "none"
     return a, f"{cats[int(np.argmax(rate))]}: fake"
 
 

@@ -64,7 +64,7 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
         body.append([f"all generators ({_n(max((m.n_fake for m in rows['all'].values()), default=0))})",
                      *[("n/a" if (m := rows["all"].get(d)) is None or m[metric] is None else f"{m[metric]:.3f}")
                        for d in dets]])
-    report.text(f"{metric.upper()}, {what}; {n_real} real images; hardest generator first. "
+    report.text(f"{metric.upper()}, {what}; {n_real} real images in each comparison; hardest generator first. "
                 f"⚠: fewer than {SMALL_SAMPLE} images, a fragile figure.")
     report.table(["generator (n fake)", *dets], body)
     for w in warnings or ():

@@ -138,6 +138,7 @@ class _Reader:
         return out
 
     def folders(self, base: Path, split: str | None) -> list[Sample]:
+        """``base/real/`` plus one folder per generator."""
         subs = _subdirs(base)
         if REAL not in {p.name for p in subs}:
             raise DataError(f"{base}: no '{REAL}/' folder (expected {LAYOUTS['folders']})")
@@ -150,6 +151,7 @@ class _Reader:
         return out
 
     def classes(self, base: Path) -> list[Sample]:
+        """``base/real/<source>/...`` plus ``base/fake/<generator>/...`` (or loose images in ``fake/``)."""
         for name in (REAL, FAKE):
             if not (base / name).is_dir():
                 raise DataError(f"{base}: no '{name}/' folder (expected {LAYOUTS['classes']})")

@@ -1,7 +1,8 @@
 """deepsift eval ...: one command per evaluation protocol.
 
-    deepsift eval generators DATA --model M [--classifier linear --classifier knn] [--report DIR]
-    deepsift eval logo DATA --model M [--classifier linear]
+    deepsift eval generators DATA --model M [--classifier linear --classifier knn] [--control jpeg:90] [--report DIR]
+    deepsift eval logo DATA --model M [--classifier linear] [--group folder|camera|image] [--groups CSV]
+    deepsift eval audit DATA [--warn-above 0.7] [--report DIR]
     deepsift eval robustness DATA --model M [--transform jpeg --transform blur] [--metric auroc]
     deepsift eval fpr FOLDER --model M
     deepsift eval scores --labels labels.csv --scores a.csv [--scores b.json]

@@ -17,6 +17,7 @@ from deepsift.data.groups import assign_groups, camera_of  # noqa: E402
 from deepsift.data.layout import generator_folders, read_dataset  # noqa: E402
 from deepsift.evaluate.datasets import load_eval_set  # noqa: E402
 from deepsift.evaluate.protocols import split_reals  # noqa: E402
+from deepsift.exceptions import DataError  # noqa: E402
 
 
 def classes_dataset(root: Path, sources: dict[str, int] | None = None, gens: dict[str, int] | None = None) -> Path:
@@ -42,6 +43,11 @@ def test_eval_reads_the_heads_fit_layout_without_pooling_generators(tmp_path: Pa
     write_class(flat / "real", 3, False, 1)
     write_class(flat / "fake", 3, True, 2)
     assert load_eval_set(flat).generators == ["fake"]
+    # a generator folder beside real/ and fake/ is never left out silently
+    write_class(root / "sdxl", 2, True, 3)
+    with pytest.raises(DataError, match="also sdxl/: move generator folders under fake/"):
+        load_eval_set(root)
+    assert set(load_eval_set(root, "folders").generators) == {"fake", "sdxl"}
 
 
 def test_the_reader_walks_with_sources_rules(tmp_path: Path) -> None:

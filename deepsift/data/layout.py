@@ -155,6 +155,10 @@ class _Reader:
         for name in (REAL, FAKE):
             if not (base / name).is_dir():
                 raise DataError(f"{base}: no '{name}/' folder (expected {LAYOUTS['classes']})")
+        others = [p.name for p in _subdirs(base) if p.name not in (REAL, FAKE)]
+        if others:  # never left out silently
+            raise DataError(f"{base}: holds real/ and fake/ (the classes layout) but also {', '.join(others)}/: "
+                            f"move generator folders under fake/, or read it with the folders layout")
         out = self.class_folder(base / REAL, 0, REAL, None)
         gens = generator_folders([base / FAKE])
         for gen, dirs in gens.items():

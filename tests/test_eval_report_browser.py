@@ -19,7 +19,7 @@ N_GEN, N_DET = 20, 5
 
 @pytest.fixture(scope="module")
 def big_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("big")
+    root = tmp_path_factory.mktemp("big") / "data"
     rng = np.random.default_rng(0)
 
     def save(folder: Path, n: int, fmt: str) -> None:
@@ -34,7 +34,7 @@ def big_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         save(root / "fake" / f"generator_{g:02d}_with_a_long_name", 2 + (g * 7) % 40, "png" if g % 3 else "jpg")
     for k in range(N_DET):
         register_detector_loader(f"seeded{k}", lambda arg, k=k: SeededScorer(0.5 + 0.2 * k))
-    rep = root / "report"
+    rep = root.parent / "report"
     dets = [a for k in range(N_DET) for a in ("--detector", f"detector_{k}=seeded{k}:x")]
     assert main(["eval", "generators", str(root), *dets, "--bootstrap", "20", "--report", str(rep)]) == 0
     return rep

@@ -155,3 +155,10 @@ def test_eval_logo_on_the_heads_fit_layout_splits_reals_by_source(tmp_path: Path
     assert main(["eval", "logo", str(root), "--detector", "fmt=format:x", "--group", "image", "--report",
                  str(tmp_path / "rep2")]) == 0
     assert json.loads((tmp_path / "rep2" / "metrics.json").read_text())["real_split"]["groups"] == 0
+
+
+def test_a_report_inside_the_dataset_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    root = classes_dataset(tmp_path / "ds")
+    assert main(["eval", "audit", str(root), "--report", str(root / "report")]) == 2
+    assert "inside the dataset" in capsys.readouterr().err
+    assert not (root / "report").exists()  # nothing created

@@ -180,6 +180,11 @@ def _detectors(args: argparse.Namespace) -> dict:
 
 def _check_report(args: argparse.Namespace) -> None:
     """Check the ``--report`` folder before any work (one line, exit 1, when it cannot be written)."""
+    if getattr(args, "report", None) and getattr(args, "data", None):
+        data_root, rep = Path(args.data).resolve(), Path(args.report).resolve()
+        if data_root.is_dir() and (rep == data_root or data_root in rep.parents):
+            raise UsageError(f"--report {args.report} is inside the dataset {args.data}: its plots would be read "
+                             f"as images by the next run; write the report elsewhere")
     if getattr(args, "report", None):
         from ..output import ensure_writable_dir
 

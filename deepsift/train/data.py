@@ -72,10 +72,10 @@ class RealLookup:
                 if path is not None and path.resolve().is_relative_to(root.resolve()):
                     self.by_id.setdefault(rid, str(path))
         else:
-            from ..sources import IMAGE_EXTENSIONS
+            from ..data.layout import images_under
 
-            for p in sorted(root.iterdir()):
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            for p in map(Path, images_under(root)[0]):
+                if p.parent == root:
                     self.by_id.setdefault(p.stem, str(p))
 
     def get(self, record_id: str) -> str | None:

@@ -10,13 +10,16 @@ heads/ refitted on the held-out records).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -189,15 +192,16 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
                         raise _nan_stop(out, step, ids, float(lp.total), info.main)
                     (lp.total / cfg.grad_accum).backward()
                 parts.append(lp)
-            if cfg.clip_grad > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            loss = float(sum(float(p.total.detach()) for p in parts) / len(parts))
-            result.losses.append(loss)
-            step += 1
-            result.step = step
+            with _deferred_signals():  # an interrupt lands before the update or after its step count
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                loss = float(sum(float(p.total.detach()) for p in parts) / len(parts))
+                result.losses.append(loss)
+                step += 1
+                result.step = step
             imgs += views.shape[0] * 8 * info.world
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
@@ -245,12 +249,24 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     return result
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
+_null = contextlib.nullcontext
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, so an optimizer update and its step count stay together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda num, frame: caught.append(num)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _finish(out: Path, model: torch.nn.Module, cfg: TrainConfig, index: Any, held: list, device: torch.device) -> list[str]:

@@ -41,10 +41,11 @@
     node.querySelector(".source").textContent = item.source;
     var band = node.querySelector(".band");
     band.textContent = WORDS[item.band] || item.band;
-    band.className = "band " + item.band;
+    band.className = "band is-" + item.band;
     if (item.error) {
-      node.querySelector(".error").hidden = false;
-      node.querySelector(".error").textContent = item.error;
+      var msg = node.querySelector("p.error");
+      msg.hidden = false;
+      msg.textContent = item.error;
       ["figure", "meter", "heads", "meta"].forEach(function (c) { node.querySelector("." + c).hidden = true; });
       return node;
     }

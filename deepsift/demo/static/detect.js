@@ -95,7 +95,7 @@
 
   function colour(p) {  // green (real) -> amber -> red (fake)
     var r = p < 0.5 ? Math.round(60 + 390 * p) : 230, g = p < 0.5 ? 170 : Math.round(170 - 260 * (p - 0.5));
-    return "rgba(" + r + "," + Math.max(g, 40) + ",40,0.5)";
+    return "rgba(" + r + "," + Math.max(g, 40) + ",40,0.55)";
   }
 
   function setupHeatmap(node, img, hm) {
@@ -118,9 +118,23 @@
         return e;
       }
       var ex = edges(xs, hm.width), ey = edges(ys, hm.height);
+      var font = Math.max(10, Math.min(16, Math.round(Math.min(w / hm.cols, h / hm.rows) / 5)));
+      ctx.font = "600 " + font + "px system-ui, sans-serif";
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
       for (r = 0; r < hm.rows; r++) for (c = 0; c < hm.cols; c++) {
+        var x0 = ex[c] * sx, y0 = ey[r] * sy, cw = (ex[c + 1] - ex[c]) * sx, ch = (ey[r + 1] - ey[r]) * sy;
         ctx.fillStyle = colour(hm.values[r][c]);
-        ctx.fillRect(ex[c] * sx, ey[r] * sy, (ex[c + 1] - ex[c]) * sx, (ey[r + 1] - ey[r]) * sy);
+        ctx.fillRect(x0, y0, cw, ch);
+        ctx.strokeStyle = "rgba(255,255,255,0.8)";
+        ctx.lineWidth = 1;
+        ctx.strokeRect(x0 + 0.5, y0 + 0.5, cw - 1, ch - 1);
+        var label = Math.round(100 * hm.values[r][c]) + "%";
+        ctx.lineWidth = 3;
+        ctx.strokeStyle = "rgba(0,0,0,0.6)";
+        ctx.strokeText(label, x0 + cw / 2, y0 + ch / 2);
+        ctx.fillStyle = "#fff";
+        ctx.fillText(label, x0 + cw / 2, y0 + ch / 2);
       }
     }
     btn.addEventListener("click", function () {
@@ -128,6 +142,7 @@
       btn.setAttribute("aria-pressed", on ? "true" : "false");
       btn.textContent = on ? "Hide heatmap" : "Show heatmap";
       canvas.hidden = !on;
+      node.querySelector(".heat-legend").hidden = !on;
       if (on) draw();
     });
     window.addEventListener("resize", function () { if (!canvas.hidden) draw(); });

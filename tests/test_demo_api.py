@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from deepsift.server import create_app
-from demokit import demo_settings, fit_demo_heads, jpeg_bytes, png_bytes
+from demokit import c2pa_signed_jpeg, demo_settings, fit_demo_heads, jpeg_bytes, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,16 @@ def test_metadata_signals_shown_apart(client):
     assert "ComfyUI" in tools["prompt"]["tool"] and "InvokeAI" in tools["invokeai_metadata"]["tool"]
     for res in r:
         assert res["metadata"]["c2pa"] == {"present": False, "valid": None, "state": None, "claim_generator": None,
-                                           "error": None}
+                                           "declares_ai": None, "error": None}
+
+
+def test_c2pa_manifest_presence_and_validity(client):
+    r = client.post("/api/v1/detect", files=[("files", ("signed.jpg", c2pa_signed_jpeg())),
+                                             ("files", ("tampered.jpg", c2pa_signed_jpeg(tamper=True)))])
+    signed, tampered = (x["metadata"]["c2pa"] for x in r.json()["results"])
+    assert signed["present"] and signed["valid"] and signed["state"] == "Valid"  # signed by an untrusted test CA
+    assert signed["claim_generator"] == "deepsift-test" and signed["declares_ai"] is True
+    assert tampered["present"] and tampered["valid"] is False and tampered["state"] == "Invalid"
 
 
 def test_openapi_documents_detect_and_its_errors(client):

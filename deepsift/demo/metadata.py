@@ -81,10 +81,17 @@ def c2pa_manifest(data: bytes, media_type: str) -> dict[str, Any]:
         state = str(reader.get_validation_state() or "")
         import json
 
-        active = json.loads(reader.json()).get("active_manifest")
-        manifest = json.loads(reader.json()).get("manifests", {}).get(active, {}) if active else {}
+        store = json.loads(reader.json())
+        active = store.get("active_manifest")
+        manifest = store.get("manifests", {}).get(active, {}) if active else {}
+        tool = manifest.get("claim_generator") or ", ".join(
+            str(i.get("name", "")) for i in manifest.get("claim_generator_info") or [] if isinstance(i, dict))
+        sources = [str(a.get("digitalSourceType", "")) for asr in manifest.get("assertions") or []
+                   if str(asr.get("label", "")).startswith("c2pa.actions")
+                   for a in (asr.get("data") or {}).get("actions") or [] if isinstance(a, dict)]
         return {"present": True, "valid": state.lower() in ("valid", "trusted"), "state": state or None,
-                "claim_generator": _text(manifest.get("claim_generator", "")) or None, "error": None}
+                "claim_generator": _text(tool) or None,
+                "declares_ai": any(s.endswith("trainedAlgorithmicMedia") for s in sources), "error": None}
     except Exception as exc:  # noqa: BLE001
         return {"present": True, "valid": False, "state": "unreadable", "error": str(exc).splitlines()[0][:300]}
     finally:

@@ -31,6 +31,7 @@ class C2pa(BaseModel):
     valid: bool | None
     state: str | None = None
     claim_generator: str | None = None
+    declares_ai: bool | None = Field(None, description="an action's digitalSourceType says trained algorithmic media")
     error: str | None = None
 
 

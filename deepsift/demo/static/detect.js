@@ -83,7 +83,8 @@
     }
     var c = meta.c2pa || {};
     row("C2PA manifest", c.present === true ? ("present, " + (c.valid ? "valid" : "not valid") +
-        (c.state ? " (" + c.state + ")" : "") + (c.claim_generator ? ", made with " + c.claim_generator : ""))
+        (c.state ? " (" + c.state + ")" : "") + (c.claim_generator ? ", made with " + c.claim_generator : "") +
+        (c.declares_ai ? "; declares AI-generated content" : ""))
         : c.present === false ? "none" : "unknown" + (c.error ? " (" + c.error + ")" : ""));
     var exifKeys = Object.keys(meta.exif || {});
     if (!exifKeys.length) row("Camera (EXIF)", "no camera fields");

@@ -1,8 +1,10 @@
-"""The demo in Debian's headless Chromium: upload and read the verdict, heatmap, paste a URL, bad input, quiz.
+"""The demo in Debian's headless Chromium: upload, drop, paste a URL, read the verdict, heatmap, bad input, quiz.
 
 Screenshots of the main states (desktop and phone) land in test-artifacts/screenshots/<test>/ for review.
 """
 from __future__ import annotations
+
+import base64
 
 import pytest
 
@@ -88,6 +90,15 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
                   " document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }", url + "?pasted=1")
     page.wait_for_selector("article.result >> nth=3")
     assert page.locator("article.result").first.locator(".source").inner_text() == url + "?pasted=1"
+
+    drop = "b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0)); const dt = new DataTransfer();" \
+           " dt.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));" \
+           " document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true," \
+           " cancelable: true})); }"
+    page.evaluate(drop, base64.b64encode(real.read_bytes()).decode())
+    page.wait_for_selector("article.result >> nth=4")
+    first = page.locator("article.result").first
+    assert first.locator(".source").inner_text() == "dropped.jpg" and first.locator(".band").inner_text() == "Real"
 
     bad = tmp_path / "holiday.png"
     bad.write_text("<!DOCTYPE html><html><body>not a picture</body></html>")

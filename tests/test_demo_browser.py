@@ -135,7 +135,7 @@ def test_three_quiz_rounds_change_the_tally(browser, screenshots, site):
             page.click("#guess-fake" if i % 2 else "#guess-real")
             page.wait_for_selector(f"#tally-rounds:text-is('{i + 1}')")  # (no wait_for_function: the CSP bans eval)
             text = page.inner_text("#reveal")
-            assert "It is " in text and "The detector said" in text
+            assert f"You said {'AI-generated' if i % 2 else 'real'}; it is " in text and "The detector said" in text
             you, det = int(page.inner_text("#tally-you")), int(page.inner_text("#tally-detector"))
             assert 0 <= you <= i + 1 and 0 <= det <= i + 1
             if i == 0:

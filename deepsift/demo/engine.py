@@ -89,9 +89,10 @@ class DemoEngine:
                 for r, v in zip(good, det.classify(embs)):
                     r.update(v)
                 self._extras(det, good, embs)
-            if heatmap:
-                for d, r in zip(inputs, results):
-                    if "error" not in r:
+        if heatmap:  # one image's crops per turn: other clients' requests can go in between
+            for d, r in zip(inputs, results):
+                if "error" not in r:
+                    with self.forward_lock:
                         r["heatmap"] = self.heatmap(det, d)
         return [self._finish(det, r) for r in results]
 
@@ -109,7 +110,7 @@ class DemoEngine:
             r["generators"] = dict(sorted(gens.items(), key=lambda kv: -kv[1])) or None
 
     def heatmap(self, det: Any, d: Decoded) -> dict:
-        """P(fake) of the decided head for each local crop (caller holds the forward lock)."""
+        """P(fake) of the decided head for each local crop (the caller holds the forward lock)."""
         batch, rows, cols, boxes = crops(d.image, self.settings.heatmap_grid)
         emb = det.embed_pixels(batch)
         head = det.heads[det.classifier]

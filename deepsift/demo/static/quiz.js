@@ -44,7 +44,8 @@
       var truth = r.truth === "fake" ? "AI-generated" + (r.generator ? " (" + r.generator + ")" : "") : "a real photo";
       var det = r.detector ? (r.detector === "fake" ? "AI-generated" : "real") +
         " (P(fake) " + (100 * r.detector_probability).toFixed(0) + "%)" : "no answer";
-      reveal.textContent = (r.you_right ? "Right! " : "Not quite. ") + "It is " + truth + ". The detector said " + det +
+      reveal.textContent = (r.you_right ? "Right! " : "Not quite. ") + "You said " +
+        (r.guess === "fake" ? "AI-generated" : "real") + "; it is " + truth + ". The detector said " + det +
         (r.detector_right === null ? "." : r.detector_right ? " and was right." : " and was wrong.");
       reveal.className = "reveal " + (r.you_right ? "ok" : "error");
       next.hidden = false;

@@ -122,7 +122,7 @@ def test_c2pa_manifest_presence_and_validity(client):
 def test_openapi_documents_detect_and_its_errors(client):
     spec = client.get("/api/openapi.json").json()
     op = spec["paths"]["/api/v1/detect"]["post"]
-    assert {"200", "413", "422", "429", "503"} <= set(op["responses"])
+    assert {"200", "400", "403", "413", "422", "429", "503"} <= set(op["responses"])
     assert "multipart/form-data" in op["requestBody"]["content"]
     assert {"/api/v1/quiz/rounds", "/api/v1/quiz/rounds/{round_id}/guess", "/api/v1/quiz/stats"} <= set(spec["paths"])
 
@@ -181,3 +181,34 @@ def test_one_forward_pass_at_a_time(client):
     for t in threads:
         t.join(120)
     assert codes == [200] * 4 and peak[0] == 1
+
+
+def test_a_logged_in_browser_needs_the_page_csrf_token(client):
+    import re
+
+    form = client.get("/register", headers={"accept": "text/html"}).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    r = client.post("/register", data={"username": "ada", "password": "ada-lovelace-1815", "csrf_token": token},
+                    follow_redirects=False)
+    assert r.status_code in (302, 303)
+    page = client.get("/", headers={"accept": "text/html"}).text
+    assert "ada" in page
+    meta = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    files = {"files": ("a.jpg", jpeg_bytes())}
+    forged = client.post("/api/v1/detect", files=files)
+    assert forged.status_code == 403 and "CSRF" in forged.json()["detail"]
+    assert client.post("/api/v1/detect", files=files, headers={"X-CSRF-Token": meta}).status_code == 200
+
+
+def test_deepsift_serve_runs_the_demo(code_model_dir, heads_dir, tmp_path):
+    import httpx
+
+    from serverkit import ServeProcess
+
+    env = {"DEEPSIFT_DEMO_MODEL": str(code_model_dir), "DEEPSIFT_DEMO_HEADS": str(heads_dir),
+           "DEEPSIFT_DEMO_UNSURE_LOW": "0.3", "DEEPSIFT_DEMO_UNSURE_HIGH": "0.7"}
+    with ServeProcess(f"sqlite:///{tmp_path / 'serve.db'}", tmp_path / "data", extra_env=env) as srv:
+        assert "Real or AI-generated?" in httpx.get(srv.url + "/", headers={"accept": "text/html"}).text
+        r = httpx.post(srv.url + "/api/v1/detect", files={"files": ("a.jpg", jpeg_bytes())}, timeout=120)
+        assert r.status_code == 200 and r.json()["unsure_band"] == [0.3, 0.7]
+        assert r.json()["results"][0]["verdict"] in ("real", "fake")

@@ -15,7 +15,9 @@ from .inputs import Decoded, decode, fetch, preview_url, read_capped
 from .metadata import metadata_signals
 from .schemas import DetectError, DetectorInfo, DetectResponse, Error, GeneratorStats, Guess, Reveal, RoundOut, Tally
 
-E = {413: {"model": Error, "description": "request body over the server's upload limit"},
+E = {400: {"model": Error, "description": "a body that is not valid multipart/form data"},
+     403: {"model": Error, "description": "a browser session without its CSRF token (X-CSRF-Token)"},
+     413: {"model": Error, "description": "request body over the server's upload limit"},
      422: {"model": DetectError, "description": "no input, too many inputs, or not one input could be read "
                                                  "(each result says why)"},
      429: {"model": Error, "description": "rate limited"},
@@ -129,7 +131,7 @@ def _set_visitor(request: Request, response: Response, visitor: str) -> None:
 
 
 @router.post("/quiz/rounds", response_model=RoundOut, status_code=201, dependencies=[CsrfProtect],
-             responses={503: E[503], 429: E[429]})
+             responses={403: E[403], 429: E[429], 503: E[503]})
 def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
     """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
     visitor = _visitor(request) or q.new_visitor()
@@ -148,7 +150,8 @@ def round_image(request: Request, round_id: str, session: ReadDbSession) -> Resp
 
 
 @router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],
-             responses={404: {"model": Error}, 409: {"model": Error, "description": "already answered"}})
+             responses={403: E[403], 404: {"model": Error}, 409: {"model": Error, "description": "already answered"},
+                        422: {"model": Error, "description": "guess is not 'real' or 'fake'"}})
 def guess(request: Request, round_id: str, body: Guess, session: ReadDbSession) -> Reveal:
     """Store your guess (once); the answer reveals the truth, the detector's answer and your tally."""
     visitor = _visitor(request)

@@ -33,12 +33,12 @@ def results_page(request: Request, session: ReadDbSession):  # type: ignore[no-u
     return render(request, "demo/results.html", {"rows": rows, "chart": bar_chart(rows)})
 
 
-def bar_chart(rows: list[dict], width: int = 640, bar: int = 14) -> Markup:
+def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
     """Per generator, two bars (people, detector) of accuracy, as inline SVG."""
     if not rows:
         return Markup("<p class='muted'>No rounds played yet.</p>")
-    label_w, pad = 150, 6
-    inner = width - label_w - 60
+    label_w, pad = 120, 6
+    inner = width - label_w - 48
     group = 2 * bar + 3 * pad
     height = len(rows) * group + 40
     parts = [f"<svg role='img' aria-label='accuracy of people and the detector per generator' class='chart' "

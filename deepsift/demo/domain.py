@@ -34,6 +34,10 @@ def _setup(app, settings) -> None:  # type: ignore[no-untyped-def]
     app.state.demo = DemoState(ds, DemoEngine(ds), QuizSet(ds))
 
 
+def _shutdown(app) -> None:  # type: ignore[no-untyped-def]
+    app.state.demo.engine.close()
+
+
 DOMAIN = Domain(
     name="demo",
     routers=_routers,
@@ -42,5 +46,6 @@ DOMAIN = Domain(
     static=HERE / "static",
     nav=[("Detect", "/"), ("Quiz", "/quiz"), ("Quiz results", "/quiz/results")],
     setup=_setup,
+    shutdown=_shutdown,
     extra={"home": True},  # the detect page is the site's home page
 )

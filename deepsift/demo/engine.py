@@ -3,14 +3,17 @@
 ``analyse`` runs exactly what ``deepsift detect`` runs (the detector's batch engine, then
 :meth:`Detector.classify` with the one decision rule), so its fields equal the command's on the
 same file and model; it adds the score of every head, the per-generator probabilities, a heatmap
-and the unsure band. A lock lets one forward pass run at a time per process: concurrent clients
-queue instead of splitting a few CPU cores between several passes. Fetching and decoding happen
-outside the lock.
+and the unsure band. Every forward pass runs on one dedicated thread, one at a time per process:
+concurrent clients queue instead of splitting a few CPU cores between several passes, and torch's
+CPU thread team stays that one thread's (request threads calling torch in turn would each start a
+team of their own, whose idle threads spin beside the working one). Fetching and decoding happen
+on the request threads, outside that queue.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -20,6 +23,8 @@ from ..urlfetch import FetchPolicy
 from .heatmap import crops, heatmap_payload
 from .inputs import Decoded
 from .settings import DemoSettings
+
+T = TypeVar("T")
 
 
 class DetectorUnavailable(ServiceError):
@@ -35,8 +40,23 @@ class DemoEngine:
         self.settings = settings
         self._detector: Any = None
         self._load_lock = threading.Lock()
-        self.forward_lock = threading.Lock()
+        self._forward: ThreadPoolExecutor | None = None
         self.policy = url_policy(settings)
+
+    def run_forward(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the one forward thread (after the passes queued before it) and return its result."""
+        with self._load_lock:
+            if self._forward is None:  # started on first use (again after a shutdown: an app may be restarted)
+                self._forward = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demo-forward")
+            pool = self._forward
+        return pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Stop the forward thread once its queued passes are done (at server shutdown)."""
+        with self._load_lock:
+            pool, self._forward = self._forward, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def detector(self) -> Any:
         """The loaded Detector (loaded on first use); DetectorUnavailable when it cannot be."""
@@ -72,29 +92,31 @@ class DemoEngine:
         det = self.detector()
         if not inputs:
             return []
-        with self.forward_lock:
-            # the same path as Detector.predict_iter: batch engine, then classify (the one rule)
-            items, emb = [], []
-            for run, out in det.embed_batches([d.image for d in inputs]):
-                items += [(it, out[it.row] if it.row is not None else None) for it in run]
-            results = []
-            for d, (it, row) in zip(inputs, items):
-                if row is None:
-                    results.append({"source": d.source, "error": (it.error or "").replace(it.source, d.source, 1)})
-                    continue
-                results.append({"source": d.source, "embedding": row})
-            good = [r for r in results if "embedding" in r]
-            if good:
-                embs = np.stack([r.pop("embedding") for r in good])
-                for r, v in zip(good, det.classify(embs)):
-                    r.update(v)
-                self._extras(det, good, embs)
-        if heatmap:  # one image's crops per turn: other clients' requests can go in between
+        results = self.run_forward(self._verdicts, det, inputs)
+        if heatmap:  # one image's crops per turn: other clients' passes can go in between
             for d, r in zip(inputs, results):
                 if "error" not in r:
-                    with self.forward_lock:
-                        r["heatmap"] = self.heatmap(det, d)
+                    r["heatmap"] = self.run_forward(self.heatmap, det, d)
         return [self._finish(det, r) for r in results]
+
+    def _verdicts(self, det: Any, inputs: list[Decoded]) -> list[dict[str, Any]]:
+        """The path of Detector.predict_iter (batch engine, then classify by the one rule), plus every head."""
+        items = []
+        for run, out in det.embed_batches([d.image for d in inputs]):
+            items += [(it, out[it.row] if it.row is not None else None) for it in run]
+        results: list[dict[str, Any]] = []
+        for d, (it, row) in zip(inputs, items):
+            if row is None:
+                results.append({"source": d.source, "error": (it.error or "").replace(it.source, d.source, 1)})
+            else:
+                results.append({"source": d.source, "embedding": row})
+        good = [r for r in results if "embedding" in r]
+        if good:
+            embs = np.stack([r.pop("embedding") for r in good])
+            for r, v in zip(good, det.classify(embs)):
+                r.update(v)
+            self._extras(det, good, embs)
+        return results
 
     def _extras(self, det: Any, rows: list[dict], embs: np.ndarray) -> None:
         """Every head's score, probability and label; the per-generator probabilities."""
@@ -110,7 +132,7 @@ class DemoEngine:
             r["generators"] = dict(sorted(gens.items(), key=lambda kv: -kv[1])) or None
 
     def heatmap(self, det: Any, d: Decoded) -> dict:
-        """P(fake) of the decided head for each local crop (the caller holds the forward lock)."""
+        """P(fake) of the decided head for each local crop (run it on the forward thread)."""
         batch, rows, cols, boxes = crops(d.image, self.settings.heatmap_grid)
         emb = det.embed_pixels(batch)
         head = det.heads[det.classifier]

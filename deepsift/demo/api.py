@@ -26,6 +26,7 @@ router = APIRouter(prefix="/api/v1", tags=["demo"], dependencies=[Depends(rate_l
 
 
 def engine_of(request: Request) -> DemoEngine:
+    """The app's demo engine (detector + URL policy)."""
     return request.app.state.demo.engine
 
 

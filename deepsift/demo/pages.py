@@ -17,18 +17,21 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/")
 def detect_page(request: Request):  # type: ignore[no-untyped-def]
+    """The home page: drop, paste, pick or link images; verdicts from POST /api/v1/detect."""
     s = request.app.state.demo.settings
     return render(request, "demo/detect.html", {"s": s})
 
 
 @router.get("/quiz")
 def quiz_page(request: Request):  # type: ignore[no-untyped-def]
+    """The quiz page, "Can you beat the detector?" (driven by quiz.js over the quiz API)."""
     s = request.app.state.demo.settings
     return render(request, "demo/quiz.html", {"configured": bool(s.quiz_dataset)})
 
 
 @router.get("/quiz/results")
 def results_page(request: Request, session: ReadDbSession):  # type: ignore[no-untyped-def]
+    """People versus the detector per generator, over all visitors: a bar chart and a table."""
     rows = q.statistics(session)
     return render(request, "demo/results.html", {"rows": rows, "chart": bar_chart(rows)})
 

@@ -1,4 +1,4 @@
-""""Can you beat the detector?": rounds from a labelled dataset, guess first, then the truth.
+"""The quiz, "Can you beat the detector?": rounds from a labelled dataset, guess first, then the truth.
 
 A round is one row (:class:`~deepsift.demo.models.QuizRound`) holding the image's truth and the
 detector's answer from the start; the guess is stored by one conditional update
@@ -100,6 +100,7 @@ def visitor_hash(visitor: str) -> str:
 
 
 def new_visitor() -> str:
+    """A new random visitor id (the quiz cookie's value)."""
     return secrets.token_urlsafe(18)
 
 
@@ -119,6 +120,7 @@ def start_round(db: Database, quiz: QuizSet, engine: Any, visitor: str) -> QuizR
 
 
 def get_round(s: Session, round_id: str) -> QuizRound:
+    """The round with this id, or NotFoundError."""
     row = s.get(QuizRound, round_id)
     if row is None:
         raise NotFoundError("no such quiz round")

@@ -212,3 +212,32 @@ def test_deepsift_serve_runs_the_demo(code_model_dir, heads_dir, tmp_path):
         r = httpx.post(srv.url + "/api/v1/detect", files={"files": ("a.jpg", jpeg_bytes())}, timeout=120)
         assert r.status_code == 200 and r.json()["unsure_band"] == [0.3, 0.7]
         assert r.json()["results"][0]["verdict"] in ("real", "fake")
+
+
+def test_schemathesis_finds_no_server_error_in_the_demo(make_client, labelled_folders):
+    """A bounded property-based run over the demo's operations, with a model and a quiz set (no 5xx at all)."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    with make_client(quiz_dataset=str(labelled_folders["real"].parent)) as c:
+        schema = schemathesis.openapi.from_asgi("/api/openapi.json", c.app)
+        errors: list[str] = []
+        n = 0
+        for result in schema.get_all_operations():
+            op = result.ok()
+            if not op.path.startswith("/api/v1/"):
+                continue
+
+            @settings(max_examples=6, deadline=None, database=None, derandomize=True,
+                      suppress_health_check=list(HealthCheck))
+            @given(case=op.as_strategy())
+            def run(case) -> None:  # type: ignore[no-untyped-def]
+                nonlocal n
+                n += 1
+                r = case.call()
+                if r.status_code >= 500:
+                    errors.append(f"{case.method} {case.formatted_path}: {r.status_code} {r.text[:200]}")
+
+            run()
+    assert n > 20
+    assert not errors, "\n".join(errors[:5])

@@ -114,9 +114,12 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
     requests.clear()
     ctx, page = new_page(browser, live, PHONE, requests)
     page.goto(live.url + "/")
-    page.set_input_files("#file-input", str(fake))
-    page.wait_for_selector("article.result")
-    page.locator(".toggle-heatmap").click()
+    many = [str(fake)] + [str(p) for p in sorted(labelled_folders["real"].iterdir())[:8]]
+    page.set_input_files("#file-input", many)  # 9 files: sent as 8 + 1 (the server takes 8 per request)
+    page.wait_for_selector("article.result >> nth=8")
+    assert page.locator("article.result.band-error").count() == 0
+    page.locator("article.result.band-fake").locator(".toggle-heatmap").click()
+    page.locator("article.result.band-fake").scroll_into_view_if_needed()
     page.screenshot(path=str(screenshots / "05-phone-verdict-heatmap.png"), full_page=True)
     assert only_own_origin(requests, live) == []
     ctx.close()

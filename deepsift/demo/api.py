@@ -67,8 +67,11 @@ def detect(request: Request,
         raise InvalidInputError(f"{n} inputs: at most {s.max_images} images per request")
     det = eng.detector()  # a missing model is a 503 before any work
 
+    def upload_name(f: UploadFile) -> str:
+        return (f.filename or "upload").replace("\x00", "")[:200]
+
     def load_upload(f: UploadFile) -> Decoded:
-        name = (f.filename or "upload").replace("\x00", "")[:200]
+        name = upload_name(f)
         data = read_capped(f.file, name, s.max_image_bytes)
         return decode(data, name, s.max_pixels, s.max_image_bytes)
 
@@ -76,7 +79,7 @@ def detect(request: Request,
         data = fetch(u, eng.policy, s.url_timeout, s.max_image_bytes)
         return decode(data, u[:500], s.max_pixels, s.max_image_bytes)
 
-    jobs = [(f.filename or "upload", load_upload, f) for f in uploads] + [(u[:500], load_url, u) for u in urls]
+    jobs = [(upload_name(f), load_upload, f) for f in uploads] + [(u[:500], load_url, u) for u in urls]
     loaded: list[Decoded | str] = []
     with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
         futures = [(name, pool.submit(fn, arg)) for name, fn, arg in jobs]

@@ -6,6 +6,7 @@
   var statusEl = document.getElementById("status");
   var tpl = document.getElementById("result-template");
   var WORDS = { real: "Real", fake: "AI-generated", unsure: "Unsure", error: "Could not check" };
+  var checked = 0;
 
   function setStatus(text, isError) {
     statusEl.textContent = text || "";
@@ -26,7 +27,8 @@
       .then(function (res) {
         var list = (res.body && res.body.results) || [];
         list.forEach(function (item) { results.insertBefore(card(item), results.firstChild); });
-        if (res.status === 200) setStatus(list.length + (list.length === 1 ? " image checked." : " images checked."));
+        checked += list.filter(function (x) { return !x.error; }).length;
+        if (res.status === 200) setStatus(checked + (checked === 1 ? " image checked" : " images checked") + " so far.");
         else setStatus(res.body.detail || ("error " + res.status), true);
       })
       .catch(function (e) { setStatus("The server could not be reached: " + e, true); })
@@ -149,12 +151,18 @@
     window.addEventListener("resize", function () { if (!canvas.hidden) draw(); });
   }
 
-  function sendFiles(files) {
+  var maxImages = parseInt(document.getElementById("dropzone").getAttribute("data-max-images"), 10) || 8;
+  var queue = Promise.resolve();
+
+  function sendFiles(files) {  // many files go in requests of at most maxImages, one after the other
     var list = Array.prototype.slice.call(files || []);
-    if (!list.length) return;
-    var form = new FormData();
-    list.forEach(function (f, i) { form.append("files", f, f.name || ("pasted-" + (i + 1) + ".png")); });
-    send(form);
+    for (var start = 0; start < list.length; start += maxImages) {
+      (function (chunk, offset) {
+        var form = new FormData();
+        chunk.forEach(function (f, i) { form.append("files", f, f.name || ("pasted-" + (offset + i + 1) + ".png")); });
+        queue = queue.then(function () { return send(form); });
+      })(list.slice(start, start + maxImages), start);
+    }
   }
 
   function sendUrl(url) {

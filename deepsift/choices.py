@@ -44,3 +44,12 @@ METRIC_NAMES: tuple[str, ...] = (
 
 CALIBRATION_METHODS: tuple[str, ...] = ("platt", "isotonic")
 """Ways to map raw scores to P(fake) on a validation set."""
+
+DATASET_LAYOUTS: dict[str, str] = {
+    "classes": "real/<source>/... and fake/<generator>/... (the layout 'heads fit' takes)",
+    "folders": "real/ plus one folder per generator (e.g. real/, sd21/, dalle3/)",
+    "d3-test": "{augm,no_augm}/{real,gen_0,gen_1,...}/ (the official D3 test layout)",
+    "parquet": "D3 parquet shards (*.parquet); real images from a separate folder",
+    "real-only": "one folder of real photos (false-positive rate only)",
+}
+"""Labelled dataset layouts on disk that every command reads (:mod:`deepsift.data.layout`)."""

@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "deepsift.evaluate.baselines.cli",  # baseline list, train, predict
     "deepsift.server.cli",  # serve, admin ...
     "deepsift.challenges.cli",  # challenges create, worker, login, submit, status, leaderboard, download
+    "deepsift.train.cli",  # train
 )
 
 THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "huggingface_hub", "urllib3", "filelock", "datasets", "fsspec",

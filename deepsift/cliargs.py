@@ -89,7 +89,7 @@ from .exceptions import (
 
 __all__ = [
     "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_TERMINATED", "EXIT_USAGE", "ArgumentParser",
-    "HelpFormatter", "add_command", "add_detector_options", "add_folder_options", "add_output_options", "add_runtime_options", "add_verbosity", "detector_kwargs",
+    "HelpFormatter", "add_command", "add_detector_options", "add_folder_options", "add_group_options", "add_output_options", "add_runtime_options", "add_verbosity", "detector_kwargs",
     "existing_dir", "existing_file", "existing_path", "finite_float", "float_range", "fraction", "image_input",
     "int_range", "non_negative_float", "non_negative_int", "open_fraction", "path_or_hub_id", "plain", "positive_float",
     "positive_int", "probability", "probability_band", "subgroup", "user_url_policy", "verbosity", "workers_count",
@@ -388,6 +388,16 @@ def add_folder_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup
     parser.add_argument("--follow-links", action="store_true",
                         help="also walk directory links that lead out of a named folder (default: not followed; "
                              "each real folder is walked once and link loops are never followed)")
+
+
+def add_group_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--group`` and ``--groups``: how real images are grouped so that a split never cuts a source in two."""
+    parser.add_argument("--group", choices=("folder", "camera", "image"), default="folder",
+                        help="keep real images of one source on one side of a split: folder (real/<source>/...), "
+                             "camera (EXIF make and model), or image (each image alone)")
+    parser.add_argument("--groups", metavar="CSV", type=existing_file,
+                        help="group column file: CSV with id (or path) and group columns; wins over --group for "
+                             "the images it lists (default: none)")
 
 
 def add_output_options(parser: argparse.ArgumentParser, *, default_format: str = "table",

@@ -12,6 +12,8 @@ Output files (tested in ``tests/test_output.py`` and ``tests/test_full_disk.py``
 * Text that is not valid Unicode (a file name that is not UTF-8, legal on Linux, arrives as
   surrogate escapes) is written the same way in every format: each byte that is not UTF-8
   becomes ``\\xNN`` (``caf\\xe9.png``). No row is ever lost to it.
+* A target that exists and is not a regular file (``/dev/null``, a FIFO, a terminal) is written in
+  place, never replaced by a rename (:func:`is_special_file`); it keeps no ``.partial``.
 * :func:`ensure_writable_dir` and :func:`ensure_writable_file` check an output place before the
   expensive work starts: one :class:`~deepsift.exceptions.DataError` line, nothing written.
 """
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -150,23 +153,35 @@ class AtomicOutput:
         self.path = Path(path)
         if self.path.is_dir():
             raise DataError(f"cannot write {path}: is a directory")
+        self.complete = 0  # bytes up to the end of the last complete row
+        self.direct = is_special_file(self.path)
+        if self.direct:  # /dev/null, a FIFO: written in place; a rename would replace the device node
+            try:
+                self.stream: IO[str] = open(self.path, "w", encoding="utf-8", newline="")
+            except OSError as exc:
+                raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
+            self.tmp = self.path
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         except OSError as exc:
             raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
         self.tmp = Path(tmp)
-        self.stream: IO[str] = open(fd, "w", encoding="utf-8", newline="")
-        self.complete = 0  # bytes up to the end of the last complete row
+        self.stream = open(fd, "w", encoding="utf-8", newline="")
 
     def mark(self) -> None:
         """Everything written so far (and flushed) is complete rows."""
-        self.complete = self.stream.tell()
+        if not self.direct:
+            self.complete = self.stream.tell()
 
     def commit(self) -> Path:
         """Close the file and move it into place (fsync first, so the rename never exposes a torn file)."""
         try:
             self.stream.flush()
+            if self.direct:
+                self.stream.close()
+                return self.path
             os.fsync(self.stream.fileno())
             self.stream.close()
             os.replace(self.tmp, self.path)
@@ -179,8 +194,9 @@ class AtomicOutput:
         """Close and remove the temporary file."""
         with contextlib.suppress(OSError):
             self.stream.close()
-        with contextlib.suppress(OSError):
-            self.tmp.unlink()
+        if not self.direct:
+            with contextlib.suppress(OSError):
+                self.tmp.unlink()
 
     def keep_partial(self, last_line: str | None) -> Path | None:
         """Cut the file after its last complete row, end it with ``last_line``, keep it as ``<path>.partial``.
@@ -190,7 +206,7 @@ class AtomicOutput:
         """
         with contextlib.suppress(OSError):  # a full disk may refuse the buffered tail: it is cut anyway
             self.stream.close()
-        if last_line is None or self.complete == 0:
+        if last_line is None or self.complete == 0 or self.direct:
             self.discard()
             return None
         partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
@@ -302,6 +318,15 @@ def ensure_writable_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
+def is_special_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` exists and is neither a regular file nor a folder (``/dev/null``, a FIFO, a tty)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def ensure_writable_file(path: str | os.PathLike) -> Path:
     """Check that file ``path`` can be written: not a folder, in a folder that takes new files.
 
@@ -310,6 +335,10 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
     target = Path(path)
     if target.is_dir():
         raise DataError(f"cannot write {target}: is a directory")
+    if is_special_file(target):
+        if not os.access(target, os.W_OK):
+            raise DataError(f"cannot write {target}: permission denied")
+        return target
     ensure_writable_dir(target.parent)
     return target
 

@@ -177,3 +177,22 @@ def test_the_server_assembles_domains_without_importing_them():
         if mod.startswith("deepsift.server"):
             bad = sorted(m for m in imports(mod) if m.startswith(("deepsift.challenges", "deepsift.demo")))
             assert not bad, f"{mod} imports {bad}"
+
+
+def test_one_image_walker_and_one_layout_reader():
+    """Folders of images are walked by deepsift.sources.walk_images only; datasets are read by deepsift.data.layout."""
+    walkers = ("os.walk(", "os.scandir(", "glob.iglob(", "glob.glob(")
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).as_posix()
+        text = path.read_text()
+        if rel != "sources.py":
+            assert not [w for w in walkers if w in text], f"{rel}: walk folders with deepsift.sources.walk_images"
+        if rel not in ("sources.py", "choices.py", "data/layout.py"):  # layout: tells layouts apart, lists nothing
+            assert "IMAGE_EXTENSIONS" not in text, f"{rel}: list images with deepsift.data.layout / sources"
+        if rel not in ("data/layout.py",):
+            assert "def detect_layout(root" not in text and "def generator_folders(fake_dirs: list[str | os" not in text
+    from deepsift.evaluate import datasets
+    from deepsift.model import fitting
+
+    assert datasets.Sample is __import__("deepsift.data.layout", fromlist=["Sample"]).Sample
+    assert "images_under" in fitting.__dict__ and "_layout_generator_folders" in fitting.__dict__

@@ -324,6 +324,8 @@ def test_schemathesis_finds_no_server_error(app, client, world):
     n = 0
     for result in schema.get_all_operations():
         op = result.ok()
+        if op.path.startswith("/api/v1/"):
+            continue  # the demo's operations: tests/test_demo_api.py runs them with a model and a quiz set
 
         @settings(max_examples=8, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))

@@ -38,7 +38,16 @@ def options(parser: argparse.ArgumentParser):
 
 
 def test_the_walk_sees_every_area():
-    assert {"detect", "embed", "heads fit", "data info", "data build", "eval scores", "baseline predict"} <= set(ALL)
+    assert {"detect", "embed", "heads fit", "data info", "data build", "eval scores", "baseline predict",
+            "train"} <= set(ALL)
+
+
+def test_train_takes_the_runtime_options_and_every_config_key_as_a_flag():
+    from deepsift.train.config import FIELDS
+
+    flags = {f for a in options(ALL["train"]) for f in a.option_strings}
+    assert {"--device", "--workers", "--batch-size", "--precision"} <= flags
+    assert {"--" + k.replace("_", "-") for k in FIELDS} <= flags
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -162,6 +171,11 @@ def test_val_means_one_thing():
     (["challenges", "worker", "--max-jobs", "0"], "--max-jobs"),
     (["challenges", "create", "{f}", "--host-user", "h", "--threads", "0"], "--threads"),
     (["challenges", "submit", "--challenge", "c", "--phase", "p", "{f}", "--timeout", "-1"], "--timeout"),
+    (["train", "--data", "{d}", "--out", "{d}/t", "--steps", "0"], "--steps"),
+    (["train", "--data", "{d}", "--out", "{d}/t", "--batch-size", "0"], "--batch-size"),
+    (["train", "--data", "{d}", "--out", "{d}/t", "--workers", "0"], "--workers"),
+    (["train", "--data", "{d}", "--out", "{d}/t", "--lr", "nan"], "--lr"),
+    (["train", "--data", "{d}", "--out", "{d}/t", "--weight-decay", "-1"], "--weight-decay"),
 ])
 def test_bad_numbers_are_usage_errors_at_parse_time(tmp_path, capsys, argv, option):
     f = tmp_path / "file.csv"

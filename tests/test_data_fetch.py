@@ -5,10 +5,11 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 from data_factory import encoded_image, make_record
+from httpkit import QuietHandler
 
 from deepsift.data.fetch import Fetcher, FetchConfig, load_status, parse_retry_after, safe_name
 from deepsift.data.writer import write_shard
@@ -20,21 +21,7 @@ PNG = encoded_image(2, (20, 20), "PNG")
 HUGE_PIXELS = encoded_image(3, (200, 200), "PNG")  # over the test's pixel cap of 10,000
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code, body=b"", ctype="image/jpeg", headers=()):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(QuietHandler):
     def do_GET(self):
         srv = self.server
         path = self.path

@@ -225,7 +225,7 @@ def test_empty_generator_folder(tmp_path: Path) -> None:
     d3 = d3_test_dataset(tmp_path / "d3", 2)
     for p in (d3 / "augm" / "real").iterdir():
         p.unlink()
-    with pytest.raises(DataError, match="augm/real: generator folder 'real' contains no images"):
+    with pytest.raises(DataError, match="augm/real: real folder 'real' contains no images"):
         load_eval_set(d3)
 
 

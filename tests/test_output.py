@@ -199,3 +199,36 @@ def test_an_interrupted_detect_to_stdout_exits_128_plus_the_signal_after_whole_r
     assert text.endswith("\n")
     rows = [json.loads(x) for x in text.splitlines()]  # every row whole
     assert len(rows) >= N_WRITTEN and all(r["verdict"] in ("real", "fake") for r in rows)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a character device needs root")
+def test_out_to_a_character_device_writes_through_it_and_never_replaces_it(code_model_dir, heads, odd_folder,
+                                                                            tmp_path):
+    """``--out /dev/null`` must not rename a temporary file over the device (it once did, breaking /dev/null)."""
+    import stat
+
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a second /dev/null, in the test's folder
+    rc = main(["detect", str(odd_folder), "--model", str(code_model_dir), "--heads", str(heads),
+               "--format", "jsonl", "--out", str(null), "--quiet"])
+    assert rc == 0
+    assert stat.S_ISCHR(os.stat(null).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_out_to_a_fifo_streams_the_rows_through_it(tmp_path):
+    """A FIFO target is written in place (a reader gets every row) and is still a FIFO afterwards."""
+    import stat
+
+    fifo = tmp_path / "rows.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(open(fifo, encoding="utf-8").read().splitlines()))
+    reader.start()
+    with open_rows(str(fifo), "jsonl", ["source", "probability"]) as w:
+        for i in range(3):
+            w.write({"source": f"{i}.png", "probability": i / 4})
+    reader.join(timeout=60)
+    assert [json.loads(line)["source"] for line in got] == ["0.png", "1.png", "2.png"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.fifo"]

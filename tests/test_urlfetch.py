@@ -4,11 +4,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from data_factory import encoded_image
+from httpkit import QuietHandler
 
 from deepsift.exceptions import ImageFetchError, ImageTooLargeError, URLNotAllowedError, UsageError
 from deepsift.urlfetch import (STRICT_POLICY, USER_POLICY, FetchPolicy, address_allowed, address_kind, check_url,
@@ -17,21 +18,7 @@ from deepsift.urlfetch import (STRICT_POLICY, USER_POLICY, FetchPolicy, address_
 JPEG = encoded_image(1, (32, 24))
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, code, body=b"", ctype="image/jpeg", headers=()):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in headers:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
+class Handler(QuietHandler):
     def do_GET(self):  # noqa: N802
         srv = self.server
         parts = urlsplit(self.path)

@@ -94,55 +94,38 @@ def finish(db: Database, job: Job, scores: dict, public_score: float | None, pri
 
     ``keep_lease``: the intervals are still to compute, so the lease stays with this worker.
     """
-
-    def tx(s: Any) -> bool:
-        now = utcnow()
-        values: dict[str, Any] = dict(state="scored", scores=scores, public_score=public_score,
-                                      private_score=private_score, finished_at=now, reason=None)
-        if not keep_lease:
-            values.update(lease_token=None, lease_expires_at=None, intervals_done=True)
-        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
-                                                 Submission.lease_token == job.lease_token,
-                                                 Submission.state == "running").values(**values))
-        if res.rowcount != 1:
-            return False
-        s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="scored", worker=_worker(s, job)))
-        return True
-
-    return db.run(tx, write=True)
+    values: dict[str, Any] = dict(state="scored", scores=scores, public_score=public_score,
+                                  private_score=private_score, finished_at=utcnow(), reason=None)
+    if not keep_lease:
+        values.update(lease_token=None, lease_expires_at=None, intervals_done=True)
+    return _transition(db, job, "running", values, "scored")
 
 
 def set_intervals(db: Database, job: Job, scores: dict) -> bool:
     """Store the scores with their intervals and release the lease (if still held)."""
-
-    def tx(s: Any) -> bool:
-        now = utcnow()
-        res = s.execute(update(Submission).where(Submission.id == job.submission_id,
-                                                 Submission.lease_token == job.lease_token,
-                                                 Submission.state == "scored")
-                        .values(scores=scores, intervals_done=True, lease_token=None, lease_expires_at=None))
-        if res.rowcount == 1:
-            s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="intervals done",
-                                  worker=_worker(s, job)))
-        return res.rowcount == 1
-
-    return db.run(tx, write=True)
+    values = dict(scores=scores, intervals_done=True, lease_token=None, lease_expires_at=None)
+    return _transition(db, job, "scored", values, "intervals done")
 
 
 def fail(db: Database, job: Job, reason: str) -> bool:
     """Mark the job failed with ``reason`` (refunded: failed submissions use no quota), if still ours."""
+    values = dict(state="failed", reason=reason[:4000], finished_at=utcnow(), lease_token=None,
+                  lease_expires_at=None)
+    return _transition(db, job, "running", values, "failed", detail=reason[:4000])
+
+
+def _transition(db: Database, job: Job, from_state: str, values: dict[str, Any], event: str,
+                detail: str | None = None) -> bool:
+    """Apply ``values`` if the job is in ``from_state`` and this worker still holds its lease; log ``event``."""
 
     def tx(s: Any) -> bool:
-        now = utcnow()
         res = s.execute(update(Submission).where(Submission.id == job.submission_id,
                                                  Submission.lease_token == job.lease_token,
-                                                 Submission.state == "running")
-                        .values(state="failed", reason=reason[:4000], finished_at=now, lease_token=None,
-                                lease_expires_at=None))
+                                                 Submission.state == from_state).values(**values))
         if res.rowcount != 1:
             return False
-        s.add(SubmissionEvent(submission_id=job.submission_id, at=now, state="failed", detail=reason[:4000],
-                              worker=_worker(s, job)))
+        s.add(SubmissionEvent(submission_id=job.submission_id, at=values.get("finished_at", utcnow()),
+                              state=event, detail=detail, worker=_worker(s, job)))
         return True
 
     return db.run(tx, write=True)

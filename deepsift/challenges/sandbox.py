@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -301,7 +301,7 @@ def _child_error(proc: subprocess.Popen, conf: Confinement) -> str:
 
 
 def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Confinement,
-              heartbeat: "Callable[[], bool] | None" = None) -> np.ndarray:  # type: ignore[name-defined]
+              heartbeat: Callable[[], bool] | None = None) -> np.ndarray:
     """Fake scores of ``images`` (in order) from the confined model; ModelRunError with the reason on failure.
 
     ``heartbeat()`` is called between batches; when it returns False (the job was lost) the run stops.

@@ -37,13 +37,22 @@ import datetime as dt
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..exceptions import InvalidInputError
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+def _check_slug(v: str) -> str:
+    if not SLUG.match(v):
+        raise ValueError("a slug is lower-case letters, digits and '-' (at most 64)")
+    return v
+
+
+Slug = Annotated[str, AfterValidator(_check_slug)]
 RANKING_METRICS = ("f1", "accuracy", "balanced_accuracy", "ap", "auroc", "tpr@1%fpr", "tpr@5%fpr", "eer")
 LOWER_IS_BETTER = frozenset({"eer"})
 SOURCES = ("d3-test", "folders", "d3-shards", "labels")
@@ -91,7 +100,7 @@ class PhaseSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    slug: str
+    slug: Slug
     title: str = ""
     starts: dt.datetime
     ends: dt.datetime
@@ -106,13 +115,6 @@ class PhaseSpec(BaseModel):
     model_time_limit_s: float = Field(600.0, gt=0, le=86_400)
     model_memory_mb: int = Field(4096, ge=256, le=1_048_576)
     testset: TestSetSpec | None = None
-
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
-            raise ValueError("a slug is lower-case letters, digits and '-' (at most 64)")
-        return v
 
     @field_validator("ranking_metric")
     @classmethod
@@ -140,7 +142,7 @@ class ChallengeSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    slug: str
+    slug: Slug
     title: str = Field(min_length=1, max_length=200)
     description: str = Field("", max_length=50_000)
     rules: str = Field("", max_length=50_000)
@@ -150,13 +152,6 @@ class ChallengeSpec(BaseModel):
     max_team_size: int = Field(10, ge=1, le=1000)
     published: bool = True
     phases: list[PhaseSpec] = Field(min_length=1)
-
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
-            raise ValueError("a slug is lower-case letters, digits and '-' (at most 64)")
-        return v
 
     @model_validator(mode="after")
     def _unique(self) -> "ChallengeSpec":

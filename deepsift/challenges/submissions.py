@@ -8,7 +8,6 @@ members and the challenge's host only; private-part scores only after the phase 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 from ..exceptions import ConflictError, InvalidInputError, NotFoundError
 from ..server.db import Database, new_id, utcnow
 from ..server.models import User
-from ..server.storage import Storage, write_capped
+from ..server.storage import Storage, file_sha256, write_capped
 from . import predictions
 from .models import COUNTED_STATES, Phase, Submission, SubmissionEvent, Team, TeamMember
 from .sandbox import parse_preprocessing
@@ -126,7 +125,7 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
                              note=(note or "")[:200], client_key=client_key,
                              filename=Path(filename or "upload").name[:200],
                              file_path=upload.relative_to(storage.root).as_posix(),
-                             file_sha256=_sha256(upload), file_bytes=upload.stat().st_size, spec=spec,
+                             file_sha256=file_sha256(upload), file_bytes=upload.stat().st_size, spec=spec,
                              state="queued", created_at=stamp, queued_at=stamp)
             w.add(sub)
             w.flush()
@@ -151,14 +150,6 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
     except BaseException:
         shutil.rmtree(upload.parent, ignore_errors=True)
         raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_open(ph: Phase, user: User, now: dt.datetime | None) -> None:

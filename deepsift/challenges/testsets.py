@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..exceptions import DataError, DeepsiftError, InvalidInputError
+from ..server.storage import file_sha256
 from .spec import TestSetSpec
 
 KEY_FILE = "key.parquet"
@@ -189,14 +189,6 @@ def _names(n: int) -> list[str]:
     return list(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_testset(items: Sequence[Item], dest: Path, *, image_format: str = "png", jpeg_quality: int = 95,
                   resize: int | None = None, public_fraction: float = 0.5, seed: int = 0,
                   threads: int = 4, progress: bool | None = None) -> ImportResult:
@@ -229,7 +221,7 @@ def build_testset(items: Sequence[Item], dest: Path, *, image_format: str = "png
                                   enabled=progress))
             archive = dest / ARCHIVE_FILE
             _write_archive(archive, img_dir, sorted(names), image_format)
-            archive_sha, archive_bytes = _sha256(archive), archive.stat().st_size
+            archive_sha, archive_bytes = file_sha256(archive), archive.stat().st_size
         else:
             names = [it.name for it in items]  # type: ignore[misc]
             archive_sha = archive_bytes = None
@@ -238,7 +230,7 @@ def build_testset(items: Sequence[Item], dest: Path, *, image_format: str = "png
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return ImportResult(dest, len(items), int(public.sum()), has_images, _sha256(key_path), archive_sha,
+    return ImportResult(dest, len(items), int(public.sum()), has_images, file_sha256(key_path), archive_sha,
                         archive_bytes, _summary(items, public))
 
 

@@ -8,9 +8,10 @@ Two families of functions, PIL + numpy only, every random choice drawn from a ca
   "social media" chain (downscale + JPEG). :func:`robustness_perturbations` lists them as
   :class:`Perturbation` objects whose ``strength`` is the x axis of a robustness curve.
 * **Training augmentation A** (:class:`TrainAugment`): 0 to 2 transforms drawn from the 19
-  families of the CoDE recipe (:data:`TRAIN_FAMILIES`), each at one of 5 intensities
-  (:data:`TRAIN_INTENSITIES`), plus the global/local random-resized crops and the final
-  resize-248 / centre-crop-224 of every view.
+  families of the CoDE recipe (:data:`TRAIN_FAMILIES`), applied in the fixed family order; the
+  five continuous families take a uniform value in their range (:data:`CONTINUOUS_RANGES`), the
+  others one of 5 levels (:data:`TRAIN_INTENSITIES`; ranges as in the reference, section 2), plus
+  the global/local random-resized crops and the final resize-248 / centre-crop-224 of every view.
 
 Encoded round trips (JPEG, WebP) decode through :func:`deepsift.images.decode_image`.
 """
@@ -146,29 +147,36 @@ def robustness_perturbations(families: Sequence[str] | None = None) -> list[Pert
 
 # --------------------------------------------------------------------------- augmentation A
 TRAIN_INTENSITIES: dict[str, tuple[float, ...]] = {
-    "blur": tuple(np.linspace(0.1, 2.0, 5)),  # sigma
-    "brightness": tuple(np.linspace(0.5, 2.0, 5)),  # factor
-    "aspect_ratio": tuple(np.linspace(0.75, 2.0, 5)),  # new width / height, area kept
-    "pixelization": (0.8, 0.6, 0.45, 0.3, 0.2),  # downscale ratio before nearest upscale
-    "rotation": (90.0, 135.0, 180.0, 225.0, 270.0),  # degrees, canvas expanded
+    "blur": tuple(np.linspace(0.1, 2.0, 5)),  # sigma (continuous: uniform in 0.1-2)
+    "brightness": tuple(np.linspace(0.5, 2.0, 5)),  # factor (continuous: uniform in 0.5-2)
+    "aspect_ratio": tuple(np.linspace(0.75, 2.0, 5)),  # new width / height, area kept (continuous: 0.75-2)
+    "pixelization": (0.86, 0.72, 0.58, 0.44, 0.3),  # downscale ratio before nearest upscale (continuous: 0.3-1)
+    "rotation": (90.0, 135.0, 180.0, 225.0, 270.0),  # degrees, canvas expanded (continuous: 90-270)
     "contrast": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
     "saturation": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
     "jpeg": (40.0, 55.0, 70.0, 85.0, 100.0),  # quality
-    "grayscale": (0.2, 0.4, 0.6, 0.8, 1.0),  # blend weight of the grey image
-    "hflip": (1.0,) * 5,  # no strength: a flip is a flip
-    "opacity": (0.9, 0.75, 0.6, 0.45, 0.3),  # alpha over a random flat background
-    "overlay_stripes": (0.1, 0.2, 0.3, 0.4, 0.5),  # stripe width / period
-    "pad": (0.05, 0.1, 0.15, 0.2, 0.25),  # border as a fraction of each side
+    "grayscale": (1.0,) * 5,  # no parameter: the luminosity image
+    "hflip": (1.0,) * 5,  # no parameter: a flip is a flip
+    "opacity": (0.2, 0.4, 0.6, 0.8, 1.0),  # alpha over a random flat background
+    "overlay_stripes": tuple(np.linspace(0.05, 0.35, 5)),  # stripe width / period
+    "pad": tuple(np.linspace(0.01, 0.25, 5)),  # border as a fraction of each side
     "resize": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px
     "random_crop": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px (capped)
-    "scale": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side), aspect kept
-    "sharpen": (2.0, 4.0, 6.0, 8.0, 10.0),  # PIL sharpness factor
-    "pixel_shuffle": (0.05, 0.1, 0.2, 0.3, 0.5),  # fraction of pixels permuted
-    "skew": (0.1, 0.2, 0.3, 0.4, 0.5),  # horizontal shear, random sign
+    "scale": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side), aspect kept: 0.5-1.5
+    "sharpen": tuple(np.linspace(1.2, 2.0, 5)),  # PIL sharpness factor
+    "pixel_shuffle": tuple(np.linspace(0.0, 0.35, 5)),  # fraction of pixels permuted
+    "skew": (0.2, 0.4, 0.6, 0.8, 1.0),  # horizontal shear, random sign: -1..1
 }
 """Training family -> its 5 parameter values (weakest to strongest)."""
 
 TRAIN_FAMILIES: tuple[str, ...] = tuple(TRAIN_INTENSITIES)
+
+CONTINUOUS_RANGES: dict[str, tuple[float, float]] = {
+    "blur": (0.1, 2.0), "brightness": (0.5, 2.0), "aspect_ratio": (0.75, 2.0), "pixelization": (0.3, 1.0),
+    "rotation": (90.0, 270.0),
+}
+"""The five continuous families of the recipe: :class:`TrainAugment` draws their value uniformly in range
+(the level tables above serve :func:`apply_family` and the tests)."""
 
 
 def _two_sided(dev: float, rng: np.random.Generator) -> float:
@@ -268,9 +276,20 @@ def apply_family(im: Image.Image, family: str, level: int, rng: np.random.Genera
     return _TRAIN_FUNCS[family](im.convert("RGB"), TRAIN_INTENSITIES[family][level], rng).convert("RGB")
 
 
+def apply_value(im: Image.Image, family: str, value: float, rng: np.random.Generator) -> Image.Image:
+    """Apply training family ``family`` with parameter ``value`` (a continuous family's uniform draw)."""
+    if family not in _TRAIN_FUNCS:
+        raise ValueError(f"unknown augmentation family {family!r}; known: {list(TRAIN_FAMILIES)}")
+    return _TRAIN_FUNCS[family](im.convert("RGB"), float(value), rng).convert("RGB")
+
+
 @dataclass
 class TrainAugment:
-    """Augmentation A: ``0..max_ops`` distinct families, each at a random intensity."""
+    """Augmentation A: ``0..max_ops`` distinct families applied in the fixed family order.
+
+    The five continuous families (:data:`CONTINUOUS_RANGES`) take a value drawn uniformly in
+    their range, the others one of their 5 levels (reference section 2).
+    """
 
     max_ops: int = 2
     families: tuple[str, ...] = TRAIN_FAMILIES
@@ -278,14 +297,17 @@ class TrainAugment:
     def sample(self, rng: np.random.Generator) -> list[tuple[str, int]]:
         """Draw the (family, level) operations for one image."""
         n = int(rng.integers(0, self.max_ops + 1))
-        picked = rng.choice(len(self.families), size=n, replace=False) if n else []
+        picked = sorted(rng.choice(len(self.families), size=n, replace=False).tolist()) if n else []
         return [(self.families[int(i)], int(rng.integers(0, 5))) for i in picked]
 
     def __call__(self, im: Image.Image, rng: np.random.Generator) -> Image.Image:
         """Augment one RGB image (not yet resized to the network input)."""
         out = im.convert("RGB")
         for family, level in self.sample(rng):
-            out = apply_family(out, family, level, rng)
+            if family in CONTINUOUS_RANGES:
+                out = apply_value(out, family, rng.uniform(*CONTINUOUS_RANGES[family]), rng)
+            else:
+                out = apply_family(out, family, level, rng)
         return out
 
 

@@ -5,6 +5,8 @@ import argparse
 
 from ..cliargs import (
     EXIT_OK,
+    add_folder_options,
+    add_group_options,
     EXIT_PARTIAL,
     add_command,
     existing_dir,
@@ -19,6 +21,12 @@ from ..cliargs import (
 )
 from ..cliargs import fraction as fraction_type
 from ..exceptions import DataError, UsageError
+
+SPLIT_EPILOG = """\
+A plain folder dataset is split in place: OUT/splits.csv names each image's split (id, path, label,
+generator, group, split). Real images split by group (--group; a whole source on one side), generated
+images by id; with --leave-out G every image of G is in test and no other generated image is.
+"""
 
 FETCH_EPILOG = """\
 Exit codes: 0 every id has its image; 3 some ids failed (dead links are normal on LAION: the
@@ -75,8 +83,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the tars of an earlier export in --out")
     p.set_defaults(func=cmd_export_wds)
 
-    p = add_command(data, "split", "deterministic train/val/test split by id hash; leave one generator out")
-    p.add_argument("sources", nargs="+", metavar="SHARDS", type=existing_path, help="local parquet files or folders")
+    p = add_command(data, "split", "deterministic train/val/test split by id hash; leave one generator out",
+                    epilog=SPLIT_EPILOG)
+    p.add_argument("sources", nargs="+", metavar="DATA", type=existing_path,
+                   help="local parquet files or folders of shards, or one plain folder dataset "
+                        "(real/<source>/... with fake/<generator>/..., or real/ plus one folder per generator)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder ({train,val,test}/ and splits.csv)")
     p.add_argument("--val-fraction", type=fraction_type, default=0.05, help="share of records for validation")
     p.add_argument("--test-fraction", type=fraction_type, default=0.05, help="share of records for test")
@@ -86,6 +97,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                         "lists it (the name given to 'data build -g NAME=...', or model_gen{k} of D3 shards; "
                         "default: none, a plain split)")
     p.add_argument("--max-shard-mb", type=positive_float, default=512.0, help="largest output shard, in MB")
+    add_group_options(p)
+    add_folder_options(p)
     p.set_defaults(func=cmd_split)
 
 
@@ -195,6 +208,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     from ..output import ensure_writable_dir
 
     ensure_writable_dir(args.out)  # before reading every shard
+    folder = _folder_dataset(args.sources)
+    if folder is not None:
+        return _split_folder(args, folder)
     n_gen = max(n_generators_in(s) for s in args.sources)
     if args.leave_out is not None:
         names = generators_in(_records(args, images=False))
@@ -208,3 +224,41 @@ def cmd_split(args: argparse.Namespace) -> int:
     note(summary.line())
     note(f"manifest: {args.out}/splits.csv")
     return EXIT_OK
+
+
+def _folder_dataset(sources: list[str]) -> str | None:
+    """The one plain folder dataset among ``sources`` (None: parquet shards)."""
+    from pathlib import Path
+
+    from .layout import detect_layout
+
+    if len(sources) != 1 or not Path(sources[0]).is_dir():
+        return None
+    try:
+        layout = detect_layout(Path(sources[0]))
+    except DataError:
+        return None
+    return None if layout == "parquet" else sources[0]
+
+
+def _split_folder(args: argparse.Namespace, folder: str) -> int:
+    """``data split`` of a plain folder dataset: a manifest, reals grouped by source."""
+    from ..output import note
+    from .groups import assign_groups, read_group_file
+    from .layout import read_dataset
+    from .split import split_samples
+
+    data = read_dataset(folder, follow_links=args.follow_links)
+    samples = assign_groups(data.samples, args.group, read_group_file(args.groups) if args.groups else None)
+    if args.leave_out is not None and args.leave_out not in {s.generator for s in samples if s.label == 1}:
+        names = sorted({s.generator for s in samples if s.label == 1})
+        raise DataError(f"--leave-out {args.leave_out!r} is not the name of a generator here (names are matched "
+                        f"exactly); generators: {', '.join(names)}")
+    summary = split_samples(samples, args.out, val=args.val_fraction, test=args.test_fraction, salt=args.salt,
+                            leave_out_generator=args.leave_out)
+    for err in data.skipped:
+        note(f"deepsift: {err.source}: {err.error}")
+    n_groups = len({s.group for s in samples if s.label == 0 and s.group})
+    note(summary.line().replace("records", "images") + f"; reals split by {args.group} ({n_groups} group(s))")
+    note(f"manifest: {args.out}/splits.csv")
+    return EXIT_PARTIAL if data.skipped else EXIT_OK

@@ -121,3 +121,46 @@ def split_records(
             raise DataError(f"cannot write the split to {out}: {exc.strerror or exc}; nothing was kept") from None
         raise
     return summary
+
+
+FOLDER_MANIFEST_COLUMNS = ("id", "path", "label", "generator", "group", "split")
+
+
+def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float = 0.05, test: float = 0.05,
+                  salt: str = "deepsift", leave_out_generator: str | None = None) -> SplitSummary:
+    """Split a plain folder dataset (:mod:`deepsift.data.layout` samples) into ``out_dir/splits.csv``.
+
+    Real images split by their group (:func:`deepsift.data.groups.group_key`: a whole source on one
+    side, never per image when a group is given); generated images by id. With
+    ``leave_out_generator`` G: every image of G goes to test, other generated images never do.
+    The images stay where they are; the manifest names each one's split.
+    """
+    from .groups import group_key
+
+    split_of("", val, test, salt)
+    out = Path(out_dir)
+    ensure_writable_dir(out)
+    if (out / MANIFEST).exists():
+        raise DataError(f"{out}: already holds a {MANIFEST}; choose an empty output folder")
+    summary = SplitSummary()
+    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(FOLDER_MANIFEST_COLUMNS)
+            for s in samples:
+                side = split_of(group_key(s) if s.label == 0 else f"image:{s.id}", val, test, salt)
+                if leave_out_generator is not None and s.label == 1:
+                    if s.generator == leave_out_generator:
+                        side = "test"
+                    elif side == "test":
+                        summary.dropped += 1
+                        continue
+                w.writerow([s.id, s.source, s.label, s.generator, s.group or "", side])
+                summary.records[side] += 1
+                summary.images[side][s.generator] += 1
+        os.replace(tmp, out / MANIFEST)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write the split to {out}: {exc.strerror or exc}; nothing was kept") from None
+    return summary

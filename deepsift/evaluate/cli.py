@@ -1,7 +1,8 @@
 """deepsift eval ...: one command per evaluation protocol.
 
-    deepsift eval generators DATA --model M [--classifier linear --classifier knn] [--report DIR]
-    deepsift eval logo DATA --model M [--classifier linear]
+    deepsift eval generators DATA --model M [--classifier linear --classifier knn] [--control jpeg:90] [--report DIR]
+    deepsift eval logo DATA --model M [--classifier linear] [--group folder|camera|image] [--groups CSV]
+    deepsift eval audit DATA [--warn-above 0.7] [--report DIR]
     deepsift eval robustness DATA --model M [--transform jpeg --transform blur] [--metric auroc]
     deepsift eval fpr FOLDER --model M
     deepsift eval scores --labels labels.csv --scores a.csv [--scores b.json]
@@ -13,16 +14,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..choices import CALIBRATION_METHODS, METRIC_NAMES
+from ..choices import CALIBRATION_METHODS, DATASET_LAYOUTS, METRIC_NAMES
 from ..cliargs import (
     EXIT_OK,
     EXIT_PARTIAL,
     add_command,
     add_detector_options,
+    add_folder_options,
+    add_group_options,
     detector_kwargs,
     existing_dir,
     existing_file,
     existing_path,
+    float_range,
     non_negative_int,
     open_fraction,
     probability,
@@ -30,7 +34,12 @@ from ..cliargs import (
     subgroup,
 )
 from ..exceptions import UsageError
-from .datasets import LAYOUTS
+
+AUDIT_EPILOG = """\
+Reads file headers only (no pixel decode where the format allows). Exit codes: 0 audited (warnings
+are printed, not errors); 3 some headers could not be read (left out, counted in the report);
+1 an error stopped the command; 2 bad usage.
+"""
 
 EVAL_EPILOG = """\
 Exit codes: 0 every image was scored; 3 finished, but some images could not be read (they are
@@ -50,13 +59,31 @@ def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
                                                    "(default: print the summary only)")
 
 
+def _control_type(text: str):
+    """argparse type of --control: jpeg:Q, png or resize:N (range-checked at parsing)."""
+    from .control import parse_control
+
+    try:
+        return parse_control(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _control(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", type=_control_type, metavar="TRANSFORM",
+                   help="re-encoding control: pass every image, real and fake, through jpeg:Q (1-100), png or "
+                        "resize:N (shorter side, 8-4096) too, and report both side by side with the drop "
+                        "(default: none)")
+
+
 def _data(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", type=existing_path,
-                   help="dataset: " + "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items() if k != "real-only"))
-    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in LAYOUTS if k != "real-only"]],
+                   help="dataset: " + "; ".join(f"{k}: {v}" for k, v in DATASET_LAYOUTS.items() if k != "real-only"))
+    p.add_argument("--layout", default="auto", choices=["auto", *[k for k in DATASET_LAYOUTS if k != "real-only"]],
                    help="dataset layout (auto: detected from what is on disk)")
     p.add_argument("--real", metavar="DIR", type=existing_dir,
                    help="folder of real images (required with parquet shards; default: none)")
+    add_folder_options(p)
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -76,6 +103,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--calibration", metavar="JSON", type=existing_file,
                    help="apply a calibration saved by 'eval calibrate' to the raw scores (default: none)")
     p.add_argument("--embedding-map", default="pca", choices=("pca", "tsne"), help="projection of the embedding map")
+    _control(p)
     p.set_defaults(func=_cmd_generators)
 
     p = add_command(ev, "logo", "leave one generator out: fit heads without G, test on G, for every G",
@@ -83,7 +111,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     _data(p)
     _common(p)
     p.add_argument("--real-train-fraction", type=open_fraction, default=0.5,
-                   help="share of the real images that train the heads; the rest are tested")
+                   help="share of the real images (of their groups) that train the heads; the rest are tested")
+    add_group_options(p)
+    _control(p)
     p.set_defaults(func=_cmd_logo)
 
     p = add_command(ev, "robustness", "metric against JPEG/WebP/resize/blur/crop/noise/social strength",
@@ -94,10 +124,21 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                    help="perturbation family (jpeg, webp, resize, blur, crop, noise, social); repeat for several "
                         "(default: all)")
     p.add_argument("--metric", default="auroc", choices=METRIC_NAMES, help="metric plotted against strength")
+    _control(p)
     p.set_defaults(func=_cmd_robustness)
+
+    p = add_command(ev, "audit", "confound audit: can file format, JPEG quality, size or metadata alone tell "
+                                 "real from fake?", epilog=AUDIT_EPILOG)
+    _data(p)
+    p.add_argument("--warn-above", type=float_range(0.5, 1.0), default=0.7, metavar="AUROC",
+                   help="warn when one feature alone separates real from fake (or from one generator) above this")
+    p.add_argument("--report", metavar="DIR", help="write report.html, report.md and metrics.json here "
+                                                   "(default: print the summary only)")
+    p.set_defaults(func=_cmd_audit)
 
     p = add_command(ev, "fpr", "false-positive rate on a folder of real photos", epilog=EVAL_EPILOG)
     p.add_argument("folder", type=existing_dir, help="folder of real photos (recursive)")
+    add_folder_options(p)
     _common(p)
     p.set_defaults(func=_cmd_fpr)
 
@@ -139,6 +180,11 @@ def _detectors(args: argparse.Namespace) -> dict:
 
 def _check_report(args: argparse.Namespace) -> None:
     """Check the ``--report`` folder before any work (one line, exit 1, when it cannot be written)."""
+    if getattr(args, "report", None) and getattr(args, "data", None):
+        data_root, rep = Path(args.data).resolve(), Path(args.report).resolve()
+        if data_root.is_dir() and (rep == data_root or data_root in rep.parents):
+            raise UsageError(f"--report {args.report} is inside the dataset {args.data}: its plots would be read "
+                             f"as images by the next run; write the report elsewhere")
     if getattr(args, "report", None):
         from ..output import ensure_writable_dir
 
@@ -172,7 +218,19 @@ def _eval_set(args: argparse.Namespace):
     layout = args.layout if args.layout != "auto" else detect_layout(Path(args.data))
     if layout == "parquet" and args.real is None:
         raise UsageError(f"{args.data}: D3 parquet shards hold no real images; add --real DIR (a folder of real images)")
-    return load_eval_set(args.data, layout, args.real)
+    data = load_eval_set(args.data, layout, args.real, follow_links=args.follow_links)
+    _note_skipped(data)
+    return data
+
+
+def _note_skipped(data) -> None:
+    """Say which folders the walk could not read (they are left out, never silently)."""
+    from ..output import note
+
+    for err in data.skipped[:5]:
+        note(f"deepsift: {err.source}: {err.error}")
+    if len(data.skipped) > 5:
+        note(f"deepsift: ... and {len(data.skipped) - 5} more folder(s) left out")
 
 
 def _cmd_generators(args: argparse.Namespace) -> int:
@@ -184,12 +242,12 @@ def _cmd_generators(args: argparse.Namespace) -> int:
     if (args.calibrate or args.target_fpr is not None) and not args.val:
         raise UsageError("--calibrate and --target-fpr need a validation set (--val DATA)")
     data = _eval_set(args)
-    val = load_eval_set(args.val, "auto", args.real) if args.val else None
+    val = load_eval_set(args.val, "auto", args.real, follow_links=args.follow_links) if args.val else None
     cal = Calibrator.load(args.calibration) if args.calibration else None
     report, summary = run_generators(
         _detectors(args), data, bootstrap=args.bootstrap, seed=args.seed, unsure=args.unsure, val=val,
         calibration=args.calibrate, target_fpr=args.target_fpr, embedding_method=args.embedding_map,
-        calibrator=cal)
+        calibrator=cal, control=args.control)
     return _finish(args, report, summary, _unreadable(report))
 
 
@@ -198,7 +256,10 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     from .runs import run_logo
     from .scoring import is_code_detector
 
+    from ..data.groups import assign_groups, read_group_file
+
     data = _eval_set(args)
+    data.samples = assign_groups(data.samples, args.group, read_group_file(args.groups) if args.groups else None)
     dets = _detectors(args)
     code = [d for d in dets.values() if is_code_detector(d)]
     others = [n for n, d in dets.items() if not is_code_detector(d)]
@@ -208,11 +269,11 @@ def _cmd_logo(args: argparse.Namespace) -> int:
     kinds = list(dict.fromkeys(args.classifier or ["linear"]))
     if code:
         report, summary = run_logo(code[0], data, kinds=kinds, bootstrap=args.bootstrap, seed=args.seed,
-                                   real_train_fraction=args.real_train_fraction)
+                                   real_train_fraction=args.real_train_fraction, control=args.control)
     else:
         name, det = next(iter(dets.items()))
         report, summary = run_logo(det, data, kinds=[name], bootstrap=args.bootstrap, seed=args.seed,
-                                   real_train_fraction=args.real_train_fraction, name=name)
+                                   real_train_fraction=args.real_train_fraction, name=name, control=args.control)
     return _finish(args, report, summary, _unreadable(report))
 
 
@@ -224,18 +285,36 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     fams = list(dict.fromkeys(args.transform)) if args.transform else None
     try:
         report, summary = run_robustness(_detectors(args), data, families=fams, metric=args.metric, seed=args.seed,
-                                         bootstrap=args.bootstrap)
+                                         bootstrap=args.bootstrap, control=args.control)
     except ValueError as exc:  # unknown transform family
         raise UsageError(str(exc)) from None
     skipped = (report.results.get("robustness") or {}).get("skipped") or []
     return _finish(args, report, summary, len(skipped))
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    _check_report(args)
+    from .audit import audit, audit_block
+    from .report import Report
+
+    data = _eval_set(args)
+    result = audit(data.samples, warn_above=args.warn_above)
+    report = Report("deepsift confound audit")
+    report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": data.counts()}
+    audit_block(report, result)
+    lines = [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
+             for name, f in result.features.items()]
+    lines += [f"WARNING: {w}" for w in result.warnings] or [f"no feature separates real from fake above "
+                                                            f"AUROC {args.warn_above:g}"]
+    return _finish(args, report, lines, result.unreadable)
+
+
 def _cmd_fpr(args: argparse.Namespace) -> int:
     _check_report(args)
     from .runs import run_fpr
 
-    report, summary = run_fpr(_detectors(args), args.folder, bootstrap=args.bootstrap, seed=args.seed)
+    report, summary = run_fpr(_detectors(args), args.folder, bootstrap=args.bootstrap, seed=args.seed,
+                              follow_links=args.follow_links)
     return _finish(args, report, summary, _unreadable(report))
 
 

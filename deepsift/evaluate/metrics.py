@@ -33,6 +33,7 @@ from ..choices import METRIC_NAMES
 from ..exceptions import EvaluationError
 
 RANKING_METRICS = ("ap", "auroc", "eer", "tpr@1%fpr", "tpr@5%fpr")
+SMALL_SAMPLE = 30  # fewer images of a class than this: figures get a warning mark, intervals are unreliable
 ECE_BINS = 15
 _CHUNK_ELEMENTS = 1_000_000  # resamples x samples handled per batch (memory bound)
 
@@ -68,11 +69,21 @@ class Metrics:
     def __getitem__(self, name: str) -> float | None:
         return self.values[name].value
 
+    @property
+    def small(self) -> bool:
+        """Fewer than :data:`SMALL_SAMPLE` images of a class: figures are fragile, bootstrap intervals unreliable."""
+        return min(self.n_real, self.n_fake) < SMALL_SAMPLE
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form (``small_sample`` and ``ci95_unreliable`` flag figures from too few images)."""
+        metrics = {k: v.to_dict() for k, v in self.values.items()}
+        if self.small:
+            for d in metrics.values():
+                if "ci95" in d:
+                    d["ci95_unreliable"] = True
         return {
             "n_real": self.n_real, "n_fake": self.n_fake, "threshold": self.threshold,
-            "metrics": {k: v.to_dict() for k, v in self.values.items()},
+            "small_sample": self.small, "metrics": metrics,
         }  # fmt: skip
 
 
@@ -315,13 +326,13 @@ def pr_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     return TP / TP[-1], TP / (TP + FP)
 
 
-def format_value(v: MetricValue, digits: int = 3) -> str:
-    """Human form: ``0.912 [0.900, 0.925]`` or ``n/a``."""
+def format_value(v: MetricValue, digits: int = 3, small: bool = False) -> str:
+    """Human form: ``0.912 [0.900, 0.925]`` or ``n/a``; ``small``: the interval is marked unreliable (``†``)."""
     if v.value is None:
         return "n/a"
     text = f"{v.value:.{digits}f}"
     if v.low is not None and v.high is not None:
-        text += f" [{v.low:.{digits}f}, {v.high:.{digits}f}]"
+        text += f" [{v.low:.{digits}f}, {v.high:.{digits}f}]" + ("†" if small else "")
     return text
 
 

@@ -65,6 +65,28 @@ def fpr_on_real(table: ScoreTable, *, bootstrap: int = 0, seed: int = 0, top: in
     }  # fmt: skip
 
 
+def split_reals(samples: Sequence[Sample], train_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the real samples that train and that test: whole groups on one side, never split per image.
+
+    A real image's group (its source: folder, camera, group column) goes to one side whole, and a
+    real photo's copies in the D3 splits (augm/real/x, no_augm/real/x) go to the same side.
+    """
+    photos: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.label == 0:
+            key = s.id[len(s.split) + 1:] if s.split and s.id.startswith(s.split + "/") else s.id
+            photos.setdefault(f"group:{s.group}" if s.group else f"image:{key}", []).append(i)
+    groups = list(photos.values())
+    if len(groups) < 2:
+        raise EvaluationError("leave-one-generator-out needs at least 2 real images or real groups (train and test); "
+                              f"found {len(groups)}")
+    perm = np.random.default_rng(seed).permutation(len(groups))
+    n_train = min(max(1, int(round(len(groups) * train_fraction))), len(groups) - 1)
+    real_train = np.array([i for g in perm[:n_train] for i in groups[g]], np.int64)
+    real_test = np.array([i for g in perm[n_train:] for i in groups[g]], np.int64)
+    return real_train, real_test
+
+
 def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] = ("linear",),
                   real_train_fraction: float = 0.5, seed: int = 0, bootstrap: int = 0,
                   embeddings: np.ndarray | None = None, name: str | None = None) -> dict[str, dict[str, Metrics]]:
@@ -78,19 +100,7 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
     gens = list(dict.fromkeys(s.generator for s in samples if s.label == 1))
     if len(gens) < 2:
         raise EvaluationError(f"leave-one-generator-out needs at least 2 generators, found {gens or 'none'}")
-    # a real photo's copies in the D3 splits (augm/real/x, no_augm/real/x) go to the same side
-    photos: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        if s.label == 0:
-            key = s.id[len(s.split) + 1:] if s.split and s.id.startswith(s.split + "/") else s.id
-            photos.setdefault(key, []).append(i)
-    groups = list(photos.values())
-    if len(groups) < 2:
-        raise EvaluationError("leave-one-generator-out needs at least 2 real images (train and test)")
-    perm = np.random.default_rng(seed).permutation(len(groups))
-    n_train = min(max(1, int(round(len(groups) * real_train_fraction))), len(groups) - 1)
-    real_train = np.array([i for g in perm[:n_train] for i in groups[g]], np.int64)
-    real_test = np.array([i for g in perm[n_train:] for i in groups[g]], np.int64)
+    real_train, real_test = split_reals(samples, real_train_fraction, seed)
     gen_of = np.array([s.generator for s in samples], dtype=object)
     if is_code_detector(detector):
         return _logo_embeddings(detector, samples, gens, gen_of, real_train, real_test, kinds, bootstrap, seed,

@@ -21,14 +21,21 @@ from typing import Any, Sequence
 from .. import __version__
 from ..exceptions import DataError
 from ..filenames import safe_name
-from .metrics import Metrics, format_value
+from .metrics import SMALL_SAMPLE, Metrics, format_value
 
-TABLE_METRICS = ("auroc", "ap", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr", "tpr@5%fpr", "ece")
+TABLE_METRICS = ("auroc", "ap", "balanced_accuracy", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr",
+                 "tpr@5%fpr", "ece")
+SMALL_NOTE = (f"⚠: fewer than {SMALL_SAMPLE} images of a class, a fragile figure; †: its bootstrap interval is "
+              "unreliable (a resample cannot show the spread of a handful of images). Balanced accuracy is the mean "
+              "of the real and fake accuracies (plain accuracy is dominated by the larger class).")
 
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
-.note{color:#555;font-size:13px}"""
+text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}td:first-child,th:first-child{text-align:left}
+.tw{max-width:100%;overflow-x:auto;max-height:80vh;overflow-y:auto;margin-bottom:1em}
+img{max-width:100%;height:auto}figure{margin:.5em 0}.note{color:#555;font-size:13px;overflow-wrap:anywhere}
+.warn{color:#8a4b00;background:#fff6e0;border-left:4px solid #e0a000;padding:4px 8px;font-size:13px;
+overflow-wrap:anywhere}"""
 
 
 @dataclass
@@ -90,14 +97,15 @@ class Report:
                 body.append(f"<h{data[0]}>{html.escape(data[1])}</h{data[0]}>")
             elif kind == "text":
                 md += [data, ""]
-                body.append(f"<p class='note'>{html.escape(data)}</p>")
+                cls = "warn" if data.startswith("⚠") else "note"
+                body.append(f"<p class='{cls}'>{html.escape(data)}</p>")
             elif kind == "table":
                 headers, rows = data
                 md += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
                 md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
-                body.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
-                            + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-                            + "</table>")
+                body.append("<div class='tw'><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+                            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                                for r in rows) + "</table></div>")
             else:
                 name, png, caption = data
                 (out / "plots" / f"{name}.png").write_bytes(png)
@@ -143,5 +151,10 @@ def metrics_rows(rows: dict[str, dict[str, Metrics]], names: Sequence[str] = TAB
     lines = []
     for key, per_det in rows.items():
         for det, m in per_det.items():
-            lines.append([key, det, str(m.n_real), str(m.n_fake), *(format_value(m.values[n]) for n in names)])
+            lines.append([key, det, _n(m.n_real), _n(m.n_fake), *(format_value(m.values[n], small=m.small) for n in names)])
     return headers, lines
+
+
+def _n(n: int) -> str:
+    """A count, marked when too small to trust a figure on it."""
+    return f"{n} ⚠" if n < SMALL_SAMPLE else str(n)

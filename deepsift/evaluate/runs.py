@@ -11,12 +11,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decision import DEFAULT_THRESHOLD, rule_text
+from .audit import SMALL_N, audit, audit_block, read_headers
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
 from .plots import bar_plot, embedding_map, histogram_plot, robustness_plot, roc_pr_plot
-from .protocols import ALL, fpr_on_real, leave_one_out, per_generator
-from .report import Report, metrics_rows
+from .protocols import ALL, fpr_on_real, leave_one_out, per_generator, split_reals
+from .report import SMALL_NOTE, Report, metrics_rows
+from .sections import control_block, glance_block, strata, strata_block
 from .robustness import robustness_sweep
 from .scoring import ScoreTable, score_samples
 
@@ -24,8 +26,15 @@ from .scoring import ScoreTable, score_samples
 def _dataset_block(report: Report, data: EvalSet) -> None:
     counts = data.counts()
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
-    report.text(f"Dataset {data.root} (layout {data.layout}): "
-                + ", ".join(f"{g} {n}" for g, n in counts.items()) + ".")
+    gens = {g: n for g, n in counts.items() if g != "real"}
+    small = [g for g, n in counts.items() if n < SMALL_N]
+    if len(gens) <= 6:
+        what = ", ".join(f"{g} {n}" + (" ⚠" if n < SMALL_N else "") for g, n in counts.items())
+    else:
+        what = (f"real {counts.get('real', 0)}, {sum(gens.values())} generated from {len(gens)} generators "
+                f"({min(gens.values())} to {max(gens.values())} each)")
+    report.text(f"Dataset {data.root} (layout {data.layout}): {what}."
+                + (f" ⚠ {len(small)} set(s) with fewer than {SMALL_N} images: fragile figures." if small else ""))
 
 
 def _rule_block(report: Report, rules: dict[str, str]) -> None:
@@ -74,15 +83,32 @@ def apply_operating_point(tables: dict[str, ScoreTable], cals: dict[str, Calibra
             t.threshold = thresholds[name]
 
 
+def _controlled(detectors: dict[str, Any], data: EvalSet, control: Any, folder: str,
+                calibrator: Calibrator | None = None) -> tuple[list[Any], dict[str, ScoreTable] | None]:
+    """The samples passed through ``control`` (copies in ``folder``) and, with ``detectors``, their scores."""
+    from .control import controlled_samples
+
+    samples, _ = controlled_samples(data.samples, control, folder)
+    if not samples:
+        return samples, None
+    return samples, (score_samples(detectors, samples, calibrator=calibrator) if detectors else None)
+
+
 def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int = 0, seed: int = 0,
                    unsure: tuple[float, float] | None = None, val: EvalSet | None = None,
                    calibration: str | None = None, target_fpr: float | None = None,
                    embedding_method: str = "pca", calibrator: Calibrator | None = None,
-                   cache: dict | None = None) -> tuple[Report, list[str]]:
-    """Per-generator protocol (folders, D3 test layout or parquet shards)."""
+                   cache: dict | None = None, control: Any = None) -> tuple[Report, list[str]]:
+    """Per-generator protocol (any layout); ``control`` (:class:`~.control.Control`) adds the re-encoding control."""
+    import tempfile
+
     report = Report("deepsift evaluation: per generator")
     _dataset_block(report, data)
+    infos = read_headers(data.samples)
+    aud = audit(data.samples, infos)
     tables = score_samples(detectors, data.samples, calibrator=calibrator, embeddings=cache)
+    cals: dict[str, Calibrator] = {}
+    thr: dict[str, float] = {}
     if val is not None and (calibration or target_fpr is not None):
         # the validation scores go through the same saved calibrator as the test scores
         cals, thr = operating_point(score_samples(detectors, val.samples, calibrator=calibrator),
@@ -92,29 +118,25 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
                                              "thresholds": thr, "target_fpr": target_fpr}
         report.text(f"Operating point fitted on {val.root}: "
                     + ", ".join(f"{n} threshold {t.threshold:.4g}" for n, t in tables.items()))
-    _rule_block(report, {n: t.rule for n, t in tables.items()})
     results = {n: per_generator(t, bootstrap=bootstrap, seed=seed) for n, t in tables.items()}
     report.results["per_generator"] = results
     report.results["detectors"] = list(detectors)
-    report.heading("Per-generator metrics")
-    report.text("Each row: real images versus one generator ('all': every generator pooled). "
-                + (f"Brackets: bootstrap 95% intervals ({bootstrap} resamples)." if bootstrap else ""))
     splits = list(next(iter(results.values())))
+    by_split: dict[str, dict[str, dict[str, Any]]] = {}
     for split in splits:
-        if len(splits) > 1:
-            report.heading(f"Split: {split}", 3)
-        rows: dict[str, dict[str, Any]] = {}
         for det, per_split in results.items():
             for gen, m in per_split.get(split, {}).items():
-                rows.setdefault(gen, {})[det] = m
-        report.table(*metrics_rows(rows))
-    if unsure:
-        report.heading("Unsure band")
-        ur = {n: unsure_report(t.labels[t.ok], t.scores[t.ok], unsure, t.threshold) for n, t in tables.items()}
-        report.results["unsure"] = ur
-        keys = ["n_unsure", "unsure_fraction", "unsure_real", "unsure_fake", "decided_accuracy", "decided_fpr",
-                "decided_tpr"]
-        report.table(["detector", *keys], [[n, *(r[k] for k in keys)] for n, r in ur.items()])
+                by_split.setdefault(split, {}).setdefault(gen, {})[det] = m
+    glance_block(report, by_split[ALL], aud.warnings)
+    control_lines: list[str] = []
+    if control is not None:
+        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
+            _, ctables = _controlled(detectors, data, control, tmp, calibrator)
+            if ctables is not None:
+                apply_operating_point(ctables, cals, thr)
+                cres = {n: per_generator(t, bootstrap=bootstrap, seed=seed)[ALL] for n, t in ctables.items()}
+                control_lines = control_block(report, control.name, {n: r[ALL] for n, r in results.items()}, cres)
+    _rule_block(report, {n: t.rule for n, t in tables.items()})
     report.heading("Curves")
     curves = {n: (t.labels[t.ok], t.scores[t.ok]) for n, t in tables.items()}
     if all(np.unique(y).size == 2 for y, _ in curves.values()):
@@ -122,74 +144,150 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     for n, t in tables.items():
         report.image(f"hist_{n}", histogram_plot(n, t.scores[t.ok], t.generators[t.ok], t.threshold),
                      f"Score histogram per generator: {n}")
+    report.heading("Per-generator metrics")
+    report.text("Each row: real images versus one generator ('all': every generator pooled). "
+                + (f"Brackets: bootstrap 95% intervals ({bootstrap} resamples). " if bootstrap else "") + SMALL_NOTE)
+    for split in splits:
+        if len(splits) > 1:
+            report.heading(f"Split: {split}", 3)
+        report.table(*metrics_rows(by_split[split]))
+    infos_arr = np.array(infos, dtype=object)
+    strata_block(report, {n: strata(t.labels[t.ok], t.scores[t.ok], list(infos_arr[t.ok]), t.threshold,
+                                    bootstrap=0, seed=seed) for n, t in tables.items()})
+    if unsure:
+        report.heading("Unsure band")
+        ur = {n: unsure_report(t.labels[t.ok], t.scores[t.ok], unsure, t.threshold) for n, t in tables.items()}
+        report.results["unsure"] = ur
+        keys = ["n_unsure", "unsure_fraction", "unsure_real", "unsure_fake", "decided_accuracy", "decided_fpr",
+                "decided_tpr"]
+        report.table(["detector", *keys], [[n, *(r[k] for k in keys)] for n, r in ur.items()])
     emb_table = next((t for t in tables.values() if t.embeddings is not None), None)
     if emb_table is not None and emb_table.ok.sum() >= 3:
         ok = emb_table.ok
         report.heading("Embedding map")
         report.image("embedding_map", embedding_map(emb_table.embeddings[ok], emb_table.generators[ok],
                                                     embedding_method, seed), "CoDE embeddings coloured by generator")
+    audit_block(report, aud)
     _errors_block(report, tables)
-    summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL][ALL].values[k])}" for k in ("auroc", "ap", "accuracy", "f1"))
+    summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL][ALL].values[k])}"
+                                    for k in ("auroc", "ap", "balanced_accuracy", "f1"))
                + f" on {len(t.samples)} images ({len(t.errors)} unreadable)" for (n, r), t in zip(results.items(), tables.values())]
-    return report, summary
+    small = [g for g, m in next(iter(results.values()))[ALL].items() if g != ALL and m.small]
+    if small:
+        summary.append(f"fewer than {SMALL_N} images (fragile figures): {', '.join(small)}")
+    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
 def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: int = 0, seed: int = 0,
-             real_train_fraction: float = 0.5, name: str | None = None) -> tuple[Report, list[str]]:
+             real_train_fraction: float = 0.5, name: str | None = None,
+             control: Any = None) -> tuple[Report, list[str]]:
     """Leave-one-generator-out protocol (``name``: display name of a non-CoDE detector)."""
+    import tempfile
+
     report = Report("deepsift evaluation: leave one generator out")
     _dataset_block(report, data)
+    aud = audit(data.samples)
     res = leave_one_out(detector, data.samples, kinds=kinds, bootstrap=bootstrap, seed=seed,
                         real_train_fraction=real_train_fraction, name=name)
     report.results["leave_one_out"] = res
-    _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
-    report.heading("Leave-one-generator-out")
-    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}) and every generator but G; tested on "
-                "the held-out real images and G.")
     rows: dict[str, dict[str, Any]] = {}
     for kind, per_g in res.items():
         for g, m in per_g.items():
             rows.setdefault(g, {})[kind] = m
+    glance_block(report, rows, aud.warnings, what="unseen generator (left out of training)")
+    control_lines: list[str] = []
+    if control is not None:
+        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
+            csamples, _ = _controlled({}, data, control, tmp)
+            cres = leave_one_out(detector, csamples, kinds=kinds, bootstrap=bootstrap, seed=seed,
+                                 real_train_fraction=real_train_fraction, name=name)
+        control_lines = control_block(report, control.name, res, cres)
+    _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
+    report.heading("Leave-one-generator-out")
+    train, test = split_reals(data.samples, real_train_fraction, seed)
+    n_groups = len({s.group for s in data.samples if s.label == 0 and s.group})
+    report.results["real_split"] = {"train": int(train.size), "test": int(test.size), "groups": n_groups}
+    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}: {train.size} train, {test.size} test"
+                + (f"; split by source, {n_groups} group(s), none on both sides" if n_groups else "; split per image")
+                + ") and every generator but G; tested on the held-out real images and G. " + SMALL_NOTE)
+    counts = {g: max(m.n_fake for m in v.values()) for g, v in rows.items()}
+    report.image("logo_auroc", bar_plot("Unseen-generator AUROC (dashed: chance)",
+                                        {g: {k: m["auroc"] for k, m in v.items()} for g, v in rows.items()},
+                                        "AUROC", counts=counts, chance=0.5))
     report.table(*metrics_rows(rows))
-    report.image("logo_auroc", bar_plot("Unseen-generator AUROC", {g: {k: m["auroc"] for k, m in v.items()}
-                                                                   for g, v in rows.items()}, "AUROC"))
-    summary = [f"{kind}: unseen-generator AUROC " + ", ".join(f"{g} {format_value(m.values['auroc'])}"
+    audit_block(report, aud)
+    summary = [f"{kind}: unseen-generator AUROC " + ", ".join(f"{g} {format_value(m.values['auroc'], small=m.small)}"
+                                                               f" (n={m.n_fake}{' ⚠' if m.small else ''})"
                                                                for g, m in per_g.items()) for kind, per_g in res.items()]
-    return report, summary
+    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
 def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequence[str] | None, metric: str,
-                   seed: int = 0, cache: dict | None = None, bootstrap: int = 0) -> tuple[Report, list[str]]:
-    """Robustness sweep protocol."""
+                   seed: int = 0, cache: dict | None = None, bootstrap: int = 0,
+                   control: Any = None) -> tuple[Report, list[str]]:
+    """Robustness sweep protocol; ``control`` runs the sweep again on the controlled images, side by side."""
+    import tempfile
+
     report = Report("deepsift evaluation: robustness")
     _dataset_block(report, data)
+    aud = audit(data.samples)
     sweep = robustness_sweep(detectors, data.samples, families=families, metric=metric, seed=seed, clean_cache=cache,
                              bootstrap=bootstrap)
     d = sweep.to_dict()
     report.results["robustness"] = d
+    dets = list(sweep.clean)
+    worst = {n: min(((p["values"][n], p["name"]) for c in sweep.curves.values() for p in c["points"]
+                     if p["values"][n] is not None), default=(None, "-")) for n in dets}
+    report.heading("At a glance")
+    for w in aud.warnings:
+        report.text("⚠ confound: " + w)
+    report.text(f"{metric} on {int(sweep.timing['n_images'])} images"
+                + (" ⚠ (fewer than 30: fragile)" if sweep.timing["n_images"] < SMALL_N else "") + ".")
+    glance = [[n, _r(sweep.clean[n]), _r(worst[n][0]), worst[n][1]] for n in dets]
+    head = ["detector", f"clean {metric}", f"worst {metric}", "worst transform"]
+    control_lines: list[str] = []
+    if control is not None:
+        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
+            csamples, _ = _controlled({}, data, control, tmp)
+            csweep = robustness_sweep(detectors, csamples, families=families, metric=metric, seed=seed,
+                                      bootstrap=bootstrap)
+        report.results["control"] = {"transform": control.name, "robustness": csweep.to_dict()}
+        cworst = {n: min((p["values"][n] for c in csweep.curves.values() for p in c["points"]
+                          if p["values"][n] is not None), default=None) for n in dets}
+        head += [f"clean {metric} {control.name}", "drop", f"worst {metric} {control.name}"]
+        for row, n in zip(glance, dets):
+            a, b = sweep.clean[n], csweep.clean[n]
+            row += [_r(b), "n/a" if a is None or b is None else f"{a - b:+.3f}", _r(cworst[n])]
+            if a is not None and b is not None:
+                control_lines.append(f"{n}: clean {metric} {a:.3f} original, {b:.3f} with {control.name} "
+                                     f"(drop {a - b:+.3f})")
+    report.table(head, glance)
     _rule_block(report, {n: rule_text(getattr(det, "decision_threshold", None) or DEFAULT_THRESHOLD)
                          for n, det in detectors.items()})
     report.heading(f"Robustness ({metric} against perturbation strength)")
-    dets = list(sweep.clean)
+    report.image("robustness", robustness_plot(d), f"{metric} per transform; dotted: clean images")
     rows = [["clean", "", *(sweep.clean[n] for n in dets)]]
     for fam, c in sweep.curves.items():
         rows += [[fam, p["strength"], *(p["values"][n] for n in dets)] for p in c["points"]]
     report.table(["transform", "strength", *dets], rows)
-    report.image("robustness", robustness_plot(d), f"{metric} per transform; dotted: clean images")
     t = sweep.timing
     report.text(f"{int(t['n_images'])} images x {int(t['n_transforms'])} transforms: perturbation {t['perturb_s']:.1f} s, "
                 f"forward {t['forward_s']:.1f} s, sweep {t['sweep_s']:.1f} s (overhead ratio {sweep.overhead_ratio:.2f}).")
-    worst = {n: min(((p["values"][n], p["name"]) for c in sweep.curves.values() for p in c["points"]
-                     if p["values"][n] is not None), default=(None, "-")) for n in dets}
+    audit_block(report, aud)
     summary = [f"{n}: clean {metric} {sweep.clean[n] if sweep.clean[n] is None else round(sweep.clean[n], 3)}, "
                f"worst {worst[n][1]} ({worst[n][0] if worst[n][0] is None else round(worst[n][0], 3)})" for n in dets]
     summary.append(f"sweep overhead ratio {sweep.overhead_ratio:.2f} (sweep / (perturbation + forward))")
-    return report, summary
+    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
-def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0) -> tuple[Report, list[str]]:
+def _r(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0,
+            follow_links: bool = False) -> tuple[Report, list[str]]:
     """False-positive rate on a folder of real photos."""
-    data = real_only(folder)
+    data = real_only(folder, follow_links=follow_links)
     report = Report("deepsift evaluation: false positives on real photos")
     _dataset_block(report, data)
     tables = score_samples(detectors, data.samples)
@@ -234,8 +332,11 @@ def run_scores(labels: Any, runs: dict[str, tuple[np.ndarray, np.ndarray, list[s
                 rows.setdefault(k, {})[name] = m
         curves[name] = (y, s)
     report.results["scores"] = results
+    if len(rows) > 1:  # per-generator rows: the same first screen as the other protocols
+        glance_block(report, rows)
     _rule_block(report, {n: rule_text(threshold) for n in runs})
     report.heading("Metrics")
+    report.text(SMALL_NOTE)
     report.table(*metrics_rows(rows))
     if all(np.unique(y).size == 2 for y, _ in curves.values()):
         report.image("roc_pr", roc_pr_plot(curves), "ROC and precision-recall")

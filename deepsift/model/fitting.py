@@ -9,35 +9,24 @@ import numpy as np
 
 from ..decision import decide
 from ..exceptions import DeepsiftWarning, UsageError, input_not_found
-from ..sources import IMAGE_EXTENSIONS, walk_images
+from ..data.layout import generator_folders as _layout_generator_folders
+from ..data.layout import images_under
 from .detector import Detector
 from .headset import check_heads_folder, save_headset
 from .heads import HEAD_KINDS, Head, make_head
 
 
-def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
-
-
 def generator_folders(fake_dirs: list[str]) -> dict[str, list[Path]]:
-    """Map generator name -> folders: each fake folder, or the sub-folders of a single one."""
-    dirs = [Path(d) for d in fake_dirs]
-    for d in dirs:
+    """Map generator name -> folders: each fake folder, or the sub-folders of a single one (the one layout reader's rule)."""
+    for d in map(Path, fake_dirs):
         if not d.is_dir():
             raise input_not_found(d) if not d.exists() else UsageError(f"{d}: not a folder of generated images")
-    if len(dirs) == 1 and not _has_images(dirs[0]):
-        subs = sorted(p for p in dirs[0].iterdir() if p.is_dir())
-        if subs:
-            return {p.name: [p] for p in subs}
-    out: dict[str, list[Path]] = {}
-    for d in dirs:
-        out.setdefault(d.resolve().name, []).append(d)
-    return out
+    return _layout_generator_folders(list(fake_dirs))
 
 
 def _embed_folders(det: Detector, folders: list[Path], follow_links: bool = False) -> tuple[np.ndarray, int]:
     """Embed every image under ``folders``; returns (embeddings, number of unreadable files)."""
-    sources = [s for f in folders for s in walk_images(f, follow_links=follow_links) if isinstance(s, str)]
+    sources = [s for f in folders for s in images_under(f, follow_links=follow_links)[0]]
     if not sources:
         raise UsageError(f"no images found in {', '.join(map(str, folders))}")
     emb = det.embed(sources)

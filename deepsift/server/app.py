@@ -96,11 +96,12 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
             return JSONResponse({"status": "database unavailable", "detail": str(exc).splitlines()[0]}, 503)
         return Health(status="ok", database=db.dialect, version=__version__, domains=list(app.state.domains))
 
-    @app.get("/", include_in_schema=False)
-    def home(request: Request):  # type: ignore[no-untyped-def]
-        if len(app.state.nav) == 1:
-            return RedirectResponse(app.state.nav[0][1], status_code=303)
-        return render(request, "home.html")
+    if not any(d.extra.get("home") for d in doms):  # a domain may serve "/" itself (the demo does)
+        @app.get("/", include_in_schema=False)
+        def home(request: Request):  # type: ignore[no-untyped-def]
+            if len(app.state.nav) == 1:
+                return RedirectResponse(app.state.nav[0][1], status_code=303)
+            return render(request, "home.html")
 
     for d in doms:
         if d.static is not None:

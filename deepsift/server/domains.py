@@ -12,6 +12,7 @@ A domain package ``deepsift/<name>/`` exposes, in ``deepsift/<name>/domain.py``,
 * ``nav``: links added to the shared page header;
 * ``setup(app, settings)``: called once by ``create_app`` (read its settings section, put its
   services on ``app.state.<name>``); ``shutdown(app)`` at exit;
+* ``extra["home"] = True``: the domain serves the site's home page ``/`` itself (the demo does);
 * ``background(settings)``: command lines (argv lists after ``deepsift``) that ``deepsift serve``
   starts beside the server and stops with it (the platform's scoring workers).
 

@@ -55,6 +55,15 @@ def write_capped(stream: BinaryIO, dest: Path, max_bytes: int) -> tuple[int, str
     return size, digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class StoredFile:
     """A file kept by :class:`Storage`: its path, size and SHA-256."""

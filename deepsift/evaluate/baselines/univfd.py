@@ -112,7 +112,7 @@ def _centre_crop(arr: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def load_clip(model: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.Module, CLIPPreprocessing]:
     """Load a frozen CLIP vision tower (with projection) and its preprocessing."""
-    from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
+    from transformers import AutoConfig, CLIPConfig, CLIPVisionConfig, CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
 
     folder = resolve_model_dir(model)
@@ -124,6 +124,10 @@ def load_clip(model: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.M
     try:
         prep = CLIPPreprocessing.from_config(json.loads(cfg_path.read_text()))
         config = AutoConfig.from_pretrained(folder)
+        if not isinstance(config, (CLIPConfig, CLIPVisionConfig)):
+            kind = getattr(config, "model_type", None) or type(config).__name__
+            raise ModelError(f"{model}: a {kind} model, not a CLIP model; univfd needs a CLIP checkpoint "
+                             f"(e.g. {DEFAULT_CLIP}) in the transformers layout")
         if isinstance(config, CLIPConfig):  # a full CLIP checkpoint: its projection size lives at the top
             vision = config.vision_config
             vision.projection_dim = config.projection_dim
@@ -134,8 +138,11 @@ def load_clip(model: str | os.PathLike, device: str = "cpu") -> tuple[torch.nn.M
             net = CLIPVisionModelWithProjection.from_pretrained(folder, config=config, use_safetensors=True)
         finally:
             hf_logging.set_verbosity(verbosity)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{folder}: cannot load the CLIP vision model ({str(exc).splitlines()[0][:300]})") from None
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers/hub raise many types for a wrong or damaged checkpoint
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        raise ModelError(f"{folder}: cannot load the CLIP vision model ({first})") from None
     return net.to(device).eval().requires_grad_(False), prep
 
 

@@ -1,0 +1,180 @@
+"""The demo's JSON API: ``POST /api/v1/detect`` and the quiz (``/api/v1/quiz/...``). The pages are its clients."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from ..exceptions import DeepsiftError, InvalidInputError
+from ..server.deps import CsrfProtect, ReadDbSession, rate_limit
+from . import quiz as q
+from .engine import DemoEngine
+from .inputs import Decoded, decode, fetch, preview_url, read_capped
+from .metadata import metadata_signals
+from .schemas import DetectError, DetectorInfo, DetectResponse, Error, GeneratorStats, Guess, Reveal, RoundOut, Tally
+
+E = {400: {"model": Error, "description": "a body that is not valid multipart/form data"},
+     403: {"model": Error, "description": "a browser session without its CSRF token (X-CSRF-Token)"},
+     413: {"model": Error, "description": "request body over the server's upload limit"},
+     422: {"model": DetectError, "description": "no input, too many inputs, or not one input could be read "
+                                                 "(each result says why)"},
+     429: {"model": Error, "description": "rate limited"},
+     503: {"model": Error, "description": "the detector (or the quiz dataset) is not available"}}
+router = APIRouter(prefix="/api/v1", tags=["demo"], dependencies=[Depends(rate_limit("api", "api_rate"))])
+
+
+def engine_of(request: Request) -> DemoEngine:
+    """The app's demo engine (detector + URL policy)."""
+    return request.app.state.demo.engine
+
+
+def _settings(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.demo.settings
+
+
+@router.get("/detector", response_model=DetectorInfo, responses={503: E[503]})
+def detector_info(request: Request) -> DetectorInfo:
+    """The model, heads, threshold and unsure band that answer, and the input caps."""
+    s = _settings(request)
+    return DetectorInfo(**engine_of(request).info(), max_images=s.max_images, max_image_mb=s.max_image_mb,
+                        max_megapixels=s.max_megapixels)
+
+
+@router.post("/detect", response_model=DetectResponse, dependencies=[CsrfProtect], responses=E)
+def detect(request: Request,
+           files: Annotated[list[UploadFile] | None, File(description="image files; repeat the field for several")] = None,
+           url: Annotated[list[str] | None, Form(description="image URL (http/https, public addresses); repeatable")] = None,
+           heatmap: Annotated[bool, Form(description="also score local crops into a heatmap")] = False,
+           metadata: Annotated[bool, Form(description="also read EXIF, PNG text chunks and C2PA")] = True,
+           preview: Annotated[bool, Form(description="also return a small JPEG preview as a data: URL")] = False,
+           ) -> Any:
+    """Real or AI-generated? One or many images (multipart files and/or ``url`` fields).
+
+    The fields ``source`` .. ``verdict`` equal ``deepsift detect --format jsonl`` on the same file
+    and model. An input that cannot be read has its ``error`` (the others are answered); when no
+    input can be read the answer is a 422 with the reason.
+    """
+    s = _settings(request)
+    eng = engine_of(request)
+    uploads = [f for f in files or [] if f is not None]
+    urls = [u.strip() for u in url or [] if u and u.strip()]
+    n = len(uploads) + len(urls)
+    if n == 0:
+        raise InvalidInputError("send at least one image (a 'files' part) or an image URL (a 'url' field)")
+    if n > s.max_images:
+        raise InvalidInputError(f"{n} inputs: at most {s.max_images} images per request")
+    det = eng.detector()  # a missing model is a 503 before any work
+
+    def upload_name(f: UploadFile) -> str:
+        return (f.filename or "upload").replace("\x00", "")[:200]
+
+    def load_upload(f: UploadFile) -> Decoded:
+        name = upload_name(f)
+        data = read_capped(f.file, name, s.max_image_bytes)
+        return decode(data, name, s.max_pixels, s.max_image_bytes)
+
+    def load_url(u: str) -> Decoded:
+        data = fetch(u, eng.policy, s.url_timeout, s.max_image_bytes)
+        return decode(data, u[:500], s.max_pixels, s.max_image_bytes)
+
+    jobs = [(upload_name(f), load_upload, f) for f in uploads] + [(u[:500], load_url, u) for u in urls]
+    loaded: list[Decoded | str] = []
+    with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
+        futures = [(name, pool.submit(fn, arg)) for name, fn, arg in jobs]
+        for name, fut in futures:
+            try:
+                loaded.append(fut.result())
+            except DeepsiftError as exc:
+                loaded.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
+                loaded.append(f"{name}: {type(exc).__name__}: {exc}")
+    good = [d for d in loaded if isinstance(d, Decoded)]
+    answers = iter(eng.analyse(good, heatmap=heatmap) if good else [])
+    if s.keep_uploads:
+        for d, (_, _, arg) in zip(loaded, jobs):
+            if isinstance(d, Decoded) and not isinstance(arg, str):
+                request.app.state.storage.save_bytes(d.data, "demo-uploads", "." + d.format.lower())
+    results = []
+    for (name, _, _), d in zip(jobs, loaded):
+        if isinstance(d, str):
+            results.append({"source": name, "verdict": "error", "label": None, "probability": None, "score": None,
+                            "head": None, "generator": None, "error": d, "band": "error"})
+            continue
+        r = next(answers)
+        r.update(format=d.format, width=d.size[0], height=d.size[1])
+        if metadata and r["error"] is None:
+            r["metadata"] = metadata_signals(d.data, d.media_type)
+        if preview and r["error"] is None:
+            r["preview"] = preview_url(d.image)
+        results.append(r)
+    info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
+            "unsure_band": list(s.unsure_band) if s.unsure_band else None}
+    from ..decision import rule_text
+
+    body = DetectResponse(**info, rule=rule_text(det.decision_threshold), results=results)
+    if all(r.error is not None for r in body.results):
+        first = body.results[0].error or "no input could be read"
+        return JSONResponse({"detail": first if len(results) == 1 else f"no input could be read; first: {first}",
+                             "results": [r.model_dump() for r in body.results]}, status_code=422)
+    return body
+
+
+# -- quiz ------------------------------------------------------------------------------------------
+def _visitor(request: Request) -> str | None:
+    v = request.cookies.get(q.VISITOR_COOKIE)
+    return v if v and 16 <= len(v) <= 64 and v.replace("-", "").replace("_", "").isalnum() else None
+
+
+def _set_visitor(request: Request, response: Response, visitor: str) -> None:
+    from ..server.security import cookie_secure
+
+    response.set_cookie(q.VISITOR_COOKIE, visitor, max_age=365 * 86400, httponly=True, samesite="strict",
+                        secure=cookie_secure(request, request.app.state.settings), path="/")
+
+
+@router.post("/quiz/rounds", response_model=RoundOut, status_code=201, dependencies=[CsrfProtect],
+             responses={403: E[403], 429: E[429], 503: E[503]})
+def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
+    """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
+    visitor = _visitor(request) or q.new_visitor()
+    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor)
+    _set_visitor(request, response, visitor)
+    return RoundOut(id=row.id, image_url=f"/api/v1/quiz/rounds/{row.id}/image", tally=Tally(**q.tally(session, visitor)))
+
+
+@router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/png": {}}}, 404: {"model": Error}},
+            response_class=Response)
+def round_image(request: Request, round_id: str, session: ReadDbSession) -> Response:
+    """The round's image, re-encoded as PNG without metadata."""
+    row = q.get_round(session, round_id)
+    png = request.app.state.demo.quiz.image_png(row.item, _settings(request).max_pixels)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],
+             responses={403: E[403], 404: {"model": Error}, 409: {"model": Error, "description": "already answered"},
+                        422: {"model": Error, "description": "guess is not 'real' or 'fake'"}})
+def guess(request: Request, round_id: str, body: Guess, session: ReadDbSession) -> Reveal:
+    """Store your guess (once); the answer reveals the truth, the detector's answer and your tally."""
+    visitor = _visitor(request)
+    row = q.guess(request.app.state.db, round_id, visitor, 1 if body.guess == "fake" else 0)
+    word = {0: "real", 1: "fake"}
+    det = None if row.detector_label is None else word[row.detector_label]
+    return Reveal(id=row.id, guess=body.guess, truth=word[row.truth], generator=row.generator if row.truth else None,
+                  detector=det, detector_probability=row.detector_probability, you_right=row.guess == row.truth,
+                  detector_right=None if det is None else row.detector_label == row.truth,
+                  tally=Tally(**q.tally(session, visitor)))
+
+
+@router.get("/quiz/tally", response_model=Tally)
+def my_tally(request: Request, session: ReadDbSession) -> Tally:
+    """Your running tally (rounds answered, your right guesses, the detector's)."""
+    return Tally(**q.tally(session, _visitor(request)))
+
+
+@router.get("/quiz/stats", response_model=list[GeneratorStats])
+def stats(session: ReadDbSession) -> list[GeneratorStats]:
+    """Over all visitors, per generator ('real' for real images): how often people and the detector were right."""
+    return [GeneratorStats(**r) for r in q.statistics(session)]

@@ -1,0 +1,46 @@
+"""Where an image looks fake: the P(fake) of local 224-px crops, on a grid over the image.
+
+CoDE learns local-global consistency, so a 224 x 224 crop at native resolution (the scale the
+detector reads in ``official`` preprocessing) carries signal on its own. The image is covered by
+an ``rows x cols`` grid of crops (at most ``max_grid`` per side, evenly spaced, overlapping when
+the side is not a multiple of 224); cell ``(r, c)`` of the heatmap is the P(fake) of crop ``(r, c)``.
+An image smaller than 224 px gets one crop (zero-padded like the full-image path).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+from ..images import CROP_SIZE, center_crop_array
+
+
+def grid_positions(length: int, max_cells: int, size: int = CROP_SIZE) -> list[int]:
+    """Start offsets of evenly spaced ``size`` windows covering ``length`` (one centred window if short)."""
+    n = max(1, min(max_cells, math.ceil(length / size)))
+    if length <= size or n == 1:
+        return [max(0, (length - size) // 2)]
+    return [round(i * (length - size) / (n - 1)) for i in range(n)]
+
+
+def crops(image: Image.Image, max_grid: int) -> tuple[np.ndarray, int, int, list[list[int]]]:
+    """The crop batch (N x 224 x 224 x 3 uint8), rows, cols and each crop's box [x, y, w, h]."""
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    ys, xs = grid_positions(h, max_grid), grid_positions(w, max_grid)
+    batch, boxes = [], []
+    for y in ys:
+        for x in xs:
+            window = arr[y:y + CROP_SIZE, x:x + CROP_SIZE]
+            batch.append(center_crop_array(window) if window.shape[:2] != (CROP_SIZE, CROP_SIZE) else window)
+            boxes.append([x, y, min(CROP_SIZE, w - x), min(CROP_SIZE, h - y)])
+    return np.ascontiguousarray(np.stack(batch)), len(ys), len(xs), boxes
+
+
+def heatmap_payload(probabilities: np.ndarray, rows: int, cols: int, boxes: list[list[int]],
+                    size: tuple[int, int]) -> dict:
+    """The JSON heatmap: grid shape, per-cell P(fake) (row-major), crop boxes, image size."""
+    values = [[round(float(p), 6) for p in probabilities[r * cols:(r + 1) * cols]] for r in range(rows)]
+    return {"rows": rows, "cols": cols, "values": values, "boxes": boxes, "crop": CROP_SIZE,
+            "width": size[0], "height": size[1]}

@@ -1,0 +1,111 @@
+"""Metadata signals, shown apart from the pixel verdict: EXIF camera fields, generation parameters, C2PA.
+
+None of these decides anything: metadata is trivially removed or forged. They are clues a person
+can weigh: a camera make and exposure, the prompt an AUTOMATIC1111/ComfyUI/InvokeAI install left
+in a PNG text chunk, or a signed C2PA manifest (present, and whether it validates).
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from PIL import ExifTags, Image
+
+EXIF_FIELDS = ("Make", "Model", "LensModel", "DateTimeOriginal", "DateTime", "Software", "ExposureTime",
+               "FNumber", "ISOSpeedRatings", "FocalLength", "Artist")
+"""EXIF tags shown (camera, lens, time, exposure, editing software)."""
+
+GENERATOR_CHUNKS: dict[str, str] = {
+    "parameters": "AUTOMATIC1111 / Forge (parameters)",
+    "prompt": "ComfyUI (prompt)",
+    "workflow": "ComfyUI (workflow)",
+    "invokeai_metadata": "InvokeAI (invokeai_metadata)",
+    "invokeai_graph": "InvokeAI (invokeai_graph)",
+    "sd-metadata": "InvokeAI (sd-metadata)",
+    "Dream": "InvokeAI (Dream)",
+}
+"""Text-chunk keys popular image-generation UIs write, and who writes them."""
+
+MAX_TEXT = 2000
+"""Characters of one metadata value returned (prompts and workflows can be huge)."""
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        value = f"{value[0]}/{value[1]}" if value[1] else str(value[0])
+    text = str(value).replace("\x00", "").strip()
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " …"
+
+
+def exif_fields(im: Image.Image) -> dict[str, str]:
+    """The camera-related EXIF fields present (base IFD and the Exif sub-IFD)."""
+    try:
+        exif = im.getexif()
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no signal
+        return {}
+    tags: dict[str, Any] = {ExifTags.TAGS.get(k, str(k)): v for k, v in exif.items()}
+    try:
+        tags.update({ExifTags.TAGS.get(k, str(k)): v for k, v in exif.get_ifd(ExifTags.IFD.Exif).items()})
+    except Exception:  # noqa: BLE001
+        pass
+    out = {k: _text(tags[k]) for k in EXIF_FIELDS if k in tags and _text(tags[k])}
+    comment = tags.get("UserComment")
+    if isinstance(comment, bytes) and b"Steps:" in comment:  # A1111 writes its parameters here in JPEG/WebP
+        out["UserComment"] = _text(comment[8:] if comment[:8] in (b"UNICODE\x00", b"ASCII\x00\x00\x00") else comment)
+    return out
+
+
+def generation_chunks(im: Image.Image) -> list[dict[str, str]]:
+    """Generation parameters found in text chunks: ``[{key, tool, value}]``."""
+    info = dict(getattr(im, "text", None) or {}) if im.format == "PNG" else {}
+    info.update({k: v for k, v in im.info.items() if isinstance(v, (str, bytes)) and k not in info})
+    found = [{"key": k, "tool": tool, "value": _text(info[k])} for k, tool in GENERATOR_CHUNKS.items() if k in info]
+    return found
+
+
+def c2pa_manifest(data: bytes, media_type: str) -> dict[str, Any]:
+    """C2PA: ``{present, valid, state, claim_generator, error}`` for the image bytes."""
+    try:
+        import c2pa
+    except ImportError:
+        return {"present": None, "valid": None, "state": None, "error": "c2pa-python is not installed"}
+    try:
+        reader = c2pa.Reader.try_create(media_type, io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - c2pa.C2paError and friends: an unreadable manifest
+        return {"present": True, "valid": False, "state": "unreadable", "error": str(exc).splitlines()[0][:300]}
+    if reader is None:
+        return {"present": False, "valid": None, "state": None, "error": None}
+    try:
+        state = str(reader.get_validation_state() or "")
+        import json
+
+        store = json.loads(reader.json())
+        active = store.get("active_manifest")
+        manifest = store.get("manifests", {}).get(active, {}) if active else {}
+        tool = manifest.get("claim_generator") or ", ".join(
+            str(i.get("name", "")) for i in manifest.get("claim_generator_info") or [] if isinstance(i, dict))
+        sources = [str(a.get("digitalSourceType", "")) for asr in manifest.get("assertions") or []
+                   if str(asr.get("label", "")).startswith("c2pa.actions")
+                   for a in (asr.get("data") or {}).get("actions") or [] if isinstance(a, dict)]
+        return {"present": True, "valid": state.lower() in ("valid", "trusted"), "state": state or None,
+                "claim_generator": _text(tool) or None,
+                "declares_ai": any(s.endswith("trainedAlgorithmicMedia") for s in sources), "error": None}
+    except Exception as exc:  # noqa: BLE001
+        return {"present": True, "valid": False, "state": "unreadable", "error": str(exc).splitlines()[0][:300]}
+    finally:
+        try:
+            reader.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def metadata_signals(data: bytes, media_type: str) -> dict[str, Any]:
+    """All metadata signals of an image file (its pixels were already decoded safely under the caps)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            exif, chunks = exif_fields(im), generation_chunks(im)
+    except Exception:  # noqa: BLE001 - the pixel path already reported any decoding problem
+        exif, chunks = {}, []
+    return {"exif": exif, "generation": chunks, "c2pa": c2pa_manifest(data, media_type)}

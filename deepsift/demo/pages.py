@@ -1,0 +1,64 @@
+"""The demo's pages: detect (``/``), the quiz (``/quiz``) and its results (``/quiz/results``).
+
+The pages are clients of the JSON API (``static/demo/*.js``); the results page is rendered on
+the server with an inline SVG bar chart (no script, nothing from another origin).
+"""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from markupsafe import Markup, escape
+
+from ..server.deps import ReadDbSession
+from ..server.web import render
+from . import quiz as q
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+def detect_page(request: Request):  # type: ignore[no-untyped-def]
+    """The home page: drop, paste, pick or link images; verdicts from POST /api/v1/detect."""
+    s = request.app.state.demo.settings
+    return render(request, "demo/detect.html", {"s": s})
+
+
+@router.get("/quiz")
+def quiz_page(request: Request):  # type: ignore[no-untyped-def]
+    """The quiz page, "Can you beat the detector?" (driven by quiz.js over the quiz API)."""
+    s = request.app.state.demo.settings
+    return render(request, "demo/quiz.html", {"configured": bool(s.quiz_dataset)})
+
+
+@router.get("/quiz/results")
+def results_page(request: Request, session: ReadDbSession):  # type: ignore[no-untyped-def]
+    """People versus the detector per generator, over all visitors: a bar chart and a table."""
+    rows = q.statistics(session)
+    return render(request, "demo/results.html", {"rows": rows, "chart": bar_chart(rows)})
+
+
+def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
+    """Per generator, two bars (people, detector) of accuracy, as inline SVG."""
+    if not rows:
+        return Markup("<p class='muted'>No rounds played yet.</p>")
+    label_w, pad = 120, 6
+    inner = width - label_w - 48
+    group = 2 * bar + 3 * pad
+    height = len(rows) * group + 40
+    parts = [f"<svg role='img' aria-label='accuracy of people and the detector per generator' class='chart' "
+             f"width='100%' viewBox='0 0 {width} {height}' preserveAspectRatio='xMinYMin meet'>"]
+    for t in (0, 0.5, 1):
+        x = label_w + t * inner
+        parts.append(f"<line x1='{x:.0f}' y1='0' x2='{x:.0f}' y2='{height - 30}' class='grid'/>"
+                     f"<text x='{x:.0f}' y='{height - 16}' class='tick' text-anchor='middle'>{int(t * 100)}%</text>")
+    for i, r in enumerate(rows):
+        y = i * group + pad
+        parts.append(f"<text x='{label_w - 8}' y='{y + bar + pad / 2 + 4:.0f}' class='label' text-anchor='end'>"
+                     f"{escape(r['generator'])} ({r['rounds']})</text>")
+        for k, (key, cls) in enumerate((("people_accuracy", "people"), ("detector_accuracy", "detector"))):
+            v = r[key] or 0.0
+            yy = y + k * (bar + pad)
+            parts.append(f"<rect x='{label_w}' y='{yy}' width='{max(v * inner, 1):.1f}' height='{bar}' class='{cls}'>"
+                         f"<title>{cls}: {v:.0%}</title></rect>"
+                         f"<text x='{label_w + v * inner + 4:.1f}' y='{yy + bar - 3}' class='value'>{v:.0%}</text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -1,0 +1,69 @@
+"""The demo's settings (environment ``DEEPSIFT_DEMO_*``; tests: ``domain_overrides["demo"]``)."""
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..choices import DEFAULT_MODEL, HEAD_KINDS, PREPROCESS_MODES
+
+
+class DemoSettings(BaseSettings):
+    """Which detector the demo runs, its caps on uploads and URLs, privacy, and the quiz's dataset."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPSIFT_DEMO_", extra="ignore")
+
+    model: str = Field(DEFAULT_MODEL, description="CoDE hub id or local model folder")
+    heads: str | None = Field(None, description="classifier heads folder (default: beside the model, then the cache)")
+    classifier: str = Field("linear", description="the head that decides")
+    preprocessing: str = Field("official", description="CoDE preprocessing mode")
+    device: str = Field("cpu", description="torch device of the network")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="fake when calibrated P(fake) >= this")
+    unsure_low: float = Field(0.4, ge=0.0, le=1.0, description="P(fake) from here ...")
+    unsure_high: float = Field(0.6, ge=0.0, le=1.0, description="... to below here is shown as 'unsure'")
+    max_image_mb: float = Field(20.0, gt=0, le=1024, description="largest image file accepted (upload or URL)")
+    max_megapixels: float = Field(40.0, gt=0, le=80, description="largest image, in megapixels, decoded")
+    max_images: int = Field(8, ge=1, le=64, description="most images in one request")
+    heatmap_grid: int = Field(4, ge=1, le=8, description="heatmap: at most this many 224-px crops per side")
+    url_timeout: float = Field(10.0, gt=0, le=120, description="total deadline of one image URL, in seconds")
+    allow_private_urls: bool = Field(False, description="fetch URLs on loopback/private networks (tests only)")
+    url_allow_networks: tuple[str, ...] = Field((), description="networks allowed even so (an internal image store)")
+    url_hosts: dict[str, list[str]] = Field(default_factory=dict,
+                                            description="fixed DNS answers (host -> addresses), checked like any")
+    keep_uploads: bool = Field(False, description="keep uploaded images in the data dir (default: never stored)")
+    quiz_dataset: str | None = Field(None, description="quiz images: labelled folders, D3 test layout or D3 shards")
+    quiz_layout: str = Field("auto", description="auto, folders, d3-test or parquet")
+    quiz_real: str | None = Field(None, description="folder of real images (with D3 parquet shards)")
+
+    @field_validator("classifier")
+    @classmethod
+    def _classifier(cls, v: str) -> str:
+        if v not in HEAD_KINDS:
+            raise ValueError(f"classifier must be one of {HEAD_KINDS}, got {v!r}")
+        return v
+
+    @field_validator("preprocessing")
+    @classmethod
+    def _prep(cls, v: str) -> str:
+        if v not in PREPROCESS_MODES:
+            raise ValueError(f"preprocessing must be one of {PREPROCESS_MODES}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _band(self) -> "DemoSettings":
+        if not self.unsure_low <= self.threshold <= self.unsure_high:
+            raise ValueError(f"the unsure band [{self.unsure_low}, {self.unsure_high}) must contain the "
+                             f"threshold {self.threshold}")
+        return self
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * (1 << 20))
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.max_megapixels * 1_000_000)
+
+    @property
+    def unsure_band(self) -> tuple[float, float] | None:
+        """The (low, high) P(fake) band shown as 'unsure'; None when empty."""
+        return (self.unsure_low, self.unsure_high) if self.unsure_low < self.unsure_high else None

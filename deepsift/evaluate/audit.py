@@ -1,0 +1,221 @@
+"""Confound audit: how well can the label be told from things that are not the image content?
+
+For each header feature (:mod:`deepsift.evaluate.headers`: file format, JPEG quality,
+chroma subsampling, size, aspect ratio, padding below the 224-px crop, metadata, bytes per
+pixel) the audit gives the AUROC of that feature *alone* (either direction: a numeric feature
+is scored as is or reversed, whichever separates more; a categorical one by each value's share
+of fakes), the distributions per class and per generator, and a plain warning when a feature
+separates real from fake (or real from one generator) with AUROC above ``warn_above`` (0.7).
+A detector that scores well on such a set may be reading the file, not the picture.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..output import progress
+from .datasets import Sample
+from .headers import CROP, HeaderInfo, read_header
+
+WARN_ABOVE = 0.7
+SMALL_N = 30  # fewer images than this: the figure gets a warning mark
+FEATURES: dict[str, tuple[str, str]] = {
+    "format": ("category", "file format"),
+    "jpeg_quality": ("number", "JPEG quality estimate (JPEG files only)"),
+    "subsampling": ("category", "chroma subsampling"),
+    "min_side": ("number", "shorter side (px)"),
+    "aspect": ("number", "aspect ratio (long / short side)"),
+    "padded": ("category", f"smaller than the {CROP}-px crop (zero-padded)"),
+    "metadata": ("category", "metadata present (EXIF, PNG text, XMP, comments)"),
+    "bytes_per_pixel": ("number", "file size per pixel (bytes)"),
+}
+
+
+def read_headers(samples: Sequence[Sample], desc: str = "audit (headers)") -> list[HeaderInfo]:
+    """The header facts of every sample, in order (a progress bar on a terminal)."""
+    return [read_header(s.source) for s in progress(samples, desc, unit="img", leave=False)]
+
+
+def feature_value(info: HeaderInfo, name: str) -> Any:
+    """The value of one feature for one image (None: not defined for it)."""
+    if info.error:
+        return None
+    w, h = info.width or 0, info.height or 0
+    if name == "format":
+        return info.format
+    if name == "jpeg_quality":
+        return info.jpeg_quality
+    if name == "subsampling":
+        return info.subsampling
+    if name == "min_side":
+        return float(min(w, h))
+    if name == "aspect":
+        return max(w, h) / min(w, h) if min(w, h) else None
+    if name == "padded":
+        return f"< {CROP} px" if min(w, h) < CROP else f">= {CROP} px"
+    if name == "metadata":
+        return "+".join(k for k, v in (("EXIF", info.exif), ("text", info.text)) if v) or "none"
+    if name == "bytes_per_pixel":
+        return info.file_bytes / (w * h) if info.file_bytes and w * h else None
+    raise KeyError(name)
+
+
+def auroc(labels: np.ndarray, x: np.ndarray) -> float | None:
+    """AUROC of score ``x`` for label 1 (ties count 1/2); None with one class only."""
+    from scipy.stats import rankdata
+
+    n1 = int(labels.sum())
+    n0 = labels.size - n1
+    if n0 == 0 or n1 == 0:
+        return None
+    r = rankdata(x)
+    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
+def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[float | None, str]:
+    """AUROC of a feature alone, >= 0.5 by orientation, and in which direction it points to fake."""
+    if kind == "number":
+        a = auroc(labels, np.asarray(values, np.float64))
+        if a is None:
+            return None, ""
+        if abs(a - 0.5) < 1e-12:
+            return 0.5, "none"
+        return (a, "higher: fake") if a > 0.5 else (1 - a, "lower: fake")
+    cats, codes = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+    rate = np.bincount(codes, weights=labels, minlength=cats.size) / np.maximum(np.bincount(codes, minlength=cats.size), 1)
+    a = auroc(labels, rate[codes])
+    if a is None:
+        return None, ""
+    if abs(a - 0.5) < 1e-12:
+        return 0.5, "none"
+    return a, f"{cats[int(np.argmax(rate))]}: fake"
+
+
+def _distribution(values: np.ndarray, kind: str) -> dict[str, Any]:
+    if values.size == 0:
+        return {"n": 0}
+    if kind == "number":
+        q = np.quantile(np.asarray(values, np.float64), [0.0, 0.25, 0.5, 0.75, 1.0])
+        return {"n": int(values.size), "min": float(q[0]), "q25": float(q[1]), "median": float(q[2]),
+                "q75": float(q[3]), "max": float(q[4])}
+    cats, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return {"n": int(values.size), "counts": {str(cats[i]): int(counts[i]) for i in order}}
+
+
+def describe(dist: dict[str, Any]) -> str:
+    """A distribution in a few words: ``JPEG 80%, PNG 20%`` or ``median 512 [256-1024]``."""
+    n = dist.get("n", 0)
+    if not n:
+        return "-"
+    if "counts" in dist:
+        return ", ".join(f"{k} {100 * v / n:.0f}%" for k, v in list(dist["counts"].items())[:3])
+    fmt = (lambda v: f"{v:.3g}")
+    return f"median {fmt(dist['median'])} [{fmt(dist['min'])}-{fmt(dist['max'])}]"
+
+
+@dataclass
+class AuditResult:
+    """Per feature: AUROC alone (pooled and per generator) and distributions; plus the warnings."""
+
+    features: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    n: int = 0
+    unreadable: int = 0
+    warn_above: float = WARN_ABOVE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"n": self.n, "unreadable": self.unreadable, "warn_above": self.warn_above,
+                "features": self.features, "warnings": self.warnings}
+
+
+def _mark(n: int) -> str:
+    return f"n={n}" + (" ⚠" if n < SMALL_N else "")
+
+
+def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, *,
+          warn_above: float = WARN_ABOVE) -> AuditResult:
+    """Audit the header features of ``samples`` (headers read here unless ``infos`` are given)."""
+    infos = list(infos) if infos is not None else read_headers(samples)
+    labels_all = np.array([s.label for s in samples], np.int64)
+    gens_all = np.array([s.generator for s in samples], dtype=object)
+    generators = list(dict.fromkeys(g for g, y in zip(gens_all, labels_all) if y == 1))
+    res = AuditResult(n=len(samples), unreadable=sum(1 for i in infos if i.error), warn_above=warn_above)
+    for name, (kind, label) in FEATURES.items():
+        raw = [feature_value(i, name) for i in infos]
+        ok = np.fromiter((v is not None for v in raw), bool, len(raw))
+        if kind == "number":
+            x = np.fromiter((np.nan if v is None else v for v in raw), np.float64, len(raw))[ok]
+        else:
+            x = np.array([str(v) for v in raw if v is not None], dtype=str)
+        y, g = labels_all[ok], gens_all[ok]
+        a, direction = separability(y, x, kind)
+        per_gen: dict[str, dict[str, Any]] = {}
+        for gen in generators:
+            is_gen = g == gen
+            m = is_gen | (y == 0)
+            ag, dg = separability(y[m], x[m], kind)
+            per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(is_gen.sum())}
+        groups = ["real", *generators]
+        res.features[name] = {
+            "description": label, "kind": kind, "auroc": a, "direction": direction, "n": int(ok.sum()),
+            "real": _distribution(x[y == 0], kind), "fake": _distribution(x[y == 1], kind),
+            "per_generator": per_gen,
+            "by_group": {gr: _distribution(x[g == gr], kind) for gr in groups},
+        }
+        f = res.features[name]
+        pooled_warns = a is not None and a > warn_above
+        floor = max(warn_above, a + 0.05) if pooled_warns else warn_above
+        hits = sorted(((pg["auroc"], gen, pg) for gen, pg in per_gen.items()
+                       if len(generators) > 1 and pg["auroc"] is not None and pg["auroc"] > floor),
+                      key=lambda t: -t[0])
+        by_gen = ", ".join(f"{gen} {ag:.2f} ({_mark(pg['n'])})" for ag, gen, pg in hits[:4])
+        if len(hits) > 4:
+            by_gen += f" and {len(hits) - 4} more"
+        if pooled_warns:
+            res.warnings.append(f"{label} alone tells real from fake: AUROC {a:.2f} ({direction}; real: "
+                                f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})"
+                                + (f"; higher still for {by_gen}" if hits else ""))
+        elif hits:  # one generator's own confound, hidden in the pooled figure
+            ag, gen, pg = hits[0]
+            res.warnings.append(f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
+                                f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; {_mark(pg['n'])})"
+                                + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else ""))
+    return res
+
+
+def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> None:
+    """Add the audit to a report: warnings in words, the per-feature table and the per-generator table."""
+    report.results["audit"] = result.to_dict()
+    if heading:
+        report.heading("Confound audit")
+    report.text("How well each property of the file, not of the picture, tells real from fake on its own "
+                f"(AUROC of the feature alone, either direction; warning above {result.warn_above:g}). "
+                f"{result.n} images" + (f", {result.unreadable} with unreadable headers." if result.unreadable else "."))
+    for w in result.warnings:
+        report.text("⚠ " + w)
+    if not result.warnings:
+        report.text(f"No feature separates real from fake above AUROC {result.warn_above:g}.")
+    rows = []
+    for name, f in result.features.items():
+        a = f["auroc"]
+        flag = " ⚠" if a is not None and a > result.warn_above else ""
+        rows.append([f["description"], "n/a" if a is None else f"{a:.2f}{flag}", f["direction"] or "-",
+                     describe(f["real"]), describe(f["fake"]), str(f["n"])])
+    report.table(["feature", "AUROC alone", "direction", "real", "fake", "n"], rows)
+    gens = list(next(iter(result.features.values()))["per_generator"]) if result.features else []
+    if len(gens) > 1:
+        head = ["generator (n)", *result.features]
+        body = []
+        for gen in gens:
+            n = next(iter(result.features.values()))["per_generator"][gen]["n"]
+            cells = []
+            for f in result.features.values():
+                a = f["per_generator"][gen]["auroc"]
+                cells.append("n/a" if a is None else f"{a:.2f}" + (" ⚠" if a > result.warn_above else ""))
+            body.append([f"{gen} ({_mark(n)})", *cells])
+        report.text("Per generator: AUROC of each feature alone, real versus that generator.")
+        report.table(head, body)

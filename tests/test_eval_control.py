@@ -1,0 +1,113 @@
+"""The re-encoding control, size/format strata and small-sample marks in eval reports."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from eval_toys import FormatReader  # noqa: E402
+
+from deepsift.cli import main  # noqa: E402
+from deepsift.evaluate.control import parse_control  # noqa: E402
+from deepsift.evaluate.detectors import register_detector_loader  # noqa: E402
+
+
+def _img(i: int, size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(i)
+    return Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+
+
+@pytest.fixture(scope="module")
+def confounded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """reals JPEG, fakes PNG, the same pictures; sizes in all three bands; gen_tiny has 1 image."""
+    root = tmp_path_factory.mktemp("confounded")
+    sizes = [(160, 160), (300, 256), (640, 520)]
+    for d in ("real", "fake/gen_a", "fake/gen_b", "fake/gen_tiny"):
+        (root / d).mkdir(parents=True)
+    for i in range(36):
+        im = _img(i, sizes[i % 3])
+        im.save(root / "real" / f"{i:03d}.jpg", quality=85)
+        im.save(root / "fake" / ("gen_a" if i % 2 else "gen_b") / f"{i:03d}.png")
+    _img(99, (300, 300)).save(root / "fake" / "gen_tiny" / "only.png")
+    register_detector_loader("format", lambda arg: FormatReader())
+    return root
+
+
+def _json(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_control_shows_original_and_controlled_side_by_side(confounded: Path, tmp_path: Path, capsys) -> None:
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--control", "jpeg:90",
+                 "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    data = _json(rep)
+    orig = data["control"]["original"]["fmt"]["all"]["metrics"]["auroc"]["value"]
+    ctrl = data["control"]["controlled"]["fmt"]["all"]["metrics"]["auroc"]["value"]
+    assert orig == pytest.approx(1.0) and ctrl == pytest.approx(0.5)  # all JPEG now: nothing left to read
+    assert data["control"]["transform"] == "jpeg:90"
+    assert "fmt: AUROC 1.000 original" in out and "with jpeg:90 (drop +0.5" in out
+    md = (rep / "report.md").read_text()
+    assert "## Re-encoding control: jpeg:90" in md and "| AUROC original | AUROC jpeg:90 | drop |" in md
+    # the audit in the same report says why
+    assert "WARNING: file format alone tells real from fake" in out
+    assert md.index("## At a glance") < md.index("## Curves") < md.index("## Per-generator metrics")
+
+
+def test_strata_by_size_band_and_original_format(confounded: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--report", str(rep)]) == 0
+    st = _json(rep)["strata"]["fmt"]
+    assert set(st["size"]) == {"padded < 224", "224-512", "> 512"}
+    assert st["size"]["padded < 224"]["n_real"] == 12 and st["size"]["padded < 224"]["n_fake"] == 12
+    assert set(st["format"]) == {"JPEG", "PNG"}
+    assert st["format"]["JPEG"]["n_fake"] == 0  # one class only: AUROC undefined, said so
+    assert st["format"]["JPEG"]["metrics"]["auroc"]["value"] is None
+    assert "## By size and original format" in (rep / "report.md").read_text()
+
+
+def test_small_generators_are_marked_and_their_intervals_flagged(confounded: Path, tmp_path: Path, capsys) -> None:
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--bootstrap", "50",
+                 "--report", str(rep)]) == 0
+    tiny = _json(rep)["per_generator"]["fmt"]["all"]["gen_tiny"]
+    assert tiny["n_fake"] == 1 and tiny["small_sample"] is True
+    assert tiny["metrics"]["auroc"]["ci95_unreliable"] is True
+    assert "balanced_accuracy" in tiny["metrics"]
+    md = (rep / "report.md").read_text()
+    line = next(r for r in md.splitlines() if r.startswith("| gen_tiny | fmt |"))
+    assert "| 1 ⚠ |" in line and "]†" in line
+    assert "gen_tiny (n=1 ⚠)" in md  # n beside the figure on the first screen
+    assert "fewer than 30 images (fragile figures): gen_a, gen_b, gen_tiny" in capsys.readouterr().out
+
+
+def test_control_on_logo_and_robustness(confounded: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "logo"
+    assert main(["eval", "logo", str(confounded), "--detector", "fmt=format:x", "--control", "png",
+                 "--report", str(rep)]) == 0
+    c = _json(rep)["control"]
+    assert c["original"]["fmt"]["gen_a"]["metrics"]["auroc"]["value"] == pytest.approx(1.0)
+    assert c["controlled"]["fmt"]["gen_a"]["metrics"]["auroc"]["value"] == pytest.approx(0.5)
+    rep = tmp_path / "rob"
+    assert main(["eval", "robustness", str(confounded), "--detector", "fmt=format:x", "--transform", "blur",
+                 "--control", "resize:256", "--report", str(rep)]) == 0
+    d = _json(rep)
+    assert d["control"]["transform"] == "resize:256" and d["control"]["robustness"]["clean"]["fmt"] == pytest.approx(0.5)
+    assert "clean auroc resize:256" in (rep / "report.md").read_text()
+
+
+@pytest.mark.parametrize("bad", ["jpeg:0", "jpeg:101", "jpeg:x", "resize:2", "png:3", "gif"])
+def test_bad_control_is_a_usage_error(confounded: Path, bad: str, capsys) -> None:
+    assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--control", bad]) == 2
+    assert "--control" in capsys.readouterr().err
+
+
+def test_parse_control() -> None:
+    assert parse_control("JPEG:90").name == "jpeg:90" and parse_control("png").name == "png"
+    assert parse_control("resize:512").value == 512

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--batch-size", type=int, default=None, help="records per step (default: 8 on CPU, 128 on CUDA)")
-    ap.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's, 4)")
+    ap.add_argument("--workers", type=int, default=None, help="loader workers (default: the config's, auto = the CPUs)")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 4 on CPU, 20 on CUDA)")
     ap.add_argument("--size", type=int, default=512, help="side of the stored images (D3: 256-640)")
     ap.add_argument("--quick", action="store_true", help="fewer steps")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             ds[s]
         per_worker = n_one * B * 8 / (time.perf_counter() - t0)
 
-        loader = make_loader(ds, 0, steps + 1, cfg.workers, pin_memory=cuda)
+        loader = make_loader(ds, 0, steps + 1, cfg.loader_workers(), pin_memory=cuda)
         it = iter(loader)
         step(next(it)["views"], 0)  # workers started, first batch made
         sync()
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         train_rate = steps * B * 8 / (time.perf_counter() - t0)
 
         loader_rates = {}
-        for w in sorted({1, max(1, cfg.workers // 2), cfg.workers}):
+        for w in sorted({1, max(1, cfg.loader_workers() // 2), cfg.loader_workers()}):
             it = iter(make_loader(ds, 0, steps + 1, w, pin_memory=cuda))
             next(it)
             t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {args.device} ({torch.cuda.get_device_name() if cuda else f'{os.cpu_count()} CPU cores'}), "
           f"{args.precision}, {B} records x 8 views per step, images {args.size}px, {steps} timed steps")
     print(f"model fwd+bwd+step on pre-made tensors: {model_rate:8.1f} img/s")
-    print(f"training with {cfg.workers} loader workers:  {train_rate:8.1f} img/s   ratio {train_rate / model_rate:.2f} "
+    print(f"training with {cfg.loader_workers()} loader workers:  {train_rate:8.1f} img/s   ratio {train_rate / model_rate:.2f} "
           f"(target >= 0.85)")
     for w, r in loader_rates.items():
         print(f"loader alone, {w} worker(s):          {r:8.1f} img/s")

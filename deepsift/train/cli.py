@@ -5,7 +5,7 @@ import argparse
 
 from ..choices import PRECISIONS
 from ..cliargs import (EXIT_OK, add_command, existing_dir, existing_file, existing_path, non_negative_float,
-                       non_negative_int, path_or_hub_id, positive_float, positive_int)
+                       non_negative_int, path_or_hub_id, positive_float, positive_int, workers_count)
 
 EPILOG = """\
 examples:
@@ -36,7 +36,7 @@ KEYS: dict[str, tuple] = {
     "grad_accum": (positive_int, "micro-batches per step (gradient accumulation)"),
     "clip_grad": (non_negative_float, "clip the gradient norm to this; 0 = no clipping"),
     "seed": (non_negative_int, "random seed (data order, crops, augmentations, positives)"),
-    "workers": (positive_int, "data loader worker processes per training process"),
+    "workers": (workers_count, "data loader worker processes per training process ('auto': the CPUs shared)"),
     "tau": (positive_float, "InfoNCE temperature"),
     "aug_max_ops": (non_negative_int, "augmentation A draws 0..N of the 19 families per image"),
     "holdout": (positive_int, "records held out of training to refit and score the linear head each epoch"),

@@ -41,7 +41,7 @@ class TrainConfig:
     clip_grad: float = 0.0  # max gradient norm; 0 = no clipping (the public recipe)
     precision: str = "bf16"
     seed: int = 42
-    workers: int = 4  # DataLoader worker processes per training process
+    workers: int | str = "auto"  # DataLoader worker processes per training process; auto: this machine's CPUs shared
     device: str = "cpu"
     tau: float = 0.1
     global_negatives: bool = False
@@ -59,11 +59,13 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Range checks across keys; raises :class:`UsageError` naming the key."""
-        positive = ("steps", "steps_per_epoch", "batch_size", "grad_accum", "workers", "log_every", "hidden_size",
+        positive = ("steps", "steps_per_epoch", "batch_size", "grad_accum", "log_every", "hidden_size",
                     "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size", "holdout")
         for key in positive:
             if getattr(self, key) < 1:
                 raise UsageError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.workers != "auto" and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise UsageError(f"config key 'workers' must be 'auto' or an integer >= 1, got {self.workers!r}")
         for key in ("warmup_steps", "patience", "aug_max_ops", "seed", "schedule_steps"):
             if getattr(self, key) < 0:
                 raise UsageError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
@@ -88,6 +90,13 @@ class TrainConfig:
             raise UsageError(f"config key 'patch_size' must divide 224, got {self.patch_size}")
         return self
 
+    def loader_workers(self) -> int:
+        """DataLoader worker processes: ``workers``, or for ``auto`` this machine's CPUs shared by its training processes."""
+        if self.workers != "auto":
+            return int(self.workers)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        return max(1, (os.cpu_count() or 1) // max(local, 1))
+
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values."""
         return dataclasses.asdict(self)
@@ -109,6 +118,10 @@ def field_kind(name: str) -> type:
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     """``value`` checked against the type of ``key``; :class:`UsageError` naming the key otherwise."""
+    if key == "workers":  # 'auto' or an integer >= 1, as everywhere in deepsift
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise UsageError(f"{where}: key 'workers' must be 'auto' or an integer, got {value!r} ({type(value).__name__})")
     kind = field_kind(key)
     ok = (isinstance(value, bool) if kind is bool else
           isinstance(value, int) and not isinstance(value, bool) if kind is int else

@@ -160,7 +160,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
         log.write({"step": 0, "event": "start", "records": len(train_recs), "held_out": len(held),
                    "index": index.summary(), "world": info.world, "config": cfg.to_dict()})
     dataset = StepBatches(index.files, train_recs, cfg.batch_size, cfg.seed, info.rank, info.world, cfg.aug_max_ops)
-    loader = make_loader(dataset, start, cfg.steps, cfg.workers, pin_memory=info.device.type == "cuda")
+    loader = make_loader(dataset, start, cfg.steps, cfg.loader_workers(), pin_memory=info.device.type == "cuda")
     result = TrainResult(out=out, start_step=start, step=start, head_accuracy=[tuple(h) for h in history])
     micro_b = cfg.batch_size // cfg.grad_accum
     bar = progress_bar(desc="train", unit="step", total=cfg.steps, enabled=progress if info.main else False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,23 @@ def live_server(app):
 
     with LiveServer(app) as server:
         yield server
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory: ``small_disk("64k")`` mounts a tmpfs of that size in the test's folder (root only; unmounted after)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"small{len(mounts)}"
+        mnt.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounts.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -5,8 +5,6 @@ The disk is real: a 64 KiB tmpfs mounted for the test (needs root, as in CI), th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -18,18 +16,11 @@ from deepsift.model.heads import make_head
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
-    try:
-        with open(mnt / "filler", "wb") as fh:  # leave one page free
-            fh.write(b"\0" * (60 * 1024))
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def full_disk(small_disk):
+    mnt = small_disk("64k")
+    with open(mnt / "filler", "wb") as fh:  # leave one page free
+        fh.write(b"\0" * (60 * 1024))
+    return mnt
 
 
 def test_embed_on_a_full_disk(full_disk, code_model_dir, labelled_folders, capsys):

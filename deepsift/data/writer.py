@@ -111,33 +111,18 @@ def write_table_atomic(
     finished_before: int = 0,
 ) -> Path:
     """Write an arrow table as one parquet file at ``path``, atomically (temp name + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = None
-    try:
-        out = _AtomicParquet(path, table.schema, opener or _default_opener, compression)
-        out.write_table(table)
-        return out.commit()
-    except OSError as exc:
-        if out is not None:
-            out.abort()
-        else:
-            _unlink_quiet(temp_path_for(path))
-        raise _write_error(exc, path, finished_before) from None
-    except BaseException:
-        if out is not None:
-            out.abort()
-        raise
+    return write_batches_atomic(table.schema, [table], path, compression=compression, opener=opener,
+                                finished_before=finished_before)
 
 
 def write_batches_atomic(schema: pa.Schema, tables: Iterable[pa.Table], path: str | os.PathLike, *,
-                         compression: str = "snappy") -> Path:
+                         compression: str = "snappy", opener: Opener | None = None, finished_before: int = 0) -> Path:
     """Write tables of ``schema`` one after another as one parquet file, atomically: memory holds one at a time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = None
     try:
-        out = _AtomicParquet(path, schema, _default_opener, compression)
+        out = _AtomicParquet(path, schema, opener or _default_opener, compression)
         for table in tables:
             out.write_table(table)
         return out.commit()
@@ -146,7 +131,7 @@ def write_batches_atomic(schema: pa.Schema, tables: Iterable[pa.Table], path: st
             out.abort()
         else:
             _unlink_quiet(temp_path_for(path))
-        raise _write_error(exc, path, 0) from None
+        raise _write_error(exc, path, finished_before) from None
     except BaseException:
         if out is not None:
             out.abort()

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..exceptions import DeepsiftError, GeneratorError
+from ..exceptions import GeneratorError
+from ..raytools import init_ray, unwrap_error
 from ..output import progress as progress_bar
 from .chunks import Generated, Prepared, generate_chunk, prepare_chunk, write_chunk
 from .plan import BuildSummary, chunk_done, clean_temporaries, log_failures, plan_chunks, real_dir_for, write_manifest
@@ -51,30 +52,6 @@ class GeneratorActor:
         return generate_chunk(prep, self.generators)
 
 
-def _init_ray(address: str) -> bool:
-    """Connect to (or start) Ray; return True when this call started the connection."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address == "auto":
-        try:
-            ray.init(address="auto", include_dashboard=False, log_to_driver=False)
-        except ConnectionError:
-            ray.init(include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
-    return True
-
-
-def _unwrap(exc: BaseException) -> DeepsiftError:
-    """The deepsift error inside a Ray task error (or a GeneratorError naming it)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, DeepsiftError):
-        return type(cause)(str(cause))
-    return GeneratorError(f"Ray task failed: {(str(cause or exc).strip().splitlines() or ['?'])[-1]}")
-
-
 def build_on_ray(
     source: str | None, specs: Sequence[GeneratorSpec], out: Path, *, settings: dict, add_to: str | None,
     chunk_size: int, threads: int | None, address: str, actors: int | None, progress: bool | None,
@@ -85,7 +62,7 @@ def build_on_ray(
     from ray.exceptions import RayError
 
     t0 = time.perf_counter()
-    started = _init_ray(address)
+    started = init_ray(address)
     pool: list[Any] = []
     try:
         n_gpu = int(ray.cluster_resources().get("GPU", 0))
@@ -98,7 +75,7 @@ def build_on_ray(
         try:
             infos = ray.get([a.ready.remote() for a in pool])[0]  # every generator loads before any work
         except RayError as exc:
-            raise _unwrap(exc) from None
+            raise unwrap_error(exc, GeneratorError) from None
         needs_real = any(i["needs_real_image"] for i in infos)
         needs_prompt = any(not i["needs_real_image"] for i in infos)
         real_dir = real_dir_for(real_dir, needs_real)
@@ -117,7 +94,7 @@ def build_on_ray(
                 try:
                     meta = ray.get(ready[0])
                 except RayError as exc:
-                    raise _unwrap(exc) from None
+                    raise unwrap_error(exc, GeneratorError) from None
                 summary.add(meta, resumed=False)
                 log_failures(meta)
                 bar.update(n)

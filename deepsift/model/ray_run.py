@@ -17,7 +17,8 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from ..exceptions import DeepsiftError, ModelError
+from ..exceptions import ModelError
+from ..raytools import init_ray, unwrap_error
 
 
 class EngineActor:
@@ -79,7 +80,7 @@ def run_on_ray(task: str, sources: Iterable[object], out: str | Path, *, model: 
     import ray
     from ray.exceptions import RayError
 
-    started = _init_ray(address)
+    started = init_ray(address)
     pool: list[Any] = []
     try:
         n_gpu = int(ray.cluster_resources().get("GPU", 0))
@@ -90,7 +91,7 @@ def run_on_ray(task: str, sources: Iterable[object], out: str | Path, *, model: 
         try:
             ray.get([a.ready.remote() for a in pool])
         except RayError as exc:
-            raise _unwrap(exc) from None
+            raise unwrap_error(exc, ModelError) from None
         inflight: dict[int, Any] = {}
         done: dict[int, tuple[int, int]] = {}
         next_out = 0
@@ -104,7 +105,7 @@ def run_on_ray(task: str, sources: Iterable[object], out: str | Path, *, model: 
                     try:
                         done[index] = ray.get(inflight.pop(index))
                     except RayError as exc:
-                        raise _unwrap(exc) from None
+                        raise unwrap_error(exc, ModelError) from None
                     continue
                 rows, failed = done.pop(next_out)
                 yield shard_path(out, next_out), rows, failed
@@ -122,27 +123,3 @@ def run_on_ray(task: str, sources: Iterable[object], out: str | Path, *, model: 
             ray.kill(a)
         if started:
             ray.shutdown()
-
-
-def _init_ray(address: str) -> bool:
-    """Connect to (or start) Ray; True when this call started the connection (as ``data build --ray``)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address == "auto":
-        try:
-            ray.init(address="auto", include_dashboard=False, log_to_driver=False)
-        except ConnectionError:
-            ray.init(include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
-    return True
-
-
-def _unwrap(exc: BaseException) -> DeepsiftError:
-    """The deepsift error inside a Ray task error (or a ModelError naming it)."""
-    cause = getattr(exc, "cause", None)
-    if isinstance(cause, DeepsiftError):
-        return type(cause)(str(cause))
-    return ModelError(f"Ray task failed: {(str(cause or exc).strip().splitlines() or ['?'])[-1]}")

@@ -38,6 +38,19 @@ def test_train_writes_a_model_folder_that_detect_loads(tiny_data, tmp_path, caps
     assert main(["detect", str(img), "--model", str(out), "--format", "jsonl"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
     assert row["error"] is None and 0.0 <= row["probability"] <= 1.0 and row["head"] == "linear"
+    _assert_tensorboard_matches_the_log(out, losses)
+
+
+def _assert_tensorboard_matches_the_log(out, losses):
+    """TensorBoard (a test dependency) holds the same loss per step as the JSONL log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert {"loss", "head_accuracy", "lr"} <= set(acc.Tags()["scalars"])
+    got = {e.step: e.value for e in acc.Scalars("loss")}
+    assert sorted(got) == sorted(losses)
+    assert all(abs(got[k] - losses[k]) <= 1e-6 * max(1.0, abs(losses[k])) for k in got)
 
 
 def test_resume_mid_epoch_gives_the_same_losses_step_by_step(tiny_data, tmp_path):

@@ -25,10 +25,9 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        except Exception:  # tensorboard not installed: JSONL and PNG only
-            self.tb = None
+        except ImportError:  # tensorboard not installed: JSONL and PNG only
+            return
+        self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, event: dict[str, Any]) -> None:
         """Log one event (it must carry ``step``)."""

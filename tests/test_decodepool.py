@@ -111,6 +111,8 @@ def test_worker_plan_follows_the_machine(monkeypatch):
     monkeypatch.setattr(engine, "usable_cpus", lambda: 2)
     assert decode_plan("auto", "official") == ("threads", 2)  # a 2-core laptop: as fast, nothing to start
     assert decode_plan(3, "official") == ("processes", 3)
+    assert decode_plan(3, "official", count=1000) == ("processes", 3)
+    assert decode_plan(1, "official", count=1) == ("threads", 1)  # one image (a demo request) starts no process
     with pytest.raises(ValueError):
         decode_plan(0, "official")
 

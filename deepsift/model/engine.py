@@ -52,7 +52,9 @@ def decode_plan(workers: int | str | None, mode: Preprocessing, count: int | Non
     ``auto`` follows the machine: one decoding process per usable CPU, except on one or two CPUs,
     where two decoding threads beside the network are as fast and start nothing (measured in
     ``benchmarks/README.md``), and for a known ``count`` of inputs under 8 per CPU (a call on a
-    few images starts no processes). A number asks for that many processes. A custom
+    few images starts no processes). A number asks for that many processes, except for a known
+    ``count`` under 8 per worker: then as many threads (starting a process costs ~0.1-0.3 s, far
+    more than decoding a few images; the demo's one-image requests take this path). A custom
     preprocessor (the baselines') decodes in threads: processes only run the CoDE modes.
     """
     cpus = usable_cpus()
@@ -63,7 +65,8 @@ def decode_plan(workers: int | str | None, mode: Preprocessing, count: int | Non
     n = int(workers)
     if n < 1:
         raise ValueError(f"workers must be >= 1 or 'auto', got {workers!r}")
-    return ("threads" if callable(mode) else "processes"), n
+    few = count is not None and count < 8 * n
+    return ("threads" if callable(mode) or few else "processes"), n
 
 
 def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", workers: int | str | None = None,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import textwrap
 import threading
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from deepsift.challenges import sandbox
-from deepsift.challenges.sandbox import Confinement, ModelRunError, Preprocessing, parse_preprocessing, run_model
+from deepsift.challenges.sandbox import Confinement, ModelRunError, parse_preprocessing, run_model
 from deepsift.exceptions import InvalidInputError
 from platformkit import host_challenge, join, register, run_worker
 

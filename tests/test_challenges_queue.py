@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from sqlalchemy import select, update
 from deepsift.challenges import queue
 from deepsift.challenges.models import Submission, SubmissionEvent
 from deepsift.server.db import Database, utcnow
-from platformkit import csv_text, good_scores, host_challenge, join, register, run_worker, submit
+from platformkit import csv_text, good_scores, host_challenge, join, register, submit
 from serverkit import LiveServer, wait_until
 
 
@@ -177,7 +176,7 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
                         cl.leaderboard(hosted.slug, "dev")
                     except Exception as exc:  # noqa: BLE001 - recorded, asserted below
                         errors.append(repr(exc))
-                    time.sleep(0.2)
+                    stop.wait(0.2)  # pace the load; ends at once when stopped
 
         threads = [threading.Thread(target=client_loop, args=(u,)) for u in users]
         for t in threads:

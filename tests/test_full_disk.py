@@ -69,7 +69,6 @@ def test_fetch_real_on_a_full_disk(full_disk, tmp_path, capsys):
     from httpserver import LocalServer
     from PIL import Image
 
-    from deepsift.data.fetch import load_status
     from deepsift.data.writer import write_shard
 
     buf = io.BytesIO()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from deepsift.cli import main
-from deepsift.output import PARTIAL_SUFFIX, RowWriter, open_rows, printable
+from deepsift.output import PARTIAL_SUFFIX, open_rows, printable
 
 ODD = os.fsdecode(b"caf\xe9-\xff.png")  # not UTF-8: arrives from the file system as surrogate escapes
 ESCAPED = "caf\\xe9-\\xff.png"

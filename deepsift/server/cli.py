@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from ..cliargs import EXIT_OK, add_command, int_range, positive_int, subgroup, verbosity
+from ..cliargs import EXIT_OK, add_command, int_range, subgroup, verbosity
 from ..exceptions import UsageError
 
 ROLES = ("participant", "host")

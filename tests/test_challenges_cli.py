@@ -75,6 +75,16 @@ phases:
         ids = [n[7:] for n in zf.namelist() if n.startswith("images/")]
         sample = zf.read("sample_submission.csv").decode()
     assert len(ids) == 18 and sorted(r["id"] for r in csv.DictReader(io.StringIO(sample))) == sorted(ids)
+    # a FIFO (like /dev/null) is written through, never replaced by a rename
+    fifo = tmp_path / "archive.fifo"
+    os.mkfifo(fifo)
+    got = bytearray()
+    reader = threading.Thread(target=lambda: got.extend(open(fifo, "rb").read()), daemon=True)
+    reader.start()
+    assert main(["challenges", "download", "--challenge", "cli-challenge", "--phase", "dev", "--out", str(fifo)]) == 0
+    reader.join(timeout=60)
+    assert bytes(got) == archive.read_bytes() and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert not list(tmp_path.glob("archive.fifo.part"))
     capsys.readouterr()
 
     preds = tmp_path / "preds.csv"

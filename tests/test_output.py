@@ -223,7 +223,7 @@ def test_out_to_a_fifo_streams_the_rows_through_it(tmp_path):
     fifo = tmp_path / "rows.fifo"
     os.mkfifo(fifo)
     got: list[str] = []
-    reader = threading.Thread(target=lambda: got.extend(open(fifo, encoding="utf-8").read().splitlines()))
+    reader = threading.Thread(target=lambda: got.extend(open(fifo, encoding="utf-8").read().splitlines()), daemon=True)
     reader.start()
     with open_rows(str(fifo), "jsonl", ["source", "probability"]) as w:
         for i in range(3):

@@ -172,7 +172,7 @@ class Client:
 
         ``progress``: a progress bar on stderr (None: when stderr is a terminal; see :func:`deepsift.output.progress`).
         """
-        from ..output import progress as progress_bar
+        from ..output import is_special_file, progress as progress_bar
 
         info = self.challenge(challenge)
         ph = next((p for p in info["phases"] if p["slug"] == phase), None)
@@ -182,7 +182,8 @@ class Client:
         if dest.is_dir() or str(out).endswith(os.sep):
             dest = dest / f"{challenge}-{phase}-testset.zip"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
+        direct = is_special_file(dest)  # /dev/null, a FIFO: written through, never replaced by a rename
+        tmp = dest if direct else dest.with_name(dest.name + ".part")
         h = hashlib.sha256()
         with self.http.stream("GET", f"/api/challenges/{challenge}/phases/{phase}/download") as r:
             if r.status_code >= 400:
@@ -196,9 +197,11 @@ class Client:
                     fh.write(chunk)
                     bar.update(len(chunk))
         if ph.get("download_sha256") and h.hexdigest() != ph["download_sha256"]:
-            tmp.unlink(missing_ok=True)
+            if not direct:
+                tmp.unlink(missing_ok=True)
             raise ClientError("the download is corrupt (SHA-256 differs from the server's); try again")
-        os.replace(tmp, dest)
+        if not direct:
+            os.replace(tmp, dest)
         return dest
 
 

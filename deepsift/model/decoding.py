@@ -81,11 +81,11 @@ def error_text(name: str, exc: BaseException) -> str:
 
 
 def prepare_item(index: int, source: object, mode: Preprocessing, url_timeout: float,
-                 url_policy: FetchPolicy) -> Item:
-    """The :class:`Item` of one input: its pixels, or its error."""
+                 url_policy: FetchPolicy, loader: Callable[..., np.ndarray] | None = None) -> Item:
+    """The :class:`Item` of one input: its pixels (by ``loader``, default :func:`load_pixels`), or its error."""
     item = Item(index, source_name(source, index))
     try:
-        item.pixels = load_pixels(source, mode, url_timeout, url_policy)  # type: ignore[arg-type]
+        item.pixels = (loader or load_pixels)(source, mode, url_timeout, url_policy)  # type: ignore[arg-type]
     except Exception as exc:  # a decoder bug must not take the batch down either; reported per file
         item.error = error_text(item.source, exc)
     return item

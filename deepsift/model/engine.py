@@ -22,7 +22,7 @@ import numpy as np
 
 from ..sources import URL_TIMEOUT_S
 from ..urlfetch import STRICT_POLICY, FetchPolicy
-from .decoding import Item, Preprocessing, Preprocessor, error_text, load_pixels, source_name
+from .decoding import Item, Preprocessing, Preprocessor, error_text, load_pixels, prepare_item, source_name
 
 __all__ = ["Item", "Preprocessing", "Preprocessor", "batched", "decode_plan", "error_text", "load_pixels",
            "prepared_items", "run_batches", "source_name", "thread_items", "usable_cpus"]
@@ -30,12 +30,7 @@ __all__ = ["Item", "Preprocessing", "Preprocessor", "batched", "decode_plan", "e
 
 def _prepare(index: int, source: object, mode: Preprocessing, url_timeout: float, url_policy: FetchPolicy) -> Item:
     """:func:`deepsift.model.decoding.prepare_item`, through this module's ``load_pixels`` (what the threads run)."""
-    item = Item(index, source_name(source, index))
-    try:
-        item.pixels = load_pixels(source, mode, url_timeout, url_policy)  # type: ignore[arg-type]
-    except Exception as exc:  # a decoder bug must not take the batch down either; reported per file
-        item.error = error_text(item.source, exc)
-    return item
+    return prepare_item(index, source, mode, url_timeout, url_policy, loader=load_pixels)
 
 
 def usable_cpus() -> int:

@@ -9,7 +9,7 @@ per-generator heads) fitted on random embeddings, and one 1024x1024 JPEG; starts
   process (target overhead ratio p50 API / p50 bare <= 1.2); the heatmap is also set next to its
   own bare work (predict + the crop batch through ``Detector.embed_pixels``);
 * throughput (images/s) with 4 concurrent clients, next to the bare predict's sequential rate
-  (the server runs one forward pass at a time, so 4 clients queue rather than split 2 cores).
+  (the server runs one forward pass at a time; requests queued together share it).
 
 Timed rounds are interleaved (bare, API, bare, API, ...) so load from other processes on a shared
 machine distorts the ratios less.

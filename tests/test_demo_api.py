@@ -47,7 +47,8 @@ def test_api_answers_exactly_what_deepsift_detect_answers(client, code_model_dir
     files = [labelled_folders["real"] / "000.jpg", labelled_folders["gen_a"] / "001.png",
              labelled_folders["gen_b"] / "002.jpg"]
     (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(5, 640, 480))
-    files.append(tmp_path / "photo.jpg")
+    (tmp_path / "large.jpg").write_bytes(jpeg_bytes(6, 1024, 768))  # read by exact region decoding on both sides
+    files += [tmp_path / "photo.jpg", tmp_path / "large.jpg"]
     out = tmp_path / "cli.jsonl"
     subprocess.run([sys.executable, "-m", "deepsift", "detect", *map(str, files), "--model", str(code_model_dir),
                     "--heads", str(heads_dir), "--format", "jsonl", "--out", str(out)], check=True, timeout=300)
@@ -181,6 +182,36 @@ def test_one_forward_pass_at_a_time(client):
     for t in threads:
         t.join(120)
     assert codes == [200] * 4 and peak[0] == 1
+
+
+def test_requests_queued_together_share_one_pass_and_keep_their_answers(client):
+    from serverkit import wait_until
+
+    eng = client.app.state.demo.engine
+    det = eng.detector()
+    images = [jpeg_bytes(i, 300 + 40 * i, 260) for i in range(3)]
+    solo = [client.post("/api/v1/detect", files={"files": (f"{i}.jpg", d)}).json()["results"][0]
+            for i, d in enumerate(images)]
+    inner, passes = det.embed_pixels, []
+    det.embed_pixels = lambda batch: (passes.append(len(batch)), inner(batch))[1]
+    fwd = eng.forward()
+    started, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=fwd.call, args=(lambda: (started.set(), release.wait(60)),))
+    holder.start()
+    assert started.wait(60)
+    answers: dict[int, dict] = {}
+    threads = [threading.Thread(target=lambda i=i: answers.update({i: client.post(
+        "/api/v1/detect", files={"files": (f"{i}.jpg", images[i])}).json()["results"][0]})) for i in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(fwd._jobs) == 3, what="three requests queued behind the busy forward thread")
+    release.set()
+    for t in threads + [holder]:
+        t.join(120)
+    assert passes == [3]  # three clients, one pass
+    for i in range(3):
+        assert answers[i]["verdict"] == solo[i]["verdict"] and answers[i]["error"] is None
+        assert answers[i]["probability"] == pytest.approx(solo[i]["probability"], abs=1e-6)
 
 
 def test_a_logged_in_browser_needs_the_page_csrf_token(client):

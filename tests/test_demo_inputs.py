@@ -25,9 +25,11 @@ def heads_dir(code_model_dir, labelled_folders, tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     good = jpeg_bytes(1)
+    large = jpeg_bytes(2, 1000, 960)  # large enough for region decoding, under the 1 MP cap
     big = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (1100, 1000, 3), dtype=np.uint8)).save(big, "PNG")
     return {"good": good, "big_file": big.getvalue(), "truncated": good[: len(good) // 2],
+            "truncated_large": large[: len(large) * 2 // 3],
             "bomb": png_with_size(40000, 40000)}
 
 
@@ -57,6 +59,7 @@ def post_file(client, name, data):
 @pytest.mark.parametrize("name,key,status,message", [
     ("notes.txt", None, 422, "not a supported image"),
     ("corrupt.jpg", "truncated", 422, "corrupt or truncated"),
+    ("cut.jpg", "truncated_large", 422, "corrupt or truncated"),
     ("huge.png", "big_file", 422, "larger than the 1 MiB limit"),
     ("bomb.png", "bomb", 422, "decompression bomb"),
     ("drawing.png", "svg", 422, "SVG/HTML/XML document"),

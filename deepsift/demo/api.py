@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -70,28 +70,40 @@ def detect(request: Request,
     def upload_name(f: UploadFile) -> str:
         return (f.filename or "upload").replace("\x00", "")[:200]
 
+    whole = heatmap or preview  # else a large JPEG is read by region decoding, like `deepsift detect` does
+
     def load_upload(f: UploadFile) -> Decoded:
         name = upload_name(f)
         data = read_capped(f.file, name, s.max_image_bytes)
-        return decode(data, name, s.max_pixels, s.max_image_bytes)
+        return decode(data, name, s.max_pixels, s.max_image_bytes, det.preprocessing, whole)
 
     def load_url(u: str) -> Decoded:
         data = fetch(u, eng.policy, s.url_timeout, s.max_image_bytes)
-        return decode(data, u[:500], s.max_pixels, s.max_image_bytes)
+        return decode(data, u[:500], s.max_pixels, s.max_image_bytes, det.preprocessing, whole)
+
+    def load(name: str, fn: Callable[[Any], Decoded], arg: Any) -> Decoded | str:
+        try:
+            return fn(arg)
+        except DeepsiftError as exc:
+            return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
+            return f"{name}: {type(exc).__name__}: {exc}"
 
     jobs = [(upload_name(f), load_upload, f) for f in uploads] + [(u[:500], load_url, u) for u in urls]
-    loaded: list[Decoded | str] = []
-    with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
-        futures = [(name, pool.submit(fn, arg)) for name, fn, arg in jobs]
-        for name, fut in futures:
-            try:
-                loaded.append(fut.result())
-            except DeepsiftError as exc:
-                loaded.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
-                loaded.append(f"{name}: {type(exc).__name__}: {exc}")
+    if len(jobs) == 1:  # the common case: no pool to start
+        loaded = [load(*jobs[0])]
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
+            loaded = list(pool.map(lambda job: load(*job), jobs))
     good = [d for d in loaded if isinstance(d, Decoded)]
-    answers = iter(eng.analyse(good, heatmap=heatmap) if good else [])
+    extras: dict[int, dict[str, Any]] = {}
+
+    def signals() -> None:  # on this thread while the forward pass runs
+        for d in good:
+            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type)} if metadata else {}),
+                             **({"preview": preview_url(d.image)} if preview else {})}
+
+    answers = iter(eng.analyse(good, heatmap=heatmap, meanwhile=signals) if good else [])
     if s.keep_uploads:
         for d, (_, _, arg) in zip(loaded, jobs):
             if isinstance(d, Decoded) and not isinstance(arg, str):
@@ -104,10 +116,8 @@ def detect(request: Request,
             continue
         r = next(answers)
         r.update(format=d.format, width=d.size[0], height=d.size[1])
-        if metadata and r["error"] is None:
-            r["metadata"] = metadata_signals(d.data, d.media_type)
-        if preview and r["error"] is None:
-            r["preview"] = preview_url(d.image)
+        if r["error"] is None:
+            r.update(extras[id(d)])
         results.append(r)
     info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
             "unsure_band": list(s.unsure_band) if s.unsure_band else None}

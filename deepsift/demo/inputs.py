@@ -5,6 +5,10 @@ Types are told by their bytes, never by a name or a Content-Type: only the forma
 supported image"). The byte cap holds while reading; the pixel cap is checked from the header
 before any pixel is decoded (decompression bombs cost nothing). Every refusal is an
 :class:`~deepsift.exceptions.ImageError` with one clear line.
+
+The detector's input is made here, on the request's thread, exactly as ``deepsift detect`` makes
+it from the same bytes (:func:`deepsift.model.decoding.jpeg_window` for a large plain JPEG, else
+the whole-image decode and crop); the forward thread then only runs the network.
 """
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..exceptions import ImageDecodeError, ImageTooLargeError
-from ..images import decode_image
+from ..exceptions import DeepsiftError, ImageDecodeError, ImageTooLargeError
+from ..images import MAX_PIXELS, crop_uint8, decode_image
+from ..model.decoding import Preprocessing, jpeg_window, error_text
 from ..urlfetch import FetchPolicy, fetch_url
 
 FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
@@ -26,17 +32,34 @@ FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "im
 
 @dataclass
 class Decoded:
-    """One input ready for the detector: its name, raw bytes, sniffed type and decoded RGB image."""
+    """One input ready for the detector: its name, raw bytes, sniffed type, size and the network's input.
+
+    ``pixels`` is the 224x224x3 uint8 crop ``deepsift detect`` makes from the same bytes (a large
+    JPEG by exact region decoding); the whole decoded ``image`` is made only when something asks
+    for it (heatmap, preview), once.
+    """
 
     source: str
     data: bytes = field(repr=False)
     format: str
     media_type: str
-    image: Image.Image = field(repr=False)
+    size: tuple[int, int]
+    pixels: np.ndarray = field(repr=False)
+    max_pixels: int = MAX_PIXELS
+    _image: Image.Image | None = field(default=None, repr=False)
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.image.size
+    def image(self) -> Image.Image:
+        """The whole image, 8-bit RGB (decoded on first use)."""
+        if self._image is None:
+            self._image = _decode_whole(self.data, self.source, self.max_pixels)
+        return self._image
+
+    @classmethod
+    def from_image(cls, source: str, image: Image.Image, mode: Preprocessing = "official") -> "Decoded":
+        """An already decoded image (the quiz's samples)."""
+        rgb = decode_image(image)
+        return cls(source, b"", "PNG", "image/png", rgb.size, _crop(rgb, mode), _image=rgb)
 
 
 def read_capped(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
@@ -54,8 +77,9 @@ def fetch(url: str, policy: FetchPolicy, deadline: float, max_bytes: int) -> byt
     return fetch_url(url, policy=policy, deadline=deadline, max_bytes=max_bytes)
 
 
-def sniff(data: bytes, name: str) -> str:
-    """The Pillow format of ``data`` from its content; ImageDecodeError for anything not in :data:`FORMATS`."""
+def sniff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[str, tuple[int, int]]:
+    """The Pillow format and size of ``data`` from its header; ImageDecodeError for anything not in
+    :data:`FORMATS`, ImageTooLargeError over ``max_pixels`` (nothing is decoded)."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     head = data[:512].lstrip().lower()
@@ -66,22 +90,48 @@ def sniff(data: bytes, name: str) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[f for f in FORMATS if f != "MPO"]) as probe:
-                return str(probe.format)
+                fmt, (w, h) = str(probe.format), probe.size
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{name}: {exc}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise ImageDecodeError(f"{name}: not a supported image (send JPEG, PNG, WebP, GIF, BMP or TIFF)") from None
+    if w * h > max_pixels:  # the wording of decode_image's own header check
+        raise ImageTooLargeError(f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the cap of {max_pixels / 1e6:g} MP")
+    return fmt, (w, h)
 
 
-def decode(data: bytes, name: str, max_pixels: int, max_bytes: int) -> Decoded:
-    """Sniff and decode ``data`` with the package's one safe decoder, under the demo's caps."""
-    fmt = sniff(data, name)
+def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official",
+           whole: bool = False) -> Decoded:
+    """Sniff ``data`` and make the detector's input from it under the demo's caps, as ``deepsift detect`` does.
+
+    A large plain JPEG is read by exact region decoding (the crop only) unless ``whole`` says the
+    whole image will be needed anyway; every other input is decoded whole by the package's one
+    safe decoder, which then decides every error.
+    """
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(f"{name}: file larger than the {max_bytes / (1 << 20):g} MiB limit")
+    fmt, size = sniff(data, name, max_pixels)
+    pixels = jpeg_window(data) if fmt == "JPEG" and mode == "official" and not whole else None
+    image = None
+    if pixels is None:
+        image = _decode_whole(data, name, max_pixels)
+        try:
+            pixels = _crop(image, mode)
+        except DeepsiftError as exc:
+            raise type(exc)(error_text(name, exc)) from None
+    return Decoded(name, data, fmt, FORMATS[fmt], size, pixels, max_pixels, image)
+
+
+def _decode_whole(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
-        image = decode_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
+        return decode_image(data, max_pixels=max_pixels, max_bytes=max(len(data), 1))
     except (ImageDecodeError, ImageTooLargeError) as exc:
         text = str(exc)
         raise type(exc)(name + text[len("<bytes>"):] if text.startswith("<bytes>") else f"{name}: {text}") from None
-    return Decoded(name, data, fmt, FORMATS[fmt], image)
+
+
+def _crop(image: Image.Image, mode: Preprocessing) -> np.ndarray:
+    return mode(image) if callable(mode) else crop_uint8(image, mode)
 
 
 def preview_url(image: Image.Image, max_side: int = 640) -> str:

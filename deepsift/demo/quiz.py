@@ -89,7 +89,7 @@ class QuizSet:
 
             smp = self.samples()[item]
             image = decode_image(smp.source, max_pixels=engine.settings.max_pixels)
-            r = engine.analyse([Decoded(item, b"", "PNG", "image/png", image)])[0]
+            r = engine.analyse([Decoded.from_image(item, image, engine.detector().preprocessing)])[0]
             self._answers[item] = None if r["label"] is None else (int(r["label"]), float(r["probability"]))
         return self._answers[item]
 

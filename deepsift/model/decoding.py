@@ -54,14 +54,14 @@ def load_pixels(source: ImageSource | SourceError, mode: Preprocessing = "offici
         raise DeepsiftError(source.error)
     data = fetch_url(source, deadline=url_timeout, policy=url_policy) if is_url(source) else source
     if mode == "official":  # a JPEG: decode only the window, byte-identical (None: not applicable here)
-        pixels = _jpeg_window(data)
+        pixels = jpeg_window(data)
         if pixels is not None:
             return pixels
     image = decode_image(data)
     return mode(image) if callable(mode) else crop_uint8(image, mode)
 
 
-def _jpeg_window(data: object) -> np.ndarray | None:
+def jpeg_window(data: object) -> np.ndarray | None:
     """The official crop of a JPEG path or bytes by exact region decoding (:mod:`deepsift.jpegcrop`), or None."""
     from ..jpegcrop import centre_crop_jpeg, read_jpeg_bytes, turbojpeg
 

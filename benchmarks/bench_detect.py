@@ -19,7 +19,7 @@ forward at the benchmark's batch size, the decoding workers started), then timed
 interleaved (ceiling, end-to-end, ceiling, ...); each figure is the median of the rounds, printed
 with their spread (min-max), so load from other processes on a shared machine shows instead of
 hiding. Issue 12 adds: end-to-end with decoding in threads vs worker processes, and exact JPEG
-region decoding vs whole-file decoding (speed and byte identity).
+region decoding and PNG window decoding vs whole-file decoding (speed and byte identity).
 
     python benchmarks/bench_detect.py            # full: 512 images, 2k/20k memory (< 10 min, 2 cores)
     python benchmarks/bench_detect.py --quick    # smaller counts, about a minute
@@ -181,6 +181,31 @@ def jpeg_region(root: Path, n: int) -> None:
           f"{np.median(region):.0f} img/s | {np.median(region) / np.median(whole):.2f}x; byte-identical {same}/{n}")
 
 
+def png_window(root: Path, n: int) -> None:
+    """Decode-only images/s of 512 and 1024 px PNGs, whole file vs rows down to the window, and byte identity."""
+    from deepsift.pngcrop import centre_crop_png
+
+    rng = np.random.default_rng(6)
+    for size in (512, 1024):
+        blobs = []
+        for i in range(n):
+            p = root / f"window-{size}-{i}.png"
+            Image.fromarray(natural_image(rng, fake=bool(i % 2), size=size)).save(p)
+            blobs.append(p.read_bytes())
+        whole, window = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            ref = [crop_uint8(decode_image(b)) for b in blobs]
+            whole.append(rate(n, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            got = [centre_crop_png(b) for b in blobs]
+            window.append(rate(n, time.perf_counter() - t0))
+        same = sum(g is not None and np.array_equal(g, r) for g, r in zip(got, ref))
+        print(f"{size}x{size} PNG, one core: whole decode + crop {np.median(whole):.0f} img/s | rows down to the "
+              f"window {np.median(window):.0f} img/s | {np.median(window) / np.median(whole):.2f}x; "
+              f"byte-identical {same}/{n}")
+
+
 def peak_rss_mib(model_dir: Path, folder: Path, precision: str, batch_size: int) -> tuple[float, int, float]:
     """Run ``deepsift detect FOLDER`` in a fresh process; return (peak RSS MiB, inputs, seconds)."""
     code = (
@@ -287,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\n== exact JPEG region decoding (decode only the centre window + margin)")
         jpeg_region(root, 32 if args.quick else 96)
+        print("\n== exact PNG window decoding (decode only the rows down to the window's bottom)")
+        png_window(root, 16 if args.quick else 48)
 
         print(f"\n== end-to-end vs naive path (one image at a time, batch 1; {n_naive} images; target >= 3x)")
         nf, nb = res["fp32"]["naive"], res["bf16"]["naive"]

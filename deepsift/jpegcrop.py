@@ -147,15 +147,20 @@ def _decode_window(cropped: bytes, left: int, top: int, size: tuple[int, int]) -
         return None
 
 
-def read_jpeg_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes | None:
-    """The bytes of ``path`` when it is a regular file that starts like a JPEG (else None: decode it the usual way)."""
+PARTIAL_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")
+"""How the files that can be decoded in part (JPEG, PNG) start."""
+
+
+def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file that starts like a JPEG or PNG (else None: decode it the usual way)."""
     from .images import _open_file
 
     try:
         with _open_file(Path(path), max_bytes) as fh:
-            if fh.read(2) != b"\xff\xd8":
+            head = fh.read(8)
+            if not head.startswith(PARTIAL_MAGIC):
                 return None
-            return b"\xff\xd8" + fh.read()
+            return head + fh.read()
     except Exception:  # the whole-file path reports what is wrong with it, in its words
         return None
 

@@ -128,3 +128,63 @@ def test_workers_option_takes_auto_or_a_positive_count(code_model_dir, capsys):
                      "--out", "never.parquet", "--workers", bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "--workers" in err[0] and "auto" in err[0]
+
+
+STARTED: list[int] = []
+
+
+def note_width(im: Image.Image) -> np.ndarray:
+    """A preprocessor that notes which image (told by its width: 100 + index) it was given."""
+    STARTED.append(im.size[0] - 100)
+    return crop_uint8(im)
+
+
+@pytest.fixture
+def sized(tmp_path):
+    paths = []
+    for i in range(10):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((120, 100 + i, 3), i, np.uint8)).save(p)
+        paths.append(str(p))
+    STARTED.clear()
+    return paths
+
+
+def test_between_passes_decodes_local_inputs_only_when_the_consumer_waits_for_them(sized):
+    stream = prepared_items(sized, mode=note_width, workers=2, max_in_flight=8, between_passes=4)
+    got = [next(stream)]
+    assert set(STARTED) <= {0, 1, 2, 3}  # the first four only
+    got += [next(stream) for _ in range(3)]
+    assert sorted(STARTED) == [0, 1, 2, 3]  # the consumer has them all; nothing more runs beside its work
+    got.append(next(stream))
+    assert 4 in STARTED and set(STARTED) <= set(range(8))
+    got += list(stream)
+    assert [it.index for it in got] == list(range(10)) and all(it.error is None for it in got)
+    assert sorted(STARTED) == list(range(10))
+    assert all(np.array_equal(it.pixels, crop_uint8(Image.open(p).convert("RGB"))) for it, p in zip(got, sized))
+
+
+def test_between_passes_still_fetches_urls_ahead(sized):
+    import io
+    import threading
+
+    from deepsift.urlfetch import FetchPolicy
+    from httpserver import LocalServer
+
+    fetched = threading.Event()
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((120, 150, 3), np.uint8)).save(buf, "PNG")
+
+    def image():
+        fetched.set()
+        return 200, "image/png", buf.getvalue()
+
+    with LocalServer({"/a.png": image}) as srv:
+        sources = sized[:4] + [f"{srv.base}/a.png"]
+        stream = prepared_items(sources, mode=note_width, workers=2, max_in_flight=8, between_passes=2,
+                                url_policy=FetchPolicy(allow_private=True))
+        first = next(stream)
+        assert fetched.wait(30)  # the URL (fifth) is on its way while local inputs 2 and 3 wait their turn
+        assert 2 not in STARTED and 3 not in STARTED
+        rest = list(stream)
+    assert [it.index for it in [first, *rest]] == [0, 1, 2, 3, 4] and rest[-1].error is None

@@ -70,7 +70,7 @@ def detect(request: Request,
     def upload_name(f: UploadFile) -> str:
         return (f.filename or "upload").replace("\x00", "")[:200]
 
-    whole = heatmap or preview  # else a large JPEG is read by region decoding, like `deepsift detect` does
+    whole = heatmap or preview  # else JPEG/PNG are decoded in part, like `deepsift detect` does
 
     def load_upload(f: UploadFile) -> Decoded:
         name = upload_name(f)

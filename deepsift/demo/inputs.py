@@ -7,8 +7,8 @@ before any pixel is decoded (decompression bombs cost nothing). Every refusal is
 :class:`~deepsift.exceptions.ImageError` with one clear line.
 
 The detector's input is made here, on the request's thread, exactly as ``deepsift detect`` makes
-it from the same bytes (:func:`deepsift.model.decoding.jpeg_window` for a large plain JPEG, else
-the whole-image decode and crop); the forward thread then only runs the network.
+it from the same bytes (:func:`deepsift.model.decoding.window_pixels`: a large plain JPEG's region, a
+PNG's top rows; else the whole-image decode and crop); the forward thread then only runs the network.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..exceptions import DeepsiftError, ImageDecodeError, ImageTooLargeError
 from ..images import MAX_PIXELS, crop_uint8, decode_image
-from ..model.decoding import Preprocessing, jpeg_window, error_text
+from ..model.decoding import Preprocessing, error_text, window_pixels
 from ..urlfetch import FetchPolicy, fetch_url
 
 FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
@@ -35,8 +35,8 @@ class Decoded:
     """One input ready for the detector: its name, raw bytes, sniffed type, size and the network's input.
 
     ``pixels`` is the 224x224x3 uint8 crop ``deepsift detect`` makes from the same bytes (a large
-    JPEG by exact region decoding); the whole decoded ``image`` is made only when something asks
-    for it (heatmap, preview), once.
+    JPEG by exact region decoding, a PNG down to the window's last row); the whole decoded
+    ``image`` is made only when something asks for it (heatmap, preview), once.
     """
 
     source: str
@@ -104,14 +104,14 @@ def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Prepro
            whole: bool = False) -> Decoded:
     """Sniff ``data`` and make the detector's input from it under the demo's caps, as ``deepsift detect`` does.
 
-    A large plain JPEG is read by exact region decoding (the crop only) unless ``whole`` says the
-    whole image will be needed anyway; every other input is decoded whole by the package's one
-    safe decoder, which then decides every error.
+    A large plain JPEG (its region) or a PNG (its rows down to the window) is decoded in part
+    unless ``whole`` says the whole image will be needed anyway; every other input is decoded
+    whole by the package's one safe decoder, which then decides every error.
     """
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: file larger than the {max_bytes / (1 << 20):g} MiB limit")
     fmt, size = sniff(data, name, max_pixels)
-    pixels = jpeg_window(data) if fmt == "JPEG" and mode == "official" and not whole else None
+    pixels = window_pixels(data) if fmt in ("JPEG", "PNG") and mode == "official" and not whole else None
     image = None
     if pixels is None:
         image = _decode_whole(data, name, max_pixels)

@@ -53,25 +53,30 @@ def load_pixels(source: ImageSource | SourceError, mode: Preprocessing = "offici
     if isinstance(source, SourceError):
         raise DeepsiftError(source.error)
     data = fetch_url(source, deadline=url_timeout, policy=url_policy) if is_url(source) else source
-    if mode == "official":  # a JPEG: decode only the window, byte-identical (None: not applicable here)
-        pixels = jpeg_window(data)
+    if mode == "official":  # a JPEG or PNG: decode only what the window needs, byte-identical (None: not here)
+        pixels = window_pixels(data)
         if pixels is not None:
             return pixels
     image = decode_image(data)
     return mode(image) if callable(mode) else crop_uint8(image, mode)
 
 
-def jpeg_window(data: object) -> np.ndarray | None:
-    """The official crop of a JPEG path or bytes by exact region decoding (:mod:`deepsift.jpegcrop`), or None."""
-    from ..jpegcrop import centre_crop_jpeg, read_jpeg_bytes, turbojpeg
+def window_pixels(data: object) -> np.ndarray | None:
+    """The official crop of a path or bytes by exact partial decoding, or None (decode it whole).
 
-    if turbojpeg() is None:
-        return None
+    A large plain JPEG: only the window's region (:mod:`deepsift.jpegcrop`); a PNG: only the rows
+    down to the window's bottom (:mod:`deepsift.pngcrop`). Both give the whole-file path's pixels.
+    """
+    from .. import jpegcrop, pngcrop
+
     if isinstance(data, (str, os.PathLike)):
-        data = read_jpeg_bytes(data)
+        data = jpegcrop.read_image_bytes(data)
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_BYTES:
         return None
-    return centre_crop_jpeg(bytes(data))
+    data = bytes(data)
+    if data[:2] == b"\xff\xd8":
+        return jpegcrop.centre_crop_jpeg(data)
+    return pngcrop.centre_crop_png(data) if data[:8] == pngcrop.SIGNATURE else None
 
 
 def error_text(name: str, exc: BaseException) -> str:

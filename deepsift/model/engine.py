@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..sources import URL_TIMEOUT_S
+from ..sources import URL_TIMEOUT_S, is_url
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .decoding import Item, Preprocessing, Preprocessor, error_text, load_pixels, prepare_item, source_name
 
@@ -66,11 +66,14 @@ def decode_plan(workers: int | str | None, mode: Preprocessing, count: int | Non
 
 def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", workers: int | str | None = None,
                    max_in_flight: int = 64, url_timeout: float = URL_TIMEOUT_S,
-                   url_policy: FetchPolicy = STRICT_POLICY, decode_in: str | None = None) -> Iterator[Item]:
+                   url_policy: FetchPolicy = STRICT_POLICY, decode_in: str | None = None,
+                   between_passes: int = 0) -> Iterator[Item]:
     """Decode ``sources`` (worker processes or threads, see :func:`decode_plan`) and yield :class:`Item`
     in input order, never more than ``max_in_flight`` inputs ahead of the consumer.
 
     ``decode_in`` (``"processes"`` / ``"threads"``) overrides the plan's kind (benchmarks, tests).
+    ``between_passes`` (threads only, see :func:`thread_items`) decodes local files that many at a time,
+    only when the consumer waits for them.
     """
     kind, n = decode_plan(workers, mode, len(sources) if hasattr(sources, "__len__") else None)  # type: ignore[arg-type]
     kind = decode_in or kind
@@ -80,20 +83,44 @@ def prepared_items(sources: Iterable[object], mode: Preprocessing = "official", 
         if picklable(mode, url_policy):
             yield from process_items(sources, mode, n, max_in_flight, url_timeout, url_policy)
             return
-    yield from thread_items(sources, mode, n, max_in_flight, url_timeout, url_policy)
+    yield from thread_items(sources, mode, n, max_in_flight, url_timeout, url_policy, between_passes)
 
 
 def thread_items(sources: Iterable[object], mode: Preprocessing, workers: int, max_in_flight: int,
-                 url_timeout: float, url_policy: FetchPolicy) -> Iterator[Item]:
-    """Decode ``sources`` in a thread pool and yield :class:`Item` in input order (bounded look-ahead)."""
-    pending: deque[Future[Item]] = deque()
+                 url_timeout: float, url_policy: FetchPolicy, between_passes: int = 0) -> Iterator[Item]:
+    """Decode ``sources`` in a thread pool and yield :class:`Item` in input order (bounded look-ahead).
+
+    By default every input is decoded as soon as it enters the look-ahead, overlapping whatever the
+    consumer does. With ``between_passes=N`` local inputs (paths, bytes, arrays) are decoded N at a
+    time and only once the consumer asks for the first of them, so decoding runs *between* the
+    consumer's forward passes instead of beside them; URLs are still fetched ahead (waiting on the
+    network costs no CPU). On a CPU the forward pass already keeps busy with its own thread team,
+    decoding beside it only preempts that team's threads (each pass then waits for its slowest
+    thread): measured on 2 cores, bf16 detect gains 3-4 % this way.
+    """
+    window: deque[tuple[int, object, Future[Item] | None]] = deque()
+    stream = enumerate(sources)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deepsift-decode") as pool:
-        for index, source in enumerate(sources):
-            pending.append(pool.submit(_prepare, index, source, mode, url_timeout, url_policy))
-            if len(pending) >= max_in_flight:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        def submit(index: int, source: object) -> Future[Item]:
+            return pool.submit(_prepare, index, source, mode, url_timeout, url_policy)
+
+        while True:
+            for index, source in stream:  # fill the look-ahead
+                ahead = between_passes and not is_url(source)
+                window.append((index, source, None if ahead else submit(index, source)))
+                if len(window) >= max_in_flight:
+                    break
+            if not window:
+                return
+            if window[0][2] is None:  # the consumer waits: decode the next local inputs, N at a time
+                started = 0
+                for k, (index, source, fut) in enumerate(window):
+                    if fut is None:
+                        window[k] = (index, source, submit(index, source))
+                        started += 1
+                        if started >= between_passes:
+                            break
+            yield window.popleft()[2].result()  # type: ignore[union-attr]
 
 
 def batched(items: Iterable[Item], batch_size: int) -> Iterator[list[Item]]:
@@ -124,7 +151,10 @@ def run_batches(sources: Iterable[object], forward: Callable[[np.ndarray], np.nd
     look_ahead = max(2 * batch_size, 16)
     launch = getattr(forward, "launch", None) if getattr(forward, "pipelined", False) else None
     ahead: tuple[list[Item], list[Item], object] | None = None  # a launched batch not collected yet
-    for run in batched(prepared_items(sources, mode, workers, look_ahead, url_timeout, url_policy), batch_size):
+    # on the CPU (no pipelined device), local inputs decode between the passes, not beside them
+    between = 0 if launch is not None else batch_size
+    items = prepared_items(sources, mode, workers, look_ahead, url_timeout, url_policy, between_passes=between)
+    for run in batched(items, batch_size):
         good = [it for it in run if it.pixels is not None]
         if launch is None:
             outputs = forward(np.stack([it.pixels for it in good])) if good else np.empty((0, 0), np.float32)

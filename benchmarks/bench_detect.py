@@ -155,6 +155,28 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.0f}-{max(values):.0f}"
 
 
+def partial_vs_whole(root: Path, n: int, size: int, fmt: str, partial, label: str, seed: int) -> None:  # type: ignore[no-untyped-def]
+    """Decode-only images/s of ``n`` ``size`` px images, whole file + crop vs ``partial(bytes)``; byte identity."""
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for i in range(n):
+        p = root / f"partial-{size}-{i}.{fmt.lower()}"
+        Image.fromarray(natural_image(rng, fake=bool(i % 2), size=size)).save(p, fmt, quality=90)
+        blobs.append(p.read_bytes())
+    whole, part = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        ref = [crop_uint8(decode_image(b)) for b in blobs]
+        whole.append(rate(n, time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        got = [partial(b) for b in blobs]
+        part.append(rate(n, time.perf_counter() - t0))
+    same = sum(g is not None and np.array_equal(g, r) for g, r in zip(got, ref))
+    print(f"{size}x{size} {fmt}{' q90' if fmt == 'JPEG' else ''}, one core: whole decode + crop {np.median(whole):.0f} "
+          f"img/s | {label} {np.median(part):.0f} img/s | {np.median(part) / np.median(whole):.2f}x; "
+          f"byte-identical {same}/{n}")
+
+
 def jpeg_region(root: Path, n: int) -> None:
     """Decode-only images/s of 1024x1024 JPEGs, whole file vs exact region, and their byte identity."""
     from deepsift.jpegcrop import centre_crop_jpeg, turbojpeg
@@ -162,48 +184,15 @@ def jpeg_region(root: Path, n: int) -> None:
     if turbojpeg() is None:
         print("libturbojpeg not installed: region decoding falls back to whole-file decoding")
         return
-    rng = np.random.default_rng(5)
-    blobs = []
-    for i in range(n):
-        p = root / f"region-{i}.jpg"
-        Image.fromarray(natural_image(rng, fake=bool(i % 2), size=1024)).save(p, quality=90)
-        blobs.append(p.read_bytes())
-    whole, region = [], []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        ref = [crop_uint8(decode_image(b)) for b in blobs]
-        whole.append(rate(n, time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        got = [centre_crop_jpeg(b) for b in blobs]
-        region.append(rate(n, time.perf_counter() - t0))
-    same = sum(g is not None and np.array_equal(g, r) for g, r in zip(got, ref))
-    print(f"1024x1024 JPEG q90, one core: whole decode + crop {np.median(whole):.0f} img/s | region "
-          f"{np.median(region):.0f} img/s | {np.median(region) / np.median(whole):.2f}x; byte-identical {same}/{n}")
+    partial_vs_whole(root, n, 1024, "JPEG", centre_crop_jpeg, "region", seed=5)
 
 
 def png_window(root: Path, n: int) -> None:
     """Decode-only images/s of 512 and 1024 px PNGs, whole file vs rows down to the window, and byte identity."""
     from deepsift.pngcrop import centre_crop_png
 
-    rng = np.random.default_rng(6)
     for size in (512, 1024):
-        blobs = []
-        for i in range(n):
-            p = root / f"window-{size}-{i}.png"
-            Image.fromarray(natural_image(rng, fake=bool(i % 2), size=size)).save(p)
-            blobs.append(p.read_bytes())
-        whole, window = [], []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            ref = [crop_uint8(decode_image(b)) for b in blobs]
-            whole.append(rate(n, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            got = [centre_crop_png(b) for b in blobs]
-            window.append(rate(n, time.perf_counter() - t0))
-        same = sum(g is not None and np.array_equal(g, r) for g, r in zip(got, ref))
-        print(f"{size}x{size} PNG, one core: whole decode + crop {np.median(whole):.0f} img/s | rows down to the "
-              f"window {np.median(window):.0f} img/s | {np.median(window) / np.median(whole):.2f}x; "
-              f"byte-identical {same}/{n}")
+        partial_vs_whole(root, n, size, "PNG", centre_crop_png, "rows down to the window", seed=6)
 
 
 def peak_rss_mib(model_dir: Path, folder: Path, precision: str, batch_size: int) -> tuple[float, int, float]:

@@ -48,7 +48,8 @@ def test_api_answers_exactly_what_deepsift_detect_answers(client, code_model_dir
              labelled_folders["gen_b"] / "002.jpg"]
     (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(5, 640, 480))
     (tmp_path / "large.jpg").write_bytes(jpeg_bytes(6, 1024, 768))  # read by exact region decoding on both sides
-    files += [tmp_path / "photo.jpg", tmp_path / "large.jpg"]
+    (tmp_path / "large.png").write_bytes(png_bytes(7, 700, 600))  # read down to the window's last row on both sides
+    files += [tmp_path / "photo.jpg", tmp_path / "large.jpg", tmp_path / "large.png"]
     out = tmp_path / "cli.jsonl"
     subprocess.run([sys.executable, "-m", "deepsift", "detect", *map(str, files), "--model", str(code_model_dir),
                     "--heads", str(heads_dir), "--format", "jsonl", "--out", str(out)], check=True, timeout=300)

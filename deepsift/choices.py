@@ -22,6 +22,9 @@ PREPROCESS_MODES: tuple[str, ...] = ("official", "resize")
 HEAD_KINDS: tuple[str, ...] = ("linear", "knn", "svm")
 """Classifier heads on CoDE embeddings."""
 
+TRAIN_KEEP: tuple[str, ...] = ("best", "last")
+"""Which weights ``deepsift train`` writes as the model: the best epoch's (held-out head accuracy) or the last step's."""
+
 DEFAULT_BATCH_SIZE = 32
 """Images per forward pass."""
 

@@ -105,3 +105,32 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(full_disk):
         save_checkpoint(full_disk, {"w": weights["w"] + 1}, opt, {"step": 2})
     assert {p.name: p.read_bytes() for p in (full_disk / "checkpoint").iterdir()} == before
     assert sorted(p.name for p in full_disk.iterdir()) == ["checkpoint", "filler"]  # no temporary left
+
+
+def test_disk_full_while_saving_a_new_best_keeps_the_previous_best(full_disk):
+    from deepsift.train.checkpoint import load_best, save_best
+
+    save_best(full_disk, {"w": torch.arange(10_000, dtype=torch.float32)}, 2, 0.75)
+    before = (full_disk / "best.safetensors").read_bytes()
+    free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+    with open(full_disk / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - 20_000))
+    with pytest.raises(DataError, match="cannot write the best epoch's weights.*previous best is kept"):
+        save_best(full_disk, {"w": torch.ones(10_000)}, 4, 0.875)
+    assert (full_disk / "best.safetensors").read_bytes() == before
+    assert sorted(p.name for p in full_disk.iterdir()) == ["best.safetensors", "filler"]  # no temporary left
+    weights, step, acc = load_best(full_disk)
+    assert (step, acc) == (2, 0.75) and bool((weights["w"] == torch.arange(10_000)).all())
+
+
+def test_a_corrupt_best_file_is_one_line_and_the_checkpoint_is_kept(tiny_data, tmp_path, capsys):
+    shards, reals = tiny_data
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(shards), "--real", str(reals), "--out", str(out), "--config",
+                 str(write_yaml(tmp_path / "t.yaml", tiny_config(steps=2, holdout=4)))]) == 0
+    best = out / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:100])
+    rc, err = _run(["train", "--resume", str(out), "--steps", "3"], capsys)
+    assert rc == 1 and len(err) == 1 and "best.safetensors: corrupt or truncated" in err[0] and "(keep: last)" in err[0]
+    assert json.loads((out / "checkpoint/state.json").read_text())["step"] == 3  # the training done is kept
+    assert _run(["train", "--resume", str(out), "--steps", "3", "--keep", "last"], capsys)[0] == 0

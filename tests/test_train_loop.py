@@ -83,6 +83,45 @@ def test_a_new_run_into_a_run_folder_is_refused(tiny_data, tmp_path, capsys):
     assert "holds a training run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_the_model_folder_holds_the_best_epoch_s_weights_unless_told_to_keep_the_last(tiny_data, tmp_path, capsys,
+                                                                                     monkeypatch, keep):
+    import deepsift.train.probe as probe
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from deepsift.model.backbone import load_backbone
+
+    scores = iter([0.75, 0.625, 0.5])  # the held-out head gets worse after the first epoch
+    monkeypatch.setattr(probe, "probe_accuracy", lambda *a, **k: next(scores))
+    shards, reals = tiny_data
+    out = tmp_path / keep
+    capsys.readouterr()
+    assert main(["train", "--data", str(shards), "--real", str(reals), "--out", str(out), "--config",
+                 str(write_yaml(tmp_path / "t.yaml", tiny_config(steps=6))), "--keep", keep]) == 0
+    said = capsys.readouterr().err
+    with safe_open(str(out / "best.safetensors"), framework="pt") as fh:
+        assert fh.metadata() == {"step": "2", "head_accuracy": "0.75"}
+    best, last = load_file(str(out / "best.safetensors")), load_file(str(out / "checkpoint/model.safetensors"))
+    model = load_backbone(str(out)).state_dict()  # the published layout names the tensors its own way
+    assert any(not bool((best[k] == last[k]).all()) for k in best)  # four more steps changed the weights
+    kept = best if keep == "best" else last
+    assert set(model) == set(kept) and all(bool((model[k] == kept[k]).all()) for k in model)
+    end = [e for e in read_log(out / "train_log.jsonl") if e.get("event") == "end"][0]
+    assert end["kept_step"] == (2 if keep == "best" else 6)
+    assert ("the best epoch's (step 2, held-out head accuracy 0.750" in said) == (keep == "best")
+    assert ("the last step's (6; held-out head accuracy 0.500; keep: last)" in said) == (keep == "last")
+
+
+def test_keep_takes_best_or_last_only(tiny_data, tmp_path, capsys):
+    shards, reals = tiny_data
+    assert main(["train", "--data", str(shards), "--out", str(tmp_path / "x"), "--keep", "first"]) == 2
+    assert "invalid choice: 'first'" in capsys.readouterr().err
+    cfg = write_yaml(tmp_path / "t.yaml", tiny_config(keep="middle"))
+    assert main(["train", "--data", str(shards), "--out", str(tmp_path / "y"), "--config", str(cfg)]) == 2
+    assert "config key 'keep' must be one of best, last, got 'middle'" in capsys.readouterr().err
+
+
 def test_leave_out_trains_without_the_generator_and_evaluates_on_it(tiny_data, tmp_path, capsys):
     shards, reals = tiny_data
     out = tmp_path / "logo"

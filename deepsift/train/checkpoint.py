@@ -7,6 +7,10 @@ written into a hidden temporary folder, flushed, and swapped in by renames; the 
 stays as ``checkpoint.prev/``. A failure (a full disk) removes the temporary folder and leaves
 both in place. Loading checks every file first (a corrupt or truncated one is one
 :class:`~deepsift.exceptions.DataError` line) and changes nothing on disk. Nothing is pickled.
+
+``OUT/best.safetensors`` holds the network of the epoch with the best held-out head accuracy so
+far (its step and accuracy in the file's metadata), replaced atomically at each new best; the
+model folder takes these weights at the end unless the run keeps the last step's (``keep``).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from ..exceptions import DataError
 
 NAME = "checkpoint"
+BEST = "best.safetensors"
 STATE_VERSION = 1
 
 
@@ -103,6 +108,51 @@ def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: 
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def save_best(out: Path, model_state: dict[str, torch.Tensor], step: int, accuracy: float) -> Path:
+    """Write ``out/best.safetensors`` (the weights of a new best epoch) atomically; DataError on failure."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    final = out / BEST
+    fd, name = tempfile.mkstemp(prefix=".best.", suffix=".tmp", dir=out)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp),
+                  metadata={"step": str(step), "head_accuracy": repr(float(accuracy))})
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(out)
+    except (OSError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+        raise DataError(f"cannot write the best epoch's weights in {out}: {reason}; "
+                        f"the previous best is kept as it was") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final
+
+
+def load_best(out: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, float] | None:
+    """(weights, step, head accuracy) of ``out/best.safetensors``; None when there is none; DataError if corrupt."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(out) / BEST
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        return load_file(str(path)), int(meta["step"]), float(meta["head_accuracy"])
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: corrupt or truncated ({reason[:200]}); remove it, or keep the last "
+                        f"step's weights (keep: last)") from None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..choices import PRECISIONS
+from ..choices import PRECISIONS, TRAIN_KEEP
 from ..cliargs import (EXIT_OK, add_command, existing_dir, existing_file, existing_path, non_negative_float,
                        non_negative_int, path_or_hub_id, positive_float, positive_int, workers_count)
 
@@ -22,7 +22,7 @@ layout (config.json, model.safetensors, preprocessor_config.json, heads/) that '
 --model OUT' loads, plus train_log.jsonl, train_plot.png and the checkpoint.
 """
 
-# key -> (argparse type, help); the flag is --key-with-dashes, its default is the config's
+# key -> (argparse type or the tuple of values allowed, help); the flag is --key-with-dashes, its default is the config's
 KEYS: dict[str, tuple] = {
     "steps": (positive_int, "optimiser steps in all (stop after N)"),
     "steps_per_epoch": (positive_int, "optimiser steps per epoch (head refit, checkpoint, early stopping)"),
@@ -41,6 +41,7 @@ KEYS: dict[str, tuple] = {
     "aug_max_ops": (non_negative_int, "augmentation A draws 0..N of the 19 families per image"),
     "holdout": (positive_int, "records held out of training to refit and score the linear head each epoch"),
     "patience": (non_negative_int, "stop after N epochs below the best head accuracy; 0 = never"),
+    "keep": (TRAIN_KEEP, "the model folder's weights: 'best' (the epoch with the best held-out head accuracy) or 'last'"),
     "log_every": (positive_int, "write a log line every N steps"),
     "hidden_size": (positive_int, "ViT width (new networks only)"),
     "num_hidden_layers": (positive_int, "ViT depth (new networks only)"),
@@ -81,8 +82,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None, help="autocast precision (default: bf16)")
     for key, (typ, text) in KEYS.items():
         flag = "--" + key.replace("_", "-")
-        p.add_argument(flag, type=typ, default=None, dest=key,
-                       help=f"{text} (default: {getattr(defaults, key)}, or the config file's)")
+        kind = {"choices": typ} if isinstance(typ, tuple) else {"type": typ}  # a tuple: the values allowed
+        p.add_argument(flag, default=None, dest=key, help=f"{text} (default: {getattr(defaults, key)}, or the config "
+                                                           f"file's)", **kind)
     p.set_defaults(func=cmd_train)
 
 

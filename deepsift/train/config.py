@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..choices import TRAIN_KEEP
 from ..exceptions import UsageError
 
 PRECISIONS = ("bf16", "fp32")
@@ -48,6 +49,7 @@ class TrainConfig:
     aug_max_ops: int = 2  # augmentation A: 0..aug_max_ops families per image
     holdout: int = 512  # records kept out of training to refit the linear head each epoch
     patience: int = 6  # epochs without a new best head accuracy before stopping; 0 = never stop early
+    keep: str = "best"  # the model folder's weights: the best epoch's (held-out head accuracy) or the last step's
     log_every: int = 10
     leave_out: list[str] = field(default_factory=list)
     init: str = ""  # a model folder or hub id to fine-tune; "" = from scratch
@@ -77,6 +79,8 @@ class TrainConfig:
                 raise UsageError(f"config key {key!r} must be a number >= 0, got {getattr(self, key)}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"config key 'precision' must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.keep not in TRAIN_KEEP:
+            raise UsageError(f"config key 'keep' must be one of {', '.join(TRAIN_KEEP)}, got {self.keep!r}")
         if self.aug_max_ops > 19:
             raise UsageError(f"config key 'aug_max_ops' must be <= 19 (the families), got {self.aug_max_ops}")
         if self.batch_size % self.grad_accum or self.batch_size // self.grad_accum < 2:

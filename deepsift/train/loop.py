@@ -3,10 +3,11 @@
 Steps are optimiser steps; an epoch is ``steps_per_epoch`` of them (the data is an endless,
 reshuffled stream). At the end of each epoch the linear head is refitted on held-out records
 (half fit, half scored), its balanced accuracy is logged and drives early stopping, and a
-checkpoint is written. Every random choice derives from (seed, step, rank), so ``--resume``
-continues exactly where the checkpoint was taken. The run ends with the model folder written in
-the published layout at ``OUT`` (config.json, model.safetensors, preprocessor_config.json,
-heads/ refitted on the held-out records).
+checkpoint is written; a new best epoch's weights go to ``OUT/best.safetensors``. Every random
+choice derives from (seed, step, rank), so ``--resume`` continues exactly where the checkpoint was
+taken. The run ends with the model folder written in the published layout at ``OUT``
+(config.json, model.safetensors, preprocessor_config.json, heads/ refitted on the held-out
+records), holding the best epoch's weights (``keep="best"``, the default) or the last step's.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 from ..exceptions import DataError, UsageError
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from . import distributed as ddp
-from .checkpoint import NAME as CKPT, load_checkpoint, save_checkpoint
+from .checkpoint import BEST, NAME as CKPT, load_best, load_checkpoint, save_best, save_checkpoint
 from .config import TrainConfig
 from .loss import LossParts, code_loss, derangement
 
@@ -44,6 +45,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     head_accuracy: list[tuple[int, float | None]] = field(default_factory=list)
     stopped_early: bool = False
+    kept_step: int | None = None  # the step whose weights the model folder holds (None: the last)
     summary: list[str] = field(default_factory=list)
 
 
@@ -134,7 +136,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     state: dict[str, Any] = {}
     if resume:
         model_t, opt_state, rng, state = load_checkpoint(out)  # checked before any other work
-    elif (out / CKPT).exists():
+    elif (out / CKPT).exists() or (out / BEST).exists():
         raise UsageError(f"{out} holds a training run: resume it (deepsift train --resume {out}) or choose another output folder")
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +220,8 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
                 result.head_accuracy.append((step, acc))
                 if acc is not None and acc > best:
                     best, bad = acc, 0
+                    if info.main:
+                        save_best(out, model.state_dict(), step, acc)
                 elif acc is not None and acc < best:
                     bad += 1
                 log.write({"step": step, "epoch": step // cfg.steps_per_epoch, "head_accuracy": acc,
@@ -239,8 +243,11 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     if result.step > start and (not result.head_accuracy or result.head_accuracy[-1][0] != result.step):
         checkpoint(result.step)
     digests = ddp.gather_digests(model)  # every rank takes part; rank 0 logs them (equal when ranks are in step)
+    if info.main:
+        result.summary.append(_keep_weights(out, model, cfg, result))
     log = MetricsLog(out, enabled=info.main)
-    log.write({"step": result.step, "event": "end", "rank_weight_digests": digests, "world": info.world})
+    log.write({"step": result.step, "event": "end", "rank_weight_digests": digests, "world": info.world,
+               "kept_step": result.kept_step if result.kept_step is not None else result.step})
     log.close()
     if info.main:
         result.summary += _finish(out, model, cfg, index, held, info.device)
@@ -267,6 +274,21 @@ def _deferred_signals() -> Iterator[None]:
             signal.signal(sig, handler)
         if caught:
             signal.raise_signal(caught[0])
+
+
+def _keep_weights(out: Path, model: torch.nn.Module, cfg: TrainConfig, result: TrainResult) -> str:
+    """Load the best epoch's weights into ``model`` unless the run keeps the last step's; say which were kept."""
+    last = next((a for s, a in reversed(result.head_accuracy) if s == result.step and a is not None), None)
+    last_text = f"held-out head accuracy {last:.3f}" if last is not None else "not scored: the run ended mid-epoch"
+    best = load_best(out) if cfg.keep == "best" else None
+    if best is None:
+        why = "keep: last" if cfg.keep == "last" else "no epoch was scored"
+        return f"weights: the last step's ({result.step}; {last_text}; {why})"
+    weights, step, acc = best
+    model.load_state_dict(weights)
+    result.kept_step = step
+    return (f"weights: the best epoch's (step {step}, held-out head accuracy {acc:.3f}; the last step {result.step}: "
+            f"{last_text}; keep: last keeps those)")
 
 
 def _finish(out: Path, model: torch.nn.Module, cfg: TrainConfig, index: Any, held: list, device: torch.device) -> list[str]:

@@ -265,6 +265,26 @@ def test_a_good_test_set_archive_is_imported(client, app, tmp_path):
     assert all(v["transformed"] == 3 for v in ts["summary"]["generators"].values())
 
 
+def test_a_heads_fit_layout_archive_is_imported_with_its_generators(client, app, tmp_path):
+    from platformkit import make_folders
+
+    hosted = host_challenge(app, client, tmp_path)
+    root = tmp_path / "classes"
+    make_folders(root / "real", 2, ("camera_a", "camera_b"))  # real/<source>/...
+    make_folders(root / "fake", 3, ("sdxl", "dalle3"), seed=1)  # fake/<generator>/...
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for f in root.rglob("*.*"):
+            if f.parent.name != "real" or f.parent.parent == root:  # the helper's own real/ folders are not wanted
+                zf.write(f, f"set/{f.relative_to(root)}")
+    r = client.post(f"/api/challenges/{hosted.slug}/phases/dev/testset", files={"file": ("classes.zip", buf.getvalue())},
+                    headers=hosted.host.auth)
+    assert r.status_code == 201, r.text
+    gens = r.json()["summary"]["generators"]
+    assert set(gens) == {"real", "sdxl", "dalle3"}  # generators kept apart, never pooled as "fake"
+    assert r.json()["n_images"] == 2 * 2 + 2 * 3
+
+
 def test_submissions_are_rate_limited_per_user(database_url, tmp_path):
     app = create_app(make_settings(database_url, tmp_path / "data", submit_rate="2/minute"))
     with TestClient(app, base_url="http://127.0.0.1") as c:

@@ -97,9 +97,10 @@ def put_phase(slug: str, phase: str, body: PhaseSpec, user: RequireUser, session
                                                    413: {"description": "upload too large"}})
 def upload_testset(request: Request, slug: str, phase: str, user: RequireUser, session: ReadDbSession,
                    file: Annotated[UploadFile, File(description="zip/tar of the D3 test layout or of labelled folders "
-                                                                "(real/ + one folder per generator), or an answer key "
+                                                                "(real/ + one folder per generator, or real/ + "
+                                                                "fake/<generator>/), or an answer key "
                                                                 "CSV/JSON (id,label[,generator][,transformed])")],
-                   source: Annotated[Literal["auto", "d3-test", "folders", "labels"], Form()] = "auto",
+                   source: Annotated[Literal["auto", "d3-test", "folders", "classes", "labels"], Form()] = "auto",
                    image_format: Annotated[Literal["png", "jpeg", "webp"], Form()] = "png",
                    jpeg_quality: Annotated[int, Form(ge=1, le=100)] = 95,
                    resize: Annotated[int | None, Form(ge=16, le=4096)] = None,
@@ -131,9 +132,10 @@ def upload_testset(request: Request, slug: str, phase: str, user: RequireUser, s
                     and not (root / "no_augm").is_dir():
                 root = subs[0]  # an archive of one top folder
             layout = detect_layout(root) if source == "auto" else source
-            if layout not in ("d3-test", "folders"):
+            if layout not in ("d3-test", "folders", "classes"):
                 raise InvalidInputError(f"the archive holds a {layout!r} layout; expected the D3 test layout "
-                                        "{augm,no_augm}/{real,gen_*} or real/ + one folder per generator")
+                                        "{augm,no_augm}/{real,gen_*}, real/ + one folder per generator, or "
+                                        "real/ + fake/<generator>/")
             try:
                 spec = TestSetSpec(source=layout, path=str(root), transform=transforms, seed=seed)
             except ValidationError as exc:

@@ -24,7 +24,7 @@
         model_time_limit_s: 600
         model_memory_mb: 4096
         testset:
-          source: d3-test       # d3-test | folders | d3-shards | labels
+          source: d3-test       # d3-test | folders | classes | d3-shards | labels
           path: /data/d3-test   # relative paths are relative to the spec file
           real: /data/real      # d3-shards: a fetch-real folder (or any folder of real images)
           transform: [jpeg, blur]   # d3-shards/folders: add one transformed copy of each image
@@ -55,7 +55,7 @@ def _check_slug(v: str) -> str:
 Slug = Annotated[str, AfterValidator(_check_slug)]
 RANKING_METRICS = ("f1", "accuracy", "balanced_accuracy", "ap", "auroc", "tpr@1%fpr", "tpr@5%fpr", "eer")
 LOWER_IS_BETTER = frozenset({"eer"})
-SOURCES = ("d3-test", "folders", "d3-shards", "labels")
+SOURCES = ("d3-test", "folders", "classes", "d3-shards", "labels")
 
 
 class TestSetSpec(BaseModel):
@@ -64,7 +64,7 @@ class TestSetSpec(BaseModel):
     __test__ = False  # not a pytest test class
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["d3-test", "folders", "d3-shards", "labels"]
+    source: Literal["d3-test", "folders", "classes", "d3-shards", "labels"]
     path: str | None = None
     real: str | None = None
     labels: str | None = None

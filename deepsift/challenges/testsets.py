@@ -1,7 +1,8 @@
 """Hidden test sets: import images with their labels, anonymise them, split public/private, keep the key.
 
 Sources: the D3 test layout ``{augm,no_augm}/{real,gen_*}`` (``augm`` = transformed), a labelled
-folder (``real/`` + one folder per generator), D3 parquet shards plus a fetch-real folder of real
+folder (``real/`` + one folder per generator, or ``real/`` + ``fake/<generator>/`` as ``heads fit``
+takes it), D3 parquet shards plus a fetch-real folder of real
 images, or an answer key alone (``labels``: ``id,label[,generator][,transformed]``, no images).
 
 What participants get reveals nothing but pixels: every image is decoded and re-encoded into one
@@ -95,8 +96,8 @@ def collect(spec: TestSetSpec) -> list[Item]:
     try:
         if spec.source == "d3-test":
             data = load_eval_set(spec.path, "d3-test")  # type: ignore[arg-type]
-        elif spec.source == "folders":
-            data = load_eval_set(spec.path, "folders")  # type: ignore[arg-type]
+        elif spec.source in ("folders", "classes"):
+            data = load_eval_set(spec.path, spec.source)  # type: ignore[arg-type]
         else:
             data = load_eval_set(spec.path, "parquet", real=spec.real)  # type: ignore[arg-type]
     except DeepsiftError as exc:

@@ -31,7 +31,7 @@ class DemoSettings(BaseSettings):
                                             description="fixed DNS answers (host -> addresses), checked like any")
     keep_uploads: bool = Field(False, description="keep uploaded images in the data dir (default: never stored)")
     quiz_dataset: str | None = Field(None, description="quiz images: labelled folders, D3 test layout or D3 shards")
-    quiz_layout: str = Field("auto", description="auto, folders, d3-test or parquet")
+    quiz_layout: str = Field("auto", description="auto, classes, folders, d3-test or parquet")
     quiz_real: str | None = Field(None, description="folder of real images (with D3 parquet shards)")
 
     @field_validator("classifier")

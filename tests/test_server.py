@@ -15,7 +15,7 @@ from deepsift.exceptions import PayloadTooLargeError, UnsafeArchiveError
 from deepsift.server import create_app
 from deepsift.server.db import Database
 from deepsift.server.migrate import current, heads, upgrade
-from deepsift.server.security import (RateLimiter, csrf_ok, csrf_token_for, hash_password, hash_token, new_token,
+from deepsift.server.security import (RateLimiter, SharedRateLimiter, csrf_ok, csrf_token_for, hash_password, hash_token, new_token,
                                       verify_password)
 from deepsift.server.storage import ArchiveLimits, Storage, archive_members, extract_archive
 from serverkit import LiveServer, ServeProcess, make_settings
@@ -216,12 +216,54 @@ def test_login_is_rate_limited(database_url, tmp_path):
     app.state.db.dispose()
 
 
-def test_rate_limiter_window_slides():
-    rl = RateLimiter()
+@pytest.mark.parametrize("store", ["memory", "file"])
+def test_rate_limiter_window_slides(store, tmp_path):
+    rl = RateLimiter() if store == "memory" else SharedRateLimiter(tmp_path / "limits.sqlite")
     assert [rl.hit("s", "k", 2, 10, now=t) for t in (0, 1)] == [0, 0]
     assert rl.hit("s", "k", 2, 10, now=5) == pytest.approx(5)
     assert rl.hit("s", "k", 2, 10, now=10.5) == 0
     assert rl.hit("s", "other", 2, 10, now=5) == 0
+
+
+HITS = """
+import sys
+from deepsift.server.security import SharedRateLimiter
+rl = SharedRateLimiter(sys.argv[1])
+print(sum(rl.hit("login", "ip:1.2.3.4", 150, 60.0) == 0 for _ in range(200)))
+"""
+
+
+def test_processes_sharing_the_file_allow_the_limit_once_between_them(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "limits.sqlite"
+    procs = [subprocess.Popen([sys.executable, "-c", HITS, str(path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    allowed = [int(p.communicate(timeout=120)[0]) for p in procs]
+    assert sum(allowed) == 150, allowed  # 600 attempts by three processes at once, one limit of 150
+    assert SharedRateLimiter(path).hit("login", "ip:1.2.3.4", 150, 60.0) > 0
+    assert SharedRateLimiter(path).hit("login", "ip:5.6.7.8", 150, 60.0) == 0
+
+
+def test_an_unusable_limits_file_falls_back_to_this_process_with_a_warning(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    rl = SharedRateLimiter(tmp_path / "file" / "limits.sqlite")
+    with caplog.at_level("WARNING", logger="deepsift.server"):
+        assert [rl.hit("s", "k", 2, 10, now=t) for t in (0, 1)] == [0, 0]
+    assert rl.hit("s", "k", 2, 10, now=5) == pytest.approx(5)  # still limited, in memory
+    assert sum("limiting per process" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_serve_with_several_processes_shares_one_limit(database_url, tmp_path):
+    with ServeProcess(database_url, tmp_path / "data", args=("--processes", "3"),
+                      extra_env={"DEEPSIFT_LOGIN_RATE": "4/minute"}) as srv:
+        codes = []
+        for _ in range(12):  # a new connection each: the processes take turns accepting them
+            with httpx.Client(base_url=srv.url, timeout=30) as c:
+                codes.append(c.post("/api/auth/token", json={"username": "a", "password": "wrong-password"}).status_code)
+    assert codes == [401] * 4 + [429] * 8, codes
+    assert (tmp_path / "data" / "ratelimits.sqlite").is_file()
 
 
 def test_request_bodies_over_the_cap_get_413(database_url, tmp_path):

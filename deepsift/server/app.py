@@ -21,7 +21,7 @@ from .. import __version__
 from ..exceptions import DeepsiftError, RateLimitedError, ServiceError
 from .db import Database
 from .domains import Domain, installed_domains
-from .security import RateLimiter, retry_after
+from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, retry_after
 from .settings import Settings
 from .web import HERE, BodyLimit, RejectNul, SecurityHeaders, make_environment, render, wants_html
 
@@ -67,7 +67,8 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
                               "'Authorization: Bearer <token>' (tokens: POST /api/auth/token).")
     app.state.settings = settings
     app.state.db = db
-    app.state.rate_limiter = RateLimiter()
+    app.state.rate_limiter = RateLimiter() if settings.rate_limit_store == "memory" else \
+        SharedRateLimiter(settings.data_dir / RATE_LIMIT_FILE)
     app.state.domains = {d.name: d for d in doms}
     app.state.nav = [item for d in doms for item in d.nav]
     app.state.jinja = make_environment([d.templates for d in doms if d.templates is not None])

@@ -100,6 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..output import note
 
+    if args.processes > 1:  # the processes share their rate-limit counts (else each allows the whole limit)
+        os.environ["DEEPSIFT_RATE_LIMIT_STORE"] = "file"
     settings = settings_from_args(args, export=True)
     revs = migrate(settings)
     os.environ["DEEPSIFT_MIGRATE_ON_START"] = "false"  # done once here, not in every worker process

@@ -6,7 +6,9 @@
   their SHA-256 digest is stored, so a database leak reveals no usable token.
 * CSRF: double-submit. A random ``deepsift_csrf`` cookie (HttpOnly, SameSite=Strict) and the form
   field / ``X-CSRF-Token`` header must carry an HMAC of it under the server's secret key.
-* Rate limits: a sliding window per (scope, key) in this process (``RateLimiter``).
+* Rate limits: a sliding window per (scope, key): in this process (``RateLimiter``), or shared by
+  every process of one ``deepsift serve --processes N`` through a small SQLite file in the data
+  dir (``SharedRateLimiter``), so N processes do not allow N times the limit.
 * Cookies: HttpOnly, SameSite, Secure when the request came over https (or always/never by setting).
 """
 from __future__ import annotations
@@ -26,6 +28,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from argon2.profiles import RFC_9106_LOW_MEMORY
 
 if TYPE_CHECKING:
+    import os
+    import sqlite3
+
     from starlette.requests import Request
     from starlette.responses import Response
 
@@ -137,6 +142,86 @@ class RateLimiter:
         """Forget every count (tests)."""
         with self._lock:
             self._hits.clear()
+
+
+RATE_LIMIT_FILE = "ratelimits.sqlite"
+"""The shared rate-limit counts' file in the data dir (with ``rate_limit_store = "file"``)."""
+
+
+class SharedRateLimiter:
+    """:class:`RateLimiter`'s sliding window, kept in a SQLite file every server process of a machine shares.
+
+    Each allowed event is a row (its scope, key and expiry); a hit drops its key's expired rows,
+    counts the rest and adds one, in one write transaction, so concurrent processes never allow
+    more than the limit between them. The file holds nothing worth keeping (no fsync). If it cannot
+    be used (a full disk, a read-only data dir), the limits fall back to this process's memory
+    with one warning: availability first, and each process still limits.
+    """
+
+    def __init__(self, path: "os.PathLike[str] | str") -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._conn: "sqlite3.Connection | None" = None
+        self._fallback: RateLimiter | None = None
+        self._hits_since_sweep = 0
+
+    def _connect(self) -> "sqlite3.Connection":
+        import sqlite3
+
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("CREATE TABLE IF NOT EXISTS hits (scope TEXT NOT NULL, key TEXT NOT NULL, expires REAL NOT NULL)")
+        conn.execute("CREATE INDEX IF NOT EXISTS hits_by_key ON hits (scope, key, expires)")
+        return conn
+
+    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
+        """Count one event; returns 0 when allowed, else the seconds until the next one is."""
+        import sqlite3
+
+        t = time.time() if now is None else now
+        with self._lock:
+            if self._fallback is not None:
+                return self._fallback.hit(scope, key, limit, window_s, t)
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return self._hit(self._conn, scope, key, limit, window_s, t)
+            except (sqlite3.Error, OSError) as exc:
+                import logging
+
+                logging.getLogger("deepsift.server").warning(
+                    "rate limits: cannot use %s (%s); limiting per process from now on", self.path, exc)
+                self._fallback = RateLimiter()
+                return self._fallback.hit(scope, key, limit, window_s, t)
+
+    def _hit(self, conn: "sqlite3.Connection", scope: str, key: str, limit: int, window_s: float, t: float) -> float:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM hits WHERE scope = ? AND key = ? AND expires <= ?", (scope, key, t))
+            count, first = conn.execute("SELECT COUNT(*), MIN(expires) FROM hits WHERE scope = ? AND key = ?",
+                                        (scope, key)).fetchone()
+            if count >= limit:
+                conn.execute("COMMIT")
+                return max(first - t, 0.001)
+            conn.execute("INSERT INTO hits VALUES (?, ?, ?)", (scope, key, t + window_s))
+            self._hits_since_sweep += 1
+            if self._hits_since_sweep >= 10_000:  # forget idle keys
+                conn.execute("DELETE FROM hits WHERE expires <= ?", (t,))
+                self._hits_since_sweep = 0
+            conn.execute("COMMIT")
+            return 0.0
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def reset(self) -> None:
+        """Forget every count (tests)."""
+        with self._lock:
+            if self._fallback is not None:
+                self._fallback.reset()
+            if self._conn is not None:
+                self._conn.execute("DELETE FROM hits")
 
 
 def retry_after(seconds: float) -> str:

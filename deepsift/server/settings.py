@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     login_rate: str = Field("10/minute", description="login/registration attempts per client address")
     submit_rate: str = Field("30/minute", description="submissions per user")
     api_rate: str = Field("3000/minute", description="other API requests per client address")
+    rate_limit_store: Literal["memory", "file"] = Field(
+        "memory", description="where rate-limit counts live: this process's memory, or a file in data_dir that "
+                              "every process of the machine shares (serve --processes N sets it)")
     db_pool_size: int = Field(10, ge=1, le=500)
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")

@@ -142,10 +142,6 @@ class DemoEngine:
                 self._forward = ForwardThread(max(1, int(getattr(self._detector, "batch_size", 32))))
             return self._forward
 
-    def run_forward(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the one forward thread (after the passes queued before it) and return its result."""
-        return self.forward().call(fn, *args)
-
     def close(self) -> None:
         """Stop the forward thread once its queued passes are done (at server shutdown)."""
         with self._load_lock:

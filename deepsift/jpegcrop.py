@@ -23,11 +23,10 @@ import ctypes.util
 import io
 import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from .images import CROP_SIZE, MAX_BYTES, MAX_PIXELS, crop_origin
+from .images import CROP_SIZE, MAX_PIXELS, crop_origin
 
 _MCU = {0: (8, 8), 1: (16, 8), 2: (16, 16), 3: (8, 8)}  # TJSAMP_444, 422, 420, GRAY: MCU width, height
 _CS_YCBCR, _CS_GRAY = 1, 2
@@ -144,23 +143,5 @@ def _decode_window(cropped: bytes, left: int, top: int, size: tuple[int, int]) -
             rgb = im if im.mode == "RGB" else im.convert("RGB")
             return np.ascontiguousarray(np.asarray(rgb.crop((left, top, left + CROP_SIZE, top + CROP_SIZE))))
     except (OSError, ValueError, SyntaxError):
-        return None
-
-
-PARTIAL_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")
-"""How the files that can be decoded in part (JPEG, PNG) start."""
-
-
-def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes | None:
-    """The bytes of ``path`` when it is a regular file that starts like a JPEG or PNG (else None: decode it the usual way)."""
-    from .images import _open_file
-
-    try:
-        with _open_file(Path(path), max_bytes) as fh:
-            head = fh.read(8)
-            if not head.startswith(PARTIAL_MAGIC):
-                return None
-            return head + fh.read()
-    except Exception:  # the whole-file path reports what is wrong with it, in its words
         return None
 

@@ -186,8 +186,6 @@ def test_one_forward_pass_at_a_time(client):
 
 
 def test_requests_queued_together_share_one_pass_and_keep_their_answers(client):
-    from serverkit import wait_until
-
     eng = client.app.state.demo.engine
     det = eng.detector()
     images = [jpeg_bytes(i, 300 + 40 * i, 260) for i in range(3)]
@@ -205,7 +203,7 @@ def test_requests_queued_together_share_one_pass_and_keep_their_answers(client):
         "/api/v1/detect", files={"files": (f"{i}.jpg", images[i])}).json()["results"][0]})) for i in range(3)]
     for t in threads:
         t.start()
-    wait_until(lambda: len(fwd._jobs) == 3, what="three requests queued behind the busy forward thread")
+    assert fwd.wait_queued(3, timeout=60)  # three requests queued behind the held forward thread
     release.set()
     for t in threads + [holder]:
         t.join(120)

@@ -111,3 +111,16 @@ def test_close_finishes_queued_jobs_then_refuses_new_ones():
     assert pending.result(0).shape == (1, 1)
     with pytest.raises(ServiceError, match="shutting down"):
         fwd.embed(fn, batch(1, 1))
+
+
+def test_wait_queued_returns_once_the_jobs_are_queued():
+    fwd, fn = ForwardThread(), Recorder()
+    try:
+        _, release = blocked(fwd)
+        assert not fwd.wait_queued(1, timeout=0)  # the held job runs; nothing waits
+        threading.Thread(target=lambda: [fwd.embed(fn, batch(1, 1)) for _ in range(2)]).start()
+        assert fwd.wait_queued(2, timeout=30)
+        release.set()
+    finally:
+        fwd.close()
+    assert fn.passes == [2]

@@ -83,8 +83,13 @@ class ForwardThread:
             if self._closing:
                 raise ServiceError("the detector is shutting down")
             self._jobs.append(job)
-            self._cond.notify()
+            self._cond.notify_all()  # the forward thread, and anyone waiting on the queue (tests, monitors)
         return job.future
+
+    def wait_queued(self, n: int, timeout: float) -> bool:
+        """Block until ``n`` jobs wait in the queue (not counting the one running); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._jobs) >= n, timeout)
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the thread."""

@@ -6,6 +6,7 @@ Shared by the engine's threads (:mod:`deepsift.model.engine`) and its worker pro
 from __future__ import annotations
 
 import os
+import pathlib
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -61,6 +62,24 @@ def load_pixels(source: ImageSource | SourceError, mode: Preprocessing = "offici
     return mode(image) if callable(mode) else crop_uint8(image, mode)
 
 
+PARTIAL_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n")
+"""How the files that can be decoded in part (JPEG, PNG) start."""
+
+
+def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file that starts like a JPEG or PNG (else None: decode it the usual way)."""
+    from ..images import _open_file
+
+    try:
+        with _open_file(pathlib.Path(path), max_bytes) as fh:
+            head = fh.read(8)
+            if not head.startswith(PARTIAL_MAGIC):
+                return None
+            return head + fh.read()
+    except Exception:  # the whole-file path reports what is wrong with it, in its words
+        return None
+
+
 def window_pixels(data: object) -> np.ndarray | None:
     """The official crop of a path or bytes by exact partial decoding, or None (decode it whole).
 
@@ -70,7 +89,7 @@ def window_pixels(data: object) -> np.ndarray | None:
     from .. import jpegcrop, pngcrop
 
     if isinstance(data, (str, os.PathLike)):
-        data = jpegcrop.read_image_bytes(data)
+        data = read_image_bytes(data)
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) > MAX_BYTES:
         return None
     data = bytes(data)

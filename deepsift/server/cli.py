@@ -35,7 +35,8 @@ def add_database_options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add ``serve`` and the ``admin`` command group."""
     p = add_command(sub, "serve", "run the web server (benchmark platform and demo); upgrades the database first",
-                    description=__doc__)
+                    description="Run the web server: the benchmark platform and the demo on one app, "
+                                "with one scoring worker beside it (DEEPSIFT_CHALLENGES_SERVE_WORKERS).")
     add_database_options(p)
     p.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int_range(1, 65535, name="port"), default=8000, help="TCP port")

@@ -50,11 +50,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="database, uploads, hidden files")
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite in the data dir")
     secret_key: str = Field("", description="CSRF signing key; empty: generated into data_dir/secret_key")
-    site_name: str = "deepsift"
+    site_name: str = Field("deepsift", description="the name shown in page titles and headers")
     domains: Any = Field(None, description="domain packages to mount: comma-separated names, or None for all")
     domain_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
                                                         description="per-domain settings overrides (tests)")
-    cookie_secure: Literal["auto", "true", "false"] = "auto"
+    cookie_secure: Literal["auto", "true", "false"] = Field(
+        "auto", description="Secure cookies: auto (when the request came over https), true or false")
     session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
     max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
     max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
@@ -64,8 +65,8 @@ class Settings(BaseSettings):
     rate_limit_store: Literal["memory", "file"] = Field(
         "memory", description="where rate-limit counts live: this process's memory, or a file in data_dir that "
                               "every process of the machine shares (serve --processes N sets it)")
-    db_pool_size: int = Field(10, ge=1, le=500)
-    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    db_pool_size: int = Field(10, ge=1, le=500, description="database connections per server process (PostgreSQL)")
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="how long SQLite waits for a lock before failing")
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")
     trusted_proxy: bool = Field(False, description="take the client address from X-Forwarded-For")
 

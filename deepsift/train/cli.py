@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 
     defaults = TrainConfig()
     p = add_command(sub, "train", "train or fine-tune the CoDE network (contrastive global-local objective)",
-                    description=__doc__, epilog=EPILOG)
+                    description="Train or fine-tune the CoDE network on D3 shards, WebDataset tars or "
+                                "'data build' output.", epilog=EPILOG)
     p.add_argument("--data", metavar="PATH", action="append", type=existing_path, default=None,
                    help="D3 parquet shards, a data build output folder or WebDataset tars; repeatable "
                         "(default: with --resume, the run's own)")

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p = add_command(base, "list", "list the baselines and their parameters")
     p.set_defaults(func=cmd_list)
 
-    p = add_command(base, "train", "train a baseline on folders of real and fake images", description=__doc__)
+    p = add_command(base, "train", "train a baseline on folders of real and fake images",
+                    description="Train a baseline detector on folders of real and fake images.")
     p.add_argument("name", metavar="NAME", help="frequency, npr or univfd")
     p.add_argument("--real", required=True, action="append", metavar="DIR", type=existing_dir,
                    help="folder of real images (repeatable)")
@@ -69,7 +70,8 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     add_runtime_options(p.add_argument_group("runtime options"), batch_size=None, device=None, url_timeout=False)
     p.set_defaults(func=cmd_train)
 
-    p = add_command(base, "predict", "score images with a trained baseline", description=__doc__)
+    p = add_command(base, "predict", "score images with a trained baseline",
+                    description="Score images with a trained baseline: the rows and exit codes of detect.")
     p.add_argument("baseline_dir", metavar="NAME_DIR", type=existing_dir,
                    help="folder written by 'deepsift baseline train'")
     p.add_argument("paths", nargs="+", metavar="PATH", type=image_input,

@@ -1,0 +1,155 @@
+"""The documentation: the site builds strictly, the README lists every command, and every quick start
+marked ``<!-- tested -->`` runs as written on tiny data (offline, with a CoDE model in a Hugging Face
+cache that the test makes in the published layout)."""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import checker_image, smooth_image
+
+REPO = Path(__file__).resolve().parent.parent
+TESTED = re.compile(r"<!-- tested -->\s*\n```bash\n(.*?)```", re.S)
+DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def _tested_blocks() -> list[tuple[str, str]]:
+    """(name, script) of every shell block marked as tested in the README and the docs."""
+    out = []
+    for path in DOC_FILES:
+        for i, m in enumerate(TESTED.finditer(path.read_text())):
+            out.append((f"{path.relative_to(REPO)}#{i + 1}", m.group(1)))
+    return out
+
+
+def test_the_site_builds_in_strict_mode(tmp_path):
+    env = {**os.environ, "DISABLE_MKDOCS_2_WARNING": "true", "NO_MKDOCS_2_WARNING": "1"}
+    res = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                         cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    cli = (tmp_path / "site" / "reference" / "cli" / "index.html").read_text()
+    for path in _leaf_commands():  # the CLI reference is generated from the parsers: every command is there
+        assert f"deepsift {' '.join(path)}" in cli
+    settings = (tmp_path / "site" / "reference" / "settings" / "index.html").read_text()
+    assert "DEEPSIFT_TRUSTED_PROXY" in settings and "DEEPSIFT_DEMO_MAX_IMAGES" in settings
+    assert "DEEPSIFT_CHALLENGES_SERVE_WORKERS" in settings
+
+
+def _leaf_commands() -> list[list[str]]:
+    from deepsift.cli import build_parser
+
+    def subs(p):
+        return next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    out: list[list[str]] = []
+
+    def walk(p, path):
+        children = subs(p)
+        if not children:
+            out.append(path)
+        for name, child in children.items():
+            walk(child, path + [name])
+
+    walk(build_parser(), [])
+    return out
+
+
+def test_the_readme_command_table_names_every_command():
+    readme = (REPO / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    missing = []
+    for path in _leaf_commands():
+        group, leaf = (path[0], path[-1]) if len(path) > 1 else (None, path[0])
+        if f"`{' '.join(path)}" not in table and not (group and re.search(rf"\| `{group} [^|]*`{leaf}`", table)):
+            missing.append(" ".join(path))
+    assert not missing, f"README command table lacks: {missing}"
+    assert len(readme.splitlines()) < 200
+
+
+def test_every_setting_is_described():
+    from deepsift.challenges.settings import ChallengeSettings
+    from deepsift.demo.settings import DemoSettings
+    from deepsift.server.settings import Settings
+
+    bare = [f"{cls.__name__}.{name}" for cls in (Settings, ChallengeSettings, DemoSettings)
+            for name, field in cls.model_fields.items() if not field.description]
+    assert not bare, f"settings without a description (the settings page would be empty for them): {bare}"
+
+
+def test_every_doc_link_points_at_a_file():
+    """Relative links in the README and docs (as GitHub shows them) point at files that exist."""
+    broken = []
+    for path in DOC_FILES:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(REPO)} -> {target}")
+    assert not broken, broken
+
+
+# -- the quick starts, run as written ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quickstart_home(tmp_path_factory, code_model_dir) -> dict[str, str]:
+    """A Hugging Face cache holding aimagelab/CoDE in its published layout (random weights, the three
+    pickled classifiers made as the authors made theirs), and the environment the blocks run in."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import OneClassSVM
+    import joblib
+
+    from deepsift.model.official import OFFICIAL_FILES
+
+    home = tmp_path_factory.mktemp("home")
+    snap = home / "hf" / "hub" / "models--aimagelab--CoDE" / "snapshots" / ("0" * 40)
+    shutil.copytree(code_model_dir, snap)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("0" * 40)
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.normal(0, 1, (60, 192)), rng.normal(0.4, 1, (60, 192))].astype(np.float32)
+    y = np.r_[np.zeros(60, int), np.ones(60, int)]
+    (snap / "sklearn").mkdir()
+    with open(snap / "sklearn" / OFFICIAL_FILES["linear"], "wb") as fh:
+        pickle.dump(LogisticRegression(C=0.316, max_iter=1500, class_weight="balanced").fit(X, y), fh)
+    with open(snap / "sklearn" / OFFICIAL_FILES["knn"], "wb") as fh:
+        pickle.dump(KNeighborsClassifier(n_neighbors=1, metric="cosine").fit(X, y), fh)
+    joblib.dump(OneClassSVM(kernel="poly", gamma="auto", nu=0.1).fit(X[y == 0]), snap / "sklearn" / OFFICIAL_FILES["svm"])
+    return {"HOME": str(home), "HF_HOME": str(home / "hf"), "HF_HUB_OFFLINE": "1",
+            "DEEPSIFT_HOME": str(home / "deepsift"), "XDG_DATA_HOME": str(home / "share"),
+            "XDG_CONFIG_HOME": str(home / "config")}
+
+
+def _labelled(root: Path, layout: str, n: int = 12) -> None:
+    """Tiny separable images: ``classes`` (real/ + fake/<gen>/) or ``folders`` (real/ + <gen>/)."""
+    rng = np.random.default_rng(3)
+    dirs = {"real": root / "real"}
+    for gen in ("gen-a", "gen-b"):
+        dirs[gen] = root / ("fake" if layout == "classes" else "") / gen
+    for name, d in dirs.items():
+        d.mkdir(parents=True)
+        for i in range(n):
+            arr = (smooth_image if name == "real" else checker_image)(rng, 256, 256)
+            Image.fromarray(arr if name != "gen-b" else arr[:, ::-1].copy()).save(d / f"{name}-{i:03d}.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,script", _tested_blocks(), ids=[n for n, _ in _tested_blocks()])
+def test_quick_start_runs_as_written(name, script, quickstart_home, tmp_path):
+    _labelled(tmp_path / "data", "classes")
+    _labelled(tmp_path / "testset", "folders")
+    env = {**os.environ, **quickstart_home}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, f"{name} failed:\n{script}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+    assert "Traceback" not in res.stderr

@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 from . import __version__
@@ -136,6 +137,36 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
+def torch_has_cuda() -> bool | None:
+    """Whether the installed torch was built with CUDA, read from its ``version.py`` without importing torch.
+
+    None when that cannot be told (no torch, an unusual install): the full check then runs later.
+    """
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^cuda(?::[^=]*)?=\s*(.+)$", text, re.M)
+    return None if m is None else m.group(1).strip() not in ("None", "''", '""')
+
+
+def check_devices_early(args: argparse.Namespace) -> None:
+    """A CUDA device asked of a torch built without CUDA is refused before torch loads (seconds saved)."""
+    from .exceptions import DeviceError
+
+    names = [getattr(args, "device", None)] + list(getattr(args, "devices", None) or [])
+    wanted = [str(n) for n in names if n is not None and str(n).strip().lower().startswith("cuda")]
+    if wanted and torch_has_cuda() is False:
+        raise DeviceError(f"device {wanted[0]!r} is not usable here (this torch has no CUDA support); "
+                          f"use the device 'cpu' or 'auto'")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``deepsift`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     parser = build_parser()
@@ -151,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .output import sigterm_as_interrupt
 
     try:
+        check_devices_early(args)
         with sigterm_as_interrupt():  # SIGTERM unwinds like Ctrl-C: outputs are whole, marked partial, or absent
             return int(func(args) or 0)
     except DeepsiftError as exc:

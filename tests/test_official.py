@@ -72,3 +72,21 @@ def test_wrong_estimator_type_is_refused(tmp_path):
     with open(tmp_path / "sklearn" / OFFICIAL_FILES["linear"], "wb") as fh:
         pickle.dump({"not": "a classifier"}, fh)
     assert main(["weights", "import-official", str(tmp_path), "--trust-pickles"]) == 1
+
+
+def test_unreachable_hub_is_one_line_at_once(tmp_path):
+    """The first README line offline: one line within seconds, not the hub client's retries (even with -q)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "deepsift", "-q", "weights", "import-official", "aimagelab/CoDE",
+                          "--trust-pickles"], capture_output=True, text=True, env=env, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "aimagelab/CoDE" in res.stderr and "cannot be reached" in res.stderr
+    assert elapsed < 15, elapsed  # generous for a loaded machine; the retries took 23 s

@@ -27,8 +27,14 @@ def locate_official_files(source: str | os.PathLike) -> dict[str, Path]:
     if not folder.is_dir():
         from huggingface_hub import hf_hub_download
 
+        from ..hub import hub_access
+
+        # at once, one line, when neither cached nor reachable (not the hub client's retries)
+        local_only = hub_access(str(source), marker=f"sklearn/{OFFICIAL_FILES['linear']}",
+                                what="model")
         try:
-            files = {k: Path(hf_hub_download(str(source), f"sklearn/{name}")) for k, name in OFFICIAL_FILES.items()}
+            files = {k: Path(hf_hub_download(str(source), f"sklearn/{name}", local_files_only=local_only))
+                     for k, name in OFFICIAL_FILES.items()}
         except Exception as exc:
             raise ModelNotFoundError(
                 f"cannot fetch the published classifiers of {str(source)!r} ({type(exc).__name__}); "

@@ -82,15 +82,39 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def describe_baseline(name: str) -> tuple[str, list[str]]:
+    """(first docstring line, ``param=default`` strings) of baseline ``name``, read from its source.
+
+    The classes import torch; reading their source instead lets ``baseline list`` answer at once.
+    """
+    import ast
+    import importlib.util
+
+    from . import BASELINE_CLASSES
+
+    module, cls_name = BASELINE_CLASSES[name]
+    spec = importlib.util.find_spec(f"{__package__}.{module}")
+    tree = ast.parse(Path(spec.origin).read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+    doc = (ast.get_docstring(cls) or "").strip().splitlines()[0]
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+    params: list[str] = []
+    if init is not None:
+        args = init.args.args[1:]
+        defaults = [None] * (len(args) - len(init.args.defaults)) + list(init.args.defaults)
+        consts = {tg.id: n.value for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                  for tg in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(tg, ast.Name)}
+        shown = [consts.get(d.id, d) if isinstance(d, ast.Name) else d for d in defaults]  # DEFAULT_X -> its value
+        params = [f"{a.arg}={ast.unparse(d)}" if d is not None else a.arg for a, d in zip(args, shown)]
+    return doc, params
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     """deepsift baseline list."""
-    from . import BASELINE_NAMES, baseline_class
+    from . import BASELINE_NAMES
 
     for name in BASELINE_NAMES:
-        cls = baseline_class(name)
-        params = [f"{k}={v.default!r}" for k, v in inspect.signature(cls.__init__).parameters.items()
-                  if k != "self" and v.kind is v.POSITIONAL_OR_KEYWORD]
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc, params = describe_baseline(name)
         print(f"{name:10s} {doc}\n{'':10s} {', '.join(params)}")
     return 0
 

@@ -1,0 +1,47 @@
+"""The first hour: checks that need no model answer before torch loads, with the same words as the full path."""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+
+def _run_without_torch(code: str) -> tuple[str, bool]:
+    """Run ``code`` in a fresh interpreter; (its stdout, whether torch got imported)."""
+    res = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('TORCH', 'torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out, _, flag = res.stdout.rpartition("TORCH ")
+    return out + res.stderr, flag.strip() == "True"
+
+
+def test_baseline_list_reads_the_classes_without_importing_torch():
+    out, torch_loaded = _run_without_torch("from deepsift.cli import main; main(['baseline', 'list'])")
+    assert not torch_loaded
+    from deepsift.evaluate.baselines import BASELINE_NAMES, baseline_class
+
+    for name in BASELINE_NAMES:  # the same text the imported classes give
+        cls = baseline_class(name)
+        params = [f"{k}={v.default!r}" for k, v in inspect.signature(cls.__init__).parameters.items()
+                  if k != "self" and v.kind is v.POSITIONAL_OR_KEYWORD]
+        assert f"{name:10s} {(cls.__doc__ or '').strip().splitlines()[0]}" in out
+        assert ", ".join(params) in out
+
+
+@pytest.mark.parametrize("option", [["--device", "cuda"], ["--devices", "cuda:0,cuda:1"]])
+def test_cuda_without_a_cuda_torch_is_refused_before_torch_loads(option, tmp_path):
+    from deepsift.cli import torch_has_cuda
+
+    if torch_has_cuda() is not False:
+        pytest.skip("this torch has CUDA: the full device check applies")
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(img)
+    code = (f"from deepsift.cli import main; rc = main(['detect', {str(img)!r}, *{option!r}]); "
+            "print('RC', rc)")
+    out, torch_loaded = _run_without_torch(code)
+    assert "RC 1" in out and not torch_loaded
+    assert "is not usable here (this torch has no CUDA support)" in out
+    assert "Traceback" not in out

@@ -240,7 +240,8 @@ def submit(request: Request, slug: str, phase: str, user: RequireUser, session: 
     upload = submissions.prepare_upload(storage, file.file, file.filename or "upload", int(cap * (1 << 20)))
     sub = submissions.submit(request.app.state.db, storage, user=user, challenge_slug=slug, phase_slug=phase, kind=kind,
                          upload=upload, filename=file.filename or "upload", note=note,
-                         preprocessing=preprocessing or None, client_key=idempotency_key)
+                         preprocessing=preprocessing or None, client_key=idempotency_key,
+                         max_queued=cs.max_queued_per_team)
     return views.submission_out(session, session.get(Submission, sub.id), user)  # fresh: a worker may have it already
 
 

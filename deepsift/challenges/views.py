@@ -62,7 +62,7 @@ def submission_out(session: Session, sub: Submission, user: User | None, events:
         ranking_metric=ph.ranking_metric, public_score=sub.public_score,
         private_score=sub.private_score if private else None,
         intervals=("done" if sub.intervals_done else "pending") if sub.state == "scored" else None,
-        scores=submissions.scores_for(sub, user, now), counts_toward_quota=sub.state in COUNTED_STATES,
+        scores=submissions.scores_for(sub, user, now), counts_toward_quota=sub.state in COUNTED_STATES or bool(sub.charged),
         events=[EventOut(at=e.at, state=e.state, detail=e.detail, worker=e.worker)
                 for e in submissions.events(session, sub)] if events else None)
 

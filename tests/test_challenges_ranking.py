@@ -72,3 +72,40 @@ def test_participants_see_a_coarse_roc_and_rounded_metrics(app, client, tmp_path
     assert any(v != round(v, 2) for v in values)  # rounded to 4 decimals, not coarser
     host = client.get(f"/api/submissions/{sid}", headers=hosted.host.auth).json()
     assert host["public_score"] == pytest.approx(sub["public_score"], abs=1e-4)
+
+
+def _phase_body(client, hosted, **changes) -> dict:
+    ph = client.get(f"/api/challenges/{hosted.slug}", headers=hosted.host.auth).json()["phases"][0]
+    body = {k: ph[k] for k in ("slug", "title", "max_per_day", "max_total", "counting", "ranking_metric",
+                               "threshold", "bootstrap", "public_fraction", "submissions", "model_time_limit_s",
+                               "model_memory_mb")}
+    body.update(starts=ph["starts_at"], ends=ph["ends_at"], **changes)
+    return body
+
+
+def _put_phase(client, hosted, **changes):
+    return client.put(f"/api/challenges/{hosted.slug}/phases/{hosted.phase}", json=_phase_body(client, hosted, **changes),
+                      headers=hosted.host.auth)
+
+
+def test_scoring_rules_are_fixed_once_a_phase_has_submissions(app, client, tmp_path):
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    assert _put_phase(client, hosted, ranking_metric="ap").status_code == 200  # no submissions yet: free
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    assert submit(client, hosted, alice, csv_text(good_scores(hosted))).status_code == 201
+    for change in ({"ranking_metric": "eer"}, {"threshold": 0.7}, {"ranking_metric": "auroc", "threshold": 0.2}):
+        r = _put_phase(client, hosted, **change)
+        assert r.status_code == 409, change
+        assert "has submissions" in r.json()["detail"] and "can no longer change" in r.json()["detail"]
+    r = _put_phase(client, hosted, title="Renamed", max_per_day=5)  # not a scoring rule: still editable
+    assert r.status_code == 200 and r.json()["phases"][0]["title"] == "Renamed"
+    ph = client.get(f"/api/challenges/{hosted.slug}").json()["phases"][0]
+    assert (ph["ranking_metric"], ph["threshold"]) == ("ap", 0.5)
+
+
+def test_the_public_share_is_fixed_once_the_test_set_is_split(app, client, tmp_path):
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    r = _put_phase(client, hosted, public_fraction=0.3)
+    assert r.status_code == 409 and "already split" in r.json()["detail"]
+    ph = client.get(f"/api/challenges/{hosted.slug}").json()["phases"][0]
+    assert ph["public_fraction"] == 0.5  # what is shown is what was applied

@@ -69,7 +69,8 @@ def update_challenge(slug: str, body: ChallengeUpdate, user: RequireUser, sessio
     return views.challenge_out(session, ch, user)
 
 
-@router.put("/challenges/{slug}/phases/{phase}", response_model=ChallengeOut, dependencies=[CsrfProtect])
+@router.put("/challenges/{slug}/phases/{phase}", response_model=ChallengeOut, dependencies=[CsrfProtect],
+            responses={409: {"description": "a scoring rule of a phase with submissions, or a split test set's share"}})
 def put_phase(slug: str, phase: str, body: PhaseSpec, user: RequireUser, session: DbSession) -> ChallengeOut:
     """Create or change a phase: dates, limits, counting, ranking (its host). The test set is separate."""
     ch = service.get_challenge(session, slug, user)
@@ -85,6 +86,7 @@ def put_phase(slug: str, phase: str, body: PhaseSpec, user: RequireUser, session
 
         ph = Phase(challenge=ch, slug=phase)
         session.add(ph)
+    service.check_phase_edit(session, ph, body)
     service.apply_phase(ph, body)
     session.flush()
     session.refresh(ch)

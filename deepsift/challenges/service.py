@@ -68,6 +68,29 @@ def apply_phase(ph: Phase, ps: PhaseSpec) -> None:
     ph.model_time_limit_s, ph.model_memory_mb = ps.model_time_limit_s, ps.model_memory_mb
 
 
+SCORING_FIELDS = ("ranking_metric", "threshold")
+"""Phase settings every score depends on: fixed once the phase has submissions (one rule per board)."""
+
+
+def check_phase_edit(session: Session, ph: Phase, ps: PhaseSpec) -> None:
+    """Refuse (ConflictError) an edit that would leave a board under two rules.
+
+    Once a phase has submissions, its ranking metric and threshold are fixed (old scores would stay
+    under the old rule and "best" would pick by a metric they were not chosen by); the public share
+    is fixed once the test set is split (a new value would be shown but not applied).
+    """
+    if ph.id is None:
+        return
+    new = {"ranking_metric": ps.ranking_metric, "threshold": ps.threshold}
+    changed = [f for f in SCORING_FIELDS if getattr(ph, f) != new[f]]
+    if changed and session.scalar(select(func.count()).select_from(Submission).where(Submission.phase_id == ph.id)):
+        raise ConflictError(f"phase {ph.slug!r} has submissions: its {' and '.join(changed)} can no longer change "
+                            "(every score on its boards is under one rule); create a new phase instead")
+    if ph.public_fraction != ps.public_fraction and session.scalar(select(TestSet.id).where(TestSet.phase_id == ph.id)):
+        raise ConflictError(f"phase {ph.slug!r}'s test set is already split {ph.public_fraction:g} public; the public "
+                            "share can change only before the test set is uploaded (create a new phase instead)")
+
+
 def get_challenge(session: Session, slug: str, user: User | None) -> Challenge:
     """A challenge the caller may see (published, or hosted by them), else NotFoundError."""
     ch = session.scalar(select(Challenge).where(Challenge.slug == slug))

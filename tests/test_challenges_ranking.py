@@ -2,6 +2,8 @@
 under the submissions, host and late entries are marked and unranked, ties and the counting choice."""
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -109,3 +111,132 @@ def test_the_public_share_is_fixed_once_the_test_set_is_split(app, client, tmp_p
     assert r.status_code == 409 and "already split" in r.json()["detail"]
     ph = client.get(f"/api/challenges/{hosted.slug}").json()["phases"][0]
     assert ph["public_fraction"] == 0.5  # what is shown is what was applied
+
+
+# -- host, late and baseline entries ---------------------------------------------------------------
+def _end_phase(app) -> None:
+    from sqlalchemy import update
+
+    from deepsift.challenges.models import Phase
+
+    with app.state.db.session(write=True) as s:
+        s.execute(update(Phase).values(ends_at=dt.datetime.now(dt.timezone.utc)))  # after every entry so far
+
+
+def _page_rows(html: str) -> list[tuple[str, str]]:
+    """(rank cell, team cell text) of each leaderboard row of a page."""
+    import re
+
+    body = html.split('id="leaderboard"', 1)[1].split("</tbody>", 1)[0]
+    out = []
+    for tr in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)[1:]:
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", tr, re.S)
+        out.append((cells[0].strip(), re.sub(r"<[^>]+>", "", cells[1]).strip()))
+    return out
+
+
+def test_host_and_late_entries_are_flagged_and_never_ranked(app, client, tmp_path):
+    """The host's answer key, submitted after the deadline, does not rank first: it is off the boards
+    until marked a baseline, then shown flagged host/baseline/late with no rank, on JSON, CSV and pages."""
+    import csv
+    import io
+
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    rng = np.random.default_rng(1)
+    submit(client, hosted, alice, csv_text({n: float(rng.random()) for n in hosted.names}))  # worse than the key
+    host = join(client, hosted.slug, hosted.host, "Organizers")
+    early = submit(client, hosted, host, csv_text(good_scores(hosted))).json()["id"]  # a host entry in time
+    _end_phase(app)
+    r = submit(client, hosted, host, csv_text(good_scores(hosted)))  # the answer key, after the deadline
+    assert r.status_code == 201, r.text
+    late = r.json()["id"]
+    run_worker(app)
+    url = f"/api/challenges/{hosted.slug}/phases/dev/leaderboard"
+    for part in ("public", "private"):
+        board = client.get(url, params={"part": part}).json()
+        assert [(x["rank"], x["team"], x["flags"]) for x in board["rows"]] == [(1, "Team A", [])], part
+    assert client.get(f"/api/submissions/{early}", headers=host.auth).json()["flags"] == ["host"]
+    m = client.post(f"/api/submissions/{late}/baseline", json={"baseline": True}, headers=host.auth)
+    assert m.status_code == 200 and m.json()["flags"] == ["host", "baseline", "late"]
+    assert client.post(f"/api/submissions/{late}/baseline", json={"baseline": True},
+                       headers=alice.auth).status_code in (403, 404)  # only the host marks baselines
+    board = client.get(url, params={"part": "private"}).json()
+    assert [(x["rank"], x["team"], x["flags"]) for x in board["rows"]] == [
+        (None, "Organizers", ["host", "baseline", "late"]), (1, "Team A", [])]  # above by value, not ranked
+    rows = list(csv.DictReader(io.StringIO(client.get(url, params={"part": "private", "format": "csv"}).text)))
+    assert [(x["rank"], x["team"], x["flags"]) for x in rows] == [("", "Organizers", "host baseline late"),
+                                                                  ("1", "Team A", "")]
+    for page in (f"/challenges/{hosted.slug}/phases/dev/leaderboard?part=private", f"/embed/{hosted.slug}/dev/leaderboard?part=private"):
+        html = client.get(page).text
+        assert _page_rows(html) == [("–", "Organizers host baseline late"), ("1", "Team A")], page
+        assert 'class="badge flag-baseline"' in html
+
+
+# -- ties, the counting choice, intervals per part (issue 20) --------------------------------------
+def test_tied_values_share_a_rank_on_page_json_and_csv(app, client, tmp_path):
+    import csv
+    import io
+
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    same, worse = good_scores(hosted, noise=0.3, seed=4), good_scores(hosted, noise=0.6, seed=5)
+    teams = {}
+    for name, scores in (("Team A", same), ("Team B", same), ("Team C", worse)):
+        p = join(client, hosted.slug, register(client, name.lower().replace(" ", "")), name)
+        submit(client, hosted, p, csv_text(scores))
+        teams[name] = p
+    run_worker(app)
+    url = f"/api/challenges/{hosted.slug}/phases/dev/leaderboard"
+    board = client.get(url).json()
+    assert [(r["rank"], r["team"]) for r in board["rows"]] == [(1, "Team A"), (1, "Team B"), (3, "Team C")]
+    rows = list(csv.DictReader(io.StringIO(client.get(url, params={"format": "csv"}).text)))
+    assert [(r["rank"], r["team"]) for r in rows] == [("1", "Team A"), ("1", "Team B"), ("3", "Team C")]
+    html = client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
+    assert _page_rows(html) == [("1", "Team A"), ("1", "Team B"), ("3", "Team C")]
+
+
+def test_best_counts_by_the_public_score_and_a_tie_keeps_the_earlier(app, client, tmp_path):
+    """Entry 1: perfect on the public part, poor on the private; entry 2: the reverse; entry 3: entry 1
+    again. While the phase runs and after it ends, entry 1 counts (public score; the earlier on a tie),
+    so the private board shows entry 1's private score, not the better one of entry 2."""
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    key = hosted.key
+    rng = np.random.default_rng(0)
+    perfect = {n: float(0.1 + 0.8 * y) for n, y in zip(hosted.names, key.labels)}
+    noisy = {n: float(rng.random()) for n in hosted.names}
+    first = {n: perfect[n] if pub else noisy[n] for n, pub in zip(hosted.names, key.public)}
+    second = {n: noisy[n] if pub else perfect[n] for n, pub in zip(hosted.names, key.public)}
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    ids = [submit(client, hosted, alice, csv_text(s)).json()["id"] for s in (first, second)]
+    run_worker(app)
+    ids.append(submit(client, hosted, alice, csv_text(first)).json()["id"])  # a tie, later
+    run_worker(app)
+    subs = [client.get(f"/api/submissions/{i}", headers=hosted.host.auth).json() for i in ids]
+    assert subs[0]["public_score"] == subs[2]["public_score"] > subs[1]["public_score"]
+    assert subs[1]["private_score"] > subs[0]["private_score"]
+    url = f"/api/challenges/{hosted.slug}/phases/dev/leaderboard"
+    row = client.get(url).json()["rows"][0]
+    when = [dt.datetime.fromisoformat(x["created_at"]) for x in subs]
+    assert dt.datetime.fromisoformat(row["submitted_at"]) == when[0] < when[2]  # entry 1, not its later tie
+    assert row["metrics"]["auroc"] == pytest.approx(subs[0]["public_score"], abs=1e-4)
+    _end_phase(app)
+    private = client.get(url, params={"part": "private"}).json()["rows"][0]
+    assert private["metrics"]["auroc"] == pytest.approx(subs[0]["private_score"], abs=1e-4)
+    assert private["metrics"]["auroc"] < subs[1]["private_score"]
+
+
+def test_bootstrap_intervals_of_a_part_use_that_parts_samples_only():
+    """Public part perfectly separated, private part at random: the public interval is [1, 1] and equals
+    the bootstrap of the public samples alone; the private one is that of the private samples alone."""
+    from deepsift.evaluate.metrics import compute_metrics
+
+    key = _key(30, 30, 60)
+    rng = np.random.default_rng(1)
+    s = np.where(key.public, 0.1 + 0.8 * key.labels, rng.random(len(key)))
+    ci = scoring.intervals(key, s, None, threshold=0.5, resamples=200, seed=3)
+    assert ci["public"]["auroc"] == [1.0, 1.0]
+    for part, mask in (("public", key.public), ("private", ~key.public)):
+        m = compute_metrics(key.labels[mask], s[mask], threshold=0.5, bootstrap=200, seed=3)
+        assert ci[part]["auroc"] == [m.values["auroc"].low, m.values["auroc"].high], part
+        assert ci[part]["f1"] == [m.values["f1"].low, m.values["f1"].high], part
+    assert ci["private"]["auroc"][0] < 0.8

@@ -15,7 +15,7 @@ from ..server.storage import ArchiveLimits, extract_archive, write_capped
 from . import leaderboard as lb
 from . import service, submissions, views
 from .models import Submission
-from .schemas import (ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth, SubmissionOut,
+from .schemas import (BaselineMark, ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth, SubmissionOut,
                       TeamCreate, TeamJoin, TeamOut, TestSetOut)
 from .spec import ChallengeSpec, PhaseSpec, TestSetSpec, parse_spec
 
@@ -286,6 +286,16 @@ def requeue(sid: str, user: RequireUser, session: DbSession) -> SubmissionOut:
     sub = submissions.get_submission(session, sid, user)
     service.require_host_of(sub.phase.challenge, user)
     queue.requeue(session, sub, user.username)
+    session.flush()
+    return views.submission_out(session, sub, user)
+
+
+@router.post("/submissions/{sid}/baseline", response_model=SubmissionOut, dependencies=[CsrfProtect])
+def mark_baseline(sid: str, body: BaselineMark, user: RequireUser, session: DbSession) -> SubmissionOut:
+    """Show a submission on the boards as a baseline, never ranked (the challenge's host), or undo it."""
+    sub = submissions.get_submission(session, sid, user)
+    service.require_host_of(sub.phase.challenge, user)
+    sub.baseline = body.baseline
     session.flush()
     return views.submission_out(session, sub, user)
 

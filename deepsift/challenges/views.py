@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from ..server.db import utcnow
 from ..server.models import User
 from . import queue, scoring, service, submissions
+from .leaderboard import entry_flags
 from .models import COUNTED_STATES, Challenge, Phase, Submission, Team, TestSet
 from .schemas import ChallengeOut, ChallengeSummary, EventOut, PhaseOut, SubmissionOut, TeamOut, TestSetOut
 
@@ -64,6 +65,7 @@ def submission_out(session: Session, sub: Submission, user: User | None, events:
         private_score=sub.private_score if private else None,
         intervals=("done" if sub.intervals_done else "pending") if sub.state == "scored" else None,
         scores=shown(submissions.scores_for(sub, user, now)), counts_toward_quota=sub.state in COUNTED_STATES or bool(sub.charged),
+        flags=entry_flags(sub, ph),
         events=[EventOut(at=e.at, state=e.state, detail=e.detail, worker=e.worker)
                 for e in submissions.events(session, sub)] if events else None)
 

@@ -121,3 +121,76 @@ def test_a_run_stopped_at_its_time_limit_counts_against_the_quota(app, client, t
 ])
 def test_the_quota_rule_for_failures(reason, charged):
     assert queue.charged_failure(reason) is charged
+
+
+# -- the team-size cap under concurrent joins (real threads on a real server) ----------------------
+def _register_many(url: str, names: list[str]) -> dict[str, dict[str, str]]:
+    auth = {}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for n in names:
+            assert c.post("/api/auth/register", json={"username": n, "password": "password-123"}).status_code == 201
+            tok = c.post("/api/auth/token", json={"username": n, "password": "password-123"}).json()["token"]
+            auth[n] = {"Authorization": f"Bearer {tok}"}
+    return auth
+
+
+def _race(url: str, calls: list[tuple[str, dict, dict]]) -> list[int]:
+    """Send every (path, json, headers) at once from its own thread; their status codes, in order."""
+    barrier = threading.Barrier(len(calls))
+    codes: list[int] = [0] * len(calls)
+
+    def go(i: int) -> None:
+        path, body, headers = calls[i]
+        with httpx.Client(base_url=url, timeout=60) as c:
+            barrier.wait()
+            codes[i] = c.post(path, json=body, headers=headers).status_code
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return codes
+
+
+def _capped(app, slug: str, size: int) -> None:
+    from sqlalchemy import update
+
+    from deepsift.challenges.models import Challenge
+
+    with app.state.db.session(write=True) as s:
+        s.execute(update(Challenge).where(Challenge.slug == slug).values(max_team_size=size))
+
+
+def test_twelve_simultaneous_joins_never_overfill_a_team(app, client, hosted):
+    _capped(app, hosted.slug, 3)
+    captain = join(client, hosted.slug, register(client, "captain"), "Team A")
+    code = client.get(f"/api/challenges/{hosted.slug}/team", headers=captain.auth).json()["invite_code"]
+    with LiveServer(app) as srv:
+        auth = _register_many(srv.url, [f"joiner{i}" for i in range(12)])
+        codes = _race(srv.url, [(f"/api/challenges/{hosted.slug}/teams/join", {"invite_code": code}, h)
+                                for h in auth.values()])
+    assert sorted(codes) == [200] * 2 + [409] * 10
+    members = client.get(f"/api/challenges/{hosted.slug}/team", headers=captain.auth).json()["members"]
+    assert len(members) == 3
+
+
+def test_one_user_joining_two_teams_at_once_gets_one_team_and_a_409(app, client, hosted):
+    codes_of = []
+    for name in ("Team A", "Team B"):
+        p = join(client, hosted.slug, register(client, name.replace(" ", "").lower()), name)
+        codes_of.append(client.get(f"/api/challenges/{hosted.slug}/team", headers=p.auth).json()["invite_code"])
+    with LiveServer(app) as srv:
+        auth = _register_many(srv.url, [f"racer{i}" for i in range(4)])
+        calls = [(f"/api/challenges/{hosted.slug}/teams/join", {"invite_code": c}, h)
+                 for h in auth.values() for c in codes_of]
+        calls += [(f"/api/challenges/{hosted.slug}/teams", {"name": f"Solo {i}"}, h)
+                  for i, h in enumerate(auth.values())]
+        codes = _race(srv.url, calls)
+        assert set(codes) <= {200, 201, 409}, codes  # never a 500
+        with httpx.Client(base_url=srv.url) as c:
+            teams = [c.get(f"/api/challenges/{hosted.slug}/team", headers=h) for h in auth.values()]
+    assert all(t.status_code == 200 for t in teams)
+    for i in range(4):  # each racer's three requests: exactly one won
+        mine = codes[2 * i:2 * i + 2] + [codes[8 + i]]
+        assert sorted(mine) in ([200, 409, 409], [201, 409, 409]), mine

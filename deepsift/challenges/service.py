@@ -219,27 +219,40 @@ def create_team(session: Session, ch: Challenge, user: User, name: str) -> Team:
     if session.scalar(select(Team.id).where(Team.challenge_id == ch.id, func.lower(Team.name) == name.lower())):
         raise ConflictError(f"a team named {name!r} exists in this challenge")
     team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow())
-    session.add(team)
-    session.flush()
-    session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
-    try:
-        session.flush()
+    try:  # a concurrent create or join of the same user, or the same name, loses here: 409, not 500
+        with session.begin_nested():
+            session.add(team)
+            session.flush()
+            session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
+            session.flush()
     except IntegrityError:
         raise ConflictError("you are already in a team of this challenge, or the name is taken") from None
     return team
 
 
 def join_team(session: Session, ch: Challenge, user: User, code: str) -> Team:
-    """Join the team whose invite code is ``code``."""
+    """Join the team whose invite code is ``code``.
+
+    The team row is locked first (``SELECT ... FOR UPDATE``, as ``submit`` does), so concurrent joins
+    of one team are counted one after the other and never pass its size cap; a concurrent join of
+    the same user to another team hits the one-team-per-challenge constraint: 409, not 500.
+    """
     if team_of(session, ch, user) is not None:
         raise ConflictError("you are already in a team of this challenge")
-    team = session.scalar(select(Team).where(Team.challenge_id == ch.id, Team.invite_code == (code or "").strip()))
+    team = session.scalar(select(Team).where(Team.challenge_id == ch.id, Team.invite_code == (code or "").strip())
+                          .with_for_update())
     if team is None:
         raise NotFoundError("no team of this challenge has that invite code")
-    if len(team.members) >= ch.max_team_size:
+    members = session.scalar(select(func.count()).select_from(TeamMember).where(TeamMember.team_id == team.id)) or 0
+    if members >= ch.max_team_size:
         raise ConflictError(f"the team is full ({ch.max_team_size} members)")
-    session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
+            session.flush()
+    except IntegrityError:
+        raise ConflictError("you are already in a team of this challenge") from None
+    session.expire(team, ["members"])
     return team
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from deepsift.challenges import queue
 from deepsift.challenges.models import Submission, SubmissionEvent
@@ -31,18 +31,29 @@ def _events(db: Database, sid: str) -> list[tuple[str, str | None]]:
 
 
 def test_concurrent_workers_never_claim_one_job_twice(app, client, hosted, database_url):
-    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    """Four workers, each with its own engine, on 4 teams x 3 jobs: every job claimed exactly once, and a
+    team never has two jobs in hand at once (the fair queue's rule holds under concurrency)."""
     text = csv_text(good_scores(hosted))
-    ids = {submit(client, hosted, alice, text).json()["id"] for _ in range(16)}
+    ids = set()
+    for i in range(4):
+        p = join(client, hosted.slug, register(client, f"user{i}"), f"Team {i}")
+        ids |= {submit(client, hosted, p, text).json()["id"] for _ in range(3)}
     claimed: list[tuple[str, str]] = []
+    in_hand: list[int] = []
     lock = threading.Lock()
 
     def claimer(name: str) -> None:
         db = Database(database_url)  # its own engine and pool, like another machine
         try:
             while (job := queue.claim(db, name, lease_s=60)) is not None:
+                with db.session() as s:
+                    team = s.get(Submission, job.submission_id).team_id
+                    held = s.scalar(select(func.count()).select_from(Submission).where(
+                        Submission.team_id == team, Submission.lease_token.is_not(None)))
                 with lock:
                     claimed.append((job.submission_id, name))
+                    in_hand.append(held)
+                assert queue.finish(db, job, {"x": 1}, 0.5, 0.5, keep_lease=False)
         finally:
             db.dispose()
 
@@ -52,6 +63,7 @@ def test_concurrent_workers_never_claim_one_job_twice(app, client, hosted, datab
     for t in threads:
         t.join(60)
     assert sorted(sid for sid, _ in claimed) == sorted(ids)  # each exactly once
+    assert set(in_hand) == {1}  # while a worker held a team's job, no other job of that team was in hand
 
 
 def test_a_worker_that_lost_its_lease_cannot_write(app, client, hosted):

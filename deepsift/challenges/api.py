@@ -15,7 +15,7 @@ from ..server.storage import ArchiveLimits, extract_archive, write_capped
 from . import leaderboard as lb
 from . import service, submissions, views
 from .models import Submission
-from .schemas import (ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth, SubmissionOut,
+from .schemas import (BaselineMark, ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth, SubmissionOut,
                       TeamCreate, TeamJoin, TeamOut, TestSetOut)
 from .spec import ChallengeSpec, PhaseSpec, TestSetSpec, parse_spec
 
@@ -69,7 +69,8 @@ def update_challenge(slug: str, body: ChallengeUpdate, user: RequireUser, sessio
     return views.challenge_out(session, ch, user)
 
 
-@router.put("/challenges/{slug}/phases/{phase}", response_model=ChallengeOut, dependencies=[CsrfProtect])
+@router.put("/challenges/{slug}/phases/{phase}", response_model=ChallengeOut, dependencies=[CsrfProtect],
+            responses={409: {"description": "a scoring rule of a phase with submissions, or a split test set's share"}})
 def put_phase(slug: str, phase: str, body: PhaseSpec, user: RequireUser, session: DbSession) -> ChallengeOut:
     """Create or change a phase: dates, limits, counting, ranking (its host). The test set is separate."""
     ch = service.get_challenge(session, slug, user)
@@ -85,6 +86,7 @@ def put_phase(slug: str, phase: str, body: PhaseSpec, user: RequireUser, session
 
         ph = Phase(challenge=ch, slug=phase)
         session.add(ph)
+    service.check_phase_edit(session, ph, body)
     service.apply_phase(ph, body)
     session.flush()
     session.refresh(ch)
@@ -240,7 +242,8 @@ def submit(request: Request, slug: str, phase: str, user: RequireUser, session: 
     upload = submissions.prepare_upload(storage, file.file, file.filename or "upload", int(cap * (1 << 20)))
     sub = submissions.submit(request.app.state.db, storage, user=user, challenge_slug=slug, phase_slug=phase, kind=kind,
                          upload=upload, filename=file.filename or "upload", note=note,
-                         preprocessing=preprocessing or None, client_key=idempotency_key)
+                         preprocessing=preprocessing or None, client_key=idempotency_key,
+                         max_queued=cs.max_queued_per_team)
     return views.submission_out(session, session.get(Submission, sub.id), user)  # fresh: a worker may have it already
 
 
@@ -283,6 +286,16 @@ def requeue(sid: str, user: RequireUser, session: DbSession) -> SubmissionOut:
     sub = submissions.get_submission(session, sid, user)
     service.require_host_of(sub.phase.challenge, user)
     queue.requeue(session, sub, user.username)
+    session.flush()
+    return views.submission_out(session, sub, user)
+
+
+@router.post("/submissions/{sid}/baseline", response_model=SubmissionOut, dependencies=[CsrfProtect])
+def mark_baseline(sid: str, body: BaselineMark, user: RequireUser, session: DbSession) -> SubmissionOut:
+    """Show a submission on the boards as a baseline, never ranked (the challenge's host), or undo it."""
+    sub = submissions.get_submission(session, sid, user)
+    service.require_host_of(sub.phase.challenge, user)
+    sub.baseline = body.baseline
     session.flush()
     return views.submission_out(session, sub, user)
 

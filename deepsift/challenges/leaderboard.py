@@ -3,7 +3,10 @@
 Which submission counts (per phase): ``best`` = the team's best scored submission by the ranking
 metric on the public part (earliest on ties), ``last`` = its latest scored one. The private
 leaderboard ranks the same counting submissions on the private part, so the choice never looks
-at hidden labels. Ranks are competition ranks (1, 2, 2, 4); missing values sort last.
+at hidden labels. Ranks are competition ranks (1, 2, 2, 4) of the values as shown; missing
+values sort last. Only regular entries compete: the host's and late ones stay off the boards
+unless the host marks one as a baseline (shown, flagged, never ranked); every row carries its
+flags (:func:`entry_flags`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from ..exceptions import ForbiddenError, InvalidInputError
 from ..server.db import utcnow
 from ..server.models import User
 from .models import Phase, Submission, Team
+from .scoring import DISPLAY_DIGITS, published
 from .service import private_visible
 from .spec import LOWER_IS_BETTER, RANKING_METRICS
 
@@ -34,14 +38,43 @@ def columns(ph: Phase) -> list[str]:
     return cols
 
 
+def entry_flags(sub: Submission, ph: Phase) -> list[str]:
+    """The flags of an entry, shown on every board: ``host`` (submitted by the challenge's host),
+    ``baseline`` (marked by the host: shown, never ranked), ``late`` (after the phase ended) and
+    ``disqualified`` (its team was disqualified)."""
+    flags = []
+    if sub.user_id is not None and sub.user_id == ph.challenge.host_id:
+        flags.append("host")
+    if sub.baseline:
+        flags.append("baseline")
+    if sub.created_at >= ph.ends_at:
+        flags.append("late")
+    if _disqualified(sub.team):
+        flags.append("disqualified")
+    return flags
+
+
+def _disqualified(team: Team) -> bool:
+    """Whether a team is disqualified (moderation sets ``disqualified``/``disqualified_at`` on the team, if any)."""
+    return bool(getattr(team, "disqualified", None) or getattr(team, "disqualified_at", None))
+
+
 def counting_submissions(session: Session, ph: Phase) -> list[Submission]:
-    """Each team's counting submission (see the module docstring); scores loaded for those only."""
-    light = session.execute(select(Submission.id, Submission.team_id, Submission.public_score)
+    """Each team's counting submission (see the module docstring); scores loaded for those only.
+
+    Only regular entries compete: the host's and late ones are off the ranking (a baseline the host
+    marks is shown beside it, see :func:`baselines`).
+    """
+    light = session.execute(select(Submission.id, Submission.team_id, Submission.public_score, Submission.user_id,
+                                   Submission.created_at, Submission.baseline)
                             .where(Submission.phase_id == ph.id, Submission.state == "scored")
                             .order_by(Submission.created_at, Submission.id)).all()
     best: dict[int, tuple[str, float | None]] = {}
     lower = ph.ranking_metric in LOWER_IS_BETTER
-    for sid, team, score in light:
+    host = ph.challenge.host_id
+    for sid, team, score, user_id, created, baseline in light:
+        if baseline or user_id == host or created >= ph.ends_at:
+            continue
         cur = best.get(team)
         if cur is None or ph.counting == "last":
             best[team] = (sid, score)
@@ -51,9 +84,20 @@ def counting_submissions(session: Session, ph: Phase) -> list[Submission]:
     return list(session.scalars(select(Submission).where(Submission.id.in_(ids)))) if ids else []
 
 
+def baselines(session: Session, ph: Phase) -> list[Submission]:
+    """The scored submissions the host marked as baselines (shown on the boards, never ranked)."""
+    return list(session.scalars(select(Submission).where(Submission.phase_id == ph.id, Submission.state == "scored",
+                                                         Submission.baseline.is_(True))))
+
+
 def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None = None, order: str | None = None,
           user: User | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
-    """The leaderboard of ``part`` as a JSON-ready dict; ForbiddenError for the private part before the end."""
+    """The leaderboard of ``part`` as a JSON-ready dict; ForbiddenError for the private part before the end.
+
+    Metrics are shown rounded (:data:`.scoring.DISPLAY_DIGITS`) and ranked as shown: equal shown values
+    share a rank (competition ranking, 1-1-3). Flagged rows (baselines, disqualified teams) sit at their
+    place by value with no rank, and the ranks of the others skip them.
+    """
     if part not in ("public", "private"):
         raise InvalidInputError("part is 'public' or 'private'")
     if part == "private" and not private_visible(ph, user, now):
@@ -64,7 +108,7 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
     if order not in (None, "asc", "desc"):
         raise InvalidInputError("order is 'asc' or 'desc'")
     descending = (order or ("asc" if sort in LOWER_IS_BETTER else "desc")) == "desc"
-    subs = counting_submissions(session, ph)
+    subs = counting_submissions(session, ph) + baselines(session, ph)
     names = dict(session.execute(select(Team.id, Team.name).where(Team.challenge_id == ph.challenge_id)).all())
     counts = dict(session.execute(select(Submission.team_id, func.count()).where(
         Submission.phase_id == ph.id, Submission.state == "scored").group_by(Submission.team_id)).all())
@@ -76,10 +120,10 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         res = (s.scores or {}).get(part, {})
         overall = res.get("overall", {})
         ci = (res.get("ci") or {}).get(ph.ranking_metric)
-        rows.append({"team": names.get(s.team_id, "?"), "metrics": {c: overall.get(c) for c in cols},
-                     "ci95": ci, "intervals": "done" if s.intervals_done else "pending",
+        rows.append({"team": names.get(s.team_id, "?"), "metrics": {c: published(overall.get(c)) for c in cols},
+                     "ci95": published(ci), "intervals": "done" if s.intervals_done else "pending",
                      "submitted_at": s.created_at.isoformat(), "submissions": int(counts.get(s.team_id, 0)),
-                     "n_images": overall.get("n"), "_t": s.created_at})
+                     "n_images": overall.get("n"), "flags": entry_flags(s, ph), "_t": s.created_at})
 
     def key(r: dict) -> tuple:
         v = r["metrics"].get(sort)
@@ -87,13 +131,15 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         return (missing, -(v or 0.0) if descending else (v or 0.0), r["_t"])
 
     rows.sort(key=key)
-    prev, rank = None, 0
-    for i, r in enumerate(rows, 1):
+    prev, rank, place = None, 0, 0
+    for r in rows:
         v = r["metrics"].get(sort)
-        if v != prev or i == 1:
-            rank = i
-        r["rank"] = rank if v is not None else None
-        prev = v
+        ranked = v is not None and not ({"baseline", "disqualified"} & set(r["flags"]))
+        if ranked:
+            place += 1
+            if v != prev:
+                rank, prev = place, v
+        r["rank"] = rank if ranked else None
         del r["_t"]
     ch = ph.challenge
     return {"challenge": ch.slug, "phase": ph.slug, "part": part, "counting": ph.counting,
@@ -106,13 +152,13 @@ def to_csv(board: dict[str, Any]) -> str:
     """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions"])
+    w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"])
     for r in board["rows"]:
         ci = r["ci95"] or [None, None]
-        w.writerow([r["rank"], r["team"], *[_fmt(r["metrics"][c]) for c in board["columns"]], _fmt(ci[0]),
-                    _fmt(ci[1]), r["submitted_at"], r["submissions"]])
+        w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(r["metrics"][c]) for c in board["columns"]],
+                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"])])
     return out.getvalue()
 
 
 def _fmt(v: float | None) -> str:
-    return "" if v is None else f"{v:.6f}"
+    return "" if v is None else f"{v:.{DISPLAY_DIGITS}f}"

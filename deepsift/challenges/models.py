@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (JSON, BigInteger, Boolean, ColumnElement, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, false, or_)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..server.db import Base, UTCDateTime, new_id, utcnow
 
 STATES = ("queued", "running", "scored", "failed")
 COUNTED_STATES = ("queued", "running", "scored")
-"""States that use up a team's quota: a failed submission is refunded."""
+"""States that use up a team's quota; a failed submission is refunded unless ``charged`` (see :func:`counted`)."""
 
 
 class Challenge(Base):
@@ -142,6 +143,8 @@ class Submission(Base):
     private_score: Mapped[float | None] = mapped_column(Float, default=None)
     scores: Mapped[dict | None] = mapped_column(JSON, default=None)  # see deepsift.challenges.scoring
     intervals_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    charged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # failed, yet counted
+    baseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # host-marked: shown, unranked
 
     phase: Mapped[Phase] = relationship()
     team: Mapped[Team] = relationship()
@@ -156,3 +159,9 @@ class SubmissionEvent(Base):
     state: Mapped[str] = mapped_column(String(16))  # queued | running | scored | intervals | failed | requeued
     detail: Mapped[str | None] = mapped_column(Text, default=None)
     worker: Mapped[str | None] = mapped_column(String(120), default=None)
+
+
+def counted() -> ColumnElement[bool]:
+    """The quota rule as SQL: queued, running and scored submissions count, and failed ones marked ``charged``
+    (the run used its whole time or memory limit: see :func:`deepsift.challenges.queue.charged_failure`)."""
+    return or_(Submission.state.in_(COUNTED_STATES), Submission.charged.is_(True))

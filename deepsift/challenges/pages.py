@@ -188,6 +188,15 @@ def admin_requeue(slug: str, sid: str, user: RequireUser, session: DbSession) ->
     return RedirectResponse(f"/challenges/{slug}/admin", status_code=303)
 
 
+@router.post("/challenges/{slug}/admin/baseline/{sid}", dependencies=[CsrfProtect])
+def admin_baseline(slug: str, sid: str, user: RequireUser, session: DbSession,
+                   baseline: Annotated[str, Form(max_length=5)] = "1") -> Response:
+    from .schemas import BaselineMark
+
+    api.mark_baseline(sid, BaselineMark(baseline=baseline == "1"), user, session)
+    return RedirectResponse(f"/challenges/{slug}/admin", status_code=303)
+
+
 @router.post("/challenges/{slug}/admin/phases/{phase}/testset", dependencies=[CsrfProtect])
 def admin_testset(request: Request, slug: str, phase: str, user: RequireUser, session: ReadDbSession,
                   file: Annotated[UploadFile, File()], image_format: Annotated[str, Form(max_length=5)] = "png",

@@ -1,16 +1,21 @@
 """The scoring queue: submission rows claimed with a lease, kept alive by heartbeats, finished once.
 
-* ``claim``: the oldest job that is queued, or running/scored with unfinished work whose lease ran
-  out (its worker died), becomes this worker's: a new random ``lease_token`` and an expiry. On
-  PostgreSQL the candidate row is picked with ``FOR UPDATE SKIP LOCKED``, so any number of workers
-  on any number of machines claim different jobs without waiting on each other; on SQLite the
-  claim runs in a ``BEGIN IMMEDIATE`` transaction (one writer at a time), which is just as safe.
+* ``claim``: a running/scored job with unfinished work whose lease ran out (its worker died) is
+  taken over first; otherwise a queued job, picked fairly: at most one job in hand per team, and
+  round-robin between teams (the team served longest ago goes first, with its oldest job), so one
+  team's many or slow jobs never make another team wait behind all of them. The job becomes this
+  worker's: a new random ``lease_token`` and an expiry. On PostgreSQL rows are picked with ``FOR
+  UPDATE SKIP LOCKED`` (the team row too), so any number of workers on any number of machines claim
+  different jobs without waiting on each other; on SQLite the claim runs in a ``BEGIN IMMEDIATE``
+  transaction (one writer at a time), which is just as safe.
+* ``check_backlog``: a team has at most N jobs waiting (a setting), refused at submit time.
 * ``heartbeat``: pushes the expiry out; it returns False once the lease is lost.
 * ``finish`` / ``fail`` / ``set_intervals``: one conditional update ``WHERE id = ? AND
   lease_token = ?`` plus one event row, in one transaction: a worker that lost its lease (it was
   presumed dead and the job went to another) cannot write anything, so a job is scored once.
 * A job claimed ``max_attempts`` times without finishing fails (refunded), so one poisonous
-  submission cannot stall the queue forever.
+  submission cannot stall the queue forever. A run stopped at its time or memory limit fails
+  *charged* (it counts against the quota: :func:`charged_failure`), so looping models are not free.
 """
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
+from ..exceptions import ConflictError
 from ..server.db import Database, utcnow
-from .models import Submission, SubmissionEvent
+from .models import Submission, SubmissionEvent, Team
 
 
 @dataclass(frozen=True)
@@ -35,23 +41,26 @@ class Job:
     attempts: int
 
 
-def _claimable(now: dt.datetime) -> Any:
-    expired = and_(Submission.lease_token.is_not(None), Submission.lease_expires_at < now)
-    return or_(Submission.state == "queued",
-               and_(Submission.state.in_(("running", "scored")), expired))
+def _expired(now: dt.datetime) -> Any:
+    """Started jobs whose worker stopped renewing the lease (it died): taken over first."""
+    return and_(Submission.state.in_(("running", "scored")), Submission.lease_token.is_not(None),
+                Submission.lease_expires_at < now)
 
 
 def claim(db: Database, worker: str, lease_s: float, max_attempts: int = 3) -> Job | None:
-    """Take the oldest claimable job (see the module docstring), or None when there is none."""
+    """Take a job (see the module docstring): a takeover first, else the fair pick of :func:`_next_queued`."""
 
     def tx(s: Any) -> Job | None:
         now = utcnow()
         while True:
             row = s.execute(select(Submission.id, Submission.state, Submission.attempts)
-                            .where(_claimable(now)).order_by(Submission.queued_at, Submission.id).limit(1)
+                            .where(_expired(now)).order_by(Submission.queued_at, Submission.id).limit(1)
                             .with_for_update(skip_locked=True)).first()
             if row is None:
-                return None
+                sid = _next_queued(s)
+                if sid is None:
+                    return None
+                row = (sid, "queued", s.scalar(select(Submission.attempts).where(Submission.id == sid)))
             sid, state, attempts = row
             if state == "running" and attempts >= max_attempts:  # died mid-job too often: give up, refund
                 s.execute(update(Submission).where(Submission.id == sid).values(
@@ -73,6 +82,47 @@ def claim(db: Database, worker: str, lease_s: float, max_attempts: int = 3) -> J
             return Job(sid, token, stage, attempts + (stage == "score"))
 
     return db.run(tx, write=True)
+
+
+def _busy_teams() -> Any:
+    """Teams with a job in hand (a live or expired lease): they get no second one until it ends."""
+    return select(Submission.team_id).where(Submission.lease_token.is_not(None))
+
+
+def _next_queued(s: Any) -> str | None:
+    """The fair pick among queued jobs, locked for this claim: round-robin between teams.
+
+    A team with a job in hand waits; among the others, the team served longest ago (or never) goes
+    first, with its oldest job; ties by the age of that job. The team row is locked (``FOR UPDATE
+    SKIP LOCKED``, as ``submit`` locks it) and the team re-checked, so two workers on PostgreSQL never
+    start two jobs of one team; on SQLite the claim's ``BEGIN IMMEDIATE`` already serialises claims.
+    """
+    served = (select(Submission.team_id, func.max(Submission.started_at).label("last"))
+              .group_by(Submission.team_id).subquery())
+    skipped: set[int] = set()
+    while True:
+        q = (select(Submission.id, Submission.team_id).outerjoin(served, served.c.team_id == Submission.team_id)
+             .where(Submission.state == "queued", Submission.team_id.not_in(_busy_teams()))
+             .order_by(served.c.last.is_not(None), served.c.last, Submission.queued_at, Submission.id).limit(1))
+        if skipped:
+            q = q.where(Submission.team_id.not_in(skipped))
+        row = s.execute(q).first()
+        if row is None:
+            return None
+        sid, team_id = row
+        if s.get_bind().dialect.name == "postgresql":
+            locked = s.scalar(select(Team.id).where(Team.id == team_id).with_for_update(skip_locked=True))
+            busy = s.scalar(select(func.count()).select_from(_busy_teams().where(
+                Submission.team_id == team_id).subquery()))  # re-read after the lock: another claim may have committed
+            if locked is None or busy:
+                skipped.add(team_id)
+                continue
+            sid = s.scalar(select(Submission.id).where(Submission.team_id == team_id, Submission.state == "queued")
+                           .order_by(Submission.queued_at, Submission.id).limit(1).with_for_update(skip_locked=True))
+            if sid is None:
+                skipped.add(team_id)
+                continue
+        return sid
 
 
 def heartbeat(db: Database, job: Job, lease_s: float) -> bool:
@@ -108,10 +158,32 @@ def set_intervals(db: Database, job: Job, scores: dict) -> bool:
 
 
 def fail(db: Database, job: Job, reason: str) -> bool:
-    """Mark the job failed with ``reason`` (refunded: failed submissions use no quota), if still ours."""
+    """Mark the job failed with ``reason``, if still ours: refunded unless :func:`charged_failure` says otherwise."""
     values = dict(state="failed", reason=reason[:4000], finished_at=utcnow(), lease_token=None,
-                  lease_expires_at=None)
+                  lease_expires_at=None, charged=charged_failure(reason))
     return _transition(db, job, "running", values, "failed", detail=reason[:4000])
+
+
+LIMIT_WORDS = ("time limit", "out of memory", "memory limit")
+"""Words of the sandbox's failure reasons (:mod:`deepsift.challenges.sandbox`) for a run stopped at a limit."""
+
+
+def charged_failure(reason: str) -> bool:
+    """The quota rule for a failed run, in one place: charged when it was stopped at its time or memory limit
+    (it held a worker for the whole allowance), refunded otherwise (a crash, a bad output, a dead worker)."""
+    text = (reason or "").lower()
+    return any(w in text for w in LIMIT_WORDS)
+
+
+def check_backlog(s: Any, team_id: int, limit: int | None) -> None:
+    """Refuse a new submission (ConflictError) while the team already has ``limit`` jobs waiting or running."""
+    if not limit:
+        return
+    waiting = s.scalar(select(func.count()).select_from(Submission).where(
+        Submission.team_id == team_id, Submission.state.in_(("queued", "running")))) or 0
+    if waiting >= limit:
+        raise ConflictError(f"your team has {waiting} submissions waiting to be scored (at most {limit} at a time, "
+                            "so every team gets its turn); submit again when one is done")
 
 
 def _transition(db: Database, job: Job, from_state: str, values: dict[str, Any], event: str,

@@ -105,6 +105,7 @@ class SubmissionOut(BaseModel):
     scores: dict[str, Any] | None = Field(None, description="metrics per part: overall, per generator, "
                                                             "with/without transformations, ROC, intervals")
     counts_toward_quota: bool
+    flags: list[str] = Field(default_factory=list, description="host, baseline, late, disqualified (as on the boards)")
     events: list[EventOut] | None = None
 
 
@@ -129,6 +130,12 @@ class LeaderboardRow(BaseModel):
     submitted_at: str
     submissions: int
     n_images: int | None
+    flags: list[str] = Field(default_factory=list, description="host, baseline, late, disqualified: a row with "
+                                                                "baseline or disqualified has no rank")
+
+
+class BaselineMark(BaseModel):
+    baseline: bool = Field(True, description="shown on the boards as a baseline (never ranked), or not")
 
 
 class Leaderboard(BaseModel):

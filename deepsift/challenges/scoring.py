@@ -21,7 +21,10 @@ from .testsets import Key
 
 PARTS = ("public", "private", "all")
 THRESHOLD_METRICS = ("acc_real", "acc_fake", "accuracy", "balanced_accuracy", "f1")
-ROC_POINTS = 200
+ROC_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""The FPRs at which a submission's ROC curve is stored and shown (at most 20: the labels must not leak)."""
+DISPLAY_DIGITS = 4
+"""Decimals of the metrics participants and leaderboards see while a phase runs (hosts see all)."""
 
 
 def _values(m: Any) -> dict[str, float | None]:
@@ -39,13 +42,43 @@ def _metrics(y: np.ndarray, s: np.ndarray, hard: np.ndarray | None, threshold: f
 
 
 def _roc(y: np.ndarray, s: np.ndarray) -> list[list[float]] | None:
+    """The ROC curve read at the fixed FPR grid :data:`ROC_GRID` (never one point per image: see :func:`roc_on_grid`)."""
     if np.unique(y).size < 2:
         return None
     fpr, tpr, _ = roc_curve(y, s)
-    if fpr.size > ROC_POINTS:
-        idx = np.unique(np.linspace(0, fpr.size - 1, ROC_POINTS).round().astype(int))
-        fpr, tpr = fpr[idx], tpr[idx]
-    return [[round(float(a), 5), round(float(b), 5)] for a, b in zip(fpr, tpr)]
+    return [[round(f, 5), round(v, 5)] for f, v in zip(ROC_GRID, roc_on_grid(fpr, tpr))]
+
+
+def roc_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: tuple[float, ...] | None = None) -> list[float]:
+    """TPR of a ROC curve at each FPR of ``grid``: the highest TPR at an FPR on the curve, linear in between.
+
+    A curve with a point per image would tell, in one submission's own score order, which images
+    are fake (a step up) and which real (a step right); a fixed grid of at most 20 FPRs tells only
+    how many fakes rank above a few chosen reals, so the labels cannot be read back from it.
+    """
+    grid = ROC_GRID if grid is None else grid
+    xs, first = np.unique(fpr, return_index=True)
+    last = np.r_[first[1:] - 1, fpr.size - 1]
+    hi, lo = tpr[last], tpr[first]  # top and bottom of the vertical step at each distinct FPR
+    out = []
+    for f in grid:
+        j = int(np.searchsorted(xs, f, side="right")) - 1
+        if xs[j] == f or j == xs.size - 1:
+            out.append(float(hi[j]))
+        else:
+            out.append(float(hi[j] + (lo[j + 1] - hi[j]) * (f - xs[j]) / (xs[j + 1] - xs[j])))
+    return out
+
+
+def published(result: Any, digits: int = DISPLAY_DIGITS) -> Any:
+    """A result with every float rounded to ``digits`` decimals (what participants and boards see)."""
+    if isinstance(result, float):
+        return round(result, digits)
+    if isinstance(result, dict):
+        return {k: published(v, digits) for k, v in result.items()}
+    if isinstance(result, list):
+        return [published(v, digits) for v in result]
+    return result
 
 
 def _part(key: Key, mask: np.ndarray, scores: np.ndarray, hard: np.ndarray | None, threshold: float,

@@ -68,6 +68,29 @@ def apply_phase(ph: Phase, ps: PhaseSpec) -> None:
     ph.model_time_limit_s, ph.model_memory_mb = ps.model_time_limit_s, ps.model_memory_mb
 
 
+SCORING_FIELDS = ("ranking_metric", "threshold")
+"""Phase settings every score depends on: fixed once the phase has submissions (one rule per board)."""
+
+
+def check_phase_edit(session: Session, ph: Phase, ps: PhaseSpec) -> None:
+    """Refuse (ConflictError) an edit that would leave a board under two rules.
+
+    Once a phase has submissions, its ranking metric and threshold are fixed (old scores would stay
+    under the old rule and "best" would pick by a metric they were not chosen by); the public share
+    is fixed once the test set is split (a new value would be shown but not applied).
+    """
+    if ph.id is None:
+        return
+    new = {"ranking_metric": ps.ranking_metric, "threshold": ps.threshold}
+    changed = [f for f in SCORING_FIELDS if getattr(ph, f) != new[f]]
+    if changed and session.scalar(select(func.count()).select_from(Submission).where(Submission.phase_id == ph.id)):
+        raise ConflictError(f"phase {ph.slug!r} has submissions: its {' and '.join(changed)} can no longer change "
+                            "(every score on its boards is under one rule); create a new phase instead")
+    if ph.public_fraction != ps.public_fraction and session.scalar(select(TestSet.id).where(TestSet.phase_id == ph.id)):
+        raise ConflictError(f"phase {ph.slug!r}'s test set is already split {ph.public_fraction:g} public; the public "
+                            "share can change only before the test set is uploaded (create a new phase instead)")
+
+
 def get_challenge(session: Session, slug: str, user: User | None) -> Challenge:
     """A challenge the caller may see (published, or hosted by them), else NotFoundError."""
     ch = session.scalar(select(Challenge).where(Challenge.slug == slug))
@@ -196,27 +219,40 @@ def create_team(session: Session, ch: Challenge, user: User, name: str) -> Team:
     if session.scalar(select(Team.id).where(Team.challenge_id == ch.id, func.lower(Team.name) == name.lower())):
         raise ConflictError(f"a team named {name!r} exists in this challenge")
     team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow())
-    session.add(team)
-    session.flush()
-    session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
-    try:
-        session.flush()
+    try:  # a concurrent create or join of the same user, or the same name, loses here: 409, not 500
+        with session.begin_nested():
+            session.add(team)
+            session.flush()
+            session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
+            session.flush()
     except IntegrityError:
         raise ConflictError("you are already in a team of this challenge, or the name is taken") from None
     return team
 
 
 def join_team(session: Session, ch: Challenge, user: User, code: str) -> Team:
-    """Join the team whose invite code is ``code``."""
+    """Join the team whose invite code is ``code``.
+
+    The team row is locked first (``SELECT ... FOR UPDATE``, as ``submit`` does), so concurrent joins
+    of one team are counted one after the other and never pass its size cap; a concurrent join of
+    the same user to another team hits the one-team-per-challenge constraint: 409, not 500.
+    """
     if team_of(session, ch, user) is not None:
         raise ConflictError("you are already in a team of this challenge")
-    team = session.scalar(select(Team).where(Team.challenge_id == ch.id, Team.invite_code == (code or "").strip()))
+    team = session.scalar(select(Team).where(Team.challenge_id == ch.id, Team.invite_code == (code or "").strip())
+                          .with_for_update())
     if team is None:
         raise NotFoundError("no team of this challenge has that invite code")
-    if len(team.members) >= ch.max_team_size:
+    members = session.scalar(select(func.count()).select_from(TeamMember).where(TeamMember.team_id == team.id)) or 0
+    if members >= ch.max_team_size:
         raise ConflictError(f"the team is full ({ch.max_team_size} members)")
-    session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
-    session.flush()
+    try:
+        with session.begin_nested():
+            session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))
+            session.flush()
+    except IntegrityError:
+        raise ConflictError("you are already in a team of this challenge") from None
+    session.expire(team, ["members"])
     return team
 
 

@@ -2,7 +2,8 @@
 
 A submission is accepted in one short write after its file was checked; a refused file leaves
 nothing behind. Quotas count a team's queued, running and scored submissions in a phase (failed
-runs are refunded); per day means per UTC calendar day. A submission is seen by its team's
+runs are refunded, unless stopped at their time or memory limit: :func:`.models.counted`); per day
+means per UTC calendar day. A team has at most N jobs waiting at once (:func:`.queue.check_backlog`). A submission is seen by its team's
 members and the challenge's host only; private-part scores only after the phase ends.
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ..exceptions import ConflictError, InvalidInputError, NotFoundError
 from ..server.db import Database, new_id, utcnow
 from ..server.models import User
 from ..server.storage import Storage, file_sha256, write_capped
-from . import predictions
-from .models import COUNTED_STATES, Phase, Submission, SubmissionEvent, Team, TeamMember
+from . import predictions, queue
+from .models import Phase, Submission, SubmissionEvent, Team, TeamMember, counted
 from .sandbox import parse_preprocessing
 from .service import AREA, get_challenge, get_phase, is_host_of, phase_state, private_visible, team_of, testset_of
 from .testsets import load_key
@@ -33,7 +34,7 @@ def quota(session: Session, ph: Phase, team: Team, now: dt.datetime | None = Non
     now = now or utcnow()
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     base = select(func.count()).select_from(Submission).where(
-        Submission.phase_id == ph.id, Submission.team_id == team.id, Submission.state.in_(COUNTED_STATES))
+        Submission.phase_id == ph.id, Submission.team_id == team.id, counted())
     total = int(session.scalar(base) or 0)
     today = int(session.scalar(base.where(Submission.created_at >= day)) or 0)
     left = [x for x in ((ph.max_per_day - today) if ph.max_per_day else None,
@@ -64,7 +65,7 @@ def prepare_upload(storage: Storage, stream: BinaryIO, filename: str, max_bytes:
 
 def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, phase_slug: str, kind: str,
            upload: Path, filename: str, note: str = "", preprocessing: Any = None, client_key: str | None = None,
-           now: dt.datetime | None = None) -> Submission:
+           now: dt.datetime | None = None, max_queued: int | None = None) -> Submission:
     """Accept a submission: checks, validation of the file, quota, then one short write that queues it.
 
     ``upload`` is the stored file (in its own private folder, which becomes the submission's).
@@ -120,6 +121,7 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
             q2 = quota(w, ph2, t, now)  # type: ignore[arg-type]
             if q2["left"] == 0:
                 raise ConflictError(_quota_message(q2))
+            queue.check_backlog(w, team_id, max_queued)  # a team's waiting jobs are capped (fair queue)
             stamp = now or utcnow()
             sub = Submission(id=upload.parent.name, phase_id=ph_id, team_id=team_id, user_id=user.id, kind=kind,
                              note=(note or "")[:200], client_key=client_key,
@@ -176,8 +178,8 @@ ONNX_FIRST_TAGS = frozenset({0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x7
 
 def _quota_message(q: dict) -> str:
     if q["max_total"] is not None and q["used_total"] >= q["max_total"]:
-        return f"submission limit reached: {q['used_total']} of {q['max_total']} for this phase (failed runs do not count)"
-    return f"daily submission limit reached: {q['used_today']} of {q['max_per_day']} today (UTC; failed runs do not count)"
+        return f"submission limit reached: {q['used_total']} of {q['max_total']} for this phase (failed runs do not count, unless they used up the time or memory limit)"
+    return f"daily submission limit reached: {q['used_today']} of {q['max_per_day']} today (UTC; failed runs do not count, unless they used up the time or memory limit)"
 
 
 def get_submission(session: Session, sid: str, user: User | None) -> Submission:

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 
 from ..server.db import utcnow
 from ..server.models import User
-from . import queue, service, submissions
+from . import queue, scoring, service, submissions
+from .leaderboard import entry_flags
 from .models import COUNTED_STATES, Challenge, Phase, Submission, Team, TestSet
 from .schemas import ChallengeOut, ChallengeSummary, EventOut, PhaseOut, SubmissionOut, TeamOut, TestSetOut
 
@@ -51,6 +52,7 @@ def submission_out(session: Session, sub: Submission, user: User | None, events:
                    now: dt.datetime | None = None) -> SubmissionOut:
     ph = sub.phase
     private = service.private_visible(ph, user, now)
+    shown = (lambda v: v) if private else scoring.published  # rounded while the phase runs (labels must not leak)
     # clamped: workers on other machines stamp with their own clocks
     wait = max((sub.started_at - sub.queued_at).total_seconds(), 0.0) if sub.started_at else None
     run = max((sub.finished_at - sub.started_at).total_seconds(), 0.0) if sub.finished_at and sub.started_at else None
@@ -59,10 +61,11 @@ def submission_out(session: Session, sub: Submission, user: User | None, events:
         filename=sub.filename, note=sub.note, state=sub.state, reason=sub.reason,  # type: ignore[arg-type]
         position=queue.position(session, sub), attempts=sub.attempts, created_at=sub.created_at,
         started_at=sub.started_at, finished_at=sub.finished_at, wait_seconds=wait, run_seconds=run,
-        ranking_metric=ph.ranking_metric, public_score=sub.public_score,
+        ranking_metric=ph.ranking_metric, public_score=shown(sub.public_score),
         private_score=sub.private_score if private else None,
         intervals=("done" if sub.intervals_done else "pending") if sub.state == "scored" else None,
-        scores=submissions.scores_for(sub, user, now), counts_toward_quota=sub.state in COUNTED_STATES,
+        scores=shown(submissions.scores_for(sub, user, now)), counts_toward_quota=sub.state in COUNTED_STATES or bool(sub.charged),
+        flags=entry_flags(sub, ph),
         events=[EventOut(at=e.at, state=e.state, detail=e.detail, worker=e.worker)
                 for e in submissions.events(session, sub)] if events else None)
 

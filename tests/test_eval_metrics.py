@@ -222,3 +222,17 @@ def test_bootstrap_keeps_the_class_counts() -> None:
     acc = m.values["accuracy"]
     assert acc.low == pytest.approx(60 / 63) and acc.high == pytest.approx(60 / 63)
     assert m.values["auroc"].low == 1.0 == m.values["auroc"].high  # never a one-class resample
+
+
+def test_threshold_for_target_fpr_on_separable_scores_is_mid_gap_and_readable() -> None:
+    """Reals at 0, fakes at 1 (an isotonic map of separable scores): the rule reads 'P(fake) >= 0.5'."""
+    y = np.array([0] * 40 + [1] * 40)
+    s = np.array([0.0] * 40 + [1.0] * 40)
+    t = threshold_for_fpr(y, s, 0.05)
+    assert t == 0.5
+    y2 = np.array([0, 0, 0, 0, 1, 1, 1])
+    s2 = np.array([0.01, 0.02, 0.031, 0.2, 0.62, 0.7, 0.9])
+    t2 = threshold_for_fpr(y2, s2, 0.0)
+    assert 0.2 < t2 <= 0.62 and len(repr(t2)) <= 4  # in the gap, a short decimal (0.4)
+    assert np.mean(s2[y2 == 0] >= t2) == 0 and np.mean(s2[y2 == 1] >= t2) == 1
+    assert threshold_for_fpr([0, 0, 1], [0.3, 0.9, 0.95], 0.0) == pytest.approx(0.93)

@@ -347,6 +347,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         cal.params["threshold"] = threshold_for_fpr(y, cal.transform(s), args.target_fpr)
         cal.params["target_fpr"] = args.target_fpr
     cal.save(args.out)
-    extra = f", threshold {cal.params['threshold']:.4g} for FPR <= {args.target_fpr}" if args.target_fpr is not None else ""
+    extra = f", threshold {cal.params['threshold']:g} for FPR <= {args.target_fpr}" if args.target_fpr is not None else ""
     print(f"calibration ({args.method}) fitted on {len(y)} validation scores{extra}: {args.out}", file=sys.stdout)
     return EXIT_OK

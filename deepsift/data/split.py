@@ -84,6 +84,9 @@ class SplitSummary:
             per_gen = ", ".join(f"{m} {c}" for m, c in sorted(self.images[s].items()))
             parts.append(f"{s} {self.records[s]} {unit} ({per_gen or 'no images'})")
         line = "; ".join(parts)
+        total = sum(sum(c.values()) for c in self.images.values())
+        if total:
+            line += "; achieved " + " / ".join(f"{s} {sum(self.images[s].values()) / total:.0%}" for s in SPLITS)
         if self.left_out is not None:
             n = sum(c[self.left_out] for c in self.images.values())
             line += (f"; left out {self.left_out}: all {n} of its images in test; dropped {self.dropped} image(s) "
@@ -153,10 +156,11 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
                   salt: str = "deepsift", leave_out_generator: str | None = None) -> SplitSummary:
     """Split a plain folder dataset (:mod:`deepsift.data.layout` samples) into ``out_dir/splits.csv``.
 
-    Real images split by their group (:func:`deepsift.data.groups.group_key`: a whole source on one
-    side, never per image when a group is given); generated images by id. With
+    Images split by their group (:func:`deepsift.data.groups.group_key`: a whole source or prompt
+    folder on one side, never per image when a group is given), real and generated alike. With
     ``leave_out_generator`` G: every image of G goes to test, other generated images never do.
-    The images stay where they are; the manifest names each one's split.
+    A side given a share (val, test) that gets no real or no generated image is refused, nothing
+    kept. The images stay where they are; the manifest names each one's split.
     """
     from .groups import group_key
 
@@ -172,7 +176,7 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
             w = csv.writer(fh)
             w.writerow(FOLDER_MANIFEST_COLUMNS)
             for s in samples:
-                side = split_of(group_key(s) if s.label == 0 else f"image:{s.id}", val, test, salt)
+                side = split_of(group_key(s), val, test, salt)
                 if leave_out_generator is not None and s.label == 1:
                     if s.generator == leave_out_generator:
                         side = "test"
@@ -182,8 +186,25 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
                 w.writerow([s.id, s.source, s.label, s.generator, s.group or "", side])
                 summary.records[side] += 1
                 summary.images[side][s.generator] += 1
+        _check_both_classes(summary, {"train": 1.0 - val - test, "val": val, "test": test})
         os.replace(tmp, out / MANIFEST)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write the split to {out}: {exc.strerror or exc}; nothing was kept") from None
+    except DataError:
+        tmp.unlink(missing_ok=True)
+        raise
     return summary
+
+
+def _check_both_classes(summary: SplitSummary, shares: dict[str, float]) -> None:
+    """A DataError when a side with a share gets no real or no generated image (said with the counts)."""
+    for side, share in shares.items():
+        if share <= 0:
+            continue
+        n_real = summary.images[side].get("real", 0)
+        n_fake = sum(summary.images[side].values()) - n_real
+        if not n_real or not n_fake:
+            raise DataError(f"the {side} side would hold {n_real} real and {n_fake} generated image(s): a side with no "
+                            f"{'real' if not n_real else 'generated'} image cannot be evaluated; change the fractions "
+                            f"or --salt, or group less coarsely ({summary.line('images')}); nothing was written")

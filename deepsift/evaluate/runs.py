@@ -240,7 +240,10 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
     train, test = split_reals(data.samples, real_train_fraction, seed)
     n_groups = len({s.group for s in data.samples if s.label == 0 and s.group})
     report.results["real_split"] = {"train": int(train.size), "test": int(test.size), "groups": n_groups}
-    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}: {train.size} train, {test.size} test"
+    achieved = train.size / max(1, train.size + test.size)
+    report.results["real_split"]["achieved_train_fraction"] = achieved
+    report.text(f"Heads fitted on real images ({train.size} train, {test.size} test: {achieved:.0%} train, "
+                f"{real_train_fraction:.0%} asked"
                 + (f"; split by source, {n_groups} group(s), none on both sides" if n_groups else "; split per image")
                 + ") and every generator but G; tested on the held-out real images and G. " + SMALL_NOTE)
     counts = {g: max(m.n_fake for m in v.values()) for g, v in rows.items()}

@@ -206,3 +206,21 @@ def test_grouped_split_groups_fakes_refuses_unmatched_group_files_and_empty_side
     err = capsys.readouterr().err
     assert rc == 1 and "side would hold 0 real" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o3" / "splits.csv").exists()
+
+
+def test_eval_generators_resamples_groups_and_warns_below_20_per_class(tmp_path: Path, capsys) -> None:
+    import json
+
+    from eval_toys import FormatReader
+
+    from deepsift.evaluate.detectors import register_detector_loader
+
+    register_detector_loader("format", lambda arg: FormatReader())
+    root = classes_dataset(tmp_path / "ds", sources={f"src{i}": 3 for i in range(6)}, gens={"sd": 4, "mj": 4})
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(root), "--detector", "fmt=format:x", "--bootstrap", "50",
+                 "--report", str(rep)]) == 0
+    pooled = json.loads((rep / "metrics.json").read_text())["per_generator"]["fmt"]["all"]["all"]
+    assert pooled["n_real_groups"] == 6 and pooled["few_groups"] is True
+    out = capsys.readouterr().out
+    assert "the bootstrap resamples groups (6 real" in out and "fewer than 20 groups of a class" in out

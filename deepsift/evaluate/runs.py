@@ -37,6 +37,18 @@ def _dataset_block(report: Report, data: EvalSet) -> None:
                 + (f" ⚠ {len(small)} set(s) with fewer than {SMALL_N} images: fragile figures." if small else ""))
 
 
+def groups_line(rows: dict[str, Any], bootstrap: int) -> list[str]:
+    """One warning line when the bootstrap resampled groups and some class has fewer than MIN_GROUPS of them."""
+    from .metrics import MIN_GROUPS
+
+    few = {k: m for k, m in rows.items() if m.n_real_groups is not None and m.few_groups}
+    if not few or not bootstrap:
+        return []
+    k, m = next(iter(few.items()))
+    return [f"images come in groups: the bootstrap resamples groups ({m.n_real_groups} real, {m.n_fake_groups} "
+            f"generated for {k}); fewer than {MIN_GROUPS} groups of a class, so its intervals (†) are unreliable"]
+
+
 def _rule_block(report: Report, rules: dict[str, str]) -> None:
     """Name the decision rule behind every hard label of the report (accuracy, F1, FPR, TPR)."""
     report.results["decision_rule"] = rules
@@ -197,6 +209,9 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     small = [g for g, m in next(iter(results.values()))[ALL].items() if g != ALL and m.small]
     if small:
         summary.append(f"fewer than {SMALL_N} images (fragile figures): {', '.join(small)}")
+    for line in groups_line(next(iter(results.values()))[ALL], bootstrap):
+        summary.append(line)
+        report.text("⚠ " + line)
     return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 

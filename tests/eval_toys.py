@@ -39,3 +39,36 @@ class SeededScorer:
             p = min(1.0, max(0.0, 0.5 * u + (self.strength * 0.5 if fake else 0.25)))
             out.append(Prediction(str(s), label=int(p >= 0.5), score=p, probability=p))
         return out
+
+
+class CueLearner:
+    """A fittable detector that learns whichever file format only the fakes of its training set have.
+
+    Fitted on format-confounded files it scores 1.0; refitted on files that all share one format it
+    has nothing to learn (AUROC 0.5). Every ``fit`` call is recorded (what the control fed it).
+    """
+
+    calls: list[tuple[list, list]] = []
+
+    def __init__(self, fake_format: str | None = "PNG"):
+        self.fake_format = fake_format
+
+    def fit(self, real, fake):
+        type(self).calls.append((list(real), list(fake)))
+        fmt = {read_header(s).format for s in fake} - {read_header(s).format for s in real}
+        self.fake_format = sorted(fmt)[0] if fmt else None
+        return self
+
+    def predict(self, sources):
+        out = []
+        for s in sources:
+            p = 0.5 if self.fake_format is None else (0.9 if read_header(s).format == self.fake_format else 0.1)
+            out.append(Prediction(str(s), label=int(p >= 0.5), score=p, probability=p))
+        return out
+
+
+class Published:
+    """A detector that cannot be refitted (no ``fit``): reads the format, as a published model might."""
+
+    def predict(self, sources):
+        return FormatReader().predict(sources)

@@ -93,9 +93,15 @@ def test_cli_split_and_leave_generator_out(tmp_path, capsys):
     train, test = list(read_d3(lgo / "train")), list(read_d3(lgo / "test"))
     assert {g.model for r in train for g in r.generations} == {"stable-diffusion-1-4", "stable-diffusion-2-1"}
     assert {g.model for r in test for g in r.generations} == {"stable-diffusion-xl"}
-    assert not {r.id for r in train} & {r.id for r in test}  # no prompt/real image on both sides
+    # one rule, as for folders: ALL of the left-out generator's 60 images are in test, and the line says so
+    assert len(test) == 60 and {r.id for r in test} == {r.id for r in records}
     originals = {r.id: r for r in records}
     assert all(r.generations[0].image == originals[r.id].generations[2].image for r in test)
+    n_test_records = sum(split_of(r.id, 0.0, 0.3) == "test" for r in records)
+    assert len(train) == 60 - n_test_records
+    err = capsys.readouterr().err
+    assert (f"left out stable-diffusion-xl: all 60 of its images in test; dropped {2 * n_test_records} image(s) "
+            "of other generators from test") in err
     capsys.readouterr()
     assert main(["data", "split", str(tmp_path / "d3"), "--out", str(tmp_path / "x"), "--leave-out", "midjourney"]) == 1
     assert "is not the name of a generator" in capsys.readouterr().err

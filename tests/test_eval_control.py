@@ -111,3 +111,59 @@ def test_bad_control_is_a_usage_error(confounded: Path, bad: str, capsys) -> Non
 def test_parse_control() -> None:
     assert parse_control("JPEG:90").name == "jpeg:90" and parse_control("png").name == "png"
     assert parse_control("resize:512").value == 512
+
+
+def test_control_refits_fittable_detectors_and_says_test_side_only_for_the_others(confounded: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
+    from eval_toys import CueLearner, Published
+
+    register_detector_loader("cue", lambda arg: CueLearner())
+    register_detector_loader("published", lambda arg: Published())
+    CueLearner.calls.clear()
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(confounded), "--detector", "learner=cue:x", "--detector", "pub=published:x",
+                 "--control", "jpeg:90", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    c = _json(rep)["control"]
+    assert c["mode"] == {"learner": "refitted", "pub": "test side only"}
+    # refitted on each side: 2 folds on the original files, 2 on the controlled (JPEG) copies
+    assert len(CueLearner.calls) == 4
+    controlled_calls = [call for call in CueLearner.calls if all(str(s).endswith(".jpg") and "deepsift-control-" in str(s)
+                                                                 for s in call[0] + call[1])]
+    assert len(controlled_calls) == 2
+    for real, fake in CueLearner.calls:  # each fold trains on part of each class, never on everything
+        assert 0 < len(real) < 36 and 0 < len(fake) < 37
+    orig = c["original"]["learner"]["all"]["metrics"]["auroc"]["value"]
+    ctrl = c["controlled"]["learner"]["all"]["metrics"]["auroc"]["value"]
+    assert orig == pytest.approx(1.0) and ctrl == pytest.approx(0.5)
+    assert "learner: AUROC 1.000 original, 0.500 with jpeg:90 (drop +0.500, refitted)" in out
+    assert "pub: AUROC 1.000 original, 0.500 with jpeg:90 (drop +0.500, test side only)" in out
+    md = (rep / "report.md").read_text()
+    assert "only the test images were controlled" in md and "does NOT show" in md
+    # the drop in words is on the first screen: in the glance section, before its table
+    glance = md[md.index("## At a glance"):]
+    assert glance.index("Control jpeg:90: learner AUROC 1.000 -> 0.500, falls by 0.500") < glance.index("| generator")
+
+
+def test_control_compares_the_same_images_on_both_sides(confounded: Path, tmp_path: Path) -> None:
+    """An image that only the re-encode fails (its header reads, its pixels do not) is left out of both sides."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(confounded, data)
+    whole = (data / "fake" / "gen_a" / "001.png").read_bytes()
+    (data / "fake" / "gen_a" / "zz_torn.png").write_bytes(whole[: len(whole) // 3])  # header fine, pixels torn
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(data), "--detector", "fmt=format:x", "--control", "png",
+                 "--report", str(rep)]) == 0
+    c = _json(rep)["control"]
+    assert [f["id"] for f in c["failed"]] == ["fake/gen_a/zz_torn.png"]
+    assert c["original"]["fmt"]["all"]["n_fake"] == c["controlled"]["fmt"]["all"]["n_fake"] == 37
+    assert _json(rep)["per_generator"]["fmt"]["all"]["all"]["n_fake"] == 38  # the as-given figure keeps it
+    assert "could not be re-encoded and were left out of both sides" in (rep / "report.md").read_text()
+    rep = tmp_path / "logo"
+    assert main(["eval", "logo", str(data), "--detector", "fmt=format:x", "--control", "png",
+                 "--report", str(rep)]) == 0
+    c = _json(rep)["control"]
+    assert c["original"]["fmt"]["gen_a"]["n_fake"] == c["controlled"]["fmt"]["gen_a"]["n_fake"] == 18
+    assert len(c["failed"]) == 1

@@ -160,3 +160,15 @@ def test_cli_calibrate_fits_the_raw_score_of_a_detect_csv(tmp_path: Path) -> Non
                  "--out", str(out)]) == 0
     expected = Calibrator("platt").fit(y, raw)
     np.testing.assert_allclose(Calibrator.load(out).transform(raw), expected.transform(raw), atol=1e-6)
+
+
+def test_cli_calibrate_on_separable_scores_prints_a_readable_mid_gap_threshold(tmp_path: Path, capsys) -> None:
+    lab, y = _labels(tmp_path, 60)
+    raw = np.where(y == 1, 5.0, -5.0) + np.random.default_rng(4).uniform(-1, 1, y.size)  # fully separable
+    (tmp_path / "val.csv").write_text("id,score\n" + "\n".join(f"img{i}.png,{v}" for i, v in enumerate(raw)))
+    out = tmp_path / "cal.json"
+    assert main(["eval", "calibrate", "--labels", str(lab), "--scores", str(tmp_path / "val.csv"),
+                 "--method", "isotonic", "--target-fpr", "0.05", "--out", str(out)]) == 0
+    t = Calibrator.load(out).params["threshold"]
+    assert 0.01 < t < 0.99  # mid-gap, not a denormal just above the reals' 0.0
+    assert f"threshold {t:g} for FPR" in capsys.readouterr().out and "e-" not in f"{t:g}"

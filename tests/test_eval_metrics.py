@@ -222,3 +222,38 @@ def test_bootstrap_keeps_the_class_counts() -> None:
     acc = m.values["accuracy"]
     assert acc.low == pytest.approx(60 / 63) and acc.high == pytest.approx(60 / 63)
     assert m.values["auroc"].low == 1.0 == m.values["auroc"].high  # never a one-class resample
+
+
+def test_threshold_for_target_fpr_on_separable_scores_is_mid_gap_and_readable() -> None:
+    """Reals at 0, fakes at 1 (an isotonic map of separable scores): the rule reads 'P(fake) >= 0.5'."""
+    y = np.array([0] * 40 + [1] * 40)
+    s = np.array([0.0] * 40 + [1.0] * 40)
+    t = threshold_for_fpr(y, s, 0.05)
+    assert t == 0.5
+    y2 = np.array([0, 0, 0, 0, 1, 1, 1])
+    s2 = np.array([0.01, 0.02, 0.031, 0.2, 0.62, 0.7, 0.9])
+    t2 = threshold_for_fpr(y2, s2, 0.0)
+    assert 0.2 < t2 <= 0.62 and len(repr(t2)) <= 4  # in the gap, a short decimal (0.4)
+    assert np.mean(s2[y2 == 0] >= t2) == 0 and np.mean(s2[y2 == 1] >= t2) == 1
+    assert threshold_for_fpr([0, 0, 1], [0.3, 0.9, 0.95], 0.0) == pytest.approx(0.93)
+
+
+def test_cluster_bootstrap_resamples_groups_not_images() -> None:
+    """12 real and 12 fake groups of 25 images, one score per group: only the groups are independent, so the
+    grouped interval is much wider than the per-image one and close to that of one image per group."""
+    rng = np.random.default_rng(7)
+    per_group_real, per_group_fake = rng.normal(0.0, 1.0, 12), rng.normal(0.8, 1.0, 12)
+    y = np.repeat([0] * 12 + [1] * 12, 25)
+    s = np.repeat(np.concatenate([per_group_real, per_group_fake]), 25) + rng.normal(0, 0.01, y.size)
+    groups = np.repeat([f"r{i}" for i in range(12)] + [f"f{i}" for i in range(12)], 25)
+    iid = compute_metrics(y, s, bootstrap=400, seed=1)
+    grouped = compute_metrics(y, s, bootstrap=400, seed=1, groups=groups)
+    one = compute_metrics(np.array([0] * 12 + [1] * 12), np.concatenate([per_group_real, per_group_fake]),
+                          bootstrap=400, seed=1)
+    w = {k: m.values["auroc"].high - m.values["auroc"].low for k, m in (("iid", iid), ("g", grouped), ("one", one))}
+    assert w["g"] > 2.5 * w["iid"]
+    assert abs(w["g"] - w["one"]) < 0.35 * w["one"]
+    assert grouped.values["auroc"].value == iid.values["auroc"].value  # the point estimate is the same
+    d = grouped.to_dict()
+    assert d["n_real_groups"] == 12 and d["n_fake_groups"] == 12 and d["few_groups"] is True
+    assert d["metrics"]["auroc"]["ci95_unreliable"] is True and "few_groups" not in iid.to_dict()

@@ -372,3 +372,22 @@ def test_logo_never_trains_a_non_code_detector_on_the_held_out_generator(env) ->
         assert {gen_of[s] for s in tested} == {"real", held_out}
         assert not set(real) & set(tested)  # the real test images were not trained on either
         assert sum(gen_of[s] == held_out for s in tested) == sum(g == held_out for g in gen_of.values())
+
+
+def test_logo_needs_no_heads_folder(env, tmp_path: Path, capsys) -> None:
+    """eval logo fits its own heads per fold: a model without any heads folder is enough."""
+    import shutil
+
+    bare = tmp_path / "bare_model"
+    shutil.copytree(env.model, bare)
+    shutil.rmtree(bare / "heads", ignore_errors=True)
+    rep = tmp_path / "rep"
+    assert main(["eval", "logo", str(env.test), "--model", str(bare), "--classifier", "linear", "--classifier", "knn",
+                 "--report", str(rep)]) == 0
+    assert set(_json(rep)["leave_one_out"]) == {"linear", "knn"}
+    assert "--heads" not in capsys.readouterr().out
+    import subprocess
+
+    helptext = subprocess.run([sys.executable, "-m", "deepsift", "eval", "logo", "--help"], capture_output=True,
+                              text=True, check=True).stdout
+    assert "--heads" not in helptext

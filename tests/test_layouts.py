@@ -120,7 +120,7 @@ def test_data_split_on_a_folder_dataset_never_cuts_a_source(tmp_path: Path, caps
     assert "30 group(s)" in capsys.readouterr().err
     # leave one generator out: all of it in test, no other generator there
     out2 = tmp_path / "logo"
-    assert main(["data", "split", str(root), "--out", str(out2), "--leave-out", "mj"]) == 0
+    assert main(["data", "split", str(root), "--out", str(out2), "--leave-out", "mj", "--val-fraction", "0"]) == 0
     rows = _manifest(out2)
     assert {r["split"] for r in rows if r["generator"] == "mj"} == {"test"}
     assert not [r for r in rows if r["label"] == "1" and r["generator"] != "mj" and r["split"] == "test"]
@@ -150,7 +150,8 @@ def test_eval_logo_on_the_heads_fit_layout_splits_reals_by_source(tmp_path: Path
     assert main(["eval", "logo", str(root), "--detector", "fmt=format:x", "--report", str(rep)]) == 0
     data = json.loads((rep / "metrics.json").read_text())
     assert set(data["leave_one_out"]["fmt"]) == {"sd21", "dalle3", "mj"}
-    assert data["real_split"] == {"train": 8, "test": 8, "groups": 4}  # 2 of 4 sources each side
+    assert data["real_split"] == {"train": 8, "test": 8, "groups": 4,  # 2 of 4 sources each side
+                                  "achieved_train_fraction": 0.5}
     assert "split by source, 4 group(s)" in (rep / "report.md").read_text()
     assert main(["eval", "logo", str(root), "--detector", "fmt=format:x", "--group", "image", "--report",
                  str(tmp_path / "rep2")]) == 0
@@ -162,3 +163,64 @@ def test_a_report_inside_the_dataset_is_refused_before_any_work(tmp_path: Path, 
     assert main(["eval", "audit", str(root), "--report", str(root / "report")]) == 2
     assert "inside the dataset" in capsys.readouterr().err
     assert not (root / "report").exists()  # nothing created
+
+
+def test_grouped_split_groups_fakes_refuses_unmatched_group_files_and_empty_sides(tmp_path: Path, capsys) -> None:
+    """Prompt folders of a generator stay on one side; a group file that matches nothing is refused (and one
+    matching little warned about); achieved fractions are printed; a side with no real image is refused."""
+    root = tmp_path / "ds"
+    for i in range(12):
+        write_class(root / "real" / f"src{i}", 3, False, seed=i)
+    for p in range(20):
+        write_class(root / "fake" / "sd" / f"prompt{p:02d}", 3, True, seed=100 + p)
+    out = tmp_path / "split"
+    assert main(["data", "split", str(root), "--out", str(out), "--val-fraction", "0", "--test-fraction", "0.4"]) == 0
+    err = capsys.readouterr().err
+    rows = _manifest(out)
+    sides: dict[str, set] = {}
+    for r in rows:
+        if r["label"] == "1":
+            sides.setdefault(r["group"], set()).add(r["split"])
+    assert len(sides) == 20 and all(len(v) == 1 for v in sides.values())  # no prompt folder straddles
+    n_test = sum(r["split"] == "test" for r in rows)
+    assert f"test {n_test / len(rows):.0%}" in err and "achieved train" in err
+    # a group file naming other images: refused, nothing written
+    bad = tmp_path / "groups.csv"
+    bad.write_text("path,group\n" + "".join(f"/elsewhere/{i}.jpg,repo{i}\n" for i in range(5)))
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "o1"), "--groups", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "matches none of the 96 images (0 of its 5 rows)" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o1" / "splits.csv").exists()
+    # one that matches 2 of 5 rows: a warning, the split goes on
+    some = tmp_path / "some.csv"
+    some.write_text("id,group\nreal/src0/img_000.png,r\nreal/src1/img_000.png,r\n" + "".join(
+        f"nope{i},x\n" for i in range(3)))
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "o2"), "--groups", str(some),
+                 "--val-fraction", "0", "--test-fraction", "0.4"]) == 0
+    assert "matches only 2 of its 5 rows (40%)" in capsys.readouterr().err
+    # every real source in one group: the test side would have no real image -> refused with the counts
+    one = tmp_path / "one.csv"
+    one.write_text("id,group\n" + "".join(f"real/src{i}/img_{j:03d}.png,all\n" for i in range(12) for j in range(3)))
+    rc = main(["data", "split", str(root), "--out", str(tmp_path / "o3"), "--groups", str(one),
+               "--val-fraction", "0", "--test-fraction", "0.4", "--salt", "s1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "side would hold 0 real" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o3" / "splits.csv").exists()
+
+
+def test_eval_generators_resamples_groups_and_warns_below_20_per_class(tmp_path: Path, capsys) -> None:
+    import json
+
+    from eval_toys import FormatReader
+
+    from deepsift.evaluate.detectors import register_detector_loader
+
+    register_detector_loader("format", lambda arg: FormatReader())
+    root = classes_dataset(tmp_path / "ds", sources={f"src{i}": 3 for i in range(6)}, gens={"sd": 4, "mj": 4})
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(root), "--detector", "fmt=format:x", "--bootstrap", "50",
+                 "--report", str(rep)]) == 0
+    pooled = json.loads((rep / "metrics.json").read_text())["per_generator"]["fmt"]["all"]["all"]
+    assert pooled["n_real_groups"] == 6 and pooled["few_groups"] is True
+    out = capsys.readouterr().out
+    assert "the bootstrap resamples groups (6 real" in out and "fewer than 20 groups of a class" in out

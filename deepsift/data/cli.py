@@ -259,6 +259,6 @@ def _split_folder(args: argparse.Namespace, folder: str) -> int:
     for err in data.skipped:
         note(f"deepsift: {err.source}: {err.error}")
     n_groups = len({s.group for s in samples if s.label == 0 and s.group})
-    note(summary.line().replace("records", "images") + f"; reals split by {args.group} ({n_groups} group(s))")
+    note(summary.line("images") + f"; reals split by {args.group} ({n_groups} group(s))")
     note(f"manifest: {args.out}/splits.csv")
     return EXIT_PARTIAL if data.skipped else EXIT_OK

@@ -1,10 +1,13 @@
-"""Groups of real images for grouped splits: a real image's source never straddles train and test.
+"""Groups for grouped splits: an image's source (or prompt) never straddles train and test.
 
-``by="folder"`` (default): the first folder below ``real/`` (what :mod:`deepsift.data.layout`
-records; a file directly in ``real/`` is its own group). ``by="camera"``: the EXIF camera make
-and model, read from the header only (no pixel decode; no EXIF: the folder rule).
-``by="image"``: every image alone (the plain per-image split). A group file (CSV with ``id`` or
-``path`` and ``group`` columns) names groups itself and wins over ``by`` for the ids it lists.
+``by="folder"`` (default): the first folder below ``real/`` or below a generator's folder (what
+:mod:`deepsift.data.layout` records; a file directly in the class folder is its own group).
+``by="camera"``: the EXIF camera make and model of a real image, read from the header only (no
+pixel decode; no EXIF, or a generated image: the folder rule). ``by="image"``: every image
+alone (the plain per-image split). A group file (CSV with ``id`` or ``path`` and ``group``
+columns) names groups itself, for real and generated images alike, and wins over ``by`` for the
+images it lists; a file that matches no image is refused, one matching less than
+:data:`MIN_MATCHED` of its rows is warned about.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ..exceptions import DataError
 from .layout import Sample
 
 GROUP_BY = ("folder", "camera", "image")
+MIN_MATCHED = 0.9
 
 
 def camera_of(source: str | bytes) -> str | None:
@@ -55,26 +59,43 @@ def read_group_file(path: str | os.PathLike) -> dict[str, str]:
 
 
 def assign_groups(samples: Sequence[Sample], by: str = "folder", table: dict[str, str] | None = None) -> list[Sample]:
-    """The samples with the ``group`` of each real image set by ``by`` and ``table`` (fakes unchanged)."""
+    """The samples with the ``group`` of each image set by ``by`` and ``table`` (a group file's rows).
+
+    A ``table`` whose keys match no image is a DataError (one line); one whose rows match less
+    than :data:`MIN_MATCHED` of the time is warned about on stderr.
+    """
     if by not in GROUP_BY:
         raise DataError(f"unknown grouping {by!r}; choose from {', '.join(GROUP_BY)}")
-    out = []
+    out, used = [], set()
     for s in samples:
-        if s.label != 0:
-            out.append(s)
-            continue
         group = s.group
         if by == "image":
             group = None
-        elif by == "camera":
+        elif by == "camera" and s.label == 0:
             cam = camera_of(s.source)
             group = f"camera:{cam}" if cam else group
         if table:
             src = s.source if isinstance(s.source, str) else None
-            hit = table.get(s.id) or (table.get(src) if src else None) or (table.get(Path(src).name) if src else None)
-            group = f"column:{hit}" if hit else group
+            key = next((k for k in (s.id, src, Path(src).name if src else None) if k and k in table), None)
+            if key is not None:
+                used.add(key)
+                group = f"column:{table[key]}"
         out.append(replace(s, group=group))
+    if table:
+        _check_matched(len(used), len(table), len(samples))
     return out
+
+
+def _check_matched(matched: int, rows: int, images: int) -> None:
+    """Refuse a group file that matches nothing; warn when it matches less than MIN_MATCHED of its rows."""
+    from ..output import note
+
+    if matched == 0:
+        raise DataError(f"the group file matches none of the {images} images (0 of its {rows} rows): its ids or paths "
+                        f"must be the dataset's ids (relative paths such as real/src/a.jpg), full paths or file names")
+    if matched < MIN_MATCHED * rows:
+        note(f"deepsift: warning: the group file matches only {matched} of its {rows} rows "
+             f"({matched / rows:.0%}); the unmatched images keep the --group rule")
 
 
 def group_key(s: Sample) -> str:

@@ -11,9 +11,10 @@ Accepted layouts (``layout="auto"`` picks one from what is on disk):
   labelled by their generator's name. D3 shards hold no real images (``real=`` adds a folder).
 * ``real-only``: any folder of real photos (for the false-positive-rate protocol).
 
-Real images carry a *group*, the source they came from: the first folder below ``real/``
-(``real/<source>/...``), or none for a file directly in ``real/``. Grouped splits keep a group
-on one side. Folders are walked by :func:`deepsift.sources.walk_images` only (``follow_links``
+Images carry a *group*: for a real image the source it came from, the first folder below
+``real/`` (``real/<source>/...``); for a generated image the first folder below its generator's
+folder (``fake/<generator>/<prompt or source>/...``, e.g. one folder per prompt); none for a file
+directly in the class folder. Grouped splits keep a group on one side. Folders are walked by :func:`deepsift.sources.walk_images` only (``follow_links``
 as ``--follow-links``); hidden files and folders are skipped; an empty class folder is an error
 naming it; a folder that cannot be walked is listed in ``skipped``, never silently dropped.
 """
@@ -42,7 +43,7 @@ class Sample:
     label: int  # 1 = fake, 0 = real
     generator: str  # "real" for real images
     split: str | None = None  # "augm" / "no_augm" in the D3 test layout
-    group: str | None = None  # the source a real image came from (real/<group>/...); None: the image alone
+    group: str | None = None  # its source or prompt folder (real/<group>/..., <generator>/<group>/...); None: alone
 
 
 @dataclass
@@ -133,7 +134,7 @@ class _Reader:
         out = []
         for p in files:
             parts = Path(p).relative_to(folder).parts
-            group = parts[0] if label == 0 and len(parts) > 1 else None
+            group = parts[0] if len(parts) > 1 else None
             out.append(Sample(self._id(p), p, label, generator, split, group))
         return out
 

@@ -6,8 +6,10 @@ Generators are named exactly as :attr:`~deepsift.data.schema.Generation.generato
 ``split_of(id)`` hashes ``"<salt>:<id>"`` with SHA-256, so a record lands in the same split on
 every machine, in every run, whatever order the shards are read in, and adding records never
 moves old ones. A leave-generator-out split keeps that id split (a record's prompt and real
-image never appear on both sides) and then removes generator ``G`` from train/val records and
-keeps only ``G`` in test records.
+image never appear on both sides) and then applies one rule, the same as for folder datasets:
+every image of generator ``G`` goes to test, and no image of another generator does. A train/val
+record keeps its other generations and sends its ``G`` generation to test as a record of its own
+(the same id; the manifest lists the id on both sides); a test record keeps ``G`` only.
 """
 from __future__ import annotations
 
@@ -50,22 +52,46 @@ def leave_out(record: D3Record, generator: str, side: str) -> D3Record | None:
     return replace(record, generations=gens) if gens else None
 
 
+def leave_out_parts(record: D3Record, generator: str, side: str) -> tuple[list[tuple[str, D3Record]], int]:
+    """Where a record's parts go with ``generator`` left out: ``[(side, record)]`` and the images dropped.
+
+    All of ``generator`` goes to test; the other generations stay on ``side`` unless it is test (dropped).
+    """
+    out = []
+    mine = leave_out(record, generator, "test")
+    rest = leave_out(record, generator, "train")
+    if rest is not None and side != "test":
+        out.append((side, rest))
+    if mine is not None:
+        out.append(("test", mine))
+    return out, (len(rest.generations) if rest is not None and side == "test" else 0)
+
+
 @dataclass
 class SplitSummary:
     """Counts of one split."""
 
     records: Counter = field(default_factory=Counter)
     images: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
-    dropped: int = 0
+    dropped: int = 0  # images left out (other generators' images of test records)
     shards: dict[str, list[Path]] = field(default_factory=dict)
+    left_out: str | None = None
 
-    def line(self) -> str:
+    def line(self, unit: str = "records") -> str:
         """One-line summary for the end of the command."""
         parts = []
         for s in SPLITS:
             per_gen = ", ".join(f"{m} {c}" for m, c in sorted(self.images[s].items()))
-            parts.append(f"{s} {self.records[s]} records ({per_gen or 'no images'})")
-        return "; ".join(parts) + f"; dropped {self.dropped} records left with no image"
+            parts.append(f"{s} {self.records[s]} {unit} ({per_gen or 'no images'})")
+        line = "; ".join(parts)
+        total = sum(sum(c.values()) for c in self.images.values())
+        if total:
+            line += "; achieved " + " / ".join(f"{s} {sum(self.images[s].values()) / total:.0%}" for s in SPLITS)
+        if self.left_out is not None:
+            n = sum(c[self.left_out] for c in self.images.values())
+            line += (f"; left out {self.left_out}: all {n} of its images in test; dropped {self.dropped} image(s) "
+                     f"of other generators from test")
+        return line
 
 
 def split_records(
@@ -88,7 +114,7 @@ def split_records(
     if out.exists() and any(any((out / s).glob("*.parquet")) for s in SPLITS):
         raise DataError(f"{out}: already holds split shards; choose an empty output folder")
     ensure_writable_dir(out)
-    summary = SplitSummary()
+    summary = SplitSummary(left_out=leave_out_generator)
     writers = {s: ShardWriter(out / s, n_generators=n_generators, max_shard_bytes=max_shard_bytes) for s in SPLITS}
     tmp_manifest = out / f".{MANIFEST}.tmp-{os.getpid()}"
     seen: set[str] = set()
@@ -101,15 +127,15 @@ def split_records(
                     raise DataError(f"duplicate record id {record.id!r}: ids must be unique to split by id")
                 seen.add(record.id)
                 side = split_of(record.id, val, test, salt)
+                parts = [(side, record)]
                 if leave_out_generator is not None:
-                    record = leave_out(record, leave_out_generator, side)  # type: ignore[assignment]
-                    if record is None:
-                        summary.dropped += 1
-                        continue
-                writers[side].write(record)
-                manifest.writerow([record.id, side])
-                summary.records[side] += 1
-                summary.images[side].update(g.generator for g in record.generations)
+                    parts, dropped = leave_out_parts(record, leave_out_generator, side)
+                    summary.dropped += dropped
+                for where, part in parts:
+                    writers[where].write(part)
+                    manifest.writerow([part.id, where])
+                    summary.records[where] += 1
+                    summary.images[where].update(g.generator for g in part.generations)
         for s, w in writers.items():
             summary.shards[s] = w.close()
         os.replace(tmp_manifest, out / MANIFEST)
@@ -130,10 +156,11 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
                   salt: str = "deepsift", leave_out_generator: str | None = None) -> SplitSummary:
     """Split a plain folder dataset (:mod:`deepsift.data.layout` samples) into ``out_dir/splits.csv``.
 
-    Real images split by their group (:func:`deepsift.data.groups.group_key`: a whole source on one
-    side, never per image when a group is given); generated images by id. With
+    Images split by their group (:func:`deepsift.data.groups.group_key`: a whole source or prompt
+    folder on one side, never per image when a group is given), real and generated alike. With
     ``leave_out_generator`` G: every image of G goes to test, other generated images never do.
-    The images stay where they are; the manifest names each one's split.
+    A side given a share (val, test) that gets no real or no generated image is refused, nothing
+    kept. The images stay where they are; the manifest names each one's split.
     """
     from .groups import group_key
 
@@ -142,14 +169,14 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
     ensure_writable_dir(out)
     if (out / MANIFEST).exists():
         raise DataError(f"{out}: already holds a {MANIFEST}; choose an empty output folder")
-    summary = SplitSummary()
+    summary = SplitSummary(left_out=leave_out_generator)
     tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(FOLDER_MANIFEST_COLUMNS)
             for s in samples:
-                side = split_of(group_key(s) if s.label == 0 else f"image:{s.id}", val, test, salt)
+                side = split_of(group_key(s), val, test, salt)
                 if leave_out_generator is not None and s.label == 1:
                     if s.generator == leave_out_generator:
                         side = "test"
@@ -159,8 +186,25 @@ def split_samples(samples: Iterable, out_dir: str | os.PathLike, *, val: float =
                 w.writerow([s.id, s.source, s.label, s.generator, s.group or "", side])
                 summary.records[side] += 1
                 summary.images[side][s.generator] += 1
+        _check_both_classes(summary, {"train": 1.0 - val - test, "val": val, "test": test})
         os.replace(tmp, out / MANIFEST)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write the split to {out}: {exc.strerror or exc}; nothing was kept") from None
+    except DataError:
+        tmp.unlink(missing_ok=True)
+        raise
     return summary
+
+
+def _check_both_classes(summary: SplitSummary, shares: dict[str, float]) -> None:
+    """A DataError when a side with a share gets no real or no generated image (said with the counts)."""
+    for side, share in shares.items():
+        if share <= 0:
+            continue
+        n_real = summary.images[side].get("real", 0)
+        n_fake = sum(summary.images[side].values()) - n_real
+        if not n_real or not n_fake:
+            raise DataError(f"the {side} side would hold {n_real} real and {n_fake} generated image(s): a side with no "
+                            f"{'real' if not n_real else 'generated'} image cannot be evaluated; change the fractions "
+                            f"or --salt, or group less coarsely ({summary.line('images')}); nothing was written")

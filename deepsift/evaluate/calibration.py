@@ -23,7 +23,12 @@ CALIBRATION_FORMAT = 1
 
 
 def threshold_for_fpr(labels: Any, scores: Any, target_fpr: float) -> float:
-    """The lowest threshold whose FPR on the real images of a validation set is <= ``target_fpr``."""
+    """A threshold whose FPR on the real images of a validation set is <= ``target_fpr``, in the middle of the gap.
+
+    The validation labels are those of the lowest such threshold (just above the highest real score that
+    must be excluded); the threshold itself sits mid-way to the next score above, rounded to the shortest
+    decimal inside that gap, so separable scores get a readable rule (0.5, not 4.94e-324).
+    """
     if not 0.0 <= target_fpr <= 1.0:
         raise EvaluationError(f"target FPR must be in [0, 1], got {target_fpr}")
     y, s = check_scores(labels, scores)
@@ -33,7 +38,20 @@ def threshold_for_fpr(labels: Any, scores: Any, target_fpr: float) -> float:
     k = int(np.floor(target_fpr * real.size + 1e-9))  # at most k real images may score >= threshold
     if k >= real.size:
         return float(real[-1])
-    return float(np.nextafter(real[k], np.inf))
+    lo = float(real[k])  # must be excluded
+    above = s[s > lo]
+    if above.size:
+        hi = float(above.min())  # must stay included: nothing of the validation set lies in (lo, hi)
+    elif lo < 1.0 and s.min() >= 0.0:
+        hi = 1.0  # probabilities: mid-way to certainty
+    else:
+        return float(np.nextafter(lo, np.inf))
+    mid = lo + (hi - lo) / 2
+    for digits in range(1, 18):
+        t = round(mid, digits)
+        if lo < t <= hi:
+            return float(t)
+    return float(mid) if lo < mid <= hi else float(np.nextafter(lo, np.inf))
 
 
 @dataclass

@@ -47,9 +47,11 @@ listed in the report and left out of the metrics); 1 an error stopped the comman
 """
 
 
-def _common(p: argparse.ArgumentParser, detectors: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, detectors: bool = True, heads: bool = True) -> None:
     if detectors:
-        g = add_detector_options(p, model_default=None, classifier="many")
+        g = add_detector_options(p, model_default=None, classifier="many", heads=heads)
+        if not heads:  # accepted from older scripts, never used: the protocol fits its own heads
+            g.add_argument("--heads", metavar="DIR", help=argparse.SUPPRESS)
         g.add_argument("--detector", action="append", default=[], metavar="[NAME=]KIND:ARG",
                        help="another detector, e.g. a trained baseline (frequency:runs/freq); repeat to compare")
     p.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",
@@ -106,10 +108,10 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     _control(p)
     p.set_defaults(func=_cmd_generators)
 
-    p = add_command(ev, "logo", "leave one generator out: fit heads without G, test on G, for every G",
-                    epilog=EVAL_EPILOG)
+    p = add_command(ev, "logo", "leave one generator out: fit heads without G, test on G, for every G "
+                                "(the model's backbone only: no heads folder needed)", epilog=EVAL_EPILOG)
     _data(p)
-    _common(p)
+    _common(p, heads=False)
     p.add_argument("--real-train-fraction", type=open_fraction, default=0.5,
                    help="share of the real images (of their groups) that train the heads; the rest are tested")
     add_group_options(p)
@@ -166,7 +168,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.set_defaults(func=_cmd_calibrate)
 
 
-def _detectors(args: argparse.Namespace) -> dict:
+def _detectors(args: argparse.Namespace, backbone_only: bool = False) -> dict:
     from ..hub import hub_access, looks_like_hub_id
     from .detectors import load_detectors
 
@@ -174,8 +176,9 @@ def _detectors(args: argparse.Namespace) -> dict:
         raise UsageError("nothing to evaluate: give --model (CoDE) and/or --detector [NAME=]KIND:ARG")
     if args.model and looks_like_hub_id(args.model) and not Path(args.model).expanduser().exists():
         hub_access(args.model, marker="config.json", what="model")  # at once, before torch loads
-    return load_detectors(model=args.model, heads=args.heads, classifiers=args.classifier or ["linear"],
-                          specs=args.detector, **detector_kwargs(args))
+    return load_detectors(model=args.model, heads=None if backbone_only else args.heads,
+                          classifiers=args.classifier or ["linear"], specs=args.detector,
+                          backbone_only=backbone_only, **detector_kwargs(args))
 
 
 def _check_report(args: argparse.Namespace) -> None:
@@ -260,7 +263,11 @@ def _cmd_logo(args: argparse.Namespace) -> int:
 
     data = _eval_set(args)
     data.samples = assign_groups(data.samples, args.group, read_group_file(args.groups) if args.groups else None)
-    dets = _detectors(args)
+    if args.heads and args.model:
+        from ..output import note
+
+        note(f"deepsift: eval logo fits its own heads in every fold; --heads {args.heads} is not used")
+    dets = _detectors(args, backbone_only=True)
     code = [d for d in dets.values() if is_code_detector(d)]
     others = [n for n, d in dets.items() if not is_code_detector(d)]
     if len(others) > (0 if code else 1):  # one run per command: CoDE heads, or a single other detector
@@ -347,6 +354,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         cal.params["threshold"] = threshold_for_fpr(y, cal.transform(s), args.target_fpr)
         cal.params["target_fpr"] = args.target_fpr
     cal.save(args.out)
-    extra = f", threshold {cal.params['threshold']:.4g} for FPR <= {args.target_fpr}" if args.target_fpr is not None else ""
+    extra = f", threshold {cal.params['threshold']:g} for FPR <= {args.target_fpr}" if args.target_fpr is not None else ""
     print(f"calibration ({args.method}) fitted on {len(y)} validation scores{extra}: {args.out}", file=sys.stdout)
     return EXIT_OK

@@ -61,9 +61,11 @@ def parse_spec(spec: str) -> tuple[str, str, str]:
 def load_detectors(*, model: str | None, heads: str | None, classifiers: Sequence[str], specs: Sequence[str] = (),
                    batch_size: int = 32, preprocessing: str = "official", threshold: float | None = None,
                    device: str = "cpu", precision: str = "fp32", backend: str = "torch", workers: int | None = None,
-                   url_timeout: float = URL_TIMEOUT_S, url_policy: Any = None) -> dict[str, Any]:
+                   url_timeout: float = URL_TIMEOUT_S, url_policy: Any = None,
+                   backbone_only: bool = False) -> dict[str, Any]:
     """Build ``{display name: detector}``: CoDE heads of ``model`` and every ``specs`` detector, on ``device``.
 
+    ``backbone_only``: the CoDE model without heads (``{"CoDE": detector}``), for protocols that fit their own.
     ``url_policy`` (a :class:`deepsift.urlfetch.FetchPolicy`) says where image URLs may lead; None keeps
     each detector's default, the strict policy.
     """
@@ -75,10 +77,14 @@ def load_detectors(*, model: str | None, heads: str | None, classifiers: Sequenc
     out: dict[str, Any] = {}
     if model is not None:
         kinds = list(dict.fromkeys(classifiers or ["linear"]))
-        det = Detector.load(model, heads=heads, classifier=kinds[0], batch_size=batch_size,
-                            preprocessing=preprocessing, threshold=threshold, device=device, precision=precision,
-                            backend=backend, workers=workers, url_timeout=url_timeout,
-                            **({} if url_policy is None else {"url_policy": url_policy}))
+        runtime_kw = dict(batch_size=batch_size, preprocessing=preprocessing, device=device, precision=precision,
+                          backend=backend, workers=workers, url_timeout=url_timeout,
+                          **({} if url_policy is None else {"url_policy": url_policy}))
+        if backbone_only:
+            out["CoDE"] = Detector.load_backbone_only(model, **runtime_kw)
+            model = None
+    if model is not None:
+        det = Detector.load(model, heads=heads, classifier=kinds[0], threshold=threshold, **runtime_kw)
         for kind, view in head_views(det, kinds).items():
             out[f"CoDE/{kind}"] = view
     for spec in specs:

@@ -34,6 +34,7 @@ from ..exceptions import EvaluationError
 
 RANKING_METRICS = ("ap", "auroc", "eer", "tpr@1%fpr", "tpr@5%fpr")
 SMALL_SAMPLE = 30  # fewer images of a class than this: figures get a warning mark, intervals are unreliable
+MIN_GROUPS = 20  # fewer groups of a class than this: a cluster bootstrap's interval is unreliable
 ECE_BINS = 15
 _CHUNK_ELEMENTS = 1_000_000  # resamples x samples handled per batch (memory bound)
 
@@ -65,6 +66,8 @@ class Metrics:
     n_fake: int
     threshold: float
     values: dict[str, MetricValue] = field(default_factory=dict)
+    n_real_groups: int | None = None  # set when samples come in groups (the bootstrap resamples groups)
+    n_fake_groups: int | None = None
 
     def __getitem__(self, name: str) -> float | None:
         return self.values[name].value
@@ -74,17 +77,31 @@ class Metrics:
         """Fewer than :data:`SMALL_SAMPLE` images of a class: figures are fragile, bootstrap intervals unreliable."""
         return min(self.n_real, self.n_fake) < SMALL_SAMPLE
 
+    @property
+    def few_groups(self) -> bool:
+        """Grouped samples with fewer than :data:`MIN_GROUPS` groups of a class present."""
+        counts = [n for n, k in ((self.n_real_groups, self.n_real), (self.n_fake_groups, self.n_fake)) if n and k]
+        return bool(counts) and min(counts) < MIN_GROUPS
+
+    @property
+    def unreliable_ci(self) -> bool:
+        """Bootstrap intervals that cannot show the spread: too few images or too few groups."""
+        return self.small or self.few_groups
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``small_sample`` and ``ci95_unreliable`` flag figures from too few images)."""
+        """JSON-ready form (``small_sample``, ``few_groups`` and ``ci95_unreliable`` flag fragile figures)."""
         metrics = {k: v.to_dict() for k, v in self.values.items()}
-        if self.small:
+        if self.unreliable_ci:
             for d in metrics.values():
                 if "ci95" in d:
                     d["ci95_unreliable"] = True
-        return {
+        out = {
             "n_real": self.n_real, "n_fake": self.n_fake, "threshold": self.threshold,
             "small_sample": self.small, "metrics": metrics,
         }  # fmt: skip
+        if self.n_real_groups is not None:
+            out.update(n_real_groups=self.n_real_groups, n_fake_groups=self.n_fake_groups, few_groups=self.few_groups)
+        return out
 
 
 def check_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +143,7 @@ class _Sorted:
         self.has_ties = self.starts.size != self.n
         self.cut = int(np.searchsorted(-self.s, -threshold, side="right"))  # count of s >= t
         self.onehot: np.ndarray | None = None
+        self.units: np.ndarray | None = None  # cluster of each sorted sample (cluster bootstrap), or None
         if probs is not None:
             p = probs[order]
             self.p = p
@@ -219,11 +237,15 @@ def compute_metrics(
     bootstrap: int = 0,
     seed: int = 0,
     confidence: float = 0.95,
+    groups: Any | None = None,
 ) -> Metrics:
     """Compute every metric (see the module docstring); ``bootstrap`` > 0 adds percentile CIs.
 
     ``probabilities`` (P(fake) in [0, 1]) feed the calibration error; when omitted, the scores
-    are used if they lie in [0, 1], otherwise ECE is undefined.
+    are used if they lie in [0, 1], otherwise ECE is undefined. ``groups`` (one key per sample;
+    None: the sample alone): samples come in groups (sources, prompts), so the bootstrap
+    resamples whole groups within each class (a cluster bootstrap), and the counts of groups are
+    kept; fewer than :data:`MIN_GROUPS` per class marks the intervals unreliable.
     """
     y, s = check_scores(labels, scores)
     probs = None
@@ -234,11 +256,21 @@ def compute_metrics(
     if probs is not None and (probs.min() < 0 or probs.max() > 1):
         raise EvaluationError("probabilities must lie in [0, 1]")
     st = _Sorted(y, s, float(threshold), probs)
+    n_groups: tuple[int | None, int | None] = (None, None)
+    if groups is not None:
+        keys = [f"g:{g}" if g is not None else f"i:{i}" for i, g in enumerate(groups)]
+        if len(keys) != y.size:
+            raise EvaluationError(f"{len(keys)} group keys for {y.size} scores")
+        units = np.unique(np.array([f"{c}|{k}" for c, k in zip(y.tolist(), keys)], dtype=object),
+                          return_inverse=True)[1]
+        st.units = units[np.argsort(-s, kind="stable")]
+        n_groups = (len({k for k, c in zip(keys, y) if c == 0}), len({k for k, c in zip(keys, y) if c == 1}))
     point = {k: float(v[0]) for k, v in _compute(st, None).items()}
     intervals = bootstrap_intervals(st, bootstrap, seed, confidence) if bootstrap > 0 else {}
     n_fake = int(y.sum())
     n_real = int(y.size - n_fake)
-    m = Metrics(n_real=n_real, n_fake=n_fake, threshold=float(threshold))
+    m = Metrics(n_real=n_real, n_fake=n_fake, threshold=float(threshold), n_real_groups=n_groups[0],
+                n_fake_groups=n_groups[1])
     for name in METRIC_NAMES:
         reason = _undefined_reason(name, n_real, n_fake, probs is not None)
         val = point.get(name)
@@ -270,8 +302,12 @@ def bootstrap_intervals(
     """Percentile intervals from ``n_resamples`` stratified resamples, in batches.
 
     Stratified (as pROC does): the reals are resampled with replacement among the reals and the
-    fakes among the fakes, so every resample keeps the test set's class counts.
+    fakes among the fakes, so every resample keeps the test set's class counts. With ``st.units``
+    (a cluster bootstrap) the draws are of whole groups within each class: every image of a drawn
+    group gets the group's count as its weight.
     """
+    if st.units is not None:
+        return _percentiles(_cluster_resamples(st, n_resamples, seed), confidence)
     rng = np.random.default_rng(seed)
     n = st.n
     classes = [c for c in (np.flatnonzero(st.y == 0), np.flatnonzero(st.y == 1)) if c.size]
@@ -290,6 +326,36 @@ def bootstrap_intervals(
         for k, v in _compute(st, w).items():
             results.setdefault(k, []).append(v)
         done += b
+    return _percentiles(results, confidence)
+
+
+def _cluster_resamples(st: _Sorted, n_resamples: int, seed: int) -> dict[str, list[np.ndarray]]:
+    """Metric values of ``n_resamples`` cluster resamples (whole groups drawn within each class)."""
+    rng = np.random.default_rng(seed)
+    units = st.units
+    assert units is not None
+    n_units = int(units.max()) + 1
+    unit_class = np.zeros(n_units, np.int64)
+    unit_class[units] = st.y.astype(np.int64)
+    per_class = [np.flatnonzero(unit_class == c) for c in (0, 1)]
+    per_class = [c for c in per_class if c.size]
+    chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(st.n, 1)))
+    results: dict[str, list[np.ndarray]] = {}
+    done = 0
+    while done < n_resamples:
+        b = min(chunk, n_resamples - done)
+        counts = np.zeros((b, n_units))
+        for c in per_class:
+            draws = c[rng.integers(0, c.size, size=(b, c.size))]
+            np.add.at(counts, (np.repeat(np.arange(b), c.size), draws.ravel()), 1.0)
+        for k, v in _compute(st, counts[:, units]).items():
+            results.setdefault(k, []).append(v)
+        done += b
+    return results
+
+
+def _percentiles(results: dict[str, list[np.ndarray]], confidence: float) -> dict[str, tuple[float | None, float | None]]:
+    """Percentile interval per metric from its resampled values (NaN resamples left out)."""
     alpha = (1 - confidence) / 2
     out: dict[str, tuple[float | None, float | None]] = {}
     for k, parts in results.items():

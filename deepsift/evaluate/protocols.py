@@ -14,8 +14,16 @@ from .scoring import ScoreTable, embed_samples, is_code_detector
 ALL = "all"
 
 
-def _metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, bootstrap: int, seed: int) -> Metrics:
-    return compute_metrics(labels, scores, threshold=threshold, bootstrap=bootstrap, seed=seed)
+def _metrics(labels: np.ndarray, scores: np.ndarray, threshold: float, bootstrap: int, seed: int,
+             groups: np.ndarray | None = None) -> Metrics:
+    return compute_metrics(labels, scores, threshold=threshold, bootstrap=bootstrap, seed=seed, groups=groups)
+
+
+def sample_groups(samples: Sequence[Sample]) -> np.ndarray | None:
+    """Each sample's group (None: alone) when any sample has one, for a cluster bootstrap; else None."""
+    if not any(s.group for s in samples):
+        return None
+    return np.array([s.group for s in samples], dtype=object)
 
 
 def per_generator(table: ScoreTable, *, bootstrap: int = 0, seed: int = 0) -> dict[str, dict[str, Metrics]]:
@@ -28,6 +36,8 @@ def per_generator(table: ScoreTable, *, bootstrap: int = 0, seed: int = 0) -> di
     if not ok.any():
         raise EvaluationError(f"detector {table.name!r} could not score any image ({len(table.errors)} errors)")
     labels, gens, scores = table.labels[ok], table.generators[ok], table.scores[ok]
+    groups = sample_groups(table.samples)
+    groups = groups[ok] if groups is not None else None
     splits = np.array([s.split or "" for s in table.samples], dtype=object)[ok]
     out: dict[str, dict[str, Metrics]] = {}
     split_names = [ALL] + [s for s in dict.fromkeys(splits) if s]
@@ -38,7 +48,8 @@ def per_generator(table: ScoreTable, *, bootstrap: int = 0, seed: int = 0) -> di
         for gen in [ALL] + generators:
             mask = in_split & ((gens == REAL) | (gens == gen) if gen != ALL else True)
             if mask.any():
-                rows[gen] = _metrics(labels[mask], scores[mask], table.threshold, bootstrap, seed)
+                rows[gen] = _metrics(labels[mask], scores[mask], table.threshold, bootstrap, seed,
+                                     groups[mask] if groups is not None else None)
         out[split] = rows
     return out
 
@@ -117,7 +128,8 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
                      np.float64)
         y = np.array([samples[i].label for i in test])
         keep = np.isfinite(s)
-        out[g] = _metrics(y[keep], s[keep], DEFAULT_THRESHOLD, bootstrap, seed)
+        grp = sample_groups([samples[i] for i in test])
+        out[g] = _metrics(y[keep], s[keep], DEFAULT_THRESHOLD, bootstrap, seed, grp[keep] if grp is not None else None)
     return {name or getattr(detector, "name", None) or type(detector).__name__: out}
 
 
@@ -138,5 +150,6 @@ def _logo_embeddings(det: Any, samples: list[Sample], gens: list[str], gen_of: n
         for kind in kinds:
             head = make_head(kind).fit(emb[train], labels[train])
             probs = head.probability(head.decision_function(emb[test]))
-            out[kind][g] = _metrics(labels[test], probs, DEFAULT_THRESHOLD, bootstrap, seed)
+            out[kind][g] = _metrics(labels[test], probs, DEFAULT_THRESHOLD, bootstrap, seed,
+                                    sample_groups([samples[i] for i in test]))
     return out

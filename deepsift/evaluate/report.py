@@ -21,12 +21,14 @@ from typing import Any, Sequence
 from .. import __version__
 from ..exceptions import DataError
 from ..filenames import safe_name
-from .metrics import SMALL_SAMPLE, Metrics, format_value
+from .metrics import MIN_GROUPS, SMALL_SAMPLE, Metrics, format_value
 
 TABLE_METRICS = ("auroc", "ap", "balanced_accuracy", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr",
                  "tpr@5%fpr", "ece")
 SMALL_NOTE = (f"⚠: fewer than {SMALL_SAMPLE} images of a class, a fragile figure; †: its bootstrap interval is "
-              "unreliable (a resample cannot show the spread of a handful of images). Balanced accuracy is the mean "
+              "unreliable (a resample cannot show the spread of a handful of images, or of fewer than "
+              f"{MIN_GROUPS} groups of a class when images come in groups: sources, prompts). When images come in "
+              "groups the bootstrap resamples whole groups. Balanced accuracy is the mean "
               "of the real and fake accuracies (plain accuracy is dominated by the larger class).")
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -151,7 +153,7 @@ def metrics_rows(rows: dict[str, dict[str, Metrics]], names: Sequence[str] = TAB
     lines = []
     for key, per_det in rows.items():
         for det, m in per_det.items():
-            lines.append([key, det, _n(m.n_real), _n(m.n_fake), *(format_value(m.values[n], small=m.small) for n in names)])
+            lines.append([key, det, _n(m.n_real), _n(m.n_fake), *(format_value(m.values[n], small=m.unreliable_ci) for n in names)])
     return headers, lines
 
 

@@ -37,6 +37,18 @@ def _dataset_block(report: Report, data: EvalSet) -> None:
                 + (f" ⚠ {len(small)} set(s) with fewer than {SMALL_N} images: fragile figures." if small else ""))
 
 
+def groups_line(rows: dict[str, Any], bootstrap: int) -> list[str]:
+    """One warning line when the bootstrap resampled groups and some class has fewer than MIN_GROUPS of them."""
+    from .metrics import MIN_GROUPS
+
+    few = {k: m for k, m in rows.items() if m.n_real_groups is not None and m.few_groups}
+    if not few or not bootstrap:
+        return []
+    k, m = next(iter(few.items()))
+    return [f"images come in groups: the bootstrap resamples groups ({m.n_real_groups} real, {m.n_fake_groups} "
+            f"generated for {k}); fewer than {MIN_GROUPS} groups of a class, so its intervals (†) are unreliable"]
+
+
 def _rule_block(report: Report, rules: dict[str, str]) -> None:
     """Name the decision rule behind every hard label of the report (accuracy, F1, FPR, TPR)."""
     report.results["decision_rule"] = rules
@@ -83,6 +95,33 @@ def apply_operating_point(tables: dict[str, ScoreTable], cals: dict[str, Calibra
             t.threshold = thresholds[name]
 
 
+def _control_section(report: Report, detectors: dict[str, Any], data: EvalSet, tables: dict[str, ScoreTable],
+                     control: Any, calibrator: Calibrator | None, cals: dict[str, Calibrator], thr: dict[str, float],
+                     bootstrap: int, seed: int) -> tuple[list[str], list[str], list[Any]]:
+    """The control of ``eval generators``: summary lines, the drop in words, and its report blocks (placed after
+    the first screen's table by the caller)."""
+    import tempfile
+
+    from .refit import run_control
+
+    if control is None:
+        return [], [], []
+    mark = len(report.blocks)
+    with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
+        run = run_control(detectors, data.samples, tables, control, tmp, calibrator=calibrator, seed=seed,
+                          prepare=lambda ct: apply_operating_point(ct, cals, thr))
+    if not run.controlled:
+        return [f"control {control.name}: no image could be re-encoded"], [], []
+    res = {n: per_generator(t, bootstrap=bootstrap, seed=seed)[ALL] for n, t in run.original.items()}
+    cres = {n: per_generator(t, bootstrap=bootstrap, seed=seed)[ALL] for n, t in run.controlled.items()}
+    lines = control_block(report, control.name, res, cres, modes=run.mode, failed=run.failed)
+    for note in run.notes:
+        report.text(note)
+    blocks = report.blocks[mark:]
+    del report.blocks[mark:]
+    return lines, report.results["control"]["summary"], blocks
+
+
 def _controlled(detectors: dict[str, Any], data: EvalSet, control: Any, folder: str,
                 calibrator: Calibrator | None = None) -> tuple[list[Any], dict[str, ScoreTable] | None]:
     """The samples passed through ``control`` (copies in ``folder``) and, with ``detectors``, their scores."""
@@ -127,15 +166,10 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
         for det, per_split in results.items():
             for gen, m in per_split.get(split, {}).items():
                 by_split.setdefault(split, {}).setdefault(gen, {})[det] = m
-    glance_block(report, by_split[ALL], aud.warnings)
-    control_lines: list[str] = []
-    if control is not None:
-        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
-            _, ctables = _controlled(detectors, data, control, tmp, calibrator)
-            if ctables is not None:
-                apply_operating_point(ctables, cals, thr)
-                cres = {n: per_generator(t, bootstrap=bootstrap, seed=seed)[ALL] for n, t in ctables.items()}
-                control_lines = control_block(report, control.name, {n: r[ALL] for n, r in results.items()}, cres)
+    control_lines, lead, blocks = _control_section(report, detectors, data, tables, control, calibrator, cals, thr,
+                                                   bootstrap, seed)
+    glance_block(report, by_split[ALL], aud.warnings, lead=lead)
+    report.blocks += blocks
     _rule_block(report, {n: t.rule for n, t in tables.items()})
     report.heading("Curves")
     curves = {n: (t.labels[t.ok], t.scores[t.ok]) for n, t in tables.items()}
@@ -175,6 +209,9 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     small = [g for g, m in next(iter(results.values()))[ALL].items() if g != ALL and m.small]
     if small:
         summary.append(f"fewer than {SMALL_N} images (fragile figures): {', '.join(small)}")
+    for line in groups_line(next(iter(results.values()))[ALL], bootstrap):
+        summary.append(line)
+        report.text("⚠ " + line)
     return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
@@ -187,27 +224,41 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
     report = Report("deepsift evaluation: leave one generator out")
     _dataset_block(report, data)
     aud = audit(data.samples)
-    res = leave_one_out(detector, data.samples, kinds=kinds, bootstrap=bootstrap, seed=seed,
-                        real_train_fraction=real_train_fraction, name=name)
+    samples, cres, failed = data.samples, None, []
+    kw = dict(kinds=kinds, bootstrap=bootstrap, seed=seed, real_train_fraction=real_train_fraction, name=name)
+    if control is not None:  # every fold refitted on controlled images; the same images on both sides
+        from .control import controlled_samples
+
+        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
+            csamples, failed = controlled_samples(data.samples, control, tmp)
+            bad = {i for i, _ in failed}
+            samples = [s for s in data.samples if s.id not in bad]
+            cres = leave_one_out(detector, csamples, **kw) if csamples else None
+    res = leave_one_out(detector, samples, **kw)
     report.results["leave_one_out"] = res
     rows: dict[str, dict[str, Any]] = {}
     for kind, per_g in res.items():
         for g, m in per_g.items():
             rows.setdefault(g, {})[kind] = m
-    glance_block(report, rows, aud.warnings, what="unseen generator (left out of training)")
     control_lines: list[str] = []
-    if control is not None:
-        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
-            csamples, _ = _controlled({}, data, control, tmp)
-            cres = leave_one_out(detector, csamples, kinds=kinds, bootstrap=bootstrap, seed=seed,
-                                 real_train_fraction=real_train_fraction, name=name)
-        control_lines = control_block(report, control.name, res, cres)
+    mark = len(report.blocks)
+    if cres is not None:
+        control_lines = control_block(report, control.name, res, cres, modes={k: "refitted per fold" for k in res},
+                                      failed=failed)
+    blocks = report.blocks[mark:]
+    del report.blocks[mark:]
+    glance_block(report, rows, aud.warnings, what="unseen generator (left out of training)",
+                 lead=(report.results.get("control") or {}).get("summary", []))
+    report.blocks += blocks
     _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
     report.heading("Leave-one-generator-out")
     train, test = split_reals(data.samples, real_train_fraction, seed)
     n_groups = len({s.group for s in data.samples if s.label == 0 and s.group})
     report.results["real_split"] = {"train": int(train.size), "test": int(test.size), "groups": n_groups}
-    report.text(f"Heads fitted on real images ({real_train_fraction:.0%}: {train.size} train, {test.size} test"
+    achieved = train.size / max(1, train.size + test.size)
+    report.results["real_split"]["achieved_train_fraction"] = achieved
+    report.text(f"Heads fitted on real images ({train.size} train, {test.size} test: {achieved:.0%} train, "
+                f"{real_train_fraction:.0%} asked"
                 + (f"; split by source, {n_groups} group(s), none on both sides" if n_groups else "; split per image")
                 + ") and every generator but G; tested on the held-out real images and G. " + SMALL_NOTE)
     counts = {g: max(m.n_fake for m in v.values()) for g, v in rows.items()}

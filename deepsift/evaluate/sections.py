@@ -31,9 +31,13 @@ def size_band(info: HeaderInfo) -> str | None:
     return SIZE_BANDS[0] if short < CROP else SIZE_BANDS[1] if short <= 512 else SIZE_BANDS[2]
 
 
+TOP_WARNINGS = 3
+
+
 def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: Sequence[str] | None = None,
-                 metric: str = "auroc", what: str = "real vs each generator") -> None:
-    """First screen: generator x detector table of ``metric`` with n, hardest first; audit warnings; heatmap.
+                 metric: str = "auroc", what: str = "real vs each generator", lead: Sequence[str] = ()) -> None:
+    """First screen: the control's drop in words (``lead``), the top audit warnings, then the generator x
+    detector table of ``metric`` with n, hardest first; the other warnings; heatmap.
 
     ``warnings`` None: no audit was run (score files carry no images), so none is claimed.
     """
@@ -50,6 +54,11 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
     mat = mat[order][:, col_order] if mat.size else mat
     report.heading("At a glance")
     report.results.setdefault("glance", {})[what] = {"metric": metric, "generators": gens, "detectors": dets}
+    for line in lead:
+        report.text(line)
+    warnings_list = list(warnings or ())
+    for w in warnings_list[:TOP_WARNINGS]:
+        report.text("⚠ confound: " + w)
     n_fake = {g: max((m.n_fake for m in rows[g].values()), default=0) for g in gens}
     n_real = max((m.n_real for v in rows.values() for m in v.values()), default=0)
     body = []
@@ -67,7 +76,7 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
     report.text(f"{metric.upper()}, {what}; {n_real} real images in each comparison; hardest generator first. "
                 f"⚠: fewer than {SMALL_SAMPLE} images, a fragile figure.")
     report.table(["generator (n fake)", *dets], body)
-    for w in warnings or ():
+    for w in warnings_list[TOP_WARNINGS:]:
         report.text("⚠ confound: " + w)
     if warnings is not None and not warnings:
         report.text("Confound audit: no file property (format, JPEG quality, size, metadata) alone separates real "
@@ -114,25 +123,43 @@ def _fmt(v: float | None) -> str:
 
 
 def control_block(report: Report, control: str, original: dict[str, dict[str, Metrics]],
-                  controlled: dict[str, dict[str, Metrics]], key: str = "generator") -> list[str]:
-    """Original and controlled AUROC side by side with the drop; returns one summary line per detector."""
+                  controlled: dict[str, dict[str, Metrics]], key: str = "generator",
+                  modes: dict[str, str] | None = None, failed: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """Original and controlled AUROC side by side with the drop and how each side was made; one line per detector.
+
+    ``modes``: per detector, ``refitted`` (fitted again on the controlled images) or ``test side only``.
+    """
+    from .refit import MODE_TEXT, drop_words
+
+    modes = modes or {}
     report.heading(f"Re-encoding control: {control}")
     report.text(f"Every image, real and fake, passed through {control} before scoring. A large drop means the "
                 "original figure read the files' history (format, compression, size), not the pictures.")
-    rows, lines = [], []
+    for mode in dict.fromkeys(modes.values()):
+        report.text(f"{', '.join(d for d, m in modes.items() if m == mode)}: {MODE_TEXT.get(mode, mode)}.")
+    if failed:
+        report.text(f"{len(failed)} image(s) could not be re-encoded and were left out of both sides, e.g. "
+                    + "; ".join(f"{i}: {e}" for i, e in failed[:5]))
+    rows, lines, words = [], [], []
     for det, per in original.items():
         for k, m in per.items():
             c = controlled.get(det, {}).get(k)
             a, b = m["auroc"], (c["auroc"] if c is not None else None)
             drop = None if a is None or b is None else a - b
-            rows.append([k, det, _n(m.n_fake), _fmt(a), _fmt(b), "n/a" if drop is None else f"{drop:+.3f}"])
+            rows.append([k, det, _n(m.n_fake), _fmt(a), _fmt(b), "n/a" if drop is None else f"{drop:+.3f}",
+                         modes.get(det, "")])
         pairs = [(m["auroc"], controlled.get(det, {}).get(k)) for k, m in per.items()
                  if "all" not in per or k == "all"]  # pooled when there is a pooled row, else the mean over rows
         pairs = [(a, c["auroc"]) for a, c in pairs if a is not None and c is not None and c["auroc"] is not None]
         if pairs:
             a, b = float(np.mean([p[0] for p in pairs])), float(np.mean([p[1] for p in pairs]))
             what = "AUROC" if "all" in per else "mean AUROC"
-            lines.append(f"{det}: {what} {a:.3f} original, {b:.3f} with {control} (drop {a - b:+.3f})")
-    report.results["control"] = {"transform": control, "original": original, "controlled": controlled}
-    report.table([key, "detector", "n fake", "AUROC original", f"AUROC {control}", "drop"], rows)
+            how = f", {modes[det]}" if det in modes else ""
+            lines.append(f"{det}: {what} {a:.3f} original, {b:.3f} with {control} (drop {a - b:+.3f}{how})")
+            words.append(f"Control {control}: {det} {what} {a:.3f} -> {b:.3f}, {drop_words(a, b)}"
+                         + (f" ({modes[det]})" if det in modes else "") + ".")
+    report.results["control"] = {"transform": control, "original": original, "controlled": controlled,
+                                 "mode": modes, "failed": [{"id": i, "error": e} for i, e in failed],
+                                 "summary": words}
+    report.table([key, "detector", "n fake", "AUROC original", f"AUROC {control}", "drop", "how"], rows)
     return lines

@@ -95,6 +95,12 @@ def perm_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generat
     return torch.Generator().manual_seed(s)
 
 
+def step_perms(seed: int, step: int, rank: int, micro: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The derangements (real, fake) of one micro-batch of ``n`` records: uniform, fresh at every step."""
+    g = perm_generator(seed, step, rank, micro)
+    return derangement(n, g), derangement(n, g)
+
+
 def micro_loss(model: torch.nn.Module, views: torch.Tensor, cfg: TrainConfig, step: int, rank: int, micro: int,
                device: torch.device, global_negatives: bool = False) -> LossParts:
     """The loss of one micro-batch of records (forward under autocast, loss in float32)."""
@@ -102,8 +108,7 @@ def micro_loss(model: torch.nn.Module, views: torch.Tensor, cfg: TrainConfig, st
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         h = model(pixel_values=to_pixels(views, device)).last_hidden_state[:, 0]
     emb = h.float().view(b, 8, -1)
-    g = perm_generator(cfg.seed, step, rank, micro)
-    pr, pf = derangement(b, g).to(device), derangement(b, g).to(device)
+    pr, pf = (p.to(device) for p in step_perms(cfg.seed, step, rank, micro, b))
     negatives = ddp.gather_with_grad(emb) if global_negatives else None
     return code_loss(emb, pr, pf, tau=cfg.tau, negatives=negatives)
 

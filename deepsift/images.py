@@ -225,8 +225,9 @@ def center_crop_array(arr: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     return out
 
 
-def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE, max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
-    """Resize so the shorter side is ``size`` (bilinear), the longer side as torchvision's Resize.
+def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE, max_aspect: float = MAX_ASPECT_RATIO,
+                   resample: int = Image.BILINEAR) -> Image.Image:
+    """Resize so the shorter side is ``size`` (bilinear unless ``resample``), the longer side as torchvision's Resize.
 
     An image whose longer side is more than ``max_aspect`` times its shorter side is refused with
     :class:`ImageTooLargeError` (a 100000 x 1 PNG would otherwise become 24,800,000 x 248 pixels).
@@ -244,7 +245,7 @@ def resize_shorter(im: Image.Image, size: int = TRAIN_RESIZE, max_aspect: float 
         return im
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    return im.resize((new_w, new_h), Image.BILINEAR)
+    return im.resize((new_w, new_h), resample)
 
 
 def crop_uint8(im: Image.Image, mode: PreprocessMode = "official") -> np.ndarray:

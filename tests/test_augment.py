@@ -99,8 +99,11 @@ def test_each_family_every_level(family: str) -> None:
         assert a.mode == "RGB" and min(a.size) >= 1
         assert np.array_equal(np.asarray(a), np.asarray(b))
         changed = a.size != im.size or not np.array_equal(np.asarray(a), np.asarray(im))
-        # JPEG at quality 100, a sigma-0.1 blur and opacity 1.0 (the recipe's top level) may leave pixels unchanged
-        assert changed or (family, level) in (("jpeg", 4), ("blur", 0), ("opacity", 4)), (family, level)
+        # JPEG at quality 100, a sigma-0.1 blur and opacity 1.0 (the recipe's top level) may leave pixels unchanged,
+        # and the two-sided families' middle level is the identity (factor 1, shear 0), as in the reference
+        identity = {("contrast", 2), ("saturation", 2), ("scale", 2), ("skew", 2)}
+        may_keep = {("jpeg", 4), ("blur", 0), ("opacity", 4)}
+        assert changed == ((family, level) not in identity) or (family, level) in may_keep, (family, level)
 
 
 def test_bad_family_and_level() -> None:
@@ -127,3 +130,58 @@ def test_random_resized_crops() -> None:
     loc = random_resized_crop(im, np.random.default_rng(0), (0.05, 0.4))
     assert g.size == loc.size == (224, 224)
     assert not np.array_equal(np.asarray(g), np.asarray(loc))
+
+
+def test_five_even_levels_as_the_reference_draws_them() -> None:
+    """linspace(min, max, 5) of the reference's arguments (code-d3-elsa.md section 2)."""
+    for family, (lo, hi) in {"contrast": (0.5, 1.5), "saturation": (0.5, 1.5), "scale": (0.5, 1.5), "skew": (-1, 1),
+                             "jpeg": (40, 100), "opacity": (0.2, 1.0), "overlay_stripes": (0.05, 0.35),
+                             "pad": (0.01, 0.25), "resize": (64, 512), "random_crop": (64, 512),
+                             "sharpen": (1.2, 2.0), "pixel_shuffle": (0.0, 0.35)}.items():
+        assert np.allclose(TRAIN_INTENSITIES[family], np.linspace(lo, hi, 5)), family
+
+
+def test_two_sided_levels_are_the_factor_itself_whatever_the_seed() -> None:
+    from PIL import ImageEnhance
+
+    im = _img(80, 60)
+    for level, factor in enumerate((0.5, 0.75, 1.0, 1.25, 1.5)):
+        for seed in range(4):  # no hidden random side
+            rng = np.random.default_rng(seed)
+            assert np.array_equal(np.asarray(apply_family(im, "contrast", level, rng)),
+                                  np.asarray(ImageEnhance.Contrast(im).enhance(factor)))
+            assert np.array_equal(np.asarray(apply_family(im, "saturation", level, rng)),
+                                  np.asarray(ImageEnhance.Color(im).enhance(factor)))
+            assert apply_family(im, "scale", level, rng).size == (int(80 * factor), int(60 * factor))
+
+
+def test_skew_shears_about_the_middle_row_and_keeps_the_size() -> None:
+    im = Image.new("RGB", (64, 64), (0, 0, 0))
+    im.paste((255, 255, 255), (30, 0, 34, 64))  # a vertical white bar in the middle
+    for level, k in enumerate((-1.0, -0.5, 0.0, 0.5, 1.0)):
+        out = np.asarray(apply_family(im, "skew", level, np.random.default_rng(level)))
+        assert out.shape == (64, 64, 3)
+        cols = [float(np.mean(np.flatnonzero(out[y, :, 0] > 127))) for y in (8, 32, 56)]
+        # output (x, y) samples input x + k (y - h/2): the bar leans by -k pixels per row, the middle row stays
+        assert abs(cols[1] - 31.5) <= 1.0, (k, cols)
+        assert abs((cols[2] - cols[0]) - (-k * 48)) <= 2.0, (k, cols)
+
+
+def test_random_crop_pads_a_small_image_with_black_like_torchvision() -> None:
+    im = Image.new("RGB", (100, 80), (200, 200, 200))
+    for seed in range(40):
+        out = np.asarray(apply_family(im, "random_crop", 1, np.random.default_rng(seed)))  # 176 px > both sides
+        assert out.shape == (176, 176, 3)
+        black = np.all(out == 0, axis=2)
+        assert black.any() and ((out == 200).all(axis=2) | black).all()
+        assert int((~black).sum()) == 100 * 80  # every pixel of the image is kept (the crop covers it)
+    small = np.asarray(apply_family(im, "random_crop", 0, np.random.default_rng(0)))
+    assert small.shape == (64, 64, 3) and (small == 200).all()  # no padding when the image is larger
+
+
+def test_final_resize_is_bicubic() -> None:
+    im = _img(96, 64, seed=4)
+    got = finish_view(im)
+    ref = np.asarray(im.resize((372, 248), Image.BICUBIC))[12:236, 74:298]
+    assert np.array_equal(got, ref)
+    assert not np.array_equal(got, np.asarray(im.resize((372, 248), Image.BILINEAR))[12:236, 74:298])

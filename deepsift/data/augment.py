@@ -152,8 +152,8 @@ TRAIN_INTENSITIES: dict[str, tuple[float, ...]] = {
     "aspect_ratio": tuple(np.linspace(0.75, 2.0, 5)),  # new width / height, area kept (continuous: 0.75-2)
     "pixelization": (0.86, 0.72, 0.58, 0.44, 0.3),  # downscale ratio before nearest upscale (continuous: 0.3-1)
     "rotation": (90.0, 135.0, 180.0, 225.0, 270.0),  # degrees, canvas expanded (continuous: 90-270)
-    "contrast": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
-    "saturation": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side): 0.5-1.5
+    "contrast": (0.5, 0.75, 1.0, 1.25, 1.5),  # PIL contrast factor (1.0: unchanged, as in the reference)
+    "saturation": (0.5, 0.75, 1.0, 1.25, 1.5),  # PIL colour factor
     "jpeg": (40.0, 55.0, 70.0, 85.0, 100.0),  # quality
     "grayscale": (1.0,) * 5,  # no parameter: the luminosity image
     "hflip": (1.0,) * 5,  # no parameter: a flip is a flip
@@ -161,13 +161,14 @@ TRAIN_INTENSITIES: dict[str, tuple[float, ...]] = {
     "overlay_stripes": tuple(np.linspace(0.05, 0.35, 5)),  # stripe width / period
     "pad": tuple(np.linspace(0.01, 0.25, 5)),  # border as a fraction of each side
     "resize": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px
-    "random_crop": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px (capped)
-    "scale": (0.1, 0.2, 0.3, 0.4, 0.5),  # factor 1 +/- value (random side), aspect kept: 0.5-1.5
+    "random_crop": (64.0, 176.0, 288.0, 400.0, 512.0),  # square side in px (a smaller image is padded with black)
+    "scale": (0.5, 0.75, 1.0, 1.25, 1.5),  # both sides times the factor
     "sharpen": tuple(np.linspace(1.2, 2.0, 5)),  # PIL sharpness factor
     "pixel_shuffle": tuple(np.linspace(0.0, 0.35, 5)),  # fraction of pixels permuted
-    "skew": (0.2, 0.4, 0.6, 0.8, 1.0),  # horizontal shear, random sign: -1..1
+    "skew": (-1.0, -0.5, 0.0, 0.5, 1.0),  # horizontal shear about the centre, size kept
 }
-"""Training family -> its 5 parameter values (weakest to strongest)."""
+"""Training family -> its 5 parameter values: the reference's ``linspace(min, max, 5)`` (section 2), so the
+two-sided families (contrast, saturation, scale, skew) include the identity at their middle level."""
 
 TRAIN_FAMILIES: tuple[str, ...] = tuple(TRAIN_INTENSITIES)
 
@@ -177,11 +178,6 @@ CONTINUOUS_RANGES: dict[str, tuple[float, float]] = {
 }
 """The five continuous families of the recipe: :class:`TrainAugment` draws their value uniformly in range
 (the level tables above serve :func:`apply_family` and the tests)."""
-
-
-def _two_sided(dev: float, rng: np.random.Generator) -> float:
-    """A factor ``1 + dev`` or ``1 - dev`` (random side), so no intensity is the identity."""
-    return 1.0 + dev if rng.random() < 0.5 else 1.0 - dev
 
 
 def _aspect(im: Image.Image, r: float) -> Image.Image:
@@ -220,10 +216,22 @@ def _pad(im: Image.Image, f: float, rng: np.random.Generator) -> Image.Image:
 
 
 def _random_square_crop(im: Image.Image, side: float, rng: np.random.Generator) -> Image.Image:
+    """torchvision's RandomCrop(side, pad_if_needed=True): a short side is first padded with black on both ends."""
     w, h = im.size
-    s = int(min(side, w, h))
+    s = int(side)
+    pw, ph = max(0, s - w), max(0, s - h)
+    if pw or ph:
+        im = ImageOps.expand(im, border=(pw, ph), fill=(0, 0, 0))
+        w, h = im.size
     left, top = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
     return im.crop((left, top, left + s, top + s))
+
+
+def _scale(im: Image.Image, factor: float) -> Image.Image:
+    """Both sides times ``factor`` (truncated), Lanczos when shrinking, bilinear otherwise (AugLy's Scale)."""
+    w, h = im.size
+    size = (max(1, int(w * factor)), max(1, int(h * factor)))
+    return im if size == im.size else im.resize(size, Image.LANCZOS if factor < 1 else Image.BILINEAR)
 
 
 def _shuffle_pixels(im: Image.Image, frac: float, rng: np.random.Generator) -> Image.Image:
@@ -235,13 +243,10 @@ def _shuffle_pixels(im: Image.Image, frac: float, rng: np.random.Generator) -> I
     return Image.fromarray(arr.reshape(im.size[1], im.size[0], 3), "RGB")
 
 
-def _skew(im: Image.Image, k: float, rng: np.random.Generator) -> Image.Image:
-    k = float(k) * (1 if rng.random() < 0.5 else -1)
+def _skew(im: Image.Image, k: float) -> Image.Image:
+    """Horizontal shear by ``k`` about the image's middle row, same size, bilinear (AugLy's Skew on the x axis)."""
     w, h = im.size
-    shift = abs(k) * h
-    new_w = int(round(w + shift))
-    offset = -shift if k > 0 else 0.0
-    return im.transform((new_w, h), Image.AFFINE, (1, k, offset, 0, 1, 0), Image.BICUBIC)
+    return im.transform((w, h), Image.AFFINE, (1, float(k), -float(k) * h / 2, 0, 1, 0), resample=Image.BILINEAR)
 
 
 _TRAIN_FUNCS: dict[str, Transform] = {
@@ -250,8 +255,8 @@ _TRAIN_FUNCS: dict[str, Transform] = {
     "aspect_ratio": lambda im, v, rng: _aspect(im, v),
     "pixelization": lambda im, v, rng: _pixelize(im, v),
     "rotation": lambda im, v, rng: im.rotate(v, resample=Image.BICUBIC, expand=True),
-    "contrast": lambda im, v, rng: ImageEnhance.Contrast(im).enhance(_two_sided(v, rng)),
-    "saturation": lambda im, v, rng: ImageEnhance.Color(im).enhance(_two_sided(v, rng)),
+    "contrast": lambda im, v, rng: ImageEnhance.Contrast(im).enhance(v),
+    "saturation": lambda im, v, rng: ImageEnhance.Color(im).enhance(v),
     "jpeg": lambda im, v, rng: encode_roundtrip(im, "JPEG", int(v)),
     "grayscale": lambda im, v, rng: Image.blend(im, ImageOps.grayscale(im).convert("RGB"), v),
     "hflip": lambda im, v, rng: ImageOps.mirror(im),
@@ -260,10 +265,10 @@ _TRAIN_FUNCS: dict[str, Transform] = {
     "pad": _pad,
     "resize": lambda im, v, rng: im.resize((int(v), int(v)), Image.BICUBIC),
     "random_crop": _random_square_crop,
-    "scale": lambda im, v, rng: rescale(im, _two_sided(v, rng)),
+    "scale": lambda im, v, rng: _scale(im, v),
     "sharpen": lambda im, v, rng: ImageEnhance.Sharpness(im).enhance(v),
     "pixel_shuffle": _shuffle_pixels,
-    "skew": _skew,
+    "skew": lambda im, v, rng: _skew(im, v),
 }
 
 
@@ -311,6 +316,21 @@ class TrainAugment:
         return out
 
 
+def crop_box(w: int, h: int, rng: np.random.Generator, scale: tuple[float, float],
+             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a RandomResizedCrop on a ``w`` x ``h`` image (torchvision's draw)."""
+    area = w * h
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
+        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return left, top, left + cw, top + ch
+    s = min(w, h)  # fallback: centre square, as torchvision does
+    return (w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s
+
+
 def random_resized_crop(
     im: Image.Image,
     rng: np.random.Generator,
@@ -319,21 +339,10 @@ def random_resized_crop(
     size: int = CROP_SIZE,
 ) -> Image.Image:
     """RandomResizedCrop (bicubic): the global (0.4-1.0) or local (0.05-0.4) view of the recipe."""
-    w, h = im.size
-    area = w * h
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = float(np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1]))))
-        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
-        if 0 < cw <= w and 0 < ch <= h:
-            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            return im.crop((left, top, left + cw, top + ch)).resize((size, size), Image.BICUBIC)
-    s = min(w, h)  # fallback: centre square, as torchvision does
-    return im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize(
-        (size, size), Image.BICUBIC
-    )
+    return im.crop(crop_box(*im.size, rng, scale, ratio)).resize((size, size), Image.BICUBIC)
 
 
 def finish_view(im: Image.Image) -> np.ndarray:
-    """Resize the shorter side to 248 and centre-crop 224: the HxWx3 uint8 network input."""
-    return np.ascontiguousarray(center_crop_array(np.asarray(resize_shorter(im.convert("RGB"), TRAIN_RESIZE)), CROP_SIZE))
+    """Resize the shorter side to 248 (bicubic) and centre-crop 224: the HxWx3 uint8 network input."""
+    small = resize_shorter(im.convert("RGB"), TRAIN_RESIZE, resample=Image.BICUBIC)
+    return np.ascontiguousarray(center_crop_array(np.asarray(small), CROP_SIZE))

@@ -124,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .leaveout import evaluate_left_out
 
     result = train(data, out, cfg, real=real, resume=args.resume is not None)
+    if not result.main:  # under torchrun, rank 0 alone reports and runs the leave-out evaluation
+        return EXIT_OK
     acc = next((a for _, a in reversed(result.head_accuracy) if a is not None), None)
     note(f"trained steps {result.start_step}..{result.step}" + (" (stopped early)" if result.stopped_early else "")
          + (f"; last loss {result.losses[-1]:.4f}" if result.losses else "")

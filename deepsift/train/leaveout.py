@@ -1,8 +1,10 @@
 """``deepsift train --leave-out GEN``: after training, the per-generator evaluation on unseen and seen generators.
 
-The evaluation set is the run's held-out records (never trained on): their real images, their
-fakes of the seen generators, and the left-out generators' images (of held-out records first,
-then of other records, up to the same number). It goes through the evaluation toolkit's
+The evaluation set is the run's *report* records (:mod:`deepsift.train.holdout`: held out of
+training, and disjoint from the records that fit the heads and those that chose the epoch):
+their real images, their fakes of the seen generators, and the left-out generators' images (of
+report records first, then of training records, up to the same number; never of the records the
+heads were fitted on or the epoch was chosen on). It goes through the evaluation toolkit's
 per-generator protocol (:func:`deepsift.evaluate.runs.run_generators`, the table and report of
 ``deepsift eval generators``), written to ``OUT/leave-out-report/``.
 """
@@ -20,23 +22,24 @@ REPORT_DIR = "leave-out-report"
 def left_out_samples(data: Sequence[str], real: str | None, cfg: TrainConfig) -> list:
     """The evaluation samples (bytes, label, generator) of a leave-out run."""
     from ..evaluate.datasets import Sample
-    from .data import build_index, split_holdout
+    from .data import build_index
+    from .holdout import held_out
     from .loader import RefReader
 
     index = build_index(data, real=real, leave_out=cfg.leave_out)
-    _, held = split_holdout(index, cfg.holdout, cfg.seed)
+    _, roles = held_out(index, cfg)
     reader = RefReader(index.files)
     samples: list[Sample] = []
-    for rec in held:
+    for rec in roles.report:
         samples.append(Sample(id=f"{rec.id}/real", source=reader.read(rec.real), label=0, generator="real"))
         for gen, ref in rec.fakes:
             samples.append(Sample(id=f"{rec.id}/{gen}", source=reader.read(ref), label=1, generator=gen))
-    held_ids = {r.id for r in held}
-    unseen = sorted(index.left_out, key=lambda r: (r.id not in held_ids, r.id))
+    report_ids, used = {r.id for r in roles.report}, {r.id for r in roles.heads}
+    unseen = sorted((r for r in index.left_out if r.id not in used), key=lambda r: (r.id not in report_ids, r.id))
     per_gen: dict[str, int] = {}
     for rec in unseen:
         for gen, ref in rec.fakes:
-            if per_gen.get(gen, 0) < len(held):
+            if per_gen.get(gen, 0) < len(roles.report):
                 samples.append(Sample(id=f"{rec.id}/{gen}", source=reader.read(ref), label=1, generator=gen))
                 per_gen[gen] = per_gen.get(gen, 0) + 1
     return samples

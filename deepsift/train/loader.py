@@ -108,15 +108,22 @@ class StepBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:  # steps are unbounded; the sampler decides which ones are drawn
         return 2**62
 
+    def positions(self, step: int) -> range:
+        """The record-stream positions of this rank's batch of ``step``: ranks take consecutive, disjoint blocks."""
+        start = (int(step) * self.world + self.rank) * self.batch_size
+        return range(start, start + self.batch_size)
+
+    def records_at(self, step: int) -> list[Record]:
+        """The records of this rank's batch of ``step`` (nothing decoded)."""
+        return [self._stream[g] for g in self.positions(step)]
+
     def __getitem__(self, step: int) -> dict:
         if self._reader is None:
             self._reader = RefReader(self.files)
         B = self.batch_size
-        start = (int(step) * self.world + self.rank) * B
         views = np.empty((B, 8, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         ids = []
-        for j in range(B):
-            rec = self._stream[start + j]
+        for j, rec in enumerate(self.records_at(step)):
             rng = np.random.default_rng([self.seed, int(step), self.rank, j])
             gen, fake_ref = pick_fake(rec, rng)
             real = self._decode(rec.real, rec.id, "real")

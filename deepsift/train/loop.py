@@ -2,12 +2,13 @@
 
 Steps are optimiser steps; an epoch is ``steps_per_epoch`` of them (the data is an endless,
 reshuffled stream). At the end of each epoch the linear head is refitted on held-out records
-(half fit, half scored), its balanced accuracy is logged and drives early stopping, and a
+and scored on other held-out records (:mod:`deepsift.train.holdout`), its balanced accuracy is
+logged and drives early stopping, and a
 checkpoint is written; a new best epoch's weights go to ``OUT/best.safetensors``. Every random
 choice derives from (seed, step, rank), so ``--resume`` continues exactly where the checkpoint was
 taken. The run ends with the model folder written in the published layout at ``OUT``
-(config.json, model.safetensors, preprocessor_config.json, heads/ refitted on the held-out
-records), holding the best epoch's weights (``keep="best"``, the default) or the last step's.
+(config.json, model.safetensors, preprocessor_config.json, heads/ refitted on the fit and select
+records, never on the leave-out report's), holding the best epoch's weights (``keep="best"``, the default) or the last step's.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class TrainResult:
     stopped_early: bool = False
     kept_step: int | None = None  # the step whose weights the model folder holds (None: the last)
     summary: list[str] = field(default_factory=list)
+    main: bool = True  # rank 0 (or a single process): the one that reports and evaluates
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
@@ -93,6 +95,12 @@ def perm_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generat
     return torch.Generator().manual_seed(s)
 
 
+def step_perms(seed: int, step: int, rank: int, micro: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The derangements (real, fake) of one micro-batch of ``n`` records: uniform, fresh at every step."""
+    g = perm_generator(seed, step, rank, micro)
+    return derangement(n, g), derangement(n, g)
+
+
 def micro_loss(model: torch.nn.Module, views: torch.Tensor, cfg: TrainConfig, step: int, rank: int, micro: int,
                device: torch.device, global_negatives: bool = False) -> LossParts:
     """The loss of one micro-batch of records (forward under autocast, loss in float32)."""
@@ -100,8 +108,7 @@ def micro_loss(model: torch.nn.Module, views: torch.Tensor, cfg: TrainConfig, st
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         h = model(pixel_values=to_pixels(views, device)).last_hidden_state[:, 0]
     emb = h.float().view(b, 8, -1)
-    g = perm_generator(cfg.seed, step, rank, micro)
-    pr, pf = derangement(b, g).to(device), derangement(b, g).to(device)
+    pr, pf = (p.to(device) for p in step_perms(cfg.seed, step, rank, micro, b))
     negatives = ddp.gather_with_grad(emb) if global_negatives else None
     return code_loss(emb, pr, pf, tau=cfg.tau, negatives=negatives)
 
@@ -126,10 +133,10 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
           resume: bool = False, progress: bool | None = None) -> TrainResult:
     """Train (or continue, ``resume=True``) a CoDE network on ``data``; the model folder is written to ``out``."""
     from ..output import progress as progress_bar
-    from .data import build_index, split_holdout
+    from .data import build_index
+    from .holdout import held_out
     from .loader import StepBatches, make_loader, probe_pixels
     from .metrics import MetricsLog, write_plot
-    from .probe import embed_uint8, probe_accuracy
 
     out = Path(out)
     info = ddp.init_distributed(cfg.device)
@@ -141,7 +148,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
     index = build_index(data, real=real, leave_out=cfg.leave_out)
-    train_recs, held = split_holdout(index, cfg.holdout, cfg.seed)
+    train_recs, roles = held_out(index, cfg)
     torch.manual_seed(cfg.seed + info.rank)
     model = build_model(cfg).to(info.device)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
@@ -156,14 +163,17 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     net = model
     if info.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    probe_x, probe_y, _ = probe_pixels(index.files, held, cfg.seed)
+    fit_x, fit_y, _ = probe_pixels(index.files, roles.fit, cfg.seed)
+    sel_x, sel_y, _ = probe_pixels(index.files, roles.select, cfg.seed)
     log = MetricsLog(out, enabled=info.main, resume_step=start)
     if info.main and not resume:
-        log.write({"step": 0, "event": "start", "records": len(train_recs), "held_out": len(held),
+        log.write({"step": 0, "event": "start", "records": len(train_recs),
+                   "held_out": {"fit": len(roles.fit), "select": len(roles.select), "report": len(roles.report)},
                    "index": index.summary(), "world": info.world, "config": cfg.to_dict()})
     dataset = StepBatches(index.files, train_recs, cfg.batch_size, cfg.seed, info.rank, info.world, cfg.aug_max_ops)
     loader = make_loader(dataset, start, cfg.steps, cfg.loader_workers(), pin_memory=info.device.type == "cuda")
-    result = TrainResult(out=out, start_step=start, step=start, head_accuracy=[tuple(h) for h in history])
+    result = TrainResult(out=out, start_step=start, step=start, head_accuracy=[tuple(h) for h in history],
+                         main=info.main)
     micro_b = cfg.batch_size // cfg.grad_accum
     bar = progress_bar(desc="train", unit="step", total=cfg.steps, enabled=progress if info.main else False)
     bar.n = start
@@ -215,8 +225,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}", refresh=False)
             bar.update(1)
             if step % cfg.steps_per_epoch == 0:  # a run ending mid-epoch only checkpoints (resume stays exact)
-                acc = probe_accuracy(embed_uint8(model, probe_x, info.device, bf16=cfg.precision == "bf16"),
-                                     probe_y, cfg.seed) if len(probe_y) else None
+                acc = _epoch_accuracy(model, fit_x, fit_y, sel_x, sel_y, info.device, cfg.precision == "bf16")
                 result.head_accuracy.append((step, acc))
                 if acc is not None and acc > best:
                     best, bad = acc, 0
@@ -250,7 +259,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
                "kept_step": result.kept_step if result.kept_step is not None else result.step})
     log.close()
     if info.main:
-        result.summary += _finish(out, model, cfg, index, held, info.device)
+        result.summary += _finish(out, model, cfg, index, roles.heads, info.device)
         write_plot(out)
     ddp.barrier()
     return result
@@ -276,6 +285,17 @@ def _deferred_signals() -> Iterator[None]:
             signal.raise_signal(caught[0])
 
 
+def _epoch_accuracy(model: torch.nn.Module, fit_x: np.ndarray, fit_y: np.ndarray, sel_x: np.ndarray,
+                    sel_y: np.ndarray, device: torch.device, bf16: bool) -> float | None:
+    """The epoch's held-out accuracy: a linear probe fitted on the fit records, scored on the select records."""
+    from .probe import embed_uint8, probe_accuracy
+
+    if not (len(fit_y) and len(sel_y)):
+        return None
+    return probe_accuracy(embed_uint8(model, fit_x, device, bf16=bf16), fit_y,
+                          embed_uint8(model, sel_x, device, bf16=bf16), sel_y)
+
+
 def _keep_weights(out: Path, model: torch.nn.Module, cfg: TrainConfig, result: TrainResult) -> str:
     """Load the best epoch's weights into ``model`` unless the run keeps the last step's; say which were kept."""
     last = next((a for s, a in reversed(result.head_accuracy) if s == result.step and a is not None), None)
@@ -292,7 +312,7 @@ def _keep_weights(out: Path, model: torch.nn.Module, cfg: TrainConfig, result: T
 
 
 def _finish(out: Path, model: torch.nn.Module, cfg: TrainConfig, index: Any, held: list, device: torch.device) -> list[str]:
-    """Write the model folder (published layout + heads refitted on every held-out record)."""
+    """Write the model folder (published layout + heads refitted on ``held``, the fit and select records)."""
     from ..model.backbone import save_backbone
     from ..model.headset import save_headset
     from .loader import probe_pixels

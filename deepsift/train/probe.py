@@ -1,4 +1,4 @@
-"""The per-epoch linear probe: embed held-out records, refit the linear head, score it on the other half."""
+"""The per-epoch linear probe: embed held-out records, fit the linear head on some, score it on others."""
 from __future__ import annotations
 
 import warnings
@@ -30,33 +30,20 @@ def embed_uint8(model: torch.nn.Module, pixels: np.ndarray, device: torch.device
     return np.concatenate(out) if out else np.empty((0, 0), np.float32)
 
 
-def split_halves(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A boolean mask: True for the fitting half, stratified by label (seeded)."""
-    rng = np.random.default_rng([seed, 31337])
-    fit = np.zeros(len(labels), bool)
-    for c in (0, 1):
-        idx = np.flatnonzero(labels == c)
-        fit[rng.permutation(idx)[: (len(idx) + 1) // 2]] = True
-    return fit
-
-
-def probe_accuracy(emb: np.ndarray, labels: np.ndarray, seed: int) -> float | None:
-    """Balanced accuracy of a linear head fitted on one half and scored on the other (None if too few)."""
-    if len(labels) < 4 or len(set(labels.tolist())) < 2:
-        return None
-    fit = split_halves(labels, seed)
-    if len(set(labels[fit].tolist())) < 2 or len(set(labels[~fit].tolist())) < 2:
+def probe_accuracy(fit_emb: np.ndarray, fit_labels: np.ndarray, eval_emb: np.ndarray,
+                   eval_labels: np.ndarray) -> float | None:
+    """Balanced accuracy on ``eval_*`` of a linear head fitted on ``fit_*`` (other records); None if a class is missing."""
+    if len(set(fit_labels.tolist())) < 2 or len(set(eval_labels.tolist())) < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        head = make_head("linear").fit(emb[fit], labels[fit])
-    pred = decide(head.predict_proba(emb[~fit])[:, 1])
-    y = labels[~fit]
-    return float(np.mean([np.mean(pred[y == c] == c) for c in (0, 1)]))
+        head = make_head("linear").fit(fit_emb, fit_labels)
+    pred = decide(head.predict_proba(eval_emb)[:, 1])
+    return float(np.mean([np.mean(pred[eval_labels == c] == c) for c in (0, 1)]))
 
 
 def fit_final_heads(emb: np.ndarray, labels: np.ndarray, generators: list[str]) -> dict:
-    """The heads saved with the model: linear and kNN on every held-out embedding, plus per-generator linear heads."""
+    """The heads saved with the model: linear and kNN on the given embeddings, plus per-generator linear heads."""
     heads = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeepsiftWarning)

@@ -30,14 +30,19 @@ _DELTA[[ord("]"), ord("}")]] = -1
 
 @dataclass
 class ScanInfo:
-    """What the pass saw: bytes and non-empty lines."""
+    """What the pass saw: bytes and non-empty lines (up to where it stopped), and whether it read to the end."""
 
     bytes: int
     lines: int
+    complete: bool = True
 
 
-def prescan(path: str | Path, max_bytes: int | None = None) -> ScanInfo:
-    """Check ``path`` (.csv/.json/.jsonl by suffix) in bounded memory; EvaluationError naming the line."""
+def prescan(path: str | Path, max_bytes: int | None = None, max_lines: int | None = None) -> ScanInfo:
+    """Check ``path`` (.csv/.json/.jsonl by suffix) in bounded memory; EvaluationError naming the line.
+
+    ``max_lines``: stop (``complete=False``) after the chunk where the non-empty lines pass it (a
+    CSV/JSONL reader that stops at that row then reads only checked bytes).
+    """
     p = Path(path)
     suffix = p.suffix.lower()
     is_json, by_line = suffix in (".json", ".jsonl"), suffix in (".csv", ".jsonl")
@@ -55,9 +60,6 @@ def prescan(path: str | Path, max_bytes: int | None = None) -> ScanInfo:
         while True:
             chunk = fh.read(CHUNK)
             final = not chunk
-            if max_bytes is not None and total + len(chunk) > max_bytes:
-                fail(carry + chunk[:max_bytes - total],
-                     f"the file is larger than a predictions file for this test set can be ({max_bytes:,} bytes)")
             total += len(chunk)
             # UTF-8 (a sequence cut by the chunk's end waits for the next chunk)
             data = pending + chunk
@@ -88,9 +90,12 @@ def prescan(path: str | Path, max_bytes: int | None = None) -> ScanInfo:
                 nonblank += line_len > 0 and not (line_len == 1 and chunk[-1:] == b"\r")
             if is_json:
                 carry, depth = _json_depth(carry + chunk, final, depth, fail)
+            if final or (by_line and max_lines is not None and nonblank > max_lines):
+                return ScanInfo(total, nonblank, final)
+            if max_bytes is not None and total > max_bytes:
+                fail(chunk[:max_bytes - total + len(chunk)],
+                     f"the file is larger than a predictions file for this test set can be ({max_bytes:,} bytes)")
             line += chunk.count(b"\n")
-            if final:
-                return ScanInfo(total, nonblank)
 
 
 def _json_depth(buf: bytes, final: bool, depth: int, fail) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]

@@ -63,14 +63,16 @@ def _iter_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if suffix == ".csv":
             with open(path, encoding="utf-8-sig", newline="") as fh:
                 reader = csv.DictReader(fh)
+                last = 0  # the line the last row ended on: an error is in the row after it
                 try:
                     for row in reader:
+                        last = reader.line_num
                         if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
                             raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
                                                   f"fields but the header has {len(reader.fieldnames or [])}")
                         yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}
                 except csv.Error as exc:  # e.g. a quoted field running over many lines past csv's field limit
-                    raise EvaluationError(f"{path} line {reader.line_num}: {exc}") from None
+                    raise EvaluationError(f"{path} line {last + 1}: {exc}") from None
         elif suffix == ".jsonl":
             with open(path, encoding="utf-8-sig", newline="\n") as fh:
                 for i, line in enumerate(fh, 1):
@@ -297,9 +299,10 @@ def read_aligned_scores(path: str | os.PathLike, ids: Any, columns: tuple[str, .
     if not p.is_file():
         raise EvaluationError(f"{p}: no such file")
     key = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
-    seen = prescan(p, size_cap(key))
     suffix = p.suffix.lower()
-    if suffix == ".json" or seen.lines <= len(key) + (suffix == ".csv"):  # more rows than ids: cannot be valid
+    most = len(key) + (suffix == ".csv")  # more lines than ids (+ a header): cannot be valid, stream it
+    seen = prescan(p, size_cap(key), most)
+    if seen.complete and (suffix == ".json" or seen.lines <= most):
         fast = _fast_aligned(p, key, columns, with_labels)
         if fast is not None:
             return fast

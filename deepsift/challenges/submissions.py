@@ -94,14 +94,11 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
             if team is None:
                 raise ConflictError("join or create a team of this challenge before submitting")
             ts = testset_of(s, ph)
-            ph_id, team_id = ph.id, team.id
+            ph_id, team_id, ts_folder = ph.id, team.id, ts.folder
             spec: dict | None = None
             if kind == "predictions":
                 if not ph.allow_predictions:
                     raise ConflictError("this phase takes models, not predictions")
-                key = load_key(storage.root / ts.folder)
-                aligned = predictions.validate(upload, key, filename)
-                predictions.save_aligned(aligned, upload.parent / predictions.ALIGNED_FILE)
             elif kind == "model":
                 if not ph.allow_models:
                     raise ConflictError("this phase takes predictions, not models")
@@ -114,6 +111,9 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
             q = quota(s, ph, team, now)
             if q["left"] == 0:
                 raise ConflictError(_quota_message(q))
+        if kind == "predictions":  # parsed with no transaction open (a large file takes seconds)
+            aligned = predictions.validate(upload, load_key(storage.root / ts_folder), filename)
+            predictions.save_aligned(aligned, upload.parent / predictions.ALIGNED_FILE)
 
         def tx(w: Session) -> Submission:
             t = w.scalar(select(Team).where(Team.id == team_id).with_for_update())  # serialise a team's submits

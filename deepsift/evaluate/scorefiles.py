@@ -21,11 +21,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..exceptions import EvaluationError
+from .prescan import prescan
 
 ID_COLUMNS = ("id", "file", "filename", "source", "path")
 SCORE_COLUMNS = ("probability", "score", "label", "prediction")
@@ -43,36 +44,51 @@ def _listing(items: list[str]) -> str:
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row dict) of a CSV/JSON/JSONL file; JSON objects become id/value rows."""
+    return list(stream_rows(path))
+
+
+def stream_rows(path: Path, max_bytes: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """:func:`_rows` one row at a time, after the bounded :func:`~.prescan.prescan` (run at once)."""
     if not path.is_file():
         raise EvaluationError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json", ".jsonl"):
+        raise EvaluationError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .json or .jsonl")
+    prescan(path, max_bytes)
+    return _iter_rows(path, suffix)
+
+
+def _iter_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        if suffix == ".csv":
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                reader = csv.DictReader(fh)
+                last = 0  # the line the last row ended on: an error is in the row after it
+                try:
+                    for row in reader:
+                        last = reader.line_num
+                        if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
+                            raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
+                                                  f"fields but the header has {len(reader.fieldnames or [])}")
+                        yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}
+                except csv.Error as exc:  # e.g. a quoted field running over many lines past csv's field limit
+                    raise EvaluationError(f"{path} line {last + 1}: {exc}") from None
+        elif suffix == ".jsonl":
+            with open(path, encoding="utf-8-sig", newline="\n") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.strip():
+                        yield i, _object(_json(line, path, i), path, i)
+        else:
+            text = path.read_text(encoding="utf-8-sig")
+            data = _json(text, path, None)
+            if isinstance(data, dict):  # re-read as pairs so duplicate keys are not silently merged
+                yield from ((0, {"id": k, "value": v}) for k, v in _json_pairs(text))
+            elif isinstance(data, list):
+                yield from ((i + 1, _object(row, path, i + 1)) for i, row in enumerate(data))
+            else:
+                raise EvaluationError(f"{path}: expected a JSON object {{id: value}} or a list of rows")
     except (OSError, UnicodeDecodeError) as exc:
         raise EvaluationError(f"{path}: cannot read ({exc})") from None
-    if suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        rows = []
-        for row in reader:
-            if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
-                raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
-                                      f"fields but the header has {len(reader.fieldnames or [])}")
-            rows.append((reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}))
-        return rows
-    if suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                out.append((i, _object(_json(line, path, i), path, i)))
-        return out
-    if suffix == ".json":
-        data = _json(text, path, None)
-        if isinstance(data, dict):  # re-read as pairs so duplicate keys are not silently merged
-            return [(0, {"id": k, "value": v}) for k, v in _json_pairs(text)]
-        if isinstance(data, list):
-            return [(i + 1, _object(row, path, i + 1)) for i, row in enumerate(data)]
-        raise EvaluationError(f"{path}: expected a JSON object {{id: value}} or a list of rows")
-    raise EvaluationError(f"{path}: unsupported file type {suffix or '(none)'}; use .csv, .json or .jsonl")
 
 
 def _object(row: Any, path: Path, line: int) -> dict[str, Any]:
@@ -156,7 +172,7 @@ def read_scores(path: str | os.PathLike, columns: tuple[str, ...] = SCORE_COLUMN
     p = Path(path)
     scores: dict[str, float] = {}
     dupes, bad = [], []
-    for line, row in _rows(p):
+    for line, row in stream_rows(p):
         key = _pick(row, ID_COLUMNS)
         col = "value" if "value" in row else _pick(row, columns)
         if key is None or col is None:
@@ -265,23 +281,41 @@ def _labels_of(col: Any) -> np.ndarray | None:
 def read_aligned_scores(path: str | os.PathLike, ids: Any, columns: tuple[str, ...] = SCORE_COLUMNS,
                         with_labels: bool = True, ids_name: str = "the labels") -> AlignedScores:
     """Read a score file and align it to ``ids`` (every id exactly once): the rules of
-    :func:`read_scores` + :func:`join`, vectorised for million-row files.
+    :func:`read_scores` + :func:`join`, vectorised for million-row files, in bounded memory.
 
-    A file the fast path cannot take as it is (a bad value, a duplicate, an unknown or missing id,
-    odd quoting...) is re-read row by row, and the error names the first offending ids with their
-    lines. ``with_labels``: also return a ``label`` column (0/1 or real/fake) found beside the score
-    column (e.g. ``id,score,label``). ``ids_name`` names ``ids`` in messages.
+    The file is first checked by :func:`~.prescan.prescan` (encoding, NUL bytes, line length, JSON
+    depth) with a size cap of what a valid file for ``ids`` can need (:func:`size_cap`). A file the
+    fast path cannot take as it is (a bad value, a duplicate, an unknown or missing id, more rows
+    than ids, odd quoting...) is re-read row by row, streaming, and stops at the first row past
+    the number of ids; the error names the first offending ids with their lines. ``with_labels``:
+    also return a ``label`` column (0/1 or real/fake) found beside the score column (e.g.
+    ``id,score,label``). ``ids_name`` names ``ids`` in messages.
     """
     import pyarrow as pa
+
+    from .streamscores import stream_aligned
 
     p = Path(path)
     if not p.is_file():
         raise EvaluationError(f"{p}: no such file")
     key = ids if isinstance(ids, pa.Array) else pa.array(list(ids), pa.string())
-    fast = _fast_aligned(p, key, columns, with_labels)
-    if fast is not None:
-        return fast
-    return _slow_aligned(p, key.to_pylist(), columns, with_labels, ids_name)
+    suffix = p.suffix.lower()
+    most = len(key) + (suffix == ".csv")  # more lines than ids (+ a header): cannot be valid, stream it
+    seen = prescan(p, size_cap(key), most)
+    if seen.complete and (suffix == ".json" or seen.lines <= most):
+        fast = _fast_aligned(p, key, columns, with_labels)
+        if fast is not None:
+            return fast
+    return stream_aligned(p, key, columns, with_labels, ids_name)
+
+
+def size_cap(key: Any) -> int:
+    """The most bytes a valid score file for these ids needs: 3 bytes per id byte (JSON's ``\\uXXXX``
+    escapes) + 128 per row (the score, a label, quotes and separators) + 64 KiB (a header, spacing)."""
+    import pyarrow.compute as pc
+
+    id_bytes = int(pc.sum(pc.binary_length(key)).as_py() or 0)
+    return 3 * id_bytes + 128 * len(key) + (64 << 10)
 
 
 def _fast_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: bool) -> AlignedScores | None:
@@ -322,44 +356,3 @@ def _fast_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: bool
     if np.bincount(order, minlength=len(rid)).max(initial=0) > 1:  # as many rows as ids, all found: distinct?
         return None
     return AlignedScores(str(p), vals[order], labels[order] if labels is not None else None, val_col)
-
-
-def _slow_aligned(p: Path, wanted: list[str], columns: tuple[str, ...], with_labels: bool,
-                  ids_name: str) -> AlignedScores:
-    scores = read_scores(p, columns)  # duplicates, bad values, shape: precise errors
-    rows = _rows(p)
-    first = rows[0][1]
-    val_col = "value" if "value" in first else (_pick(first, columns) or "value")
-    lines: dict[str, int] = {}
-    for line, row in rows:
-        key = _pick(row, ID_COLUMNS)
-        if key is not None:
-            lines[_row_id(row, key, p, line)] = line
-    where = lambda k: f"{k!r}" + (f" (line {lines[k]})" if lines.get(k) else "")  # noqa: E731
-    wanted_set = set(wanted)
-    unknown = [k for k in scores if k not in wanted_set]
-    missing = [k for k in wanted if k not in scores]
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} id(s) not in {ids_name}: " + ", ".join(where(k) for k in unknown[:_SHOW])
-                        + (f" ... and {len(unknown) - _SHOW} more" if len(unknown) > _SHOW else ""))
-    if missing:
-        problems.append(f"{len(missing)} id(s) of {ids_name} missing from the file: {_listing(missing)}")
-    if problems:
-        raise EvaluationError(f"{p}: " + "; ".join(problems))
-    labels = None
-    if with_labels and val_col not in ("label", "value") and "label" in first:
-        labs: dict[str, int] = {}
-        bad = []
-        for line, row in rows:
-            rid = _row_id(row, _pick(row, ID_COLUMNS) or "id", p, line)
-            raw = str(row.get("label")).strip().lower()
-            if raw in LABEL_WORDS:
-                labs[rid] = LABEL_WORDS[raw]
-            else:
-                bad.append(f"{rid} (line {line}): {row.get('label')!r}")
-        if bad:
-            raise EvaluationError(f"{p}: {len(bad)} bad label(s) (0/1 or real/fake): {', '.join(bad[:_SHOW])}"
-                                  + (f" ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""))
-        labels = np.array([labs[k] for k in wanted], np.int8)
-    return AlignedScores(str(p), np.array([scores[k] for k in wanted], np.float64), labels, val_col)

@@ -10,6 +10,7 @@ total size cap, so an archive never writes outside its folder.
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
@@ -164,7 +166,11 @@ def archive_members(path: str | os.PathLike, limits: ArchiveLimits = ArchiveLimi
         out.append((clean, size))
 
     if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
+        try:
+            zf = zipfile.ZipFile(p)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise UnsafeArchiveError(f"not a readable .zip archive ({exc})") from None
+        with zf:
             for info in zf.infolist():
                 mode = info.external_attr >> 16
                 is_link = stat.S_ISLNK(mode)
@@ -179,7 +185,7 @@ def archive_members(path: str | os.PathLike, limits: ArchiveLimits = ArchiveLimi
                     kind = ("folder" if m.isdir() else "file" if m.isreg() else
                             "symbolic link" if m.issym() else "hard link" if m.islnk() else "special file")
                     add(m.name, m.size, m.isreg() or m.isdir(), kind)
-        except tarfile.TarError as exc:
+        except DAMAGED as exc:
             raise UnsafeArchiveError(f"not a readable .zip or .tar archive ({exc})") from None
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
@@ -192,30 +198,45 @@ def iter_archive(path: str | os.PathLike, limits: ArchiveLimits = ArchiveLimits(
     """Yield ``(member name, readable stream)`` of each regular file, after :func:`archive_members` checks."""
     members = dict(archive_members(path, limits))
     p = Path(path)
-    if zipfile.is_zipfile(p):
-        with zipfile.ZipFile(p) as zf:
-            for info in zf.infolist():
-                if not info.is_dir():
-                    name = _check_member(info.filename)
-                    with zf.open(info) as fh:
-                        yield name, _Capped(fh, members[name])  # type: ignore[misc]
-    else:
-        with tarfile.open(p, "r:*") as tf:
-            for m in tf:
-                if m.isreg():
-                    fh = tf.extractfile(m)
-                    if fh is not None:
-                        yield _check_member(m.name), fh
+    name = "(the archive)"
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                for info in zf.infolist():
+                    if not info.is_dir():
+                        name = _check_member(info.filename)
+                        with zf.open(info) as fh:
+                            yield name, _Capped(fh, members[name], name)  # type: ignore[misc]
+        else:
+            with tarfile.open(p, "r:*") as tf:
+                for m in tf:
+                    if m.isreg():
+                        fh = tf.extractfile(m)
+                        if fh is not None:
+                            name = _check_member(m.name)
+                            yield name, _Capped(fh, members[name], name)  # type: ignore[misc]
+    except DAMAGED as exc:
+        raise UnsafeArchiveError(f"the archive is damaged at member {name!r} ({exc.__class__.__name__}: {exc})") from None
+
+
+DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, NotImplementedError,
+           RuntimeError, OSError)
+"""What reading a damaged, truncated, encrypted or oddly compressed archive raises (a bad CRC included)."""
 
 
 class _Capped:
-    """A stream that refuses to yield more than the size its archive header declared (zip bombs lie)."""
+    """A stream that refuses to yield more than the size its archive header declared (zip bombs lie),
+    and says which member is damaged when reading it fails."""
 
-    def __init__(self, fh: BinaryIO, size: int) -> None:
-        self.fh, self.left = fh, size
+    def __init__(self, fh: BinaryIO, size: int, name: str = "") -> None:
+        self.fh, self.left, self.name = fh, size, name
 
     def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(self.left + 1 if n < 0 else min(n, self.left + 1))
+        try:
+            data = self.fh.read(self.left + 1 if n < 0 else min(n, self.left + 1))
+        except DAMAGED as exc:
+            raise UnsafeArchiveError(f"the archive is damaged at member {self.name!r} "
+                                     f"({exc.__class__.__name__}: {exc})") from None
         self.left -= len(data)
         if self.left < 0:
             raise UnsafeArchiveError("archive member is larger than its header says")

@@ -165,9 +165,10 @@ def test_a_model_reading_a_server_file_is_refused_and_the_file_never_shows(app, 
 PROBE = """
 import json, os, sys
 out = {"cwd": os.getcwd(), "entries": os.listdir(".")}
-for name, path in (("relative", %r), ("opt", "/opt"), ("var", "/var/lib")):
+for name, path in (("relative", %r), ("opt", "/opt"), ("var", "/var/lib"), ("passwd", "/etc/passwd"),
+                   ("loader", "/etc/ld.so.cache")):
     try:
-        out[name] = "read:" + open(path).read(20) if not os.path.isdir(path) else "dir:" + ",".join(os.listdir(path))
+        out[name] = "dir:" + ",".join(os.listdir(path)) if os.path.isdir(path) else "read:" + open(path, "rb").read(8).hex()
     except OSError as e:
         out[name] = type(e).__name__
 try:
@@ -194,8 +195,10 @@ def test_the_confined_child_works_in_an_empty_private_folder(tmp_path):
     seen = json.loads(out)
     assert seen["cwd"] == sandbox.WORKDIR and seen["entries"] == []
     assert seen["relative"] == "FileNotFoundError"
-    assert seen["opt"] in ("dir:", "FileNotFoundError") or "dir:" in seen["opt"] and "app" not in seen["opt"]
-    assert seen["var"] == "FileNotFoundError"
+    kept = {Path(k).relative_to("/opt").parts[0] for k in sandbox._needed_paths() if k.startswith("/opt/")}
+    assert set(filter(None, seen["opt"].removeprefix("dir:").split(","))) <= kept  # only what Python needs
+    assert seen["var"] == "FileNotFoundError" and seen["passwd"] == "FileNotFoundError"  # /var, /etc: hidden
+    assert seen["loader"].startswith("read:")  # but the loader's index is there
     assert seen["write"] in ("PermissionError", "OSError")
 
 

@@ -5,9 +5,9 @@ The worker (trusted code) decodes and preprocesses the images per the submission
 model. The child never sees a path, a file name or a label. Before it starts, the model is refused
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
 child gets, before it starts Python: its own network namespace (no interface up: nothing
-reachable), its own mount namespace with empty tmpfs over ``/tmp``, ``/run``, ``/var``, ``/opt``,
-``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself needs is bound
-back), an empty read-only working directory, the unprivileged ``sandbox_user``, no supplementary
+reachable), its own mount namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``,
+``/opt``, ``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself needs,
+and the loader's ``/etc/ld.so.cache``, is bound back), an empty read-only working directory, the unprivileged ``sandbox_user``, no supplementary
 groups, a clean environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
 and death with its parent (set after the user switch, which clears it). A wall-clock deadline
@@ -49,7 +49,9 @@ CHILD = Path(__file__).with_name("sandbox_child.py")
 _CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG = 1
-HIDDEN_DIRS = ("/tmp", "/var", "/run", "/dev/shm", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
+HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev/shm", "/home", "/root", "/opt", "/srv", "/mnt", "/media",
+               "/boot")
+KEEP_FILES = ("/etc/ld.so.cache",)  # bound back into the hidden /etc: the dynamic loader's library index
 WORKDIR = "/tmp/deepsift-model"  # the confined child's working directory: empty, not writable (inside /tmp's tmpfs)
 # the child's answer frames: a length, or FAILED | code (sandbox_child.py writes the same codes)
 FAILED = 1 << 63
@@ -89,13 +91,15 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
             if os.path.isdir(d) and not any(d == h or d.startswith(h.rstrip("/") + "/") for h in hidden):
                 hidden.append(d)  # a folder inside one already hidden is hidden with it
         # what Python itself needs and a hidden folder covers: held open, bound back after the hiding
-        held = [(k, os.open(k, os.O_PATH | os.O_DIRECTORY)) for k in keep
-                if os.path.isdir(k) and any(k == h or k.startswith(h.rstrip("/") + "/") for h in hidden)]
+        held = [(k, os.path.isdir(k), os.open(k, os.O_PATH)) for k in keep
+                if os.path.exists(k) and any(k == h or k.startswith(h.rstrip("/") + "/") for h in hidden)]
         for d in hidden:
             if libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=64k,mode=0755") != 0:
                 os._exit(73)
-        for path, fd in held:
-            os.makedirs(path, exist_ok=True)
+        for path, is_dir, fd in held:
+            os.makedirs(path if is_dir else os.path.dirname(path), exist_ok=True)
+            if not is_dir and not os.path.exists(path):
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))  # a mount point for the file
             if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None) != 0:
                 os._exit(74)
             os.close(fd)
@@ -125,16 +129,22 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
 
 
 def _needed_paths() -> list[str]:
-    """Folders the child's Python needs: the interpreter, its libraries, numpy, onnxruntime, the child script."""
+    """What the child's Python needs: the interpreter (and its links), its libraries, numpy, onnxruntime, the script."""
     import importlib.util
 
-    paths = {sys.base_prefix, sys.prefix, str(CHILD.parent)}
+    paths = {sys.base_prefix, sys.prefix, str(CHILD.parent), *KEEP_FILES}
+    exe = os.path.abspath(sys.executable)
+    for _ in range(16):  # every folder on the way to the interpreter (a venv link, /etc/alternatives...)
+        paths.add(os.path.dirname(exe))
+        if not os.path.islink(exe):
+            break
+        exe = os.path.abspath(os.path.join(os.path.dirname(exe), os.readlink(exe)))
     for mod in ("numpy", "onnxruntime"):
         spec = importlib.util.find_spec(mod)
         if spec and spec.origin:
             paths.add(str(Path(spec.origin).parent.parent))
     real = {os.path.realpath(p) for p in paths} | paths
-    return sorted(p for p in real if os.path.isdir(p))
+    return sorted(p for p in real if os.path.exists(p))
 
 
 def confinement_available() -> bool:
@@ -223,6 +233,14 @@ def _scores_from(out: np.ndarray, n: int, spec: Preprocessing) -> np.ndarray:
     raise ModelRunError(RunFailure.WRONG_OUTPUT_SHAPE, batch=n)
 
 
+def _output(payload: bytes) -> np.ndarray:
+    """The child's .npy answer (never unpickled); anything else is a wrong output type, never its parse error."""
+    try:
+        return np.load(io.BytesIO(payload), allow_pickle=False)
+    except Exception:  # noqa: BLE001 - the child's bytes are not to be trusted, nor echoed
+        raise ModelRunError(RunFailure.WRONG_OUTPUT_TYPE) from None
+
+
 def _max_output(n: int) -> int:
     """The most bytes a valid output of a batch of ``n`` can take as .npy ((n, 2) values, float32, a header)."""
     return 4096 + 16 * n
@@ -295,7 +313,7 @@ def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Co
                 size = _answer(proc, dl, conf, plan, batch)
                 if size > _max_output(batch):
                     raise ModelRunError(RunFailure.WRONG_OUTPUT_SHAPE, batch=batch)
-                raw = np.load(io.BytesIO(_read(proc, size, dl)), allow_pickle=False)
+                raw = _output(_read(proc, size, dl))
                 scores = _scores_from(raw, batch, spec)
                 if not np.isfinite(scores).all():
                     raise ModelRunError(RunFailure.NON_FINITE, batch=batch)
@@ -306,7 +324,7 @@ def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Co
             proc.stdin.close()  # type: ignore[union-attr]
             proc.wait(max(dl.left(), 1))
             return out
-        except TimeoutError:
+        except (TimeoutError, subprocess.TimeoutExpired):
             raise _failure(RunFailure.TIME_LIMIT, conf, plan, batch) from None
         except (EOFError, BrokenPipeError, ValueError, OSError):
             raise _child_died(proc, conf, plan, batch) from None

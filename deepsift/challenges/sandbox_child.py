@@ -2,17 +2,21 @@
 
 Run by :mod:`deepsift.challenges.sandbox` as a plain script (``python -I sandbox_child.py``), so it
 imports nothing of deepsift: only numpy and onnxruntime. It never opens a file or a socket; by
-the time it starts it has no network, no way to see the server's files, and rlimits on memory,
-CPU time and file writes. Protocol (big-endian 8-byte lengths):
+the time it starts it has no network, no way to see the server's files, an empty working directory,
+and rlimits on memory, CPU time and file writes. Protocol (big-endian 8-byte integers):
 
-    stdin : header JSON line, model bytes, then per batch <len><npy float32 NCHW/NHWC>, then <0>
-    stdout: per batch <len><npy float32 model output>
-    stderr: on failure one JSON line {"error": "...", "kind": "model|shape|memory|runtime"}
+    stdin : header JSON line, model bytes, then per batch <nbytes><4 dims><float32 pixels>, then <0>
+    stdout: <0> once the model is loaded, then per batch <len><npy float32 model output>;
+            on failure <FAILED | code> (1 not a loadable model, 2 not one input, 3 out of memory,
+            4 the runtime failed, 5 the output is not numbers) and exit. No text leaves: the runtime's messages can carry data.
 """
 import io
 import json
 import struct
 import sys
+
+FAILED = 1 << 63
+INVALID_MODEL, WRONG_INPUTS, MEMORY, RUNTIME, NOT_NUMBERS = 1, 2, 3, 4, 5
 
 
 def _read_exact(stream, n):
@@ -25,10 +29,24 @@ def _read_exact(stream, n):
     return bytes(buf)
 
 
-def _fail(kind, message):
-    sys.stderr.write(json.dumps({"kind": kind, "error": message[:2000]}) + "\n")
-    sys.stderr.flush()
+def _read_into(stream, view):
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])
+        if not n:
+            raise EOFError("input ended early")
+        got += n
+
+
+def _fail(out, code):
+    out.write(struct.pack(">Q", FAILED | code))
+    out.flush()
     sys.exit(3)
+
+
+def _is_memory(exc):
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "alloc" in text or "memory" in text
 
 
 def main():
@@ -36,42 +54,50 @@ def main():
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     header = json.loads(inp.readline())
-    model = _read_exact(inp, int(header["model_bytes"]))
+    try:
+        model = _read_exact(inp, int(header["model_bytes"]))
+    except MemoryError:
+        _fail(out, MEMORY)
     try:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(header.get("threads", 1))
         opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4
         sess = ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except MemoryError:
-        _fail("memory", "out of memory while loading the model")
     except Exception as exc:  # noqa: BLE001 - any load failure is the model's fault
-        _fail("model", f"cannot load the ONNX model: {exc}")
+        _fail(out, MEMORY if _is_memory(exc) else INVALID_MODEL)
     del model
     inputs = sess.get_inputs()
     if len(inputs) != 1:
-        _fail("model", f"the model must take one input (an image batch); it takes {len(inputs)}: "
-                       f"{[i.name for i in inputs]}")
+        _fail(out, WRONG_INPUTS)
     name = inputs[0].name
+    out.write(struct.pack(">Q", 0))
+    out.flush()
     while True:
         (n,) = struct.unpack(">Q", _read_exact(inp, 8))
         if n == 0:
             break
-        batch = np.load(io.BytesIO(_read_exact(inp, n)), allow_pickle=False)
+        shape = struct.unpack(">4Q", _read_exact(inp, 32))
         try:
-            result = sess.run(None, {name: batch})[0]
+            batch = np.empty(shape, "<f4")
         except MemoryError:
-            _fail("memory", "out of memory while running the model")
+            _fail(out, MEMORY)
+        if batch.nbytes != n:
+            raise ValueError("batch size and shape disagree")
+        _read_into(inp, memoryview(batch).cast("B"))
+        try:
+            result = np.asarray(sess.run(None, {name: batch})[0])
+            if result.dtype.kind not in "fiub":
+                _fail(out, NOT_NUMBERS)
+            data = io.BytesIO()
+            np.save(data, np.ascontiguousarray(result, dtype=np.float32), allow_pickle=False)
         except Exception as exc:  # noqa: BLE001
-            text = str(exc)
-            kind = "memory" if "alloc" in text.lower() or "memory" in text.lower() else "runtime"
-            _fail(kind, f"the model failed on a batch of shape {list(batch.shape)}: {text}")
-        buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(np.asarray(result, dtype=np.float32)), allow_pickle=False)
-        data = buf.getvalue()
-        out.write(struct.pack(">Q", len(data)) + data)
+            _fail(out, MEMORY if _is_memory(exc) else RUNTIME)
+        del batch, result
+        payload = data.getvalue()
+        out.write(struct.pack(">Q", len(payload)) + payload)
         out.flush()
 
 

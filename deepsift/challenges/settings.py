@@ -17,6 +17,8 @@ class ChallengeSettings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="a job whose worker died this many times fails (refunded)")
     allow_unconfined_models: bool = Field(False, description="run submitted models without a network namespace "
                                                              "and user switch when not root (development only)")
+    max_batch_mb: int = Field(256, ge=1, description="most memory one batch of a submitted model's preprocessed "
+                                                      "images may take (smaller batches are sent to fit)")
     sandbox_user: str = Field("nobody", description="user a submitted model runs as (when the worker is root)")
     import_threads: int = Field(4, ge=1, le=64, description="threads re-encoding images of a test set")
     max_queued_per_team: int = Field(3, ge=1, le=1000, description="jobs a team may have waiting or running at once "

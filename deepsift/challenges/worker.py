@@ -184,7 +184,7 @@ class Worker:
         images = [info.key_folder / IMAGES_DIR / n for n in names]
         conf = Confinement(memory_mb=info.memory_mb, time_limit_s=info.time_limit_s,
                            allow_unconfined=self.settings.allow_unconfined_models, user=self.settings.sandbox_user,
-                           hide=self.hide)
+                           hide=self.hide, max_batch_mb=self.settings.max_batch_mb)
         scores = run_model(info.file, images, spec, conf, heartbeat=hb.alive)
         from ..evaluate.scorefiles import AlignedScores
 

@@ -326,6 +326,8 @@ def add_detector_options(parser: argparse.ArgumentParser, *, model_default: str 
     if heads:
         g.add_argument("--heads", metavar="DIR", type=existing_dir,
                        help="classifier heads folder (default: MODEL/heads, then the deepsift cache)")
+        g.add_argument("--force-heads", action="store_true",
+                       help="use the heads even if they were fitted on another backbone (their verdicts may be wrong)")
     if classifier == "one":
         g.add_argument("--classifier", choices=HEAD_KINDS, default="linear", help="classifier head")
     elif classifier == "many":
@@ -367,6 +369,8 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     out = {k: getattr(args, k) for k in ("device", "batch_size", "precision", "preprocessing", "workers", "backend")}
     if getattr(args, "devices", None):
         out["devices"] = args.devices
+    if getattr(args, "force_heads", False):
+        out["force_heads"] = True
     if hasattr(args, "url_timeout"):
         out["url_timeout"] = args.url_timeout
         out["url_policy"] = user_url_policy()

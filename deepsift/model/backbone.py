@@ -133,6 +133,21 @@ def load_backbone(model: str | os.PathLike = DEFAULT_MODEL, device: str | torch.
         raise UsageError(f"device {str(device)!r} is not usable here ({exc})") from None
 
 
+def weights_fingerprint(net: torch.nn.Module) -> str:
+    """A content hash (SHA-256) of a network's weights: names, shapes and float32 values, wherever they live.
+
+    Heads record it (``heads.json``) so that heads fitted on one backbone are not used on another.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_backbone(net: ViTModel, out_dir: str | os.PathLike) -> Path:
     """Save the network in the published layout (config.json + model.safetensors + preprocessor)."""
     out = Path(out_dir)

@@ -197,6 +197,17 @@ def cmd_heads_fit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def official_backbone_fingerprint(source: str) -> str | None:
+    """The weights fingerprint of the backbone published with the classifiers; None if there is none beside them."""
+    from ..exceptions import DeepsiftError
+    from .backbone import load_backbone, weights_fingerprint
+
+    try:
+        return weights_fingerprint(load_backbone(source, "cpu"))
+    except DeepsiftError:  # only the sklearn/ folder was copied: the heads are not tied to a backbone
+        return None
+
+
 def cmd_import_official(args: argparse.Namespace) -> int:
     """deepsift weights import-official."""
     if not args.trust_pickles:
@@ -214,7 +225,8 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     src = Path(args.source).expanduser()
     out = Path(args.out) if args.out else (src / "heads" if src.is_dir() else cached_heads_dir(args.source))
     dims = {h.n_features for h in heads.values()}
-    save_headset(heads, out, model=str(args.source), embedding_dim=dims.pop() if len(dims) == 1 else None)
+    save_headset(heads, out, model=str(args.source), embedding_dim=dims.pop() if len(dims) == 1 else None,
+                 backbone_sha256=official_backbone_fingerprint(args.source))
     note(f"deepsift: converted {', '.join(heads)} to {out} (JSON + safetensors; no pickle needed from now on)")
     return EXIT_OK
 

@@ -20,10 +20,10 @@ from ..decision import DEFAULT_THRESHOLD, check_threshold, decide
 from ..exceptions import ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
-from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir
+from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir, weights_fingerprint
 from .devices import MultiRunner, Runner, resolve_device
 from .engine import run_batches
-from .headset import find_heads_dir, load_headset
+from .headset import check_heads_backbone, find_heads_dir, load_headset
 from .heads import HEAD_KINDS, Head
 
 
@@ -98,6 +98,7 @@ class Detector:
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         self.backbone = backbone.eval()
+        self.fingerprint: str | None = None  # weights_fingerprint of the fp32 weights (set by load)
         if precision == "bf16":
             self.backbone = self.backbone.to(torch.bfloat16)
         self.heads = dict(heads or {})
@@ -133,7 +134,9 @@ class Detector:
             raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        force_heads = bool(kwargs.pop("force_heads", False))
         backbone = load_backbone(model, _first_device(device, kwargs))
+        fingerprint = weights_fingerprint(backbone)
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
@@ -141,19 +144,26 @@ class Detector:
             raise ModelNotFoundError(
                 f"no classifier heads found for model {str(model)!r}. Convert the published ones once "
                 f"(command: deepsift weights import-official {model} --trust-pickles), fit your own "
-                f"(command: deepsift heads fit), or name a heads folder (heads=DIR)"
+                f"(command: deepsift heads fit), or name a heads folder (--heads DIR)"
             )
-        loaded, _ = load_headset(heads_dir)
-        return cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
+        loaded, meta = load_headset(heads_dir)
+        check_heads_backbone(meta, fingerprint, heads_dir, force_heads)
+        det = cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
+        det.fingerprint = fingerprint
+        return det
 
     @classmethod
     def load_backbone_only(cls, model: str | os.PathLike = DEFAULT_MODEL, device: str = "auto",
                            backend: str = "torch", **kwargs: object) -> "Detector":
         """A detector without heads: for :meth:`embed` (and for fitting heads)."""
+        kwargs.pop("force_heads", None)
         backbone = load_backbone(model, _first_device(device, kwargs))
+        fingerprint = weights_fingerprint(backbone)
         if backend == "onnx":
             kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
-        return cls(backbone, None, **kwargs)  # type: ignore[arg-type]
+        det = cls(backbone, None, **kwargs)  # type: ignore[arg-type]
+        det.fingerprint = fingerprint
+        return det
 
     # -- embeddings -----------------------------------------------------------------------
     def embed_pixels(self, batch: np.ndarray) -> np.ndarray:
@@ -194,7 +204,7 @@ class Detector:
         head's own native rule (logit sign, nearest neighbour, SVM inlier test) never labels.
         """
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: heads=DIR)")
+            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: --heads DIR)")
         head = self.heads[self.classifier]
         scores = head.decision_function(embeddings)
         probs = head.probability(scores)
@@ -212,7 +222,7 @@ class Detector:
     def predict_iter(self, sources: Iterable[object]) -> Iterator[Prediction]:
         """Stream one :class:`Prediction` per input, in input order, in constant memory."""
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: heads=DIR)")
+            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: --heads DIR)")
         for items, emb in self.embed_batches(sources):
             verdicts = self.classify(emb) if len(emb) else []
             for it in items:

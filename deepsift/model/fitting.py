@@ -77,7 +77,7 @@ def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: st
                 Xg = np.concatenate([real, e])
                 yg = np.r_[np.zeros(len(real), np.int64), np.ones(len(e), np.int64)]
                 heads[f"{kind}:{g}"] = make_head(kind).fit(Xg, yg)
-    save_headset(heads, out, model=str(model), preprocessing=det.preprocessing,
+    save_headset(heads, out, model=str(model), preprocessing=det.preprocessing, backbone_sha256=det.fingerprint,
                  embedding_dim=int(det.backbone.config.hidden_size))
     lines.append(f"saved {len(heads)} head(s) to {out}: {', '.join(heads)}")
     return lines

@@ -58,7 +58,8 @@ def check_heads_folder(folder: str | Path) -> Path:
 
 
 def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | None = None,
-                 preprocessing: str = "official", embedding_dim: int | None = None) -> Path:
+                 preprocessing: str = "official", embedding_dim: int | None = None,
+                 backbone_sha256: str | None = None) -> Path:
     """Save several named heads into ``folder`` with a ``heads.json`` index, all or nothing.
 
     The heads are written into a hidden staging folder beside ``folder`` and swapped in whole,
@@ -78,8 +79,8 @@ def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | Non
             sub = _folder_name(name)
             head.save(stage / sub)
             index[name] = sub
-        meta = {"format_version": 1, "model": model, "preprocessing": preprocessing,
-                "embedding_dim": embedding_dim, "heads": index}
+        meta = {"format_version": 1, "model": model, "backbone_sha256": backbone_sha256,
+                "preprocessing": preprocessing, "embedding_dim": embedding_dim, "heads": index}
         (stage / HEADSET_FILE).write_text(json.dumps(meta, indent=2))
         if out.exists():
             os.replace(out, old)
@@ -118,6 +119,19 @@ def load_headset(folder: str | Path) -> tuple[dict[str, Head], dict]:
     if not heads:
         raise ModelError(f"{index_path}: lists no heads")
     return heads, meta
+
+
+def check_heads_backbone(meta: dict, fingerprint: str | None, heads_dir: Path, force: bool = False) -> None:
+    """Refuse heads fitted on another backbone (``heads.json``'s ``backbone_sha256``), unless ``force``.
+
+    Heads written before the fingerprint existed (no ``backbone_sha256``) are accepted as before.
+    """
+    recorded = meta.get("backbone_sha256")
+    if force or not recorded or not fingerprint or recorded == fingerprint:
+        return
+    raise ModelError(f"the heads in {heads_dir} were fitted on another backbone (weights {recorded[:12]}..., "
+                     f"this model's {fingerprint[:12]}...): their verdicts would be wrong. Refit them "
+                     f"(deepsift heads fit), point --heads at the right folder, or add --force-heads")
 
 
 def find_heads_dir(model: str | os.PathLike, model_dir: Path | None) -> Path | None:

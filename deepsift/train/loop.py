@@ -313,7 +313,7 @@ def _keep_weights(out: Path, model: torch.nn.Module, cfg: TrainConfig, result: T
 
 def _finish(out: Path, model: torch.nn.Module, cfg: TrainConfig, index: Any, held: list, device: torch.device) -> list[str]:
     """Write the model folder (published layout + heads refitted on ``held``, the fit and select records)."""
-    from ..model.backbone import save_backbone
+    from ..model.backbone import save_backbone, weights_fingerprint
     from ..model.headset import save_headset
     from .loader import probe_pixels
     from .probe import embed_uint8, fit_final_heads
@@ -323,6 +323,7 @@ def _finish(out: Path, model: torch.nn.Module, cfg: TrainConfig, index: Any, hel
     x, y, gens = probe_pixels(index.files, held, cfg.seed + 1)
     emb = embed_uint8(model, x, device)
     heads = fit_final_heads(emb, y, gens)
-    save_headset(heads, out / "heads", model=str(out), preprocessing="official", embedding_dim=int(emb.shape[1]))
+    save_headset(heads, out / "heads", model=str(out), preprocessing="official", embedding_dim=int(emb.shape[1]),
+                 backbone_sha256=weights_fingerprint(model))
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     return [f"model: {out} (config.json, model.safetensors, preprocessor_config.json, heads: {', '.join(heads)})"]

@@ -202,6 +202,22 @@ def test_the_confined_child_works_in_an_empty_private_folder(tmp_path):
     assert seen["write"] in ("PermissionError", "OSError")
 
 
+def test_an_unconfined_child_works_in_an_empty_folder_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "confinement_available", lambda: False)  # the development mode, even as root
+    (tmp_path / "app.env").write_text("DATABASE_URL=secret")
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE % os.path.relpath(tmp_path / "app.env", "/"))
+    conf = Confinement(memory_mb=1024, time_limit_s=30, allow_unconfined=True)
+    with pytest.raises(ValueError):
+        sandbox._start(conf, script=probe)  # never the worker's own working directory
+    (tmp_path / "wd").mkdir()
+    proc = sandbox._start(conf, script=probe, workdir=str(tmp_path / "wd"))
+    out, _ = proc.communicate(timeout=60)
+    seen = json.loads(out)
+    assert seen["cwd"] == str(tmp_path / "wd") and seen["entries"] == []
+    assert seen["relative"] == "FileNotFoundError"
+
+
 def test_failure_kinds_read_back_from_stored_reasons():
     for kind in RunFailure:
         numbers = dict(batch=4, seconds=3, limit_mb=700, buffers_mb=2, height=8, width=8, need_mb=1)

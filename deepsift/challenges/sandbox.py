@@ -280,7 +280,10 @@ def _child_died(proc: subprocess.Popen, conf: Confinement, plan: BatchPlan, batc
             return _failure(RunFailure.TIME_LIMIT, conf, plan, batch)
         if -rc == signal.SIGKILL:  # nobody here killed it yet: the kernel did, for memory
             return _failure(RunFailure.MEMORY_LIMIT, conf, plan, batch)
-        name = signal.Signals(-rc).name
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:  # a real-time signal
+            name = f"signal {-rc}"
         return ModelRunError(RunFailure.CRASH, f"the model process died ({name}) on a batch of {batch} images")
     return _failure(RunFailure.CRASH, conf, plan, batch)
 

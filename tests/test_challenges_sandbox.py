@@ -359,3 +359,20 @@ def test_the_model_process_dies_with_its_worker(app, client, server_settings, tm
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+
+
+def test_the_workers_batch_cap_setting_reaches_the_sandbox(app, client, tmp_path):
+    """DEEPSIFT_CHALLENGES_MAX_BATCH_MB below one image of the spec: the submission fails up front, refunded."""
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    spec = json.dumps({"input_size": 2048, "crop": "stretch", "output": "score", "batch_size": 256})
+    r = client.post(f"/api/challenges/{hosted.slug}/phases/dev/submissions",
+                    files={"file": ("m.onnx", detector_model(tmp_path / "m.onnx").read_bytes())},
+                    data={"kind": "model", "preprocessing": spec}, headers=alice.auth)
+    assert r.status_code == 201, r.text
+    from platformkit import run_worker
+
+    run_worker(app, max_batch_mb=32)
+    sub = client.get(f"/api/submissions/{r.json()['id']}", headers=alice.auth).json()
+    assert sub["state"] == "failed" and failure_of(sub["reason"]) is RunFailure.SPEC_TOO_LARGE
+    assert "32 MiB allowed" in sub["reason"] and not sub["counts_toward_quota"]

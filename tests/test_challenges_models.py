@@ -88,6 +88,16 @@ def slow_model(path: Path) -> Path:
     return _save(g, path)
 
 
+def nan_model(path: Path) -> Path:
+    """log(mean - mean - 1): NaN for every image."""
+    g = helper.make_graph([helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+                           helper.make_node("Sub", ["m", "m"], ["z"]), helper.make_node("Sub", ["z", "one"], ["n"]),
+                           helper.make_node("Log", ["n"], ["s"])], "nan", [_x()],
+                          [helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N"])],
+                          [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+    return _save(g, path)
+
+
 SPEC = json.dumps({"input_size": SIZE, "crop": "stretch", "output": "score", "batch_size": 4})
 
 
@@ -123,14 +133,16 @@ def test_a_model_runs_confined_and_scores_in_image_order(tmp_path, images):
     (crashing_model, {}, RunFailure.CRASH, "crash: the model failed while running on a batch of 4 images"),
     (hungry_model, {"memory_mb": 700}, RunFailure.MEMORY_LIMIT, "memory limit: the model ran out of memory (limit 700 MiB"),
     (slow_model, {"time_limit_s": 3}, RunFailure.TIME_LIMIT, "time limit: the model did not finish within 3 s"),
-], ids=["wrong-shape", "crash", "out-of-memory", "timeout"])
+    (nan_model, {}, RunFailure.NON_FINITE, "non-finite value: the model returned a NaN or infinite score in a batch "
+                                           "of 4 images"),
+], ids=["wrong-shape", "crash", "out-of-memory", "timeout", "nan"])
 def test_failing_models_say_why_in_the_fixed_vocabulary(tmp_path, images, maker, conf_kw, kind, expected):
     """The reason is the kind's fixed text with the platform's numbers: never the runtime's message."""
     with pytest.raises(ModelRunError) as exc:
         run_model(maker(tmp_path / "m.onnx"), images, parse_preprocessing(SPEC), conf(**conf_kw))
     assert exc.value.kind is kind and failure_of(str(exc.value)) is kind
     assert str(exc.value).startswith(expected)
-    for runtime_word in ("onnxruntime", "ONNXRuntimeError", "Reshape", "Tile", "requested shape", "[4, 3]"):
+    for runtime_word in ("onnxruntime", "ONNXRuntimeError", "Reshape", "Tile", "requested shape", "[4, 3]", "nan ("):
         assert runtime_word not in str(exc.value)
 
 

@@ -202,6 +202,22 @@ def test_the_confined_child_works_in_an_empty_private_folder(tmp_path):
     assert seen["write"] in ("PermissionError", "OSError")
 
 
+def test_an_unconfined_child_works_in_an_empty_folder_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "confinement_available", lambda: False)  # the development mode, even as root
+    (tmp_path / "app.env").write_text("DATABASE_URL=secret")
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE % os.path.relpath(tmp_path / "app.env", "/"))
+    conf = Confinement(memory_mb=1024, time_limit_s=30, allow_unconfined=True)
+    with pytest.raises(ValueError):
+        sandbox._start(conf, script=probe)  # never the worker's own working directory
+    (tmp_path / "wd").mkdir()
+    proc = sandbox._start(conf, script=probe, workdir=str(tmp_path / "wd"))
+    out, _ = proc.communicate(timeout=60)
+    seen = json.loads(out)
+    assert seen["cwd"] == str(tmp_path / "wd") and seen["entries"] == []
+    assert seen["relative"] == "FileNotFoundError"
+
+
 def test_failure_kinds_read_back_from_stored_reasons():
     for kind in RunFailure:
         numbers = dict(batch=4, seconds=3, limit_mb=700, buffers_mb=2, height=8, width=8, need_mb=1)
@@ -343,3 +359,20 @@ def test_the_model_process_dies_with_its_worker(app, client, server_settings, tm
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+
+
+def test_the_workers_batch_cap_setting_reaches_the_sandbox(app, client, tmp_path):
+    """DEEPSIFT_CHALLENGES_MAX_BATCH_MB below one image of the spec: the submission fails up front, refunded."""
+    hosted = host_challenge(app, client, tmp_path, bootstrap=0)
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    spec = json.dumps({"input_size": 2048, "crop": "stretch", "output": "score", "batch_size": 256})
+    r = client.post(f"/api/challenges/{hosted.slug}/phases/dev/submissions",
+                    files={"file": ("m.onnx", detector_model(tmp_path / "m.onnx").read_bytes())},
+                    data={"kind": "model", "preprocessing": spec}, headers=alice.auth)
+    assert r.status_code == 201, r.text
+    from platformkit import run_worker
+
+    run_worker(app, max_batch_mb=32)
+    sub = client.get(f"/api/submissions/{r.json()['id']}", headers=alice.auth).json()
+    assert sub["state"] == "failed" and failure_of(sub["reason"]) is RunFailure.SPEC_TOO_LARGE
+    assert "32 MiB allowed" in sub["reason"] and not sub["counts_toward_quota"]

@@ -6,9 +6,9 @@ model. The child never sees a path, a file name or a label. Before it starts, th
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
 child gets, before it starts Python: its own network namespace (no interface up: nothing
 reachable), its own mount namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``,
-``/opt``, ``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself needs,
-and the loader's ``/etc/ld.so.cache``, is bound back), an empty read-only working directory, the unprivileged ``sandbox_user``, no supplementary
-groups, a clean environment, rlimits (address space = the phase's memory limit less the worker's
+``/opt``, ``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself
+needs, and the loader's ``/etc/ld.so.cache``, is bound back), an empty working directory it cannot
+write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
 and death with its parent (set after the user switch, which clears it). A wall-clock deadline
 bounds the whole run. Not root: refused unless ``allow_unconfined`` (then only the rlimits, an empty
@@ -280,7 +280,10 @@ def _child_died(proc: subprocess.Popen, conf: Confinement, plan: BatchPlan, batc
             return _failure(RunFailure.TIME_LIMIT, conf, plan, batch)
         if -rc == signal.SIGKILL:  # nobody here killed it yet: the kernel did, for memory
             return _failure(RunFailure.MEMORY_LIMIT, conf, plan, batch)
-        name = signal.Signals(-rc).name
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:  # a real-time signal
+            name = f"signal {-rc}"
         return ModelRunError(RunFailure.CRASH, f"the model process died ({name}) on a batch of {batch} images")
     return _failure(RunFailure.CRASH, conf, plan, batch)
 

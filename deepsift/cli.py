@@ -45,6 +45,7 @@ COMMAND_MODULES = (
     "deepsift.server.cli",  # serve, admin ...
     "deepsift.challenges.cli",  # challenges create, worker, login, submit, status, leaderboard, download
     "deepsift.train.cli",  # train
+    "deepsift.adapt.cli",  # adapt, model info
 )
 
 THIRD_PARTY_LOGGERS = ("httpx", "httpcore", "huggingface_hub", "urllib3", "filelock", "datasets", "fsspec",

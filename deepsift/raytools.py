@@ -6,17 +6,26 @@ from .exceptions import DeepsiftError
 
 def init_ray(address: str) -> bool:
     """Connect to the cluster at ``address`` (``auto``: the running one, else a local one); True when this call connected."""
+    import logging
+    import os
+
+    from .output import console_level
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to Ray's servers
     import ray
 
     if ray.is_initialized():
         return False
+    quiet = {"logging_level": logging.INFO if console_level() > 0 else logging.ERROR, "log_to_driver": False}
     if address == "auto":
         try:
-            ray.init(address="auto", include_dashboard=False, log_to_driver=False)
+            ray.init(address="auto", include_dashboard=False, **quiet)
         except ConnectionError:
-            ray.init(include_dashboard=False, object_store_memory=256 << 20, log_to_driver=False)
+            # a local instance of our own: no token file in ~/.ray (the same setting scripts/test.sh uses)
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(include_dashboard=False, object_store_memory=256 << 20, _node_ip_address="127.0.0.1", **quiet)
     else:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     return True
 
 

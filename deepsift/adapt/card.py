@@ -1,0 +1,129 @@
+"""The model card: ``README.md`` with YAML metadata in the Hugging Face convention, written beside the weights.
+
+The metadata says what a reader of a detector needs first: the base model, the data, which generators
+the heads were fitted on (``generators_seen``) and which were held out, and per-generator figures with
+intervals (``model-index``). ``heads.json`` and the card agree: :func:`card_generators` is read from the
+heads themselves.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..exceptions import ModelError
+
+CARD = "README.md"
+MAX_CARD_BYTES = 1 << 20
+
+
+def head_generators(model_dir: Path) -> list[str]:
+    """The generators the model's heads know (``kind:generator`` entries of ``heads/heads.json``)."""
+    index = model_dir / "heads" / "heads.json"
+    if not index.is_file():
+        return []
+    names = json.loads(index.read_text()).get("heads", {})
+    return sorted({n.split(":", 1)[1] for n in names if ":" in n})
+
+
+def _fmt(fig: dict) -> str:
+    v = fig.get("value")
+    if v is None:
+        return "n/a"
+    ci = fig.get("ci95")
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def write_card(model_dir: Path, *, lineage: dict, before: dict, after: dict, plan: Any) -> Path:
+    """Write ``model_dir/README.md`` for an adapted model."""
+    seen = head_generators(model_dir)
+    figures = after["figures"]
+    results = [{"task": {"type": "image-classification", "name": "real vs AI-generated"},
+                "dataset": {"name": f"{g} (held out images)", "type": g},
+                "metrics": [{"type": "roc_auc", "name": "AUROC", "value": figures[g]["auroc"]["value"]},
+                            {"type": "tpr_at_1pct_fpr", "name": "TPR@1%FPR", "value": figures[g]["tpr@1%fpr"]["value"]}]}
+               for g in figures]
+    meta = {
+        "library_name": "deepsift",
+        "base_model": lineage["base_model"],
+        "tags": ["ai-generated-image-detection", "deepsift", "code"],
+        "datasets": [str(lineage["data"]), str(lineage["images"])],
+        "generators_seen": seen,
+        "generators_held_out": [],
+        "backbone_sha256": lineage["backbone_sha256"],
+        "decision_rule": "fake when the calibrated P(fake) >= 0.5",
+        "model-index": [{"name": f"{Path(str(plan.out)).name}", "results": results}],
+    }
+    rows = "\n".join(
+        f"| {g} | {figures[g]['n_real']} / {figures[g]['n_fake']} | {_fmt(before[g]['auroc'])} | "
+        f"{_fmt(figures[g]['auroc'])} | {_fmt(figures[g]['tpr@1%fpr'])} |" for g in figures)
+    drops = ", ".join(f"{g} {d:+.3f}" for g, d in after["forgetting"].items())
+    body = f"""# {lineage['added_generator']}-adapted CoDE detector
+
+Adapted from `{lineage['base_model']}` by `deepsift adapt` ({lineage['method']}) to the generator
+**{lineage['added_generator']}**. Heads: {', '.join(sorted(json.loads((model_dir / 'heads' / 'heads.json').read_text())['heads']))}.
+
+## Figures (held-out images: never used to fit)
+
+The `{plan.classifier}` head, real vs each generator; 95 % bootstrap intervals resample groups.
+
+| generator | real / fake | AUROC before | AUROC after | TPR@1%FPR after |
+| --- | --- | --- | --- | --- |
+{rows}
+
+Forgetting (AUROC before - after on known generators; tolerance {plan.forget_tolerance}): {drops}.
+Target on {lineage['added_generator']}: AUROC >= {plan.target_auroc}: {'reached' if after['target_reached'] else 'NOT reached'}.
+
+## Calibration and decision
+
+Every head maps its score to a calibrated P(fake) (Platt scaling on its fitting images); an image is
+called fake when P(fake) >= 0.5, as everywhere in deepsift.
+
+## Intended use and limits
+
+Research and triage: evidence, not proof. Generators not listed in `generators_seen`, heavy
+compression, resizing, screenshots and crops weaken the signal; small held-out sets (see the counts)
+give wide intervals. Lineage: `lineage.json`.
+"""
+    text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    (model_dir / CARD).write_text(text)
+    return model_dir / CARD
+
+
+def read_card(model_dir: str | Path) -> tuple[dict, str]:
+    """(YAML metadata, Markdown body) of a model folder's card; a ModelError when absent or malformed."""
+    path = Path(model_dir) / CARD
+    if not path.is_file():
+        raise ModelError(f"{model_dir}: no model card ({CARD})")
+    if path.stat().st_size > MAX_CARD_BYTES:
+        raise ModelError(f"{path}: larger than {MAX_CARD_BYTES >> 20} MiB: not a model card")
+    text = path.read_text(errors="replace")
+    if not text.startswith("---\n") or "\n---\n" not in text[4:]:
+        return {}, text
+    head, body = text[4:].split("\n---\n", 1)
+    try:
+        meta = yaml.safe_load(head) or {}
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{path}: the YAML metadata does not parse ({exc.__class__.__name__})") from None
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: the YAML metadata is not a mapping")
+    return meta, body
+
+
+def card_summary(model_dir: str | Path) -> list[str]:
+    """Lines for ``deepsift model info``: base, generators seen and held out, figures per generator."""
+    meta, _ = read_card(model_dir)
+    lines = [f"model: {model_dir}", f"base model: {meta.get('base_model', 'unknown')}",
+             f"generators seen: {', '.join(meta.get('generators_seen') or []) or 'none listed'}",
+             f"generators held out: {', '.join(meta.get('generators_held_out') or []) or 'none'}"]
+    heads = head_generators(Path(model_dir))
+    if heads and sorted(meta.get("generators_seen") or []) != heads:
+        lines.append(f"warning: the card lists other generators than the heads know ({', '.join(heads)})")
+    for entry in meta.get("model-index") or []:
+        for res in entry.get("results") or []:
+            vals = ", ".join(f"{m.get('name')} {m.get('value'):.3f}" for m in res.get("metrics", [])
+                             if isinstance(m.get("value"), (int, float)))
+            lines.append(f"  {res.get('dataset', {}).get('type')}: {vals}")
+    return lines

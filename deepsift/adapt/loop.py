@@ -1,0 +1,271 @@
+"""The adaptation loop: each step reads what the steps before it wrote, so a re-run resumes where it stopped."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..exceptions import DataError, UsageError
+from .plan import STEPS, AdaptPlan
+
+FIGURES = ("auroc", "tpr@1%fpr")
+"""The figures measured before and after, per generator (with bootstrap intervals)."""
+
+
+class Run:
+    """One adaptation's folder: ``OUT/plan.json``, ``OUT/steps/NN-STEP.json`` and the big arrays beside them."""
+
+    def __init__(self, plan: AdaptPlan) -> None:
+        self.plan = plan
+        self.out = Path(plan.out)
+        self.steps = self.out / "steps"
+        self._detector: Any = None
+
+    def path(self, step: str) -> Path:
+        return self.steps / f"{STEPS.index(step) + 1:02d}-{step}.json"
+
+    def done(self, step: str) -> bool:
+        return self.path(step).is_file()
+
+    def read(self, step: str) -> dict:
+        return json.loads(self.path(step).read_text())
+
+    def write(self, step: str, data: dict) -> None:
+        """Write a step's result atomically (a kill mid-write leaves the step undone, never half-done)."""
+        tmp = self.path(step).with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.path(step))
+
+    def start(self, resume: bool) -> None:
+        """Create the folder, or check that an existing one was made by the same plan."""
+        stamp = {"key": self.plan.key(), "plan": {k: v for k, v in vars(self.plan).items()}}
+        found = self.out / "plan.json"
+        if found.is_file():
+            old = json.loads(found.read_text())
+            if old.get("key") != stamp["key"]:
+                raise UsageError(f"{self.out} holds an adaptation with other inputs or targets; use a new --out "
+                                 f"(or the same options to resume)")
+            if not resume and any(self.done(s) for s in STEPS):
+                raise UsageError(f"{self.out} holds a started adaptation: add --resume to continue it, or use a new --out")
+        from ..output import ensure_writable_dir
+
+        ensure_writable_dir(self.out)
+        self.steps.mkdir(parents=True, exist_ok=True)
+        found.write_text(json.dumps(stamp, indent=1, default=str))
+
+    def read_plan(self) -> dict:
+        return json.loads((self.out / "plan.json").read_text())["plan"]
+
+    def detector(self) -> Any:
+        """The model as it is (backbone + its own heads), loaded once."""
+        if self._detector is None:
+            from ..model.detector import Detector
+
+            p = self.plan
+            self._detector = Detector.load(p.model, classifier=p.classifier, device=p.device,
+                                           batch_size=p.batch_size, workers=p.workers)
+        return self._detector
+
+
+# -- the steps ------------------------------------------------------------------------------------
+def _side(seed: int, generator: str, key: str, test_fraction: float) -> str:
+    """``test`` or ``fit``, from a hash of the sample's group (or id): stable, and a group stays together."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}|{generator}|{key}".encode()).digest()[:8], "big") / 2 ** 64
+    return "test" if h < test_fraction else "fit"
+
+
+def step_collect(run: Run) -> dict:
+    """The samples of the known generators and of the new one, each with its side (fit or test)."""
+    from ..data.layout import images_under, read_dataset
+
+    p = run.plan
+    known = read_dataset(p.data, follow_links=p.follow_links)
+    gens = sorted({s.generator for s in known.samples if s.label == 1})
+    if p.generator in gens:
+        raise UsageError(f"{p.generator!r} is already a generator of {p.data}: name the new one differently")
+    if not gens or not any(s.label == 0 for s in known.samples):
+        raise DataError(f"{p.data}: needs real images and at least one known generator's images")
+    files, _errors = images_under(p.images, follow_links=p.follow_links)
+    if not files:
+        raise DataError(f"{p.images}: no images of the new generator {p.generator!r}")
+    root = Path(p.images)
+    rows = [{"id": s.id, "source": str(s.source), "label": s.label, "generator": s.generator, "group": s.group}
+            for s in known.samples]
+    for f in files:
+        rel = Path(f).relative_to(root)
+        rows.append({"id": f"{p.generator}/{rel.as_posix()}", "source": f, "label": 1, "generator": p.generator,
+                     "group": rel.parts[0] if len(rel.parts) > 1 else None})
+    for r in rows:
+        r["side"] = _side(p.seed, r["generator"], r["group"] or r["id"], p.test_fraction)
+    new_test = sum(r["generator"] == p.generator and r["side"] == "test" for r in rows)
+    new_fit = sum(r["generator"] == p.generator and r["side"] == "fit" for r in rows)
+    if new_test < p.min_test_images or new_fit < 1:
+        raise DataError(f"too few images of {p.generator!r} to measure an adaptation: {new_fit} to fit and {new_test} "
+                        f"held out (at least 1 and {p.min_test_images}; {len(files)} in all, split by group)")
+    for side in ("fit", "test"):
+        if not any(r["label"] == 0 and r["side"] == side for r in rows):
+            raise DataError(f"no real image on the {side} side of the split: add real images (or other groups)")
+    return {"generators": gens, "new": p.generator, "samples": rows}
+
+
+def step_embed(run: Run) -> dict:
+    """Embed every image once with the model's backbone (``OUT/steps/embeddings.npy``)."""
+    from ..output import progress
+
+    rows = run.read("collect")["samples"]
+    det = run.detector()
+    emb = np.full((len(rows), int(det.backbone.config.hidden_size)), np.nan, np.float32)
+    errors = []
+    items = det.embed_iter(r["source"] for r in rows)
+    for i, (src, e, err) in enumerate(progress(items, desc="embed", total=len(rows))):
+        if e is None:
+            errors.append({"source": src, "error": err})
+        else:
+            emb[i] = e
+    tmp = run.steps / "embeddings.tmp.npy"
+    np.save(tmp, emb)
+    os.replace(tmp, run.steps / "embeddings.npy")
+    return {"n": len(rows), "errors": errors, "backbone_sha256": det.fingerprint}
+
+
+def _arrays(run: Run) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    rows = run.read("collect")["samples"]
+    emb = np.load(run.steps / "embeddings.npy")
+    ok = np.isfinite(emb).all(axis=1)
+    return rows, emb, ok
+
+
+def measure(rows: list[dict], emb: np.ndarray, ok: np.ndarray, head: Any, generators: list[str],
+            bootstrap: int, seed: int) -> dict[str, dict]:
+    """Per generator (held-out reals vs its held-out images): AUROC and TPR@1%FPR with intervals, and counts."""
+    from ..evaluate.metrics import compute_metrics
+
+    test = np.array([r["side"] == "test" for r in rows]) & ok
+    gen = np.array([r["generator"] for r in rows], dtype=object)
+    labels = np.array([r["label"] for r in rows])
+    groups = np.array([r["group"] or r["id"] for r in rows], dtype=object)
+    probs = np.full(len(rows), np.nan)
+    probs[test] = head.predict_proba(emb[test])[:, 1]
+    out = {}
+    for g in generators:
+        m = test & ((labels == 0) | (gen == g))
+        met = compute_metrics(labels[m], probs[m], bootstrap=bootstrap, seed=seed, groups=groups[m])
+        out[g] = {"n_real": met.n_real, "n_fake": met.n_fake, "small": met.small,
+                  **{f: met.values[f].to_dict() for f in FIGURES}}
+    return out
+
+
+def _known_heads(run: Run) -> dict:
+    det = run.detector()
+    return det.heads
+
+
+def step_before(run: Run) -> dict:
+    """The model as it is, on the new generator and on each known one."""
+    rows, emb, ok = _arrays(run)
+    c = run.read("collect")
+    head = _known_heads(run)[run.plan.classifier]
+    return {"head": run.plan.classifier,
+            "figures": measure(rows, emb, ok, head, c["generators"] + [c["new"]], run.plan.bootstrap, run.plan.seed)}
+
+
+def step_refit(run: Run) -> dict:
+    """Fit each head kind on the fitting side (new generator included), and one head per generator."""
+    from ..model.headset import save_headset
+    from ..model.heads import make_head
+
+    rows, emb, ok = _arrays(run)
+    c = run.read("collect")
+    fit = np.array([r["side"] == "fit" for r in rows]) & ok
+    labels = np.array([r["label"] for r in rows])
+    gen = np.array([r["generator"] for r in rows], dtype=object)
+    heads = {}
+    for kind in run.plan.heads:
+        heads[kind] = make_head(kind).fit(emb[fit], labels[fit])
+        for g in c["generators"] + [c["new"]]:
+            m = fit & ((labels == 0) | (gen == g))
+            if (labels[m] == 1).sum() >= 2:  # a generator with one fitting image gets no head of its own
+                heads[f"{kind}:{g}"] = make_head(kind).fit(emb[m], labels[m])
+    fp = run.read("embed")["backbone_sha256"]
+    save_headset(heads, run.steps / "heads", model=run.plan.model, backbone_sha256=fp,
+                 embedding_dim=int(emb.shape[1]))
+    return {"heads": sorted(heads), "n_fit": int(fit.sum())}
+
+
+def step_after(run: Run) -> dict:
+    """The refitted heads on the same held-out images; forgetting = the drop on each known generator."""
+    from ..model.headset import load_headset
+
+    rows, emb, ok = _arrays(run)
+    c = run.read("collect")
+    heads, _ = load_headset(run.steps / "heads")
+    after = measure(rows, emb, ok, heads[run.plan.classifier], c["generators"] + [c["new"]],
+                    run.plan.bootstrap, run.plan.seed)
+    before = run.read("before")["figures"]
+    drops = {g: _value(before[g]) - _value(after[g]) for g in c["generators"]}
+    new_after = _value(after[c["new"]])
+    reached = new_after >= run.plan.target_auroc
+    kept = all(d <= run.plan.forget_tolerance for d in drops.values())
+    return {"figures": after, "forgetting": drops, "target_reached": bool(reached), "forgetting_ok": bool(kept),
+            "method": "refit heads" if reached and kept else None}
+
+
+def _value(fig: dict) -> float:
+    v = fig["auroc"]["value"]
+    return float("nan") if v is None else float(v)
+
+
+def step_write(run: Run) -> dict:
+    """``OUT/model``: the base weights, the refitted heads, ``lineage.json`` and the model card."""
+    from .. import __version__
+    from ..model.backbone import resolve_model_dir
+    from .card import write_card
+
+    p = run.plan
+    src = resolve_model_dir(p.model)
+    stage = run.out / ".model.tmp"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, stage / name)
+    shutil.copytree(run.steps / "heads", stage / "heads")
+    c, after = run.read("collect"), run.read("after")
+    lineage = {"base_model": p.model, "backbone_sha256": run.read("embed")["backbone_sha256"],
+               "added_generator": p.generator, "known_generators": c["generators"], "data": p.data,
+               "images": p.images, "method": after["method"] or "refit heads (target not reached)",
+               "plan": run.read_plan(), "deepsift": __version__}
+    (stage / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
+    write_card(stage, lineage=lineage, before=run.read("before")["figures"], after=after, plan=p)
+    final = run.out / "model"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(stage, final)
+    return {"model": str(final)}
+
+
+STEP_FUNCS: dict[str, Callable[[Run], dict]] = {
+    "collect": step_collect, "embed": step_embed, "before": step_before, "refit-heads": step_refit,
+    "after": step_after, "write-model": step_write,
+}
+
+
+def run_adapt(plan: AdaptPlan, *, resume: bool = False, say: Callable[[str], None] = print,
+              stop_after: str | None = None) -> Run:
+    """Run (or resume) every step of ``plan``; ``stop_after`` ends after that step (tests, staged runs)."""
+    run = Run(plan)
+    run.start(resume)
+    for step in STEPS:
+        if run.done(step):
+            say(f"{step}: done earlier (kept)")
+        else:
+            run.write(step, STEP_FUNCS[step](run))
+            say(f"{step}: done")
+        if step == stop_after:
+            break
+    return run

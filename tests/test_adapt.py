@@ -1,0 +1,146 @@
+"""deepsift adapt: a new generator measured before and after, heads refitted, forgetting measured, a model
+folder with its card that loads in detect; resumable at every step; refused when there is too little to measure."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import checker_image, smooth_image
+from deepsift.adapt.card import head_generators, read_card
+from deepsift.adapt.loop import run_adapt
+from deepsift.adapt.plan import STEPS, AdaptPlan
+from deepsift.cli import main
+from deepsift.exceptions import DataError, UsageError
+
+
+def stripes(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """The 'new generator': a smooth field with strong vertical stripes (unlike gen_a's checkerboard)."""
+    base = smooth_image(rng, w, h).astype(np.int16)
+    xx = np.arange(w)[None, :, None]
+    return np.clip(base + ((xx // 3) % 2) * 90 - 45, 0, 255).astype(np.uint8)
+
+
+def _save(folder, maker, n, rng, groups=1):
+    for i in range(n):
+        d = folder / f"p{i % groups}" if groups > 1 else folder
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(maker(rng, 96, 96)).save(d / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def world(code_model_dir, tmp_path_factory):
+    """A base model with heads fitted on gen_a; the known data (real + gen_a); a new generator in 6 prompt folders."""
+    root = tmp_path_factory.mktemp("adapt")
+    rng = np.random.default_rng(5)
+    _save(root / "known" / "real", smooth_image, 24, rng)
+    _save(root / "known" / "fake" / "gen_a", checker_image, 24, rng)
+    _save(root / "new", stripes, 30, rng, groups=6)
+    base = root / "base"
+    shutil.copytree(code_model_dir, base)
+    assert main(["heads", "fit", "--real", str(root / "known" / "real"), "--fake", str(root / "known" / "fake"),
+                 "--model", str(base), "--out", str(base / "heads"), "--classifier", "linear",
+                 "--classifier", "knn"]) == 0
+    return root
+
+
+def plan_for(world, out, **kw) -> AdaptPlan:
+    return AdaptPlan(model=str(world / "base"), generator="stripes", images=str(world / "new"),
+                     data=str(world / "known"), out=str(out), bootstrap=50, workers=2, **kw)
+
+
+@pytest.fixture(scope="module")
+def adapted(world):
+    out = world / "run"
+    rc = main(["adapt", "--model", str(world / "base"), "--data", str(world / "known"),
+               "--new", f"stripes={world / 'new'}", "--out", str(out), "--bootstrap", "50", "--workers", "2"])
+    assert rc == 0
+    return out
+
+
+def test_the_loop_measures_before_and_after_and_forgetting(adapted):
+    steps = {s: json.loads(next((adapted / "steps").glob(f"*-{s}.json")).read_text()) for s in STEPS}
+    before, after = steps["before"]["figures"], steps["after"]["figures"]
+    assert set(before) == set(after) == {"gen_a", "stripes"}
+    assert after["stripes"]["n_fake"] >= 8 and after["stripes"]["n_real"] >= 1
+    assert after["stripes"]["auroc"]["value"] > before["stripes"]["auroc"]["value"]  # it learned the new one
+    assert "ci95" in after["stripes"]["auroc"]
+    assert set(steps["after"]["forgetting"]) == {"gen_a"}
+    drop = before["gen_a"]["auroc"]["value"] - after["gen_a"]["auroc"]["value"]
+    assert steps["after"]["forgetting"]["gen_a"] == pytest.approx(drop)
+    # no image is both fitted and measured; the new generator's prompt folders stay on one side
+    rows = steps["collect"]["samples"]
+    sides = {}
+    for r in rows:
+        if r["generator"] == "stripes":
+            sides.setdefault(r["group"], set()).add(r["side"])
+    assert all(len(s) == 1 for s in sides.values()) and {"fit", "test"} <= set().union(*sides.values())
+
+
+def test_the_model_folder_loads_in_detect_and_its_card_matches_a_separate_evaluation(adapted, capsys):
+    from deepsift.evaluate.metrics import compute_metrics
+    from deepsift.model.detector import Detector
+
+    model = adapted / "model"
+    meta, body = read_card(model)
+    assert meta["base_model"].endswith("base") and meta["generators_seen"] == head_generators(model)
+    assert head_generators(model) == ["gen_a", "stripes"]
+    rows = json.loads(next((adapted / "steps").glob("*-collect.json")).read_text())["samples"]
+    test = [r for r in rows if r["side"] == "test" and r["generator"] in ("real", "stripes")]
+    det = Detector.load(model)  # the backbone's fingerprint matches the refitted heads
+    probs = np.array([p.probability for p in det.predict_iter([r["source"] for r in test])])
+    auroc = compute_metrics(np.array([r["label"] for r in test]), probs)["auroc"]
+    card_auroc = next(m["value"] for res in meta["model-index"][0]["results"] if res["dataset"]["type"] == "stripes"
+                      for m in res["metrics"] if m["type"] == "roc_auc")
+    assert card_auroc == pytest.approx(auroc, abs=1e-9)
+    assert main(["detect", str(test[0]["source"]), "--model", str(model), "--format", "jsonl"]) == 0
+    capsys.readouterr()
+    assert main(["model", "info", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "generators seen: gen_a, stripes" in out and "stripes: AUROC" in out
+
+
+def test_a_run_interrupted_after_each_step_resumes_to_the_same_result(world, adapted, tmp_path):
+    """Stopped after every step in turn (and once mid-write), each resume keeps what was done."""
+    plan = plan_for(world, tmp_path / "r")
+    run = run_adapt(plan, stop_after="collect", say=lambda _: None)
+    with pytest.raises(UsageError, match="--resume"):
+        run_adapt(plan, say=lambda _: None)  # a started run is never silently redone or mixed
+    (run.steps / "02-embed.tmp").write_text("{half")  # killed while writing the embed step's result
+    for done, stop in zip(STEPS, STEPS[1:]):
+        said: list[str] = []
+        run_adapt(plan, resume=True, say=said.append, stop_after=stop)
+        assert f"{done}: done earlier (kept)" in said and f"{stop}: done" in said
+    ref = json.loads(next((adapted / "steps").glob("*-after.json")).read_text())
+    got = json.loads(next((tmp_path / "r" / "steps").glob("*-after.json")).read_text())
+    assert got["figures"] == ref["figures"] and got["forgetting"] == ref["forgetting"]
+    assert head_generators(tmp_path / "r" / "model") == ["gen_a", "stripes"]
+
+
+def test_other_inputs_in_the_same_folder_are_refused(world, tmp_path):
+    run_adapt(plan_for(world, tmp_path / "r"), stop_after="collect", say=lambda _: None)
+    with pytest.raises(UsageError, match="other inputs"):
+        run_adapt(plan_for(world, tmp_path / "r", target_auroc=0.5), resume=True, say=lambda _: None)
+
+
+def test_too_few_new_images_are_refused_before_any_work(world, tmp_path, capsys):
+    few = tmp_path / "few"
+    _save(few, stripes, 5, np.random.default_rng(0))
+    with pytest.raises(DataError, match="too few images"):
+        run_adapt(AdaptPlan(model=str(world / "base"), generator="stripes", images=str(few),
+                            data=str(world / "known"), out=str(tmp_path / "o")), say=lambda _: None)
+    assert main(["adapt", "--model", str(world / "base"), "--data", str(world / "known"), "--new", f"stripes={few}",
+                 "--out", str(tmp_path / "o2")]) == 1
+    assert "too few images" in capsys.readouterr().err
+
+
+def test_a_known_generator_name_is_refused_and_dry_run_writes_nothing(world, tmp_path, capsys):
+    with pytest.raises(UsageError, match="already a generator"):
+        run_adapt(AdaptPlan(model=str(world / "base"), generator="gen_a", images=str(world / "new"),
+                            data=str(world / "known"), out=str(tmp_path / "o")), say=lambda _: None)
+    assert main(["adapt", "--data", str(world / "known"), "--new", f"x={world / 'new'}", "--out",
+                 str(tmp_path / "dry"), "--dry-run"]) == 0
+    assert "refit-heads" in capsys.readouterr().out and not (tmp_path / "dry").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 import subprocess
 import sys
 
@@ -45,3 +46,16 @@ def test_cuda_without_a_cuda_torch_is_refused_before_torch_loads(option, tmp_pat
     assert "RC 1" in out and not torch_loaded
     assert "is not usable here (this torch has no CUDA support)" in out
     assert "Traceback" not in out
+
+
+def test_json_rows_follow_the_documented_column_order():
+    """detect's json/jsonl keys come in the README's order: source, verdict, label, probability, score, ..."""
+    from deepsift.model.detector import Prediction
+    from deepsift.output import PREDICTION_COLUMNS
+
+    row = Prediction("a.png", label=1, score=2.0, probability=0.9, head="linear").to_dict()
+    assert list(row) == PREDICTION_COLUMNS == ["source", "verdict", "label", "probability", "score", "head",
+                                               "generator", "error"]
+    assert list(Prediction("b.png", error="unreadable").to_dict()) == PREDICTION_COLUMNS
+    docs = " ".join((Path(__file__).resolve().parent.parent / "docs" / "guides" / "detect.md").read_text().split())
+    assert "`source, verdict, label (1 = fake), probability (calibrated P(fake)), score" in docs

@@ -46,8 +46,11 @@ class Prediction:
         return "error" if self.label is None else ("fake" if self.label == 1 else "real")
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict (adds ``verdict``)."""
-        return {**asdict(self), "verdict": self.verdict}
+        """A JSON-ready dict (adds ``verdict``), keys in the documented column order."""
+        from ..output import PREDICTION_COLUMNS
+
+        row = {**asdict(self), "verdict": self.verdict}
+        return {k: row[k] for k in PREDICTION_COLUMNS}
 
 
 def onnx_for(backbone: ViTModel, model_dir: Path) -> Path:

@@ -192,3 +192,9 @@ class RateLimitedError(ServiceError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def unknown_generator(option: str, names: "list[str] | tuple[str, ...]", known: "set[str] | list[str]") -> UsageError:
+    """The one error (and exit code, 2) for generator names that the data does not have, in every command."""
+    return UsageError(f"{option} {', '.join(repr(n) for n in names)}: no generator of that name here (names are "
+                      f"matched exactly); generators: {', '.join(sorted(known)) or 'none'}")

@@ -103,15 +103,15 @@ def test_cli_split_and_leave_generator_out(tmp_path, capsys):
     assert (f"left out stable-diffusion-xl: all 60 of its images in test; dropped {2 * n_test_records} image(s) "
             "of other generators from test") in err
     capsys.readouterr()
-    assert main(["data", "split", str(tmp_path / "d3"), "--out", str(tmp_path / "x"), "--leave-out", "midjourney"]) == 1
-    assert "is not the name of a generator" in capsys.readouterr().err
+    assert main(["data", "split", str(tmp_path / "d3"), "--out", str(tmp_path / "x"), "--leave-out", "midjourney"]) == 2
+    assert "--leave-out 'midjourney': no generator of that name here" in capsys.readouterr().err
 
 
 def test_leave_out_matches_the_generator_name_exactly(tmp_path, capsys):
     make_shards(tmp_path / "d3", 40, per_shard=40, n_gen=4)  # "deepfloyd-if" + three "stable-diffusion-*"
     out = tmp_path / "lgo"
     for near in ("IF", "deepfloyd", "DeepFloyd-IF"):  # a part or another case is not the name
-        assert main(["data", "split", str(tmp_path / "d3"), "--out", str(out), "--leave-out", near]) == 1
+        assert main(["data", "split", str(tmp_path / "d3"), "--out", str(out), "--leave-out", near]) == 2  # the unknown-generator exit code of every command
         assert "generators: deepfloyd-if, stable-diffusion-1-4" in capsys.readouterr().err
     assert main(["data", "split", str(tmp_path / "d3"), "--out", str(out), "--test-fraction", "0.5",
                  "--val-fraction", "0", "--leave-out", "deepfloyd-if"]) == 0

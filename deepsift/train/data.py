@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..exceptions import DataError, UsageError, input_not_found
+from ..exceptions import DataError, UsageError, input_not_found, unknown_generator
 
 Ref = tuple  # ("pq", file, row_group, row_in_group, slot) | ("tar", file, offset, size) | ("file", path)
 
@@ -158,8 +158,7 @@ def build_index(sources: Sequence[str | os.PathLike], real: str | os.PathLike | 
                 index.records.append(Record(rid, real_ref, kept, group))
     unknown = sorted(leave - set(index.generators))
     if unknown:
-        raise UsageError(f"leave-out generator {', '.join(unknown)}: no such generator in the data "
-                         f"(generators: {', '.join(sorted(index.generators)) or 'none'})")
+        raise unknown_generator("--leave-out", unknown, set(index.generators))
     _check_classes(index)
     return index
 

@@ -318,6 +318,15 @@ def bench_memory(n: int, mib: int, quick: bool, code: str) -> None:
                  ("too-many-rows.csv", lambda p: _fill(p, valid.encode(), b"ffffffffffffffff.png,0.5,1\n", size)),
                  ("one-line.csv", lambda p: _fill(p, b"id,score\n", b"x", size)),
                  ("json-object.json", lambda p: _fill(p, b"{", b'"0000000000000000.png": 1, ', size, b'"z": 1}'))]
+        def at_cap(p: Path) -> None:  # n rows, each padded so that the file is just under the size cap
+            import pyarrow as pa
+
+            from deepsift.evaluate.scorefiles import size_cap
+
+            pad = (size_cap(pa.array(ids)) - 16) // n - len(ids[0]) - 5
+            p.write_text("id,score\n" + "".join(f"{k}{'x' * pad},0.5\n" for k in ids))
+
+        cases.append(("at-the-size-cap.csv", at_cap))
         if not quick:
             cases += [("unknown-ids.csv", lambda p: _fill(p, b"id,score\n", b"not-in-the-test-set.png,0.5\n", size)),
                       ("padded-rows.csv", lambda p: _fill(p, b"id,score\n", b"0000000000000000.png," + b" " * 2000
@@ -329,8 +338,10 @@ def bench_memory(n: int, mib: int, quick: bool, code: str) -> None:
         for name, make in cases:
             path = root / name
             make(path)
-            r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(root), str(path)], env=env, cwd=d,
-                               capture_output=True, text=True)
+            # through a shell that forks: a child started from this process directly would report
+            # this process's peak too (Linux carries ru_maxrss over the exec of a forked copy)
+            r = subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", MEMORY_CHILD, str(root),
+                                str(path)], env=env, cwd=d, capture_output=True, text=True)
             path.unlink()
             if r.returncode:
                 print(f"  {name}: the child failed ({r.returncode}): {r.stderr.strip()[-300:]}")

@@ -3,12 +3,16 @@
     python benchmarks/bench_platform.py                 # both parts, SQLite and PostgreSQL
     python benchmarks/bench_platform.py --part load --db sqlite --seconds 20 --clients 20   # shorter
     python benchmarks/bench_platform.py --part million
+    python benchmarks/bench_platform.py --part memory [--quick]   # no server, no database
 
 Targets (issue 10):
 * ``load``: 50 concurrent clients submitting predictions and polling for 60 s: 0 lost or duplicated
   submissions; p50/p95 API latency (baseline: GET /healthz under the same load, same process).
 * ``million``: a 1 M-row predictions file end to end (upload, validation, scoring) <= 5 s (baseline:
   the bare minimum in this process: parse the same file with pyarrow and compute the metrics once).
+* ``memory`` (issue 17): peak RSS of validating a 200 MiB hostile predictions file (too many rows,
+  one endless line, a huge JSON object, ...) vs a valid file of the test set's size, each in a fresh
+  process: ratio <= 1.5.
 
 The server is ``deepsift serve`` and the workers ``deepsift challenges worker`` processes (2 by
 default); PostgreSQL is a throwaway server (tests/pgserver.py, Debian's postgresql). Run as root
@@ -267,16 +271,106 @@ def bench_million(db: str, n: int, pg=None) -> None:  # type: ignore[no-untyped-
             plat.close()
 
 
+MEMORY_CHILD = r"""
+import resource, sys, time
+from pathlib import Path
+from deepsift.challenges.predictions import validate
+from deepsift.challenges.testsets import load_key
+from deepsift.exceptions import InvalidInputError
+key, path = load_key(Path(sys.argv[1])), Path(sys.argv[2])
+t = time.perf_counter()
+try:
+    validate(path, key, path.name)
+    out = "accepted"
+except InvalidInputError as exc:
+    out = "422 " + str(exc)[:110]
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t, out, sep="\t")
+"""
+
+
+def _fill(path: Path, head: bytes, row: bytes, size: int, tail: bytes = b"") -> Path:
+    """``head`` + ``row`` repeated up to ``size`` bytes + ``tail``, written in large blocks."""
+    with open(path, "wb") as fh:
+        fh.write(head)
+        block = row * max(1, (8 << 20) // len(row))
+        left = size - len(head) - len(tail)
+        while left > 0:
+            fh.write(block[:left])
+            left -= len(block)
+        fh.write(tail)
+    return path
+
+
+def bench_memory(n: int, mib: int, quick: bool, code: str) -> None:
+    """Peak RSS of validating hostile ``mib`` MiB predictions files vs a valid file of the test set's size."""
+    from deepsift.challenges.testsets import write_key
+
+    env = {**os.environ, "PYTHONPATH": code}
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as d:
+        root = Path(d)
+        ids = [f"{i:016x}.png" for i in range(n)]  # the platform's random 16-hex-digit names
+        write_key(root / "key.parquet", ids, np.arange(n) % 2, ["real", "sdxl"] * (n // 2) + ["real"] * (n % 2),
+                  [False] * n, np.arange(n) % 2 == 0)
+        valid = "id,score,label\n" + "".join(f"{k},{(i % 997) / 997!r},{i % 2}\n" for i, k in enumerate(ids))
+        jsonl = "".join(f'{{"id": "{k}", "score": 0.5}}\n' for k in ids)
+        size = mib << 20
+        cases = [("valid.csv", lambda p: p.write_text(valid)),
+                 ("too-many-rows.csv", lambda p: _fill(p, valid.encode(), b"ffffffffffffffff.png,0.5,1\n", size)),
+                 ("one-line.csv", lambda p: _fill(p, b"id,score\n", b"x", size)),
+                 ("json-object.json", lambda p: _fill(p, b"{", b'"0000000000000000.png": 1, ', size, b'"z": 1}'))]
+        def at_cap(p: Path) -> None:  # n rows, each padded so that the file is just under the size cap
+            import pyarrow as pa
+
+            from deepsift.evaluate.scorefiles import size_cap
+
+            pad = (size_cap(pa.array(ids)) - 16) // n - len(ids[0]) - 5
+            p.write_text("id,score\n" + "".join(f"{k}{'x' * pad},0.5\n" for k in ids))
+
+        cases.append(("at-the-size-cap.csv", at_cap))
+        if not quick:
+            cases += [("unknown-ids.csv", lambda p: _fill(p, b"id,score\n", b"not-in-the-test-set.png,0.5\n", size)),
+                      ("padded-rows.csv", lambda p: _fill(p, b"id,score\n", b"0000000000000000.png," + b" " * 2000
+                                                          + b"0.5\n", size)),
+                      ("too-many-rows.jsonl", lambda p: _fill(p, jsonl.encode(), b'{"id": "x", "score": 0.5}\n', size))]
+        print(f"memory: a test set of {n:,} ids; hostile files of {mib} MiB; each validated in a fresh process "
+              f"(predictions.validate, the server's path); peak RSS by getrusage")
+        base = None
+        for name, make in cases:
+            path = root / name
+            make(path)
+            # through a shell that forks: a child started from this process directly would report
+            # this process's peak too (Linux carries ru_maxrss over the exec of a forked copy)
+            r = subprocess.run(["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-c", MEMORY_CHILD, str(root),
+                                str(path)], env=env, cwd=d, capture_output=True, text=True)
+            path.unlink()
+            if r.returncode:
+                print(f"  {name}: the child failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+                continue
+            rss, secs, out = r.stdout.strip().split("\t", 2)
+            peak = int(rss) / 1024
+            base = base or peak
+            print(f"  {name:22s} peak RSS {peak:7.1f} MiB  ratio {peak / base:4.2f} (target <= 1.5)  "
+                  f"{float(secs):5.2f} s  {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("load", "million", "all"), default="all")
+    ap.add_argument("--part", choices=("load", "million", "memory", "all"), default="all")
     ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--ids", type=int, default=100_000, help="memory: the test set's size")
+    ap.add_argument("--mib", type=int, default=200, help="memory: the hostile files' size")
+    ap.add_argument("--quick", action="store_true", help="memory: 20,000 ids, three hostile files")
+    ap.add_argument("--code", default=str(REPO), help="memory: the checkout to measure (e.g. an older one)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    if args.part in ("memory", "all"):
+        bench_memory(20_000 if args.quick else args.ids, args.mib, args.quick, args.code)
+        if args.part == "memory":
+            return
     kinds = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
     for kind in kinds:
         pg = None

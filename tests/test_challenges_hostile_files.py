@@ -169,3 +169,22 @@ def test_a_real_serve_survives_the_deep_jsonl_and_keeps_nothing(tmp_path):
         ok = c.post("/api/challenges/hostile/phases/dev/submissions",
                     files={"file": ("p.csv", "id,score\n" + "".join(f"i{k},{k % 2}\n" for k in range(20)))})
         assert ok.status_code == 201, ok.text
+
+
+def test_a_predictions_file_is_parsed_with_no_database_connection_held(app, client, tmp_path, monkeypatch):
+    """A large file takes seconds to validate: no transaction (nor pooled connection) is held meanwhile."""
+    from deepsift.challenges import predictions
+
+    hosted = host_challenge(app, client, tmp_path)
+    alice = join(client, hosted.slug, register(client, "alice"), "Team A")
+    db, held, real = app.state.db, [], predictions.validate
+
+    def watched(*args, **kw):  # the real validation, noting the connections checked out when it starts
+        held.append(db.engine.pool.checkedout() + (db.write_engine.pool.checkedout()
+                                                   if db.write_engine is not db.engine else 0))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(predictions, "validate", watched)
+    assert submit(client, hosted, alice, csv_text(good_scores(hosted))).status_code == 201
+    assert submit(client, hosted, alice, b"id,score\nnope,1\n").status_code == 422
+    assert held == [0, 0]

@@ -101,28 +101,29 @@ def prescan(path: str | Path, max_bytes: int | None = None, max_lines: int | Non
 def _json_depth(buf: bytes, final: bool, depth: int, fail) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
     """Bracket depth over ``buf`` outside strings; returns (the unfinished string to carry, depth)."""
     arr = np.frombuffer(buf, np.uint8)
-    quote = arr == 34
-    if 92 in arr:  # a quote after an odd run of backslashes is escaped
+    quotes = np.flatnonzero(arr == 34)
+    if len(quotes) and buf.find(b"\\") >= 0:  # a quote after an odd run of backslashes is escaped
         idx = np.arange(len(arr), dtype=np.int64)
         last_other = np.maximum.accumulate(np.where(arr != 92, idx, -1))
-        run = np.empty_like(idx)
-        run[0], run[1:] = 0, idx[:-1] - last_other[:-1]
-        quote &= (run & 1) == 0
-    count = np.cumsum(quote, dtype=np.int64)
+        run = quotes - 1 - last_other[np.maximum(quotes - 1, 0)]
+        quotes = quotes[(run * (quotes > 0)) % 2 == 0]
     ends = np.flatnonzero(arr == 10)
-    if len(ends) and (odd := np.flatnonzero(count[ends] & 1)).size:
+    if len(ends) and (odd := np.flatnonzero(np.searchsorted(quotes, ends) & 1)).size:
         fail(buf[:int(ends[odd[0]])], "an unterminated JSON string")
-    rest = b""
-    if len(arr) and count[-1] & 1:  # a string runs past this chunk: carry it, from its opening quote
-        cut = int(np.flatnonzero(quote)[-1])
-        rest, arr, count = buf[cut:], arr[:cut], count[:cut]
+    rest, cut = b"", len(arr)
+    if len(quotes) & 1:  # a string runs past this chunk: carry it, from its opening quote
+        cut = int(quotes[-1])
+        rest = buf[cut:]
         if final or len(rest) > MAX_LINE:
             fail(buf[:cut], f"a JSON string longer than {MAX_LINE:,} bytes" if not final else "an unterminated JSON string")
-    if len(arr):
-        steps = np.cumsum(_DELTA[arr] * ((count & 1) == 0), dtype=np.int64) + depth
+    head = arr[:cut]
+    brackets = np.flatnonzero((head == 91) | (head == 93) | (head == 123) | (head == 125))
+    brackets = brackets[(np.searchsorted(quotes, brackets) & 1) == 0]  # outside strings
+    if len(brackets):
+        steps = np.cumsum(_DELTA[arr[brackets]], dtype=np.int64) + depth
         bad = np.flatnonzero((steps > MAX_DEPTH) | (steps < 0))
         if len(bad):
-            fail(buf[:int(bad[0])], f"JSON nested deeper than {MAX_DEPTH} levels (rows are flat objects)"
+            fail(buf[:int(brackets[bad[0]])], f"JSON nested deeper than {MAX_DEPTH} levels (rows are flat objects)"
                  if steps[bad[0]] > 0 else "invalid JSON (a closing bracket without its opening one)")
         depth = int(steps[-1])
     return rest, depth

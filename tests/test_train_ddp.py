@@ -29,12 +29,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(argv: list[str], tmp_path) -> None:
+def _torchrun(argv: list[str], tmp_path) -> subprocess.CompletedProcess:
     env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=os.getcwd())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
            "--master-port", str(_free_port()), "-m", "deepsift", "-q", "train", *argv]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +84,15 @@ def test_two_ranks_stay_identical_and_one_step_averages_the_half_batches(data, t
     assert max(float((saved[k] - state[k]).abs().max()) for k in saved) < 1e-5
 
 
-def test_global_negatives_train_in_step(data, tmp_path):
+def test_global_negatives_train_in_step_and_rank_0_alone_evaluates_the_left_out_generator(data, tmp_path):
     shards, reals = data
     keys = tiny_config(steps=2, batch_size=4, steps_per_epoch=10)
-    _torchrun(["--data", str(shards), "--real", str(reals), "--config", str(write_yaml(tmp_path / "t.yaml", keys)),
-               "--out", str(tmp_path / "g"), "--global-negatives"], tmp_path)
+    proc = _torchrun(["--data", str(shards), "--real", str(reals), "--config",
+                      str(write_yaml(tmp_path / "t.yaml", keys)), "--out", str(tmp_path / "g"), "--global-negatives",
+                      "--leave-out", "up-bilinear"], tmp_path)
+    said = proc.stdout.splitlines()
+    assert sum("up-bilinear (left out): auroc" in ln for ln in said) == 1, said  # one summary, from rank 0
+    assert sum(ln.startswith("report: ") for ln in said) == 1, said
     log = read_log(tmp_path / "g/train_log.jsonl")
     end = [e for e in log if e.get("event") == "end"][-1]
     assert end["rank_weight_digests"][0] == end["rank_weight_digests"][1]

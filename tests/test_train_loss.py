@@ -1,33 +1,10 @@
-"""The CoDE loss: checked against a loop-based formula written here, derangements, gradients, the L_fake fix."""
+"""The CoDE loss: checked against a loop-based formula (trainkit.reference_loss), derangements, gradients, the L_fake fix."""
 from __future__ import annotations
-
-import math
 
 import torch
 
 from deepsift.train.loss import code_loss, derangement
-
-
-def _cos(a: list[float], b: list[float]) -> float:
-    dot = sum(p * q for p, q in zip(a, b))
-    return dot / (math.sqrt(sum(p * p for p in a)) * math.sqrt(sum(q * q for q in b)))
-
-
-def _nce(q: list[float], k: list[float], negs: list[list[float]], tau: float) -> float:
-    pos = math.exp(_cos(q, k) / tau)
-    return -math.log(pos / (pos + sum(math.exp(_cos(q, n) / tau) for n in negs)))
-
-
-def _reference(emb: list, pr: list[int], pf: list[int], tau: float = 0.1) -> float:
-    """Section 2 of the reference, term by term, with plain Python loops (views: r, Ar, Gr, Lr, x, Ax, Gx, Lx)."""
-    B = len(emb)
-    real = fake = 0.0
-    for i in range(B):
-        real += 0.5 * (_nce(emb[i][0], emb[pr[i]][1], [emb[j][5] for j in range(B)], tau)
-                       + _nce(emb[i][3], emb[i][2], [emb[j][6] for j in range(B)], tau))
-        fake += 0.5 * (_nce(emb[i][4], emb[pf[i]][5], [emb[j][1] for j in range(B)], tau)
-                       + _nce(emb[i][7], emb[i][6], [emb[j][2] for j in range(B)], tau))
-    return real / B + fake / B
+from trainkit import reference_loss as _reference
 
 
 def test_loss_matches_a_loop_formula():

@@ -5,7 +5,9 @@ optimiser's tensors and the RNG states) and ``state.json`` (step, epoch, schedul
 hyper-parameters, best head accuracy, patience counter, the settings). A new checkpoint is
 written into a hidden temporary folder, flushed, and swapped in by renames; the one before it
 stays as ``checkpoint.prev/``. A failure (a full disk) removes the temporary folder and leaves
-both in place. Loading checks every file first (a corrupt or truncated one is one
+both in place. A kill at any point leaves a folder that resumes: between the two renames only
+``checkpoint.prev/`` is complete, and loading falls back to it (a stale temporary folder is
+removed by the next write). Loading checks every file first (a corrupt or truncated one is one
 :class:`~deepsift.exceptions.DataError` line) and changes nothing on disk. Nothing is pickled.
 
 ``OUT/best.safetensors`` holds the network of the epoch with the best held-out head accuracy so
@@ -75,6 +77,8 @@ def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: 
 
     final, prev = out / NAME, out / f"{NAME}.prev"
     tmp: Path | None = None
+    for stale in out.glob(f".{NAME}.*.tmp"):  # left by a killed write
+        shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.", suffix=".tmp", dir=out))
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
@@ -156,9 +160,14 @@ def load_best(out: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, flo
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder of ``path``: a training output folder or the checkpoint folder itself."""
+    """The checkpoint folder of ``path``: a training output folder (its ``checkpoint/``, or ``checkpoint.prev/``
+    when a write was killed between its renames) or the checkpoint folder itself."""
     p = Path(path)
-    if (p / NAME / "state.json").exists() or (p / NAME).is_dir():
+    if (p / NAME / "state.json").exists():
+        return p / NAME
+    if not (p / NAME).exists() and (p / f"{NAME}.prev" / "state.json").exists():
+        return p / f"{NAME}.prev"
+    if (p / NAME).is_dir():
         return p / NAME
     if (p / "state.json").exists():
         return p

@@ -143,7 +143,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     state: dict[str, Any] = {}
     if resume:
         model_t, opt_state, rng, state = load_checkpoint(out)  # checked before any other work
-    elif (out / CKPT).exists() or (out / BEST).exists():
+    elif any((out / name).exists() for name in (CKPT, f"{CKPT}.prev", BEST)):
         raise UsageError(f"{out} holds a training run: resume it (deepsift train --resume {out}) or choose another output folder")
     if info.main:
         out.mkdir(parents=True, exist_ok=True)

@@ -228,3 +228,74 @@ def _ppid(pid: str) -> int | None:
             return int(fh.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def test_the_participants_path_download_detect_submit(app, live_server, worker, server_settings, code_model_dir,
+                                                      tmp_path, capsys, monkeypatch):
+    """As a participant would try it: download --extract, deepsift detect on the folder, submit detect's CSV as is."""
+    import httpx
+    import numpy as np
+
+    from deepsift.model.detector import Detector
+    from deepsift.model.headset import save_headset
+    from deepsift.model.heads import make_head
+
+    db_args = ["--database-url", server_settings.db_url, "--data-dir", str(server_settings.data_dir)]
+    monkeypatch.setenv("DEEPSIFT_CLIENT_CONFIG", str(tmp_path / "cfg" / "client.json"))
+    monkeypatch.delenv("DEEPSIFT_TOKEN", raising=False)
+    monkeypatch.setattr("sys.stdin", io.StringIO("host-password\n"))
+    assert main(["admin", "add-user", "pathhost", "--role", "host", "--password-stdin", *db_args]) == 0
+    make_folders(tmp_path / "src", n=4)
+    (tmp_path / "spec.yaml").write_text("slug: path-challenge\ntitle: t\nphases:\n  - slug: dev\n"
+                                        "    starts: 2020-01-01T00:00:00Z\n    ends: 2099-01-01T00:00:00Z\n"
+                                        "    bootstrap: 0\n    testset: {source: folders, path: src}\n")
+    assert main(["challenges", "create", str(tmp_path / "spec.yaml"), "--host-user", "pathhost", *db_args]) == 0
+    assert httpx.post(live_server.url + "/api/auth/register",
+                      json={"username": "pat", "password": "pat-password"}).status_code == 201
+    monkeypatch.setattr("sys.stdin", io.StringIO("pat-password\n"))
+    assert main(["challenges", "login", "--server", live_server.url, "--username", "pat", "--password-stdin"]) == 0
+    token = json.loads((tmp_path / "cfg" / "client.json").read_text())["servers"][live_server.url]["token"]
+    httpx.post(live_server.url + "/api/challenges/path-challenge/teams", json={"name": "Pat"},
+               headers={"Authorization": f"Bearer {token}"})
+    capsys.readouterr()
+
+    assert main(["challenges", "download", "--challenge", "path-challenge", "--phase", "dev", "--out",
+                 str(tmp_path / "data"), "--extract"]) == 0
+    folder = tmp_path / "data" / "path-challenge-dev"
+    assert capsys.readouterr().out.strip() == str(folder)
+    images = sorted((folder / "images").iterdir())
+    assert len(images) == 12 and (folder / "sample_submission.csv").is_file()
+
+    heads = tmp_path / "heads"  # any heads fitted on this backbone will do: the path is what is tested
+    X = Detector.load_backbone_only(str(code_model_dir), device="cpu").embed([str(p) for p in images[:6]])
+    save_headset({"linear": make_head("linear").fit(X.astype(np.float64), np.arange(6) % 2)}, heads)
+    assert main(["detect", str(folder / "images"), "--model", str(code_model_dir), "--heads", str(heads),
+                 "--format", "csv", "--out", str(tmp_path / "preds.csv")]) == 0
+    first = next(csv.DictReader(open(tmp_path / "preds.csv")))
+    assert "/" in first["source"]  # detect writes paths, the platform knows file names
+    assert main(["challenges", "submit", "--challenge", "path-challenge", "--phase", "dev",
+                 str(tmp_path / "preds.csv"), "--wait", "--timeout", "120", "--format", "json"]) == 0
+    [sub] = json.loads(capsys.readouterr().out)
+    assert sub["state"] == "scored"
+
+    # two rows naming the same image by different paths: refused as a duplicate, never guessed
+    rows = (tmp_path / "preds.csv").read_text().splitlines()
+    dup = rows[1].replace(str(folder / "images"), str(tmp_path / "elsewhere"))
+    (tmp_path / "dup.csv").write_text("\n".join(rows[:1] + [dup] + rows[1:]) + "\n")
+    assert main(["challenges", "submit", "--challenge", "path-challenge", "--phase", "dev",
+                 str(tmp_path / "dup.csv")]) == 1
+    assert "422" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("member", ["images/../evil.png", "/abs.png", "images/sub/x.png", "other/x.png", "../up.txt"])
+def test_extract_refuses_a_member_outside_the_layout_and_leaves_nothing(tmp_path, member):
+    from deepsift.challenges.client import ClientError, extract_images
+
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("images/ok.png", b"x")
+        zf.writestr(member, b"y")
+    with pytest.raises(ClientError, match="unexpected member"):
+        extract_images(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+    assert not (tmp_path.parent / "evil.png").exists()

@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     _server(p)
     _challenge_phase(p)
     p.add_argument("--out", metavar="PATH", help="file or folder (default: the current folder)")
+    p.add_argument("--extract", action="store_true",
+                   help="also unpack the images into a folder beside the archive (CHALLENGE-PHASE/images/), "
+                        "ready for 'deepsift detect'")
     p.set_defaults(func=cmd_download)
 
 
@@ -275,5 +278,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     """Download the test archive (progress bar on a terminal) and print where it is."""
     with _client(args) as c:
         path = c.download(args.challenge, args.phase, args.out or ".")
+    if args.extract:
+        from ..output import is_special_file
+        from .client import extract_images
+
+        if is_special_file(path):
+            raise UsageError("--extract unpacks a downloaded file: give --out a folder or a file name")
+
+        path = extract_images(path, path.with_name(f"{args.challenge}-{args.phase}"))
     print(path)
     return EXIT_OK

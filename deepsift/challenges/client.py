@@ -205,6 +205,46 @@ class Client:
         return dest
 
 
+def extract_images(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Unpack a test archive (``images/``: flat files named by their id; README.txt, sample_submission.csv) into ``dest``.
+
+    Each member name is checked (a plain file name, at the top or under ``images/``; nothing else): a hostile or damaged
+    archive is a ClientError and leaves no half-extracted folder.
+    """
+    import shutil
+    import zipfile
+
+    out = Path(dest)
+    stage = out.with_name(out.name + ".part")
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "images").mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                name = info.filename
+                if info.is_dir():
+                    continue
+                if "/" not in name and "\\" not in name and name not in (".", "..") and not name.startswith("."):
+                    target = stage / name  # README.txt, sample_submission.csv
+                elif name.startswith("images/") and "/" not in name[7:] and name[7:] not in ("", ".", "..") \
+                        and "\\" not in name:
+                    target = stage / "images" / name[7:]
+                else:
+                    raise ClientError(f"{archive}: unexpected member {name!r} (not a deepsift test archive)")
+                with zf.open(info) as src, open(target, "wb") as fh:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise ClientError(f"{archive}: cannot unpack ({exc})") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(stage, out)
+    return out
+
+
 def _detail(r: httpx.Response) -> str:
     try:
         detail = r.json().get("detail")

@@ -309,6 +309,16 @@ def read_aligned_scores(path: str | os.PathLike, ids: Any, columns: tuple[str, .
     return stream_aligned(p, key, columns, with_labels, ids_name)
 
 
+def as_key_ids(ids: Any, key: Any) -> Any:
+    """Row ids matched to ``key``: an id that is not in ``key`` but whose file name (after the last ``/`` or
+    ``\\``) is, stands for that file name, so ``deepsift detect`` output (paths) is accepted as it is.
+    Two rows naming one key this way are duplicates (refused as such)."""
+    import pyarrow.compute as pc
+
+    base = pc.replace_substring_regex(ids, pattern=r"^.*[/\\]", replacement="")
+    return pc.if_else(pc.is_in(ids, value_set=key), ids, base)
+
+
 def size_cap(key: Any) -> int:
     """The most bytes a valid score file for these ids needs: 3 bytes per id byte (JSON's ``\\uXXXX``
     escapes) + 128 per row (the score, a label, quotes and separators) + 64 KiB (a header, spacing)."""
@@ -349,6 +359,7 @@ def _fast_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: bool
             return None
     if len(rid) != len(key):
         return None
+    rid = as_key_ids(rid, key)
     pos = pc.index_in(key, value_set=rid)  # for each wanted id, its row in the file
     if pos.null_count:
         return None

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import EvaluationError
-from .scorefiles import _SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id
+from .scorefiles import (_SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id,
+                         as_key_ids)
 
 BATCH = 32768
 
@@ -57,7 +58,7 @@ def stream_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: boo
     batch: list[tuple[int, str, Any, Any]] = []
 
     def flush() -> None:
-        pos = pc.index_in(pa.array([b[1] for b in batch], pa.string()), value_set=key)
+        pos = pc.index_in(as_key_ids(pa.array([b[1] for b in batch], pa.string()), key), value_set=key)
         for (line, rid, raw, lab), k in zip(batch, pos.fill_null(-1).to_numpy(zero_copy_only=False)):
             if k >= 0 and line_of[k]:
                 dup[k] = True

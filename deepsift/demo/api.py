@@ -148,19 +148,25 @@ def _set_visitor(request: Request, response: Response, visitor: str) -> None:
              responses={403: E[403], 429: E[429], 503: E[503]})
 def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
     """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
-    visitor = _visitor(request) or q.new_visitor()
-    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor)
+    from ..server.security import client_address
+
+    s, known = _settings(request), _visitor(request)
+    q.admit(request.app.state.rate_limiter, client_address(request, request.app.state.settings), s, known is None)
+    visitor = known or q.new_visitor()
+    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor,
+                        s.quiz_round_ttl)
     _set_visitor(request, response, visitor)
     return RoundOut(id=row.id, image_url=f"/api/v1/quiz/rounds/{row.id}/image", tally=Tally(**q.tally(session, visitor)))
 
 
-@router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/png": {}}}, 404: {"model": Error}},
+@router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}},
             response_class=Response)
 def round_image(request: Request, round_id: str, session: ReadDbSession) -> Response:
-    """The round's image, re-encoded as PNG without metadata."""
+    """The round's image: a square JPEG of the same size for every image, without metadata."""
     row = q.get_round(session, round_id)
-    png = request.app.state.demo.quiz.image_png(row.item, _settings(request).max_pixels)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    s = _settings(request)
+    jpeg = request.app.state.demo.quiz.image_jpeg(row.item, row.id, s.quiz_image_size, s.max_pixels)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
 
 
 @router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],
@@ -169,7 +175,8 @@ def round_image(request: Request, round_id: str, session: ReadDbSession) -> Resp
 def guess(request: Request, round_id: str, body: Guess, session: ReadDbSession) -> Reveal:
     """Store your guess (once); the answer reveals the truth, the detector's answer and your tally."""
     visitor = _visitor(request)
-    row = q.guess(request.app.state.db, round_id, visitor, 1 if body.guess == "fake" else 0)
+    row = q.guess(request.app.state.db, round_id, visitor, 1 if body.guess == "fake" else 0,
+                  _settings(request).quiz_round_ttl)
     word = {0: "real", 1: "fake"}
     det = None if row.detector_label is None else word[row.detector_label]
     return Reveal(id=row.id, guess=body.guess, truth=word[row.truth], generator=row.generator if row.truth else None,

@@ -40,7 +40,7 @@ def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
     """Per generator, two bars (people, detector) of accuracy, as inline SVG."""
     if not rows:
         return Markup("<p class='muted'>No rounds played yet.</p>")
-    label_w, pad = 120, 6
+    label_w, pad = 170, 6
     inner = width - label_w - 48
     group = 2 * bar + 3 * pad
     height = len(rows) * group + 40
@@ -53,7 +53,7 @@ def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
     for i, r in enumerate(rows):
         y = i * group + pad
         parts.append(f"<text x='{label_w - 8}' y='{y + bar + pad / 2 + 4:.0f}' class='label' text-anchor='end'>"
-                     f"{escape(r['generator'])} ({r['rounds']})</text>")
+                     f"{escape(r['generator'])} ({r['visitors']} visitor{'' if r['visitors'] == 1 else 's'})</text>")
         for k, (key, cls) in enumerate((("people_accuracy", "people"), ("detector_accuracy", "detector"))):
             v = r[key] or 0.0
             yy = y + k * (bar + pad)

@@ -133,8 +133,9 @@ class Reveal(BaseModel):
 
 class GeneratorStats(BaseModel):
     generator: str
-    rounds: int
+    visitors: int = Field(description="distinct visitors whose answers count")
+    rounds: int = Field(description="counted rounds (each visitor's first answer per image)")
     people_right: int
     detector_right: int
-    people_accuracy: float | None
+    people_accuracy: float | None = Field(description="mean over visitors of each visitor's accuracy")
     detector_accuracy: float | None

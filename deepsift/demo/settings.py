@@ -33,6 +33,14 @@ class DemoSettings(BaseSettings):
     quiz_dataset: str | None = Field(None, description="quiz images: labelled folders, D3 test layout or D3 shards")
     quiz_layout: str = Field("auto", description="auto, classes, folders, d3-test or parquet")
     quiz_real: str | None = Field(None, description="folder of real images (with D3 parquet shards)")
+    quiz_rounds_per_hour: int = Field(120, ge=1, description="quiz rounds one address may start per hour")
+    quiz_new_visitors_per_hour: int = Field(10, ge=1, description="new quiz players (cookies) one address may "
+                                                                  "start per hour")
+    quiz_round_ttl: float = Field(900.0, gt=0, description="seconds an unanswered quiz round lives")
+    quiz_image_size: int = Field(512, ge=64, le=2048, description="side of the square JPEG every quiz image is "
+                                                                  "served as (real and fake alike)")
+    c2pa_trust_list: str | None = Field(None, description="PEM file of trusted C2PA signing roots (e.g. the "
+                                                           "C2PA/CAI trust list); without it no signer is verified")
 
     @field_validator("classifier")
     @classmethod

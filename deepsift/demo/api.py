@@ -100,7 +100,8 @@ def detect(request: Request,
 
     def signals() -> None:  # on this thread while the forward pass runs
         for d in good:
-            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type)} if metadata else {}),
+            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type, s.c2pa_trust_list)}
+                                 if metadata else {}),
                              **({"preview": preview_url(d.image)} if preview else {})}
 
     answers = iter(eng.analyse(good, heatmap=heatmap, meanwhile=signals) if good else [])

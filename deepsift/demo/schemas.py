@@ -28,8 +28,10 @@ class Heatmap(BaseModel):
 
 class C2pa(BaseModel):
     present: bool | None
-    valid: bool | None
+    valid: bool | None = Field(description="the manifest is intact and its signature checks out (signer unknown)")
+    trusted: bool | None = Field(None, description="the signer chains to a root of the configured trust list")
     state: str | None = None
+    signer: str | None = Field(None, description="the signing certificate's name and issuer, as it claims them")
     claim_generator: str | None = None
     declares_ai: bool | None = Field(None, description="an action's digitalSourceType says trained algorithmic media")
     error: str | None = None

@@ -56,6 +56,18 @@ class DemoSettings(BaseSettings):
             raise ValueError(f"preprocessing must be one of {PREPROCESS_MODES}, got {v!r}")
         return v
 
+    @field_validator("c2pa_trust_list")
+    @classmethod
+    def _trust_list(cls, v: str | None) -> str | None:
+        if v:
+            from .metadata import read_trust_list
+
+            try:
+                read_trust_list(v)
+            except OSError as exc:
+                raise ValueError(f"C2PA trust list {v!r} cannot be read: {exc.strerror or exc}") from None
+        return v or None
+
     @model_validator(mode="after")
     def _band(self) -> "DemoSettings":
         if not self.unsure_low <= self.threshold <= self.unsure_high:

@@ -5,6 +5,7 @@ Screenshots of the main states (desktop and phone) land in test-artifacts/screen
 from __future__ import annotations
 
 import base64
+import re
 
 import pytest
 
@@ -26,7 +27,8 @@ def heads_dir(code_model_dir, labelled_folders, tmp_path_factory):
 def site(code_model_dir, heads_dir, labelled_folders, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo-site")
     app = create_app(demo_settings(f"sqlite:///{tmp / 'web.db'}", tmp / "data", code_model_dir, heads_dir,
-                                   quiz=labelled_folders["real"].parent))
+                                   quiz=labelled_folders["real"].parent,
+                                   generator_names={"gen_a": "Generator Alpha", "gen_b": "Generator Beta"}))
     with LiveServer(app) as live, LocalServer({"/cat.jpg": (200, "image/jpeg", jpeg_bytes(7, 800, 600))}) as images:
         yield live, images
     app.state.db.dispose()
@@ -55,14 +57,23 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
 
     real, fake = labelled_folders["real"] / "000.jpg", labelled_folders["gen_a"] / "001.png"
     page.set_input_files("#file-input", [str(real), str(fake)])
-    page.wait_for_selector("article.result >> nth=1")
+    page.wait_for_selector("article.result.band-fake")
+    page.wait_for_selector("article.result.band-real")
     cards = page.locator("article.result")
+    assert [cards.nth(i).locator(".source").inner_text() for i in range(2)] == ["000.jpg", "001.png"]  # as picked
     by_name = {cards.nth(i).locator(".source").inner_text(): cards.nth(i) for i in range(2)}
-    assert by_name["000.jpg"].locator(".band").inner_text() == "Real"
-    assert by_name["001.png"].locator(".band").inner_text() == "AI-generated"
-    assert "P(fake) =" in by_name["001.png"].locator(".prob").inner_text()
-    assert "gen_a" in by_name["001.png"].locator(".generator").inner_text() or \
-        "gen_b" in by_name["001.png"].locator(".generator").inner_text()
+    assert re.fullmatch(r"Likely real: \d+ %", by_name["000.jpg"].locator(".band").inner_text())
+    assert re.fullmatch(r"Likely AI-generated: \d+ %", by_name["001.png"].locator(".band").inner_text())
+    assert "P(fake)" not in by_name["001.png"].locator(".answer").inner_text()  # expert words only behind the toggle
+    assert by_name["001.png"].locator(".generator").inner_text() in (
+        "It looks most like images made with Generator Alpha.", "It looks most like images made with Generator Beta.")
+    assert by_name["000.jpg"].locator(".generator").is_hidden()
+    colours = {n: c.locator(".meter .fill").evaluate("e => getComputedStyle(e).backgroundColor") for n, c in by_name.items()}
+    rgb = {n: [int(v) for v in re.findall(r"\d+", c)[:3]] for n, c in colours.items()}
+    assert rgb["000.jpg"][1] > rgb["000.jpg"][0] and rgb["001.png"][0] > rgb["001.png"][1]  # colour follows value
+    log = page.inner_text("#verdicts-log")
+    assert page.get_attribute("#verdicts-log", "aria-live") == "polite"
+    assert "000.jpg: Likely real" in log and "001.png: Likely AI-generated" in log  # announced
     shot("02-desktop-verdicts")
 
     card = by_name["001.png"]
@@ -73,22 +84,24 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
     painted = canvas.evaluate("c => { const d = c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data;"
                               " return d[3]; }")
     assert painted > 0  # the overlay is drawn
-    card.locator("details.heads summary").click()
+    card.locator("details.expert summary").click()
     card.locator("details.meta summary").click()
-    assert card.locator(".heads tbody tr").count() == 3
+    assert card.locator(".expert tbody tr").count() == 3 and "P(fake), calibrated" in card.locator(".expert").inner_text()
+    assert re.match(r"Heatmap of 4 parts: chance of AI from \d+ %", canvas.get_attribute("aria-label"))
+    assert card.locator(".heat-table td").count() == 4
     shot("03-desktop-heatmap-on")
     card.locator(".toggle-heatmap").click()
     assert canvas.is_hidden()
 
     url = images.base + "/cat.jpg"
     page.fill("#url-input", url)
-    page.get_by_role("button", name="Check URL").click()
-    page.wait_for_selector("article.result >> nth=2")
+    page.get_by_role("button", name="Check link").click()
+    page.wait_for_selector("article.result:not(.pending) >> nth=2")
     assert page.locator("article.result").first.locator(".source").inner_text() == url
 
     page.evaluate("u => { const dt = new DataTransfer(); dt.setData('text/plain', u);"
                   " document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt})); }", url + "?pasted=1")
-    page.wait_for_selector("article.result >> nth=3")
+    page.wait_for_selector("article.result:not(.pending) >> nth=3")
     assert page.locator("article.result").first.locator(".source").inner_text() == url + "?pasted=1"
 
     drop = "b64 => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0)); const dt = new DataTransfer();" \
@@ -96,18 +109,31 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
            " document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true," \
            " cancelable: true})); }"
     page.evaluate(drop, base64.b64encode(real.read_bytes()).decode())
-    page.wait_for_selector("article.result >> nth=4")
+    page.wait_for_selector("article.result:not(.pending) >> nth=4")
     first = page.locator("article.result").first
-    assert first.locator(".source").inner_text() == "dropped.jpg" and first.locator(".band").inner_text() == "Real"
+    assert first.locator(".source").inner_text() == "dropped.jpg"
+    assert first.locator(".band").inner_text().startswith("Likely real")
 
     bad = tmp_path / "holiday.png"
     bad.write_text("<!DOCTYPE html><html><body>not a picture</body></html>")
     page.set_input_files("#file-input", str(bad))
     page.wait_for_selector("article.result.band-error")
     err = page.locator("article.result.band-error").first
-    assert "SVG/HTML/XML document" in err.locator("p.error").inner_text()
-    assert "SVG/HTML/XML document" in page.inner_text("#status")
+    assert err.locator("p.error").inner_text() == ("This file is not an image the demo can read (send a JPEG, PNG, "
+                                                    "WebP, GIF, BMP, TIFF or AVIF image).")
+    assert "not an image the demo can read" in page.inner_text("#status")
+    assert "SVG/HTML/XML document" in err.locator(".tech").text_content()  # the developer's words, one click away
+    page.fill("#url-input", images.base + "/nothing.jpg")
+    page.get_by_role("button", name="Check link").click()
+    page.wait_for_selector("article.result.band-error >> nth=1")
+    assert page.locator("article.result.band-error").first.locator("p.error").inner_text() == \
+        "The site says there is no image at this link."
     shot("04-desktop-url-paste-and-bad-input")
+    page.get_by_role("button", name="Clear results").click()
+    assert page.locator("article.result").count() == 0 and page.inner_text("#status") == ""
+    assert page.locator("#clear-results").is_hidden()
+    icon = page.get_attribute("link[rel=icon]", "href")
+    assert page.request.get(live.url + icon).headers["content-type"].startswith("image/svg+xml")
     assert only_own_origin(requests, live) == []
     ctx.close()
 
@@ -115,9 +141,17 @@ def test_upload_heatmap_url_paste_and_bad_input(browser, screenshots, site, labe
     ctx, page = new_page(browser, live, PHONE, requests)
     page.goto(live.url + "/")
     many = [str(fake)] + [str(p) for p in sorted(labelled_folders["real"].iterdir())[:8]]
+    page.evaluate("() => { window.statuses = []; const s = document.getElementById('status');"
+                  " new MutationObserver(() => window.statuses.push(s.textContent))"
+                  ".observe(s, {childList: true, characterData: true, subtree: true}); }")
     page.set_input_files("#file-input", many)  # 9 files: sent as 8 + 1 (the server takes 8 per request)
-    page.wait_for_selector("article.result >> nth=8")
+    page.wait_for_selector("#status:text-is('Checked 9 of 9 images.')")
+    assert "Checked 8 of 9 images…" in page.evaluate("() => window.statuses")  # progress between the requests
     assert page.locator("article.result.band-error").count() == 0
+    assert [page.locator("article.result .source").nth(i).inner_text() for i in range(9)] == \
+        [p.rsplit("/", 1)[-1] for p in many]  # in the order picked
+    top = page.locator("article.result").first.bounding_box()
+    assert 0 <= top["y"] < PHONE["height"]  # the page scrolled to the first result
     page.locator("article.result.band-fake").locator(".toggle-heatmap").click()
     page.locator("article.result.band-fake").scroll_into_view_if_needed()
     page.screenshot(path=str(screenshots / "05-phone-verdict-heatmap.png"), full_page=True)

@@ -13,6 +13,7 @@ from . import quiz as q
 from .engine import DemoEngine
 from .inputs import Decoded, decode, fetch, preview_url, read_capped
 from .metadata import metadata_signals
+from .names import display_name
 from .schemas import DetectError, DetectorInfo, DetectResponse, Error, GeneratorStats, Guess, Reveal, RoundOut, Tally
 
 E = {400: {"model": Error, "description": "a body that is not valid multipart/form data"},
@@ -119,6 +120,7 @@ def detect(request: Request,
         r.update(format=d.format, width=d.size[0], height=d.size[1])
         if r["error"] is None:
             r.update(extras[id(d)])
+        r["generator_name"] = display_name(r.get("generator"), s.generator_names)
         results.append(r)
     info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
             "unsure_band": list(s.unsure_band) if s.unsure_band else None}
@@ -181,6 +183,7 @@ def guess(request: Request, round_id: str, body: Guess, session: ReadDbSession) 
     word = {0: "real", 1: "fake"}
     det = None if row.detector_label is None else word[row.detector_label]
     return Reveal(id=row.id, guess=body.guess, truth=word[row.truth], generator=row.generator if row.truth else None,
+                  generator_name=display_name(row.generator, _settings(request).generator_names) if row.truth else None,
                   detector=det, detector_probability=row.detector_probability, you_right=row.guess == row.truth,
                   detector_right=None if det is None else row.detector_label == row.truth,
                   tally=Tally(**q.tally(session, visitor)))
@@ -193,6 +196,7 @@ def my_tally(request: Request, session: ReadDbSession) -> Tally:
 
 
 @router.get("/quiz/stats", response_model=list[GeneratorStats])
-def stats(session: ReadDbSession) -> list[GeneratorStats]:
+def stats(request: Request, session: ReadDbSession) -> list[GeneratorStats]:
     """Over all visitors, per generator ('real' for real images): how often people and the detector were right."""
-    return [GeneratorStats(**r) for r in q.statistics(session)]
+    names = _settings(request).generator_names
+    return [GeneratorStats(**r, name=display_name(r["generator"], names)) for r in q.statistics(session)]

@@ -146,7 +146,17 @@ def metadata_signals(data: bytes, media_type: str, c2pa_trust_list: str | None =
     """All metadata signals of an image file (its pixels were already decoded safely under the caps)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            exif, chunks = exif_fields(im), generation_chunks(im)
+            exif, chunks, turn = exif_fields(im), generation_chunks(im), orientation(im)
     except Exception:  # noqa: BLE001 - the pixel path already reported any decoding problem
-        exif, chunks = {}, []
-    return {"exif": exif, "generation": chunks, "c2pa": c2pa_manifest(data, media_type, c2pa_trust_list)}
+        exif, chunks, turn = {}, [], None
+    return {"exif": exif, "generation": chunks, "c2pa": c2pa_manifest(data, media_type, c2pa_trust_list),
+            "orientation": turn}
+
+
+def orientation(im: Image.Image) -> int | None:
+    """The EXIF Orientation (2-8) when the stored pixels must be turned for display; None when upright."""
+    try:
+        value = int(im.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: shown as stored
+        return None
+    return value if 2 <= value <= 8 else None

@@ -11,6 +11,7 @@ from markupsafe import Markup, escape
 from ..server.deps import ReadDbSession
 from ..server.web import render
 from . import quiz as q
+from .names import display_name
 
 router = APIRouter(include_in_schema=False)
 
@@ -18,8 +19,12 @@ router = APIRouter(include_in_schema=False)
 @router.get("/")
 def detect_page(request: Request):  # type: ignore[no-untyped-def]
     """The home page: drop, paste, pick or link images; verdicts from POST /api/v1/detect."""
+    from .inputs import FORMATS
+
     s = request.app.state.demo.settings
-    return render(request, "demo/detect.html", {"s": s})
+    names = ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"] + (["AVIF"] if "AVIF" in FORMATS else [])
+    return render(request, "demo/detect.html", {"s": s, "avif": "AVIF" in FORMATS,
+                                                "formats": ", ".join(names[:-1]) + " or " + names[-1]})
 
 
 @router.get("/quiz")
@@ -32,7 +37,8 @@ def quiz_page(request: Request):  # type: ignore[no-untyped-def]
 @router.get("/quiz/results")
 def results_page(request: Request, session: ReadDbSession):  # type: ignore[no-untyped-def]
     """People versus the detector per generator, over all visitors: a bar chart and a table."""
-    rows = q.statistics(session)
+    names = request.app.state.demo.settings.generator_names
+    rows = [{**r, "name": display_name(r["generator"], names)} for r in q.statistics(session)]
     return render(request, "demo/results.html", {"rows": rows, "chart": bar_chart(rows)})
 
 
@@ -53,7 +59,7 @@ def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
     for i, r in enumerate(rows):
         y = i * group + pad
         parts.append(f"<text x='{label_w - 8}' y='{y + bar + pad / 2 + 4:.0f}' class='label' text-anchor='end'>"
-                     f"{escape(r['generator'])} ({r['visitors']} visitor{'' if r['visitors'] == 1 else 's'})</text>")
+                     f"{escape(r['name'])} ({r['visitors']} visitor{'' if r['visitors'] == 1 else 's'})</text>")
         for k, (key, cls) in enumerate((("people_accuracy", "people"), ("detector_accuracy", "detector"))):
             v = r[key] or 0.0
             yy = y + k * (bar + pad)

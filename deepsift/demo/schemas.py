@@ -49,6 +49,8 @@ class Metadata(BaseModel):
     exif: dict[str, str]
     generation: list[GenerationChunk]
     c2pa: C2pa
+    orientation: int | None = Field(None, description="EXIF Orientation (1-8): how to turn the stored pixels for "
+                                                       "display; the detector reads the stored pixels")
 
 
 class DetectResult(BaseModel):
@@ -62,6 +64,7 @@ class DetectResult(BaseModel):
     head: str | None
     generator: str | None = Field(description="most likely generator (fake verdicts, per-generator heads loaded)")
     error: str | None
+    generator_name: str | None = Field(None, description="the likely generator's name for people")
     band: Literal["real", "unsure", "fake", "error"] = Field(description="verdict shown on the page: 'unsure' "
                                                                        "inside the unsure band")
     heads: dict[str, HeadScore] | None = None
@@ -126,6 +129,7 @@ class Reveal(BaseModel):
     guess: Literal["real", "fake"]
     truth: Literal["real", "fake"]
     generator: str | None = Field(description="the generator of a fake image")
+    generator_name: str | None = Field(None, description="its name for people")
     detector: Literal["real", "fake"] | None
     detector_probability: float | None
     you_right: bool
@@ -135,6 +139,7 @@ class Reveal(BaseModel):
 
 class GeneratorStats(BaseModel):
     generator: str
+    name: str | None = Field(None, description="the generator's name for people")
     visitors: int = Field(description="distinct visitors whose answers count")
     rounds: int = Field(description="counted rounds (each visitor's first answer per image)")
     people_right: int

@@ -39,6 +39,8 @@ class DemoSettings(BaseSettings):
     quiz_round_ttl: float = Field(900.0, gt=0, description="seconds an unanswered quiz round lives")
     quiz_image_size: int = Field(512, ge=64, le=2048, description="side of the square JPEG every quiz image is "
                                                                   "served as (real and fake alike)")
+    generator_names: dict[str, str] = Field(default_factory=dict, description="display names of generators "
+                                            "(head or dataset name -> name shown), e.g. {\"gen_0\": \"DALL-E 3\"}")
     c2pa_trust_list: str | None = Field(None, description="PEM file of trusted C2PA signing roots (e.g. the "
                                                            "C2PA/CAI trust list); without it no signer is verified")
 

@@ -5,9 +5,13 @@ Screenshots of the main states (desktop and phone) land in test-artifacts/screen
 from __future__ import annotations
 
 import base64
+import io
 import re
+from pathlib import Path
 
 import pytest
+
+from PIL import Image
 
 from deepsift.server import create_app
 from demokit import demo_settings, fit_demo_heads, jpeg_bytes
@@ -184,3 +188,160 @@ def test_three_quiz_rounds_change_the_tally(browser, screenshots, site):
         page.screenshot(path=str(screenshots / f"{tag}-03-quiz-results.png"), full_page=True)
         assert only_own_origin(requests, live) == []
         ctx.close()
+
+
+# -- metadata as text, phones, EXIF orientation, accessibility (issue 18 items 7-11, issue 20) ------------------------
+XSS = "<i class=xss-probe>x</i><img class=xss-probe src=x>"  # (no quotes: a browser sends " in a file name as %22)
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+
+
+def drop_files(page, files: dict[str, tuple[bytes, str]]) -> None:
+    """Drop files (name -> (bytes, media type)) on the drop zone, in this order."""
+    payload = [[name, base64.b64encode(data).decode(), kind] for name, (data, kind) in files.items()]
+    page.evaluate("fs => { const dt = new DataTransfer(); for (const [n, b, t] of fs) dt.items.add(new File("
+                  "[Uint8Array.from(atob(b), c => c.charCodeAt(0))], n, {type: t}));"
+                  " document.getElementById('dropzone').dispatchEvent(new DragEvent('drop', {dataTransfer: dt,"
+                  " bubbles: true, cancelable: true})); }", payload)
+
+
+def axe_violations(page) -> list[dict]:
+    """axe-core's violations of every impact level on the page as it is now (axe injected from tests/vendor)."""
+    page.evaluate(AXE.read_text())
+    return page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations.map("
+                         "v => ({id: v.id, impact: v.impact, nodes: v.nodes.slice(0, 4).map(n => n.target.join(' '))}))")
+
+
+def no_horizontal_overflow(page) -> int:
+    return page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+
+
+def metadata_files() -> dict[str, tuple[bytes, str]]:
+    """One file per metadata kind; every text field carries markup and long unbroken text."""
+    from PIL import ExifTags
+
+    from demokit import c2pa_signed_jpeg, png_bytes
+
+    unbroken = "Sampler:" + "DPM++2M_Karras," * 40
+    a1111 = f"a cat {XSS}\nNegative prompt: {XSS}\nSteps: 20, {unbroken} Seed: 1234567890"
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0131], exif[0x013B] = XSS, "M11-" + "X" * 180, XSS, XSS
+    exif.get_ifd(ExifTags.IFD.Exif)[0x9286] = b"ASCII\x00\x00\x00" + a1111.encode()
+    gen = png_bytes(2, 300, 200, text={"parameters": a1111, "prompt": '{"1": {"text": "' + XSS + '"}}',
+                                       "workflow": unbroken, "invokeai_metadata": XSS, "sd-metadata": XSS, "Dream": XSS})
+    avif = io.BytesIO()
+    Image.open(io.BytesIO(jpeg_bytes(4, 320, 240))).save(avif, "AVIF")
+    return {f"{XSS}.jpg": (jpeg_bytes(1, 640, 480, exif=exif.tobytes()), "image/jpeg"),
+            "generator-settings.png": (gen, "image/png"),
+            "content-credentials.jpg": (c2pa_signed_jpeg(generator=f"{XSS} Leica Camera AG M11"), "image/jpeg"),
+            "photo.avif": (avif.getvalue(), "image/avif"),
+            f"{XSS}.png": (b"<html>" + XSS.encode() + b"</html>", "image/png")}
+
+
+def test_metadata_is_text_fits_a_phone_and_c2pa_is_said_first(browser, screenshots, site):
+    live, _ = site
+    requests: list[str] = []
+    ctx, page = new_page(browser, live, PHONE, requests)
+    page.goto(live.url + "/")
+    files = metadata_files()
+    drop_files(page, files)
+    page.wait_for_selector(f"#status:has-text('Checked {len(files)} of {len(files)} images.')")
+    page.evaluate("() => { document.querySelectorAll('details').forEach(d => { d.open = true; }); }")
+    for btn in page.locator(".toggle-heatmap:visible").all():
+        btn.click()
+    page.screenshot(path=str(screenshots / "phone-every-metadata-kind.png"), full_page=True)
+    assert page.evaluate("() => document.querySelectorAll('.xss-probe').length") == 0  # none of it became markup
+    cards = {c.locator(".source").inner_text(): c for c in page.locator("article.result").all()}
+    assert list(cards) == list(files)  # the file names, shown as they are
+    assert cards[f"{XSS}.png"].locator(".tech").text_content().count(XSS) >= 1
+    exif = cards[f"{XSS}.jpg"].locator(".meta dd").all_inner_texts()
+    assert exif.count(XSS) == 3 and any("Steps: 20" in t and XSS in t for t in exif)
+    chunks = cards["generator-settings.png"].locator(".meta dd").all_inner_texts()
+    assert sum(XSS in t for t in chunks) == 5
+    signed = cards["content-credentials.jpg"]
+    assert XSS in signed.locator(".meta").inner_text()
+    first = signed.locator("p.provenance")
+    assert first.is_visible() and first.inner_text() == ("Content Credentials (C2PA) in this file say it was made by "
+                                                         "AI (signed, signer not verified).")
+    assert signed.locator(".provenance").bounding_box()["y"] < signed.locator(".band").bounding_box()["y"]
+    assert "signed, signer not verified" in signed.locator(".meta").inner_text()
+    assert "present, valid" not in page.inner_text("#results")
+    assert not cards["photo.avif"].locator(".band").inner_text().startswith("Could not")  # AVIF accepted
+    assert no_horizontal_overflow(page) <= 0
+    for card in cards.values():
+        box = card.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    assert only_own_origin(requests, live) == []
+    ctx.close()
+
+
+def test_exif_orientation_turns_preview_and_heatmap_for_display(browser, screenshots, site):
+    import httpx
+    import numpy as np
+
+    from conftest import checker_image, smooth_image
+
+    live, _ = site
+    rng = np.random.default_rng(3)
+    stored = np.concatenate([smooth_image(rng, 224, 224), checker_image(rng, 224, 224)], axis=1)  # 448 wide, 224 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone held upright: shown turned 90 degrees clockwise
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    api = httpx.post(live.url + "/api/v1/detect", files={"files": ("portrait.jpg", buf.getvalue())},
+                     data={"heatmap": "true"}, timeout=60).json()["results"][0]
+    hm = api["heatmap"]
+    assert (hm["width"], hm["height"], hm["rows"], hm["cols"]) == (448, 224, 1, 2)  # the detector saw stored pixels
+    left, right = (round(100 * v) for v in hm["values"][0])
+    assert left != right
+
+    requests: list[str] = []
+    ctx, page = new_page(browser, live, DESKTOP, requests)
+    page.goto(live.url + "/")
+    drop_files(page, {"portrait.jpg": (buf.getvalue(), "image/jpeg")})
+    page.wait_for_selector("#status:text-is('Checked 1 image.')")
+    card = page.locator("article.result").first
+    card.locator(".toggle-heatmap").click()
+    card.locator("details.heat-text summary").click()
+    w, h = card.locator("img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert h > w  # a portrait, as the phone took it
+    cells = card.locator(".heat-table tr").all()
+    assert [r.locator("td").all_inner_texts() for r in cells] == [[f"{left} %"], [f"{right} %"]]  # stored left = top
+    assert "(top)" in card.locator("canvas.heat").get_attribute("aria-label")
+    page.screenshot(path=str(screenshots / "portrait-heatmap.png"), full_page=True)
+    ctx.close()
+
+
+def test_phone_quiz_buttons_in_first_screen_focus_and_no_axe_violation(browser, screenshots, site, labelled_folders):
+    live, _ = site
+    requests: list[str] = []
+    ctx, page = new_page(browser, live, PHONE, requests)
+    page.goto(live.url + "/quiz")
+    page.wait_for_selector("#guess-fake:enabled")
+    for sel in ("#guess-real", "#guess-fake", "#quiz-img"):
+        box = page.locator(sel).bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], sel  # no scrolling to answer
+    assert no_horizontal_overflow(page) <= 0
+    assert axe_violations(page) == []
+    page.click("#guess-real")
+    page.wait_for_selector("#next-round:visible")
+    assert axe_violations(page) == []
+    page.click("#next-round")
+    page.wait_for_selector("#guess-fake:enabled")
+    page.wait_for_selector("#quiz-img:focus")  # focus back on the new image
+    page.screenshot(path=str(screenshots / "phone-quiz-next.png"))
+    page.goto(live.url + "/quiz/results")
+    assert axe_violations(page) == [] and no_horizontal_overflow(page) <= 0
+    ctx.close()
+
+    ctx, page = new_page(browser, live, DESKTOP, requests)
+    page.goto(live.url + "/")
+    assert axe_violations(page) == []
+    drop_files(page, {"real.jpg": ((labelled_folders["real"] / "000.jpg").read_bytes(), "image/jpeg"),
+                      "fake.png": ((labelled_folders["gen_a"] / "001.png").read_bytes(), "image/png"),
+                      "bad.png": (b"<html></html>", "image/png")})
+    page.wait_for_selector("#status:has-text('Checked 3 of 3 images.')")
+    page.evaluate("() => { document.querySelectorAll('details').forEach(d => { d.open = true; }); }")
+    page.locator(".toggle-heatmap:visible").first.click()
+    assert axe_violations(page) == []
+    assert only_own_origin(requests, live) == []
+    ctx.close()

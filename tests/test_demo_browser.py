@@ -345,3 +345,22 @@ def test_phone_quiz_buttons_in_first_screen_focus_and_no_axe_violation(browser, 
     assert axe_violations(page) == []
     assert only_own_origin(requests, live) == []
     ctx.close()
+
+
+def test_no_likely_generator_under_an_unsure_verdict(browser, code_model_dir, heads_dir, labelled_folders, tmp_path):
+    app = create_app(demo_settings(f"sqlite:///{tmp_path / 'u.db'}", tmp_path / "data", code_model_dir, heads_dir,
+                                   unsure_low=0.0, unsure_high=1.0))  # every answer is 'unsure'
+    try:
+        with LiveServer(app) as live:
+            ctx, page = new_page(browser, live, DESKTOP, [])
+            page.goto(live.url + "/")
+            page.set_input_files("#file-input", str(labelled_folders["gen_a"] / "001.png"))
+            page.wait_for_selector("#status:text-is('Checked 1 image.')")
+            card = page.locator("article.result").first
+            assert re.fullmatch(r"Unsure: \d+ % chance of AI", card.locator(".band").inner_text())
+            assert card.locator(".generator").is_hidden()
+            card.locator("details.expert summary").click()
+            assert re.search(r"Most likely generator \(model's name\)\s*gen_[ab]", card.locator(".expert").inner_text())
+            ctx.close()
+    finally:
+        app.state.db.dispose()

@@ -347,9 +347,11 @@ def test_phone_quiz_buttons_in_first_screen_focus_and_no_axe_violation(browser, 
     ctx.close()
 
 
-def test_no_likely_generator_under_an_unsure_verdict(browser, code_model_dir, heads_dir, labelled_folders, tmp_path):
+def test_no_likely_generator_under_an_unsure_verdict_and_url_refusals_in_plain_words(browser, code_model_dir, heads_dir,
+                                                                                     labelled_folders, tmp_path):
     app = create_app(demo_settings(f"sqlite:///{tmp_path / 'u.db'}", tmp_path / "data", code_model_dir, heads_dir,
-                                   unsure_low=0.0, unsure_high=1.0))  # every answer is 'unsure'
+                                   unsure_low=0.0, unsure_high=1.0,  # every answer is 'unsure'
+                                   allow_private_urls=False))  # the production URL policy
     try:
         with LiveServer(app) as live:
             ctx, page = new_page(browser, live, DESKTOP, [])
@@ -361,6 +363,14 @@ def test_no_likely_generator_under_an_unsure_verdict(browser, code_model_dir, he
             assert card.locator(".generator").is_hidden()
             card.locator("details.expert summary").click()
             assert re.search(r"Most likely generator \(model's name\)\s*gen_[ab]", card.locator(".expert").inner_text())
+            for url in ("http://127.0.0.1:9/cat.jpg", "http://0.0.0.0/cat.jpg", "http://10.1.2.3/cat.jpg"):
+                page.fill("#url-input", url)
+                page.get_by_role("button", name="Check link").click()
+                page.wait_for_selector(f"article.result.band-error[aria-label='{url}']")
+                err = page.locator(f"article.result.band-error[aria-label='{url}']")
+                assert err.locator("p.error").inner_text() == ("This link points to a private or local address. "
+                                                               "The demo only fetches images from public web sites.")
+                assert "refused by the URL policy" in err.locator(".tech").text_content()
             ctx.close()
     finally:
         app.state.db.dispose()

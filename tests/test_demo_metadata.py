@@ -44,3 +44,19 @@ def test_the_trust_list_setting_is_checked_at_start(tmp_path):
     with pytest.raises(ValueError, match="cannot be read"):
         DemoSettings(c2pa_trust_list=str(tmp_path / "missing.pem"))
     assert DemoSettings().c2pa_trust_list is None
+
+
+@pytest.mark.parametrize("raw, shown", [
+    ("stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL"),
+    ("CompVis/stable-diffusion-v1-4", "Stable Diffusion 1.4"),
+    ("stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1"),
+    ("DeepFloyd/IF-I-M-v1.0", "DeepFloyd IF"),
+    ("sdxl", "Stable Diffusion XL"),
+    ("gen_0", "gen 0"),
+    ("real", "real photos"),
+])
+def test_generators_are_shown_by_name(raw, shown):
+    from deepsift.demo.names import display_name
+
+    assert display_name(raw) == shown
+    assert display_name(raw, {raw: "Operator's name"}) == "Operator's name"  # the operator's mapping wins

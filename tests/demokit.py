@@ -51,49 +51,81 @@ def png_bytes(seed: int = 0, w: int = 256, h: int = 256, text: dict[str, str] | 
     return buf.getvalue()
 
 
-def c2pa_signed_jpeg(tamper: bool = False) -> bytes:
-    """A JPEG with a C2PA manifest signed by a throwaway test CA (untrusted, valid); ``tamper``: pixels changed after."""
+def _x509_name(cn: str):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "deepsift tests")])
+
+
+def _key_usage(sign: bool):  # type: ignore[no-untyped-def]
+    from cryptography import x509
+
+    return x509.KeyUsage(digital_signature=not sign, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=sign, crl_sign=sign,
+                         encipher_only=False, decipher_only=False)
+
+
+def _validity() -> dict[str, Any]:
     import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return dict(not_valid_before=now - dt.timedelta(days=1), not_valid_after=now + dt.timedelta(days=30))
+
+
+def c2pa_test_ca(cn: str = "test CA") -> tuple[Any, Any]:
+    """A home-made CA, (certificate, private key): valid X.509, on no trust list."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder(**_validity()).subject_name(_x509_name(cn)).issuer_name(_x509_name(cn))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(_key_usage(True), critical=True).sign(ca_key, hashes.SHA256()))
+    return ca, ca_key
+
+
+def pem(cert: Any) -> bytes:
+    """A certificate as PEM (what a trust list file holds)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def c2pa_signed_jpeg(tamper: bool = False, generator: str = "deepsift-test", ai: bool = True,
+                     ca: tuple[Any, Any] | None = None, signer_name: str = "test signer") -> bytes:
+    """A JPEG with a C2PA manifest signed under ``ca`` (default: a fresh throwaway CA; untrusted, valid)
+    claiming ``generator``; ``ai``: it declares trainedAlgorithmicMedia; ``tamper``: pixels changed after."""
     import json
 
     import c2pa
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "deepsift tests")])
-
-    def usage(sign: bool) -> x509.KeyUsage:
-        return x509.KeyUsage(digital_signature=not sign, content_commitment=False, key_encipherment=False,
-                             data_encipherment=False, key_agreement=False, key_cert_sign=sign, crl_sign=sign,
-                             encipher_only=False, decipher_only=False)
-
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    valid = dict(not_valid_before=now - dt.timedelta(days=1), not_valid_after=now + dt.timedelta(days=30))
-    ca = (x509.CertificateBuilder(**valid).subject_name(name("test CA")).issuer_name(name("test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(usage(True), critical=True).sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder(**valid).subject_name(name("test signer")).issuer_name(ca.subject)
+    ca_cert, ca_key = ca or c2pa_test_ca()
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder(**_validity()).subject_name(_x509_name(signer_name)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage(False), critical=True)
+            .add_extension(_key_usage(False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
-    chain = leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+    chain = pem(leaf) + pem(ca_cert)
     pkey = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain, pkey, None))
-    manifest = {"claim_generator_info": [{"name": "deepsift-test", "version": "1"}], "title": "signed.jpg",
+    source = "trainedAlgorithmicMedia" if ai else "digitalCapture"
+    manifest = {"claim_generator_info": [{"name": generator, "version": "1"}], "title": "signed.jpg",
                 "assertions": [{"label": "c2pa.actions", "data": {"actions": [{
                     "action": "c2pa.created",
-                    "digitalSourceType": "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"}]}}]}
+                    "digitalSourceType": f"http://cv.iptc.org/newscodes/digitalsourcetype/{source}"}]}}]}
     out = io.BytesIO()
     c2pa.Builder(json.dumps(manifest)).sign(signer, "image/jpeg", io.BytesIO(jpeg_bytes(3, 256, 256)), out)
     data = bytearray(out.getvalue())

@@ -108,8 +108,8 @@ def test_metadata_signals_shown_apart(client):
     assert "AUTOMATIC1111" in tools["parameters"]["tool"] and "Steps: 20" in tools["parameters"]["value"]
     assert "ComfyUI" in tools["prompt"]["tool"] and "InvokeAI" in tools["invokeai_metadata"]["tool"]
     for res in r:
-        assert res["metadata"]["c2pa"] == {"present": False, "valid": None, "state": None, "claim_generator": None,
-                                           "declares_ai": None, "error": None}
+        assert res["metadata"]["c2pa"] == {"present": False, "valid": None, "trusted": None, "state": None,
+                                           "signer": None, "claim_generator": None, "declares_ai": None, "error": None}
 
 
 def test_c2pa_manifest_presence_and_validity(client):
@@ -117,6 +117,7 @@ def test_c2pa_manifest_presence_and_validity(client):
                                              ("files", ("tampered.jpg", c2pa_signed_jpeg(tamper=True)))])
     signed, tampered = (x["metadata"]["c2pa"] for x in r.json()["results"])
     assert signed["present"] and signed["valid"] and signed["state"] == "Valid"  # signed by an untrusted test CA
+    assert signed["trusted"] is False and signed["signer"] == "test signer, deepsift tests"
     assert signed["claim_generator"] == "deepsift-test" and signed["declares_ai"] is True
     assert tampered["present"] and tampered["valid"] is False and tampered["state"] == "Invalid"
 

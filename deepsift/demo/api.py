@@ -13,6 +13,7 @@ from . import quiz as q
 from .engine import DemoEngine
 from .inputs import Decoded, decode, fetch, preview_url, read_capped
 from .metadata import metadata_signals
+from .names import display_name
 from .schemas import DetectError, DetectorInfo, DetectResponse, Error, GeneratorStats, Guess, Reveal, RoundOut, Tally
 
 E = {400: {"model": Error, "description": "a body that is not valid multipart/form data"},
@@ -100,7 +101,8 @@ def detect(request: Request,
 
     def signals() -> None:  # on this thread while the forward pass runs
         for d in good:
-            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type)} if metadata else {}),
+            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type, s.c2pa_trust_list)}
+                                 if metadata else {}),
                              **({"preview": preview_url(d.image)} if preview else {})}
 
     answers = iter(eng.analyse(good, heatmap=heatmap, meanwhile=signals) if good else [])
@@ -118,6 +120,7 @@ def detect(request: Request,
         r.update(format=d.format, width=d.size[0], height=d.size[1])
         if r["error"] is None:
             r.update(extras[id(d)])
+        r["generator_name"] = display_name(r.get("generator"), s.generator_names)
         results.append(r)
     info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
             "unsure_band": list(s.unsure_band) if s.unsure_band else None}
@@ -148,19 +151,25 @@ def _set_visitor(request: Request, response: Response, visitor: str) -> None:
              responses={403: E[403], 429: E[429], 503: E[503]})
 def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
     """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
-    visitor = _visitor(request) or q.new_visitor()
-    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor)
+    from ..server.security import client_address
+
+    s, known = _settings(request), _visitor(request)
+    q.admit(request.app.state.rate_limiter, client_address(request, request.app.state.settings), s, known is None)
+    visitor = known or q.new_visitor()
+    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor,
+                        s.quiz_round_ttl)
     _set_visitor(request, response, visitor)
     return RoundOut(id=row.id, image_url=f"/api/v1/quiz/rounds/{row.id}/image", tally=Tally(**q.tally(session, visitor)))
 
 
-@router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/png": {}}}, 404: {"model": Error}},
+@router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}},
             response_class=Response)
 def round_image(request: Request, round_id: str, session: ReadDbSession) -> Response:
-    """The round's image, re-encoded as PNG without metadata."""
+    """The round's image: a square JPEG of the same size for every image, without metadata."""
     row = q.get_round(session, round_id)
-    png = request.app.state.demo.quiz.image_png(row.item, _settings(request).max_pixels)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+    s = _settings(request)
+    jpeg = request.app.state.demo.quiz.image_jpeg(row.item, row.id, s.quiz_image_size, s.max_pixels)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
 
 
 @router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],
@@ -169,10 +178,12 @@ def round_image(request: Request, round_id: str, session: ReadDbSession) -> Resp
 def guess(request: Request, round_id: str, body: Guess, session: ReadDbSession) -> Reveal:
     """Store your guess (once); the answer reveals the truth, the detector's answer and your tally."""
     visitor = _visitor(request)
-    row = q.guess(request.app.state.db, round_id, visitor, 1 if body.guess == "fake" else 0)
+    row = q.guess(request.app.state.db, round_id, visitor, 1 if body.guess == "fake" else 0,
+                  _settings(request).quiz_round_ttl)
     word = {0: "real", 1: "fake"}
     det = None if row.detector_label is None else word[row.detector_label]
     return Reveal(id=row.id, guess=body.guess, truth=word[row.truth], generator=row.generator if row.truth else None,
+                  generator_name=display_name(row.generator, _settings(request).generator_names) if row.truth else None,
                   detector=det, detector_probability=row.detector_probability, you_right=row.guess == row.truth,
                   detector_right=None if det is None else row.detector_label == row.truth,
                   tally=Tally(**q.tally(session, visitor)))
@@ -185,6 +196,7 @@ def my_tally(request: Request, session: ReadDbSession) -> Tally:
 
 
 @router.get("/quiz/stats", response_model=list[GeneratorStats])
-def stats(session: ReadDbSession) -> list[GeneratorStats]:
+def stats(request: Request, session: ReadDbSession) -> list[GeneratorStats]:
     """Over all visitors, per generator ('real' for real images): how often people and the detector were right."""
-    return [GeneratorStats(**r) for r in q.statistics(session)]
+    names = _settings(request).generator_names
+    return [GeneratorStats(**r, name=display_name(r["generator"], names)) for r in q.statistics(session)]

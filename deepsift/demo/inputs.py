@@ -28,6 +28,8 @@ from ..urlfetch import FetchPolicy, fetch_url
 FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                            "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
 """Pillow formats the demo opens, and their media types (everything else is refused unread)."""
+if "AVIF" in Image.registered_extensions().values():  # Pillow built with AVIF (Pillow >= 11.2 wheels)
+    FORMATS["AVIF"] = "image/avif"
 
 
 @dataclass

@@ -2,11 +2,18 @@
 
 None of these decides anything: metadata is trivially removed or forged. They are clues a person
 can weigh: a camera make and exposure, the prompt an AUTOMATIC1111/ComfyUI/InvokeAI install left
-in a PNG text chunk, or a signed C2PA manifest (present, and whether it validates).
+in a PNG text chunk, or a signed C2PA manifest.
+
+A C2PA signature that validates says only that the manifest is intact: anyone can make a
+certificate that claims to be a camera maker. The signer is *trusted* only when its chain ends at
+a root of the configured trust list (``DEEPSIFT_DEMO_C2PA_TRUST_LIST``, a PEM file such as the
+C2PA/CAI trust list); otherwise the page says "signed, signer not verified".
 """
 from __future__ import annotations
 
 import io
+import os
+import threading
 from typing import Any
 
 from PIL import ExifTags, Image
@@ -65,14 +72,46 @@ def generation_chunks(im: Image.Image) -> list[dict[str, str]]:
     return found
 
 
-def c2pa_manifest(data: bytes, media_type: str) -> dict[str, Any]:
-    """C2PA: ``{present, valid, state, claim_generator, error}`` for the image bytes."""
+_trust_cache: dict[str, tuple[float, str]] = {}
+_trust_lock = threading.Lock()
+
+
+def read_trust_list(path: str) -> str:
+    """The PEM certificates of a trust list file (re-read when the file changes); ValueError if none."""
+    mtime = os.stat(path).st_mtime
+    with _trust_lock:
+        hit = _trust_cache.get(path)
+        if hit and hit[0] == mtime:
+            return hit[1]
+    with open(path, encoding="ascii", errors="replace") as f:
+        text = f.read()
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{path}: no PEM certificate in this C2PA trust list")
+    with _trust_lock:
+        _trust_cache[path] = (mtime, text)
+    return text
+
+
+def _reader(c2pa: Any, media_type: str, data: bytes, trust_list: str | None) -> Any:
+    if not trust_list:
+        return c2pa.Reader.try_create(media_type, io.BytesIO(data))
+    settings = c2pa.Settings.from_dict({"verify": {"verify_trust": True},
+                                        "trust": {"trust_anchors": read_trust_list(trust_list)}})
+    try:
+        return c2pa.Reader.try_create(media_type, io.BytesIO(data), context=c2pa.Context(settings))
+    finally:
+        settings.close()
+
+
+def c2pa_manifest(data: bytes, media_type: str, trust_list: str | None = None) -> dict[str, Any]:
+    """C2PA: ``{present, valid, trusted, state, signer, claim_generator, declares_ai, error}`` for the image
+    bytes; ``trusted`` only when the signer chains to a root in the PEM file ``trust_list``."""
     try:
         import c2pa
     except ImportError:
         return {"present": None, "valid": None, "state": None, "error": "c2pa-python is not installed"}
     try:
-        reader = c2pa.Reader.try_create(media_type, io.BytesIO(data))
+        reader = _reader(c2pa, media_type, data, trust_list)
     except Exception as exc:  # noqa: BLE001 - c2pa.C2paError and friends: an unreadable manifest
         return {"present": True, "valid": False, "state": "unreadable", "error": str(exc).splitlines()[0][:300]}
     if reader is None:
@@ -89,8 +128,10 @@ def c2pa_manifest(data: bytes, media_type: str) -> dict[str, Any]:
         sources = [str(a.get("digitalSourceType", "")) for asr in manifest.get("assertions") or []
                    if str(asr.get("label", "")).startswith("c2pa.actions")
                    for a in (asr.get("data") or {}).get("actions") or [] if isinstance(a, dict)]
-        return {"present": True, "valid": state.lower() in ("valid", "trusted"), "state": state or None,
-                "claim_generator": _text(tool) or None,
+        sig = manifest.get("signature_info") or {}
+        signer = ", ".join(_text(sig[k]) for k in ("common_name", "issuer") if sig.get(k))
+        return {"present": True, "valid": state.lower() in ("valid", "trusted"), "trusted": state.lower() == "trusted",
+                "state": state or None, "signer": signer or None, "claim_generator": _text(tool) or None,
                 "declares_ai": any(s.endswith("trainedAlgorithmicMedia") for s in sources), "error": None}
     except Exception as exc:  # noqa: BLE001
         return {"present": True, "valid": False, "state": "unreadable", "error": str(exc).splitlines()[0][:300]}
@@ -101,11 +142,21 @@ def c2pa_manifest(data: bytes, media_type: str) -> dict[str, Any]:
             pass
 
 
-def metadata_signals(data: bytes, media_type: str) -> dict[str, Any]:
+def metadata_signals(data: bytes, media_type: str, c2pa_trust_list: str | None = None) -> dict[str, Any]:
     """All metadata signals of an image file (its pixels were already decoded safely under the caps)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            exif, chunks = exif_fields(im), generation_chunks(im)
+            exif, chunks, turn = exif_fields(im), generation_chunks(im), orientation(im)
     except Exception:  # noqa: BLE001 - the pixel path already reported any decoding problem
-        exif, chunks = {}, []
-    return {"exif": exif, "generation": chunks, "c2pa": c2pa_manifest(data, media_type)}
+        exif, chunks, turn = {}, [], None
+    return {"exif": exif, "generation": chunks, "c2pa": c2pa_manifest(data, media_type, c2pa_trust_list),
+            "orientation": turn}
+
+
+def orientation(im: Image.Image) -> int | None:
+    """The EXIF Orientation (2-8) when the stored pixels must be turned for display; None when upright."""
+    try:
+        value = int(im.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: shown as stored
+        return None
+    return value if 2 <= value <= 8 else None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Float, SmallInteger, String
+from sqlalchemy import Boolean, Float, SmallInteger, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ..server.db import Base, UTCDateTime, new_id, utcnow
@@ -22,8 +22,10 @@ class QuizRound(Base):
     detector_label: Mapped[int | None] = mapped_column(SmallInteger, default=None)
     detector_probability: Mapped[float | None] = mapped_column(Float, default=None)
     guess: Mapped[int | None] = mapped_column(SmallInteger, default=None)
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    # the visitor's first answer on this image: the only one the public statistics count
+    counted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 __all__ = ["QuizRound"]

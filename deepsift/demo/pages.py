@@ -11,6 +11,7 @@ from markupsafe import Markup, escape
 from ..server.deps import ReadDbSession
 from ..server.web import render
 from . import quiz as q
+from .names import display_name
 
 router = APIRouter(include_in_schema=False)
 
@@ -18,8 +19,12 @@ router = APIRouter(include_in_schema=False)
 @router.get("/")
 def detect_page(request: Request):  # type: ignore[no-untyped-def]
     """The home page: drop, paste, pick or link images; verdicts from POST /api/v1/detect."""
+    from .inputs import FORMATS
+
     s = request.app.state.demo.settings
-    return render(request, "demo/detect.html", {"s": s})
+    names = ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"] + (["AVIF"] if "AVIF" in FORMATS else [])
+    return render(request, "demo/detect.html", {"s": s, "avif": "AVIF" in FORMATS,
+                                                "formats": ", ".join(names[:-1]) + " or " + names[-1]})
 
 
 @router.get("/quiz")
@@ -32,33 +37,35 @@ def quiz_page(request: Request):  # type: ignore[no-untyped-def]
 @router.get("/quiz/results")
 def results_page(request: Request, session: ReadDbSession):  # type: ignore[no-untyped-def]
     """People versus the detector per generator, over all visitors: a bar chart and a table."""
-    rows = q.statistics(session)
+    names = request.app.state.demo.settings.generator_names
+    rows = [{**r, "name": display_name(r["generator"], names)} for r in q.statistics(session)]
     return render(request, "demo/results.html", {"rows": rows, "chart": bar_chart(rows)})
 
 
 def bar_chart(rows: list[dict], width: int = 480, bar: int = 16) -> Markup:
-    """Per generator, two bars (people, detector) of accuracy, as inline SVG."""
+    """Per generator, its name and visitors over two bars (people, detector) of accuracy, as inline SVG."""
     if not rows:
         return Markup("<p class='muted'>No rounds played yet.</p>")
-    label_w, pad = 120, 6
-    inner = width - label_w - 48
-    group = 2 * bar + 3 * pad
+    left, pad, head = 4, 6, 20  # the label sits above its bars, so a long name never runs off a phone's screen
+    inner = width - left - 48
+    group = head + 2 * bar + 3 * pad
     height = len(rows) * group + 40
     parts = [f"<svg role='img' aria-label='accuracy of people and the detector per generator' class='chart' "
              f"width='100%' viewBox='0 0 {width} {height}' preserveAspectRatio='xMinYMin meet'>"]
     for t in (0, 0.5, 1):
-        x = label_w + t * inner
+        x = left + t * inner
         parts.append(f"<line x1='{x:.0f}' y1='0' x2='{x:.0f}' y2='{height - 30}' class='grid'/>"
-                     f"<text x='{x:.0f}' y='{height - 16}' class='tick' text-anchor='middle'>{int(t * 100)}%</text>")
+                     f"<text x='{x:.0f}' y='{height - 16}' class='tick' text-anchor='{'start' if t == 0 else 'middle'}'>"
+                     f"{int(t * 100)}%</text>")
     for i, r in enumerate(rows):
         y = i * group + pad
-        parts.append(f"<text x='{label_w - 8}' y='{y + bar + pad / 2 + 4:.0f}' class='label' text-anchor='end'>"
-                     f"{escape(r['generator'])} ({r['rounds']})</text>")
+        parts.append(f"<text x='{left}' y='{y + head - 6}' class='label'>"
+                     f"{escape(r['name'])} ({r['visitors']} visitor{'' if r['visitors'] == 1 else 's'})</text>")
         for k, (key, cls) in enumerate((("people_accuracy", "people"), ("detector_accuracy", "detector"))):
             v = r[key] or 0.0
-            yy = y + k * (bar + pad)
-            parts.append(f"<rect x='{label_w}' y='{yy}' width='{max(v * inner, 1):.1f}' height='{bar}' class='{cls}'>"
+            yy = y + head + k * (bar + pad)
+            parts.append(f"<rect x='{left}' y='{yy}' width='{max(v * inner, 1):.1f}' height='{bar}' class='{cls}'>"
                          f"<title>{cls}: {v:.0%}</title></rect>"
-                         f"<text x='{label_w + v * inner + 4:.1f}' y='{yy + bar - 3}' class='value'>{v:.0%}</text>")
+                         f"<text x='{left + v * inner + 4:.1f}' y='{yy + bar - 3}' class='value'>{v:.0%}</text>")
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -28,8 +28,10 @@ class Heatmap(BaseModel):
 
 class C2pa(BaseModel):
     present: bool | None
-    valid: bool | None
+    valid: bool | None = Field(description="the manifest is intact and its signature checks out (signer unknown)")
+    trusted: bool | None = Field(None, description="the signer chains to a root of the configured trust list")
     state: str | None = None
+    signer: str | None = Field(None, description="the signing certificate's name and issuer, as it claims them")
     claim_generator: str | None = None
     declares_ai: bool | None = Field(None, description="an action's digitalSourceType says trained algorithmic media")
     error: str | None = None
@@ -47,6 +49,8 @@ class Metadata(BaseModel):
     exif: dict[str, str]
     generation: list[GenerationChunk]
     c2pa: C2pa
+    orientation: int | None = Field(None, description="EXIF Orientation (1-8): how to turn the stored pixels for "
+                                                       "display; the detector reads the stored pixels")
 
 
 class DetectResult(BaseModel):
@@ -60,6 +64,7 @@ class DetectResult(BaseModel):
     head: str | None
     generator: str | None = Field(description="most likely generator (fake verdicts, per-generator heads loaded)")
     error: str | None
+    generator_name: str | None = Field(None, description="the likely generator's name for people")
     band: Literal["real", "unsure", "fake", "error"] = Field(description="verdict shown on the page: 'unsure' "
                                                                        "inside the unsure band")
     heads: dict[str, HeadScore] | None = None
@@ -124,6 +129,7 @@ class Reveal(BaseModel):
     guess: Literal["real", "fake"]
     truth: Literal["real", "fake"]
     generator: str | None = Field(description="the generator of a fake image")
+    generator_name: str | None = Field(None, description="its name for people")
     detector: Literal["real", "fake"] | None
     detector_probability: float | None
     you_right: bool
@@ -133,8 +139,10 @@ class Reveal(BaseModel):
 
 class GeneratorStats(BaseModel):
     generator: str
-    rounds: int
+    name: str | None = Field(None, description="the generator's name for people")
+    visitors: int = Field(description="distinct visitors whose answers count")
+    rounds: int = Field(description="counted rounds (each visitor's first answer per image)")
     people_right: int
     detector_right: int
-    people_accuracy: float | None
+    people_accuracy: float | None = Field(description="mean over visitors of each visitor's accuracy")
     detector_accuracy: float | None

@@ -33,6 +33,16 @@ class DemoSettings(BaseSettings):
     quiz_dataset: str | None = Field(None, description="quiz images: labelled folders, D3 test layout or D3 shards")
     quiz_layout: str = Field("auto", description="auto, classes, folders, d3-test or parquet")
     quiz_real: str | None = Field(None, description="folder of real images (with D3 parquet shards)")
+    quiz_rounds_per_hour: int = Field(120, ge=1, description="quiz rounds one address may start per hour")
+    quiz_new_visitors_per_hour: int = Field(10, ge=1, description="new quiz players (cookies) one address may "
+                                                                  "start per hour")
+    quiz_round_ttl: float = Field(900.0, gt=0, description="seconds an unanswered quiz round lives")
+    quiz_image_size: int = Field(512, ge=64, le=2048, description="side of the square JPEG every quiz image is "
+                                                                  "served as (real and fake alike)")
+    generator_names: dict[str, str] = Field(default_factory=dict, description="display names of generators "
+                                            "(head or dataset name -> name shown), e.g. {\"gen_0\": \"DALL-E 3\"}")
+    c2pa_trust_list: str | None = Field(None, description="PEM file of trusted C2PA signing roots (e.g. the "
+                                                           "C2PA/CAI trust list); without it no signer is verified")
 
     @field_validator("classifier")
     @classmethod
@@ -47,6 +57,18 @@ class DemoSettings(BaseSettings):
         if v not in PREPROCESS_MODES:
             raise ValueError(f"preprocessing must be one of {PREPROCESS_MODES}, got {v!r}")
         return v
+
+    @field_validator("c2pa_trust_list")
+    @classmethod
+    def _trust_list(cls, v: str | None) -> str | None:
+        if v:
+            from .metadata import read_trust_list
+
+            try:
+                read_trust_list(v)
+            except OSError as exc:
+                raise ValueError(f"C2PA trust list {v!r} cannot be read: {exc.strerror or exc}") from None
+        return v or None
 
     @model_validator(mode="after")
     def _band(self) -> "DemoSettings":

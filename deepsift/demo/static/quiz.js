@@ -6,7 +6,7 @@
   var real = document.getElementById("guess-real"), fake = document.getElementById("guess-fake");
   var next = document.getElementById("next-round"), reveal = document.getElementById("reveal");
   var status = document.getElementById("quiz-status");
-  var current = null;
+  var current = null, focusImage = false;
 
   function post(url, body) {
     return fetch(url, { method: "POST", credentials: "same-origin",
@@ -30,7 +30,12 @@
     post("/api/v1/quiz/rounds").then(function (r) {
       current = r.id;
       tally(r.tally);
-      img.onload = function () { status.textContent = ""; buttons(true); };
+      img.onload = function () {
+        status.textContent = "";
+        buttons(true);
+        if (focusImage) img.focus();  // after "Next image", focus returns to the new image
+        focusImage = false;
+      };
       img.src = r.image_url;
     }).catch(function (e) { status.textContent = "Cannot start a round: " + e.message; status.className = "status error"; });
   }
@@ -41,9 +46,10 @@
     post("/api/v1/quiz/rounds/" + current + "/guess", { guess: which }).then(function (r) {
       current = null;
       tally(r.tally);
-      var truth = r.truth === "fake" ? "AI-generated" + (r.generator ? " (" + r.generator + ")" : "") : "a real photo";
+      var name = r.generator_name || r.generator;
+      var truth = r.truth === "fake" ? "AI-generated" + (name ? " (" + name + ")" : "") : "a real photo";
       var det = r.detector ? (r.detector === "fake" ? "AI-generated" : "real") +
-        " (P(fake) " + (100 * r.detector_probability).toFixed(0) + "%)" : "no answer";
+        " (" + (100 * r.detector_probability).toFixed(0) + " % chance of AI)" : "no answer";
       reveal.textContent = (r.you_right ? "Right! " : "Not quite. ") + "You said " +
         (r.guess === "fake" ? "AI-generated" : "real") + "; it is " + truth + ". The detector said " + det +
         (r.detector_right === null ? "." : r.detector_right ? " and was right." : " and was wrong.");
@@ -55,6 +61,6 @@
 
   real.addEventListener("click", function () { guess("real"); });
   fake.addEventListener("click", function () { guess("fake"); });
-  next.addEventListener("click", start);
+  next.addEventListener("click", function () { focusImage = true; start(); });
   start();
 })();

@@ -5,7 +5,7 @@ Layers, lowest first (a module's layer comes from its first name under ``deepsif
     0 base    exceptions, choices, decision, filenames   (and the package root's __version__)
     1 io      images, urlfetch, sources, output, hub, jpegcrop, pngcrop, raytools
     2 core    model, data
-    3 tools   evaluate, generate, train
+    3 tools   evaluate, generate, train, adapt
     4 apps    challenges, server, web, demo
     5 cli     cliargs, cli, __main__, and every ``cli.py`` of every area
 
@@ -28,7 +28,7 @@ LAYERS = {
     "exceptions": 0, "choices": 0, "decision": 0, "filenames": 0,
     "images": 1, "urlfetch": 1, "sources": 1, "output": 1, "hub": 1, "jpegcrop": 1, "pngcrop": 1, "raytools": 1,
     "model": 2, "data": 2,
-    "evaluate": 3, "generate": 3, "train": 3,
+    "evaluate": 3, "generate": 3, "train": 3, "adapt": 3,
     "challenges": 4, "server": 4, "web": 4, "demo": 4,
     "cliargs": 5, "cli": 5, "__main__": 5,
 }  # fmt: skip

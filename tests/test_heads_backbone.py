@@ -50,7 +50,7 @@ def test_heads_of_another_backbone_are_refused_in_one_line(other_model_dir, head
     img = str(labelled_folders["real"] / "000.jpg")
     rc = main(["detect", img, "--model", str(other_model_dir), "--heads", str(heads_of_first)])
     err = capsys.readouterr().err
-    assert rc == 1 and "fitted on another backbone" in err and "--force-heads" in err
+    assert rc == 1 and "fitted on another backbone" in err and "force-heads" in err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1
     rc = main(["detect", img, "--model", str(other_model_dir), "--heads", str(heads_of_first), "--force-heads",
                "--format", "jsonl"])

@@ -131,7 +131,8 @@ def check_heads_backbone(meta: dict, fingerprint: str | None, heads_dir: Path, f
         return
     raise ModelError(f"the heads in {heads_dir} were fitted on another backbone (weights {recorded[:12]}..., "
                      f"this model's {fingerprint[:12]}...): their verdicts would be wrong. Refit them "
-                     f"(deepsift heads fit), point --heads at the right folder, or add --force-heads")
+                     f"(deepsift heads fit), use the heads of this model, or force their use (the force-heads "
+                     f"option)")
 
 
 def find_heads_dir(model: str | os.PathLike, model_dir: Path | None) -> Path | None:

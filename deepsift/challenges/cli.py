@@ -127,6 +127,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     storage = Storage(settings.storage_dir)
     try:
         items = {ph.slug: collect(ph.testset) for ph in spec.phases if ph.testset is not None}
+        for ph in spec.phases:  # before anything is created: a phase ranked on unseen generators needs some
+            if ph.slug in items:
+                service.check_split((it.generator for it in items[ph.slug] if it.label == 1), ph.train_generators,
+                                    ph.rank_on, ph.slug)
         with db.session(write=True) as s:
             host = s.scalar(select(User).where(User.username == args.host_user.lower()))
             if host is None:

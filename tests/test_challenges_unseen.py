@@ -175,3 +175,39 @@ def test_a_phase_without_train_generators_is_scored_and_shown_as_before(app, cli
     assert "split-" not in client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
     page = client.get(f"/submissions/{sid}", headers=alice.auth).text
     assert "unseen:" not in page and "split-" not in page
+
+
+def test_challenges_create_refuses_an_unseen_phase_without_unseen_generators(app, server_settings, tmp_path, capsys,
+                                                                            monkeypatch):
+    """`deepsift challenges create`: one line saying why, and no challenge half-created."""
+    from deepsift.cli import main
+    from platformkit import make_folders
+
+    db_args = ["--database-url", server_settings.db_url, "--data-dir", str(server_settings.data_dir)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("host-password\n"))
+    assert main(["admin", "add-user", "hoster", "--role", "host", "--password-stdin", *db_args]) == 0
+    make_folders(tmp_path / "data-src", n=2)
+    spec = tmp_path / "spec.yaml"
+    text = """
+slug: unseen-cli
+title: Unseen generators
+phases:
+  - slug: dev
+    starts: 2020-01-01T00:00:00Z
+    ends: 2099-01-01T00:00:00Z
+    train_generators: [gen_a, gen_b]
+    rank_on: unseen
+    testset: {source: folders, path: data-src}
+"""
+    spec.write_text(text)
+    capsys.readouterr()
+    assert main(["challenges", "create", str(spec), "--host-user", "hoster", *db_args]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ranks on unseen generators, but its test set has none" in err, err
+    assert "Traceback" not in err
+    from deepsift.challenges.models import Challenge
+
+    with app.state.db.session() as s:
+        assert s.query(Challenge).filter_by(slug="unseen-cli").count() == 0
+    spec.write_text(text.replace("[gen_a, gen_b]", "[gen_a]"))
+    assert main(["challenges", "create", str(spec), "--host-user", "hoster", *db_args]) == 0

@@ -125,6 +125,8 @@ def test_unseen_phase_figures_equal_the_toolkit_and_rank_on_unseen(app, client, 
     html = client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
     assert html.count('class="num split-unseen ranked"') == 2 * 5 + 5  # header + 2 rows, 5 metric columns
     assert "Team B" in html.split("Team A")[0]  # first row
+    page = client.get(f"/challenges/{hosted.slug}").text
+    assert "on unseen images" in page and "trained on: gen_a, gen_z" in page
     page = client.get(f"/submissions/{sids['Team A'][0]}", headers=sids["Team A"][1].auth).text
     assert "seen: real + gen_a" in page and "unseen: real + gen_b, gen_c" in page and "on the unseen images" in page
     auroc_unseen = f"{a['split']['unseen']['auroc']:.4f}"
@@ -173,6 +175,7 @@ def test_a_phase_without_train_generators_is_scored_and_shown_as_before(app, cli
     header = client.get(url, params={"format": "csv"}).text.splitlines()[0]
     assert header == "rank,team,f1,accuracy,ap,auroc,tpr@1%fpr,ci95_low,ci95_high,submitted_at,submissions,flags"
     assert "split-" not in client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
+    assert "split-phase" not in client.get(f"/challenges/{hosted.slug}").text
     page = client.get(f"/submissions/{sid}", headers=alice.auth).text
     assert "unseen:" not in page and "split-" not in page
 

@@ -91,7 +91,8 @@ def test_unseen_phase_figures_equal_the_toolkit_and_rank_on_unseen(app, client, 
                     assert got["split"][on][m] == pytest.approx(ev[on]["metrics"][m]["value"], abs=1e-12), (part, on, m)
             n_real = int((key.labels[mask] == 0).sum())  # every real image counts in both, as the negatives
             assert got["split"]["seen"]["n"] == n_real + int((mask & (key.generators == "gen_a")).sum())
-            assert got["split"]["unseen"]["n"] == n_real + int((mask & np.isin(key.generators, ["gen_b", "gen_c"])).sum())
+            n_unseen = int((mask & np.isin(key.generators, ["gen_b", "gen_c"])).sum())
+            assert got["split"]["unseen"]["n"] == n_real + n_unseen
         assert sub["public_score"] == res["public"]["split"]["unseen"]["auroc"]  # the ranking value: unseen AUROC
         assert sub["private_score"] == res["private"]["split"]["unseen"]["auroc"]
         # the interval beside the ranking metric: the toolkit's bootstrap on the public part's unseen images
@@ -146,6 +147,9 @@ def test_rank_on_unseen_needs_an_unseen_generator_in_the_test_set(app, client, t
     detail = r.json()["detail"]
     assert "ranks on unseen generators, but its test set has none" in detail and "gen_a" in detail
     assert client.get(f"{url}/testset", headers=hosted.host.auth).json()["n_images"] == len(hosted.names)  # kept
+    admin = client.get(f"/challenges/{hosted.slug}/admin", headers=hosted.host.auth).text
+    assert 'gen_a <span class="badge split-seen">seen</span>' in admin
+    assert 'gen_b <span class="badge split-unseen">unseen</span>' in admin
     spec = client.get(f"/api/challenges/{hosted.slug}").json()["phases"][0]
     assert spec["train_generators"] == ["gen_a"] and spec["rank_on"] == "unseen"
     body = {"slug": "dev", "starts": spec["starts_at"], "ends": spec["ends_at"], "bootstrap": 0,

@@ -91,7 +91,8 @@ def published(result: Any, digits: int = DISPLAY_DIGITS) -> Any:
 def unseen_mask(key: Key, train_generators: list[str]) -> np.ndarray:
     """Per image: a fake whose generator is not among ``train_generators`` (real images: False)."""
     codes, names = key.generator_codes
-    seen_codes = np.array([i for i, n in enumerate(names) if n in set(train_generators)], np.int32)
+    train = set(train_generators)
+    seen_codes = np.array([i for i, n in enumerate(names) if n in train], np.int32)
     return (key.labels == 1) & ~np.isin(codes, seen_codes)
 
 

@@ -59,7 +59,7 @@ def _toolkit(key, scores: dict[str, float], mask: np.ndarray, tmp_path, name: st
     return json.loads((out / "metrics.json").read_text())["scores"][name]
 
 
-def test_unseen_phase_figures_equal_the_toolkit_and_rank_on_unseen(app, client, tmp_path):
+def test_unseen_phase_figures_equal_the_toolkit_and_rank_on_unseen(app, client, live_server, tmp_path, capsys):
     """Team A: perfect on the seen generator, weak on the unseen ones; team B: the reverse trade-off.
     A leads on all and on seen images; the board ranks on unseen, so B is first: on JSON, CSV and pages.
     Every seen / unseen / all figure equals `deepsift eval scores` on the same key and file."""
@@ -123,6 +123,15 @@ def test_unseen_phase_figures_equal_the_toolkit_and_rank_on_unseen(app, client, 
     for r, jr in zip(rows, board["rows"]):
         for on in ("seen", "unseen", "all"):
             assert float(r[f"auroc_{on}"]) == jr["split"][on]["auroc"] and f"f1_{on}" in r
+    from deepsift.cli import main
+
+    capsys.readouterr()
+    assert main(["challenges", "leaderboard", "--server", live_server.url, "--challenge", hosted.slug,
+                 "--phase", "dev", "--format", "csv"]) == 0
+    cli_rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    cols = ("auroc_unseen", "auroc_seen", "auroc_all", "f1_unseen")
+    assert [(r["team"], *[float(r[c]) for c in cols]) for r in cli_rows] == \
+        [(r["team"], *[float(r[c]) for c in cols]) for r in rows]
     html = client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
     assert html.count('class="num split-unseen ranked"') == 2 * 5 + 5  # header + 2 rows, 5 metric columns
     assert "Team B" in html.split("Team A")[0]  # first row

@@ -97,7 +97,7 @@ def register(client: Any, name: str, password: str = "password-123") -> Particip
 
 
 def host_challenge(app: Any, client: Any, data_root: Path, *, slug: str = "c1", n: int = 8,
-                   source: str = "folders", **phase: Any) -> Hosted:
+                   source: str = "folders", generators: tuple[str, ...] = GENERATORS, **phase: Any) -> Hosted:
     """Create a host, a challenge with one open phase, and import a small test set."""
     db, storage = app.state.db, app.state.storage
     with db.session(write=True) as s:
@@ -113,7 +113,7 @@ def host_challenge(app: Any, client: Any, data_root: Path, *, slug: str = "c1", 
     if source == "d3-test":
         path = make_d3_test(data_root / f"{slug}-data", n)
     else:
-        path = make_folders(data_root / f"{slug}-data", n)
+        path = make_folders(data_root / f"{slug}-data", n, generators)
     ts = service.import_testset(db, storage, slug, "dev", collect(TestSetSpec(source=source, path=str(path))), threads=2)
     hosted = Hosted(app, slug, "dev", host, storage.root / ts.folder)
     hosted.names = hosted.key.names.to_pylist()

@@ -130,6 +130,10 @@ def cmd_create(args: argparse.Namespace) -> int:
     storage = Storage(settings.storage_dir)
     try:
         items = {ph.slug: collect(ph.testset) for ph in spec.phases if ph.testset is not None}
+        for ph in spec.phases:  # before anything is created: a phase ranked on unseen generators needs some
+            if ph.slug in items:
+                service.check_split((it.generator for it in items[ph.slug] if it.label == 1), ph.train_generators,
+                                    ph.rank_on, ph.slug)
         with db.session(write=True) as s:
             host = s.scalar(select(User).where(User.username == args.host_user.lower()))
             if host is None:
@@ -260,13 +264,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """The phase's leaderboard as rows (rank, team, metrics, 95 % interval of the ranking metric)."""
+    """The phase's leaderboard as rows (rank, team, metrics (seen/unseen/all when split), 95 % interval)."""
     from ..output import open_output, write_rows
 
     with _client(args, need_token=False) as c:
         board = c.leaderboard(args.challenge, args.phase, args.part, args.sort, args.order)
-    cols = ["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submissions", "submitted_at"]
-    rows = [{"rank": r["rank"], "team": r["team"], **r["metrics"],
+    splits = board.get("splits")  # seen / unseen / all side by side, as the CSV board has them
+    metrics = [f"{m}_{on}" for m in board["columns"] for on in splits] if splits else board["columns"]
+    cols = ["rank", "team", *metrics, "ci95_low", "ci95_high", "submissions", "submitted_at"]
+    rows = [{"rank": r["rank"], "team": r["team"],
+             **({f"{m}_{on}": r["split"][on][m] for m in board["columns"] for on in splits} if splits else r["metrics"]),
              "ci95_low": (r["ci95"] or [None, None])[0], "ci95_high": (r["ci95"] or [None, None])[1],
              "submissions": r["submissions"], "submitted_at": r["submitted_at"]} for r in board["rows"]]
     with open_output(args.out) as out:

@@ -4,7 +4,9 @@ Which submission counts (per phase): ``best`` = the team's best scored submissio
 metric on the public part (earliest on ties), ``last`` = its latest scored one. The private
 leaderboard ranks the same counting submissions on the private part, so the choice never looks
 at hidden labels. Ranks are competition ranks (1, 2, 2, 4) of the values as shown; missing
-values sort last. Only regular entries compete: the host's and late ones stay off the boards
+values sort last. A phase with training generators (``train_generators``) shows each metric on the
+seen, unseen and all images side by side (``split``) and ranks on its ``rank_on`` figures
+(``metrics``). Only regular entries compete: the host's and late ones stay off the boards
 unless the host marks one as a baseline (shown, flagged, never ranked); every row carries its
 flags (:func:`entry_flags`).
 """
@@ -22,9 +24,9 @@ from ..exceptions import ForbiddenError, InvalidInputError
 from ..server.db import utcnow
 from ..server.models import User
 from .models import Phase, Submission, Team
-from .scoring import DISPLAY_DIGITS, published
+from .scoring import DISPLAY_DIGITS, published, ranking_ci
 from .service import private_visible
-from .spec import LOWER_IS_BETTER, RANKING_METRICS
+from .spec import LOWER_IS_BETTER, RANKING_METRICS, SPLITS
 
 SHOWN = ("f1", "accuracy", "ap", "auroc", "tpr@1%fpr")
 SORTABLE = RANKING_METRICS
@@ -115,15 +117,20 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
     cols = columns(ph)
     if sort not in cols:
         cols.append(sort)
+    split, rank_on = ph.train_generators is not None, ph.rank_on or "all"
     rows = []
     for s in subs:
         res = (s.scores or {}).get(part, {})
         overall = res.get("overall", {})
-        ci = (res.get("ci") or {}).get(ph.ranking_metric)
-        rows.append({"team": names.get(s.team_id, "?"), "metrics": {c: published(overall.get(c)) for c in cols},
-                     "ci95": published(ci), "intervals": "done" if s.intervals_done else "pending",
-                     "submitted_at": s.created_at.isoformat(), "submissions": int(counts.get(s.team_id, 0)),
-                     "n_images": overall.get("n"), "flags": entry_flags(s, ph), "_t": s.created_at})
+        ci = ranking_ci(s.scores, part) if s.scores else None
+        figures = {on: (overall if on == "all" else (res.get("split") or {}).get(on) or {}) for on in SPLITS}
+        row = {"team": names.get(s.team_id, "?"), "metrics": {c: published(figures[rank_on].get(c)) for c in cols},
+               "ci95": published(ci), "intervals": "done" if s.intervals_done else "pending",
+               "submitted_at": s.created_at.isoformat(), "submissions": int(counts.get(s.team_id, 0)),
+               "n_images": figures[rank_on].get("n"), "flags": entry_flags(s, ph), "_t": s.created_at}
+        if split:
+            row["split"] = {on: {c: published(figures[on].get(c)) for c in cols} for on in SPLITS}
+        rows.append(row)
 
     def key(r: dict) -> tuple:
         v = r["metrics"].get(sort)
@@ -145,17 +152,26 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
     return {"challenge": ch.slug, "phase": ph.slug, "part": part, "counting": ph.counting,
             "ranking_metric": ph.ranking_metric, "sort": sort, "order": "desc" if descending else "asc",
             "columns": cols, "rows": rows, "phase_ends_at": ph.ends_at.isoformat(),
-            "generated_at": (now or utcnow()).isoformat()}
+            "generated_at": (now or utcnow()).isoformat(), "rank_on": rank_on,
+            "splits": list(SPLITS) if split else None, "train_generators": ph.train_generators}
 
 
 def to_csv(board: dict[str, Any]) -> str:
-    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions."""
+    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions, flags.
+
+    With a seen/unseen split, each metric is three columns side by side: ``<metric>_seen``,
+    ``<metric>_unseen``, ``<metric>_all`` (the interval is the ranking metric's on ``rank_on``).
+    """
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"])
+    splits = board.get("splits")
+    heads = [f"{c}_{on}" for c in board["columns"] for on in splits] if splits else board["columns"]
+    w.writerow(["rank", "team", *heads, "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"])
     for r in board["rows"]:
         ci = r["ci95"] or [None, None]
-        w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(r["metrics"][c]) for c in board["columns"]],
+        values = [r["split"][on][c] for c in board["columns"] for on in splits] if splits else \
+            [r["metrics"][c] for c in board["columns"]]
+        w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(v) for v in values],
                     _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"])])
     return out.getvalue()
 

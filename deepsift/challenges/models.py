@@ -58,6 +58,8 @@ class Phase(Base):
     allow_models: Mapped[bool] = mapped_column(Boolean, default=True)
     model_time_limit_s: Mapped[float] = mapped_column(Float, default=600.0)
     model_memory_mb: Mapped[int] = mapped_column(Integer, default=4096)
+    train_generators: Mapped[list | None] = mapped_column(JSON, default=None)  # None: no seen/unseen split
+    rank_on: Mapped[str] = mapped_column(String(8), default="all", server_default="all")  # all | seen | unseen
 
     challenge: Mapped[Challenge] = relationship(back_populates="phases")
     testset: Mapped["TestSet | None"] = relationship(back_populates="phase", uselist=False,

@@ -23,6 +23,9 @@ class PhaseOut(BaseModel):
     submissions: list[str]
     model_time_limit_s: float
     model_memory_mb: int
+    train_generators: list[str] | None = Field(None, description="generators of the training data (null: no "
+                                                                  "seen/unseen split)")
+    rank_on: str = Field("all", description="all | seen | unseen: the images the ranking metric is computed on")
     n_images: int | None = Field(None, description="test images (None: no test set yet)")
     image_format: str | None = None
     download_bytes: int | None = None
@@ -124,8 +127,10 @@ class TestSetOut(BaseModel):
 class LeaderboardRow(BaseModel):
     rank: int | None
     team: str
-    metrics: dict[str, float | None]
-    ci95: list[float] | None = Field(None, description="bootstrap 95 % interval of the ranking metric")
+    metrics: dict[str, float | None] = Field(description="on the images the phase ranks on (rank_on)")
+    split: dict[str, dict[str, float | None]] | None = Field(
+        None, description="with training generators: the metrics on the seen, unseen and all images")
+    ci95: list[float] | None = Field(None, description="bootstrap 95 % interval of the ranking metric (on rank_on)")
     intervals: Literal["pending", "done"]
     submitted_at: str
     submissions: int
@@ -150,6 +155,10 @@ class Leaderboard(BaseModel):
     rows: list[LeaderboardRow]
     phase_ends_at: str
     generated_at: str
+    rank_on: str = Field("all", description="all | seen | unseen: the images ranks are computed on")
+    splits: list[str] | None = Field(None, description="['seen', 'unseen', 'all'] when the phase has training "
+                                                       "generators (see each row's split), else null")
+    train_generators: list[str] | None = None
 
 
 class QueueHealth(BaseModel):

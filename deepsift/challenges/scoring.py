@@ -8,6 +8,13 @@ submitted ``label`` column when there is one, else from the score by the one dec
 (:mod:`deepsift.decision`: fake iff score >= threshold). The ``all`` part and the bootstrap 95 %
 intervals of every metric are a second, separate step (:func:`complete`), so the live leaderboard
 shows a score as soon as the public part is scored.
+
+A phase that declares the generators of its training data (``train_generators``) also gets, in each
+part, ``split``: the metrics on the real images plus the fakes of ``seen`` generators, and on the
+real images plus the fakes of ``unseen`` ones (every real image counts in both, as the negatives;
+``overall`` is the third figure, all), with their intervals in ``split_ci``. ``rank_on`` (all, seen,
+unseen) says which of the three the ranking metric is read from. Without ``train_generators`` a
+result is exactly what it was before.
 """
 from __future__ import annotations
 
@@ -81,8 +88,23 @@ def published(result: Any, digits: int = DISPLAY_DIGITS) -> Any:
     return result
 
 
+def unseen_mask(key: Key, train_generators: list[str]) -> np.ndarray:
+    """Per image: a fake whose generator is not among ``train_generators`` (real images: False)."""
+    codes, names = key.generator_codes
+    train = set(train_generators)
+    seen_codes = np.array([i for i, n in enumerate(names) if n in train], np.int32)
+    return (key.labels == 1) & ~np.isin(codes, seen_codes)
+
+
+def split_masks(key: Key, train_generators: list[str]) -> dict[str, np.ndarray]:
+    """``seen`` and ``unseen`` subsets of the whole key: every real image plus the fakes of that kind."""
+    unseen = unseen_mask(key, train_generators)
+    real = key.labels == 0
+    return {"seen": real | ((key.labels == 1) & ~unseen), "unseen": real | unseen}
+
+
 def _part(key: Key, mask: np.ndarray, scores: np.ndarray, hard: np.ndarray | None, threshold: float,
-          detail: bool) -> dict[str, Any]:
+          detail: bool, train: list[str] | None = None) -> dict[str, Any]:
     # sorted once (descending, stable); every subset below keeps that order, so the metrics' own
     # stable sorts meet already-sorted input (linear time). Metrics do not depend on input order.
     idx = np.flatnonzero(mask)
@@ -102,11 +124,18 @@ def _part(key: Key, mask: np.ndarray, scores: np.ndarray, hard: np.ndarray | Non
             for name, sel in (("without", ~tr), ("with", tr))
         }  # fmt: skip
     out["roc"] = _roc(y, s)
+    if train is not None:
+        out["split"] = {}
+        for name, sub in split_masks(key, train).items():
+            sel = sub[idx]
+            out["split"][name] = _metrics(y[sel], s[sel], h[sel] if h is not None else None, threshold) \
+                if sel.any() else None
     return out
 
 
 def score(key: Key, scores: np.ndarray, labels: np.ndarray | None, *, threshold: float = 0.5,
-          ranking_metric: str = "auroc") -> dict[str, Any]:
+          ranking_metric: str = "auroc", train_generators: list[str] | None = None,
+          rank_on: str = "all") -> dict[str, Any]:
     """The metrics JSON of one submission on the ``public`` and ``private`` parts (see the module docstring)."""
     scores = np.asarray(scores, np.float64)
     result: dict[str, Any] = {
@@ -114,8 +143,14 @@ def score(key: Key, scores: np.ndarray, labels: np.ndarray | None, *, threshold:
         "threshold": threshold, "ranking_metric": ranking_metric,
         "hard_labels": "rule" if labels is None else "submitted",
     }  # fmt: skip
+    train = None if train_generators is None else sorted(train_generators)
+    if train is not None:
+        codes, names = key.generator_codes
+        fakes = sorted({names[c] for c in np.unique(codes[key.labels == 1]).tolist()})
+        result.update(train_generators=train, rank_on=rank_on, seen_generators=[g for g in fakes if g in train],
+                      unseen_generators=[g for g in fakes if g not in train])
     for part, mask in (("public", key.public), ("private", ~key.public)):
-        result[part] = _part(key, mask, scores, labels, threshold, detail=True)
+        result[part] = _part(key, mask, scores, labels, threshold, detail=True, train=train)
     return result
 
 
@@ -125,25 +160,49 @@ def complete(result: dict[str, Any], key: Key, scores: np.ndarray, labels: np.nd
     bootstrap intervals of every overall metric of each part (none when ``resamples`` is 0)."""
     out = dict(result)
     threshold = float(result["threshold"])
-    out["all"] = _part(key, np.ones(len(key), bool), np.asarray(scores, np.float64), labels, threshold, detail=False)
+    train = result.get("train_generators")
+    out["all"] = _part(key, np.ones(len(key), bool), np.asarray(scores, np.float64), labels, threshold, detail=False,
+                       train=train)
     if resamples > 0:
         for part, ci in intervals(key, scores, labels, threshold=threshold, resamples=resamples, seed=seed).items():
             out[part] = {**out[part], "ci": ci}
+        if train is not None:
+            for name, sub in split_masks(key, train).items():
+                for part, ci in intervals(key, scores, labels, threshold=threshold, resamples=resamples, seed=seed,
+                                          within=sub).items():
+                    out[part] = {**out[part], "split_ci": {**out[part].get("split_ci", {}), name: ci}}
     return out
 
 
 def ranking_value(result: dict[str, Any], part: str) -> float | None:
-    """The ranking metric of ``part`` (overall) from a result."""
-    return result.get(part, {}).get("overall", {}).get(result["ranking_metric"])
+    """The ranking metric of ``part`` from a result: overall, or on the ``rank_on`` split when the phase has one."""
+    res = result.get(part, {})
+    on = result.get("rank_on", "all")
+    figures = res.get("overall", {}) if on == "all" else (res.get("split") or {}).get(on) or {}
+    return figures.get(result["ranking_metric"])
+
+
+def ranking_ci(result: dict[str, Any], part: str) -> list[float] | None:
+    """The 95 % interval of the ranking metric of ``part`` (on the ``rank_on`` split, as :func:`ranking_value`)."""
+    res = result.get(part, {})
+    on = result.get("rank_on", "all")
+    ci = res.get("ci") if on == "all" else (res.get("split_ci") or {}).get(on)
+    return (ci or {}).get(result["ranking_metric"])
 
 
 def intervals(key: Key, scores: np.ndarray, labels: np.ndarray | None, *, threshold: float, resamples: int,
-              seed: int = 0) -> dict[str, dict[str, list[float] | None]]:
-    """Stratified bootstrap 95 % intervals of every overall metric, per part (``public``, ``private``)."""
+              seed: int = 0, within: np.ndarray | None = None) -> dict[str, dict[str, list[float] | None]]:
+    """Stratified bootstrap 95 % intervals of every overall metric, per part (``public``, ``private``);
+    ``within``: only the images of this mask (a seen/unseen split)."""
     out: dict[str, dict[str, list[float] | None]] = {}
     masks = {"public": key.public, "private": ~key.public}
     for part, mask in masks.items():
+        if within is not None:
+            mask = mask & within
         y, s = key.labels[mask], np.asarray(scores, np.float64)[mask]
+        if y.size == 0:
+            out[part] = {k: None for k in METRIC_NAMES}
+            continue
         m = compute_metrics(y, s, threshold=threshold, bootstrap=resamples, seed=seed)
         ci = {k: ([m.values[k].low, m.values[k].high] if m.values[k].low is not None else None) for k in METRIC_NAMES}
         if labels is not None:

@@ -15,6 +15,7 @@ import datetime as dt
 import re
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -66,22 +67,24 @@ def apply_phase(ph: Phase, ps: PhaseSpec) -> None:
     ph.bootstrap, ph.public_fraction = ps.bootstrap, ps.public_fraction
     ph.allow_predictions, ph.allow_models = "predictions" in ps.submissions, "model" in ps.submissions
     ph.model_time_limit_s, ph.model_memory_mb = ps.model_time_limit_s, ps.model_memory_mb
+    ph.train_generators, ph.rank_on = ps.train_generators, ps.rank_on
 
 
-SCORING_FIELDS = ("ranking_metric", "threshold")
+SCORING_FIELDS = ("ranking_metric", "threshold", "train_generators", "rank_on")
 """Phase settings every score depends on: fixed once the phase has submissions (one rule per board)."""
 
 
 def check_phase_edit(session: Session, ph: Phase, ps: PhaseSpec) -> None:
     """Refuse (ConflictError) an edit that would leave a board under two rules.
 
-    Once a phase has submissions, its ranking metric and threshold are fixed (old scores would stay
-    under the old rule and "best" would pick by a metric they were not chosen by); the public share
-    is fixed once the test set is split (a new value would be shown but not applied).
+    Once a phase has submissions, its ranking metric, threshold, training generators and ``rank_on``
+    are fixed (old scores would stay under the old rule and "best" would pick by a metric they were
+    not chosen by); the public share is fixed once the test set is split (a new value would be shown
+    but not applied). A ``rank_on`` its test set cannot serve is refused (:func:`check_split`).
     """
     if ph.id is None:
         return
-    new = {"ranking_metric": ps.ranking_metric, "threshold": ps.threshold}
+    new = {f: getattr(ps, f) for f in SCORING_FIELDS}
     changed = [f for f in SCORING_FIELDS if getattr(ph, f) != new[f]]
     if changed and session.scalar(select(func.count()).select_from(Submission).where(Submission.phase_id == ph.id)):
         raise ConflictError(f"phase {ph.slug!r} has submissions: its {' and '.join(changed)} can no longer change "
@@ -89,6 +92,24 @@ def check_phase_edit(session: Session, ph: Phase, ps: PhaseSpec) -> None:
     if ph.public_fraction != ps.public_fraction and session.scalar(select(TestSet.id).where(TestSet.phase_id == ph.id)):
         raise ConflictError(f"phase {ph.slug!r}'s test set is already split {ph.public_fraction:g} public; the public "
                             "share can change only before the test set is uploaded (create a new phase instead)")
+    ts = session.scalar(select(TestSet).where(TestSet.phase_id == ph.id))
+    fakes = (ts.summary or {}).get("fake_generators") if ts is not None else None
+    if fakes is not None:
+        check_split(fakes, ps.train_generators, ps.rank_on, ph.slug)
+
+
+def check_split(fake_generators: Iterable[str], train: list[str] | None, rank_on: str, phase: str) -> None:
+    """Refuse (InvalidInputError) a test set that has no fake of the kind a phase ranks on (rank_on seen/unseen)."""
+    if train is None or rank_on == "all":
+        return
+    fakes = sorted(set(fake_generators))
+    kind = [g for g in fakes if (g in train) == (rank_on == "seen")]
+    if not kind:
+        raise InvalidInputError(
+            f"phase {phase!r} ranks on {rank_on} generators, but its test set has none: its generators "
+            f"{', '.join(fakes) or '(none)'} are all {'unseen' if rank_on == 'seen' else 'seen'} (train_generators: "
+            f"{', '.join(train) or '(none)'}); add images of a{'' if rank_on == 'seen' else 'n'} {rank_on} "
+            "generator or change rank_on")
 
 
 def get_challenge(session: Session, slug: str, user: User | None) -> Challenge:
@@ -151,6 +172,7 @@ def import_testset(db: Database, storage: Storage, challenge_slug: str, phase_sl
             raise NotFoundError(f"no challenge {challenge_slug!r}")
         ph = get_phase(ch, phase_slug)
         fraction = ph.public_fraction
+        check_split((it.generator for it in items if it.label == 1), ph.train_generators, ph.rank_on, ph.slug)
     dest = testset_folder(storage, ch, ph) / f"testset-{new_id(6).replace('-', 'x').replace('_', 'y')}"
     result = build_testset(items, dest, image_format=image_format, jpeg_quality=jpeg_quality, resize=resize,
                            public_fraction=fraction, seed=seed, threads=threads, progress=progress)

@@ -20,6 +20,8 @@
         threshold: 0.5          # hard labels from scores: deepsift.decision (fake iff score >= threshold)
         bootstrap: 1000         # resamples for the 95 % interval beside the ranking metric
         public_fraction: 0.5    # share of the test set on the live (public) leaderboard
+        train_generators: [sd14]  # generators of the training data: the test set's others are unseen
+        rank_on: unseen         # all | seen | unseen: the images the ranking metric is computed on
         submissions: [predictions, model]
         model_time_limit_s: 600
         model_memory_mb: 4096
@@ -56,6 +58,8 @@ Slug = Annotated[str, AfterValidator(_check_slug)]
 RANKING_METRICS = ("f1", "accuracy", "balanced_accuracy", "ap", "auroc", "tpr@1%fpr", "tpr@5%fpr", "eer")
 LOWER_IS_BETTER = frozenset({"eer"})
 SOURCES = ("d3-test", "folders", "classes", "d3-shards", "labels")
+SPLITS = ("seen", "unseen", "all")
+"""The three figures of a phase that declares its training generators (real images count in each)."""
 
 
 class TestSetSpec(BaseModel):
@@ -115,6 +119,13 @@ class PhaseSpec(BaseModel):
     model_time_limit_s: float = Field(600.0, gt=0, le=86_400)
     model_memory_mb: int = Field(4096, ge=256, le=1_048_576)
     testset: TestSetSpec | None = None
+    train_generators: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None, max_length=1000,
+        description="generators of the participants' training data: every other generator of the test set is "
+                    "unseen, and every result and board shows seen / unseen / all side by side (null: no split)")
+    rank_on: Literal["all", "seen", "unseen"] = Field(
+        "all", description="the images the ranking metric is computed on: all, or the real images plus the fakes of "
+                           "seen (or unseen) generators; seen/unseen need train_generators")
 
     @field_validator("ranking_metric")
     @classmethod
@@ -134,6 +145,10 @@ class PhaseSpec(BaseModel):
             raise ValueError("a phase ends after it starts")
         if not self.submissions:
             raise ValueError("a phase accepts predictions, models or both")
+        if self.rank_on != "all" and self.train_generators is None:
+            raise ValueError(f"rank_on {self.rank_on!r} needs train_generators (the generators seen in training)")
+        if self.train_generators is not None:
+            self.train_generators = sorted(set(self.train_generators))
         return self
 
 

@@ -241,7 +241,9 @@ def _summary(items: Sequence[Item], public: np.ndarray) -> dict:
         d = by_gen.setdefault(it.generator, {"public": 0, "private": 0, "transformed": 0})
         d["public" if pub else "private"] += 1
         d["transformed"] += int(it.transformed)
-    return {"n": len(items), "public": int(public.sum()), "private": int((~public).sum()), "generators": by_gen}
+    fakes = sorted({it.generator for it in items if it.label == 1})
+    return {"n": len(items), "public": int(public.sum()), "private": int((~public).sum()), "generators": by_gen,
+            "fake_generators": fakes}
 
 
 def _write_archive(path: Path, img_dir: Path, names: list[str], fmt: str) -> None:

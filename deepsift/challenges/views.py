@@ -26,6 +26,7 @@ def phase_out(session: Session, ph: Phase, team: Team | None, now: dt.datetime |
         threshold=ph.threshold, bootstrap=ph.bootstrap, public_fraction=ph.public_fraction,
         submissions=[k for k, ok in (("predictions", ph.allow_predictions), ("model", ph.allow_models)) if ok],
         model_time_limit_s=ph.model_time_limit_s, model_memory_mb=ph.model_memory_mb,
+        train_generators=ph.train_generators, rank_on=ph.rank_on or "all",
         n_images=ts.n_images if ts else None, image_format=ts.image_format if ts else None,
         download_bytes=ts.archive_bytes if ts else None, download_sha256=ts.archive_sha256 if ts else None,
         quota=submissions.quota(session, ph, team, now) if team is not None else None)

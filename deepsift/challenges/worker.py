@@ -52,6 +52,8 @@ class JobInfo:
     bootstrap: int
     memory_mb: int
     time_limit_s: float
+    train_generators: list[str] | None = None
+    rank_on: str = "all"
 
 
 def _info(db: Database, storage: Storage, sid: str) -> JobInfo:
@@ -63,7 +65,8 @@ def _info(db: Database, storage: Storage, sid: str) -> JobInfo:
             raise DeepsiftError("the phase has no test set any more")
         file = storage.root / sub.file_path
         return JobInfo(sub.kind, file.parent, file, sub.spec, storage.root / ts.folder, ph.threshold,
-                       ph.ranking_metric, ph.bootstrap, ph.model_memory_mb, ph.model_time_limit_s)
+                       ph.ranking_metric, ph.bootstrap, ph.model_memory_mb, ph.model_time_limit_s,
+                       ph.train_generators, ph.rank_on or "all")
 
     return db.run(tx, write=False)
 
@@ -158,7 +161,8 @@ class Worker:
                 if job.stage == "score":
                     scores, labels = self._scores(info, key, hb)
                     result = scoring.score(key, scores, labels, threshold=info.threshold,
-                                           ranking_metric=info.ranking_metric)
+                                           ranking_metric=info.ranking_metric,
+                                           train_generators=info.train_generators, rank_on=info.rank_on)
                     if hb.lost or not queue.finish(self.db, job, result, scoring.ranking_value(result, "public"),
                                                    scoring.ranking_value(result, "private"), keep_lease=True):
                         log.warning("job %s: lease lost, result dropped", job.submission_id)

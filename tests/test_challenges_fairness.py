@@ -58,14 +58,14 @@ def test_two_workers_never_run_two_jobs_of_one_team(app, client, hosted):
 
 
 def test_a_team_can_queue_only_a_few_jobs_at_once(app, client, hosted):
-    """The cap (max_queued_per_team, default 3) counts waiting and running jobs; once scored, room again."""
+    """The cap (max_queued_per_team, default 5) counts waiting and running jobs; once scored, room again."""
     text = csv_text(good_scores(hosted))
     a = join(client, hosted.slug, register(client, "alice"), "Team A")
-    codes = [submit(client, hosted, a, text).status_code for _ in range(3)]
+    codes = [submit(client, hosted, a, text).status_code for _ in range(5)]
     r = submit(client, hosted, a, text)
-    assert codes == [201, 201, 201] and r.status_code == 409
+    assert codes == [201] * 5 and r.status_code == 409
     assert "waiting to be scored" in r.json()["detail"]
-    assert run_worker(app) == 3
+    assert run_worker(app) == 5
     assert submit(client, hosted, a, text).status_code == 201
 
 

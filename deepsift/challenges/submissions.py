@@ -128,7 +128,8 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
                              filename=Path(filename or "upload").name[:200],
                              file_path=upload.relative_to(storage.root).as_posix(),
                              file_sha256=file_sha256(upload), file_bytes=upload.stat().st_size, spec=spec,
-                             state="queued", created_at=stamp, queued_at=stamp)
+                             state="queued", created_at=stamp, queued_at=stamp,
+                             late=stamp >= ph2.ends_at)  # only a host gets past _check_open then
             w.add(sub)
             w.flush()
             w.add(SubmissionEvent(submission_id=sub.id, at=stamp, state="queued", detail=f"by {user.username}"))

@@ -155,8 +155,9 @@ def to_csv(board: dict[str, Any]) -> str:
     w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"])
     for r in board["rows"]:
         ci = r["ci95"] or [None, None]
-        w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(r["metrics"][c]) for c in board["columns"]],
-                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"])])
+        w.writerow(["" if r["rank"] is None else r["rank"], r["team"],
+                    *[_fmt(r["metrics"][c]) for c in board["columns"]], _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"],
+                    r["submissions"], " ".join(r["flags"])])
     return out.getvalue()
 
 

@@ -35,10 +35,13 @@ def test_another_teams_job_is_taken_second_not_fourth(app, client, hosted):
     b = join(client, hosted.slug, register(client, "bob"), "Team B")
     a_ids = [submit(client, hosted, a, text).json()["id"] for _ in range(3)]
     b_id = submit(client, hosted, b, text).json()["id"]
+    positions = {sid: client.get(f"/api/submissions/{sid}", headers=p.auth).json()["position"]
+                 for sid, p in [*((i, a) for i in a_ids), (b_id, b)]}
     order = []
     while (sid := _claim_finish(app.state.db, "w")) is not None:
         order.append(sid)
     assert order == [a_ids[0], b_id, a_ids[1], a_ids[2]]
+    assert sorted(positions, key=positions.get) == order and sorted(positions.values()) == [1, 2, 3, 4]
 
 
 def test_two_workers_never_run_two_jobs_of_one_team(app, client, hosted):

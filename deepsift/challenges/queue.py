@@ -208,13 +208,24 @@ def _worker(s: Any, job: Job) -> str | None:
 
 
 def position(s: Any, sub: Submission) -> int | None:
-    """1 + the number of queued jobs ahead of ``sub`` (None unless it is queued)."""
+    """Where ``sub`` stands in the fair order (1 = next; None unless queued): the queued jobs dealt out
+    round-robin, each round one job per team, the team served longest ago first (as :func:`claim` takes them)."""
     if sub.state != "queued":
         return None
-    ahead = s.scalar(select(func.count()).select_from(Submission).where(
-        Submission.state == "queued",
-        or_(Submission.queued_at < sub.queued_at, and_(Submission.queued_at == sub.queued_at, Submission.id < sub.id))))
-    return int(ahead or 0) + 1
+    served = dict(s.execute(select(Submission.team_id, func.max(Submission.started_at))
+                            .group_by(Submission.team_id)).all())
+    waiting: dict[int, list[tuple[Any, str]]] = {}
+    for sid, team, at in s.execute(select(Submission.id, Submission.team_id, Submission.queued_at)
+                                   .where(Submission.state == "queued")):
+        waiting.setdefault(team, []).append((at, sid))
+    for jobs in waiting.values():
+        jobs.sort()
+    teams = sorted(waiting, key=lambda t: (served.get(t) is not None, served.get(t) or waiting[t][0][0],
+                                           waiting[t][0]))
+    mine = next(k for k, (_, sid) in enumerate(waiting[sub.team_id]) if sid == sub.id)  # this job's round
+    before = teams[:teams.index(sub.team_id)]
+    ahead = sum(min(len(waiting[t]), mine) for t in teams) + sum(len(waiting[t]) > mine for t in before)
+    return ahead + 1
 
 
 def requeue(s: Any, sub: Submission, by: str) -> None:

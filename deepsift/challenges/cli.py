@@ -257,15 +257,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """The phase's leaderboard as rows (rank, team, metrics, 95 % interval of the ranking metric)."""
+    """The phase's leaderboard as rows (rank, team, metrics, 95 % interval of the ranking metric, flags)."""
     from ..output import open_output, write_rows
 
     with _client(args, need_token=False) as c:
         board = c.leaderboard(args.challenge, args.phase, args.part, args.sort, args.order)
-    cols = ["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submissions", "submitted_at"]
+    cols = ["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submissions", "submitted_at", "flags"]
     rows = [{"rank": r["rank"], "team": r["team"], **r["metrics"],
              "ci95_low": (r["ci95"] or [None, None])[0], "ci95_high": (r["ci95"] or [None, None])[1],
-             "submissions": r["submissions"], "submitted_at": r["submitted_at"]} for r in board["rows"]]
+             "submissions": r["submissions"], "submitted_at": r["submitted_at"],
+             "flags": " ".join(r.get("flags", []))} for r in board["rows"]]
     with open_output(args.out) as out:
         write_rows(rows, args.format, cols, out)
     return EXIT_OK

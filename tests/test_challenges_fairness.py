@@ -118,6 +118,8 @@ def test_a_run_stopped_at_its_time_limit_counts_against_the_quota(app, client, t
     ("CPU time limit exceeded (2 s)", True),
     ("out of memory (limit 700 MiB): std::bad_alloc", True),
     ("the model process died (SIGKILL): most likely out of memory (limit 700 MiB)", True),
+    ("time: the model ran for its whole 2 s", True),  # a fixed vocabulary's "time" / "memory" reasons
+    ("memory: over 700 MiB", True),
     ("wrong output shape [4, 3] for a batch of 4 images", False),
     ("the model failed on a batch", False),
     ("scoring stopped 3 times without finishing (the worker died or was cut off)", False),

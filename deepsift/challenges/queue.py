@@ -171,8 +171,8 @@ LIMIT_WORDS = ("time limit", "out of memory", "memory limit")
 def charged_failure(reason: str) -> bool:
     """The quota rule for a failed run, in one place: charged when it was stopped at its time or memory limit
     (it held a worker for the whole allowance), refunded otherwise (a crash, a bad output, a dead worker)."""
-    text = (reason or "").lower()
-    return any(w in text for w in LIMIT_WORDS)
+    text = (reason or "").lower().lstrip()
+    return text.startswith(("time", "memory")) or any(w in text for w in LIMIT_WORDS)  # "time: ...", "memory: ..."
 
 
 def check_backlog(s: Any, team_id: int, limit: int | None) -> None:

@@ -199,3 +199,16 @@ def test_one_user_joining_two_teams_at_once_gets_one_team_and_a_409(app, client,
     for i in range(4):  # each racer's three requests: exactly one won
         mine = codes[2 * i:2 * i + 2] + [codes[8 + i]]
         assert sorted(mine) in ([200, 409, 409], [201, 409, 409]), mine
+
+
+def test_the_position_of_a_job_taken_meanwhile_is_no_crash(app, client, hosted):
+    """A request read its submission as queued; a worker takes it before the position is computed."""
+    from deepsift.challenges.models import Submission
+
+    a = join(client, hosted.slug, register(client, "alice"), "Team A")
+    sid = submit(client, hosted, a, csv_text(good_scores(hosted))).json()["id"]
+    with app.state.db.session() as s:
+        sub = s.get(Submission, sid)
+        assert sub.state == "queued"
+        assert queue.claim(app.state.db, "w", lease_s=60) is not None
+        assert queue.position(s, sub) in (None, 1)  # PostgreSQL sees the claim (None), SQLite its snapshot

@@ -222,7 +222,9 @@ def position(s: Any, sub: Submission) -> int | None:
         jobs.sort()
     teams = sorted(waiting, key=lambda t: (served.get(t) is not None, served.get(t) or waiting[t][0][0],
                                            waiting[t][0]))
-    mine = next(k for k, (_, sid) in enumerate(waiting[sub.team_id]) if sid == sub.id)  # this job's round
+    mine = next((k for k, (_, sid) in enumerate(waiting.get(sub.team_id, [])) if sid == sub.id), None)  # its round
+    if mine is None:  # taken by a worker since ``sub`` was read
+        return None
     before = teams[:teams.index(sub.team_id)]
     ahead = sum(min(len(waiting[t]), mine) for t in teams) + sum(len(waiting[t]) > mine for t in before)
     return ahead + 1

@@ -100,8 +100,12 @@ phases:
     assert sub["id"] in capsys.readouterr().out
 
     assert main(["challenges", "leaderboard", "--challenge", "cli-challenge", "--phase", "dev", "--format", "csv"]) == 0
-    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert rows[0]["team"] == "CLI Team" and float(rows[0]["ap"]) == pytest.approx(sub["public_score"])
+    text = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows[0]["team"] == "CLI Team" and float(rows[0]["ap"]) == pytest.approx(sub["public_score"], abs=1e-4)
+    # one CSV form: the command line writes exactly what the API serves
+    assert text == httpx.get(live_server.url + "/api/challenges/cli-challenge/phases/dev/leaderboard",
+                             params={"format": "csv"}).text
 
     # a bad file: exit 1, the server's reason on one line, nothing counted
     bad = tmp_path / "bad.csv"

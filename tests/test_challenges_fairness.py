@@ -35,10 +35,13 @@ def test_another_teams_job_is_taken_second_not_fourth(app, client, hosted):
     b = join(client, hosted.slug, register(client, "bob"), "Team B")
     a_ids = [submit(client, hosted, a, text).json()["id"] for _ in range(3)]
     b_id = submit(client, hosted, b, text).json()["id"]
+    positions = {sid: client.get(f"/api/submissions/{sid}", headers=p.auth).json()["position"]
+                 for sid, p in [*((i, a) for i in a_ids), (b_id, b)]}
     order = []
     while (sid := _claim_finish(app.state.db, "w")) is not None:
         order.append(sid)
     assert order == [a_ids[0], b_id, a_ids[1], a_ids[2]]
+    assert sorted(positions, key=positions.get) == order and sorted(positions.values()) == [1, 2, 3, 4]
 
 
 def test_two_workers_never_run_two_jobs_of_one_team(app, client, hosted):
@@ -58,14 +61,14 @@ def test_two_workers_never_run_two_jobs_of_one_team(app, client, hosted):
 
 
 def test_a_team_can_queue_only_a_few_jobs_at_once(app, client, hosted):
-    """The cap (max_queued_per_team, default 3) counts waiting and running jobs; once scored, room again."""
+    """The cap (max_queued_per_team, default 5) counts waiting and running jobs; once scored, room again."""
     text = csv_text(good_scores(hosted))
     a = join(client, hosted.slug, register(client, "alice"), "Team A")
-    codes = [submit(client, hosted, a, text).status_code for _ in range(3)]
+    codes = [submit(client, hosted, a, text).status_code for _ in range(5)]
     r = submit(client, hosted, a, text)
-    assert codes == [201, 201, 201] and r.status_code == 409
+    assert codes == [201] * 5 and r.status_code == 409
     assert "waiting to be scored" in r.json()["detail"]
-    assert run_worker(app) == 3
+    assert run_worker(app) == 5
     assert submit(client, hosted, a, text).status_code == 201
 
 
@@ -115,6 +118,8 @@ def test_a_run_stopped_at_its_time_limit_counts_against_the_quota(app, client, t
     ("CPU time limit exceeded (2 s)", True),
     ("out of memory (limit 700 MiB): std::bad_alloc", True),
     ("the model process died (SIGKILL): most likely out of memory (limit 700 MiB)", True),
+    ("time: the model ran for its whole 2 s", True),  # a fixed vocabulary's "time" / "memory" reasons
+    ("memory: over 700 MiB", True),
     ("wrong output shape [4, 3] for a batch of 4 images", False),
     ("the model failed on a batch", False),
     ("scoring stopped 3 times without finishing (the worker died or was cut off)", False),
@@ -194,3 +199,16 @@ def test_one_user_joining_two_teams_at_once_gets_one_team_and_a_409(app, client,
     for i in range(4):  # each racer's three requests: exactly one won
         mine = codes[2 * i:2 * i + 2] + [codes[8 + i]]
         assert sorted(mine) in ([200, 409, 409], [201, 409, 409]), mine
+
+
+def test_the_position_of_a_job_taken_meanwhile_is_no_crash(app, client, hosted):
+    """A request read its submission as queued; a worker takes it before the position is computed."""
+    from deepsift.challenges.models import Submission
+
+    a = join(client, hosted.slug, register(client, "alice"), "Team A")
+    sid = submit(client, hosted, a, csv_text(good_scores(hosted))).json()["id"]
+    with app.state.db.session() as s:
+        sub = s.get(Submission, sid)
+        assert sub.state == "queued"
+        assert queue.claim(app.state.db, "w", lease_s=60) is not None
+        assert queue.position(s, sub) in (None, 1)  # PostgreSQL sees the claim (None), SQLite its snapshot

@@ -135,7 +135,7 @@ def _page_rows(html: str) -> list[tuple[str, str]]:
     return out
 
 
-def test_host_and_late_entries_are_flagged_and_never_ranked(app, client, tmp_path):
+def test_host_and_late_entries_are_flagged_and_never_ranked(app, client, tmp_path, capsys):
     """The host's answer key, submitted after the deadline, does not rank first: it is off the boards
     until marked a baseline, then shown flagged host/baseline/late with no rank, on JSON, CSV and pages."""
     import csv
@@ -167,10 +167,21 @@ def test_host_and_late_entries_are_flagged_and_never_ranked(app, client, tmp_pat
     rows = list(csv.DictReader(io.StringIO(client.get(url, params={"part": "private", "format": "csv"}).text)))
     assert [(x["rank"], x["team"], x["flags"]) for x in rows] == [("", "Organizers", "host baseline late"),
                                                                   ("1", "Team A", "")]
-    for page in (f"/challenges/{hosted.slug}/phases/dev/leaderboard?part=private", f"/embed/{hosted.slug}/dev/leaderboard?part=private"):
+    for page in (f"/challenges/{hosted.slug}/phases/dev/leaderboard?part=private",
+                 f"/embed/{hosted.slug}/dev/leaderboard?part=private"):
         html = client.get(page).text
         assert _page_rows(html) == [("–", "Organizers host baseline late"), ("1", "Team A")], page
         assert 'class="badge flag-baseline"' in html
+    from deepsift.cli import main
+    from serverkit import LiveServer
+
+    with LiveServer(app) as srv:  # the CLI client's board too
+        capsys.readouterr()
+        assert main(["challenges", "leaderboard", "--server", srv.url, "--challenge", hosted.slug, "--phase", "dev",
+                     "--part", "private", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(x["rank"], x["team"], x["flags"]) for x in rows] == [("", "Organizers", "host baseline late"),
+                                                                  ("1", "Team A", "")]
 
 
 # -- ties, the counting choice, intervals per part (issue 20) --------------------------------------

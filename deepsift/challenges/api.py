@@ -15,8 +15,8 @@ from ..server.storage import ArchiveLimits, extract_archive, write_capped
 from . import leaderboard as lb
 from . import service, submissions, views
 from .models import Submission
-from .schemas import (BaselineMark, ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth, SubmissionOut,
-                      TeamCreate, TeamJoin, TeamOut, TestSetOut)
+from .schemas import (BaselineMark, ChallengeOut, ChallengeSummary, ChallengeUpdate, Leaderboard, QueueHealth,
+                      SubmissionOut, TeamCreate, TeamJoin, TeamOut, TestSetOut)
 from .spec import ChallengeSpec, PhaseSpec, TestSetSpec, parse_spec
 
 E = {401: {"description": "not authenticated"}, 403: {"description": "not allowed"},

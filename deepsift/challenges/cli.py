@@ -264,18 +264,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    """The phase's leaderboard as rows (rank, team, metrics (seen/unseen/all when split), 95 % interval)."""
+    """The phase's leaderboard as rows (rank, team, metrics (seen/unseen/all when split), 95 % interval, flags)."""
     from ..output import open_output, write_rows
 
     with _client(args, need_token=False) as c:
+        if args.format == "csv":  # one CSV form: the platform's own (GET .../leaderboard?format=csv), verbatim
+            text = c.leaderboard(args.challenge, args.phase, args.part, args.sort, args.order, fmt="csv")
+            with open_output(args.out) as out:
+                out.write(text)
+            return EXIT_OK
         board = c.leaderboard(args.challenge, args.phase, args.part, args.sort, args.order)
     splits = board.get("splits")  # seen / unseen / all side by side, as the CSV board has them
     metrics = [f"{m}_{on}" for m in board["columns"] for on in splits] if splits else board["columns"]
-    cols = ["rank", "team", *metrics, "ci95_low", "ci95_high", "submissions", "submitted_at"]
+    cols = ["rank", "team", *metrics, "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"]  # the API's CSV
     rows = [{"rank": r["rank"], "team": r["team"],
              **({f"{m}_{on}": r["split"][on][m] for m in board["columns"] for on in splits} if splits else r["metrics"]),
              "ci95_low": (r["ci95"] or [None, None])[0], "ci95_high": (r["ci95"] or [None, None])[1],
-             "submissions": r["submissions"], "submitted_at": r["submitted_at"]} for r in board["rows"]]
+             "submissions": r["submissions"], "submitted_at": r["submitted_at"],
+             "flags": " ".join(r.get("flags", []))} for r in board["rows"]]
     with open_output(args.out) as out:
         write_rows(rows, args.format, cols, out)
     return EXIT_OK

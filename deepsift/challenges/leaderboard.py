@@ -42,14 +42,14 @@ def columns(ph: Phase) -> list[str]:
 
 def entry_flags(sub: Submission, ph: Phase) -> list[str]:
     """The flags of an entry, shown on every board: ``host`` (submitted by the challenge's host),
-    ``baseline`` (marked by the host: shown, never ranked), ``late`` (after the phase ended) and
+    ``baseline`` (marked by the host: shown, never ranked), ``late`` (accepted after the phase ended) and
     ``disqualified`` (its team was disqualified)."""
     flags = []
     if sub.user_id is not None and sub.user_id == ph.challenge.host_id:
         flags.append("host")
     if sub.baseline:
         flags.append("baseline")
-    if sub.created_at >= ph.ends_at:
+    if sub.late:
         flags.append("late")
     if _disqualified(sub.team):
         flags.append("disqualified")
@@ -68,14 +68,14 @@ def counting_submissions(session: Session, ph: Phase) -> list[Submission]:
     marks is shown beside it, see :func:`baselines`).
     """
     light = session.execute(select(Submission.id, Submission.team_id, Submission.public_score, Submission.user_id,
-                                   Submission.created_at, Submission.baseline)
+                                   Submission.late, Submission.baseline)
                             .where(Submission.phase_id == ph.id, Submission.state == "scored")
                             .order_by(Submission.created_at, Submission.id)).all()
     best: dict[int, tuple[str, float | None]] = {}
     lower = ph.ranking_metric in LOWER_IS_BETTER
     host = ph.challenge.host_id
-    for sid, team, score, user_id, created, baseline in light:
-        if baseline or user_id == host or created >= ph.ends_at:
+    for sid, team, score, user_id, late, baseline in light:
+        if baseline or late or user_id == host:
             continue
         cur = best.get(team)
         if cur is None or ph.counting == "last":

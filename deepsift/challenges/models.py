@@ -147,6 +147,7 @@ class Submission(Base):
     intervals_done: Mapped[bool] = mapped_column(Boolean, default=False)
     charged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # failed, yet counted
     baseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # host-marked: shown, unranked
+    late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # accepted after the phase ended
 
     phase: Mapped[Phase] = relationship()
     team: Mapped[Team] = relationship()

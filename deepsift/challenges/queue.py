@@ -171,8 +171,8 @@ LIMIT_WORDS = ("time limit", "out of memory", "memory limit")
 def charged_failure(reason: str) -> bool:
     """The quota rule for a failed run, in one place: charged when it was stopped at its time or memory limit
     (it held a worker for the whole allowance), refunded otherwise (a crash, a bad output, a dead worker)."""
-    text = (reason or "").lower()
-    return any(w in text for w in LIMIT_WORDS)
+    text = (reason or "").lower().lstrip()
+    return text.startswith(("time", "memory")) or any(w in text for w in LIMIT_WORDS)  # "time: ...", "memory: ..."
 
 
 def check_backlog(s: Any, team_id: int, limit: int | None) -> None:
@@ -208,13 +208,26 @@ def _worker(s: Any, job: Job) -> str | None:
 
 
 def position(s: Any, sub: Submission) -> int | None:
-    """1 + the number of queued jobs ahead of ``sub`` (None unless it is queued)."""
+    """Where ``sub`` stands in the fair order (1 = next; None unless queued): the queued jobs dealt out
+    round-robin, each round one job per team, the team served longest ago first (as :func:`claim` takes them)."""
     if sub.state != "queued":
         return None
-    ahead = s.scalar(select(func.count()).select_from(Submission).where(
-        Submission.state == "queued",
-        or_(Submission.queued_at < sub.queued_at, and_(Submission.queued_at == sub.queued_at, Submission.id < sub.id))))
-    return int(ahead or 0) + 1
+    served = dict(s.execute(select(Submission.team_id, func.max(Submission.started_at))
+                            .group_by(Submission.team_id)).all())
+    waiting: dict[int, list[tuple[Any, str]]] = {}
+    for sid, team, at in s.execute(select(Submission.id, Submission.team_id, Submission.queued_at)
+                                   .where(Submission.state == "queued")):
+        waiting.setdefault(team, []).append((at, sid))
+    for jobs in waiting.values():
+        jobs.sort()
+    teams = sorted(waiting, key=lambda t: (served.get(t) is not None, served.get(t) or waiting[t][0][0],
+                                           waiting[t][0]))
+    mine = next((k for k, (_, sid) in enumerate(waiting.get(sub.team_id, [])) if sid == sub.id), None)  # its round
+    if mine is None:  # taken by a worker since ``sub`` was read
+        return None
+    before = teams[:teams.index(sub.team_id)]
+    ahead = sum(min(len(waiting[t]), mine) for t in teams) + sum(len(waiting[t]) > mine for t in before)
+    return ahead + 1
 
 
 def requeue(s: Any, sub: Submission, by: str) -> None:

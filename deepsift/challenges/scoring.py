@@ -49,11 +49,12 @@ def _metrics(y: np.ndarray, s: np.ndarray, hard: np.ndarray | None, threshold: f
 
 
 def _roc(y: np.ndarray, s: np.ndarray) -> list[list[float]] | None:
-    """The ROC curve read at the fixed FPR grid :data:`ROC_GRID` (never one point per image: see :func:`roc_on_grid`)."""
+    """The ROC curve from (0, 0) and read at the fixed FPR grid :data:`ROC_GRID` (never one point per image:
+    see :func:`roc_on_grid`)."""
     if np.unique(y).size < 2:
         return None
     fpr, tpr, _ = roc_curve(y, s)
-    return [[round(f, 5), round(v, 5)] for f, v in zip(ROC_GRID, roc_on_grid(fpr, tpr))]
+    return [[0.0, 0.0]] + [[round(f, 5), round(v, 5)] for f, v in zip(ROC_GRID, roc_on_grid(fpr, tpr))]
 
 
 def roc_on_grid(fpr: np.ndarray, tpr: np.ndarray, grid: tuple[float, ...] | None = None) -> list[float]:

@@ -21,7 +21,7 @@ class ChallengeSettings(BaseSettings):
                                                       "images may take (smaller batches are sent to fit)")
     sandbox_user: str = Field("nobody", description="user a submitted model runs as (when the worker is root)")
     import_threads: int = Field(4, ge=1, le=64, description="threads re-encoding images of a test set")
-    max_queued_per_team: int = Field(3, ge=1, le=1000, description="jobs a team may have waiting or running at once "
+    max_queued_per_team: int = Field(5, ge=1, le=1000, description="jobs a team may have waiting or running at once "
                                                                    "(the queue serves teams round-robin)")
     serve_workers: int = Field(1, ge=0, le=64, description="scoring workers `deepsift serve` runs beside itself "
                                                           "(0 when dedicated `deepsift challenges worker`s run)")

@@ -3,8 +3,9 @@
 A submission is accepted in one short write after its file was checked; a refused file leaves
 nothing behind. Quotas count a team's queued, running and scored submissions in a phase (failed
 runs are refunded, unless stopped at their time or memory limit: :func:`.models.counted`); per day
-means per UTC calendar day. A team has at most N jobs waiting at once (:func:`.queue.check_backlog`). A submission is seen by its team's
-members and the challenge's host only; private-part scores only after the phase ends.
+means per UTC calendar day. A team has at most N jobs waiting at once (:func:`.queue.check_backlog`).
+A submission is seen by its team's members and the challenge's host only; private-part scores
+only after the phase ends.
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def submit(db: Database, storage: Storage, *, user: User, challenge_slug: str, p
                              filename=Path(filename or "upload").name[:200],
                              file_path=upload.relative_to(storage.root).as_posix(),
                              file_sha256=file_sha256(upload), file_bytes=upload.stat().st_size, spec=spec,
-                             state="queued", created_at=stamp, queued_at=stamp)
+                             state="queued", created_at=stamp, queued_at=stamp,
+                             late=stamp >= ph2.ends_at)  # only a host gets past _check_open then
             w.add(sub)
             w.flush()
             w.add(SubmissionEvent(submission_id=sub.id, at=stamp, state="queued", detail=f"by {user.username}"))
@@ -178,8 +180,11 @@ ONNX_FIRST_TAGS = frozenset({0x08, 0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x7
 
 def _quota_message(q: dict) -> str:
     if q["max_total"] is not None and q["used_total"] >= q["max_total"]:
-        return f"submission limit reached: {q['used_total']} of {q['max_total']} for this phase (failed runs do not count, unless they used up the time or memory limit)"
-    return f"daily submission limit reached: {q['used_today']} of {q['max_per_day']} today (UTC; failed runs do not count, unless they used up the time or memory limit)"
+        return (f"submission limit reached: {q['used_total']} of {q['max_total']} for this phase ({REFUND_NOTE})")
+    return f"daily submission limit reached: {q['used_today']} of {q['max_per_day']} today (UTC; {REFUND_NOTE})"
+
+
+REFUND_NOTE = "failed runs do not count, unless stopped at their time or memory limit"
 
 
 def get_submission(session: Session, sid: str, user: User | None) -> Submission:

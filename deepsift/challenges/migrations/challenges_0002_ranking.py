@@ -1,4 +1,4 @@
-"""platform: ranking integrity: charged failures (quota) and host-marked baselines
+"""platform: ranking integrity: charged failures (quota), host-marked baselines, late entries
 
 Revision ID: challenges_0002
 Revises: challenges_0001
@@ -19,9 +19,11 @@ def upgrade() -> None:
     with op.batch_alter_table('challenge_submissions', schema=None) as batch_op:  # batch: SQLite cannot ALTER in place
         batch_op.add_column(sa.Column('charged', sa.Boolean(), nullable=False, server_default=sa.false()))
         batch_op.add_column(sa.Column('baseline', sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch_op.add_column(sa.Column('late', sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('challenge_submissions', schema=None) as batch_op:
+        batch_op.drop_column('late')
         batch_op.drop_column('baseline')
         batch_op.drop_column('charged')

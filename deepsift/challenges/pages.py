@@ -17,7 +17,7 @@ from . import service, submissions, views
 from .models import TestSet
 from .spec import LOWER_IS_BETTER
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(rate_limit("api", "api_rate"))])
 METRIC_LABELS = {"f1": "F1", "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "ap": "AP",
                  "auroc": "AUROC", "tpr@1%fpr": "TPR@1%FPR", "tpr@5%fpr": "TPR@5%FPR", "eer": "EER",
                  "acc_real": "Acc. real", "acc_fake": "Acc. fake", "ece": "ECE"}

@@ -9,17 +9,36 @@ from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from ..exceptions import ServiceError
+from ..exceptions import AuthenticationError, RateLimitedError, ServiceError
 from .accounts import authenticate, create_user, end_session, issue_token, list_tokens, revoke_token, start_session
 from .deps import CsrfProtect, DbSession, RequireUser, SettingsDep, rate_limit
-from .security import SESSION_COOKIE, set_cookie
+from .security import SESSION_COOKIE, retry_after, set_cookie
+from .settings import parse_rate
 from .web import render
 
 ERRORS = {401: {"description": "not authenticated"}, 403: {"description": "not allowed"},
           422: {"description": "invalid input"}, 429: {"description": "rate limited"}}
 
 api = APIRouter(prefix="/api/auth", tags=["accounts"], responses=ERRORS)
-pages = APIRouter(include_in_schema=False)
+pages = APIRouter(include_in_schema=False, dependencies=[Depends(rate_limit("api", "api_rate"))])
+
+
+def login(request: Request, session, username: str, password: str):  # type: ignore[no-untyped-def]
+    """:func:`authenticate`, throttled per account as well as per address: after ``login_account_rate``
+    failures the account's logins wait (right password or not), from whatever address they come."""
+    settings = request.app.state.settings
+    limiter = request.app.state.rate_limiter
+    limit, window = parse_rate(settings.login_account_rate)
+    key = "account:" + (username or "").strip().lower()[:100]
+    wait = limiter.blocked("login-account", key, limit, window)
+    if wait:
+        raise RateLimitedError(f"too many failed logins for {(username or '').strip().lower()[:40]!r}: at most "
+                               f"{settings.login_account_rate}; retry in {retry_after(wait)} s", retry_after=wait)
+    try:
+        return authenticate(session, username, password)
+    except AuthenticationError:
+        limiter.hit("login-account", key, limit, window)
+        raise
 
 
 class RegisterIn(BaseModel):
@@ -74,9 +93,9 @@ def register(body: RegisterIn, session: DbSession) -> UserOut:
 
 
 @api.post("/token", response_model=NewToken, status_code=201, dependencies=[Depends(rate_limit("login", "login_rate"))])
-def login_token(body: TokenRequest, session: DbSession) -> TokenOut:
+def login_token(request: Request, body: TokenRequest, session: DbSession) -> TokenOut:
     """Exchange a username and password for a new API token (for the CLI client)."""
-    user = authenticate(session, body.username, body.password)
+    user = login(request, session, body.username, body.password)
     row, plain = issue_token(session, user, body.name)
     return _token_out(row, NewToken, token=plain)
 
@@ -135,7 +154,7 @@ def login_form(request: Request, session: DbSession, settings: SettingsDep,
                username: Annotated[str, Form(max_length=100)], password: Annotated[str, Form(max_length=1000)],
                next: Annotated[str, Form(max_length=500)] = "/") -> Response:
     try:
-        user = authenticate(session, username, password)
+        user = login(request, session, username, password)
     except ServiceError as exc:
         return render(request, "login.html", {"next": _safe_next(next), "error": str(exc), "username": username},
                       exc.status_code)

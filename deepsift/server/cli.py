@@ -81,10 +81,17 @@ def settings_from_args(args: argparse.Namespace, export: bool = False):  # type:
     if export:
         os.environ.update(given)
     try:
-        return Settings(**{k.removeprefix("DEEPSIFT_").lower(): v for k, v in given.items()})
+        settings = Settings(**{k.removeprefix("DEEPSIFT_").lower(): v for k, v in given.items()})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UsageError(f"setting DEEPSIFT_{str(err['loc'][0]).upper()}: {err['msg']}") from None
+    from .db import make_private_dir
+
+    try:
+        make_private_dir(settings.data_dir)  # owner-only (0700), whichever command creates it
+    except OSError as exc:
+        raise UsageError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from None
+    return settings
 
 
 def migrate(settings) -> list[str]:  # type: ignore[no-untyped-def]

@@ -55,6 +55,7 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
     everyone = {r: 200 for r in ROLES}
     users = {ANON: 401, A: 200, B: 200, HOST: 200}
     host_only = {ANON: 401, A: 403, B: 403, HOST: 200}
+    no_admin = {ANON: 401, A: 403, B: 403, HOST: 403}  # account administration: admins only
     csv_bytes = csv_text(good_scores(w["hosted"])).encode()
     return [
         ("GET", "/healthz", {}, everyone),
@@ -67,6 +68,12 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
          {r: 201 for r in ROLES}),
         ("POST", "/api/auth/token", {"json": {"username": "alice", "password": "wrong-password"}},
          {r: 401 for r in ROLES}),
+        ("POST", "/api/auth/password", {"json": {"current_password": "wrong-password", "new_password": "pass-word-2"}},
+         {ANON: 401, A: 403, B: 403, HOST: 403}),
+        ("GET", "/api/admin/users", {}, no_admin),
+        ("POST", "/api/admin/users/alice/password", {"json": {}}, no_admin),
+        ("POST", "/api/admin/users/alice/disable", {}, no_admin),
+        ("POST", "/api/admin/users/alice/enable", {}, no_admin),
         ("GET", "/api/challenges", {}, everyone),
         ("POST", "/api/challenges", {"json": _json(spec_dict("{fresh}"))}, {ANON: 401, A: 403, B: 403, HOST: 201}),
         ("GET", f"/api/challenges/{c}", {}, everyone),
@@ -101,6 +108,7 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
          {ANON: 403, A: 403, B: 403, HOST: 200}),  # before the end
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard?part=private&format=csv", {},
          {ANON: 403, A: 403, B: 403, HOST: 200}),
+        ("POST", "/api/auth/logout-all", {}, {ANON: 401, A: 200, B: 200, HOST: 200}),  # last: it ends the tokens
     ]
 
 

@@ -83,8 +83,11 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
     from .account_routes import api as account_api
     from .account_routes import pages as account_pages
 
+    from .admin_routes import api as admin_api
+
     app.include_router(account_api)
     app.include_router(account_pages)
+    app.include_router(admin_api)
 
     @app.get("/healthz", response_model=Health, tags=["server"], responses={503: {"description": "database down"}})
     def healthz(request: Request) -> JSONResponse | Health:

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
                                                         description="per-domain settings overrides (tests)")
     cookie_secure: Literal["auto", "true", "false"] = "auto"
     session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
+    token_days: float = Field(90.0, ge=0, description="default lifetime of a new API token (0: never expires)")
     max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
     max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
     login_rate: str = Field("10/minute", description="login/registration attempts per client address")

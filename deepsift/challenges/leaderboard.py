@@ -1,7 +1,9 @@
 """Leaderboards: one row per team, its counting submission, sortable by any metric, with intervals.
 
 Which submission counts (per phase): ``best`` = the team's best scored submission by the ranking
-metric on the public part (earliest on ties), ``last`` = its latest scored one. The private
+metric on the public part (earliest on ties), ``last`` = its latest scored one, among those the team
+shows on the boards and the host has not hidden. A disqualified team's row stays, unranked, with
+the host's reason. The private
 leaderboard ranks the same counting submissions on the private part, so the choice never looks
 at hidden labels. Ranks are competition ranks (1, 2, 2, 4); missing values sort last.
 """
@@ -37,7 +39,8 @@ def columns(ph: Phase) -> list[str]:
 def counting_submissions(session: Session, ph: Phase) -> list[Submission]:
     """Each team's counting submission (see the module docstring); scores loaded for those only."""
     light = session.execute(select(Submission.id, Submission.team_id, Submission.public_score)
-                            .where(Submission.phase_id == ph.id, Submission.state == "scored")
+                            .where(Submission.phase_id == ph.id, Submission.state == "scored",
+                                   Submission.hidden.is_(False), Submission.public.is_(True))
                             .order_by(Submission.created_at, Submission.id)).all()
     best: dict[int, tuple[str, float | None]] = {}
     lower = ph.ranking_metric in LOWER_IS_BETTER
@@ -65,7 +68,8 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         raise InvalidInputError("order is 'asc' or 'desc'")
     descending = (order or ("asc" if sort in LOWER_IS_BETTER else "desc")) == "desc"
     subs = counting_submissions(session, ph)
-    names = dict(session.execute(select(Team.id, Team.name).where(Team.challenge_id == ph.challenge_id)).all())
+    teams = {t: (n, d) for t, n, d in session.execute(select(Team.id, Team.name, Team.disqualified_reason)
+                                                      .where(Team.challenge_id == ph.challenge_id)).all()}
     counts = dict(session.execute(select(Submission.team_id, func.count()).where(
         Submission.phase_id == ph.id, Submission.state == "scored").group_by(Submission.team_id)).all())
     cols = columns(ph)
@@ -76,15 +80,18 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         res = (s.scores or {}).get(part, {})
         overall = res.get("overall", {})
         ci = (res.get("ci") or {}).get(ph.ranking_metric)
-        rows.append({"team": names.get(s.team_id, "?"), "metrics": {c: overall.get(c) for c in cols},
+        name, disqualified = teams.get(s.team_id, ("?", None))
+        rows.append({"team": name, "metrics": {c: overall.get(c) for c in cols},
                      "ci95": ci, "intervals": "done" if s.intervals_done else "pending",
                      "submitted_at": s.created_at.isoformat(), "submissions": int(counts.get(s.team_id, 0)),
-                     "n_images": overall.get("n"), "_t": s.created_at})
+                     "n_images": overall.get("n"), "method_name": s.method_name or "",
+                     "method_description": s.method_description or "", "method_url": s.method_url or "",
+                     "disqualified": disqualified, "_t": s.created_at})
 
     def key(r: dict) -> tuple:
         v = r["metrics"].get(sort)
         missing = v is None
-        return (missing, -(v or 0.0) if descending else (v or 0.0), r["_t"])
+        return (r["disqualified"] is not None, missing, -(v or 0.0) if descending else (v or 0.0), r["_t"])
 
     rows.sort(key=key)
     prev, rank = None, 0
@@ -92,7 +99,7 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         v = r["metrics"].get(sort)
         if v != prev or i == 1:
             rank = i
-        r["rank"] = rank if v is not None else None
+        r["rank"] = rank if v is not None and r["disqualified"] is None else None
         prev = v
         del r["_t"]
     ch = ph.challenge
@@ -103,14 +110,17 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
 
 
 def to_csv(board: dict[str, Any]) -> str:
-    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions."""
+    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions,
+    method, method_url, disqualified."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions"])
+    w.writerow(["rank", "team", *board["columns"], "ci95_low", "ci95_high", "submitted_at", "submissions", "method",
+                "method_url", "disqualified"])
     for r in board["rows"]:
         ci = r["ci95"] or [None, None]
         w.writerow([r["rank"], r["team"], *[_fmt(r["metrics"][c]) for c in board["columns"]], _fmt(ci[0]),
-                    _fmt(ci[1]), r["submitted_at"], r["submissions"]])
+                    _fmt(ci[1]), r["submitted_at"], r["submissions"], r.get("method_name", ""),
+                    r.get("method_url", ""), r.get("disqualified") or ""])
     return out.getvalue()
 
 

@@ -83,7 +83,8 @@ def list_challenges(session: Session, user: User | None) -> list[Challenge]:
 
 
 def is_host_of(ch: Challenge, user: User | None) -> bool:
-    return user is not None and user.is_host and ch.host_id == user.id
+    """The challenge's host, or an administrator (who hosts every challenge)."""
+    return user is not None and user.is_host and (ch.host_id == user.id or user.is_admin)
 
 
 def require_host_of(ch: Challenge, user: User | None) -> None:
@@ -195,7 +196,7 @@ def create_team(session: Session, ch: Challenge, user: User, name: str) -> Team:
         raise ConflictError("you are already in a team of this challenge")
     if session.scalar(select(Team.id).where(Team.challenge_id == ch.id, func.lower(Team.name) == name.lower())):
         raise ConflictError(f"a team named {name!r} exists in this challenge")
-    team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow())
+    team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow(), captain_id=user.id)
     session.add(team)
     session.flush()
     session.add(TeamMember(team_id=team.id, challenge_id=ch.id, user_id=user.id, joined_at=utcnow()))

@@ -101,6 +101,23 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
         ("GET", f"/api/submissions/{sb}/file", {}, {ANON: 401, A: 404, B: 200, HOST: 200}),
         ("GET", "/api/submissions/u-guessed-id-0001", {}, {ANON: 401, A: 404, B: 404, HOST: 404}),
         ("POST", f"/api/submissions/{sb}/requeue", {}, {ANON: 401, A: 404, B: 403, HOST: 200}),
+        ("PATCH", f"/api/submissions/{sa}", {"json": {"method_name": "CoDE"}}, {ANON: 401, A: 200, B: 404, HOST: 403}),
+        ("PATCH", f"/api/submissions/{sb}", {"json": {"public": True}}, {ANON: 401, A: 404, B: 200, HOST: 403}),
+        ("POST", f"/api/submissions/{sb}/hide", {"json": {"hidden": False}}, {ANON: 401, A: 404, B: 403, HOST: 200}),
+        ("POST", f"/api/challenges/{c}/teams/Team B/disqualify", {"json": {"disqualified": False}},
+         {ANON: 401, A: 403, B: 403, HOST: 200}),
+        ("POST", "/api/challenges/secret/teams/Team B/disqualify", {"json": {"disqualified": False}},
+         {ANON: 401, A: 404, B: 404, HOST: 404}),  # unpublished: no such team there
+        ("GET", f"/api/challenges/{c}/announcements", {}, everyone),
+        ("GET", "/api/challenges/secret/announcements", {}, {ANON: 404, A: 404, B: 404, HOST: 200}),
+        ("POST", f"/api/challenges/{c}/announcements", {"json": {"title": "News"}},
+         {ANON: 401, A: 403, B: 403, HOST: 201}),
+        ("DELETE", f"/api/challenges/{c}/announcements/999999", {}, {ANON: 401, A: 403, B: 403, HOST: 404}),
+        ("POST", f"/api/challenges/{c}/team/remove", {"json": {"username": "bob"}},
+         {ANON: 401, A: 404, B: 409, HOST: 404}),  # nobody removes someone of another team (bob: not himself)
+        ("POST", f"/api/challenges/{c}/team/captain", {"json": {"username": "alice"}},
+         {ANON: 401, A: 200, B: 404, HOST: 404}),
+        ("POST", f"/api/challenges/{c}/team/leave", {}, {ANON: 401, A: 409, B: 409, HOST: 409}),  # all submitted
         ("GET", "/api/queue", {}, everyone),
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard", {}, everyone),
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard?format=csv", {}, everyone),

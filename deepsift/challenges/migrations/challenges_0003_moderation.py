@@ -58,9 +58,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f('ix_challenge_announcements_challenge_id'), table_name='challenge_announcements')
     op.drop_table('challenge_announcements')
-    with op.batch_alter_table('challenge_submissions') as batch:
-        for col in ('method_url', 'method_description', 'method_name', 'public', 'hidden_reason', 'hidden'):
-            batch.drop_column(col)
-    with op.batch_alter_table('challenge_teams') as batch:
-        for col in ('disqualified_at', 'disqualified_reason', 'captain_id'):
-            batch.drop_column(col)
+    # plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35): a batch copy would drop the tables, and with
+    # foreign keys on, their dependants (members, submissions) with them
+    for col in ('method_url', 'method_description', 'method_name', 'public', 'hidden_reason', 'hidden'):
+        op.drop_column('challenge_submissions', col)
+    for col in ('disqualified_at', 'disqualified_reason', 'captain_id'):
+        op.drop_column('challenge_teams', col)

@@ -42,6 +42,11 @@ def test_pages_are_rate_limited_like_the_api(database_url, tmp_path):
         r = c.get("/challenges", headers={"accept": "text/html"})
         assert int(r.headers["retry-after"]) >= 1 and "at most 4/minute" in r.text
         assert c.get("/healthz").status_code == 200  # liveness is never throttled
+        assert c.get("/api/auth/me").status_code == 429  # the account API counts like the rest of the API
+    app.state.db.dispose()
+    app = create_app(make_settings(database_url, tmp_path / "demo-data", api_rate="2/minute"), domains=["demo"])
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert [c.get("/quiz/results", headers={"accept": "text/html"}).status_code for _ in range(3)] == [200, 200, 429]
     app.state.db.dispose()
 
 

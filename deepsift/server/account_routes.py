@@ -20,7 +20,8 @@ from .web import render
 ERRORS = {401: {"description": "not authenticated"}, 403: {"description": "not allowed"},
           422: {"description": "invalid input"}, 429: {"description": "rate limited"}}
 
-api = APIRouter(prefix="/api/auth", tags=["accounts"], responses=ERRORS)
+api = APIRouter(prefix="/api/auth", tags=["accounts"], responses=ERRORS,
+                dependencies=[Depends(rate_limit("api", "api_rate"))])
 pages = APIRouter(include_in_schema=False, dependencies=[Depends(rate_limit("api", "api_rate"))])
 
 

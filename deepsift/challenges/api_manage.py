@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ..server.deps import CsrfProtect, CurrentUser, DbSession, RequireUser, rate_limit
+from ..server.models import User
 from . import moderation, service, submissions, teams, views
 from .api import E
 from .schemas import (AnnouncementIn, AnnouncementOut, DisqualifyIn, HideIn, MemberIn, SubmissionOut, SubmissionUpdate,
@@ -67,11 +70,7 @@ def disqualify(slug: str, team: str, body: DisqualifyIn, user: RequireUser, sess
 
 
 # -- announcements ---------------------------------------------------------------------------------
-def _announcement_out(session: DbSession, a) -> AnnouncementOut:  # type: ignore[no-untyped-def]
-    from sqlalchemy import select
-
-    from ..server.models import User
-
+def _announcement_out(session: Session, a) -> AnnouncementOut:  # type: ignore[no-untyped-def]
     author = session.scalar(select(User.username).where(User.id == a.author_id)) if a.author_id else None
     return AnnouncementOut(id=a.id, title=a.title, body=a.body, author=author, created_at=a.created_at)
 

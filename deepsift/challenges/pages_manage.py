@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ..exceptions import ServiceError
+from ..exceptions import NotFoundError, ServiceError
 from ..server.deps import CsrfProtect, DbSession, RequireUser, rate_limit
 from . import moderation, pages, service, submissions, teams
 
@@ -66,8 +66,6 @@ def hide_form(request: Request, slug: str, sid: str, user: RequireUser, session:
     def act(ch):  # type: ignore[no-untyped-def]
         sub = submissions.get_submission(session, sid, user)
         if sub.phase.challenge_id != ch.id:
-            from ..exceptions import NotFoundError
-
             raise NotFoundError("no such submission in this challenge")
         moderation.hide_submission(session, sub, user, hidden == "1", reason)
 

@@ -9,6 +9,7 @@ import datetime as dt
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
+from ..exceptions import ConflictError
 from .accounts import list_users, reset_password, set_disabled
 from .deps import CsrfProtect, DbSession, RequireAdmin, rate_limit
 
@@ -58,8 +59,6 @@ def reset(username: str, admin: RequireAdmin, session: DbSession, body: Password
 def disable(username: str, admin: RequireAdmin, session: DbSession) -> AdminUserOut:
     """Disable an account (administrators): its tokens and sessions stop working at once, logins are refused."""
     if username.strip().lower() == admin.username:
-        from ..exceptions import ConflictError
-
         raise ConflictError("an administrator cannot disable their own account")
     return _out(set_disabled(session, username, True))
 

@@ -32,7 +32,7 @@ TEST_SECRET = "test-secret-key-not-for-production"
 def make_settings(database_url: str, data_dir: str | os.PathLike, **overrides: Any) -> Settings:
     """Settings for a test server: the given database, a private data folder, generous rate limits."""
     base: dict[str, Any] = dict(database_url=database_url, data_dir=Path(data_dir), secret_key=TEST_SECRET,
-                                login_rate="1000/minute", submit_rate="1000/minute", api_rate="100000/minute")
+                                login_rate="1000/minute", login_account_rate="1000/minute", submit_rate="1000/minute", api_rate="100000/minute")
     base.update(overrides)
     return Settings(**base)
 
@@ -90,7 +90,7 @@ class ServeProcess:
                  extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (), scoring_workers: int = 0) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DEEPSIFT_SECRET_KEY": TEST_SECRET, "DEEPSIFT_LOGIN_RATE": "1000/minute",
+        self.env = {**os.environ, "DEEPSIFT_SECRET_KEY": TEST_SECRET, "DEEPSIFT_LOGIN_RATE": "1000/minute", "DEEPSIFT_LOGIN_ACCOUNT_RATE": "1000/minute",
                     "DEEPSIFT_SUBMIT_RATE": "100000/minute", "DEEPSIFT_API_RATE": "1000000/minute",
                     "DEEPSIFT_CHALLENGES_SERVE_WORKERS": str(scoring_workers), **(extra_env or {})}
         self.cmd = [sys.executable, "-m", "deepsift", "serve", "--port", str(self.port), "--data-dir", str(data_dir),

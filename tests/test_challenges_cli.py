@@ -303,3 +303,47 @@ def test_extract_refuses_a_member_outside_the_layout_and_leaves_nothing(tmp_path
         extract_images(archive, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
     assert not (tmp_path.parent / "evil.png").exists()
+
+
+def test_team_commands_and_entry_options(app, client, live_server, tmp_path, capsys, monkeypatch):
+    """`challenges team create|join|show|leave` (no curl needed) and `submit --method ... --not-on-board`."""
+    from platformkit import csv_text, good_scores, host_challenge, register
+
+    h = host_challenge(app, client, tmp_path)
+    alice, bob = register(client, "alice"), register(client, "bob")
+    monkeypatch.setenv("DEEPSIFT_CLIENT_CONFIG", str(tmp_path / "cfg" / "client.json"))
+    monkeypatch.setenv("DEEPSIFT_SERVER", live_server.url)
+    monkeypatch.setenv("DEEPSIFT_TOKEN", alice.token)
+    team = ["challenges", "team"]
+    assert main([*team, "show", "--challenge", h.slug]) == 1
+    assert "not in a team" in capsys.readouterr().err
+    assert main([*team, "create", "--challenge", h.slug, "Team A", "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["name"] == "Team A" and row["members"] == ["alice"] and row["captain"] == "alice"
+    assert main([*team, "create", "--challenge", h.slug, "Team B"]) == 1
+    err = capsys.readouterr().err
+    assert "already in a team" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("DEEPSIFT_TOKEN", bob.token)
+    assert main([*team, "join", "--challenge", h.slug, "not-a-code"]) == 1
+    assert "invite code" in capsys.readouterr().err
+    assert main([*team, "join", "--challenge", h.slug, row["invite_code"], "--format", "csv"]) == 0
+    [shown] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert shown["members"] == "alice, bob" and shown["captain"] == "alice"
+    assert main([*team, "show", "--challenge", h.slug]) == 0
+    assert "alice, bob" in capsys.readouterr().out
+    assert main([*team, "leave", "--challenge", h.slug, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["members"] == ["alice"]
+    assert main([*team, "show", "--challenge", h.slug]) == 1
+    capsys.readouterr()
+
+    monkeypatch.setenv("DEEPSIFT_TOKEN", alice.token)
+    preds = tmp_path / "preds.csv"
+    preds.write_text(csv_text(good_scores(h)))
+    sub = ["challenges", "submit", "--challenge", h.slug, "--phase", "dev", str(preds)]
+    assert main([*sub, "--method-url", "javascript:alert(1)"]) == 1
+    assert "link" in capsys.readouterr().err
+    assert main([*sub, "--method", "CoDE", "--method-description", "ViT-Tiny", "--method-url",
+                 "https://github.com/aimagelab/CoDE", "--not-on-board", "--format", "json"]) == 0
+    [s] = json.loads(capsys.readouterr().out)
+    assert (s["method_name"], s["method_description"], s["method_url"], s["public"]) == (
+        "CoDE", "ViT-Tiny", "https://github.com/aimagelab/CoDE", False)

@@ -55,6 +55,7 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
     everyone = {r: 200 for r in ROLES}
     users = {ANON: 401, A: 200, B: 200, HOST: 200}
     host_only = {ANON: 401, A: 403, B: 403, HOST: 200}
+    no_admin = {ANON: 401, A: 403, B: 403, HOST: 403}  # account administration: admins only
     csv_bytes = csv_text(good_scores(w["hosted"])).encode()
     return [
         ("GET", "/healthz", {}, everyone),
@@ -67,6 +68,12 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
          {r: 201 for r in ROLES}),
         ("POST", "/api/auth/token", {"json": {"username": "alice", "password": "wrong-password"}},
          {r: 401 for r in ROLES}),
+        ("POST", "/api/auth/password", {"json": {"current_password": "wrong-password", "new_password": "pass-word-2"}},
+         {ANON: 401, A: 403, B: 403, HOST: 403}),
+        ("GET", "/api/admin/users", {}, no_admin),
+        ("POST", "/api/admin/users/alice/password", {"json": {}}, no_admin),
+        ("POST", "/api/admin/users/alice/disable", {}, no_admin),
+        ("POST", "/api/admin/users/alice/enable", {}, no_admin),
         ("GET", "/api/challenges", {}, everyone),
         ("POST", "/api/challenges", {"json": _json(spec_dict("{fresh}"))}, {ANON: 401, A: 403, B: 403, HOST: 201}),
         ("GET", f"/api/challenges/{c}", {}, everyone),
@@ -94,6 +101,23 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
         ("GET", f"/api/submissions/{sb}/file", {}, {ANON: 401, A: 404, B: 200, HOST: 200}),
         ("GET", "/api/submissions/u-guessed-id-0001", {}, {ANON: 401, A: 404, B: 404, HOST: 404}),
         ("POST", f"/api/submissions/{sb}/requeue", {}, {ANON: 401, A: 404, B: 403, HOST: 200}),
+        ("PATCH", f"/api/submissions/{sa}", {"json": {"method_name": "CoDE"}}, {ANON: 401, A: 200, B: 404, HOST: 403}),
+        ("PATCH", f"/api/submissions/{sb}", {"json": {"public": True}}, {ANON: 401, A: 404, B: 200, HOST: 403}),
+        ("POST", f"/api/submissions/{sb}/hide", {"json": {"hidden": False}}, {ANON: 401, A: 404, B: 403, HOST: 200}),
+        ("POST", f"/api/challenges/{c}/teams/Team B/disqualify", {"json": {"disqualified": False}},
+         {ANON: 401, A: 403, B: 403, HOST: 200}),
+        ("POST", "/api/challenges/secret/teams/Team B/disqualify", {"json": {"disqualified": False}},
+         {ANON: 401, A: 404, B: 404, HOST: 404}),  # unpublished: no such team there
+        ("GET", f"/api/challenges/{c}/announcements", {}, everyone),
+        ("GET", "/api/challenges/secret/announcements", {}, {ANON: 404, A: 404, B: 404, HOST: 200}),
+        ("POST", f"/api/challenges/{c}/announcements", {"json": {"title": "News"}},
+         {ANON: 401, A: 403, B: 403, HOST: 201}),
+        ("DELETE", f"/api/challenges/{c}/announcements/999999", {}, {ANON: 401, A: 403, B: 403, HOST: 404}),
+        ("POST", f"/api/challenges/{c}/team/remove", {"json": {"username": "bob"}},
+         {ANON: 401, A: 404, B: 409, HOST: 404}),  # nobody removes someone of another team (bob: not himself)
+        ("POST", f"/api/challenges/{c}/team/captain", {"json": {"username": "alice"}},
+         {ANON: 401, A: 200, B: 404, HOST: 404}),
+        ("POST", f"/api/challenges/{c}/team/leave", {}, {ANON: 401, A: 409, B: 409, HOST: 409}),  # all submitted
         ("GET", "/api/queue", {}, everyone),
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard", {}, everyone),
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard?format=csv", {}, everyone),
@@ -101,6 +125,7 @@ def matrix(w: dict) -> list[tuple[str, str, dict, dict[str, int]]]:
          {ANON: 403, A: 403, B: 403, HOST: 200}),  # before the end
         ("GET", f"/api/challenges/{c}/phases/{p}/leaderboard?part=private&format=csv", {},
          {ANON: 403, A: 403, B: 403, HOST: 200}),
+        ("POST", "/api/auth/logout-all", {}, {ANON: 401, A: 200, B: 200, HOST: 200}),  # last: it ends the tokens
     ]
 
 

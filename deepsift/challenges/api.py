@@ -230,10 +230,19 @@ def submit(request: Request, slug: str, phase: str, user: RequireUser, session: 
                                                                                "JSON (input_size, mean, std, crop, "
                                                                                "output...)")] = "",
            idempotency_key: Annotated[str | None, Header(max_length=64, description="a retried request with the same "
-                                                     "key returns the first one's submission")] = None) -> SubmissionOut:
+                                                     "key returns the first one's submission")] = None,
+           method_name: Annotated[str, Form(max_length=100, description="the method's name, shown on the boards")] = "",
+           method_description: Annotated[str, Form(max_length=1000, description="a short description")] = "",
+           method_url: Annotated[str, Form(max_length=500, description="http(s) link to the paper or code")] = "",
+           public: Annotated[bool, Form(description="show it on the boards (your team's counting entry is "
+                                                    "picked among the shown ones)")] = True) -> SubmissionOut:
     """Submit predictions or a model. The file is checked first: a bad one is refused (422) and not counted."""
+    from . import moderation
     from .predictions import check_suffix
 
+    entry = moderation.check_entry(method_name, method_description, method_url)
+    moderation.check_not_disqualified(service.team_of(session, service.get_challenge(session, slug, user), user))
+    session.rollback()  # no read transaction held over the upload
     cs = _cs(request)
     if kind == "predictions":
         check_suffix(file.filename or "")
@@ -244,7 +253,14 @@ def submit(request: Request, slug: str, phase: str, user: RequireUser, session: 
                          upload=upload, filename=file.filename or "upload", note=note,
                          preprocessing=preprocessing or None, client_key=idempotency_key,
                          max_queued=cs.max_queued_per_team)
-    return views.submission_out(session, session.get(Submission, sub.id), user)  # fresh: a worker may have it already
+    if any(entry.values()) or not public:
+        with request.app.state.db.session(write=True) as w:
+            row = w.get(Submission, sub.id)
+            for k, v in entry.items():
+                setattr(row, k, v)
+            row.public = public  # type: ignore[union-attr]
+    session.rollback()  # a fresh read: the description just written, and a worker may have it already
+    return views.submission_out(session, session.get(Submission, sub.id), user)
 
 
 @router.get("/challenges/{slug}/phases/{phase}/submissions", response_model=list[SubmissionOut])

@@ -7,6 +7,7 @@
     deepsift challenges status [ID] [--challenge C --phase P]
     deepsift challenges leaderboard --challenge C --phase P [--part private] [--sort ap] [--format csv]
     deepsift challenges download --challenge C --phase P --out DIR
+    deepsift challenges team create|join|show|leave --challenge C [NAME | INVITE_CODE]
 
 Exit codes: 0 done; 1 an error stopped the command (the server's reason on one line); 2 bad usage;
 3 done but an input failed: ``submit --wait`` for a submission whose scoring failed (the row says why).
@@ -27,6 +28,7 @@ from ..server.cli import add_database_options
 SUB_COLUMNS = ["id", "phase", "team", "kind", "filename", "state", "position", "public_score", "private_score",
                "wait_seconds", "run_seconds", "reason"]
 """Columns of a submission row in the table and CSV formats (json/jsonl rows carry every field)."""
+TEAM_COLUMNS = ["name", "members", "captain", "invite_code", "disqualified"]
 
 
 def _server(p: argparse.ArgumentParser) -> None:
@@ -76,6 +78,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                    help="the model's preprocessing and output spec (default: 224 px centre crop, ImageNet "
                         "mean/std, output = P(fake))")
     p.add_argument("--note", help="a note shown with the submission (default: none)")
+    p.add_argument("--method", metavar="NAME", help="the method's name, shown on the boards (default: none)")
+    p.add_argument("--method-description", metavar="TEXT", help="a short description, shown on the boards (default: none)")
+    p.add_argument("--method-url", metavar="URL", help="http(s) link to the paper or code (default: none)")
+    p.add_argument("--not-on-board", action="store_true",
+                   help="keep this entry off the boards (your team's counting entry is picked among the shown ones)")
     p.add_argument("--wait", action="store_true", help="wait until it is scored (exit 0) or failed (exit 3)")
     p.add_argument("--timeout", type=positive_float, default=3600.0, metavar="SECONDS",
                    help="how long --wait waits before giving up (exit 1)")
@@ -107,6 +114,20 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                    help="also unpack the images into a folder beside the archive (CHALLENGE-PHASE/images/), "
                         "ready for 'deepsift detect'")
     p.set_defaults(func=cmd_download)
+
+    team = subgroup(ch, groups, "team", "your team in a challenge: create, join, show, leave")
+    for name, text, arg, arg_help in (
+            ("create", "create a team and join it (you are its captain)", "name", "the team's name"),
+            ("join", "join a team with the invite code its members give you", "invite_code", "the invite code"),
+            ("show", "your team: members, captain, invite code", None, None),
+            ("leave", "leave your team (until it submits; the captain hands over first)", None, None)):
+        p = add_command(team, name, text)
+        _server(p)
+        p.add_argument("--challenge", required=True, metavar="SLUG", help="challenge slug")
+        if arg:  # positional
+            p.add_argument(arg, help=arg_help)
+        add_output_options(p)
+        p.set_defaults(func=cmd_team, team_action=name)
 
 
 # -- server side -----------------------------------------------------------------------------------
@@ -241,8 +262,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
             spec = Path(args.model_spec).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--model-spec {args.model_spec}: {getattr(exc, 'strerror', None) or exc}") from None
+    entry = {"method_name": args.method, "method_description": args.method_description,
+             "method_url": args.method_url, "public": False if args.not_on_board else None}
     with _client(args) as c:
-        sub = c.submit(args.challenge, args.phase, args.file, kind=kind, preprocessing=spec, note=args.note or "")
+        sub = c.submit(args.challenge, args.phase, args.file, kind=kind, preprocessing=spec, note=args.note or "",
+                       **entry)
         note(f"submitted {sub['id']}: {sub['state']}" + (f", position {sub['position']}" if sub.get("position") else ""))
         if args.wait:
             sub = c.wait(sub["id"], args.timeout)
@@ -300,4 +324,26 @@ def cmd_download(args: argparse.Namespace) -> int:
 
         path = extract_images(path, path.with_name(f"{args.challenge}-{args.phase}"))
     print(path)
+    return EXIT_OK
+
+
+def cmd_team(args: argparse.Namespace) -> int:
+    """Create, join, show or leave your team in a challenge; prints the team as one row."""
+    from ..output import note, open_output, write_rows
+
+    with _client(args) as c:
+        if args.team_action == "create":
+            team = c.create_team(args.challenge, args.name)
+        elif args.team_action == "join":
+            team = c.join_team(args.challenge, args.invite_code)
+        elif args.team_action == "leave":
+            team = c.leave_team(args.challenge)
+            note(f"left the team in {args.challenge}" + ("" if team else "; you were its last member: it is gone"))
+        else:
+            team = c.team(args.challenge)
+    if team is None:
+        return EXIT_OK
+    row = {**team, "members": ", ".join(team["members"]) if args.format in ("table", "csv") else team["members"]}
+    with open_output(args.out) as out:
+        write_rows([row], args.format, TEAM_COLUMNS, out)
     return EXIT_OK

@@ -130,13 +130,15 @@ class Client:
         return self.json("GET", f"/api/challenges/{slug}")
 
     def submit(self, challenge: str, phase: str, path: str | os.PathLike, *, kind: str = "predictions",
-               preprocessing: str | None = None, note: str = "") -> dict:
+               preprocessing: str | None = None, note: str = "", **entry: Any) -> dict:
         p = Path(path)
         if not p.exists():
             raise input_not_found(p)
         if not p.is_file():
             raise UsageError(f"{p}: is a folder, not a file")
         data = {"kind": kind, "note": note}
+        data.update({k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in entry.items()
+                     if v is not None})  # method_name, method_description, method_url, public
         if preprocessing:
             data["preprocessing"] = preprocessing
         key = secrets.token_urlsafe(24)  # one key for every retry of this submit: never a duplicate
@@ -146,6 +148,26 @@ class Client:
 
     def submission(self, sid: str) -> dict:
         return self.json("GET", f"/api/submissions/{sid}")
+
+    def create_team(self, challenge: str, name: str) -> dict:
+        """Create a team in ``challenge`` and join it (as its captain)."""
+        return self.json("POST", f"/api/challenges/{challenge}/teams", json={"name": name})
+
+    def join_team(self, challenge: str, invite_code: str) -> dict:
+        """Join the team whose invite code is ``invite_code``."""
+        return self.json("POST", f"/api/challenges/{challenge}/teams/join", json={"invite_code": invite_code})
+
+    def team(self, challenge: str) -> dict:
+        """Your team in ``challenge`` (name, members, captain, invite code)."""
+        return self.json("GET", f"/api/challenges/{challenge}/team")
+
+    def leave_team(self, challenge: str) -> dict | None:
+        """Leave your team; None when you were its last member (the team is gone)."""
+        return self.json("POST", f"/api/challenges/{challenge}/team/leave")
+
+    def describe(self, sid: str, **fields: Any) -> dict:
+        """Set a submission's method_name / method_description / method_url / public."""
+        return self.json("PATCH", f"/api/submissions/{sid}", json={k: v for k, v in fields.items() if v is not None})
 
     def submissions(self, challenge: str, phase: str) -> list[dict]:
         return self.json("GET", f"/api/challenges/{challenge}/phases/{phase}/submissions")

@@ -9,9 +9,9 @@ HERE = Path(__file__).parent
 
 
 def _routers():  # type: ignore[no-untyped-def]
-    from . import api, pages
+    from . import api, api_manage, pages, pages_manage
 
-    return [api.router, pages.router]
+    return [api.router, api_manage.router, pages.router, pages_manage.router]
 
 
 def _setup(app, settings) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,9 @@
 """Leaderboards: one row per team, its counting submission, sortable by any metric, with intervals.
 
 Which submission counts (per phase): ``best`` = the team's best scored submission by the ranking
-metric on the public part (earliest on ties), ``last`` = its latest scored one. The private
+metric on the public part (earliest on ties), ``last`` = its latest scored one, among those the team
+shows on the boards and the host has not hidden. A disqualified team's row stays, unranked, with
+the host's reason. The private
 leaderboard ranks the same counting submissions on the private part, so the choice never looks
 at hidden labels. Ranks are competition ranks (1, 2, 2, 4) of the values as shown; missing
 values sort last. A phase with training generators (``train_generators``) shows each metric on the
@@ -58,18 +60,20 @@ def entry_flags(sub: Submission, ph: Phase) -> list[str]:
 
 def _disqualified(team: Team) -> bool:
     """Whether a team is disqualified (moderation sets ``disqualified``/``disqualified_at`` on the team, if any)."""
-    return bool(getattr(team, "disqualified", None) or getattr(team, "disqualified_at", None))
+    return bool(getattr(team, "disqualified_reason", None) or getattr(team, "disqualified_at", None))
 
 
 def counting_submissions(session: Session, ph: Phase) -> list[Submission]:
     """Each team's counting submission (see the module docstring); scores loaded for those only.
 
     Only regular entries compete: the host's and late ones are off the ranking (a baseline the host
-    marks is shown beside it, see :func:`baselines`).
+    marks is shown beside it, see :func:`baselines`); hidden entries, and those the team keeps off the
+    boards, are not shown at all.
     """
     light = session.execute(select(Submission.id, Submission.team_id, Submission.public_score, Submission.user_id,
                                    Submission.late, Submission.baseline)
-                            .where(Submission.phase_id == ph.id, Submission.state == "scored")
+                            .where(Submission.phase_id == ph.id, Submission.state == "scored",
+                                   Submission.hidden.is_(False), Submission.public.is_(True))
                             .order_by(Submission.created_at, Submission.id)).all()
     best: dict[int, tuple[str, float | None]] = {}
     lower = ph.ranking_metric in LOWER_IS_BETTER
@@ -111,7 +115,8 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         raise InvalidInputError("order is 'asc' or 'desc'")
     descending = (order or ("asc" if sort in LOWER_IS_BETTER else "desc")) == "desc"
     subs = counting_submissions(session, ph) + baselines(session, ph)
-    names = dict(session.execute(select(Team.id, Team.name).where(Team.challenge_id == ph.challenge_id)).all())
+    teams = {t: (n, d) for t, n, d in session.execute(select(Team.id, Team.name, Team.disqualified_reason)
+                                                      .where(Team.challenge_id == ph.challenge_id)).all()}
     counts = dict(session.execute(select(Submission.team_id, func.count()).where(
         Submission.phase_id == ph.id, Submission.state == "scored").group_by(Submission.team_id)).all())
     cols = columns(ph)
@@ -124,10 +129,13 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
         overall = res.get("overall", {})
         ci = ranking_ci(s.scores, part) if s.scores else None
         figures = {on: (overall if on == "all" else (res.get("split") or {}).get(on) or {}) for on in SPLITS}
-        row = {"team": names.get(s.team_id, "?"), "metrics": {c: published(figures[rank_on].get(c)) for c in cols},
+        name, disqualified = teams.get(s.team_id, ("?", None))
+        row = {"team": name, "metrics": {c: published(figures[rank_on].get(c)) for c in cols},
                "ci95": published(ci), "intervals": "done" if s.intervals_done else "pending",
                "submitted_at": s.created_at.isoformat(), "submissions": int(counts.get(s.team_id, 0)),
-               "n_images": figures[rank_on].get("n"), "flags": entry_flags(s, ph), "_t": s.created_at}
+               "n_images": figures[rank_on].get("n"), "flags": entry_flags(s, ph), "_t": s.created_at,
+               "method_name": s.method_name or "", "method_description": s.method_description or "",
+               "method_url": s.method_url or "", "disqualified": disqualified}
         if split:
             row["split"] = {on: {c: published(figures[on].get(c)) for c in cols} for on in SPLITS}
         rows.append(row)
@@ -135,7 +143,7 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
     def key(r: dict) -> tuple:
         v = r["metrics"].get(sort)
         missing = v is None
-        return (missing, -(v or 0.0) if descending else (v or 0.0), r["_t"])
+        return (r["disqualified"] is not None, missing, -(v or 0.0) if descending else (v or 0.0), r["_t"])
 
     rows.sort(key=key)
     prev, rank, place = None, 0, 0
@@ -157,7 +165,8 @@ def build(session: Session, ph: Phase, *, part: str = "public", sort: str | None
 
 
 def to_csv(board: dict[str, Any]) -> str:
-    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions, flags.
+    """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions, flags,
+    method, method_url, disqualified (the host's reason).
 
     With a seen/unseen split, each metric is three columns side by side: ``<metric>_seen``,
     ``<metric>_unseen``, ``<metric>_all`` (the interval is the ranking metric's on ``rank_on``).
@@ -166,13 +175,15 @@ def to_csv(board: dict[str, Any]) -> str:
     w = csv.writer(out)
     splits = board.get("splits")
     heads = [f"{c}_{on}" for c in board["columns"] for on in splits] if splits else board["columns"]
-    w.writerow(["rank", "team", *heads, "ci95_low", "ci95_high", "submitted_at", "submissions", "flags"])
+    w.writerow(["rank", "team", *heads, "ci95_low", "ci95_high", "submitted_at", "submissions", "flags", "method",
+                "method_url", "disqualified"])
     for r in board["rows"]:
         ci = r["ci95"] or [None, None]
         values = [r["split"][on][c] for c in board["columns"] for on in splits] if splits else \
             [r["metrics"][c] for c in board["columns"]]
         w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(v) for v in values],
-                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"])])
+                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"]),
+                    r.get("method_name", ""), r.get("method_url", ""), r.get("disqualified") or ""])
     return out.getvalue()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (JSON, BigInteger, Boolean, ColumnElement, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, false, or_)
+                        UniqueConstraint, false, or_, true)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from ..server.db import Base, UTCDateTime, new_id, utcnow
@@ -95,6 +95,9 @@ class Team(Base):
     name: Mapped[str] = mapped_column(String(60))
     invite_code: Mapped[str] = mapped_column(String(40), default=new_id)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    captain_id: Mapped[int | None] = mapped_column(Integer, default=None)  # users.id (its creator at first)
+    disqualified_reason: Mapped[str | None] = mapped_column(String(500), default=None)  # set by the host
+    disqualified_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
 
     members: Mapped[list["TeamMember"]] = relationship(back_populates="team", cascade="all, delete-orphan")
 
@@ -148,6 +151,12 @@ class Submission(Base):
     charged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # failed, yet counted
     baseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # host-marked: shown, unranked
     late: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # accepted after the phase ended
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # by the host: off every board
+    hidden_reason: Mapped[str | None] = mapped_column(String(500), default=None)
+    public: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # the team's choice: on the boards
+    method_name: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    method_description: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    method_url: Mapped[str] = mapped_column(String(500), default="", server_default="")  # http(s) only
 
     phase: Mapped[Phase] = relationship()
     team: Mapped[Team] = relationship()
@@ -168,3 +177,14 @@ def counted() -> ColumnElement[bool]:
     """The quota rule as SQL: queued, running and scored submissions count, and failed ones marked ``charged``
     (the run used its whole time or memory limit: see :func:`deepsift.challenges.queue.charged_failure`)."""
     return or_(Submission.state.in_(COUNTED_STATES), Submission.charged.is_(True))
+
+
+class Announcement(Base):
+    __tablename__ = "challenge_announcements"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    challenge_id: Mapped[int] = mapped_column(ForeignKey("challenge_challenges.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    title: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

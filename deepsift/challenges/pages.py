@@ -17,7 +17,7 @@ from . import service, submissions, views
 from .models import TestSet
 from .spec import LOWER_IS_BETTER
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(rate_limit("api", "api_rate"))])
 METRIC_LABELS = {"f1": "F1", "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "ap": "AP",
                  "auroc": "AUROC", "tpr@1%fpr": "TPR@1%FPR", "tpr@5%fpr": "TPR@5%FPR", "eer": "EER",
                  "acc_real": "Acc. real", "acc_fake": "Acc. fake", "ece": "ECE"}
@@ -71,8 +71,13 @@ def list_page(request: Request, session: DbSession, user: CurrentUser) -> Respon
 @router.get("/challenges/{slug}")
 def challenge_page(request: Request, slug: str, session: DbSession, user: CurrentUser,
                    error: str | None = None, status: int = 200) -> Response:
-    ch = views.challenge_out(session, service.get_challenge(session, slug, user), user)
-    return render(request, "challenges/challenge.html", _ctx(ch=ch, error=error), status)
+    from . import moderation
+
+    row = service.get_challenge(session, slug, user)
+    ch = views.challenge_out(session, row, user)
+    return render(request, "challenges/challenge.html",
+                  _ctx(ch=ch, error=error, announcements=moderation.announcements(session, row),
+                       me=user.username if user else None), status)
 
 
 @router.post("/challenges/{slug}/team", dependencies=[CsrfProtect])
@@ -107,11 +112,17 @@ def submit_page(request: Request, slug: str, phase: str, user: RequireUser, sess
 def submit_form(request: Request, slug: str, phase: str, user: RequireUser, session: ReadDbSession,
                 file: Annotated[UploadFile, File()], kind: Annotated[str, Form(max_length=12)] = "predictions",
                 note: Annotated[str, Form(max_length=200)] = "",
-                preprocessing: Annotated[str, Form(max_length=10_000)] = "") -> Response:
+                preprocessing: Annotated[str, Form(max_length=10_000)] = "",
+                method_name: Annotated[str, Form(max_length=100)] = "",
+                method_description: Annotated[str, Form(max_length=1000)] = "",
+                method_url: Annotated[str, Form(max_length=500)] = "",
+                public: Annotated[str, Form(max_length=5)] = "") -> Response:
     try:
         if kind not in ("predictions", "model"):
             raise InvalidInputError("choose predictions or model")
-        sub = api.submit(request, slug, phase, user, session, file, kind, note, preprocessing, None)  # type: ignore[arg-type]
+        sub = api.submit(request, slug, phase, user, session, file, kind, note, preprocessing, None,  # type: ignore[arg-type]
+                         method_name=method_name, method_description=method_description, method_url=method_url,
+                         public=public != "0")
     except ServiceError as exc:
         session.rollback()
         return submit_page(request, slug, phase, user, session, error=str(exc), status=exc.status_code)
@@ -133,8 +144,13 @@ def my_submissions(request: Request, slug: str, user: RequireUser, session: DbSe
 
 @router.get("/submissions/{sid}")
 def result_page(request: Request, sid: str, user: RequireUser, session: DbSession) -> Response:
-    sub = views.submission_out(session, submissions.get_submission(session, sid, user), user, events=True)
-    return render(request, "challenges/result.html", _ctx(sub=sub, roc_svg=roc_svg))
+    row = submissions.get_submission(session, sid, user)
+    sub = views.submission_out(session, row, user, events=True)
+    from .models import TeamMember
+
+    mine = session.scalar(select(TeamMember.id).where(TeamMember.team_id == row.team_id,
+                                                      TeamMember.user_id == user.id)) is not None
+    return render(request, "challenges/result.html", _ctx(sub=sub, roc_svg=roc_svg, mine=mine))
 
 
 def _board(session, slug, phase, user, part, sort, order):  # type: ignore[no-untyped-def]
@@ -177,9 +193,14 @@ def admin_page(request: Request, slug: str, user: RequireUser, session: DbSessio
                        [views.submission_out(session, s, user) for s in submissions.all_submissions(session, ph)]))
     from . import queue
 
+    from . import moderation
+    from .models import Team
+
+    teams = list(session.scalars(select(Team).where(Team.challenge_id == ch.id).order_by(Team.name)))
     return render(request, "challenges/admin.html",
                   _ctx(ch=views.challenge_out(session, ch, user), phases=phases, error=error,
-                       health=queue.health(session)), status)
+                       health=queue.health(session), teams=teams,
+                       announcements=moderation.announcements(session, ch)), status)
 
 
 @router.post("/challenges/{slug}/admin/requeue/{sid}", dependencies=[CsrfProtect])

@@ -46,6 +46,8 @@ class TeamOut(BaseModel):
     name: str
     members: list[str]
     invite_code: str = Field(description="give it to people who should join this team")
+    captain: str | None = Field(None, description="removes members and hands over the captaincy")
+    disqualified: str | None = Field(None, description="the host's reason, when the team was disqualified")
 
 
 class ChallengeOut(BaseModel):
@@ -110,6 +112,12 @@ class SubmissionOut(BaseModel):
     counts_toward_quota: bool
     flags: list[str] = Field(default_factory=list, description="host, baseline, late, disqualified (as on the boards)")
     events: list[EventOut] | None = None
+    method_name: str = ""
+    method_description: str = ""
+    method_url: str = Field("", description="link to the paper or code (http/https)")
+    public: bool = Field(True, description="shown on the boards (the team's counting entry is chosen among these)")
+    hidden: bool = Field(False, description="hidden from every board by the host")
+    hidden_reason: str | None = None
 
 
 class TestSetOut(BaseModel):
@@ -135,6 +143,10 @@ class LeaderboardRow(BaseModel):
     submitted_at: str
     submissions: int
     n_images: int | None
+    method_name: str = ""
+    method_description: str = ""
+    method_url: str = ""
+    disqualified: str | None = Field(None, description="the host's reason: shown, not ranked")
     flags: list[str] = Field(default_factory=list, description="host, baseline, late, disqualified: a row with "
                                                                 "baseline or disqualified has no rank")
 
@@ -166,3 +178,37 @@ class QueueHealth(BaseModel):
     running: int = Field(description="jobs held by a live worker")
     oldest_queued_seconds: float | None = Field(description="how long the oldest waiting one has waited")
     busy_workers: int
+
+
+class SubmissionUpdate(BaseModel):
+    method_name: str | None = Field(None, max_length=100)
+    method_description: str | None = Field(None, max_length=1000)
+    method_url: str | None = Field(None, max_length=500, description="http(s) link to the paper or code; '' for none")
+    public: bool | None = Field(None, description="show it on the boards")
+
+
+class HideIn(BaseModel):
+    hidden: bool = True
+    reason: str = Field("", max_length=500)
+
+
+class DisqualifyIn(BaseModel):
+    disqualified: bool = True
+    reason: str = Field("", max_length=500, description="shown on the boards")
+
+
+class MemberIn(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+
+
+class AnnouncementIn(BaseModel):
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field("", max_length=20_000)
+
+
+class AnnouncementOut(BaseModel):
+    id: int
+    title: str
+    body: str
+    author: str | None
+    created_at: dt.datetime

@@ -127,7 +127,8 @@ def list_challenges(session: Session, user: User | None) -> list[Challenge]:
 
 
 def is_host_of(ch: Challenge, user: User | None) -> bool:
-    return user is not None and user.is_host and ch.host_id == user.id
+    """The challenge's host, or an administrator (who hosts every challenge)."""
+    return user is not None and user.is_host and (ch.host_id == user.id or user.is_admin)
 
 
 def require_host_of(ch: Challenge, user: User | None) -> None:
@@ -240,7 +241,7 @@ def create_team(session: Session, ch: Challenge, user: User, name: str) -> Team:
         raise ConflictError("you are already in a team of this challenge")
     if session.scalar(select(Team.id).where(Team.challenge_id == ch.id, func.lower(Team.name) == name.lower())):
         raise ConflictError(f"a team named {name!r} exists in this challenge")
-    team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow())
+    team = Team(challenge_id=ch.id, name=name, invite_code=new_id(12), created_at=utcnow(), captain_id=user.id)
     try:  # a concurrent create or join of the same user, or the same name, loses here: 409, not 500
         with session.begin_nested():
             session.add(team)

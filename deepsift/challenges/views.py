@@ -33,7 +33,10 @@ def phase_out(session: Session, ph: Phase, team: Team | None, now: dt.datetime |
 
 
 def team_out(session: Session, team: Team) -> TeamOut:
-    return TeamOut(name=team.name, members=service.member_names(session, team), invite_code=team.invite_code)
+    from .teams import captain_name
+
+    return TeamOut(name=team.name, members=service.member_names(session, team), invite_code=team.invite_code,
+                   captain=captain_name(session, team), disqualified=team.disqualified_reason)
 
 
 def challenge_out(session: Session, ch: Challenge, user: User | None) -> ChallengeOut:
@@ -68,7 +71,10 @@ def submission_out(session: Session, sub: Submission, user: User | None, events:
         scores=shown(submissions.scores_for(sub, user, now)), counts_toward_quota=sub.state in COUNTED_STATES or bool(sub.charged),
         flags=entry_flags(sub, ph),
         events=[EventOut(at=e.at, state=e.state, detail=e.detail, worker=e.worker)
-                for e in submissions.events(session, sub)] if events else None)
+                for e in submissions.events(session, sub)] if events else None,
+        method_name=sub.method_name or "", method_description=sub.method_description or "",
+        method_url=sub.method_url or "", public=sub.public is not False, hidden=bool(sub.hidden),
+        hidden_reason=sub.hidden_reason)
 
 
 def testset_out(ts: TestSet) -> TestSetOut:

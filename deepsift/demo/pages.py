@@ -5,15 +5,15 @@ the server with an inline SVG bar chart (no script, nothing from another origin)
 """
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from markupsafe import Markup, escape
 
-from ..server.deps import ReadDbSession
+from ..server.deps import ReadDbSession, rate_limit
 from ..server.web import render
 from . import quiz as q
 from .names import display_name
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(rate_limit("api", "api_rate"))])  # like the API
 
 
 @router.get("/")

@@ -5,11 +5,11 @@ import datetime as dt
 import re
 import secrets
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ..exceptions import AuthenticationError, ConflictError, InvalidInputError, NotFoundError
+from ..exceptions import AuthenticationError, ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from .db import utcnow
 from .models import ROLES, ApiToken, User, WebSession
 from .security import hash_password, hash_token, new_token, password_needs_rehash, verify_password
@@ -81,11 +81,15 @@ def set_role(session: Session, username: str, role: str) -> User:
     return user
 
 
-def issue_token(session: Session, user: User, name: str = "cli") -> tuple[ApiToken, str]:
-    """A new API token for ``user``: the row and the plain value (shown once, never stored)."""
+def issue_token(session: Session, user: User, name: str = "cli", days: float | None = None) -> tuple[ApiToken, str]:
+    """A new API token for ``user``: the row and the plain value (shown once, never stored).
+
+    ``days``: its lifetime (None or 0: it never expires)."""
     name = (name or "token").strip()[:80] or "token"
     plain, digest = new_token()
-    row = ApiToken(user_id=user.id, name=name, token_hash=digest, prefix=plain[:12], created_at=utcnow())
+    now = utcnow()
+    row = ApiToken(user_id=user.id, name=name, token_hash=digest, prefix=plain[:12], created_at=now,
+                   expires_at=now + dt.timedelta(days=days) if days else None)
     session.add(row)
     session.flush()
     return row, plain
@@ -121,3 +125,55 @@ def end_session(session: Session, sid: str | None) -> None:
     """Forget a browser session (logout)."""
     if sid:
         session.execute(delete(WebSession).where(WebSession.id_hash == hash_token(sid)))
+
+
+# -- password changes, resets, log out everywhere, disabling -----------------------------------------
+def end_everything(session: Session, user: User) -> tuple[int, int]:
+    """Revoke every API token of ``user`` and end every browser session; returns (tokens, sessions) ended."""
+    now = utcnow()
+    tokens = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                             .values(revoked_at=now)).rowcount
+    sessions = session.execute(delete(WebSession).where(WebSession.user_id == user.id)).rowcount
+    return int(tokens or 0), int(sessions or 0)
+
+
+def change_password(session: Session, user: User, current: str, new: str) -> tuple[int, int]:
+    """Set ``user``'s password after checking the current one; every token and session ends."""
+    row = session.get(User, user.id)
+    if row is None or not verify_password(row.password_hash, current or ""):
+        raise ForbiddenError("the current password is wrong")
+    if (new or "") == (current or ""):
+        raise InvalidInputError("the new password is the current one")
+    row.password_hash = hash_password(check_password(new))
+    return end_everything(session, row)
+
+
+def get_user(session: Session, username: str) -> User:
+    """The user named ``username``, else NotFoundError."""
+    user = session.scalar(select(User).where(User.username == (username or "").strip().lower()))
+    if user is None:
+        raise NotFoundError(f"no user {username!r}")
+    return user
+
+
+def reset_password(session: Session, username: str, password: str | None = None) -> tuple[User, str]:
+    """An administrator's reset: a new password (random when not given), every token and session ended."""
+    user = get_user(session, username)
+    password = check_password(password) if password else secrets.token_urlsafe(12)
+    user.password_hash = hash_password(password)
+    end_everything(session, user)
+    return user, password
+
+
+def set_disabled(session: Session, username: str, disabled: bool) -> User:
+    """Disable (or enable again) an account; disabling ends its tokens and sessions at once."""
+    user = get_user(session, username)
+    user.disabled = disabled
+    if disabled:
+        end_everything(session, user)
+    return user
+
+
+def list_users(session: Session) -> list[User]:
+    """Every account, by name."""
+    return list(session.scalars(select(User).order_by(User.username)))

@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from .. import __version__
 from ..exceptions import DeepsiftError, RateLimitedError, ServiceError
-from .db import Database
+from .db import Database, make_private_dir
 from .domains import Domain, installed_domains
 from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, retry_after
 from .settings import Settings
@@ -45,8 +45,7 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
     wanted = [d for d in names if isinstance(d, str)] if names is not None else None
     if names is None or wanted:
         doms += installed_domains(wanted)
-    if not settings.data_dir.exists():
-        settings.data_dir.mkdir(parents=True, mode=0o700)  # the database and the hidden files: owner only
+    make_private_dir(settings.data_dir)  # the database and the hidden files: owner only
     db = Database(settings.db_url, pool_size=settings.db_pool_size, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     if settings.migrate_on_start:
         from .migrate import upgrade
@@ -84,8 +83,11 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
     from .account_routes import api as account_api
     from .account_routes import pages as account_pages
 
+    from .admin_routes import api as admin_api
+
     app.include_router(account_api)
     app.include_router(account_pages)
+    app.include_router(admin_api)
 
     @app.get("/healthz", response_model=Health, tags=["server"], responses={503: {"description": "database down"}})
     def healthz(request: Request) -> JSONResponse | Health:

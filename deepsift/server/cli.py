@@ -3,7 +3,9 @@
     deepsift serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--database-url URL] [--processes N]
     deepsift admin migrate                       # upgrade the database (serve does it on start)
     deepsift admin add-user NAME [--role host] [--password-stdin]
-    deepsift admin set-role NAME host|participant
+    deepsift admin set-role NAME host|participant|admin
+    deepsift admin reset-password NAME [--password-stdin]   # ends every token and session of NAME
+    deepsift admin disable NAME | enable NAME    # a disabled account's tokens and sessions stop at once
 
 Building these parsers imports nothing but the grammar (:mod:`deepsift.cliargs`): FastAPI,
 SQLAlchemy and uvicorn load inside the handlers.
@@ -17,7 +19,7 @@ import sys
 from ..cliargs import EXIT_OK, add_command, int_range, subgroup, verbosity
 from ..exceptions import UsageError
 
-ROLES = ("participant", "host")
+ROLES = ("participant", "host", "admin")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
@@ -62,8 +64,20 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p = add_command(admin, "set-role", "make a user a host or a participant")
     add_database_options(p)
     p.add_argument("username", help="the account")
-    p.add_argument("role", choices=ROLES, help="its new role")
+    p.add_argument("role", choices=ROLES, help="its new role (admin: a host over every challenge and account)")
     p.set_defaults(func=cmd_set_role)
+    p = add_command(admin, "reset-password", "set a user's password (random unless --password-stdin); "
+                                             "ends every token and session of theirs")
+    add_database_options(p)
+    p.add_argument("username", help="the account")
+    p.add_argument("--password-stdin", action="store_true", help="read the new password from the first line of stdin")
+    p.set_defaults(func=cmd_reset_password)
+    for name, text in (("disable", "disable an account: its tokens and sessions stop working at once"),
+                       ("enable", "enable a disabled account again (its old tokens stay revoked)")):
+        p = add_command(admin, name, text)
+        add_database_options(p)
+        p.add_argument("username", help="the account")
+        p.set_defaults(func=cmd_disable, disable=name == "disable")
 
 
 def settings_from_args(args: argparse.Namespace, export: bool = False):  # type: ignore[no-untyped-def]
@@ -82,10 +96,17 @@ def settings_from_args(args: argparse.Namespace, export: bool = False):  # type:
     if export:
         os.environ.update(given)
     try:
-        return Settings(**{k.removeprefix("DEEPSIFT_").lower(): v for k, v in given.items()})
+        settings = Settings(**{k.removeprefix("DEEPSIFT_").lower(): v for k, v in given.items()})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UsageError(f"setting DEEPSIFT_{str(err['loc'][0]).upper()}: {err['msg']}") from None
+    from .db import make_private_dir
+
+    try:
+        make_private_dir(settings.data_dir)  # owner-only (0700), whichever command creates it
+    except OSError as exc:
+        raise UsageError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from None
+    return settings
 
 
 def migrate(settings) -> list[str]:  # type: ignore[no-untyped-def]
@@ -206,4 +227,39 @@ def cmd_set_role(args: argparse.Namespace) -> int:
             print(f"{user.username} is now a {user.role}")
     finally:
         db.dispose()
+    return EXIT_OK
+
+
+def _write(args: argparse.Namespace, fn):  # type: ignore[no-untyped-def]
+    """Run ``fn(session)`` in one write transaction on the (migrated) database of ``args``."""
+    from .db import Database
+
+    settings = settings_from_args(args)
+    migrate(settings)
+    db = Database(settings.db_url)
+    try:
+        with db.session(write=True) as s:
+            return fn(s)
+    finally:
+        db.dispose()
+
+
+def cmd_reset_password(args: argparse.Namespace) -> int:
+    """Reset one account's password; prints a generated one."""
+    from .accounts import reset_password
+
+    given = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+    if args.password_stdin and not given:
+        raise UsageError("no password on stdin")
+    name, password = _write(args, lambda s: (lambda u: (u[0].username, u[1]))(reset_password(s, args.username, given)))
+    print(f"password of {name} reset; every token and session ended" + ("" if given else f"; new password: {password}"))
+    return EXIT_OK
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    """Disable or enable one account."""
+    from .accounts import set_disabled
+
+    name = _write(args, lambda s: set_disabled(s, args.username, args.disable).username)
+    print(f"{name} is now {'disabled (tokens and sessions ended)' if args.disable else 'enabled'}")
     return EXIT_OK

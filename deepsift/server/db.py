@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import secrets
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import DateTime, MetaData, create_engine, event
@@ -69,6 +71,30 @@ def new_id(nbytes: int = 12) -> str:
     return secrets.token_urlsafe(nbytes)
 
 
+def make_private_dir(path: "str | os.PathLike[str]") -> None:
+    """Create the folder ``path`` (and its parents) if missing; a folder made here is owner-only (0700)."""
+    p = Path(path)
+    if not p.is_dir():
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+
+
+def make_private_file(path: "str | os.PathLike[str]") -> None:
+    """Create the empty file ``path`` owner-only (0600) if missing, in a private folder when that is missing too.
+
+    SQLite then keeps the mode it finds (and gives its WAL and shared-memory files the same one).
+    """
+    p = Path(path)
+    make_private_dir(p.parent)
+    try:
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -106,9 +132,7 @@ class Database:
         if self.sqlite:
             path = make_url(url).database
             if path and path != ":memory:":
-                from pathlib import Path
-
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                make_private_file(path)
             self.engine = _sqlite_engine(url, busy_timeout_ms, immediate=False)
             self.write_engine = _sqlite_engine(url, busy_timeout_ms, immediate=True)
         else:

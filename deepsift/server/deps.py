@@ -3,7 +3,7 @@
     DbSession      one session per request, committed when the route returns (before the response
                    is sent), rolled back on error; write-locking on SQLite for unsafe methods
     CurrentUser    the authenticated user or None (bearer API token, else the session cookie)
-    RequireUser    a 401 unless authenticated; RequireHost: a 403 unless the user is a host
+    RequireUser    a 401 unless authenticated; RequireHost / RequireAdmin: a 403 unless a host / an admin
     csrf_protect   for form posts and cookie-authenticated API writes
     rate_limit(scope, setting)   a dependency counting requests per client (or per user)
 """
@@ -91,6 +91,8 @@ def get_current_user(request: Request) -> User | None:
                             .where(ApiToken.token_hash == hash_token(token))).first()
         if row is None or row[0].revoked_at is not None or row[1].disabled:
             raise AuthenticationError("invalid or revoked API token")
+        if row[0].expires_at is not None and row[0].expires_at <= now:
+            raise AuthenticationError("API token expired: log in again for a new one")
         tok, user = row
         if tok.last_used_at is None or (now - tok.last_used_at).total_seconds() > 60:
             with db.session(write=True) as w:
@@ -128,6 +130,16 @@ def require_host(user: RequireUser) -> User:
 
 
 RequireHost = Annotated[User, Depends(require_host)]
+
+
+def require_admin(user: RequireUser) -> User:
+    """The authenticated administrator, or 403."""
+    if not user.is_admin:
+        raise ForbiddenError("only administrators may do this")
+    return user
+
+
+RequireAdmin = Annotated[User, Depends(require_admin)]
 
 
 async def csrf_protect(request: Request) -> None:

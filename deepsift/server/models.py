@@ -1,7 +1,8 @@
 """Accounts shared by every domain: users, their API tokens and their browser sessions.
 
 Passwords are argon2id hashes; API tokens and session ids are stored as SHA-256 digests only
-(the plain value is shown once, at creation). Roles: ``participant`` (default) and ``host``.
+(the plain value is shown once, at creation). Roles: ``participant`` (default), ``host`` (may
+create challenges) and ``admin`` (a host with power over every challenge and every account).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, UTCDateTime, new_id, utcnow
 
-ROLES = ("participant", "host")
+ROLES = ("participant", "host", "admin")
 
 
 class User(Base):
@@ -30,7 +31,11 @@ class User(Base):
 
     @property
     def is_host(self) -> bool:
-        return self.role == "host"
+        return self.role in ("host", "admin")
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
 
 
 class ApiToken(Base):
@@ -44,6 +49,7 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)  # None: never
 
     user: Mapped[User] = relationship(back_populates="tokens")
 

@@ -138,6 +138,13 @@ class RateLimiter:
                     del self._hits[k]
             return 0.0
 
+    def blocked(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
+        """Like :meth:`hit` without counting: 0 when one more event would be allowed, else the wait."""
+        t = time.monotonic() if now is None else now
+        with self._lock:
+            q = [x for x in self._hits.get((scope, key), ()) if x > t - window_s]
+            return max(q[0] + window_s - t, 0.001) if len(q) >= limit else 0.0
+
     def reset(self) -> None:
         """Forget every count (tests)."""
         with self._lock:
@@ -168,6 +175,9 @@ class SharedRateLimiter:
     def _connect(self) -> "sqlite3.Connection":
         import sqlite3
 
+        from .db import make_private_file
+
+        make_private_file(self.path)  # owner-only, like the database
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
@@ -194,6 +204,24 @@ class SharedRateLimiter:
                     "rate limits: cannot use %s (%s); limiting per process from now on", self.path, exc)
                 self._fallback = RateLimiter()
                 return self._fallback.hit(scope, key, limit, window_s, t)
+
+    def blocked(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
+        """Like :meth:`hit` without counting: 0 when one more event would be allowed, else the wait."""
+        import sqlite3
+
+        t = time.time() if now is None else now
+        with self._lock:
+            if self._fallback is not None:
+                return self._fallback.blocked(scope, key, limit, window_s, t)
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                count, first = self._conn.execute(
+                    "SELECT COUNT(*), MIN(expires) FROM hits WHERE scope = ? AND key = ? AND expires > ?",
+                    (scope, key, t)).fetchone()
+            except (sqlite3.Error, OSError):
+                return 0.0  # the next hit() reports the problem and falls back
+            return max(first - t, 0.001) if count >= limit else 0.0
 
     def _hit(self, conn: "sqlite3.Connection", scope: str, key: str, limit: int, window_s: float, t: float) -> float:
         conn.execute("BEGIN IMMEDIATE")

@@ -57,11 +57,14 @@ class Settings(BaseSettings):
     cookie_secure: Literal["auto", "true", "false"] = Field(
         "auto", description="Secure cookies: auto (when the request came over https), true or false")
     session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
+    token_days: float = Field(90.0, ge=0, description="default lifetime of a new API token (0: never expires)")
     max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
     max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
     login_rate: str = Field("10/minute", description="login/registration attempts per client address")
+    login_account_rate: str = Field("10/15min", description="failed logins per account (from any address); beyond "
+                                                            "it the account's logins wait, right password or not")
     submit_rate: str = Field("30/minute", description="submissions per user")
-    api_rate: str = Field("3000/minute", description="other API requests per client address")
+    api_rate: str = Field("3000/minute", description="other API requests and page views per client address")
     rate_limit_store: Literal["memory", "file"] = Field(
         "memory", description="where rate-limit counts live: this process's memory, or a file in data_dir that "
                               "every process of the machine shares (serve --processes N sets it)")
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")
     trusted_proxy: bool = Field(False, description="take the client address from X-Forwarded-For")
 
-    @field_validator("login_rate", "submit_rate", "api_rate")
+    @field_validator("login_rate", "login_account_rate", "submit_rate", "api_rate")
     @classmethod
     def _rate(cls, v: str) -> str:
         parse_rate(v)
@@ -104,7 +107,9 @@ class Settings(BaseSettings):
             return self.secret_key.encode()
         path = self.data_dir / "secret_key"
         if not path.is_file():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            from .db import make_private_dir
+
+            make_private_dir(self.data_dir)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:

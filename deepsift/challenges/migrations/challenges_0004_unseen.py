@@ -1,7 +1,7 @@
 """platform: unseen-generator phases (the generators of the training data, and which images rank)
 
 Revision ID: challenges_0004
-Revises: challenges_0002
+Revises: challenges_0003
 Create Date: 2026-12-07
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'challenges_0004'
-down_revision = 'challenges_0002'
+down_revision = 'challenges_0003'
 branch_labels = None
 depends_on = None
 

@@ -12,11 +12,12 @@ HERE = Path(__file__).parent
 
 @dataclass
 class DemoState:
-    """What the demo keeps on ``app.state.demo``: its settings, detector engine and quiz set."""
+    """What the demo keeps on ``app.state.demo``: its settings, detector engine, quiz set and limits."""
 
     settings: Any
     engine: Any
     quiz: Any
+    bounds: Any = None
 
 
 def _routers():  # type: ignore[no-untyped-def]
@@ -30,12 +31,17 @@ def _setup(app, settings) -> None:  # type: ignore[no-untyped-def]
     from .quiz import QuizSet
     from .settings import DemoSettings
 
+    from .bounds import Bounds, default_workers
+
     ds = settings.section(DemoSettings, "demo")
-    app.state.demo = DemoState(ds, DemoEngine(ds), QuizSet(ds))
+    bounds = Bounds(ds.workers or default_workers(), ds.pixel_budget, ds.busy_wait_s, ds.url_fetches_per_visitor)
+    app.state.demo = DemoState(ds, DemoEngine(ds), QuizSet(ds), bounds)
+    app.state.body_limits["/api/v1/"] = ds.max_body_bytes  # the demo's own cap, checked before and while reading
 
 
 def _shutdown(app) -> None:  # type: ignore[no-untyped-def]
     app.state.demo.engine.close()
+    app.state.demo.bounds.close()
 
 
 DOMAIN = Domain(

@@ -318,3 +318,46 @@ def test_spoofed_forwarded_for_does_not_escape_the_limit(make_app):
         assert codes.count(200) == 60 and codes[60:] == [429] * 40
         other = c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": "203.0.113.8"})
         assert other.status_code == 200  # another client behind the same proxy has its own count
+
+
+# -- privacy -----------------------------------------------------------------------------------------
+def test_shared_rate_limit_file_keeps_no_address_and_forgets_on_time(tmp_path):
+    import os
+    import sqlite3
+    import stat
+
+    from deepsift.server.security import SWEEP_EVERY_S, SharedRateLimiter
+
+    path = tmp_path / "ratelimits.sqlite"
+    rl = SharedRateLimiter(path, b"data-dir secret")
+    assert rl.hit("api", "ip:203.0.113.9", 5, 60.0, now=1000.0) == 0
+    assert rl.hit("api", "ip:203.0.113.9", 5, 60.0, now=1001.0, cost=4) == 0
+    assert rl.hit("api", "ip:203.0.113.9", 5, 60.0, now=1002.0) == pytest.approx(58.0)  # the 5 are counted
+    with sqlite3.connect(path) as db:
+        keys = {k for (k,) in db.execute("SELECT DISTINCT key FROM hits")}
+    assert len(keys) == 1 and not any("203.0.113" in k for k in keys)
+    assert SharedRateLimiter(path, b"another secret")._key("api", "ip:203.0.113.9") not in keys  # noqa: SLF001
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{path}{suffix}"):
+            assert stat.S_IMODE(os.stat(f"{path}{suffix}").st_mode) == 0o600, suffix
+    # another visitor's hit after the window (and a sweep period) removes the first visitor's rows
+    assert rl.hit("api", "ip:198.51.100.1", 5, 60.0, now=1061.0 + SWEEP_EVERY_S) == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM hits").fetchone()[0] == 1
+
+
+def test_the_access_log_never_pairs_an_address_with_a_round_id(code_model_dir, heads_dir, labelled_folders, tmp_path):
+    from serverkit import ServeProcess
+
+    env = {"DEEPSIFT_DEMO_MODEL": str(code_model_dir), "DEEPSIFT_DEMO_HEADS": str(heads_dir),
+           "DEEPSIFT_DEMO_QUIZ_DATASET": str(labelled_folders["real"].parent), "DEEPSIFT_DOMAINS": "demo"}
+    with ServeProcess(f"sqlite:///{tmp_path / 'q.db'}", tmp_path / "data", extra_env=env,
+                      args=("--log-level", "info")) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        r = c.post("/api/v1/quiz/rounds")
+        assert r.status_code == 201, r.text
+        rid = r.json()["id"]
+        assert c.get(r.json()["image_url"]).status_code == 200
+        assert c.post(f"/api/v1/quiz/rounds/{rid}/guess", json={"guess": "fake"}).status_code == 200
+        log = srv.log()
+    assert "/api/v1/quiz/rounds/<id>/guess" in log and "127.0.0.1" in log  # the requests are logged ...
+    assert rid not in log  # ... without the round's id

@@ -6,8 +6,9 @@ same file and model; it adds the score of every head, the per-generator probabil
 and the unsure band. Every forward pass runs on one dedicated thread, one at a time per process:
 concurrent clients queue instead of splitting a few CPU cores between several passes, and torch's
 CPU thread team stays that one thread's (request threads calling torch in turn would each start a
-team of their own, whose idle threads spin beside the working one). Fetching, decoding and
-cropping happen on the request threads, outside that queue.
+team of their own, whose idle threads spin beside the working one). Fetching (async), decoding
+and cropping (the demo's own pool, :mod:`deepsift.demo.bounds`) happen outside that queue;
+:meth:`DemoEngine.aanalyse` lets an async route wait for its pass without holding a thread.
 
 Requests that wait in the queue together share one pass (at most the detector's batch size of
 rows): on a small CPU a pass over 2-4 crops costs far less than 2-4 passes, so concurrent clients

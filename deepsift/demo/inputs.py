@@ -188,8 +188,10 @@ def preview_url(image: Image.Image, max_side: int = 640) -> str:
     """A small JPEG of ``image`` as a ``data:`` URL (the page shows it: no third-party or blob: source)."""
     import base64
 
-    im = image.copy()
-    im.thumbnail((max_side, max_side), Image.BILINEAR)
+    w, h = image.size
+    scale = min(1.0, max_side / max(w, h))  # resized straight from the image: no full-size copy first
+    im = image if scale == 1.0 else image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                 Image.BILINEAR, reducing_gap=2.0)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -101,6 +101,7 @@ async def detect(request: Request) -> Any:
         kept = [d for d, (_, src) in zip(loaded, jobs) if isinstance(d, Decoded) and not isinstance(src, str)]
         for d in kept:
             await bounds.run(request.app.state.storage.save_bytes, d.data, "demo-uploads", "." + d.format.lower())
+    bounds.settle()
     results = []
     for (name, _), d in zip(jobs, loaded):
         if isinstance(d, str):

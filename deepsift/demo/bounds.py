@@ -9,8 +9,8 @@
   (``busy_wait_s``, first come first served), then gets a 503 with ``Retry-After``.
 * **URL fetches per visitor.** At most ``url_fetches_per_visitor`` URLs of one address are being
   fetched at any moment; a request that would pass it is a 429 before any fetch starts.
-* **Memory goes back.** After a large decode, once no decode is in flight, glibc's ``malloc_trim``
-  hands the freed heap back to the system (elsewhere a no-op).
+* **Memory goes back.** At the end of a request that decoded much, once no decode is in flight,
+  glibc's ``malloc_trim`` hands the freed heap back to the system (elsewhere a no-op).
 """
 from __future__ import annotations
 
@@ -163,11 +163,18 @@ class Bounds:
             self.budget.release(cost)
             with self._lock:
                 self._released += cost
-                trim = self._released >= TRIM_AFTER_PIXELS and self.budget.used == 0
-                if trim:
-                    self._released = 0
+
+    def settle(self) -> None:
+        """At the end of a request: after large decodes, once none is in flight, hand freed memory back."""
+        with self._lock:
+            trim = self._released >= TRIM_AFTER_PIXELS and self.budget.used == 0
             if trim:
+                self._released = 0
+        if trim:
+            try:
                 self.pool.submit(malloc_trim)
+            except RuntimeError:  # shutting down
+                pass
 
     @contextlib.contextmanager
     def url_slots(self, visitor: str, n: int) -> Any:

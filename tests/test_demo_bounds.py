@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from deepsift.server import create_app
-from demokit import demo_settings, fit_demo_heads, jpeg_bytes, png_bytes
+from demokit import demo_settings, fit_demo_heads, jpeg_bytes
 from httpserver import DripServer
 from serverkit import LiveServer
 

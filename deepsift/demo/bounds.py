@@ -8,7 +8,8 @@
   gives it back once the decoded image is dropped. Over the budget a request queues briefly
   (``busy_wait_s``, first come first served), then gets a 503 with ``Retry-After``.
 * **URL fetches per visitor.** At most ``url_fetches_per_visitor`` URLs of one address are being
-  fetched at any moment; a request that would pass it is a 429 before any fetch starts.
+  fetched at any moment (one request alone may fetch all of its own); a request that would pass
+  it is a 429 before any fetch starts.
 * **Memory goes back.** At the end of a request that decoded much, once no decode is in flight,
   glibc's ``malloc_trim`` hands the freed heap back to the system (elsewhere a no-op).
 """
@@ -184,7 +185,7 @@ class Bounds:
             return
         with self._lock:
             busy = self._fetching.get(visitor, 0)
-            if busy + n > self.url_cap:
+            if busy and busy + n > self.url_cap:  # one request alone may always fetch its own URLs
                 raise RateLimitedError(f"too many image URLs from your address are being fetched at once "
                                        f"(at most {self.url_cap}); retry when they are done", retry_after=2.0)
             self._fetching[visitor] = busy + n

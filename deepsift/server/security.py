@@ -204,7 +204,8 @@ class SharedRateLimiter:
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("CREATE TABLE IF NOT EXISTS hits (scope TEXT NOT NULL, key TEXT NOT NULL, expires REAL NOT NULL)")
         conn.execute("CREATE INDEX IF NOT EXISTS hits_by_key ON hits (scope, key, expires)")
-        conn.execute("DELETE FROM hits WHERE key LIKE '%:%'")  # plain keys written by an older version
+        # expired rows, and plain keys written by an older version
+        conn.execute("DELETE FROM hits WHERE expires <= ? OR key LIKE '%:%'", (time.time(),))
         return conn
 
     def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None, cost: int = 1) -> float:

@@ -14,8 +14,14 @@ per-generator heads) fitted on random embeddings, and one 1024x1024 JPEG; starts
 Timed rounds are interleaved (bare, API, bare, API, ...) so load from other processes on a shared
 machine distorts the ratios less.
 
+With ``--memory`` (issue 18) it measures memory instead: the server's peak RSS (``VmHWM``, reset
+between phases through ``/proc/<pid>/clear_refs``) during one request of 8 black 6000 x 6000 PNGs
+with ``heatmap`` and ``preview`` (what the page sends), then during 3 such requests at once
+(target: <= 1.5x the peak of one), and the RSS left afterwards.
+
     python benchmarks/bench_demo.py               # 40 requests per figure
     python benchmarks/bench_demo.py --quick       # 12
+    python benchmarks/bench_demo.py --memory      # peak RSS, 1 vs 3 concurrent 8 x 36 MP requests (Linux)
 """
 from __future__ import annotations
 
@@ -73,7 +79,11 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="12 requests per figure instead of 40")
+    ap.add_argument("--memory", action="store_true", help="peak RSS of 1 vs 3 concurrent 8 x 36 MP requests")
     args = ap.parse_args()
+    if args.memory:
+        memory()
+        return
     n = 12 if args.quick else 40
     import httpx
 
@@ -162,6 +172,63 @@ def main() -> None:
               f"{pct(b, 95):>8.1f}ms{statistics.median(a) / statistics.median(b):>10.2f}x  {base}")
     print(f"4 concurrent clients: {conc:.1f} images/s   bare Detector.predict sequential: {bare_rate:.1f} images/s   "
           f"bare/API time ratio {bare_rate / conc:.2f} (target <= 1.2)")
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
+def memory() -> None:
+    """Peak RSS of the serving process: one request of 8 x 36 MP PNGs, then three at once."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    from serverkit import ServeProcess
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 6000)).save(buf, "PNG")
+    png = buf.getvalue()
+    files = [("files", (f"{i}.png", png, "image/png")) for i in range(8)]
+    form = {"heatmap": "true", "preview": "true"}
+    with tempfile.TemporaryDirectory(prefix="bench-demo-mem-") as tmp:
+        root = Path(tmp)
+        model, heads, image = build(root)
+        env = {"DEEPSIFT_DOMAINS": "demo", "DEEPSIFT_DEMO_MODEL": str(model), "DEEPSIFT_DEMO_HEADS": str(heads),
+               "DEEPSIFT_DEMO_DETECT_RATE": "100000/minute", "DEEPSIFT_DEMO_BUSY_WAIT_S": "300"}
+        with ServeProcess(f"sqlite:///{root / 'bench.db'}", root / "data", extra_env=env) as srv:
+            pid = srv.proc.pid  # one process: uvicorn serves in it
+
+            def post() -> float:
+                t = time.perf_counter()
+                r = httpx.post(srv.url + "/api/v1/detect", files=files, data=form, timeout=1200)
+                assert r.status_code == 200 and all(x["error"] is None for x in r.json()["results"]), r.text[:500]
+                return time.perf_counter() - t
+
+            httpx.post(srv.url + "/api/v1/detect", files={"files": ("p.jpg", image.read_bytes())}, timeout=300)
+            base = _status_kb(pid, "VmRSS")
+            figures = []
+            for clients in (1, 3):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+                times: list[float] = []
+                threads = [threading.Thread(target=lambda: times.append(post())) for _ in range(clients)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                peak = _status_kb(pid, "VmHWM")
+                time.sleep(2)  # the server hands freed memory back just after its last answer
+                figures.append((clients, peak, _status_kb(pid, "VmRSS"), max(times)))
+    print(f"bench_demo --memory: requests of 8 black 6000x6000 PNGs ({len(png) * 8 / 1024:.0f} KiB) with heatmap "
+          f"and preview; server RSS before: {base / 1024:.0f} MiB")
+    print(f"{'clients':>8}{'peak RSS':>11}{'RSS after':>11}{'slowest':>9}")
+    for clients, peak, after, slowest in figures:
+        print(f"{clients:>8}{peak / 1024:>8.0f}MiB{after / 1024:>8.0f}MiB{slowest:>8.1f}s")
+    print(f"peak with 3 concurrent / peak with 1: {figures[1][1] / figures[0][1]:.2f}x (target <= 1.5x)")
 
 
 if __name__ == "__main__":

@@ -64,3 +64,65 @@ class LocalServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class DripServer:
+    """An HTTP server on 127.0.0.1 that answers every GET with headers, then one body byte every
+    ``interval`` seconds until :attr:`release` is set (a slow-loris image URL)."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        import socket
+
+        self.interval = interval
+        self.release = threading.Event()
+        self.dripping = 0  # connections now dripping
+        self.cond = threading.Condition()
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def wait_dripping(self, n: int, timeout: float) -> bool:
+        """Block until ``n`` connections are dripping at once; False on timeout."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.dripping >= n, timeout)
+
+    def _accept(self) -> None:
+        while not self.release.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn) -> None:  # type: ignore[no-untyped-def]
+        with conn:
+            try:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
+                with self.cond:
+                    self.dripping += 1
+                    self.cond.notify_all()
+                try:
+                    while not self.release.wait(self.interval):
+                        conn.sendall(b"\xff")
+                finally:
+                    with self.cond:
+                        self.dripping -= 1
+            except OSError:
+                return
+
+    def __enter__(self) -> "DripServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.sock.close()

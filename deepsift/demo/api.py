@@ -1,19 +1,24 @@
 """The demo's JSON API: ``POST /api/v1/detect`` and the quiz (``/api/v1/quiz/...``). The pages are its clients."""
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Callable
+import asyncio
+import functools
+from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from ..exceptions import DeepsiftError, InvalidInputError
-from ..server.deps import CsrfProtect, ReadDbSession, rate_limit
+from ..server.deps import CsrfProtect, ReadDbSession, charge, csrf_needed, csrf_verify, rate_limit
+from ..server.security import CSRF_FIELD, CSRF_HEADER, client_address
+from ..urlfetch import afetch_url
 from . import quiz as q
+from .bounds import BusyError
 from .engine import DemoEngine
-from .inputs import Decoded, decode, fetch, preview_url, read_capped
+from .inputs import Decoded, decode_pixels, prepare, read_capped, sniff
 from .metadata import metadata_signals
 from .names import display_name
+from .upload import BODY_SCHEMA, files_and_urls, flag, read_form
 from .schemas import DetectError, DetectorInfo, DetectResponse, Error, GeneratorStats, Guess, Reveal, RoundOut, Tally
 
 E = {400: {"model": Error, "description": "a body that is not valid multipart/form data"},
@@ -22,7 +27,8 @@ E = {400: {"model": Error, "description": "a body that is not valid multipart/fo
      422: {"model": DetectError, "description": "no input, too many inputs, or not one input could be read "
                                                  "(each result says why)"},
      429: {"model": Error, "description": "rate limited"},
-     503: {"model": Error, "description": "the detector (or the quiz dataset) is not available"}}
+     503: {"model": Error, "description": "the detector (or the quiz dataset) is not available, or the server is "
+                                         "busy decoding other images (with Retry-After)"}}
 router = APIRouter(prefix="/api/v1", tags=["demo"], dependencies=[Depends(rate_limit("api", "api_rate"))])
 
 
@@ -43,75 +49,62 @@ def detector_info(request: Request) -> DetectorInfo:
                         max_megapixels=s.max_megapixels)
 
 
-@router.post("/detect", response_model=DetectResponse, dependencies=[CsrfProtect], responses=E)
-def detect(request: Request,
-           files: Annotated[list[UploadFile] | None, File(description="image files; repeat the field for several")] = None,
-           url: Annotated[list[str] | None, Form(description="image URL (http/https, public addresses); repeatable")] = None,
-           heatmap: Annotated[bool, Form(description="also score local crops into a heatmap")] = False,
-           metadata: Annotated[bool, Form(description="also read EXIF, PNG text chunks and C2PA")] = True,
-           preview: Annotated[bool, Form(description="also return a small JPEG preview as a data: URL")] = False,
-           ) -> Any:
-    """Real or AI-generated? One or many images (multipart files and/or ``url`` fields).
+@router.post("/detect", response_model=DetectResponse, responses=E, openapi_extra={"requestBody": BODY_SCHEMA})
+async def detect(request: Request) -> Any:
+    """Real or AI-generated? One or many images (multipart ``files`` parts and/or ``url`` fields).
 
-    The fields ``source`` .. ``verdict`` equal ``deepsift detect --format jsonl`` on the same file
-    and model. An input that cannot be read has its ``error`` (the others are answered); when no
-    input can be read the answer is a 422 with the reason.
+    Form fields: ``files`` (repeatable), ``url`` (repeatable), ``heatmap``, ``metadata`` (default
+    true), ``preview``. The fields ``source`` .. ``verdict`` equal ``deepsift detect --format jsonl``
+    on the same file and model. An input that cannot be read has its ``error`` (the others are
+    answered); when no input can be read the answer is a 422 with the reason.
+
+    Limits, all checked before the body is read: requests per minute (``api_rate``), images per
+    minute (``detect_rate``; each request counts one image before its body and the rest after),
+    the body size. Over the pixel budget a request queues briefly, then gets a 503.
     """
     s = _settings(request)
     eng = engine_of(request)
-    uploads = [f for f in files or [] if f is not None]
-    urls = [u.strip() for u in url or [] if u and u.strip()]
-    n = len(uploads) + len(urls)
-    if n == 0:
-        raise InvalidInputError("send at least one image (a 'files' part) or an image URL (a 'url' field)")
-    if n > s.max_images:
-        raise InvalidInputError(f"{n} inputs: at most {s.max_images} images per request")
-    det = eng.detector()  # a missing model is a 503 before any work
-
-    def upload_name(f: UploadFile) -> str:
-        return (f.filename or "upload").replace("\x00", "")[:200]
-
-    whole = heatmap or preview  # else JPEG/PNG are decoded in part, like `deepsift detect` does
-
-    def load_upload(f: UploadFile) -> Decoded:
-        name = upload_name(f)
-        data = read_capped(f.file, name, s.max_image_bytes)
-        return decode(data, name, s.max_pixels, s.max_image_bytes, det.preprocessing, whole)
-
-    def load_url(u: str) -> Decoded:
-        data = fetch(u, eng.policy, s.url_timeout, s.max_image_bytes)
-        return decode(data, u[:500], s.max_pixels, s.max_image_bytes, det.preprocessing, whole)
-
-    def load(name: str, fn: Callable[[Any], Decoded], arg: Any) -> Decoded | str:
-        try:
-            return fn(arg)
-        except DeepsiftError as exc:
-            return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
-            return f"{name}: {type(exc).__name__}: {exc}"
-
-    jobs = [(upload_name(f), load_upload, f) for f in uploads] + [(u[:500], load_url, u) for u in urls]
-    if len(jobs) == 1:  # the common case: no pool to start
-        loaded = [load(*jobs[0])]
-    else:
-        with ThreadPoolExecutor(max_workers=min(4, len(jobs))) as pool:
-            loaded = list(pool.map(lambda job: load(*job), jobs))
+    bounds = request.app.state.demo.bounds
+    settings = request.app.state.settings
+    what = "images analysed"
+    charge(request, "detect", s.image_rate, 1, what=what)  # before the body: one image at least
+    if csrf_needed(request) and request.headers.get(CSRF_HEADER) is not None:
+        csrf_verify(request, request.headers.get(CSRF_HEADER))
+    form = await read_form(request, s.max_images, s.max_body_bytes)
+    try:
+        if csrf_needed(request) and request.headers.get(CSRF_HEADER) is None:
+            token = form.get(CSRF_FIELD)
+            csrf_verify(request, token if isinstance(token, str) else None)
+        uploads, urls = files_and_urls(form)
+        heatmap, metadata, preview = flag(form, "heatmap", False), flag(form, "metadata", True), \
+            flag(form, "preview", False)
+        n = len(uploads) + len(urls)
+        if n == 0:
+            raise InvalidInputError("send at least one image (a 'files' part) or an image URL (a 'url' field)")
+        if n > s.max_images:
+            raise InvalidInputError(f"{n} inputs: at most {s.max_images} images per request")
+        if n > 1:
+            charge(request, "detect", s.image_rate, n - 1, what=what)
+        det = await bounds.run(eng.detector)  # a missing model is a 503 before any work
+        visitor = client_address(request, settings)
+        jobs = [(upload_name(f), f) for f in uploads] + [(u[:500], u) for u in urls]
+        with bounds.url_slots(visitor, len(urls)):
+            loaded = await _all([_load(request, name, src, det, heatmap, preview) for name, src in jobs])
+    finally:
+        await form.close()
     good = [d for d in loaded if isinstance(d, Decoded)]
-    extras: dict[int, dict[str, Any]] = {}
-
-    def signals() -> None:  # on this thread while the forward pass runs
-        for d in good:
-            extras[id(d)] = {**({"metadata": metadata_signals(d.data, d.media_type, s.c2pa_trust_list)}
-                                 if metadata else {}),
-                             **({"preview": preview_url(d.image)} if preview else {})}
-
-    answers = iter(eng.analyse(good, heatmap=heatmap, meanwhile=signals) if good else [])
+    # metadata on the pool while the forward pass runs
+    signals = [asyncio.ensure_future(bounds.run(metadata_signals, d.data, d.media_type, s.c2pa_trust_list)) for d in good] \
+        if metadata else []
+    answers = iter(await eng.aanalyse(good))
+    extras = {id(d): {"metadata": m} for d, m in zip(good, await asyncio.gather(*signals))}
     if s.keep_uploads:
-        for d, (_, _, arg) in zip(loaded, jobs):
-            if isinstance(d, Decoded) and not isinstance(arg, str):
-                request.app.state.storage.save_bytes(d.data, "demo-uploads", "." + d.format.lower())
+        kept = [d for d, (_, src) in zip(loaded, jobs) if isinstance(d, Decoded) and not isinstance(src, str)]
+        for d in kept:
+            await bounds.run(request.app.state.storage.save_bytes, d.data, "demo-uploads", "." + d.format.lower())
+    bounds.settle()
     results = []
-    for (name, _, _), d in zip(jobs, loaded):
+    for (name, _), d in zip(jobs, loaded):
         if isinstance(d, str):
             results.append({"source": name, "verdict": "error", "label": None, "probability": None, "score": None,
                             "head": None, "generator": None, "error": d, "band": "error"})
@@ -119,7 +112,7 @@ def detect(request: Request,
         r = next(answers)
         r.update(format=d.format, width=d.size[0], height=d.size[1])
         if r["error"] is None:
-            r.update(extras[id(d)])
+            r.update(extras.get(id(d), {}), **({"preview": d.preview} if preview else {}))
         r["generator_name"] = display_name(r.get("generator"), s.generator_names)
         results.append(r)
     info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
@@ -132,6 +125,48 @@ def detect(request: Request,
         return JSONResponse({"detail": first if len(results) == 1 else f"no input could be read; first: {first}",
                              "results": [r.model_dump() for r in body.results]}, status_code=422)
     return body
+
+
+async def _all(coros: list) -> list:
+    """Run ``coros`` concurrently; if one raises, the others are cancelled (their budget given back)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def upload_name(f: UploadFile) -> str:
+    """The name an upload is answered under (its file name, cut to 200 characters)."""
+    return (f.filename or "upload").replace("\x00", "")[:200]
+
+
+async def _load(request: Request, name: str, src: UploadFile | str, det: Any, heatmap: bool,
+                preview: bool) -> Decoded | str:
+    """One input read, fetched (async: no thread waits on the network) and prepared under the pixel
+    budget on the demo's pool; a string says why it cannot be answered."""
+    s = _settings(request)
+    bounds = request.app.state.demo.bounds
+    try:
+        if isinstance(src, str):
+            data = await afetch_url(src, policy=engine_of(request).policy, deadline=s.url_timeout,
+                                    max_bytes=s.max_image_bytes)
+        else:
+            data = read_capped(src.file, name, s.max_image_bytes)  # in memory: no thread needed
+        fmt, size = await bounds.run(sniff, data, name, s.max_pixels)
+        async with bounds.pixels(decode_pixels(fmt, size, heatmap, preview, det.preprocessing)):
+            return await bounds.run(functools.partial(
+                prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
+                heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview))
+    except BusyError:
+        raise
+    except DeepsiftError as exc:
+        return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
+        return f"{name}: {type(exc).__name__}: {exc}"
 
 
 # -- quiz ------------------------------------------------------------------------------------------

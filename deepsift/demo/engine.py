@@ -6,8 +6,9 @@ same file and model; it adds the score of every head, the per-generator probabil
 and the unsure band. Every forward pass runs on one dedicated thread, one at a time per process:
 concurrent clients queue instead of splitting a few CPU cores between several passes, and torch's
 CPU thread team stays that one thread's (request threads calling torch in turn would each start a
-team of their own, whose idle threads spin beside the working one). Fetching, decoding and
-cropping happen on the request threads, outside that queue.
+team of their own, whose idle threads spin beside the working one). Fetching (async), decoding
+and cropping (the demo's own pool, :mod:`deepsift.demo.bounds`) happen outside that queue;
+:meth:`DemoEngine.aanalyse` lets an async route wait for its pass without holding a thread.
 
 Requests that wait in the queue together share one pass (at most the detector's batch size of
 rows): on a small CPU a pass over 2-4 crops costs far less than 2-4 passes, so concurrent clients
@@ -189,24 +190,46 @@ class DemoEngine:
 
         ``meanwhile`` runs on the calling thread while the forward pass runs (metadata, previews).
         """
-        det = self.detector()
-        fwd = self.forward()
-        pending = fwd.embed(det.embed_pixels, np.stack([d.pixels for d in inputs])) if inputs else None
-        grids = [crops(d.image, self.settings.heatmap_grid) for d in inputs] if heatmap else []
-        maps = [fwd.embed(det.embed_pixels, g[0]) for g in grids]  # each image's crops: a job of its own
+        if not inputs:
+            return []
+        grids = [d.grid or crops(d.image, self.settings.heatmap_grid) for d in inputs] if heatmap else []
+        pending, maps = self._submit(inputs, grids)
         if meanwhile is not None:
             meanwhile()
-        if pending is None:
+        return self._answers(inputs, grids, pending.result(), [m.result() for m in maps])
+
+    async def aanalyse(self, inputs: list[Decoded]) -> list[dict[str, Any]]:
+        """:meth:`analyse` for async code: each input's heatmap comes from its ``grid`` (when it has one).
+
+        The event loop waits for the forward thread without holding any thread itself.
+        """
+        import asyncio
+
+        if not inputs:
             return []
-        embs = pending.result()
+        grids = [d.grid for d in inputs if d.grid is not None]
+        if grids and len(grids) != len(inputs):
+            raise UsageError("either every input has its heatmap crops or none has")
+        pending, maps = self._submit(inputs, grids)
+        embs = await asyncio.wrap_future(pending)
+        return self._answers(inputs, grids, embs, [await asyncio.wrap_future(m) for m in maps])
+
+    def _submit(self, inputs: list[Decoded], grids: list) -> tuple[Future, list[Future]]:
+        """Queue the images' pass and each image's crops (a job of its own) on the forward thread."""
+        det = self.detector()
+        fwd = self.forward()
+        pending = fwd.embed(det.embed_pixels, np.stack([d.pixels for d in inputs]))
+        return pending, [fwd.embed(det.embed_pixels, g[0]) for g in grids]
+
+    def _answers(self, inputs: list[Decoded], grids: list, embs: np.ndarray, maps: list[np.ndarray]) -> list[dict]:
+        det = self.detector()
         results = [{"source": d.source} for d in inputs]
         for r, v in zip(results, det.classify(embs)):
             r.update(v)
         self._extras(det, results, embs)
         head = det.heads[det.classifier]
         for d, r, (_, rows, cols, boxes), m in zip(inputs, results, grids, maps):
-            r["heatmap"] = heatmap_payload(head.probability(head.decision_function(m.result())), rows, cols, boxes,
-                                           d.size)
+            r["heatmap"] = heatmap_payload(head.probability(head.decision_function(m)), rows, cols, boxes, d.size)
         return [self._finish(det, r) for r in results]
 
     def _extras(self, det: Any, rows: list[dict], embs: np.ndarray) -> None:

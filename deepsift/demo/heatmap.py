@@ -25,14 +25,16 @@ def grid_positions(length: int, max_cells: int, size: int = CROP_SIZE) -> list[i
 
 
 def crops(image: Image.Image, max_grid: int) -> tuple[np.ndarray, int, int, list[list[int]]]:
-    """The crop batch (N x 224 x 224 x 3 uint8), rows, cols and each crop's box [x, y, w, h]."""
-    arr = np.asarray(image)
-    h, w = arr.shape[:2]
+    """The crop batch (N x 224 x 224 x 3 uint8), rows, cols and each crop's box [x, y, w, h].
+
+    Each window is copied out of the image on its own (no array of the whole image is made).
+    """
+    w, h = image.size
     ys, xs = grid_positions(h, max_grid), grid_positions(w, max_grid)
     batch, boxes = [], []
     for y in ys:
         for x in xs:
-            window = arr[y:y + CROP_SIZE, x:x + CROP_SIZE]
+            window = np.asarray(image.crop((x, y, min(x + CROP_SIZE, w), min(y + CROP_SIZE, h))))
             batch.append(center_crop_array(window) if window.shape[:2] != (CROP_SIZE, CROP_SIZE) else window)
             boxes.append([x, y, min(CROP_SIZE, w - x), min(CROP_SIZE, h - y)])
     return np.ascontiguousarray(np.stack(batch)), len(ys), len(xs), boxes

@@ -49,6 +49,8 @@ class Decoded:
     pixels: np.ndarray = field(repr=False)
     max_pixels: int = MAX_PIXELS
     _image: Image.Image | None = field(default=None, repr=False)
+    grid: tuple[np.ndarray, int, int, list[list[int]]] | None = field(default=None, repr=False)
+    preview: str | None = field(default=None, repr=False)
 
     @property
     def image(self) -> Image.Image:
@@ -124,6 +126,54 @@ def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Prepro
     return Decoded(name, data, fmt, FORMATS[fmt], size, pixels, max_pixels, image)
 
 
+def needs_whole(fmt: str, heatmap: bool, preview: bool, mode: Preprocessing = "official") -> bool:
+    """Whether :func:`prepare` decodes the whole image: for a heatmap, a non-JPEG preview, or a
+    format/mode without partial decoding (a JPEG's preview comes from a reduced DCT decode)."""
+    return heatmap or (preview and fmt != "JPEG") or fmt not in ("JPEG", "PNG") or mode != "official"
+
+
+def decode_pixels(fmt: str, size: tuple[int, int], heatmap: bool, preview: bool,
+                  mode: Preprocessing = "official") -> int:
+    """About how many pixels :func:`prepare` decodes at once (what it takes from the pixel budget)."""
+    whole = size[0] * size[1]
+    return whole if needs_whole(fmt, heatmap, preview, mode) else min(whole, 2_000_000)
+
+
+def prepare(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official", *,
+            heatmap_grid: int = 0, preview: bool = False) -> Decoded:
+    """:func:`decode`, plus the heatmap's crops and the preview, with no whole image kept afterwards.
+
+    The detector's input is made exactly as ``deepsift detect`` makes it. The whole image is decoded
+    only when :func:`needs_whole` says so, used for the crops and preview, and dropped before this
+    returns; a JPEG's preview-only request decodes a DCT-reduced image (Pillow's draft mode).
+    """
+    fmt, _ = sniff(data, name, max_pixels)
+    whole = needs_whole(fmt, heatmap_grid > 0, preview, mode)
+    d = decode(data, name, max_pixels, max_bytes, mode, whole)
+    try:
+        if heatmap_grid > 0:
+            from .heatmap import crops
+
+            d.grid = crops(d.image, heatmap_grid)
+        if preview:
+            d.preview = preview_url(d.image if whole else _reduced(data, name, max_pixels))
+    finally:
+        d._image = None
+    return d
+
+
+def _reduced(data: bytes, name: str, max_pixels: int, side: int = 640) -> Image.Image:
+    """A JPEG decoded at 1/2 .. 1/8 scale (at least ``side`` px where the image has it), 8-bit RGB."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=["JPEG"])
+            im.draft("RGB", (side, side))
+            return decode_image(im, max_pixels=max_pixels)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from None
+
+
 def _decode_whole(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         return decode_image(data, max_pixels=max_pixels, max_bytes=max(len(data), 1))
@@ -140,8 +190,10 @@ def preview_url(image: Image.Image, max_side: int = 640) -> str:
     """A small JPEG of ``image`` as a ``data:`` URL (the page shows it: no third-party or blob: source)."""
     import base64
 
-    im = image.copy()
-    im.thumbnail((max_side, max_side), Image.BILINEAR)
+    w, h = image.size
+    scale = min(1.0, max_side / max(w, h))  # resized straight from the image: no full-size copy first
+    im = image if scale == 1.0 else image.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                 Image.BILINEAR, reducing_gap=2.0)
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()

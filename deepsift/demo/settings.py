@@ -29,6 +29,15 @@ class DemoSettings(BaseSettings):
     url_allow_networks: tuple[str, ...] = Field((), description="networks allowed even so (an internal image store)")
     url_hosts: dict[str, list[str]] = Field(default_factory=dict,
                                             description="fixed DNS answers (host -> addresses), checked like any")
+    workers: int | None = Field(None, ge=1, le=64, description="decoding threads of the demo's own pool "
+                                                                 "(default: the CPUs, at most 4)")
+    pixel_budget_mp: float | None = Field(None, gt=0, le=1000, description="megapixels decoded at once over all "
+                                                                           "requests (default: 2x max_megapixels)")
+    busy_wait_s: float = Field(10.0, ge=0, le=300, description="how long a request queues for the pixel budget "
+                                                               "before a 503 with Retry-After")
+    url_fetches_per_visitor: int = Field(4, ge=1, le=1000, description="image URLs one address may have in flight")
+    detect_rate: str | None = Field(None, description="images analysed per client address, e.g. '60/minute' "
+                                                      "(default: 30 per CPU per minute)")
     keep_uploads: bool = Field(False, description="keep uploaded images in the data dir (default: never stored)")
     quiz_dataset: str | None = Field(None, description="quiz images: labelled folders, D3 test layout or D3 shards")
     quiz_layout: str = Field("auto", description="auto, classes, folders, d3-test or parquet")
@@ -68,6 +77,15 @@ class DemoSettings(BaseSettings):
                 read_trust_list(v)
             except OSError as exc:
                 raise ValueError(f"C2PA trust list {v!r} cannot be read: {exc.strerror or exc}") from None
+        return v
+
+    @field_validator("detect_rate")
+    @classmethod
+    def _rate(cls, v: str | None) -> str | None:
+        from ..server.settings import parse_rate
+
+        if v:
+            parse_rate(v)
         return v or None
 
     @model_validator(mode="after")
@@ -80,6 +98,23 @@ class DemoSettings(BaseSettings):
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * (1 << 20))
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The demo's request body limit: ``max_images`` files at the file cap, plus 1 MiB for the form."""
+        return self.max_images * self.max_image_bytes + (1 << 20)
+
+    @property
+    def pixel_budget(self) -> int:
+        """Pixels decoded at once over all requests of one process."""
+        return int((self.pixel_budget_mp or 2 * self.max_megapixels) * 1_000_000)
+
+    @property
+    def image_rate(self) -> str:
+        """The images-per-address limit in force (``detect_rate``, else sized from this machine's CPUs)."""
+        from .bounds import default_workers
+
+        return self.detect_rate or f"{30 * default_workers(cap=64)}/minute"
 
     @property
     def max_pixels(self) -> int:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from .. import __version__
-from ..exceptions import DeepsiftError, RateLimitedError, ServiceError
+from ..exceptions import DeepsiftError, ServiceError
 from .db import Database, make_private_dir
 from .domains import Domain, installed_domains
 from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, retry_after
@@ -67,7 +67,8 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
     app.state.settings = settings
     app.state.db = db
     app.state.rate_limiter = RateLimiter() if settings.rate_limit_store == "memory" else \
-        SharedRateLimiter(settings.data_dir / RATE_LIMIT_FILE)
+        SharedRateLimiter(settings.data_dir / RATE_LIMIT_FILE, settings.signing_key())
+    app.state.body_limits = {}  # path prefix -> a domain's own request body cap (under max_upload_bytes)
     app.state.domains = {d.name: d for d in doms}
     app.state.nav = [item for d in doms for item in d.nav]
     app.state.jinja = make_environment([d.templates for d in doms if d.templates is not None])
@@ -141,7 +142,8 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DeepsiftError)
     async def deepsift_error(request: Request, exc: DeepsiftError):  # type: ignore[no-untyped-def]
         status = exc.status_code if isinstance(exc, ServiceError) else 422
-        headers = {"Retry-After": retry_after(exc.retry_after)} if isinstance(exc, RateLimitedError) else {}
+        wait = getattr(exc, "retry_after", None) if isinstance(exc, ServiceError) else None
+        headers = {"Retry-After": retry_after(wait)} if wait is not None else {}
         if status == 401 and not request.url.path.startswith("/api/"):
             if request.method == "GET" and wants_html(request):
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)

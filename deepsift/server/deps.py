@@ -149,16 +149,27 @@ async def csrf_protect(request: Request) -> None:
     authenticated by a bearer token carry no ambient credentials and need none, nor do API calls
     without any session cookie; page forms always do (login CSRF).
     """
-    if request.method in SAFE_METHODS or _bearer(request) is not None:
+    if not csrf_needed(request):
         return
-    if request.url.path.startswith("/api/") and SESSION_COOKIE not in request.cookies:
-        return  # an API call with no credentials at all: nothing to forge (it meets its 401 next)
     submitted = request.headers.get(CSRF_HEADER)
     if submitted is None and request.headers.get("content-type", "").startswith(
             ("application/x-www-form-urlencoded", "multipart/form-data")):
         form = await request.form()
         value = form.get(CSRF_FIELD)
         submitted = value if isinstance(value, str) else None
+    csrf_verify(request, submitted)
+
+
+def csrf_needed(request: Request) -> bool:
+    """Whether :func:`csrf_protect` checks this request (unsafe, and authenticated by a cookie or a page form)."""
+    if request.method in SAFE_METHODS or _bearer(request) is not None:
+        return False
+    # an API call with no credentials at all: nothing to forge (it meets its 401 next)
+    return not (request.url.path.startswith("/api/") and SESSION_COOKIE not in request.cookies)
+
+
+def csrf_verify(request: Request, submitted: str | None) -> None:
+    """ForbiddenError unless ``submitted`` is the token of this client's CSRF cookie."""
     if not csrf_ok(request.cookies.get(CSRF_COOKIE), submitted, request.app.state.settings.signing_key()):
         raise ForbiddenError("missing or invalid CSRF token: reload the page and try again")
 
@@ -172,12 +183,20 @@ def rate_limit(scope: str, setting: str, per_user: bool = False) -> Callable[...
 
     def check(request: Request, user: CurrentUser) -> None:
         settings: Settings = request.app.state.settings
-        limit, window = parse_rate(getattr(settings, setting))
-        key = f"user:{user.id}" if per_user and user is not None else f"ip:{client_address(request, settings)}"
-        wait = request.app.state.rate_limiter.hit(scope, key, limit, window)
-        if wait:
-            raise RateLimitedError(f"too many {scope} requests: at most {getattr(settings, setting)}; "
-                                   f"retry in {retry_after(wait)} s", retry_after=wait)
+        key = f"user:{user.id}" if per_user and user is not None else None
+        charge(request, scope, getattr(settings, setting), key=key)
 
     check.__name__ = f"rate_limit_{scope}"
     return check
+
+
+def charge(request: Request, scope: str, rate: str, cost: int = 1, *, key: str | None = None,
+           what: str | None = None) -> None:
+    """Count ``cost`` events of ``scope`` for the client's address (or ``key``) against ``rate``
+    (``"10/minute"``); over it a 429 (RateLimitedError) with Retry-After, and nothing counted."""
+    limit, window = parse_rate(rate)
+    key = key or f"ip:{client_address(request, request.app.state.settings)}"
+    wait = request.app.state.rate_limiter.hit(scope, key, limit, window, cost=cost)
+    if wait:
+        raise RateLimitedError(f"too many {what or scope + ' requests'}: at most {rate}; "
+                               f"retry in {retry_after(wait)} s", retry_after=wait)

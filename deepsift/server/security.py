@@ -110,31 +110,50 @@ def set_cookie(response: "Response", request: "Request", settings: "Settings", n
 
 
 def client_address(request: "Request", settings: "Settings") -> str:
-    """The client's address (the first X-Forwarded-For hop only behind a trusted proxy)."""
-    if settings.trusted_proxy and (fwd := request.headers.get("x-forwarded-for")):
-        return fwd.split(",")[0].strip()
+    """The client's address: the peer's, or behind a trusted proxy the address that proxy appended.
+
+    Each proxy appends the address it received the request from to ``X-Forwarded-For``, so the
+    right-most ``trusted_proxy_hops`` entries were written by the operator's proxies and everything
+    to their left by the client (who may write anything there). The client's address is therefore
+    the ``trusted_proxy_hops``-th entry from the right (the left-most one when there are fewer).
+    """
+    if settings.trusted_proxy:
+        hops = [h.strip() for line in request.headers.getlist("x-forwarded-for") for h in line.split(",")]
+        hops = [h for h in hops if h]
+        if hops:
+            return hops[-min(settings.trusted_proxy_hops, len(hops))]
     return request.client.host if request.client else "unknown"
+
+
+SWEEP_EVERY_S = 60.0
+"""How often the rate limiters forget expired counts (and the keys they belong to)."""
 
 
 class RateLimiter:
     """Sliding-window limits per (scope, key), in memory, thread-safe (one server process)."""
 
     def __init__(self) -> None:
-        self._hits: dict[tuple[str, str], collections.deque[float]] = {}
+        self._hits: dict[tuple[str, str], collections.deque[float]] = {}  # expiry times, oldest first
         self._lock = threading.Lock()
+        self._swept = time.monotonic()
 
-    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
-        """Count one event; returns 0 when allowed, else the seconds until the next one is."""
+    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None, cost: int = 1) -> float:
+        """Count ``cost`` events (at most the whole limit); 0 when allowed, else the seconds until they would be.
+
+        A refused hit counts nothing.
+        """
         t = time.monotonic() if now is None else now
+        cost = max(1, min(cost, limit))
         with self._lock:
             q = self._hits.setdefault((scope, key), collections.deque())
-            while q and q[0] <= t - window_s:
+            while q and q[0] <= t:
                 q.popleft()
-            if len(q) >= limit:
-                return max(q[0] + window_s - t, 0.001)
-            q.append(t)
-            if len(self._hits) > 100_000:  # forget idle keys
-                for k in [k for k, v in self._hits.items() if not v or v[-1] <= t - window_s]:
+            if len(q) + cost > limit:
+                return max(q[len(q) + cost - limit - 1] - t, 0.001)
+            q.extend([t + window_s] * cost)
+            if t - self._swept >= SWEEP_EVERY_S:  # forget idle keys
+                self._swept = t
+                for k in [k for k, v in self._hits.items() if not v or v[-1] <= t]:
                     del self._hits[k]
             return 0.0
 
@@ -159,51 +178,65 @@ class SharedRateLimiter:
     """:class:`RateLimiter`'s sliding window, kept in a SQLite file every server process of a machine shares.
 
     Each allowed event is a row (its scope, key and expiry); a hit drops its key's expired rows,
-    counts the rest and adds one, in one write transaction, so concurrent processes never allow
-    more than the limit between them. The file holds nothing worth keeping (no fsync). If it cannot
-    be used (a full disk, a read-only data dir), the limits fall back to this process's memory
-    with one warning: availability first, and each process still limits.
+    counts the rest and adds its own, in one write transaction, so concurrent processes never allow
+    more than the limit between them. The file holds nothing worth keeping (no fsync) and no
+    visitor's address: keys are stored as an HMAC under ``secret`` (a secret of the data dir), the
+    file is the owner's only (0600), and expired rows are deleted at least every
+    :data:`SWEEP_EVERY_S` seconds while the server takes requests (and when it opens the file).
+    If it cannot be used (a full disk, a read-only data dir), the limits fall back to this
+    process's memory with one warning: availability first, and each process still limits.
     """
 
-    def __init__(self, path: "os.PathLike[str] | str") -> None:
+    def __init__(self, path: "os.PathLike[str] | str", secret: bytes = b"") -> None:
         self.path = str(path)
+        self._secret = hmac.new(secret, b"deepsift rate-limit keys", hashlib.sha256).digest()
         self._lock = threading.Lock()
         self._conn: "sqlite3.Connection | None" = None
         self._fallback: RateLimiter | None = None
-        self._hits_since_sweep = 0
+        self._swept = 0.0
+
+    def _key(self, scope: str, key: str) -> str:
+        return hmac.new(self._secret, f"{scope}\0{key}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def _connect(self) -> "sqlite3.Connection":
+        import os
         import sqlite3
 
         from .db import make_private_file
 
-        make_private_file(self.path)  # owner-only, like the database
+        make_private_file(self.path)  # owner-only, like the database, before SQLite opens it
+        for suffix in ("-wal", "-shm"):  # SQLite gives its -wal/-shm files the database file's mode
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
         conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("CREATE TABLE IF NOT EXISTS hits (scope TEXT NOT NULL, key TEXT NOT NULL, expires REAL NOT NULL)")
         conn.execute("CREATE INDEX IF NOT EXISTS hits_by_key ON hits (scope, key, expires)")
+        # expired rows, and plain keys written by an older version
+        conn.execute("DELETE FROM hits WHERE expires <= ? OR key LIKE '%:%'", (time.time(),))
         return conn
 
-    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
-        """Count one event; returns 0 when allowed, else the seconds until the next one is."""
+    def hit(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None, cost: int = 1) -> float:
+        """Count ``cost`` events (at most the whole limit); 0 when allowed, else the seconds until they would be."""
         import sqlite3
 
         t = time.time() if now is None else now
+        cost = max(1, min(cost, limit))
         with self._lock:
             if self._fallback is not None:
-                return self._fallback.hit(scope, key, limit, window_s, t)
+                return self._fallback.hit(scope, key, limit, window_s, t, cost)
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                return self._hit(self._conn, scope, key, limit, window_s, t)
+                return self._hit(self._conn, scope, self._key(scope, key), limit, window_s, t, cost)
             except (sqlite3.Error, OSError) as exc:
                 import logging
 
                 logging.getLogger("deepsift.server").warning(
                     "rate limits: cannot use %s (%s); limiting per process from now on", self.path, exc)
                 self._fallback = RateLimiter()
-                return self._fallback.hit(scope, key, limit, window_s, t)
+                return self._fallback.hit(scope, key, limit, window_s, t, cost)
 
     def blocked(self, scope: str, key: str, limit: int, window_s: float, now: float | None = None) -> float:
         """Like :meth:`hit` without counting: 0 when one more event would be allowed, else the wait."""
@@ -218,25 +251,26 @@ class SharedRateLimiter:
                     self._conn = self._connect()
                 count, first = self._conn.execute(
                     "SELECT COUNT(*), MIN(expires) FROM hits WHERE scope = ? AND key = ? AND expires > ?",
-                    (scope, key, t)).fetchone()
+                    (scope, self._key(scope, key), t)).fetchone()
             except (sqlite3.Error, OSError):
                 return 0.0  # the next hit() reports the problem and falls back
             return max(first - t, 0.001) if count >= limit else 0.0
 
-    def _hit(self, conn: "sqlite3.Connection", scope: str, key: str, limit: int, window_s: float, t: float) -> float:
+    def _hit(self, conn: "sqlite3.Connection", scope: str, key: str, limit: int, window_s: float, t: float,
+             cost: int) -> float:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute("DELETE FROM hits WHERE scope = ? AND key = ? AND expires <= ?", (scope, key, t))
-            count, first = conn.execute("SELECT COUNT(*), MIN(expires) FROM hits WHERE scope = ? AND key = ?",
-                                        (scope, key)).fetchone()
-            if count >= limit:
-                conn.execute("COMMIT")
-                return max(first - t, 0.001)
-            conn.execute("INSERT INTO hits VALUES (?, ?, ?)", (scope, key, t + window_s))
-            self._hits_since_sweep += 1
-            if self._hits_since_sweep >= 10_000:  # forget idle keys
+            if t - self._swept >= SWEEP_EVERY_S:  # every key's expired rows
                 conn.execute("DELETE FROM hits WHERE expires <= ?", (t,))
-                self._hits_since_sweep = 0
+                self._swept = t
+            else:
+                conn.execute("DELETE FROM hits WHERE scope = ? AND key = ? AND expires <= ?", (scope, key, t))
+            rows = [e for (e,) in conn.execute("SELECT expires FROM hits WHERE scope = ? AND key = ? "
+                                               "ORDER BY expires", (scope, key))]
+            if len(rows) + cost > limit:
+                conn.execute("COMMIT")
+                return max(rows[len(rows) + cost - limit - 1] - t, 0.001)
+            conn.executemany("INSERT INTO hits VALUES (?, ?, ?)", [(scope, key, t + window_s)] * cost)
             conn.execute("COMMIT")
             return 0.0
         except BaseException:

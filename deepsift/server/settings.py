@@ -71,7 +71,10 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, ge=1, le=500, description="database connections per server process (PostgreSQL)")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="how long SQLite waits for a lock before failing")
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")
-    trusted_proxy: bool = Field(False, description="take the client address from X-Forwarded-For")
+    trusted_proxy: bool = Field(False, description="behind a reverse proxy: take the client address from "
+                                                   "X-Forwarded-For (the entry the proxy appended)")
+    trusted_proxy_hops: int = Field(1, ge=1, le=16, description="how many trusted proxies append to X-Forwarded-For "
+                                                                 "(the client is this many entries from the right)")
 
     @field_validator("login_rate", "login_account_rate", "submit_rate", "api_rate")
     @classmethod

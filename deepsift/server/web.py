@@ -114,7 +114,8 @@ class BodyLimit:
     """ASGI middleware: a request body larger than ``max_bytes`` gets a 413 before it fills the disk.
 
     A declared Content-Length over the cap is refused at once; a chunked body is counted as it
-    arrives and cut off at the cap.
+    arrives and cut off at the cap. A domain may set a smaller cap for its paths in
+    ``app.state.body_limits`` (path prefix -> bytes).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -127,6 +128,10 @@ class BodyLimit:
         from starlette.responses import JSONResponse
 
         limit = self.max_bytes
+        path = scope.get("path", "")
+        for prefix, cap in getattr(getattr(scope.get("app"), "state", None), "body_limits", {}).items():
+            if path.startswith(prefix):
+                limit = min(limit, cap)
         too_big = JSONResponse({"detail": f"request body larger than the {limit / (1 << 20):g} MiB limit"}, 413)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

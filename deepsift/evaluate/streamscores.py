@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import EvaluationError
-from .scorefiles import _SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id
+from .rowfiles import _SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id
 
 BATCH = 32768
 

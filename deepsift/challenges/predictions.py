@@ -7,9 +7,9 @@ ids, non-numeric/NaN/infinite scores, bad labels, wrong encoding and wrong shape
 :class:`~deepsift.exceptions.InvalidInputError` naming the first offending rows. Untrusted bytes
 meet no parser before a bounded pre-scan (NUL bytes, lines over 64 KiB, JSON deeper than 8 levels,
 more bytes than a valid file for the test set needs), and reading stops at the first row past the
-test set's size, so validation takes memory in proportion to the test set, not the file; a rejected file is
-never stored as a submission, never scored and never counted. A valid file is kept with its scores
-aligned to the key (``aligned.npz``), so scoring never parses it again.
+test set's size, so validation takes memory in proportion to the test set, not to the file. A
+rejected file is never stored as a submission, never scored and never counted. A valid file is kept
+with its scores aligned to the key (``aligned.npz``), so scoring never parses it again.
 """
 from __future__ import annotations
 

@@ -56,8 +56,9 @@ def _iter_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     for row in reader:
                         last = reader.line_num
                         if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
-                            raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
-                                                  f"fields but the header has {len(reader.fieldnames or [])}")
+                            width = len(reader.fieldnames or [])
+                            raise EvaluationError(f"{path} line {reader.line_num}: {width + len(row[None])} fields "
+                                                  f"but the header has {width}")
                         yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}
                 except csv.Error as exc:  # e.g. a quoted field running over many lines past csv's field limit
                     raise EvaluationError(f"{path} line {last + 1}: {exc}") from None

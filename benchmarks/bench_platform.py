@@ -326,12 +326,21 @@ def bench_memory(n: int, mib: int, quick: bool, code: str) -> None:
             pad = (size_cap(pa.array(ids)) - 16) // n - len(ids[0]) - 5
             p.write_text("id,score\n" + "".join(f"{k}{'x' * pad},0.5\n" for k in ids))
 
+        def wide(p: Path) -> None:  # rows of 4,000 columns each, as many as fit under the size cap
+            import pyarrow as pa
+
+            from deepsift.evaluate.scorefiles import size_cap
+
+            row = '{"id": "%s", "score": 0.5, ' + ", ".join(f'"c{i}": 1' for i in range(4000)) + "}\n"
+            p.write_text("".join(row % k for k in ids[:size_cap(pa.array(ids)) // len(row % ids[0]) - 1]))
+
         cases.append(("at-the-size-cap.csv", at_cap))
         if not quick:
             cases += [("unknown-ids.csv", lambda p: _fill(p, b"id,score\n", b"not-in-the-test-set.png,0.5\n", size)),
                       ("padded-rows.csv", lambda p: _fill(p, b"id,score\n", b"0000000000000000.png," + b" " * 2000
                                                           + b"0.5\n", size)),
-                      ("too-many-rows.jsonl", lambda p: _fill(p, jsonl.encode(), b'{"id": "x", "score": 0.5}\n', size))]
+                      ("too-many-rows.jsonl", lambda p: _fill(p, jsonl.encode(), b'{"id": "x", "score": 0.5}\n', size)),
+                      ("wide-rows.jsonl", wide)]
         print(f"memory: a test set of {n:,} ids; hostile files of {mib} MiB; each validated in a fresh process "
               f"(predictions.validate, the server's path); peak RSS by getrusage")
         base = None

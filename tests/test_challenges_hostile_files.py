@@ -188,3 +188,33 @@ def test_a_predictions_file_is_parsed_with_no_database_connection_held(app, clie
     assert submit(client, hosted, alice, csv_text(good_scores(hosted))).status_code == 201
     assert submit(client, hosted, alice, b"id,score\nnope,1\n").status_code == 422
     assert held == [0, 0]
+
+
+def test_truncated_or_corrupt_archives_are_refused_naming_the_member(tmp_path):
+    import tarfile
+
+    from deepsift.exceptions import UnsafeArchiveError
+    from deepsift.server.storage import extract_archive
+
+    payload = os.urandom(1 << 16)  # incompressible: a cut lands inside the member's data
+    tgz = tmp_path / "set.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tf:
+        info = tarfile.TarInfo("real/a.png")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(tgz.read_bytes()[: tgz.stat().st_size * 2 // 3])
+    deflated = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("real/b.png", b"pixels " * 5000)
+    data = bytearray(deflated.read_bytes())
+    with zipfile.ZipFile(deflated) as zf:
+        info = zf.infolist()[0]
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 2: start + 12] = b"\xff" * 10  # a broken deflate stream
+    bad_zip = tmp_path / "broken.zip"
+    bad_zip.write_bytes(bytes(data))
+    for path, member in ((cut, "real/a.png"), (bad_zip, "real/b.png")):
+        with pytest.raises(UnsafeArchiveError) as exc:
+            extract_archive(path, tmp_path / "out" / path.name)
+        assert member in str(exc.value) or "not a readable" in str(exc.value), str(exc.value)

@@ -4,9 +4,12 @@ Accepted: the ELSA JSON object ``{"<id>": 0|1}``, CSV with a header ``id,score[,
 lists or JSONL of ``{"id": ..., "score": ...[, "label": ...]}`` (the evaluation toolkit's score
 files: :mod:`deepsift.evaluate.scorefiles`, one implementation). Unknown, duplicate and missing
 ids, non-numeric/NaN/infinite scores, bad labels, wrong encoding and wrong shape are each an
-:class:`~deepsift.exceptions.InvalidInputError` naming the first offending rows; a rejected file is
-never stored as a submission, never scored and never counted. A valid file is kept with its scores
-aligned to the key (``aligned.npz``), so scoring never parses it again.
+:class:`~deepsift.exceptions.InvalidInputError` naming the first offending rows. Untrusted bytes
+meet no parser before a bounded pre-scan (NUL bytes, lines over 64 KiB, JSON deeper than 8 levels,
+more bytes than a valid file for the test set needs), and reading stops at the first row past the
+test set's size, so validation takes memory in proportion to the test set, not to the file. A
+rejected file is never stored as a submission, never scored and never counted. A valid file is kept
+with its scores aligned to the key (``aligned.npz``), so scoring never parses it again.
 """
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def collect(spec: TestSetSpec) -> list[Item]:
 
 def _read_label_file(path: Path) -> list[Item]:
     """An answer key CSV/JSON without images: id, label (0/1, real/fake), generator, transformed."""
-    from ..evaluate.scorerows import ID_COLUMNS, LABEL_WORDS, _pick, _rows
+    from ..evaluate.rowfiles import ID_COLUMNS, LABEL_WORDS, _pick, _rows
 
     try:
         rows = _rows(path)

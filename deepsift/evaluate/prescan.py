@@ -115,7 +115,7 @@ def _json_depth(buf: bytes, final: bool, depth: int, fail) -> tuple[bytes, int]:
         cut = int(quotes[-1])
         rest = buf[cut:]
         if final or len(rest) > MAX_LINE:
-            fail(buf[:cut], f"a JSON string longer than {MAX_LINE:,} bytes" if not final else "an unterminated JSON string")
+            fail(buf[:cut], "an unterminated JSON string" if final else f"a JSON string longer than {MAX_LINE:,} bytes")
     head = arr[:cut]
     brackets = np.flatnonzero((head == 91) | (head == 93) | (head == 123) | (head == 125))
     brackets = brackets[(np.searchsorted(quotes, brackets) & 1) == 0]  # outside strings

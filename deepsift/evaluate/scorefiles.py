@@ -11,7 +11,8 @@ Accepted formats (by extension):
 
 Every problem is reported at once with the file and the offending ids/lines: duplicate ids,
 non-numeric or NaN values, and, when joining, ids unknown to the labels or missing from the
-scores.
+scores. No parser sees a file before the bounded pre-scan (:mod:`.prescan`: UTF-8, NUL bytes,
+line length, JSON depth; for :func:`read_aligned_scores` also a size cap from the ids).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ import numpy as np
 
 from ..exceptions import EvaluationError
 from .prescan import prescan
-from .scorerows import (_SHOW, ID_COLUMNS, LABEL_WORDS, RAW_SCORE_COLUMNS, SCORE_COLUMNS, AlignedScores,  # noqa: F401
-                        _listing, _pick, _row_id, _rows, as_key_ids, stream_rows)  # (re-exported: one import place)
+from .rowfiles import (ID_COLUMNS, LABEL_WORDS, RAW_SCORE_COLUMNS, SCORE_COLUMNS, _SHOW,  # noqa: F401 (re-exported)
+                       AlignedScores, _listing, _pick, _row_id, _rows, as_key_ids, stream_rows)
+
 
 @dataclass
 class LabelTable:
@@ -120,6 +122,10 @@ def join(labels: LabelTable, scores: dict[str, float], scores_path: str = "score
 
 
 # -- vectorised path: large score files aligned to a known id list (the benchmark platform) --------
+MAX_COLUMNS = 16
+"""Wider files skip the vectorised reader (a table of thousands of columns costs memory per column)."""
+
+
 def _fast_table(p: Path) -> Any | None:
     """The file as a pyarrow table of string columns (lower-cased names), or None when the fast path can't."""
     import pyarrow as pa
@@ -132,7 +138,7 @@ def _fast_table(p: Path) -> Any | None:
             with open(p, "rb") as fh:
                 head = fh.readline().decode("utf-8-sig")
             names = next(csv.reader([head]), [])
-            if not names or len(set(n.strip().lower() for n in names)) != len(names):
+            if not names or len(names) > MAX_COLUMNS or len(set(n.strip().lower() for n in names)) != len(names):
                 return None
             table = pacsv.read_csv(p, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
                                    convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
@@ -149,12 +155,17 @@ def _fast_table(p: Path) -> Any | None:
             if not (pa.types.is_floating(vals.type) or pa.types.is_integer(vals.type)):
                 return None
             return pa.table({"id": pa.array([str(k) for k, _ in pairs], pa.string()), "value": vals})
-        if suffix == ".jsonl":
-            table = pajson.read_json(p)
-            if any(not (pa.types.is_string(t) or pa.types.is_floating(t) or pa.types.is_integer(t))
-                   for t in table.schema.types):
+        if suffix == ".jsonl":  # the first row's columns and types; a row with another column: not here
+            with open(p, encoding="utf-8-sig") as fh:
+                first = json.loads(next((ln for ln in fh if ln.strip()), "null"))
+            if not isinstance(first, dict) or not first or len(first) > MAX_COLUMNS or any(
+                    isinstance(v, bool) or not isinstance(v, (str, int, float)) for v in first.values()):
                 return None
-            return table
+            schema = pa.schema([(k, pa.string() if isinstance(v, str) else
+                                 pa.int64() if isinstance(v, int) and k.lower() in ID_COLUMNS else pa.float64())
+                                for k, v in first.items()])
+            return pajson.read_json(p, parse_options=pajson.ParseOptions(explicit_schema=schema,
+                                                                         unexpected_field_behavior="error"))
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError, OSError, ValueError):
         return None
     return None
@@ -243,7 +254,7 @@ def _fast_aligned(p: Path, key: Any, columns: tuple[str, ...], with_labels: bool
             return None
     if len(rid) != len(key):
         return None
-    rid = as_key_ids(rid, key)
+    rid = as_key_ids(rid, key)  # a path whose file name is an id counts as that id
     pos = pc.index_in(key, value_set=rid)  # for each wanted id, its row in the file
     if pos.null_count:
         return None

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import EvaluationError
-from .scorerows import (_SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id,
-                        as_key_ids)
+from .rowfiles import (_SHOW, ID_COLUMNS, LABEL_WORDS, AlignedScores, _iter_rows, _listing, _pick, _row_id,
+                       as_key_ids)
 
 BATCH = 32768
 

@@ -216,7 +216,8 @@ def iter_archive(path: str | os.PathLike, limits: ArchiveLimits = ArchiveLimits(
                             name = _check_member(m.name)
                             yield name, _Capped(fh, members[name], name)  # type: ignore[misc]
     except DAMAGED as exc:
-        raise UnsafeArchiveError(f"the archive is damaged at member {name!r} ({exc.__class__.__name__}: {exc})") from None
+        raise UnsafeArchiveError(f"the archive is damaged at member {name!r} "
+                                 f"({exc.__class__.__name__}: {exc})") from None
 
 
 DAMAGED = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, NotImplementedError,

@@ -1,7 +1,7 @@
-"""Rows of label and score files: the columns read, streaming row readers, and matching row ids to a key.
+"""Rows of label and score files (CSV, JSON, JSONL), read one at a time after the bounded pre-scan.
 
-The low layer under :mod:`deepsift.evaluate.scorefiles` (whole files, joins, the vectorised path) and
-:mod:`deepsift.evaluate.streamscores` (the row-by-row path), shared by both without an import cycle.
+The shared base of :mod:`.scorefiles` (the readers and their rules) and :mod:`.streamscores` (the
+streaming aligned reader): column names, label words, and the row iterator.
 """
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def _iter_rows(path: Path, suffix: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     for row in reader:
                         last = reader.line_num
                         if None in row:  # more fields than the header (e.g. an unquoted comma in a file name)
-                            raise EvaluationError(f"{path} line {reader.line_num}: {len(reader.fieldnames or []) + len(row[None])} "
-                                                  f"fields but the header has {len(reader.fieldnames or [])}")
+                            width = len(reader.fieldnames or [])
+                            raise EvaluationError(f"{path} line {reader.line_num}: {width + len(row[None])} fields "
+                                                  f"but the header has {width}")
                         yield reader.line_num, {k.strip().lower(): v for k, v in row.items() if k}
                 except csv.Error as exc:  # e.g. a quoted field running over many lines past csv's field limit
                     raise EvaluationError(f"{path} line {last + 1}: {exc}") from None

@@ -144,3 +144,20 @@ def test_a_known_generator_name_is_refused_and_dry_run_writes_nothing(world, tmp
     assert main(["adapt", "--data", str(world / "known"), "--new", f"x={world / 'new'}", "--out",
                  str(tmp_path / "dry"), "--dry-run"]) == 0
     assert "refit-heads" in capsys.readouterr().out and not (tmp_path / "dry").exists()
+
+
+def test_sides_keep_groups_together_and_both_sides_get_some():
+    from deepsift.adapt.loop import assign_sides
+
+    rows = [{"id": f"g/{i}", "generator": "g", "group": f"p{i % 3}"} for i in range(9)]
+    rows += [{"id": f"real/{i}", "generator": "real", "group": None} for i in range(10)]
+    assign_sides(rows, seed=0, test_fraction=0.5)
+    by_group: dict = {}
+    for r in rows[:9]:
+        by_group.setdefault(r["group"], set()).add(r["side"])
+    assert all(len(s) == 1 for s in by_group.values())  # a prompt folder stays on one side
+    assert {"fit", "test"} == set().union(*by_group.values())  # 3 groups: both sides get one
+    assert sum(r["side"] == "test" for r in rows[9:]) == 5  # 10 reals alone: half held out
+    again = [dict(r) for r in rows]
+    assign_sides(again, seed=0, test_fraction=0.5)
+    assert [r["side"] for r in again] == [r["side"] for r in rows]  # deterministic

@@ -73,10 +73,25 @@ class Run:
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def _side(seed: int, generator: str, key: str, test_fraction: float) -> str:
-    """``test`` or ``fit``, from a hash of the sample's group (or id): stable, and a group stays together."""
-    h = int.from_bytes(hashlib.sha256(f"{seed}|{generator}|{key}".encode()).digest()[:8], "big") / 2 ** 64
-    return "test" if h < test_fraction else "fit"
+def assign_sides(rows: list[dict], seed: int, test_fraction: float) -> None:
+    """Set each row's ``side`` (``fit`` or ``test``): per generator (reals too), its groups (else its images) in
+    a seeded hash order, the first ``test_fraction`` of them held out, at least one group on each side when
+    there are two or more. A group never straddles the sides; the split does not depend on other generators."""
+    by_gen: dict[str, list[str]] = {}
+    for r in rows:
+        keys = by_gen.setdefault(r["generator"], [])
+        key = r["group"] or r["id"]
+        if key not in keys:
+            keys.append(key)
+    test_keys: dict[str, set[str]] = {}
+    for gen, keys in by_gen.items():
+        order = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}|{gen}|{k}".encode()).digest())
+        n = round(test_fraction * len(order))
+        if len(order) >= 2:
+            n = min(max(n, 1), len(order) - 1)
+        test_keys[gen] = set(order[:n])
+    for r in rows:
+        r["side"] = "test" if (r["group"] or r["id"]) in test_keys[r["generator"]] else "fit"
 
 
 def step_collect(run: Run) -> dict:
@@ -100,8 +115,7 @@ def step_collect(run: Run) -> dict:
         rel = Path(f).relative_to(root)
         rows.append({"id": f"{p.generator}/{rel.as_posix()}", "source": f, "label": 1, "generator": p.generator,
                      "group": rel.parts[0] if len(rel.parts) > 1 else None})
-    for r in rows:
-        r["side"] = _side(p.seed, r["generator"], r["group"] or r["id"], p.test_fraction)
+    assign_sides(rows, p.seed, p.test_fraction)
     new_test = sum(r["generator"] == p.generator and r["side"] == "test" for r in rows)
     new_fit = sum(r["generator"] == p.generator and r["side"] == "fit" for r in rows)
     if new_test < p.min_test_images or new_fit < 1:

@@ -63,7 +63,7 @@ for row in "${MODULES[@]}"; do
   selected "$name" || continue
   tests="${MUTATION_TESTS:-$tests}"  # e.g. a narrower -k selection for a single module on a slow machine
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf "$work"' EXIT INT TERM
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$work"
   cat >"$work/cosmic-ray.toml" <<EOF
 [cosmic-ray]
@@ -101,7 +101,7 @@ print(f"{name:12s} {module:38s} mutants {total:4d}  killed {killed:4d}  survived
 PYEOF
 )")
   rm -rf "$work"
-  trap - EXIT
+  trap - EXIT INT TERM
 done
 
 echo

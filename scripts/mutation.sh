@@ -4,6 +4,7 @@
 #   scripts/mutation.sh                      # every module below (slow: hours on a small machine)
 #   scripts/mutation.sh decision loss        # only these (names from the table below)
 #   scripts/mutation.sh --list               # the table
+#   MUTATION_TESTS='tests/test_x.py -k fast' scripts/mutation.sh decision   # other tests for one module
 #
 # Each module is mutated in a throwaway copy of the working tree (tracked and untracked, not ignored, files),
 # never in place; the sessions are kept in $MUTATION_OUT (default: mutation-out/, ignored by git) and the script
@@ -60,15 +61,16 @@ SUMMARY=()
 for row in "${MODULES[@]}"; do
   IFS='|' read -r name module tests <<<"$row"
   selected "$name" || continue
+  tests="${MUTATION_TESTS:-$tests}"  # e.g. a narrower -k selection for a single module on a slow machine
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf "$work"' EXIT INT TERM
   (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$work"
   cat >"$work/cosmic-ray.toml" <<EOF
 [cosmic-ray]
 module-path = "$module"
 timeout = $TIMEOUT
 excluded-modules = []
-test-command = "env PYTHONPATH=$work HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $PY -m pytest -x -q -p no:cacheprovider -p no:randomly $tests"
+test-command = 'env PYTHONPATH=$work HF_HUB_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $PY -m pytest -x -q -p no:cacheprovider $tests'
 
 [cosmic-ray.distributor]
 name = "local"
@@ -99,7 +101,7 @@ print(f"{name:12s} {module:38s} mutants {total:4d}  killed {killed:4d}  survived
 PYEOF
 )")
   rm -rf "$work"
-  trap - EXIT
+  trap - EXIT INT TERM
 done
 
 echo

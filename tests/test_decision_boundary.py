@@ -130,3 +130,14 @@ def test_platform_scoring_counts_a_score_equal_to_the_threshold_as_fake(t):
     for part in ("public", "private"):
         overall = result[part]["overall"]
         assert overall["acc_fake"] == 0.5 and overall["acc_real"] == 1.0 and overall["accuracy"] == 0.75, overall
+
+
+def test_the_threshold_may_be_either_end_of_the_probability_range():
+    from deepsift.decision import check_threshold
+
+    assert check_threshold(0.0) == 0.0 and check_threshold(1.0) == 1.0  # ends included
+    assert decide(np.array([0.0, 0.5, 1.0]), 0.0).tolist() == [1, 1, 1]
+    assert decide(np.array([0.0, _below(1.0), 1.0]), 1.0).tolist() == [0, 0, 1]
+    for bad in (-1e-12, float(np.nextafter(1.0, 2.0)), float("nan")):
+        with pytest.raises(ValueError, match="probability in"):
+            check_threshold(bad)

@@ -309,10 +309,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     report = Report("deepsift confound audit")
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": data.counts()}
     audit_block(report, result)
-    lines = [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
-             for name, f in result.features.items()]
+    lines = [f"finding: {result.headline}"] if result.headline else []
     lines += [f"WARNING: {w}" for w in result.warnings] or [f"no feature separates real from fake above "
                                                             f"AUROC {args.warn_above:g}"]
+    lines += [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
+              for name, f in result.features.items()]
     return _finish(args, report, lines, result.unreadable)
 
 

@@ -156,15 +156,40 @@ def from_mapping(data: dict, where: str = "config") -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB); with anchors and aliases refused, parsing costs what the file holds."""
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a YAML (or JSON) file, checked key by key."""
+    """The settings of a YAML (or JSON) file, checked key by key (a regular file of at most 1 MiB, no aliases)."""
+    import stat
+
     import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """safe_load without anchors and aliases: a few bytes can never expand into gigabytes."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not accepted in a config file")
+            return super().compose_node(parent, index)
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"{p}: the config file is not a regular file")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UsageError(f"{p}: the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; it holds a few "
+                             f"settings")
+        data = yaml.load(raw.decode("utf-8"), Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
         raise UsageError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{p}: the config file is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{p}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     return from_mapping(data or {}, str(p))

@@ -50,3 +50,30 @@ def test_a_config_file_is_bounded(tmp_path: Path, capsys, case: str) -> None:
     assert rc == 2 and len(err) == 1, err
     assert {"aliases": "aliases", "huge": "larger than 1024 KiB", "fifo": "not a regular file"}[case] in err[0]
     assert not out.exists()
+
+
+@pytest.fixture()
+def fifo_dataset(tmp_path: Path) -> Path:
+    """A folders-layout dataset with a FIFO named like an image among the reals and among the fakes."""
+    from evalkit import folders_dataset
+
+    root = folders_dataset(tmp_path / "ds", 6)
+    os.mkfifo(root / "real" / "zz_pipe.png")
+    os.mkfifo(root / "gen_a" / "zz_pipe.jpg")
+    return root
+
+
+def test_a_fifo_in_a_dataset_hangs_no_reader(fifo_dataset: Path, tmp_path: Path, capsys) -> None:
+    """eval audit, eval generators and data split --group camera read headers/EXIF through the one safe opener."""
+    from eval_toys import FormatReader
+
+    from deepsift.evaluate.detectors import register_detector_loader
+
+    register_detector_loader("format", lambda arg: FormatReader())
+    assert _fails_within(60, lambda: main(["eval", "audit", str(fifo_dataset)])) == 3  # counted, left out
+    assert "2 image(s) could not be read" in capsys.readouterr().err
+    assert _fails_within(60, lambda: main(["eval", "generators", str(fifo_dataset), "--detector", "fmt=format:x"])) == 3
+    capsys.readouterr()
+    rc = _fails_within(60, lambda: main(["data", "split", str(fifo_dataset), "--out", str(tmp_path / "split"),
+                                         "--group", "camera", "--val-fraction", "0", "--test-fraction", "0.5"]))
+    assert rc == 0 and (tmp_path / "split" / "splits.csv").is_file()

@@ -77,3 +77,27 @@ def test_a_fifo_in_a_dataset_hangs_no_reader(fifo_dataset: Path, tmp_path: Path,
     rc = _fails_within(60, lambda: main(["data", "split", str(fifo_dataset), "--out", str(tmp_path / "split"),
                                          "--group", "camera", "--val-fraction", "0", "--test-fraction", "0.5"]))
     assert rc == 0 and (tmp_path / "split" / "splits.csv").is_file()
+
+
+def test_heads_fit_with_a_one_image_generator_or_class(tmp_path: Path, capsys) -> None:
+    """A one-image generator gets no head of its own (and a line saying so); a one-image class is refused before
+    any embedding."""
+    import json
+
+    from evalkit import tiny_model, write_class
+
+    model = tiny_model(tmp_path / "model")
+    write_class(tmp_path / "real", 6, False, seed=1)
+    write_class(tmp_path / "fake" / "sd", 6, True, seed=2)
+    write_class(tmp_path / "fake" / "lonely", 1, True, seed=3)
+    out = tmp_path / "heads"
+    assert main(["heads", "fit", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
+                 "--model", str(model), "--out", str(out), "--classifier", "knn", "--classifier", "linear"]) == 0
+    err = capsys.readouterr().err
+    assert "fake/lonely: 1 readable image(s), too few for a head of its own" in err and "Traceback" not in err
+    assert set(json.loads((out / "heads.json").read_text())["heads"]) == {"knn", "linear", "knn:sd", "linear:sd"}
+    write_class(tmp_path / "one_real", 1, False, seed=4)
+    rc = main(["heads", "fit", "--real", str(tmp_path / "one_real"), "--fake", str(tmp_path / "fake"),
+               "--model", str(model), "--out", str(tmp_path / "h2"), "--classifier", "knn"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "at least 2 real images (1 found)" in err[0]

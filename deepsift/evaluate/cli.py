@@ -343,11 +343,11 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..output import ensure_writable_file
+    from ..output import output_file
     from .calibration import Calibrator, threshold_for_fpr
     from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
 
-    ensure_writable_file(args.out)
+    output_file(args.out)  # a file read back later: a folder, device or FIFO is refused, never replaced
     labels = read_labels(args.labels)
     _, y, s = join(labels, read_scores(args.scores, RAW_SCORE_COLUMNS), args.scores)
     cal = Calibrator(args.method).fit(y, s)

@@ -101,3 +101,39 @@ def test_heads_fit_with_a_one_image_generator_or_class(tmp_path: Path, capsys) -
                "--model", str(model), "--out", str(tmp_path / "h2"), "--classifier", "knn"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "at least 2 real images (1 found)" in err[0]
+
+
+def _train(tmp_path: Path, shards: Path, reals: Path, name: str, capsys, **cfg) -> tuple[int, list[str], Path]:
+    from trainkit import tiny_config, write_yaml
+
+    out = tmp_path / name
+    capsys.readouterr()
+    rc = main(["train", "--data", str(shards), "--real", str(reals), "--out", str(out), "--config",
+               str(write_yaml(tmp_path / f"{name}.yaml", tiny_config(**cfg)))])
+    return rc, capsys.readouterr().err.strip().splitlines(), out
+
+
+def test_train_skips_and_counts_undecodable_records(tmp_path: Path, capsys) -> None:
+    """5 of 24 reals torn: skipped, counted and logged (the run finishes, and a resumed run too); past
+    max_bad_share it stops in one line; every image bad: one line, not a worker's traceback."""
+    import json
+
+    from trainkit import make_dataset
+
+    shards, reals = make_dataset(tmp_path / "d", 24)
+    bad = {f"rec{i:05d}" for i in (1, 5, 9, 13, 17)}
+    for rid in bad:
+        (reals / f"{rid}.png").write_bytes(b"\x89PNG\r\n\x1a\n torn")
+    rc, err, out = _train(tmp_path, shards, reals, "ok", capsys, steps=6, holdout=4, max_bad_share=0.3)
+    assert rc == 0, err
+    logged = {i for line in (out / "train_log.jsonl").read_text().splitlines()
+              if (e := json.loads(line)).get("event") == "skipped" for i in e["ids"]}
+    assert logged and logged <= bad
+    assert any(f"skipped {len(logged)} training record(s) whose image cannot be decoded" in line for line in err)
+    assert main(["train", "--resume", str(out), "--steps", "8"]) == 0  # the same records are skipped again
+    rc, err, _ = _train(tmp_path, shards, reals, "strict", capsys, steps=6, holdout=4, max_bad_share=0.05)
+    assert rc == 1 and len(err) == 1 and "more than the max_bad_share 0.05" in err[0], err
+    for p in reals.iterdir():
+        p.write_bytes(b"not an image")
+    rc, err, _ = _train(tmp_path, shards, reals, "allbad", capsys, steps=2, holdout=4)
+    assert rc == 1 and len(err) == 1 and "could be decoded" in err[0] and "Traceback" not in err[0], err

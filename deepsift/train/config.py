@@ -51,6 +51,7 @@ class TrainConfig:
     patience: int = 6  # epochs without a new best head accuracy before stopping; 0 = never stop early
     keep: str = "best"  # the model folder's weights: the best epoch's (held-out head accuracy) or the last step's
     log_every: int = 10
+    max_bad_share: float = 0.05  # stop when more than this share of the training records cannot be decoded
     leave_out: list[str] = field(default_factory=list)
     init: str = ""  # a model folder or hub id to fine-tune; "" = from scratch
     hidden_size: int = 192
@@ -74,6 +75,8 @@ class TrainConfig:
         for key in ("lr", "tau"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise UsageError(f"config key {key!r} must be a positive number, got {getattr(self, key)}")
+        if not (math.isfinite(self.max_bad_share) and 0 <= self.max_bad_share <= 1):
+            raise UsageError(f"config key 'max_bad_share' must be in [0, 1], got {self.max_bad_share}")
         for key in ("warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise UsageError(f"config key {key!r} must be a number >= 0, got {getattr(self, key)}")

@@ -154,3 +154,17 @@ def test_out_onto_a_symlink_writes_through_it_with_the_users_umask(inputs, tmp_p
     finally:
         os.umask(old)
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["export onnx", "baseline train", "data export-wds"])
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(inputs, small_disk, capsys, name) -> None:
+    """A 64 KiB disk, nearly full: the 22 MB ONNX file, the baseline's weights, the tars do not fit."""
+    mnt = small_disk("64k")
+    with open(mnt / "filler", "wb") as fh:
+        fh.write(b"\0" * (60 * 1024))
+    table = {**FILE_COMMANDS, **DIR_COMMANDS}
+    argv = [a.replace("{out}", str(mnt / ("model.onnx" if name == "export onnx" else "out"))) for a in table[name](inputs)]
+    assert main(argv) == 1
+    assert "Traceback" not in _one_line(capsys)
+    left = sorted(p.name for p in mnt.rglob("*") if p.is_file())
+    assert left == ["filler"], left

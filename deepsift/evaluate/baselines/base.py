@@ -120,10 +120,11 @@ class Baseline:
             for name, path in tmp.items():
                 os.chmod(path, umask_mode())
                 os.replace(path, out / name)
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own error for a full disk
             for path in tmp.values():
                 path.unlink(missing_ok=True)
-            raise DataError(f"cannot write the baseline to {out}: {exc.strerror or exc}; nothing was written") from None
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise DataError(f"cannot write the baseline to {out}: {why}; nothing was written") from None
         return out
 
     # -- shared machinery ----------------------------------------------------------------------

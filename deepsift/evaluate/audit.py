@@ -17,7 +17,7 @@ import numpy as np
 
 from ..output import progress
 from .datasets import Sample
-from .confounds import contrast
+from .confounds import auroc, contrast
 from .headers import CROP, HeaderInfo, read_header
 
 WARN_ABOVE = 0.7
@@ -61,18 +61,6 @@ def feature_value(info: HeaderInfo, name: str) -> Any:
     if name == "bytes_per_pixel":
         return info.file_bytes / (w * h) if info.file_bytes and w * h else None
     raise KeyError(name)
-
-
-def auroc(labels: np.ndarray, x: np.ndarray) -> float | None:
-    """AUROC of score ``x`` for label 1 (ties count 1/2); None with one class only."""
-    from scipy.stats import rankdata
-
-    n1 = int(labels.sum())
-    n0 = labels.size - n1
-    if n0 == 0 or n1 == 0:
-        return None
-    r = rankdata(x)
-    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
 def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[float | None, str]:

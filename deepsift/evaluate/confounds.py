@@ -20,6 +20,18 @@ N_BINS = 4  # strata of a numeric feature: quartiles of its pooled values
 EXPLAINED_SHARE = 0.5  # explained when within-strata AUROC keeps less than half of the margin over chance
 
 
+def auroc(labels: np.ndarray, x: np.ndarray) -> float | None:
+    """AUROC of score ``x`` for label 1 (ties count 1/2); None with one class only."""
+    from scipy.stats import rankdata
+
+    n1 = int(labels.sum())
+    n0 = labels.size - n1
+    if n0 == 0 or n1 == 0:
+        return None
+    r = rankdata(x)
+    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
+
+
 def strata_of(values: Sequence[Any], kind: str) -> np.ndarray:
     """A stratum label per sample: the category, or the quartile bin of a number; ``n/a`` where undefined."""
     out = np.array(["n/a"] * len(values), dtype=object)
@@ -102,49 +114,3 @@ def verdict(label: str, overall: float | None, within: float | None) -> str:
     if explained(overall, within):
         return f"this detector's result is explained by {label}"
     return f"holds within each {label} stratum"
-
-
-def explain_rows(tables: dict[str, Any], result: Any, top: int = 3) -> list[dict[str, Any]]:
-    """Per detector and top pooled finding: overall AUROC, AUROC within the feature's strata, and the verdict."""
-    from .audit import FEATURES
-
-    rows = []
-    findings = [f for f in result.findings if f["generator"] is None][:top]
-    for name, t in tables.items():
-        ok = t.ok
-        y, s = t.labels[ok], t.scores[ok]
-        overall = auroc(y, s) if y.size else None
-        for f in findings:
-            vals = [v for v, k in zip(result.values[f["feature"]], ok) if k]
-            within = within_strata_auroc(y, s, strata_of(vals, FEATURES[f["feature"]][0]))
-            rows.append({"detector": name, "feature": f["feature"], "label": f["label"], "auroc": overall,
-                         "within": within, "explained": explained(overall, within),
-                         "verdict": verdict(f["label"], overall, within)})
-    return rows
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """The audit's AUROC (ties count 1/2)."""
-    from .audit import auroc as _auroc
-
-    return _auroc(labels, scores)
-
-
-def explain_block(report: Any, tables: dict[str, Any], result: Any) -> list[str]:
-    """A table tying each detector to the flagged features; returns one line per explained detector."""
-    rows = explain_rows(tables, result)
-    report.results.setdefault("audit_explain", rows)
-    if not rows:
-        return []
-    report.heading("Does each detector follow the flagged features?", 3)
-    report.text("AUROC within the strata of a flagged feature compares each real image only with fakes that share "
-                "its value (its format; its quartile of a number). A detector whose figure falls to about chance "
-                "there is reading that feature, not the pictures.")
-    report.table(["detector", "feature", "AUROC", "AUROC within its strata", "verdict"],
-                 [[r["detector"], r["label"], _f(r["auroc"]), _f(r["within"]), r["verdict"]] for r in rows])
-    return [f"{r['detector']}: AUROC {_f(r['auroc'])} overall, {_f(r['within'])} within {r['label']} strata: "
-            f"{r['verdict']}" for r in rows if r["explained"]]
-
-
-def _f(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"

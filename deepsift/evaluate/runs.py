@@ -12,7 +12,7 @@ import numpy as np
 
 from ..decision import DEFAULT_THRESHOLD, rule_text
 from .audit import SMALL_N, audit, audit_block, read_headers
-from .confounds import explain_block
+from .explain import explain_block
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value

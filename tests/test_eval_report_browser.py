@@ -135,5 +135,7 @@ def test_first_screen_holds_the_controlled_drop_and_the_top_warning(control_repo
 
     assert on_first_screen(summary[0]) and "->" in summary[0]  # the drop, in words
     assert on_first_screen(warnings[0][:60])  # the top-ranked warning
+    pooled = page.locator("table").first.locator("tr.pooled")
+    assert pooled.count() == 1 and pooled.inner_text().startswith("all generators")  # set apart
     page.screenshot(path=str(screenshots / "first_screen_with_control.png"))
     page.close()

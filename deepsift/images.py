@@ -5,6 +5,10 @@ Decoding policy (documented, tested in ``tests/test_images.py``):
 * Inputs: a path, raw bytes, a binary file object, a ``PIL.Image`` or an HxWx3 uint8 array.
 * Pixel cap: images with more than ``MAX_PIXELS`` (80 MP by default) are refused *before*
   their pixels are decoded (:class:`ImageTooLargeError`), so decompression bombs cost nothing.
+  Decoded bytes are bounded too, before decoding: width x height x the bytes per pixel of the
+  stored mode (4 for a float or 32-bit TIFF, 2 for a 16-bit PNG) may not exceed the pixel cap x 3
+  (the bytes of the RGB output), and the conversion of 16-bit, 32-bit and float images works in
+  row blocks, so a small file cannot cost gigabytes.
 * Empty, truncated or non-image data raise :class:`ImageDecodeError` with the reason; so does a
   path that is not a regular file (a FIFO or a device is never opened for reading, so it cannot
   block or stream forever).
@@ -89,6 +93,12 @@ def decode_image(
                 raise ImageTooLargeError(
                     f"{name}: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the cap of {max_pixels / 1e6:g} MP"
                 )
+            decoded = w * h * mode_bytes(im.mode)
+            if decoded > max_pixels * 3:
+                raise ImageTooLargeError(
+                    f"{name}: {w}x{h} {im.mode} pixels decode to {decoded / 1e6:.0f} MB, over the cap of "
+                    f"{max_pixels * 3 / 1e6:.0f} MB (the pixel cap as 8-bit RGB)"
+                )
             try:
                 im = _first_frame(im)
                 im.load()
@@ -151,6 +161,25 @@ def _open_file(path: Path, max_bytes: int) -> BinaryIO:
         raise
 
 
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2,
+               "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3}
+
+
+def mode_bytes(mode: str) -> int:
+    """Bytes per pixel of a Pillow mode once decoded (4 for RGBA, CMYK, I, F and anything unknown)."""
+    return _MODE_BYTES.get(mode, 4)
+
+
+def open_source(source: ImageSource, max_bytes: int = MAX_BYTES) -> tuple[BinaryIO, str]:
+    """The one safe opener of user inputs: a readable binary file object and a display name.
+
+    A path must be a regular file within ``max_bytes`` (a FIFO, device or folder is refused unread,
+    never blocking); bytes are wrapped. Every reader of user paths (decoding, header and EXIF
+    reads) goes through it. Raises :class:`ImageDecodeError` / :class:`ImageTooLargeError`.
+    """
+    return _open_source(source, max_bytes)
+
+
 def _file_kind(mode: int) -> str:
     """A word for a non-regular file type."""
     for test, word in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
@@ -173,16 +202,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode == "RGB":
         return im
     if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(im).astype(np.float32)
-        return Image.fromarray(np.round(arr / 257.0).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(_scaled_to_uint8(np.asarray(im), 1.0 / 257.0), "L").convert("RGB")
     if mode in ("I", "F"):
-        arr = np.asarray(im).astype(np.float64)
+        arr = np.asarray(im)
         hi = 255.0 if arr.max(initial=0) <= 255 else 65535.0
-        arr = np.round(arr * (255.0 / hi)).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        return Image.fromarray(_scaled_to_uint8(arr, 255.0 / hi), "L").convert("RGB")
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     return im.convert("RGB")
+
+
+def _scaled_to_uint8(arr: np.ndarray, scale: float, block: int = 1 << 20) -> np.ndarray:
+    """``round(arr * scale)`` clipped to 0..255 as uint8, a block of rows at a time (bounded temporaries)."""
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, block // max(1, arr.shape[1] if arr.ndim > 1 else 1))
+    for r in range(0, arr.shape[0], rows):
+        part = np.multiply(arr[r:r + rows], scale, dtype=np.float64)
+        np.round(part, out=part)
+        np.clip(part, 0, 255, out=part)
+        out[r:r + rows] = part
+    return out
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:

@@ -112,3 +112,81 @@ def test_cli_audit_prints_warnings_and_writes_a_report(tmp_path: Path, capsys) -
     assert data["audit"]["unreadable"] == 1 and data["audit"]["features"]["format"]["auroc"] == 1.0
     assert "Confound audit" in (rep / "report.html").read_text()
     assert main(["eval", "audit", str(root), "--warn-above", "0.2"]) == 2  # range-checked at parsing
+
+
+def _numeric_set(root: Path, fakes_smaller: bool) -> Path:
+    """Reals and fakes in one format; the fakes' shorter side is smaller (or larger) than the reals'."""
+    for i in range(20):
+        big, small = (400 + 10 * i, 400 + 10 * i), (240 + 5 * i, 240 + 5 * i)
+        _save(root / "real" / f"{i:03d}.png", _pixels(i, small if not fakes_smaller else big), "png")
+        _save(root / "gen_a" / f"{i:03d}.png", _pixels(100 + i, big if not fakes_smaller else small), "png")
+    return root
+
+
+@pytest.mark.parametrize("fakes_smaller", [True, False])
+def test_audit_auroc_is_oriented_and_its_direction_words_match_the_data(tmp_path: Path, fakes_smaller: bool) -> None:
+    res = audit(load_eval_set(_numeric_set(tmp_path / "set", fakes_smaller)).samples)
+    f = res.features["min_side"]
+    assert f["auroc"] == pytest.approx(1.0)  # oriented: a 'lower means fake' feature reads 1.0, not 0.0
+    real_median, fake_median = f["real"]["median"], f["fake"]["median"]
+    assert (fake_median < real_median) == fakes_smaller
+    assert f["direction"] == ("lower: fake" if fakes_smaller else "higher: fake")
+    assert f["contrast"] == (f"fakes {'lower' if fakes_smaller else 'higher'}: median {fake_median:.3g} vs "
+                             f"{real_median:.3g} for reals")
+    # a categorical feature names the value whose share differs most, and which class has more of it
+    from deepsift.evaluate.audit import separability
+
+    a, d = separability(np.array([0] * 10 + [1] * 10), np.array(["JPEG"] * 4 + ["PNG"] * 6 + ["PNG"] * 9 + ["WEBP"]),
+                        "category")
+    assert a > 0.5 and d == "JPEG: real"
+
+
+def test_audit_ranks_merges_the_jpeg_cue_and_states_the_contrast(tmp_path: Path, capsys) -> None:
+    """Reals 60 % JPEG / 40 % PNG, fakes all PNG (one WEBP): one 'JPEG' finding (format, subsampling, quality merged),
+    headlined by the contrast, not by the rarest fake-only value."""
+    root = tmp_path / "set"
+    for i in range(30):
+        arr = _pixels(i, (256, 256))
+        _save(root / "real" / f"{i:03d}.{'jpg' if i < 18 else 'png'}", arr, "jpg" if i < 18 else "png")
+        _save(root / "gen_a" / f"{i:03d}.png", _pixels(200 + i, (256, 256)), "png")
+    Image.fromarray(_pixels(999, (256, 256))).save(root / "gen_a" / "odd.webp")
+    res = audit(load_eval_set(root).samples)
+    assert res.findings and res.findings[0]["feature"] == "format"
+    assert "chroma subsampling" in res.findings[0]["same_cue"]
+    assert not any(f["feature"] == "subsampling" for f in res.findings)  # merged, not a second warning
+    assert res.features["subsampling"]["auroc"] > 0.7  # it would warn on its own
+    assert res.headline.startswith("reals are 60% JPEG, fakes 0% (fakes are 97% PNG)")
+    assert "WEBP: fake" not in res.headline and res.features["format"]["direction"] == "JPEG: real"
+    weights = [2 * (f["auroc"] - 0.5) * f["n"] / res.n for f in res.findings]
+    assert weights == sorted(weights, reverse=True)
+    assert main(["eval", "audit", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"finding: {res.headline}" and out[1].startswith("WARNING: file format alone")
+
+
+def test_each_detector_is_tied_to_the_flagged_feature(tmp_path: Path, capsys) -> None:
+    """A detector that reads the format is 'explained by file format'; one that reads the pictures is not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_toys import FormatReader, SeededScorer
+
+    from deepsift.evaluate.detectors import register_detector_loader
+
+    register_detector_loader("format", lambda arg: FormatReader())
+    register_detector_loader("seeded", lambda arg: SeededScorer(2.0))  # separates by the picture's folder
+    root = tmp_path / "set"
+    for i in range(30):
+        _save(root / "real" / f"{i:03d}.{'jpg' if i % 2 else 'png'}", _pixels(i, (256, 256)), "jpg" if i % 2 else "png")
+        _save(root / "gen_a" / f"{i:03d}.png", _pixels(300 + i, (256, 256)), "png")
+    rep = tmp_path / "rep"
+    assert main(["eval", "generators", str(root), "--detector", "fmt=format:x", "--detector", "pics=seeded:x",
+                 "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    rows = {(r["detector"], r["feature"]): r for r in json.loads((rep / "metrics.json").read_text())["audit_explain"]}
+    fmt, pics = rows[("fmt", "format")], rows[("pics", "format")]
+    assert fmt["auroc"] == pytest.approx(0.75) and fmt["within"] == pytest.approx(0.5) and fmt["explained"]
+    assert pics["within"] > 0.9 and not pics["explained"] and pics["verdict"] == "holds within each file format stratum"
+    assert "fmt: AUROC 0.750 overall, 0.500 within file format strata: this detector's result is explained by " \
+           "file format" in out
+    assert not [line for line in out.splitlines() if line.startswith("pics: AUROC") and "explained by" in line]

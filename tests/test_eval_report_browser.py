@@ -70,3 +70,72 @@ def test_report_first_screen_plots_and_width(big_report: Path, browser, screensh
     page.screenshot(path=str(screenshots / "first_screen.png"))
     page.screenshot(path=str(screenshots / "full_report.png"), full_page=True)
     page.close()
+
+
+def _confounded_zoo(root: Path) -> Path:
+    """Reals JPEG q90 4:2:0 around 256 px; 20 generators like them, except six, each with its own file cue."""
+    rng = np.random.default_rng(1)
+
+    def pic(w: int, h: int) -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((w, h))
+
+    (root / "real").mkdir(parents=True)
+    for i in range(40):
+        pic(256 + i, 256 + i).save(root / "real" / f"{i:03d}.jpg", quality=90)
+    for g in range(N_GEN):
+        folder = root / f"generator_{g:02d}_with_a_long_name"
+        folder.mkdir()
+        for i in range(12):
+            side = 256 + 3 * i
+            if g == 0:
+                pic(96, 96).save(folder / f"{i}.jpg", quality=90)  # below the crop: min side and padding
+            elif g == 1:
+                pic(2 * side, side).save(folder / f"{i}.jpg", quality=90)  # aspect ratio
+            elif g == 2:
+                exif = Image.Exif()
+                exif[0x0110] = "Cam"
+                pic(side, side).save(folder / f"{i}.jpg", quality=90, exif=exif)  # metadata
+            elif g == 3:
+                pic(side, side).save(folder / f"{i}.jpg", quality=30)  # JPEG quality, file size
+            elif g == 4:
+                pic(side, side).save(folder / f"{i}.jpg", quality=90, subsampling=0)  # chroma subsampling
+            elif g == 5:
+                pic(side, side).save(folder / f"{i}.png")  # format
+            else:
+                pic(side, side).save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def control_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = _confounded_zoo(tmp_path_factory.mktemp("zoo") / "data")
+    for k in range(N_DET):
+        register_detector_loader(f"seeded{k}", lambda arg, k=k: SeededScorer(0.5 + 0.2 * k))
+    rep = root.parent / "report"
+    dets = [a for k in range(N_DET) for a in ("--detector", f"detector_{k}=seeded{k}:x")]
+    assert main(["eval", "generators", str(root), *dets, "--control", "jpeg:90", "--report", str(rep)]) == 0
+    return rep
+
+
+def test_first_screen_holds_the_controlled_drop_and_the_top_warning(control_report: Path, browser,
+                                                                     screenshots: Path) -> None:
+    import json
+
+    data = json.loads((control_report / "metrics.json").read_text())
+    warnings = data["audit"]["warnings"]
+    assert len(warnings) >= 8 and len(data["per_generator"]) == N_DET
+    summary = data["control"]["summary"]
+    assert len(summary) == N_DET and all("test side only" in s for s in summary)
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto((control_report / "report.html").as_uri())
+
+    def on_first_screen(text: str) -> bool:
+        box = page.locator("p", has_text=text).first.bounding_box()
+        return box is not None and box["y"] + box["height"] <= 800
+
+    assert on_first_screen(summary[0]) and "->" in summary[0]  # the drop, in words
+    assert on_first_screen(warnings[0][:60])  # the top-ranked warning
+    pooled = page.locator("table").first.locator("tr.pooled")
+    assert pooled.count() == 1 and pooled.inner_text().startswith("all generators")  # set apart
+    page.screenshot(path=str(screenshots / "first_screen_with_control.png"))
+    page.close()

@@ -248,3 +248,56 @@ def test_a_fifo_or_device_is_not_a_regular_file(tmp_path, kind):
     assert not t.is_alive(), "decoding a special file blocked"
     msg = str(result["err"].value)
     assert f"not a regular file ({word})" in msg and "empty file" not in msg and str(path) in msg
+
+
+def test_decoded_bytes_are_bounded_before_decoding_and_deep_images_convert_in_blocks(tmp_path):
+    """A small float TIFF / 16-bit PNG: refused when its decoded bytes pass the pixel cap x 3 (before any pixel is
+    decoded), and, when accepted, converted without float64 copies of the whole image (peak RSS measured)."""
+    import json
+    import subprocess
+    import sys
+
+    flat = np.full((2000, 2000), 0.5, np.float32)
+    tif = tmp_path / "float.tif"
+    Image.fromarray(flat).save(tif, compression="tiff_adobe_deflate")
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((2000, 2000), 40000, np.uint16)).save(deep)
+    assert tif.stat().st_size < 200_000 and deep.stat().st_size < 200_000
+    # 4 MP is under a 4.5 MP cap, but 4 MP x 4 bytes (float) = 16 MB is over 4.5 MP x 3 bytes = 13.5 MB
+    with pytest.raises(ImageTooLargeError, match=r"F pixels decode to 16 MB, over the cap of 14 MB"):
+        decode_image(tif, max_pixels=4_500_000)
+    assert decode_image(deep, max_pixels=4_100_000).size == (2000, 2000)  # 16-bit: 8 MB <= 12.3 MB
+    assert np.asarray(decode_image(tif))[0, 0, 0] == 0  # 0.5 of 255: rounds to 0 (0..255 scale)
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    for mode in ("F", "I;16"):
+        res = subprocess.run([sys.executable, "-c", CONVERT_PEAK_SCRIPT, mode], capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        peak_mb = float(res.stdout)
+        # 4 MP: a uint8 grey copy (4 MB), the RGB output (12 MB), the array view of the source (16 / 8 MB) and
+        # one block of rows (8 MB); whole-image float64 temporaries (32 MB each) would pass 80 MB
+        assert peak_mb <= 48.0, f"{mode}: converting 4 MP to RGB peaked at +{peak_mb:.1f} MB"
+
+
+CONVERT_PEAK_SCRIPT = r"""
+import sys, numpy as np
+from PIL import Image
+from deepsift.images import decode_image
+
+def rss(field):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith(field + ":")) / 1024.0
+
+rng = np.random.default_rng(0)
+arr = (rng.random((2000, 2000), dtype=np.float32) * 300) if sys.argv[1] == "F" else \
+    rng.integers(0, 65535, (2000, 2000), dtype=np.uint16)
+im = Image.fromarray(arr)
+im.load()
+decode_image(Image.fromarray(arr[:10, :10].copy()))  # warm up
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+start = rss("VmRSS")
+decode_image(im)
+print(rss("VmHWM") - start)
+"""

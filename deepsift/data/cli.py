@@ -180,11 +180,13 @@ def cmd_export_wds(args: argparse.Namespace) -> int:
     from ..output import note
     from .webdataset import export_webdataset
 
-    out = Path(args.out)
+    from ..output import output_dir
+
+    out = output_dir(args.out)  # a file, device or unwritable place: one line, before reading any shard
     if not args.overwrite and out.is_dir() and any(out.iterdir()):
         raise UsageError(f"{out}: output folder is not empty; add --overwrite to replace an earlier export's tars")
     summary = export_webdataset(
-        _records(args), args.out, real_dir=args.real, split=args.split, prefix=args.prefix,
+        _records(args), out, real_dir=args.real, split=args.split, prefix=args.prefix,
         samples_per_shard=args.samples_per_shard, fmt=args.format, require_real=not args.allow_missing_real,
         overwrite=args.overwrite,
     )

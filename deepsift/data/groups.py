@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -30,8 +29,11 @@ def camera_of(source: str | bytes) -> str | None:
     """``"Make Model"`` from the EXIF header of an image, or None (no EXIF, unreadable)."""
     from PIL import Image
 
+    from ..images import open_source
+
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        fp, _ = open_source(source)  # the one safe opener: a FIFO or a device is refused unread, never blocks
+        with fp, Image.open(fp) as im:
             exif = im.getexif()
     except Exception:  # noqa: BLE001 - any unreadable header means "no camera"
         return None

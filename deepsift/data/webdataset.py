@@ -134,10 +134,12 @@ class _TarShards:
         self.index += 1
 
     def abort(self) -> None:
-        """Drop the tar in progress."""
+        """Drop the tar in progress (a full disk may refuse its closing blocks: it is dropped anyway)."""
         if self.tar is not None:
             try:
                 self.tar.close()
+            except OSError:
+                pass
             finally:
                 self._tmp().unlink(missing_ok=True)
                 self.tar = None
@@ -233,12 +235,15 @@ def export_webdataset(
             summary.samples += 1
             summary.formats["jpeg" if "gen_0.jpg" in members else "png"] += 1
         shards.finish()
-    except BaseException:
+    except BaseException as exc:
         shards.abort()
         if target != out:
             for path in target.iterdir():
                 path.unlink()
             target.rmdir()
+        if isinstance(exc, OSError):  # a full disk or a folder gone read-only: one line
+            raise DataError(f"cannot write the export to {out}: {exc.strerror or exc}; the tar in progress was "
+                            f"dropped ({len(shards.paths)} finished before it stay)") from None
         raise
     summary.shards = _swap_in(target, out, old) if target != out else shards.paths
     return summary

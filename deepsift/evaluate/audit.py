@@ -17,6 +17,7 @@ import numpy as np
 
 from ..output import progress
 from .datasets import Sample
+from .confounds import auroc, contrast
 from .headers import CROP, HeaderInfo, read_header
 
 WARN_ABOVE = 0.7
@@ -62,18 +63,6 @@ def feature_value(info: HeaderInfo, name: str) -> Any:
     raise KeyError(name)
 
 
-def auroc(labels: np.ndarray, x: np.ndarray) -> float | None:
-    """AUROC of score ``x`` for label 1 (ties count 1/2); None with one class only."""
-    from scipy.stats import rankdata
-
-    n1 = int(labels.sum())
-    n0 = labels.size - n1
-    if n0 == 0 or n1 == 0:
-        return None
-    r = rankdata(x)
-    return float((r[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
-
-
 def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[float | None, str]:
     """AUROC of a feature alone, >= 0.5 by orientation, and in which direction it points to fake."""
     if kind == "number":
@@ -90,7 +79,12 @@ def separability(labels: np.ndarray, values: np.ndarray, kind: str) -> tuple[flo
         return None, ""
     if abs(a - 0.5) < 1e-12:
         return 0.5, "none"
-    return a, f"{cats[int(np.argmax(rate))]}: fake"
+    n1 = max(int(labels.sum()), 1)
+    n0 = max(labels.size - int(labels.sum()), 1)
+    share_f = np.bincount(codes, weights=labels, minlength=cats.size) / n1
+    share_r = np.bincount(codes, weights=1 - labels, minlength=cats.size) / n0
+    k = int(np.argmax(np.abs(share_f - share_r)))  # the value whose share differs most between the classes
+    return a, f"{cats[k]}: {'fake' if share_f[k] > share_r[k] else 'real'}"
 
 
 def _distribution(values: np.ndarray, kind: str) -> dict[str, Any]:
@@ -121,15 +115,26 @@ class AuditResult:
     """Per feature: AUROC alone (pooled and per generator) and distributions; plus the warnings."""
 
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # ranked: strongest and widest first
     n: int = 0
     unreadable: int = 0
     warn_above: float = WARN_ABOVE
+    findings: list[dict[str, Any]] = field(default_factory=list)  # the warnings' facts, in the same order
+    values: dict[str, list[Any]] = field(default_factory=dict, repr=False)  # per sample, for strata
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def headline(self) -> str:
+        """The top finding in words (empty without a warning)."""
+        if not self.findings:
+            return ""
+        f = self.findings[0]
+        return f"{f['contrast'] or f['label']} ({f['label']}, AUROC {f['auroc']:.2f})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"n": self.n, "unreadable": self.unreadable, "warn_above": self.warn_above,
-                "features": self.features, "warnings": self.warnings}
+        return {"n": self.n, "unreadable": self.unreadable, "warn_above": self.warn_above, "headline": self.headline,
+                "features": self.features, "warnings": self.warnings, "findings": self.findings}
 
 
 def _mark(n: int) -> str:
@@ -166,6 +171,7 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
             "per_generator": per_gen,
             "by_group": {gr: _distribution(x[g == gr], kind) for gr in groups},
         }
+        res.values[name] = raw
         f = res.features[name]
         pooled_warns = a is not None and a > warn_above
         floor = max(warn_above, a + 0.05) if pooled_warns else warn_above
@@ -175,16 +181,71 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
         by_gen = ", ".join(f"{gen} {ag:.2f} ({_mark(pg['n'])})" for ag, gen, pg in hits[:4])
         if len(hits) > 4:
             by_gen += f" and {len(hits) - 4} more"
+        n_real = int((y == 0).sum())
         if pooled_warns:
-            res.warnings.append(f"{label} alone tells real from fake: AUROC {a:.2f} ({direction}; real: "
-                                f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})"
-                                + (f"; higher still for {by_gen}" if hits else ""))
+            f["contrast"] = contrast(f)
+            res.findings.append({
+                "feature": name, "label": label, "auroc": a, "generator": None, "n": int(ok.sum()),
+                "contrast": f["contrast"], "direction": direction, "same_cue": [],
+                "text": f"{label} alone tells real from fake: AUROC {a:.2f} ({direction}; {f['contrast']}; real: "
+                        f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})"
+                        + (f"; higher still for {by_gen}" if hits else "")})
         elif hits:  # one generator's own confound, hidden in the pooled figure
             ag, gen, pg = hits[0]
-            res.warnings.append(f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
-                                f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; {_mark(pg['n'])})"
-                                + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else ""))
+            res.findings.append({
+                "feature": name, "label": label, "auroc": ag, "generator": gen, "n": pg["n"] + n_real,
+                "contrast": f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}",
+                "direction": pg["direction"], "same_cue": [],
+                "text": f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
+                        f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; {_mark(pg['n'])})"
+                        + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else "")})
+    res.labels = labels_all
+    _rank_and_merge(res)
     return res
+
+
+def finding_weight(f: dict[str, Any], n_total: int) -> float:
+    """Strength above chance times the share of the images a finding covers."""
+    return 2 * (f["auroc"] - 0.5) * f["n"] / max(n_total, 1)
+
+
+def _rank_and_merge(res: AuditResult) -> None:
+    """Order the findings by weight; fold a pooled finding explained by a higher-ranked one into it.
+
+    When two features explain each other (format and file size per pixel often do), the category
+    (the file's kind) hosts the number, in the higher rank's place.
+    """
+    ranked = sorted(res.findings, key=lambda f: -finding_weight(f, res.n))
+    kept: list[dict[str, Any]] = []
+    for f in ranked:
+        host = next((k for k in kept if f["generator"] is None and k["generator"] is None
+                     and _vanishes_within(res, f, k)), None)
+        if host is None:
+            kept.append(f)
+        elif FEATURES[host["feature"]][0] == "number" and FEATURES[f["feature"]][0] == "category" \
+                and _vanishes_within(res, host, f):
+            f["same_cue"] += [host["label"], *host["same_cue"]]
+            kept[kept.index(host)] = f
+        else:
+            host["same_cue"].append(f["label"])
+    for k in kept:
+        if k["same_cue"]:
+            k["text"] += (f"; the same cue as {', '.join(k['same_cue'])} (they separate nothing within each "
+                          f"{k['label']} {'band' if FEATURES[k['feature']][0] == 'number' else 'value'})")
+    res.findings = kept
+    res.warnings = [k["text"] for k in kept]
+
+
+def _vanishes_within(res: AuditResult, f: dict[str, Any], host: dict[str, Any]) -> bool:
+    """True when feature ``f`` separates nothing (AUROC <= warn_above) within the strata of ``host``'s feature."""
+    from .confounds import fake_score, oriented, strata_of, within_strata_auroc
+
+    y = res.labels if res.labels is not None else np.zeros(0, np.int64)
+    score = fake_score(res.values[f["feature"]], FEATURES[f["feature"]][0], y)
+    ok = np.isfinite(score)
+    strata = strata_of(res.values[host["feature"]], FEATURES[host["feature"]][0])
+    within = oriented(within_strata_auroc(y[ok], score[ok], strata[ok]))
+    return within is None or within <= res.warn_above
 
 
 def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> None:
@@ -195,6 +256,10 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
     report.text("How well each property of the file, not of the picture, tells real from fake on its own "
                 f"(AUROC of the feature alone, either direction; warning above {result.warn_above:g}). "
                 f"{result.n} images" + (f", {result.unreadable} with unreadable headers." if result.unreadable else "."))
+    if result.headline:
+        report.text(f"Main finding: {result.headline}. Warnings are ranked by strength times the share of images "
+                    "they cover; features that say the same thing (separate nothing within the strata of a "
+                    "higher-ranked one) are merged into it.")
     for w in result.warnings:
         report.text("⚠ " + w)
     if not result.warnings:

@@ -309,10 +309,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     report = Report("deepsift confound audit")
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": data.counts()}
     audit_block(report, result)
-    lines = [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
-             for name, f in result.features.items()]
+    lines = [f"finding: {result.headline}"] if result.headline else []
     lines += [f"WARNING: {w}" for w in result.warnings] or [f"no feature separates real from fake above "
                                                             f"AUROC {args.warn_above:g}"]
+    lines += [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
+              for name, f in result.features.items()]
     return _finish(args, report, lines, result.unreadable)
 
 
@@ -342,11 +343,11 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..output import ensure_writable_file
+    from ..output import output_file
     from .calibration import Calibrator, threshold_for_fpr
     from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
 
-    ensure_writable_file(args.out)
+    output_file(args.out)  # a file read back later: a folder, device or FIFO is refused, never replaced
     labels = read_labels(args.labels)
     _, y, s = join(labels, read_scores(args.scores, RAW_SCORE_COLUMNS), args.scores)
     cal = Calibrator(args.method).fit(y, s)

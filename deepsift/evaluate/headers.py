@@ -10,7 +10,6 @@ table: libjpeg scales the table by ``S = 5000 / Q`` (Q < 50) or ``200 - 2 Q``, s
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,9 +59,12 @@ def read_header(source: str | bytes | os.PathLike) -> HeaderInfo:
     """The :class:`HeaderInfo` of an image file or its bytes, from its headers only (never decodes pixels)."""
     from PIL import Image, JpegImagePlugin
 
+    from ..images import open_source
+
     try:
-        size = len(source) if isinstance(source, bytes) else os.stat(source).st_size
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        fp, _ = open_source(source)  # the one safe opener: a FIFO or a device is refused unread, never blocks
+        size = len(source) if isinstance(source, bytes) else os.fstat(fp.fileno()).st_size
+        with fp, Image.open(fp) as im:
             fmt = (im.format or "unknown").upper()
             w, h = im.size
             info = im.info

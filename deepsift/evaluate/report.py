@@ -37,7 +37,8 @@ text-align:right;white-space:nowrap}th{background:#f3f3f3;position:sticky;top:0}
 .tw{max-width:100%;overflow-x:auto;max-height:80vh;overflow-y:auto;margin-bottom:1em}
 img{max-width:100%;height:auto}figure{margin:.5em 0}.note{color:#555;font-size:13px;overflow-wrap:anywhere}
 .warn{color:#8a4b00;background:#fff6e0;border-left:4px solid #e0a000;padding:4px 8px;font-size:13px;
-overflow-wrap:anywhere}"""
+overflow-wrap:anywhere}
+tr.pooled td{border-top:3px double #888;font-weight:600;background:#fafafa}"""
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Report:
                 md += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
                 md += ["| " + " | ".join(r) + " |" for r in rows] + [""]
                 body.append("<div class='tw'><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-                            + "</tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                            + "</tr>" + "".join(_tr(r) + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
                                                 for r in rows) + "</table></div>")
             else:
                 name, png, caption = data
@@ -122,6 +123,11 @@ class Report:
             f"<p class='note'>deepsift {__version__}, {meta['created']}</p>{''.join(body)}</body></html>"
         )
         return paths
+
+
+def _tr(row: Sequence[str]) -> str:
+    """A table row's opening tag: the pooled row (all generators together) is set apart from the per-generator rows."""
+    return "<tr class='pooled'>" if row and (row[0] == "all" or row[0].startswith("all generators")) else "<tr>"
 
 
 def _cell(c: Any) -> str:

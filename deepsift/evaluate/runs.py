@@ -12,6 +12,7 @@ import numpy as np
 
 from ..decision import DEFAULT_THRESHOLD, rule_text
 from .audit import SMALL_N, audit, audit_block, read_headers
+from .explain import explain_block
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
@@ -202,6 +203,7 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
         report.image("embedding_map", embedding_map(emb_table.embeddings[ok], emb_table.generators[ok],
                                                     embedding_method, seed), "CoDE embeddings coloured by generator")
     audit_block(report, aud)
+    explained = explain_block(report, tables, aud)
     _errors_block(report, tables)
     summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL][ALL].values[k])}"
                                     for k in ("auroc", "ap", "balanced_accuracy", "f1"))
@@ -212,7 +214,7 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     for line in groups_line(next(iter(results.values()))[ALL], bootstrap):
         summary.append(line)
         report.text("⚠ " + line)
-    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
+    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + explained + control_lines
 
 
 def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: int = 0, seed: int = 0,

@@ -233,10 +233,11 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """deepsift export onnx."""
-    from ..output import note
+    from ..output import note, output_file
     from .backbone import load_backbone
     from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
 
+    output_file(args.out)  # before loading the model: one line, nothing replaced
     net = load_backbone(args.model)
     out = export_onnx(net, args.out, opset=args.opset)
     diff = check_onnx(net, out)

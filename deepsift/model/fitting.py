@@ -24,6 +24,24 @@ def generator_folders(fake_dirs: list[str]) -> dict[str, list[Path]]:
     return _layout_generator_folders(list(fake_dirs))
 
 
+MIN_PER_CLASS = 2
+"""Fewest images of a class (and of a generator, for its own head): the kNN head's leave-one-out calibration
+compares each image with the others of its class, so one image alone has nothing to compare with."""
+
+
+def _count(folders: list[Path], follow_links: bool) -> int:
+    return sum(len(images_under(f, follow_links=follow_links)[0]) for f in folders)
+
+
+def _check_counts(real: int, fakes: dict[str, int], when: str) -> None:
+    """One line when a class has fewer than MIN_PER_CLASS images (``when``: 'found' or 'readable')."""
+    n_fake = sum(fakes.values())
+    for name, n in (("real", real), ("generated", n_fake)):
+        if n < MIN_PER_CLASS:
+            raise UsageError(f"heads fit needs at least {MIN_PER_CLASS} {name} images ({n} {when}): the heads learn "
+                             f"real against generated, and calibrate each image against the others of its class")
+
+
 def _embed_folders(det: Detector, folders: list[Path], follow_links: bool = False) -> tuple[np.ndarray, int]:
     """Embed every image under ``folders``; returns (embeddings, number of unreadable files)."""
     sources = [s for f in folders for s in images_under(f, follow_links=follow_links)[0]]
@@ -59,11 +77,18 @@ def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: st
         raise UsageError(f"head kinds must be among {', '.join(HEAD_KINDS)}, got {', '.join(kinds) or 'none'}")
     gens = generator_folders(fake_dirs)
     check_heads_folder(out)  # before the embedding work: an unwritable --out fails in a second, not an hour
+    _check_counts(_count([Path(d) for d in real_dirs], follow_links),
+                  {g: _count(f, follow_links) for g, f in gens.items()}, "found")  # before any embedding
     det = Detector.load_backbone_only(model, **detector_kwargs)  # type: ignore[arg-type]
     real, real_bad = _embed_folders(det, [Path(d) for d in real_dirs], follow_links)
     fakes = {g: _embed_folders(det, folders, follow_links) for g, folders in gens.items()}
+    _check_counts(len(real), {g: len(e) for g, (e, _) in fakes.items()}, "readable")
     lines = [f"real: {len(real)} image(s) ({real_bad} unreadable)"]
     lines += [f"fake/{g}: {len(e)} image(s) ({b} unreadable)" for g, (e, b) in fakes.items()]
+    few = [g for g, (e, _) in fakes.items() if len(e) < MIN_PER_CLASS]
+    if per_generator and len(fakes) > 1:
+        lines += [f"fake/{g}: {len(fakes[g][0])} readable image(s), too few for a head of its own (needs "
+                  f"{MIN_PER_CLASS}); it trains the pooled heads only" for g in few]
     all_fake = np.concatenate([e for e, _ in fakes.values()])
     X = np.concatenate([real, all_fake])
     y = np.r_[np.zeros(len(real), np.int64), np.ones(len(all_fake), np.int64)]
@@ -74,6 +99,8 @@ def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: st
         lines.append(f"head {kind}: hold-out balanced accuracy {'n/a' if acc is None else f'{acc:.3f}'}")
         if per_generator and len(fakes) > 1:
             for g, (e, _) in fakes.items():
+                if g in few:
+                    continue
                 Xg = np.concatenate([real, e])
                 yg = np.r_[np.zeros(len(real), np.int64), np.ones(len(e), np.int64)]
                 heads[f"{kind}:{g}"] = make_head(kind).fit(Xg, yg)

@@ -45,9 +45,9 @@ def _folder_name(name: str) -> str:
 
 def check_heads_folder(folder: str | Path) -> Path:
     """Check, before any work, that :func:`save_headset` can write ``folder`` (one DataError line if not)."""
-    from ..output import ensure_writable_dir
+    from ..output import ensure_writable_dir, through_links
 
-    out = Path(folder)
+    out = through_links(folder)  # a link to a folder: the heads go into its target, the link stays
     if out.exists() and not out.is_dir():
         raise DataError(f"cannot write heads to {out}: it is a file")
     if out.is_dir() and any(out.iterdir()) and not (out / HEADSET_FILE).is_file():
@@ -70,6 +70,9 @@ def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | Non
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        from ..output import umask_mode
+
+        os.chmod(stage, umask_mode(folder=True))  # the user's umask, not mkdtemp's 0700
     except OSError as exc:
         raise DataError(f"cannot write heads to {out}: {exc.strerror or exc}") from None
     old = out.with_name(stage.name[:-4] + ".old")

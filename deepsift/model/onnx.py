@@ -30,9 +30,10 @@ class _EmbeddingOnly(torch.nn.Module):
 
 def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> Path:
     """Export ``net`` to ONNX with a dynamic batch axis, writing atomically to ``out_path``."""
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    from ..output import output_file, umask_mode
+
+    out = output_file(out_path)  # a folder, a device or an unwritable place: one line, nothing replaced
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     wrapper = _EmbeddingOnly(net.float().eval())
     example = torch.zeros(2, 3, 224, 224)
     try:
@@ -43,8 +44,20 @@ def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> 
         )
     except Exception as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) or isinstance(exc.__cause__, OSError):
+            from ..exceptions import DataError
+
+            raise DataError(f"cannot write {out_path}: {getattr(exc, 'strerror', None) or exc}; nothing was "
+                            f"written there") from None
         raise ModelError(f"ONNX export failed ({type(exc).__name__}: {exc})") from None
-    os.replace(tmp, out)
+    try:
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        from ..exceptions import DataError
+
+        raise DataError(f"cannot write {out_path}: {exc.strerror or exc}; nothing was written there") from None
     return out
 
 

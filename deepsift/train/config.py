@@ -51,6 +51,7 @@ class TrainConfig:
     patience: int = 6  # epochs without a new best head accuracy before stopping; 0 = never stop early
     keep: str = "best"  # the model folder's weights: the best epoch's (held-out head accuracy) or the last step's
     log_every: int = 10
+    max_bad_share: float = 0.05  # stop when more than this share of the training records cannot be decoded
     leave_out: list[str] = field(default_factory=list)
     init: str = ""  # a model folder or hub id to fine-tune; "" = from scratch
     hidden_size: int = 192
@@ -74,6 +75,8 @@ class TrainConfig:
         for key in ("lr", "tau"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise UsageError(f"config key {key!r} must be a positive number, got {getattr(self, key)}")
+        if not (math.isfinite(self.max_bad_share) and 0 <= self.max_bad_share <= 1):
+            raise UsageError(f"config key 'max_bad_share' must be in [0, 1], got {self.max_bad_share}")
         for key in ("warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise UsageError(f"config key {key!r} must be a number >= 0, got {getattr(self, key)}")
@@ -156,15 +159,40 @@ def from_mapping(data: dict, where: str = "config") -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest config file read (1 MiB); with anchors and aliases refused, parsing costs what the file holds."""
+
+
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """The settings of a YAML (or JSON) file, checked key by key."""
+    """The settings of a YAML (or JSON) file, checked key by key (a regular file of at most 1 MiB, no aliases)."""
+    import stat
+
     import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """safe_load without anchors and aliases: a few bytes can never expand into gigabytes."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("aliases (*name) are not accepted in a config file")
+            return super().compose_node(parent, index)
 
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UsageError(f"{p}: the config file is not a regular file")
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise UsageError(f"{p}: the config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; it holds a few "
+                             f"settings")
+        data = yaml.load(raw.decode("utf-8"), Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except OSError as exc:
         raise UsageError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{p}: the config file is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{p}: not a valid YAML file ({str(exc).splitlines()[0]})") from None
     return from_mapping(data or {}, str(p))

@@ -25,6 +25,8 @@ from .data import Record, RecordStream
 
 GLOBAL_SCALE = (0.4, 1.0)
 LOCAL_SCALE = (0.05, 0.4)
+MAX_TRIES = 16  # records tried for one batch slot before the data is called unreadable
+TRY_STRIDE = 7919  # a record that cannot be decoded is replaced by the one this many stream positions on
 
 
 class RefReader:
@@ -118,25 +120,41 @@ class StepBatches(torch.utils.data.Dataset):
         return [self._stream[g] for g in self.positions(step)]
 
     def __getitem__(self, step: int) -> dict:
+        """The batch of ``step``; a record whose image cannot be decoded is skipped (its id in ``skipped``) and
+        replaced by a record further on in the stream, the same one on every run, so a resumed run skips it too.
+        When no record decodes, ``error`` holds one line (raised by the training loop, not in a worker)."""
         if self._reader is None:
             self._reader = RefReader(self.files)
         B = self.batch_size
         views = np.empty((B, 8, CROP_SIZE, CROP_SIZE, 3), np.uint8)
-        ids = []
-        for j, rec in enumerate(self.records_at(step)):
+        start = self.positions(step).start  # this rank's block; a skipped record is replaced further on
+        ids: list[str] = []
+        skipped: list[str] = []
+        for j in range(B):
             rng = np.random.default_rng([self.seed, int(step), self.rank, j])
-            gen, fake_ref = pick_fake(rec, rng)
-            real = self._decode(rec.real, rec.id, "real")
-            fake = self._decode(fake_ref, rec.id, gen)
-            views[j] = np.stack(four_views(real, rng, self.aug) + four_views(fake, rng, self.aug))
-            ids.append(f"{rec.id}:{gen}")
-        return {"views": torch.from_numpy(views), "ids": ids, "step": int(step)}
+            for attempt in range(MAX_TRIES):
+                rec = self._stream[start + j + attempt * TRY_STRIDE]
+                gen, fake_ref = pick_fake(rec, rng)
+                try:
+                    real = self._decode(rec.real, rec.id, "real")
+                    fake = self._decode(fake_ref, rec.id, gen)
+                except DataError as exc:
+                    skipped.append(f"{rec.id}: {exc}")
+                    continue
+                views[j] = np.stack(four_views(real, rng, self.aug) + four_views(fake, rng, self.aug))
+                ids.append(f"{rec.id}:{gen}")
+                break
+            else:
+                return {"step": int(step), "skipped": skipped,
+                        "error": f"none of {MAX_TRIES} records tried for one batch could be decoded, e.g. "
+                                 f"{skipped[0]}: is the data (or its --real folder) readable images?"}
+        return {"views": torch.from_numpy(views), "ids": ids, "step": int(step), "skipped": skipped}
 
     def _decode(self, ref: tuple, rid: str, what: str) -> Image.Image:
         try:
             return decode_image(self._reader.read(ref))  # type: ignore[union-attr]
-        except (ImageError, OSError) as exc:
-            raise DataError(f"record {rid!r}: its {what} image cannot be read ({exc})") from None
+        except (ImageError, OSError, DataError) as exc:
+            raise DataError(f"its {what} image cannot be read ({exc})") from None
 
 
 class StepRange(torch.utils.data.Sampler):

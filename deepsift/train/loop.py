@@ -120,6 +120,23 @@ def _rng_restore(rng: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(rng["rng.cuda"])
 
 
+def _skip_bad(batch: dict, bad: dict[str, str], n_records: int, share: float, log: Any) -> None:
+    """Count the records a batch skipped (undecodable), log new ids, stop past ``share`` of the records."""
+    new = {}
+    for entry in batch.get("skipped", ()):
+        rid, _, why = entry.partition(": ")
+        if rid not in bad:
+            bad[rid] = new[rid] = why
+    if new and log is not None:
+        log.write({"step": batch["step"], "event": "skipped", "ids": sorted(new), "reasons": list(new.values())[:8]})
+    if "error" in batch:
+        raise DataError(batch["error"])
+    if len(bad) > share * n_records:
+        first = next(iter(bad.items()))
+        raise DataError(f"{len(bad)} of {n_records} training records cannot be decoded (more than the "
+                        f"max_bad_share {share:g}), e.g. {first[0]}: {first[1]}; their ids are in the metrics log")
+
+
 def _nan_stop(out: Path, step: int, ids: Sequence[str], value: float, main: bool) -> DataError:
     path = out / "nan_batch.json"
     if main:
@@ -179,6 +196,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     bar.n = start
     step = start
     t_last, imgs = time.perf_counter(), 0
+    bad_ids: dict[str, str] = {}
 
     def checkpoint(at: int, sync: bool = True) -> None:
         if info.main:
@@ -192,6 +210,7 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
         net.train()
         for batch in loader:
             step = batch["step"]
+            _skip_bad(batch, bad_ids, len(train_recs), cfg.max_bad_share, log if info.main else None)
             views, ids = batch["views"], batch["ids"]
             parts = []
             for m in range(cfg.grad_accum):
@@ -254,6 +273,9 @@ def train(data: Sequence[str], out: str | os.PathLike, cfg: TrainConfig, *, real
     digests = ddp.gather_digests(model)  # every rank takes part; rank 0 logs them (equal when ranks are in step)
     if info.main:
         result.summary.append(_keep_weights(out, model, cfg, result))
+        if bad_ids:
+            result.summary.append(f"skipped {len(bad_ids)} training record(s) whose image cannot be decoded, e.g. "
+                                  f"{next(iter(bad_ids))} (their ids are in the metrics log)")
     log = MetricsLog(out, enabled=info.main)
     log.write({"step": result.step, "event": "end", "rank_weight_digests": digests, "world": info.world,
                "kept_step": result.kept_step if result.kept_step is not None else result.step})

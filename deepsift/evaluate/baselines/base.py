@@ -104,15 +104,27 @@ class Baseline:
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``baseline.json`` and ``weights.safetensors`` into ``out_dir``; returns the folder."""
+        from ...exceptions import DataError
+        from ...output import output_dir, umask_mode
+
         self._check_fitted()
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_dir(out_dir)
         arrays = {k: np.ascontiguousarray(v) for k, v in self._state().items()}
-        save_file(arrays, str(out / WEIGHTS_FILE))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "baseline": self.name,
                 "deepsift_version": __version__, "params": self.get_params(), "threshold": self.threshold,
                 "labels": {"0": "real", "1": "fake"}, "train": self.train_info_, **self._extra_meta()}
-        (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        tmp = {name: out / f".{name}.tmp-{os.getpid()}" for name in (WEIGHTS_FILE, CONFIG_FILE)}
+        try:  # both files complete under temporary names first: a full disk leaves the folder as it was
+            save_file(arrays, str(tmp[WEIGHTS_FILE]))
+            tmp[CONFIG_FILE].write_text(json.dumps(meta, indent=2))
+            for name, path in tmp.items():
+                os.chmod(path, umask_mode())
+                os.replace(path, out / name)
+        except Exception as exc:  # noqa: BLE001 - OSError, or safetensors' own error for a full disk
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+            why = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise DataError(f"cannot write the baseline to {out}: {why}; nothing was written") from None
         return out
 
     # -- shared machinery ----------------------------------------------------------------------

@@ -133,6 +133,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     wrong = [MODEL_OPTIONS[k] for k in params if k not in accepted]
     if wrong:
         raise UsageError(f"{', '.join(wrong)} does not apply to the {args.name} baseline")
+    from ...output import output_dir
+
+    output_dir(args.out)  # before reading and fitting: one line, nothing replaced
     det = get_baseline(args.name, **params, **_runtime(args, accepted))
     real = _images(args.real, "--real", args.follow_links)
     fake = _images(args.fake, "--fake", args.follow_links)

@@ -125,3 +125,10 @@ def test_the_warning_is_one_line_on_the_command_line(tmp_path):
     quiet = subprocess.run([*argv, "--out", str(tmp_path / "h2"), "-q"], capture_output=True, text=True, env=env,
                            timeout=300)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    # per-generator heads fit the same reals: the same notice is said once, with the count
+    per_gen = [a for a in argv if a != "--no-per-generator"] + ["--fake", str(root / "gen_b")]
+    done = subprocess.run([*per_gen, "--out", str(tmp_path / "h3")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "one-class SVM" in line]
+    assert len(warned) == 1 and "(the same for 3 heads fitted on these real images)" in warned[0], done.stderr

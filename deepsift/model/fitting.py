@@ -93,6 +93,27 @@ def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: st
     X = np.concatenate([real, all_fake])
     y = np.r_[np.zeros(len(real), np.int64), np.ones(len(all_fake), np.int64)]
     heads: dict[str, Head] = {}
+    with warnings.catch_warnings(record=True) as caught:  # the same notice from each per-generator head: say it once
+        warnings.simplefilter("always", DeepsiftWarning)
+        _fit_all(heads, kinds, X, y, real, fakes, few, per_generator, lines)
+    said: dict[str, int] = {}
+    for w in caught:
+        if issubclass(w.category, DeepsiftWarning):
+            said[str(w.message)] = said.get(str(w.message), 0) + 1
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for text, n in said.items():
+        warnings.warn(text + (f" (the same for {n} heads fitted on these real images)" if n > 1 else ""),
+                      DeepsiftWarning, stacklevel=2)
+    save_headset(heads, out, model=str(model), preprocessing=det.preprocessing, backbone_sha256=det.fingerprint,
+                 embedding_dim=int(det.backbone.config.hidden_size))
+    lines.append(f"saved {len(heads)} head(s) to {out}: {', '.join(heads)}")
+    return lines
+
+
+def _fit_all(heads: dict[str, Head], kinds: list[str] | tuple[str, ...], X: np.ndarray, y: np.ndarray,
+             real: np.ndarray, fakes: dict, few: list[str], per_generator: bool, lines: list[str]) -> None:
+    """Fit each head kind on everything, and one per generator (``kind:generator``) with enough images."""
     for kind in kinds:
         heads[kind] = make_head(kind).fit(X, y)
         acc = _holdout_accuracy(kind, X, y)
@@ -104,7 +125,3 @@ def fit_heads_from_folders(real_dirs: list[str], fake_dirs: list[str], model: st
                 Xg = np.concatenate([real, e])
                 yg = np.r_[np.zeros(len(real), np.int64), np.ones(len(e), np.int64)]
                 heads[f"{kind}:{g}"] = make_head(kind).fit(Xg, yg)
-    save_headset(heads, out, model=str(model), preprocessing=det.preprocessing, backbone_sha256=det.fingerprint,
-                 embedding_dim=int(det.backbone.config.hidden_size))
-    lines.append(f"saved {len(heads)} head(s) to {out}: {', '.join(heads)}")
-    return lines

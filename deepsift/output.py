@@ -44,6 +44,8 @@ from .exceptions import EXIT_PARTIAL, DataError, Terminated
 PREDICTION_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
 EXIT_SOME_FAILED = EXIT_PARTIAL
 """Exit code of a command that finished but could not read some of its inputs (:data:`EXIT_PARTIAL`)."""
+TABLE_SAMPLE = 50
+"""A ``table`` output holds back its first rows to size its columns to them (later rows keep those widths)."""
 PARTIAL_SUFFIX = ".partial"
 """Suffix of the file that keeps the complete rows of an interrupted jsonl/csv output."""
 
@@ -92,9 +94,9 @@ class RowWriter:
             self._csv.writeheader()
         elif fmt == "json":
             stream.write("[")
-        elif fmt == "table":
-            self._widths = [max(len(c), 10) for c in columns]
-            self._widths[0] = max(self._widths[0], 40)
+        elif fmt == "table":  # sized to the content of the first TABLE_SAMPLE rows, held back until then
+            self._widths: list[int] | None = None
+            self._held: list[list[str]] = []
 
     def write(self, row: dict) -> None:
         """Write one row and flush, so a crash loses nothing already decided."""
@@ -107,10 +109,13 @@ class RowWriter:
             elif self.fmt == "json":
                 self.stream.write(("," if self.count else "") + "\n  " + json.dumps(row))
             else:
-                if self.count == 0:
-                    self.stream.write("  ".join(c.ljust(w) for c, w in zip(self.columns, self._widths)).rstrip() + "\n")
                 cells = [_cell(row.get(c)) for c in self.columns]
-                self.stream.write("  ".join(v.ljust(w) for v, w in zip(cells, self._widths)).rstrip() + "\n")
+                if self._widths is None:
+                    self._held.append(cells)
+                    if len(self._held) >= TABLE_SAMPLE:
+                        self._release()
+                else:
+                    self._line(cells)
             self.stream.flush()
         except OSError as exc:
             self.failed = exc
@@ -119,9 +124,22 @@ class RowWriter:
         if self.on_row is not None:
             self.on_row()
 
+    def _line(self, cells: list[str]) -> None:
+        self.stream.write("  ".join(v.ljust(w) for v, w in zip(cells, self._widths or [])).rstrip() + "\n")
+
+    def _release(self) -> None:
+        """Size the columns to the header and the rows held so far, then write them."""
+        rows = [list(self.columns)] + self._held
+        self._widths = [max(len(r[i]) for r in rows) for i in range(len(self.columns))]
+        for cells in rows:
+            self._line(cells)
+        self._held = []
+
     def close(self) -> None:
-        """Finish the document (closes the JSON array)."""
+        """Finish the document (closes the JSON array; writes a table's rows held for sizing)."""
         try:
+            if self.fmt == "table" and self._widths is None and self._held:
+                self._release()
             if self.fmt == "json":
                 self.stream.write("\n]\n" if self.count else "]\n")
             self.stream.flush()

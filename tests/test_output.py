@@ -232,3 +232,24 @@ def test_out_to_a_fifo_streams_the_rows_through_it(tmp_path):
     assert [json.loads(line)["source"] for line in got] == ["0.png", "1.png", "2.png"]
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert [p.name for p in tmp_path.iterdir()] == ["rows.fifo"]
+
+
+def test_a_table_is_sized_to_its_content():
+    """Columns as wide as their longest cell or header (not a fixed 40/10), rows aligned."""
+    import io
+
+    from deepsift.output import RowWriter
+
+    buf = io.StringIO()
+    w = RowWriter(buf, "table", ["source", "verdict", "probability"])
+    w.write({"source": "a.png", "verdict": "fake", "probability": 0.9})
+    w.write({"source": "photos/longer-name.jpg", "verdict": "real", "probability": 0.12})
+    w.close()
+    lines = buf.getvalue().splitlines()
+    col = len("photos/longer-name.jpg") + 2  # the longest source, then the two-space gap
+    assert lines[0].index("verdict") == col and lines[0].index("probability") == col + len("verdict") + 2
+    assert lines[1][col:].startswith("fake ") and lines[2][col:].startswith("real ")
+    assert lines[1][col + 9:] == "0.9000" and lines[2][col + 9:] == "0.1200"
+    empty = io.StringIO()
+    RowWriter(empty, "table", ["source"]).close()
+    assert empty.getvalue() == ""

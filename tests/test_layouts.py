@@ -225,3 +225,13 @@ def test_eval_generators_resamples_groups_and_warns_below_20_per_class(tmp_path:
     assert pooled["n_real_groups"] == 6 and pooled["few_groups"] is True
     out = capsys.readouterr().out
     assert "the bootstrap resamples groups (6 real" in out and "fewer than 20 groups of a class" in out
+
+
+def test_printed_paths_have_no_double_slash(tmp_path, capsys):
+    """``--out DIR/`` (as people type it) is printed as DIR/splits.csv, not DIR//splits.csv."""
+    from evalkit import folders_dataset
+
+    root = folders_dataset(tmp_path / "data", 30)
+    assert main(["data", "split", str(root), "--out", str(tmp_path / "out") + "/", "--test-fraction", "0.4"]) == 0
+    err = capsys.readouterr().err
+    assert f"manifest: {tmp_path / 'out' / 'splits.csv'}" in err and "//" not in err

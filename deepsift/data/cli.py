@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..cliargs import (
     EXIT_OK,
@@ -166,7 +167,7 @@ def cmd_fetch_real(args: argparse.Namespace) -> int:
         total = min(total, args.limit) if total is not None else args.limit
     summary = Fetcher(args.out, config).run(items, total=total)
     note(f"fetch-real: {summary.line()}")
-    note(f"status per id: {args.out}/{STATUS_FILE}")
+    note(f"status per id: {Path(args.out) / STATUS_FILE}")
     if summary.failed and not args.allow_failures:
         note(f"fetch-real: {summary.failed} id(s) have no image (--allow-failures accepts that)")
         return EXIT_PARTIAL
@@ -175,8 +176,6 @@ def cmd_fetch_real(args: argparse.Namespace) -> int:
 
 def cmd_export_wds(args: argparse.Namespace) -> int:
     """``deepsift data export-wds``: exit 3 when records were skipped; nothing exported is an error."""
-    from pathlib import Path
-
     from ..output import note
     from .webdataset import export_webdataset
 
@@ -223,7 +222,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         salt=args.salt, leave_out_generator=args.leave_out, max_shard_bytes=max(1, int(args.max_shard_mb * 1024 * 1024)),
     )
     note(summary.line())
-    note(f"manifest: {args.out}/splits.csv")
+    note(f"manifest: {Path(args.out) / 'splits.csv'}")
     return EXIT_OK
 
 
@@ -259,5 +258,5 @@ def _split_folder(args: argparse.Namespace, folder: str) -> int:
         note(f"deepsift: {err.source}: {err.error}")
     n_groups = len({s.group for s in samples if s.label == 0 and s.group})
     note(summary.line("images") + f"; reals split by {args.group} ({n_groups} group(s))")
-    note(f"manifest: {args.out}/splits.csv")
+    note(f"manifest: {Path(args.out) / 'splits.csv'}")
     return EXIT_PARTIAL if data.skipped else EXIT_OK

@@ -272,3 +272,16 @@ def test_schemathesis_finds_no_server_error_in_the_demo(make_client, labelled_fo
             run()
     assert n > 20
     assert not errors, "\n".join(errors[:5])
+
+
+def test_the_detector_route_names_a_local_model_without_the_servers_path(client, code_model_dir, labelled_folders):
+    """Anonymous visitors see the model's name (a hub id, or a local folder's last name), never a server path."""
+    info = client.get("/api/v1/detector").json()
+    assert info["model"] == code_model_dir.name and str(code_model_dir.parent) not in str(info)
+    img = (labelled_folders["real"] / "000.jpg").read_bytes()
+    body = client.post("/api/v1/detect", files={"files": ("a.jpg", img, "image/jpeg")}).json()
+    assert body["model"] == code_model_dir.name and str(code_model_dir.parent) not in str(body)
+
+    from deepsift.demo.engine import public_model_name
+
+    assert public_model_name("aimagelab/CoDE") == "aimagelab/CoDE"

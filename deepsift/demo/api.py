@@ -14,7 +14,7 @@ from ..server.security import CSRF_FIELD, CSRF_HEADER, client_address
 from ..urlfetch import afetch_url
 from . import quiz as q
 from .bounds import BusyError
-from .engine import DemoEngine
+from .engine import DemoEngine, public_model_name
 from .inputs import Decoded, decode_pixels, prepare, read_capped, sniff
 from .metadata import metadata_signals
 from .names import display_name
@@ -115,7 +115,7 @@ async def detect(request: Request) -> Any:
             r.update(extras.get(id(d), {}), **({"preview": d.preview} if preview else {}))
         r["generator_name"] = display_name(r.get("generator"), s.generator_names)
         results.append(r)
-    info = {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
+    info = {"model": public_model_name(s.model), "classifier": det.classifier, "threshold": det.decision_threshold,
             "unsure_band": list(s.unsure_band) if s.unsure_band else None}
     from ..decision import rule_text
 

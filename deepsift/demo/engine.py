@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -131,6 +132,14 @@ class ForwardThread:
                 start += j.rows
 
 
+def public_model_name(model: str) -> str:
+    """The model's name as visitors may see it: a hub id as it is, a local folder by its last name only
+    (the server's paths are not the public's business)."""
+    from ..hub import looks_like_hub_id
+
+    return model if looks_like_hub_id(model) else (Path(model).name or "local model")
+
+
 class DemoEngine:
     """Lazily loaded detector + the demo's URL policy; thread-safe, one forward pass at a time."""
 
@@ -179,7 +188,7 @@ class DemoEngine:
         """What answers: model, head, threshold, band, rule (loads the detector)."""
         det = self.detector()
         s = self.settings
-        return {"model": s.model, "classifier": det.classifier, "threshold": det.decision_threshold,
+        return {"model": public_model_name(s.model), "classifier": det.classifier, "threshold": det.decision_threshold,
                 "unsure_band": list(s.unsure_band) if s.unsure_band else None, "rule": rule_text(det.decision_threshold),
                 "heads": [n for n in det.heads if ":" not in n],
                 "generators": [n.split(":", 1)[1] for n in det.heads if n.startswith(det.classifier + ":")]}

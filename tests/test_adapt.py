@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import checker_image, smooth_image
-from deepsift.adapt.card import head_generators, read_card
+from deepsift.model.card import head_generators, read_card
 from deepsift.adapt.loop import run_adapt
 from deepsift.adapt.plan import STEPS, AdaptPlan
 from deepsift.cli import main

@@ -140,3 +140,14 @@ def test_leave_out_trains_without_the_generator_and_evaluates_on_it(tiny_data, t
     index = build_index([str(shards)], real=str(reals), leave_out=["up-bilinear"])
     assert {g for r in index.records for g, _ in r.fakes} == {"up-nearest"}  # training never sees it
     assert len(index.left_out) == 40 and read_log(out / "train_log.jsonl")[0]["config"]["leave_out"] == ["up-bilinear"]
+    # the model card: held out vs seen, as the heads and the report say, with the report's figures
+    from deepsift.model.card import head_generators, read_card
+
+    meta, body = read_card(out)
+    assert meta["generators_held_out"] == ["up-bilinear"] and meta["generators_seen"] == head_generators(out)
+    assert "up-bilinear" not in meta["generators_seen"]
+    card_auroc = {r["dataset"]["type"]: r["metrics"][0]["value"] for r in meta["model-index"][0]["results"]}
+    report = metrics["per_generator"]["CoDE/linear"]["all"]
+    assert card_auroc == {g: report[g]["metrics"]["auroc"]["value"] for g in report if g != "all"}
+    assert main(["model", "info", str(out)]) == 0
+    assert "generators held out: up-bilinear" in capsys.readouterr().out

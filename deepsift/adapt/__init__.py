@@ -5,5 +5,5 @@ collect the new generator's images, embed every image once, measure BEFORE (the 
 refit the heads on the old and the new generators (the kNN head simply takes the new examples:
 the paper's few-shot route), measure AFTER on held-out images of the new generator and on every old
 one (forgetting), and write a model folder with its lineage and a model card
-(:mod:`deepsift.adapt.card`). Every step's output is kept in ``OUT/steps/``; a re-run resumes.
+(:mod:`deepsift.model.card`). Every step's output is kept in ``OUT/steps/``; a re-run resumes.
 """

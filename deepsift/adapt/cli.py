@@ -100,7 +100,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_model_info(args: argparse.Namespace) -> int:
     """deepsift model info."""
-    from .card import card_summary
+    from ..model.card import card_summary
 
     print("\n".join(card_summary(args.model)))
     return EXIT_OK

@@ -238,7 +238,7 @@ def step_write(run: Run) -> dict:
     """``OUT/model``: the base weights, the refitted heads, ``lineage.json`` and the model card."""
     from .. import __version__
     from ..model.backbone import resolve_model_dir
-    from .card import write_card
+    from ..model.card import write_card
 
     p = run.plan
     src = resolve_model_dir(p.model)

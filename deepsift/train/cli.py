@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..choices import PRECISIONS, TRAIN_KEEP
 from ..cliargs import (EXIT_OK, add_command, existing_dir, existing_file, existing_path, non_negative_float,
@@ -105,8 +107,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     out, data, real = args.out, args.data, args.real
     base: dict = {}
     if args.resume is not None:
-        from pathlib import Path
-
         from .checkpoint import load_state
 
         if out is not None and Path(out).resolve() != Path(args.resume).resolve():
@@ -136,7 +136,14 @@ def cmd_train(args: argparse.Namespace) -> int:
          + (f"; held-out linear head balanced accuracy {acc:.3f}" if acc is not None else ""))
     for line in result.summary:
         note(line)
+    report = None
     if cfg.leave_out:
         for line in evaluate_left_out(out, data, real, cfg):
             print(line)
+        from .leaveout import REPORT_DIR
+
+        report = json.loads((Path(out) / REPORT_DIR / "metrics.json").read_text())
+    from ..model.card import write_train_card
+
+    note(f"model card: {write_train_card(Path(out), cfg=cfg.to_dict(), data=[str(d) for d in data], report=report)}")
     return EXIT_OK

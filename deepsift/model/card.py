@@ -127,3 +127,61 @@ def card_summary(model_dir: str | Path) -> list[str]:
                              if isinstance(m.get("value"), (int, float)))
             lines.append(f"  {res.get('dataset', {}).get('type')}: {vals}")
     return lines
+
+
+def write_train_card(model_dir: Path, *, cfg: dict, data: list[str], report: dict | None = None) -> Path:
+    """Write ``model_dir/README.md`` for a model ``deepsift train`` made: its data, the generators its heads
+    saw, the ones held out, and (with ``--leave-out``) each generator's figures from the leave-out report."""
+    model_dir = Path(model_dir)
+    seen = head_generators(model_dir)
+    held = sorted(cfg.get("leave_out") or [])
+    figures: dict[str, dict] = {}
+    for det, splits in ((report or {}).get("per_generator") or {}).items():
+        for gen, entry in (splits.get("all") or {}).items():
+            if gen != "all":
+                figures[gen] = entry.get("metrics") or {}
+        break  # the model's own (linear) head
+    index = json.loads((model_dir / "heads" / "heads.json").read_text()) if (model_dir / "heads" / "heads.json").is_file() else {}
+    results = [{"task": {"type": "image-classification", "name": "real vs AI-generated"},
+                "dataset": {"name": f"{g} ({'held out' if g in held else 'seen'})", "type": g},
+                "metrics": [{"type": "roc_auc", "name": "AUROC", "value": (f.get("auroc") or {}).get("value")}]}
+               for g, f in figures.items()]
+    meta = {
+        "library_name": "deepsift",
+        "base_model": cfg.get("init") or None,
+        "tags": ["ai-generated-image-detection", "deepsift", "code"],
+        "datasets": [str(d) for d in data],
+        "generators_seen": seen,
+        "generators_held_out": held,
+        "backbone_sha256": index.get("backbone_sha256"),
+        "decision_rule": "fake when the calibrated P(fake) >= 0.5",
+    }
+    if results:
+        meta["model-index"] = [{"name": model_dir.name, "results": results}]
+    rows = "\n".join(f"| {g} | {'held out' if g in held else 'seen'} | {_fmt(f.get('auroc') or {})} | "
+                     f"{_fmt(f.get('tpr@1%fpr') or {})} |" for g, f in figures.items())
+    table = ("| generator | in training | AUROC | TPR@1%FPR |\n| --- | --- | --- | --- |\n" + rows) if rows else \
+        "No per-generator figures: train with `--leave-out GEN` (or run `deepsift eval generators`) to measure them."
+    body = f"""# CoDE detector trained with deepsift
+
+{'Fine-tuned from `' + str(cfg.get('init')) + '`' if cfg.get('init') else 'Trained from scratch'} by `deepsift train`
+({cfg.get('steps')} steps, batch {cfg.get('batch_size')}, lr {cfg.get('lr')}) on {', '.join(f'`{d}`' for d in data)}.
+Heads (refitted on held-out records) know: {', '.join(seen) or 'no per-generator head'}; held out of
+training: {', '.join(held) or 'none'}. The full configuration is `train_config.json`.
+
+## Figures
+
+{table}
+
+## Calibration and decision
+
+Every head maps its score to a calibrated P(fake) (Platt scaling on held-out records); an image is
+called fake when P(fake) >= 0.5, as everywhere in deepsift.
+
+## Intended use and limits
+
+Research and triage: evidence, not proof. Generators not listed in `generators_seen`, heavy
+compression, resizing, screenshots and crops weaken the signal.
+"""
+    (model_dir / CARD).write_text("---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body)
+    return model_dir / CARD

@@ -59,3 +59,12 @@ def test_json_rows_follow_the_documented_column_order():
     assert list(Prediction("b.png", error="unreadable").to_dict()) == PREDICTION_COLUMNS
     docs = " ".join((Path(__file__).resolve().parent.parent / "docs" / "guides" / "detect.md").read_text().split())
     assert "`source, verdict, label (1 = fake), probability (calibrated P(fake)), score" in docs
+
+
+def test_a_ray_usage_error_is_said_before_torch_loads(tmp_path, code_model_dir):
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(img)
+    code = (f"from deepsift.cli import main; rc = main(['detect', {str(img)!r}, '--ray', 'auto', '--model', "
+            f"{str(code_model_dir)!r}]); print('RC', rc)")
+    out, torch_loaded = _run_without_torch(code)
+    assert "RC 2" in out and "give --out FILE.jsonl and --format jsonl" in out and not torch_loaded

@@ -110,12 +110,13 @@ def add_ray_options(p: argparse.ArgumentParser, shards: str) -> None:
 def _on_ray(args: argparse.Namespace, task: str) -> int:
     """detect/embed --ray: run the chunks on the cluster, one shard each; exit code as the local run."""
     from ..exceptions import UsageError
+
+    if task == "detect" and (args.out is None or args.format != "jsonl"):  # before torch and Ray load
+        raise UsageError("detect with --ray writes JSONL shards: give --out FILE.jsonl and --format jsonl")
     from ..output import note
     from ..sources import expand_inputs
     from .ray_run import run_on_ray
 
-    if task == "detect" and (args.out is None or args.format != "jsonl"):
-        raise UsageError("detect with --ray writes JSONL shards: give --out FILE.jsonl and --format jsonl")
     kwargs = detector_kwargs(args)
     kwargs.pop("backend", None)
     if getattr(args, "threshold", None) is not None:
@@ -144,13 +145,12 @@ def _check_model(model: str) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     """deepsift detect."""
     _check_model(args.model)
+    if args.ray:
+        return _on_ray(args, "detect")
+    from ..output import write_predictions
     from ..sources import expand_inputs
     from .detector import Detector
 
-    from ..output import write_predictions
-
-    if args.ray:
-        return _on_ray(args, "detect")
     det = Detector.load(args.model, heads=args.heads, classifier=args.classifier,
                         threshold=args.threshold, **detector_kwargs(args))
     return write_predictions(det.predict_iter(expand_inputs(args.paths, follow_links=args.follow_links)),

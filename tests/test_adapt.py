@@ -161,3 +161,20 @@ def test_sides_keep_groups_together_and_both_sides_get_some():
     again = [dict(r) for r in rows]
     assign_sides(again, seed=0, test_fraction=0.5)
     assert [r["side"] for r in again] == [r["side"] for r in rows]  # deterministic
+
+
+def test_the_demo_says_which_generators_the_loaded_model_has_seen(adapted, tmp_path):
+    """The demo page lists the model card's generators_seen (an adapted model: the known one and the new one)."""
+    from demokit import demo_settings
+    from fastapi.testclient import TestClient
+
+    from deepsift.server.app import create_app
+
+    model = adapted / "model"
+    app = create_app(demo_settings(f"sqlite:///{tmp_path / 'd.db'}", tmp_path / "data", model, model / "heads"))
+    try:
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            page = client.get("/").text
+    finally:
+        app.state.db.dispose()
+    assert "This detector has seen" in page and "gen a, stripes" in page  # names as visitors read them

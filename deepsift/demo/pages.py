@@ -23,8 +23,30 @@ def detect_page(request: Request):  # type: ignore[no-untyped-def]
 
     s = request.app.state.demo.settings
     names = ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"] + (["AVIF"] if "AVIF" in FORMATS else [])
-    return render(request, "demo/detect.html", {"s": s, "avif": "AVIF" in FORMATS,
+    return render(request, "demo/detect.html", {"s": s, "avif": "AVIF" in FORMATS, "seen": seen_generators(request),
                                                 "formats": ", ".join(names[:-1]) + " or " + names[-1]})
+
+
+def seen_generators(request: Request) -> list[str]:
+    """The generators the loaded model has seen, by name: its model card's ``generators_seen`` (a local model
+    folder), else the per-generator heads of a detector already loaded; [] when neither says (never loads one)."""
+    from pathlib import Path
+
+    from ..exceptions import ModelError
+    from ..model.card import read_card
+    from .names import display_name
+
+    s = request.app.state.demo.settings
+    names: list[str] = []
+    if Path(s.model).is_dir():
+        try:
+            names = [str(n) for n in read_card(s.model)[0].get("generators_seen") or []]
+        except ModelError:
+            names = []
+    det = getattr(request.app.state.demo.engine, "_detector", None)
+    if not names and det is not None:
+        names = [n.split(":", 1)[1] for n in det.heads if n.startswith(det.classifier + ":")]
+    return [display_name(n, s.generator_names) or n for n in names]
 
 
 @router.get("/quiz")

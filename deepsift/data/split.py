@@ -207,4 +207,4 @@ def _check_both_classes(summary: SplitSummary, shares: dict[str, float]) -> None
         if not n_real or not n_fake:
             raise DataError(f"the {side} side would hold {n_real} real and {n_fake} generated image(s): a side with no "
                             f"{'real' if not n_real else 'generated'} image cannot be evaluated; change the fractions "
-                            f"or --salt, or group less coarsely ({summary.line('images')}); nothing was written")
+                            f"or the salt, or group less coarsely ({summary.line('images')}); nothing was written")

@@ -51,7 +51,9 @@ def _common(p: argparse.ArgumentParser, detectors: bool = True, heads: bool = Tr
     if detectors:
         g = add_detector_options(p, model_default=None, classifier="many", heads=heads)
         if not heads:  # accepted from older scripts, never used: the protocol fits its own heads
-            g.add_argument("--heads", metavar="DIR", help=argparse.SUPPRESS)
+            g.add_argument("--heads", metavar="DIR", type=existing_dir,
+                           help="ignored: this protocol fits its own heads in every fold, from the model's "
+                                "backbone (default: none)")
         g.add_argument("--detector", action="append", default=[], metavar="[NAME=]KIND:ARG",
                        help="another detector, e.g. a trained baseline (frequency:runs/freq); repeat to compare")
     p.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..choices import PRECISIONS, TRAIN_KEEP
 from ..cliargs import (EXIT_OK, add_command, existing_dir, existing_file, existing_path, non_negative_float,
-                       non_negative_int, path_or_hub_id, positive_float, positive_int, workers_count)
+                       float_range, non_negative_int, path_or_hub_id, positive_float, positive_int, workers_count)
 
 EPILOG = """\
 examples:
@@ -45,6 +45,8 @@ KEYS: dict[str, tuple] = {
     "patience": (non_negative_int, "stop after N epochs below the best head accuracy; 0 = never"),
     "keep": (TRAIN_KEEP, "the model folder's weights: 'best' (the epoch with the best held-out head accuracy) or 'last'"),
     "log_every": (positive_int, "write a log line every N steps"),
+    "max_bad_share": (float_range(0.0, 1.0), "stop when more than this share of the training records cannot be "
+                                             "decoded (they are skipped and logged until then)"),
     "hidden_size": (positive_int, "ViT width (new networks only)"),
     "num_hidden_layers": (positive_int, "ViT depth (new networks only)"),
     "num_attention_heads": (positive_int, "ViT attention heads (new networks only)"),

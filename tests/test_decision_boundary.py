@@ -141,3 +141,10 @@ def test_the_threshold_may_be_either_end_of_the_probability_range():
     for bad in (-1e-12, float(np.nextafter(1.0, 2.0)), float("nan")):
         with pytest.raises(ValueError, match="probability in"):
             check_threshold(bad)
+
+
+def test_the_default_threshold_is_one_half_and_the_band_ends_at_high():
+    assert decide(np.array([0.5, _below(0.5)])).tolist() == [1, 0]
+    assert verdict(0.5) == "fake" and verdict(_below(0.5)) == "real"
+    band = (0.4, 0.6)
+    assert verdict(0.9, 0.5, band) == "fake" and verdict(0.1, 0.5, band) == "real"  # outside the band, both sides

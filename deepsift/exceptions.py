@@ -194,7 +194,9 @@ class RateLimitedError(ServiceError):
         self.retry_after = retry_after
 
 
-def unknown_generator(option: str, names: "list[str] | tuple[str, ...]", known: "set[str] | list[str]") -> UsageError:
-    """The one error (and exit code, 2) for generator names that the data does not have, in every command."""
-    return UsageError(f"{option} {', '.join(repr(n) for n in names)}: no generator of that name here (names are "
+def unknown_generator(what: str, names: "list[str] | tuple[str, ...]", known: "set[str] | list[str]") -> UsageError:
+    """The one error (and exit code, 2) for generator names that the data does not have, in every command.
+
+    ``what`` says which name in words (e.g. "leave-out generator"), never as a command-line flag."""
+    return UsageError(f"{what} {', '.join(repr(n) for n in names)}: no generator of that name here (names are "
                       f"matched exactly); generators: {', '.join(sorted(known)) or 'none'}")

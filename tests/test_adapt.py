@@ -107,7 +107,7 @@ def test_a_run_interrupted_after_each_step_resumes_to_the_same_result(world, ada
     """Stopped after every step in turn (and once mid-write), each resume keeps what was done."""
     plan = plan_for(world, tmp_path / "r")
     run = run_adapt(plan, stop_after="collect", say=lambda _: None)
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match="resume it"):
         run_adapt(plan, say=lambda _: None)  # a started run is never silently redone or mixed
     (run.steps / "02-embed.tmp").write_text("{half")  # killed while writing the embed step's result
     for done, stop in zip(STEPS, STEPS[1:]):

@@ -186,7 +186,8 @@ def test_a_phase_without_train_generators_is_scored_and_shown_as_before(app, cli
     board = client.get(url).json()
     assert board["splits"] is None and board["rank_on"] == "all" and board["rows"][0]["split"] is None
     header = client.get(url, params={"format": "csv"}).text.splitlines()[0]
-    assert header == "rank,team,f1,accuracy,ap,auroc,tpr@1%fpr,ci95_low,ci95_high,submitted_at,submissions,flags"
+    assert header == ("rank,team,f1,accuracy,ap,auroc,tpr@1%fpr,ci95_low,ci95_high,submitted_at,submissions,flags,"
+                      "method,method_url,disqualified")  # no seen/unseen columns
     assert "split-" not in client.get(f"/challenges/{hosted.slug}/phases/dev/leaderboard").text
     assert "split-phase" not in client.get(f"/challenges/{hosted.slug}").text
     page = client.get(f"/submissions/{sid}", headers=alice.auth).text

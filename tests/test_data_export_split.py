@@ -104,7 +104,7 @@ def test_cli_split_and_leave_generator_out(tmp_path, capsys):
             "of other generators from test") in err
     capsys.readouterr()
     assert main(["data", "split", str(tmp_path / "d3"), "--out", str(tmp_path / "x"), "--leave-out", "midjourney"]) == 2
-    assert "--leave-out 'midjourney': no generator of that name here" in capsys.readouterr().err
+    assert "leave-out generator 'midjourney': no generator of that name here" in capsys.readouterr().err
 
 
 def test_leave_out_matches_the_generator_name_exactly(tmp_path, capsys):

@@ -125,7 +125,7 @@ def test_data_split_on_a_folder_dataset_never_cuts_a_source(tmp_path: Path, caps
     assert {r["split"] for r in rows if r["generator"] == "mj"} == {"test"}
     assert not [r for r in rows if r["label"] == "1" and r["generator"] != "mj" and r["split"] == "test"]
     assert main(["data", "split", str(root), "--out", str(tmp_path / "x"), "--leave-out", "nope"]) == 2  # exit 2 everywhere
-    assert "--leave-out 'nope': no generator of that name here (names are matched exactly); generators: dalle3, mj, sd21" \
+    assert "leave-out generator 'nope': no generator of that name here (names are matched exactly); generators: dalle3, mj, sd21" \
         in capsys.readouterr().err
 
 

@@ -58,7 +58,7 @@ def test_unknown_leave_out_generator(tiny_data, tmp_path, capsys):
     rc, err = _run(["train", "--data", str(shards), "--real", str(reals), "--out", str(tmp_path / "o"),
                     "--leave-out", "dalle9"], capsys)
     assert rc == 2 and len(err) == 1 and "up-nearest" in err[0], err
-    assert "--leave-out 'dalle9': no generator of that name here" in err[0]  # the same words as data split
+    assert "leave-out generator 'dalle9': no generator of that name here" in err[0]  # the same words as data split
 
 
 @pytest.mark.parametrize("damage", ["truncate-model", "garbage-optimizer", "cut-state"])

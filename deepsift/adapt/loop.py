@@ -48,10 +48,11 @@ class Run:
         if found.is_file():
             old = json.loads(found.read_text())
             if old.get("key") != stamp["key"]:
-                raise UsageError(f"{self.out} holds an adaptation with other inputs or targets; use a new --out "
-                                 f"(or the same options to resume)")
+                raise UsageError(f"{self.out} holds an adaptation with other inputs or targets; use another output "
+                                 f"folder (or the same options to resume)")
             if not resume and any(self.done(s) for s in STEPS):
-                raise UsageError(f"{self.out} holds a started adaptation: add --resume to continue it, or use a new --out")
+                raise UsageError(f"{self.out} holds a started adaptation: resume it (the resume option) or use another "
+                                 f"output folder")
         from ..output import ensure_writable_dir
 
         ensure_writable_dir(self.out)

@@ -37,9 +37,9 @@ class AdaptPlan:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
-            raise UsageError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+            raise UsageError(f"the test fraction must be in (0, 1), got {self.test_fraction}")
         if self.classifier not in self.heads:
-            raise UsageError(f"the deciding head {self.classifier!r} must be among --head {', '.join(self.heads)}")
+            raise UsageError(f"the deciding head {self.classifier!r} must be among the refitted heads {', '.join(self.heads)}")
 
     def key(self) -> str:
         """A hash of the fields that decide the result (paths, targets, split); runtime options excluded."""

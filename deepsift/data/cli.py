@@ -216,7 +216,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.leave_out is not None:
         names = generators_in(_records(args, images=False))
         if args.leave_out not in names:
-            raise unknown_generator("--leave-out", [args.leave_out], names)
+            raise unknown_generator("leave-out generator", [args.leave_out], names)
     summary = split_records(
         _records(args), args.out, n_generators=n_gen, val=args.val_fraction, test=args.test_fraction,
         salt=args.salt, leave_out_generator=args.leave_out, max_shard_bytes=max(1, int(args.max_shard_mb * 1024 * 1024)),
@@ -251,7 +251,7 @@ def _split_folder(args: argparse.Namespace, folder: str) -> int:
     data = read_dataset(folder, follow_links=args.follow_links)
     samples = assign_groups(data.samples, args.group, read_group_file(args.groups) if args.groups else None)
     if args.leave_out is not None and args.leave_out not in {s.generator for s in samples if s.label == 1}:
-        raise unknown_generator("--leave-out", [args.leave_out], {s.generator for s in samples if s.label == 1})
+        raise unknown_generator("leave-out generator", [args.leave_out], {s.generator for s in samples if s.label == 1})
     summary = split_samples(samples, args.out, val=args.val_fraction, test=args.test_fraction, salt=args.salt,
                             leave_out_generator=args.leave_out)
     for err in data.skipped:

@@ -147,7 +147,7 @@ class Detector:
             raise ModelNotFoundError(
                 f"no classifier heads found for model {str(model)!r}. Convert the published ones once "
                 f"(command: deepsift weights import-official {model} --trust-pickles), fit your own "
-                f"(command: deepsift heads fit), or name a heads folder (--heads DIR)"
+                f"(command: deepsift heads fit), or name a heads folder"
             )
         loaded, meta = load_headset(heads_dir)
         check_heads_backbone(meta, fingerprint, heads_dir, force_heads)
@@ -207,7 +207,7 @@ class Detector:
         head's own native rule (logit sign, nearest neighbour, SVM inlier test) never labels.
         """
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: --heads DIR)")
+            raise ModelNotFoundError("this detector has no classifier heads (give it a heads folder)")
         head = self.heads[self.classifier]
         scores = head.decision_function(embeddings)
         probs = head.probability(scores)
@@ -225,7 +225,7 @@ class Detector:
     def predict_iter(self, sources: Iterable[object]) -> Iterator[Prediction]:
         """Stream one :class:`Prediction` per input, in input order, in constant memory."""
         if not self.heads:
-            raise ModelNotFoundError("this detector has no classifier heads (give a heads folder: --heads DIR)")
+            raise ModelNotFoundError("this detector has no classifier heads (give it a heads folder)")
         for items, emb in self.embed_batches(sources):
             verdicts = self.classify(emb) if len(emb) else []
             for it in items:

@@ -158,7 +158,7 @@ def build_index(sources: Sequence[str | os.PathLike], real: str | os.PathLike | 
                 index.records.append(Record(rid, real_ref, kept, group))
     unknown = sorted(leave - set(index.generators))
     if unknown:
-        raise unknown_generator("--leave-out", unknown, set(index.generators))
+        raise unknown_generator("leave-out generator", unknown, set(index.generators))
     _check_classes(index)
     return index
 

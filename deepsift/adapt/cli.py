@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from ..choices import DEFAULT_MODEL, HEAD_KINDS
-from ..cliargs import (EXIT_OK, add_command, existing_dir, non_negative_int, open_fraction, path_or_hub_id,
-                       positive_int, probability, subgroup, workers_count)
+from ..cliargs import (EXIT_OK, add_command, add_runtime_options, existing_dir, non_negative_int, open_fraction,
+                       path_or_hub_id, positive_int, probability, subgroup)
 
 EPILOG = """\
 examples:
@@ -52,9 +52,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="split and bootstrap seed")
     p.add_argument("--resume", action="store_true", help="continue an interrupted adaptation in --out")
     p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
-    p.add_argument("--device", default="auto", help="torch device of the network")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
-    p.add_argument("--workers", type=workers_count, default="auto", help="image decoding workers")
+    add_runtime_options(p, batch_size=32, device="auto", url_timeout=False)  # the shared --device/--batch-size/--workers
     p.add_argument("--follow-links", action="store_true", help="follow directory links out of the named folders")
     p.set_defaults(func=cmd_adapt)
 

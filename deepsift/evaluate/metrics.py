@@ -25,18 +25,19 @@ reason in ``undefined``, never a crash.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..choices import METRIC_NAMES
 from ..exceptions import EvaluationError
+from .bootstrap import bootstrap_intervals
+from .curves import RANKING_METRICS, _compute, _Sorted, check_scores, pr_curve, roc_curve
 
-RANKING_METRICS = ("ap", "auroc", "eer", "tpr@1%fpr", "tpr@5%fpr")
+__all__ = ["METRIC_NAMES", "MIN_GROUPS", "RANKING_METRICS", "SMALL_SAMPLE", "MetricValue", "Metrics", "check_scores",
+           "compute_metrics", "bootstrap_intervals", "format_value", "pr_curve", "roc_curve", "summarise"]
 SMALL_SAMPLE = 30  # fewer images of a class than this: figures get a warning mark, intervals are unreliable
 MIN_GROUPS = 20  # fewer groups of a class than this: a cluster bootstrap's interval is unreliable
-ECE_BINS = 15
-_CHUNK_ELEMENTS = 1_000_000  # resamples x samples handled per batch (memory bound)
 
 
 @dataclass
@@ -102,130 +103,6 @@ class Metrics:
         if self.n_real_groups is not None:
             out.update(n_real_groups=self.n_real_groups, n_fake_groups=self.n_fake_groups, few_groups=self.few_groups)
         return out
-
-
-def check_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Validate and convert labels (0/1) and finite numeric scores of equal length."""
-    try:
-        s = np.asarray(scores, dtype=np.float64).ravel()
-    except (TypeError, ValueError) as exc:
-        raise EvaluationError(f"scores must be numeric ({exc})") from None
-    y_raw = np.asarray(labels).ravel()
-    if y_raw.shape != s.shape:
-        raise EvaluationError(f"{y_raw.size} labels but {s.size} scores")
-    if s.size == 0:
-        raise EvaluationError("nothing to evaluate: no scores")
-    bad = np.flatnonzero(~np.isfinite(s))
-    if bad.size:
-        raise EvaluationError(f"{bad.size} score(s) are NaN or infinite, e.g. at positions {bad[:5].tolist()}")
-    try:
-        y = y_raw.astype(np.float64)
-    except (TypeError, ValueError):
-        raise EvaluationError("labels must be 0 (real) or 1 (fake)") from None
-    odd = np.flatnonzero((y != 0) & (y != 1))
-    if odd.size:
-        raise EvaluationError(f"labels must be 0 (real) or 1 (fake); got {y_raw[odd[:5]].tolist()}")
-    return y.astype(np.int8), s
-
-
-class _Sorted:
-    """Scores sorted once (descending) with their tie groups and fixed threshold cut."""
-
-    def __init__(self, y: np.ndarray, s: np.ndarray, threshold: float, probs: np.ndarray | None):
-        order = np.argsort(-s, kind="stable")
-        self.s = s[order]
-        self.y = y[order].astype(np.float64)
-        self.n = s.size
-        new = np.empty(self.n, dtype=bool)
-        new[0] = True
-        np.not_equal(self.s[1:], self.s[:-1], out=new[1:])
-        self.starts = np.flatnonzero(new)
-        self.has_ties = self.starts.size != self.n
-        self.cut = int(np.searchsorted(-self.s, -threshold, side="right"))  # count of s >= t
-        self.onehot: np.ndarray | None = None
-        self.units: np.ndarray | None = None  # cluster of each sorted sample (cluster bootstrap), or None
-        if probs is not None:
-            p = probs[order]
-            self.p = p
-            bins = np.minimum((p * ECE_BINS).astype(np.int64), ECE_BINS - 1)
-            self.onehot = np.zeros((self.n, ECE_BINS))
-            self.onehot[np.arange(self.n), bins] = 1.0
-            self.onehot_p = self.onehot * p[:, None]
-
-
-def _group(sorted_: _Sorted, a: np.ndarray) -> np.ndarray:
-    """Sum a (B, N) matrix over the tie groups of the sorted scores."""
-    return np.add.reduceat(a, sorted_.starts, axis=1) if sorted_.has_ties else a
-
-
-def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot product of two (B, G) matrices."""
-    if a.dtype == np.float64 and b.dtype == np.float64:
-        return np.einsum("ij,ij->i", a, b)
-    return np.multiply(a, b).sum(axis=1, dtype=np.float64)  # float32 products, pairwise float64 sums
-
-
-def _first_true(pred: Callable[[np.ndarray], np.ndarray], n_points: int, n_rows: int) -> np.ndarray:
-    """Per row, the first k in 0..n_points-1 where the monotone ``pred(k)`` holds (bisection)."""
-    lo = np.zeros(n_rows, dtype=np.int64)
-    hi = np.full(n_rows, n_points - 1, dtype=np.int64)
-    while np.any(active := lo < hi):
-        mid = (lo + hi) // 2
-        ok = pred(mid)
-        hi = np.where(active & ok, mid, hi)
-        lo = np.where(active & ~ok, mid + 1, lo)  # settled rows stay put (a NaN row never holds)
-    return lo
-
-
-def _compute(st: _Sorted, w: np.ndarray | None) -> dict[str, np.ndarray]:
-    """All metrics for each row of weights ``w`` (B, N); ``None`` means weight 1 (B = 1)."""
-    tot = np.ones((1, st.n)) if w is None else w
-    pos = st.y[None, :] if w is None else w * st.y.astype(w.dtype)
-    P, T = pos.sum(axis=1, dtype=np.float64), tot.sum(axis=1, dtype=np.float64)
-    Nn = T - P
-    rows = np.arange(tot.shape[0])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # threshold metrics: the first `cut` sorted samples are called fake
-        tp = pos[:, : st.cut].sum(axis=1, dtype=np.float64)
-        fp = tot[:, : st.cut].sum(axis=1, dtype=np.float64) - tp
-        acc_fake, acc_real = tp / P, (Nn - fp) / Nn
-        f1_den = tp + fp + P
-        out = {
-            "acc_real": acc_real, "acc_fake": acc_fake, "accuracy": (tp + Nn - fp) / T,
-            "balanced_accuracy": 0.5 * (acc_fake + acc_real),
-            "f1": np.where(f1_den > 0, 2 * tp / np.maximum(f1_den, 1e-300), 0.0),
-        }  # fmt: skip
-        # ranking metrics over the distinct thresholds (descending scores)
-        pos_g, tot_g = _group(st, pos), _group(st, tot)
-        TP = np.cumsum(pos_g, axis=1)
-        C = np.cumsum(tot_g, axis=1)
-        FP = C - TP
-        ties = 0.5 * _rowdot(pos_g, tot_g - pos_g) if st.has_ties else 0.0
-        out["auroc"] = (P * Nn - _rowdot(pos_g, FP) + ties) / (P * Nn)
-        out["ap"] = _rowdot(pos_g, TP / C) / P
-        G = TP.shape[1] + 1  # curve points k = 0..G-1, point 0 is (0, 0)
-
-        def at(A: np.ndarray, k: np.ndarray) -> np.ndarray:
-            return np.where(k == 0, 0.0, A[rows, np.maximum(k - 1, 0)])
-
-        k = _first_true(lambda k: at(FP, k) / Nn + at(TP, k) / P >= 1.0, G, rows.size)
-        kp = np.maximum(k - 1, 0)
-        f0, f1 = at(FP, kp) / Nn, at(FP, k) / Nn
-        t0, t1 = at(TP, kp) / P, at(TP, k) / P
-        d0, d1 = f0 + t0 - 1.0, f1 + t1 - 1.0
-        frac = np.where(d1 != d0, -d0 / np.where(d1 != d0, d1 - d0, 1.0), 0.0)
-        out["eer"] = f0 + frac * (f1 - f0)
-        for name, target in (("tpr@1%fpr", 0.01), ("tpr@5%fpr", 0.05)):
-            lim = target * Nn * (1 + 1e-12)
-            k = _first_true(lambda k: at(FP, k) > lim, G + 1, rows.size) - 1
-            out[name] = at(TP, np.minimum(k, G - 1)) / P
-        one_class = (P == 0) | (Nn == 0)
-        for name in RANKING_METRICS:
-            out[name] = np.where(one_class, np.nan, out[name])
-        if st.onehot is not None:
-            oh, ohp = st.onehot.astype(tot.dtype, copy=False), st.onehot_p.astype(tot.dtype, copy=False)
-            out["ece"] = np.abs((pos @ oh).astype(np.float64) - tot @ ohp).sum(axis=1) / T
-    return out
 
 
 def compute_metrics(
@@ -294,102 +171,6 @@ def _undefined_reason(name: str, n_real: int, n_fake: int, has_probs: bool) -> s
     if name == "ece" and not has_probs:
         return "scores are not probabilities in [0, 1]"
     return None
-
-
-def bootstrap_intervals(
-    st: _Sorted, n_resamples: int, seed: int = 0, confidence: float = 0.95
-) -> dict[str, tuple[float | None, float | None]]:
-    """Percentile intervals from ``n_resamples`` stratified resamples, in batches.
-
-    Stratified (as pROC does): the reals are resampled with replacement among the reals and the
-    fakes among the fakes, so every resample keeps the test set's class counts. With ``st.units``
-    (a cluster bootstrap) the draws are of whole groups within each class: every image of a drawn
-    group gets the group's count as its weight.
-    """
-    if st.units is not None:
-        return _percentiles(_cluster_resamples(st, n_resamples, seed), confidence)
-    rng = np.random.default_rng(seed)
-    n = st.n
-    classes = [c for c in (np.flatnonzero(st.y == 0), np.flatnonzero(st.y == 1)) if c.size]
-    # resample counts and their cumulative sums are integers < 2**24: exact in float32, half the traffic
-    dtype = np.float32 if n < 2**24 else np.float64
-    chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(n, 1)))
-    results: dict[str, list[np.ndarray]] = {}
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        itype = np.int64 if b * n >= 2**31 else np.int32
-        idx = np.concatenate([c.astype(itype)[rng.integers(0, c.size, size=(b, c.size), dtype=itype)]
-                              for c in classes], axis=1)
-        idx += (np.arange(b, dtype=itype) * n)[:, None]
-        w = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(dtype)
-        for k, v in _compute(st, w).items():
-            results.setdefault(k, []).append(v)
-        done += b
-    return _percentiles(results, confidence)
-
-
-def _cluster_resamples(st: _Sorted, n_resamples: int, seed: int) -> dict[str, list[np.ndarray]]:
-    """Metric values of ``n_resamples`` cluster resamples (whole groups drawn within each class)."""
-    rng = np.random.default_rng(seed)
-    units = st.units
-    assert units is not None
-    n_units = int(units.max()) + 1
-    unit_class = np.zeros(n_units, np.int64)
-    unit_class[units] = st.y.astype(np.int64)
-    per_class = [np.flatnonzero(unit_class == c) for c in (0, 1)]
-    per_class = [c for c in per_class if c.size]
-    chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(st.n, 1)))
-    results: dict[str, list[np.ndarray]] = {}
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        counts = np.zeros((b, n_units))
-        for c in per_class:
-            draws = c[rng.integers(0, c.size, size=(b, c.size))]
-            np.add.at(counts, (np.repeat(np.arange(b), c.size), draws.ravel()), 1.0)
-        for k, v in _compute(st, counts[:, units]).items():
-            results.setdefault(k, []).append(v)
-        done += b
-    return results
-
-
-def _percentiles(results: dict[str, list[np.ndarray]], confidence: float) -> dict[str, tuple[float | None, float | None]]:
-    """Percentile interval per metric from its resampled values (NaN resamples left out)."""
-    alpha = (1 - confidence) / 2
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for k, parts in results.items():
-        vals = np.concatenate(parts)
-        vals = vals[np.isfinite(vals)]
-        if vals.size == 0:
-            out[k] = (None, None)
-        else:
-            lo, hi = np.quantile(vals, [alpha, 1 - alpha])
-            out[k] = (float(lo), float(hi))
-    return out
-
-
-def roc_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC points ``(fpr, tpr, thresholds)`` starting at (0, 0); needs both classes."""
-    y, s = check_scores(labels, scores)
-    st = _Sorted(y, s, 0.0, None)
-    TP = np.cumsum(_group(st, st.y[None]), axis=1)[0]
-    FP = np.cumsum(_group(st, 1 - st.y[None]), axis=1)[0]
-    if TP[-1] == 0 or FP[-1] == 0:
-        raise EvaluationError("a ROC curve needs both real and fake samples")
-    thr = np.concatenate([[np.inf], st.s[st.starts]])
-    return np.concatenate([[0.0], FP / FP[-1]]), np.concatenate([[0.0], TP / TP[-1]]), thr
-
-
-def pr_curve(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Precision-recall points ``(recall, precision)`` over distinct thresholds (descending)."""
-    y, s = check_scores(labels, scores)
-    st = _Sorted(y, s, 0.0, None)
-    TP = np.cumsum(_group(st, st.y[None]), axis=1)[0]
-    FP = np.cumsum(_group(st, 1 - st.y[None]), axis=1)[0]
-    if TP[-1] == 0:
-        raise EvaluationError("a precision-recall curve needs fake samples")
-    return TP / TP[-1], TP / (TP + FP)
 
 
 def format_value(v: MetricValue, digits: int = 3, small: bool = False) -> str:

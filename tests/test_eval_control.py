@@ -72,19 +72,21 @@ def test_strata_by_size_band_and_original_format(confounded: Path, tmp_path: Pat
     assert "## By size and original format" in (rep / "report.md").read_text()
 
 
-def test_small_generators_are_marked_and_their_intervals_flagged(confounded: Path, tmp_path: Path, capsys) -> None:
+def test_unreliable_figures_are_marked_with_their_reason(confounded: Path, tmp_path: Path, capsys) -> None:
     rep = tmp_path / "rep"
     assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--bootstrap", "50",
                  "--report", str(rep)]) == 0
-    tiny = _json(rep)["per_generator"]["fmt"]["all"]["gen_tiny"]
-    assert tiny["n_fake"] == 1 and tiny["small_sample"] is True
-    assert tiny["metrics"]["auroc"]["ci95_unreliable"] is True
+    per = _json(rep)["per_generator"]["fmt"]["all"]
+    tiny = per["gen_tiny"]
+    assert tiny["n_fake"] == 1 and "wide" in tiny["metrics"]["auroc"]["unreliable"]  # 1.0 [1.0, 1.0] on one image
     assert "balanced_accuracy" in tiny["metrics"]
+    assert "unreliable" not in per["gen_a"]["metrics"]["auroc"]  # 18 fakes, 36 reals, perfectly apart: clear
+    assert "fewer than the 100" in per["gen_a"]["metrics"]["tpr@1%fpr"]["unreliable"]  # 36 reals for a 1% FPR
     md = (rep / "report.md").read_text()
     line = next(r for r in md.splitlines() if r.startswith("| gen_tiny | fmt |"))
-    assert "| 1 ⚠ |" in line and "]†" in line
-    assert "gen_tiny (n=1 ⚠)" in md  # n beside the figure on the first screen
-    assert "fewer than 30 images (fragile figures): gen_a, gen_b, gen_tiny" in capsys.readouterr().out
+    assert "| 1 |" in line and "1.000 [1.000, 1.000] ⚠" in line
+    assert "| gen_tiny (n=1) | 1.000 ⚠ |" in md and "| gen_a (n=18) | 1.000 |" in md  # the first screen
+    assert "fmt: unreliable AUROC (⚠): gen_tiny (95% interval" in capsys.readouterr().out
 
 
 def test_control_on_logo_and_robustness(confounded: Path, tmp_path: Path) -> None:

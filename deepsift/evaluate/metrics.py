@@ -33,11 +33,11 @@ from ..choices import METRIC_NAMES
 from ..exceptions import EvaluationError
 from .bootstrap import bootstrap_intervals
 from .curves import RANKING_METRICS, _compute, _Sorted, check_scores, pr_curve, roc_curve
+from .reliability import MIN_GROUPS, unreliable_reason
 
 __all__ = ["METRIC_NAMES", "MIN_GROUPS", "RANKING_METRICS", "SMALL_SAMPLE", "MetricValue", "Metrics", "check_scores",
            "compute_metrics", "bootstrap_intervals", "format_value", "pr_curve", "roc_curve", "summarise"]
-SMALL_SAMPLE = 30  # fewer images of a class than this: figures get a warning mark, intervals are unreliable
-MIN_GROUPS = 20  # fewer groups of a class than this: a cluster bootstrap's interval is unreliable
+SMALL_SAMPLE = 30  # fewer images of a class than this: a small sample (a count, not the ⚠ rule)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Metrics:
 
     @property
     def small(self) -> bool:
-        """Fewer than :data:`SMALL_SAMPLE` images of a class: figures are fragile, bootstrap intervals unreliable."""
+        """Fewer than :data:`SMALL_SAMPLE` images of a class (a count; the ⚠ mark follows :meth:`unreliable`)."""
         return min(self.n_real, self.n_fake) < SMALL_SAMPLE
 
     @property
@@ -84,22 +84,21 @@ class Metrics:
         counts = [n for n, k in ((self.n_real_groups, self.n_real), (self.n_fake_groups, self.n_fake)) if n and k]
         return bool(counts) and min(counts) < MIN_GROUPS
 
-    @property
-    def unreliable_ci(self) -> bool:
-        """Bootstrap intervals that cannot show the spread: too few images or too few groups."""
-        return self.small or self.few_groups
+    def unreliable(self, name: str) -> str | None:
+        """Why the figure ``name`` is unreliable (see :mod:`.reliability`), or None."""
+        v = self.values.get(name)
+        if v is None:
+            return None
+        return unreliable_reason(name, v.value, v.low, v.high, self.n_real, self.n_fake, self.n_real_groups,
+                                 self.n_fake_groups)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``small_sample``, ``few_groups`` and ``ci95_unreliable`` flag fragile figures)."""
+        """JSON-ready form; an unreliable figure carries its reason (``unreliable``)."""
         metrics = {k: v.to_dict() for k, v in self.values.items()}
-        if self.unreliable_ci:
-            for d in metrics.values():
-                if "ci95" in d:
-                    d["ci95_unreliable"] = True
-        out = {
-            "n_real": self.n_real, "n_fake": self.n_fake, "threshold": self.threshold,
-            "small_sample": self.small, "metrics": metrics,
-        }  # fmt: skip
+        for k, d in metrics.items():
+            if reason := self.unreliable(k):
+                d["unreliable"] = reason
+        out = {"n_real": self.n_real, "n_fake": self.n_fake, "threshold": self.threshold, "metrics": metrics}
         if self.n_real_groups is not None:
             out.update(n_real_groups=self.n_real_groups, n_fake_groups=self.n_fake_groups, few_groups=self.few_groups)
         return out
@@ -122,7 +121,7 @@ def compute_metrics(
     are used if they lie in [0, 1], otherwise ECE is undefined. ``groups`` (one key per sample;
     None: the sample alone): samples come in groups (sources, prompts), so the bootstrap
     resamples whole groups within each class (a cluster bootstrap), and the counts of groups are
-    kept; fewer than :data:`MIN_GROUPS` per class marks the intervals unreliable.
+    kept; fewer than :data:`MIN_GROUPS` per class marks the figures unreliable.
     """
     y, s = check_scores(labels, scores)
     probs = None
@@ -173,14 +172,14 @@ def _undefined_reason(name: str, n_real: int, n_fake: int, has_probs: bool) -> s
     return None
 
 
-def format_value(v: MetricValue, digits: int = 3, small: bool = False) -> str:
-    """Human form: ``0.912 [0.900, 0.925]`` or ``n/a``; ``small``: the interval is marked unreliable (``†``)."""
+def format_value(v: MetricValue, digits: int = 3, mark: bool = False) -> str:
+    """Human form: ``0.912 [0.900, 0.925]`` or ``n/a``; ``mark``: the figure is unreliable (`` ⚠``)."""
     if v.value is None:
         return "n/a"
     text = f"{v.value:.{digits}f}"
     if v.low is not None and v.high is not None:
-        text += f" [{v.low:.{digits}f}, {v.high:.{digits}f}]" + ("†" if small else "")
-    return text
+        text += f" [{v.low:.{digits}f}, {v.high:.{digits}f}]"
+    return text + (" ⚠" if mark else "")
 
 
 def summarise(metrics: Metrics, names: Sequence[str] = METRIC_NAMES) -> dict[str, str]:

@@ -21,15 +21,13 @@ from typing import Any, Sequence
 from .. import __version__
 from ..exceptions import DataError
 from ..filenames import safe_name
-from .metrics import MIN_GROUPS, SMALL_SAMPLE, Metrics, format_value
+from .metrics import Metrics, format_value
+from .reliability import RULE_TEXT
 
 TABLE_METRICS = ("auroc", "ap", "balanced_accuracy", "acc_real", "acc_fake", "accuracy", "f1", "eer", "tpr@1%fpr",
                  "tpr@5%fpr", "ece")
-SMALL_NOTE = (f"⚠: fewer than {SMALL_SAMPLE} images of a class, a fragile figure; †: its bootstrap interval is "
-              "unreliable (a resample cannot show the spread of a handful of images, or of fewer than "
-              f"{MIN_GROUPS} groups of a class when images come in groups: sources, prompts). When images come in "
-              "groups the bootstrap resamples whole groups. Balanced accuracy is the mean "
-              "of the real and fake accuracies (plain accuracy is dominated by the larger class).")
+SMALL_NOTE = (RULE_TEXT + " When images come in groups the bootstrap resamples whole groups. Balanced accuracy is "
+              "the mean of the real and fake accuracies (plain accuracy is dominated by the larger class).")
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 8px;
@@ -159,10 +157,6 @@ def metrics_rows(rows: dict[str, dict[str, Metrics]], names: Sequence[str] = TAB
     lines = []
     for key, per_det in rows.items():
         for det, m in per_det.items():
-            lines.append([key, det, _n(m.n_real), _n(m.n_fake), *(format_value(m.values[n], small=m.unreliable_ci) for n in names)])
+            lines.append([key, det, str(m.n_real), str(m.n_fake),
+                          *(format_value(m.values[n], mark=m.unreliable(n) is not None) for n in names)])
     return headers, lines
-
-
-def _n(n: int) -> str:
-    """A count, marked when too small to trust a figure on it."""
-    return f"{n} ⚠" if n < SMALL_SAMPLE else str(n)

@@ -34,6 +34,7 @@ class SweepResult:
     timing: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     clean_ci95: dict[str, list[float] | None] | None = None  # with ``bootstrap``; points then carry "ci95"
+    clean_unreliable: dict[str, str | None] = field(default_factory=dict)  # why a clean figure is unreliable
 
     @property
     def overhead_ratio(self) -> float:
@@ -48,18 +49,21 @@ class SweepResult:
                "skipped": [{"id": i, "error": e} for i, e in self.skipped]}
         if self.clean_ci95 is not None:
             out["clean_ci95"] = self.clean_ci95
+        out["clean_unreliable"] = self.clean_unreliable
         return out
 
 
 def _value(samples: list[Sample], scores: np.ndarray, threshold: float, metric: str, bootstrap: int = 0,
-           seed: int = 0) -> tuple[float | None, list[float] | None]:
-    """The metric on the scored samples and its bootstrap interval (``None`` without ``bootstrap``)."""
+           seed: int = 0) -> tuple[float | None, list[float] | None, str | None]:
+    """The metric on the scored samples, its bootstrap interval (``None`` without ``bootstrap``) and why it is
+    unreliable (None when it is not)."""
     ok = np.isfinite(scores)
     if not ok.any():
-        return None, None
+        return None, None, None
     labels = np.array([s.label for s in samples], np.int8)[ok]
-    v = compute_metrics(labels, scores[ok], threshold=threshold, bootstrap=bootstrap, seed=seed).values[metric]
-    return v.value, ([v.low, v.high] if v.low is not None else None)
+    m = compute_metrics(labels, scores[ok], threshold=threshold, bootstrap=bootstrap, seed=seed)
+    v = m.values[metric]
+    return v.value, ([v.low, v.high] if v.low is not None else None), m.unreliable(metric)
 
 
 def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, families: Sequence[str] | None = None,
@@ -89,7 +93,7 @@ def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, famili
     clean_tables = score_samples(detectors, clean_samples, embeddings=clean_cache)
     clean_s = time.perf_counter() - t0
     clean_v = {n: _value(kept, t.scores, t.threshold, metric, bootstrap, seed) for n, t in clean_tables.items()}
-    clean = {n: v for n, (v, _) in clean_v.items()}
+    clean = {n: v for n, (v, _, _) in clean_v.items()}
     curves: dict[str, dict[str, Any]] = {
         fam: {"axis": ROBUSTNESS_FAMILIES[fam][0], "points": []}
         for fam in dict.fromkeys(p.family for p in perturbations)
@@ -108,12 +112,13 @@ def robustness_sweep(detectors: dict[str, Any], samples: list[Sample], *, famili
         perturb_s += t1 - t0
         forward_s += t2 - t1
         vals = {n: _value(kept, t.scores, t.threshold, metric, bootstrap, seed) for n, t in tables.items()}
-        point = {"strength": pert.strength, "name": pert.name, "values": {n: v for n, (v, _) in vals.items()}}
+        point = {"strength": pert.strength, "name": pert.name, "values": {n: v for n, (v, _, _) in vals.items()}}
         if bootstrap:
-            point["ci95"] = {n: ci for n, (_, ci) in vals.items()}
+            point["ci95"] = {n: ci for n, (_, ci, _) in vals.items()}
         curves[pert.family]["points"].append(point)
     sweep_s = time.perf_counter() - t_start - decode_s - clean_s
     timing = {"decode_s": decode_s, "clean_s": clean_s, "perturb_s": perturb_s, "forward_s": forward_s,
               "sweep_s": sweep_s, "n_images": float(len(kept)), "n_transforms": float(len(perturbations))}
     return SweepResult(metric, clean, curves, timing, skipped,
-                       {n: ci for n, (_, ci) in clean_v.items()} if bootstrap else None)
+                       {n: ci for n, (_, ci, _) in clean_v.items()} if bootstrap else None,
+                       {n: why for n, (_, _, why) in clean_v.items()})

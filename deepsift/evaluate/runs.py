@@ -11,13 +11,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..decision import DEFAULT_THRESHOLD, rule_text
-from .audit import SMALL_N, audit, audit_block, read_headers
+from .audit import audit, audit_block, read_headers
 from .explain import explain_block
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
 from .plots import bar_plot, embedding_map, histogram_plot, robustness_plot, roc_pr_plot
 from .protocols import ALL, fpr_on_real, leave_one_out, per_generator, split_reals
+from .reliability import RULE_TEXT
 from .report import SMALL_NOTE, Report, metrics_rows
 from .sections import control_block, glance_block, strata, strata_block
 from .robustness import robustness_sweep
@@ -28,14 +29,12 @@ def _dataset_block(report: Report, data: EvalSet) -> None:
     counts = data.counts()
     report.results["dataset"] = {"root": data.root, "layout": data.layout, "counts": counts}
     gens = {g: n for g, n in counts.items() if g != "real"}
-    small = [g for g, n in counts.items() if n < SMALL_N]
     if len(gens) <= 6:
-        what = ", ".join(f"{g} {n}" + (" ⚠" if n < SMALL_N else "") for g, n in counts.items())
+        what = ", ".join(f"{g} {n}" for g, n in counts.items())
     else:
         what = (f"real {counts.get('real', 0)}, {sum(gens.values())} generated from {len(gens)} generators "
                 f"({min(gens.values())} to {max(gens.values())} each)")
-    report.text(f"Dataset {data.root} (layout {data.layout}): {what}."
-                + (f" ⚠ {len(small)} set(s) with fewer than {SMALL_N} images: fragile figures." if small else ""))
+    report.text(f"Dataset {data.root} (layout {data.layout}): {what}.")
 
 
 def groups_line(rows: dict[str, Any], bootstrap: int) -> list[str]:
@@ -47,7 +46,7 @@ def groups_line(rows: dict[str, Any], bootstrap: int) -> list[str]:
         return []
     k, m = next(iter(few.items()))
     return [f"images come in groups: the bootstrap resamples groups ({m.n_real_groups} real, {m.n_fake_groups} "
-            f"generated for {k}); fewer than {MIN_GROUPS} groups of a class, so its intervals (†) are unreliable"]
+            f"generated for {k}); fewer than {MIN_GROUPS} groups of a class, so its figures are unreliable (⚠)"]
 
 
 def _rule_block(report: Report, rules: dict[str, str]) -> None:
@@ -208,9 +207,10 @@ def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int =
     summary = [f"{n}: " + ", ".join(f"{k} {format_value(r[ALL][ALL].values[k])}"
                                     for k in ("auroc", "ap", "balanced_accuracy", "f1"))
                + f" on {len(t.samples)} images ({len(t.errors)} unreadable)" for (n, r), t in zip(results.items(), tables.values())]
-    small = [g for g, m in next(iter(results.values()))[ALL].items() if g != ALL and m.small]
-    if small:
-        summary.append(f"fewer than {SMALL_N} images (fragile figures): {', '.join(small)}")
+    for n, r in results.items():
+        shaky = [f"{g} ({why})" for g, m in r[ALL].items() if (why := m.unreliable("auroc"))]
+        if shaky:
+            summary.append(f"{n}: unreliable AUROC (⚠): " + "; ".join(shaky))
     for line in groups_line(next(iter(results.values()))[ALL], bootstrap):
         summary.append(line)
         report.text("⚠ " + line)
@@ -269,9 +269,9 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
                                         "AUROC", counts=counts, chance=0.5))
     report.table(*metrics_rows(rows))
     audit_block(report, aud)
-    summary = [f"{kind}: unseen-generator AUROC " + ", ".join(f"{g} {format_value(m.values['auroc'], small=m.small)}"
-                                                               f" (n={m.n_fake}{' ⚠' if m.small else ''})"
-                                                               for g, m in per_g.items()) for kind, per_g in res.items()]
+    summary = [f"{kind}: unseen-generator AUROC " + ", ".join(
+        f"{g} {format_value(m.values['auroc'], mark=m.unreliable('auroc') is not None)} (n={m.n_fake})"
+        for g, m in per_g.items()) for kind, per_g in res.items()]
     return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
@@ -294,9 +294,9 @@ def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequen
     report.heading("At a glance")
     for w in aud.warnings:
         report.text("⚠ confound: " + w)
-    report.text(f"{metric} on {int(sweep.timing['n_images'])} images"
-                + (" ⚠ (fewer than 30: fragile)" if sweep.timing["n_images"] < SMALL_N else "") + ".")
-    glance = [[n, _r(sweep.clean[n]), _r(worst[n][0]), worst[n][1]] for n in dets]
+    report.text(f"{metric} on {int(sweep.timing['n_images'])} images. " + RULE_TEXT)
+    glance = [[n, _r(sweep.clean[n]) + (" ⚠" if sweep.clean_unreliable.get(n) else ""), _r(worst[n][0]), worst[n][1]]
+              for n in dets]
     head = ["detector", f"clean {metric}", f"worst {metric}", "worst transform"]
     control_lines: list[str] = []
     if control is not None:
@@ -310,7 +310,8 @@ def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequen
         head += [f"clean {metric} {control.name}", "drop", f"worst {metric} {control.name}"]
         for row, n in zip(glance, dets):
             a, b = sweep.clean[n], csweep.clean[n]
-            row += [_r(b), "n/a" if a is None or b is None else f"{a - b:+.3f}", _r(cworst[n])]
+            row += [_r(b) + (" ⚠" if csweep.clean_unreliable.get(n) else ""),
+                    "n/a" if a is None or b is None else f"{a - b:+.3f}", _r(cworst[n])]
             if a is not None and b is not None:
                 control_lines.append(f"{n}: clean {metric} {a:.3f} original, {b:.3f} with {control.name} "
                                      f"(drop {a - b:+.3f})")

@@ -12,15 +12,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from .headers import CROP, HeaderInfo
-from .metrics import SMALL_SAMPLE, Metrics, compute_metrics
+from .metrics import Metrics, compute_metrics
 from .plots import heatmap_plot
+from .reliability import RULE_SHORT
 from .report import Report
 
 SIZE_BANDS = (f"padded < {CROP}", f"{CROP}-512", "> 512")
 
 
 def _n(n: int) -> str:
-    return f"n={n}" + (" ⚠" if n < SMALL_SAMPLE else "")
+    return f"n={n}"
+
+
+def _mark(m: Metrics | None, metric: str) -> str:
+    """`` ⚠`` after a figure that is unreliable (see :mod:`.reliability`), else nothing."""
+    return " ⚠" if m is not None and m.unreliable(metric) else ""
 
 
 def size_band(info: HeaderInfo) -> str | None:
@@ -67,14 +73,14 @@ def glance_block(report: Report, rows: dict[str, dict[str, Metrics]], warnings: 
         for j, d in enumerate(dets):
             m = rows[g].get(d)
             v = mat[i, j]
-            cells.append("n/a" if not np.isfinite(v) else f"{v:.3f}" + (" ⚠" if m is not None and m.small else ""))
+            cells.append("n/a" if not np.isfinite(v) else f"{v:.3f}" + _mark(m, metric))
         body.append([f"{g} ({_n(n_fake[g])})", *cells])
     if "all" in rows:
         body.append([f"all generators ({_n(max((m.n_fake for m in rows['all'].values()), default=0))})",
-                     *[("n/a" if (m := rows["all"].get(d)) is None or m[metric] is None else f"{m[metric]:.3f}")
-                       for d in dets]])
+                     *[("n/a" if (m := rows["all"].get(d)) is None or m[metric] is None
+                        else f"{m[metric]:.3f}" + _mark(m, metric)) for d in dets]])
     report.text(f"{metric.upper()}, {what}; {n_real} real images in each comparison; hardest generator first. "
-                f"⚠: fewer than {SMALL_SAMPLE} images, a fragile figure.")
+                + RULE_SHORT)
     report.table(["generator (n fake)", *dets], body)
     for w in warnings_list[TOP_WARNINGS:]:
         report.text("⚠ confound: " + w)
@@ -112,9 +118,8 @@ def strata_block(report: Report, by_det: dict[str, dict[str, dict[str, Metrics]]
         rows = []
         for det, st in by_det.items():
             for name, m in st[key].items():
-                rows.append([name, det, f"{m.n_real}" + (" ⚠" if m.n_real < SMALL_SAMPLE else ""),
-                             f"{m.n_fake}" + (" ⚠" if m.n_fake < SMALL_SAMPLE else ""),
-                             _fmt(m["auroc"]), _fmt(m["balanced_accuracy"])])
+                rows.append([name, det, str(m.n_real), str(m.n_fake), _fmt(m["auroc"]) + _mark(m, "auroc"),
+                             _fmt(m["balanced_accuracy"]) + _mark(m, "balanced_accuracy")])
         report.table([title, "detector", "n real", "n fake", "auroc", "balanced_accuracy"], rows)
 
 
@@ -146,7 +151,8 @@ def control_block(report: Report, control: str, original: dict[str, dict[str, Me
             c = controlled.get(det, {}).get(k)
             a, b = m["auroc"], (c["auroc"] if c is not None else None)
             drop = None if a is None or b is None else a - b
-            rows.append([k, det, _n(m.n_fake), _fmt(a), _fmt(b), "n/a" if drop is None else f"{drop:+.3f}",
+            rows.append([k, det, _n(m.n_fake), _fmt(a) + _mark(m, "auroc"), _fmt(b) + _mark(c, "auroc"),
+                         "n/a" if drop is None else f"{drop:+.3f}",
                          modes.get(det, "")])
         pairs = [(m["auroc"], controlled.get(det, {}).get(k)) for k, m in per.items()
                  if "all" not in per or k == "all"]  # pooled when there is a pooled row, else the mean over rows

@@ -335,7 +335,8 @@ def test_logo_keys_a_non_code_detector_by_its_display_name(env, tmp_path: Path) 
     assert main(["eval", "logo", str(env.test), "--detector", "busy=toyfit:x", "--report", str(rep)]) == 0
     res = _json(rep)["leave_one_out"]
     assert set(res) == {"busy"} and set(res["busy"]) == {"gen_a", "gen_b"}
-    assert len(det.fits) == 2 and all(n_real > 0 and n_fake > 0 for n_real, n_fake in det.fits)
+    # refitted per left-out generator (2), then unseen and seen per generator for the mean drop (2 x 2)
+    assert len(det.fits) == 2 + 2 * 2 and all(n_real > 0 and n_fake > 0 for n_real, n_fake in det.fits)
     samples = load_eval_set(env.test).samples
     direct = leave_one_out(FittingBrightness(), samples, name="busy")
     assert set(direct) == {"busy"}
@@ -391,3 +392,60 @@ def test_logo_needs_no_heads_folder(env, tmp_path: Path, capsys) -> None:
     helptext = subprocess.run([sys.executable, "-m", "deepsift", "eval", "logo", "--help"], capture_output=True,
                               text=True, check=True).stdout
     assert "--heads DIR           ignored: this protocol fits its own heads" in helptext  # never asked for
+
+
+def test_seen_vs_unseen_compares_the_same_images_and_measures_the_drop() -> None:
+    from deepsift.evaluate.seen import seen_vs_unseen
+
+    rng = np.random.default_rng(0)
+    d = 8
+    e0 = np.eye(d)[0]
+    centres = {"real": np.zeros(d), "gen_a": 3 * e0, "gen_b": 3 * e0, "gen_c": -3 * e0}
+    samples, emb = [], []
+    for g, mu in centres.items():
+        for i in range(30):
+            samples.append(Sample(f"{g}/{i}", f"{g}/{i}", int(g != "real"), g))
+            emb.append(mu + rng.normal(0, 0.5, d))
+    fake_det = SimpleNamespace(embed_iter=None, classify=None, heads={}, backbone=None)
+    res = seen_vs_unseen(fake_det, samples, kinds=("knn",), embeddings=np.array(emb, np.float32))["knn"]
+    c = res["per_generator"]["gen_c"]
+    # half of gen_c in training: 1-NN finds its twins; left out, gen_c looks more real than the reals
+    assert c["seen"] > 0.95 and c["unseen"] < 0.3 and c["drop"] == pytest.approx(c["seen"] - c["unseen"])
+    assert c["n_fake"] == 15  # the other half, the same test images on both sides
+    per = res["per_generator"].values()
+    assert res["mean_drop"] == pytest.approx(np.mean([r["drop"] for r in per])) and res["mean_drop"] > 0.2
+    assert res["skipped"] == []
+
+
+def test_logo_report_carries_the_mean_drop_without_a_control(env, tmp_path: Path, capsys) -> None:
+    rep = tmp_path / "rep"
+    assert main(["eval", "logo", str(env.test), *env.det, "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    sv = _json(rep)["seen_vs_unseen"]["linear"]
+    assert set(sv["per_generator"]) == {"gen_a", "gen_b"} and sv["mean_drop"] is not None
+    assert sv["mean_drop"] == pytest.approx(sv["mean_seen"] - sv["mean_unseen"])
+    line = f"mean drop {sv['mean_drop']:+.3f} over 2 generator(s)"
+    assert line in out
+    md = (rep / "report.md").read_text()
+    glance = md[md.index("## At a glance"):md.index("## Leave-one-generator-out")]
+    assert line in glance and "## " not in glance[3:].split("| generator")[0]  # on the first screen, before the table
+    assert "### Seen versus unseen" in md
+
+
+def test_seen_vs_unseen_never_trains_on_the_test_half(env) -> None:
+    from deepsift.evaluate.seen import seen_vs_unseen
+
+    samples = load_eval_set(env.test).samples
+    det = RecordingDetector()
+    res = seen_vs_unseen(det, samples, name="rec", seed=3)["rec"]
+    gen_of = {s.source: s.generator for s in samples}
+    fits = [c for c in det.calls if c[0] == "fit"]
+    predicts = [c for c in det.calls if c[0] == "predict"]
+    assert set(res["per_generator"]) == {"gen_a", "gen_b"} and len(fits) == len(predicts) == 4
+    for g, k in (("gen_a", 0), ("gen_b", 2)):
+        (_, _, unseen_fake), (_, _, seen_fake) = fits[k], fits[k + 1]
+        assert predicts[k][1] == predicts[k + 1][1]  # the same test images on both sides
+        tested = set(predicts[k][1])
+        assert g not in {gen_of[s] for s in unseen_fake}
+        seen_g = {s for s in seen_fake if gen_of[s] == g}
+        assert seen_g and not seen_g & tested and res["per_generator"][g]["n_fake"] == sum(gen_of[s] == g for s in tested)

@@ -122,10 +122,7 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
     for g in gens:
         fake_train = np.flatnonzero((gen_of != g) & (gen_of != REAL))
         test = np.concatenate([real_test, np.flatnonzero(gen_of == g)])
-        detector.fit([samples[i].source for i in real_train], [samples[i].source for i in fake_train])
-        preds = detector.predict([samples[i].source for i in test])
-        s = np.array([p.probability if getattr(p, "probability", None) is not None else p.score for p in preds],
-                     np.float64)
+        s = fit_and_score(detector, samples, real_train, fake_train, test)
         y = np.array([samples[i].label for i in test])
         keep = np.isfinite(s)
         grp = sample_groups([samples[i] for i in test])
@@ -136,8 +133,6 @@ def leave_one_out(detector: Any, samples: list[Sample], *, kinds: Sequence[str] 
 def _logo_embeddings(det: Any, samples: list[Sample], gens: list[str], gen_of: np.ndarray, real_train: np.ndarray,
                      real_test: np.ndarray, kinds: Sequence[str], bootstrap: int, seed: int,
                      emb: np.ndarray | None) -> dict[str, dict[str, Metrics]]:
-    from ..model.heads import make_head
-
     if emb is None:
         emb, _ = embed_samples(det, [s.source for s in samples], desc="embedding (leave-one-out)")
     ok = np.isfinite(emb).all(axis=1)
@@ -148,8 +143,24 @@ def _logo_embeddings(det: Any, samples: list[Sample], gens: list[str], gen_of: n
         train = np.concatenate([real_train[ok[real_train]], fake_train])
         test = np.concatenate([real_test[ok[real_test]], np.flatnonzero((gen_of == g) & ok)])
         for kind in kinds:
-            head = make_head(kind).fit(emb[train], labels[train])
-            probs = head.probability(head.decision_function(emb[test]))
+            probs = head_scores(kind, emb, labels, train, test)
             out[kind][g] = _metrics(labels[test], probs, DEFAULT_THRESHOLD, bootstrap, seed,
                                     sample_groups([samples[i] for i in test]))
     return out
+
+
+def fit_and_score(detector: Any, samples: Sequence[Sample], real_train: np.ndarray, fake_train: np.ndarray,
+                  test: np.ndarray) -> np.ndarray:
+    """Fit a ``fit(real, fake)`` detector on the given samples and score ``test`` (probability when it has one)."""
+    detector.fit([samples[i].source for i in real_train], [samples[i].source for i in fake_train])
+    preds = detector.predict([samples[i].source for i in test])
+    return np.array([p.probability if getattr(p, "probability", None) is not None else p.score for p in preds],
+                    np.float64)
+
+
+def head_scores(kind: str, emb: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """A fresh head of ``kind`` fitted on the ``train`` embeddings: P(fake) of the ``test`` ones."""
+    from ..model.heads import make_head
+
+    head = make_head(kind).fit(emb[train], labels[train])
+    return head.probability(head.decision_function(emb[test]))

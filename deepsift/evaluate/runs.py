@@ -22,7 +22,8 @@ from .reliability import RULE_TEXT
 from .report import SMALL_NOTE, Report, metrics_rows
 from .sections import control_block, glance_block, strata, strata_block
 from .robustness import robustness_sweep
-from .scoring import ScoreTable, score_samples
+from .scoring import ScoreTable, embed_samples, is_code_detector, score_samples
+from .seen import seen_block, seen_vs_unseen, seen_words
 
 
 def _dataset_block(report: Report, data: EvalSet) -> None:
@@ -236,8 +237,15 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
             bad = {i for i, _ in failed}
             samples = [s for s in data.samples if s.id not in bad]
             cres = leave_one_out(detector, csamples, **kw) if csamples else None
-    res = leave_one_out(detector, samples, **kw)
+    emb = None
+    if is_code_detector(detector):  # embedded once for both protocols
+        emb, _ = embed_samples(detector, [s.source for s in samples], desc="embedding (leave-one-out)")
+    res = leave_one_out(detector, samples, embeddings=emb, **kw)
     report.results["leave_one_out"] = res
+    seen = seen_vs_unseen(detector, samples, kinds=kinds, real_train_fraction=real_train_fraction, seed=seed,
+                          embeddings=emb, name=name)
+    report.results["seen_vs_unseen"] = seen
+    seen_lines = [w for k, r in seen.items() if (w := seen_words(k, r))]
     rows: dict[str, dict[str, Any]] = {}
     for kind, per_g in res.items():
         for g, m in per_g.items():
@@ -250,7 +258,7 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
     blocks = report.blocks[mark:]
     del report.blocks[mark:]
     glance_block(report, rows, aud.warnings, what="unseen generator (left out of training)",
-                 lead=(report.results.get("control") or {}).get("summary", []))
+                 lead=[*seen_lines, *(report.results.get("control") or {}).get("summary", [])])
     report.blocks += blocks
     _rule_block(report, {k: rule_text(DEFAULT_THRESHOLD) for k in res})
     report.heading("Leave-one-generator-out")
@@ -268,11 +276,12 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
                                         {g: {k: m["auroc"] for k, m in v.items()} for g, v in rows.items()},
                                         "AUROC", counts=counts, chance=0.5))
     report.table(*metrics_rows(rows))
+    seen_block(report, seen)
     audit_block(report, aud)
     summary = [f"{kind}: unseen-generator AUROC " + ", ".join(
         f"{g} {format_value(m.values['auroc'], mark=m.unreliable('auroc') is not None)} (n={m.n_fake})"
         for g, m in per_g.items()) for kind, per_g in res.items()]
-    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
+    return report, summary + seen_lines + [f"WARNING: {w}" for w in aud.warnings] + control_lines
 
 
 def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequence[str] | None, metric: str,

@@ -104,6 +104,22 @@ def test_control_on_logo_and_robustness(confounded: Path, tmp_path: Path) -> Non
     assert "clean auroc resize:256" in (rep / "report.md").read_text()
 
 
+def test_robustness_control_is_labelled_test_side_only(confounded: Path, tmp_path: Path, capsys) -> None:
+    rep = tmp_path / "rob"
+    assert main(["eval", "robustness", str(confounded), "--detector", "fmt=format:x", "--transform", "blur",
+                 "--control", "jpeg:90", "--report", str(rep)]) == 0
+    out = capsys.readouterr().out
+    c = _json(rep)["control"]
+    assert c["mode"] == {"fmt": "test side only"} and c["failed"] == []
+    assert "fmt: clean auroc 1.000 original, 0.500 with jpeg:90 (drop +0.500, test side only: not refitted)" in out
+    md = (rep / "report.md").read_text()
+    glance = md[md.index("## At a glance"):md.index("## Robustness")]
+    # what it does and does not show, on the first screen, and the "how" of every row
+    assert "Control jpeg:90, test side only:" in glance and "no drop does NOT show" in glance
+    row = next(r for r in glance.splitlines() if r.startswith("| fmt |"))
+    assert row.rstrip(" |").endswith("test side only")
+
+
 @pytest.mark.parametrize("bad", ["jpeg:0", "jpeg:101", "jpeg:x", "resize:2", "png:3", "gif"])
 def test_bad_control_is_a_usage_error(confounded: Path, bad: str, capsys) -> None:
     assert main(["eval", "generators", str(confounded), "--detector", "fmt=format:x", "--control", bad]) == 2

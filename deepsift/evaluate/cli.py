@@ -288,7 +288,7 @@ def _cmd_logo(args: argparse.Namespace) -> int:
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
     _check_report(args)
-    from .runs import run_robustness
+    from .robustrun import run_robustness
 
     data = _eval_set(args)
     fams = list(dict.fromkeys(args.transform)) if args.transform else None

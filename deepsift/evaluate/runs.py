@@ -16,12 +16,10 @@ from .explain import explain_block
 from .calibration import Calibrator, threshold_for_fpr, unsure_report
 from .datasets import EvalSet, real_only
 from .metrics import compute_metrics, format_value
-from .plots import bar_plot, embedding_map, histogram_plot, robustness_plot, roc_pr_plot
+from .plots import bar_plot, embedding_map, histogram_plot, roc_pr_plot
 from .protocols import ALL, fpr_on_real, leave_one_out, per_generator, split_reals
-from .reliability import RULE_TEXT
 from .report import SMALL_NOTE, Report, metrics_rows
 from .sections import control_block, glance_block, strata, strata_block
-from .robustness import robustness_sweep
 from .scoring import ScoreTable, embed_samples, is_code_detector, score_samples
 from .seen import seen_block, seen_vs_unseen, seen_words
 
@@ -123,25 +121,12 @@ def _control_section(report: Report, detectors: dict[str, Any], data: EvalSet, t
     return lines, report.results["control"]["summary"], blocks
 
 
-def _controlled(detectors: dict[str, Any], data: EvalSet, control: Any, folder: str,
-                calibrator: Calibrator | None = None) -> tuple[list[Any], dict[str, ScoreTable] | None]:
-    """The samples passed through ``control`` (copies in ``folder``) and, with ``detectors``, their scores."""
-    from .control import controlled_samples
-
-    samples, _ = controlled_samples(data.samples, control, folder)
-    if not samples:
-        return samples, None
-    return samples, (score_samples(detectors, samples, calibrator=calibrator) if detectors else None)
-
-
 def run_generators(detectors: dict[str, Any], data: EvalSet, *, bootstrap: int = 0, seed: int = 0,
                    unsure: tuple[float, float] | None = None, val: EvalSet | None = None,
                    calibration: str | None = None, target_fpr: float | None = None,
                    embedding_method: str = "pca", calibrator: Calibrator | None = None,
                    cache: dict | None = None, control: Any = None) -> tuple[Report, list[str]]:
     """Per-generator protocol (any layout); ``control`` (:class:`~.control.Control`) adds the re-encoding control."""
-    import tempfile
-
     report = Report("deepsift evaluation: per generator")
     _dataset_block(report, data)
     infos = read_headers(data.samples)
@@ -282,69 +267,6 @@ def run_logo(detector: Any, data: EvalSet, *, kinds: Sequence[str], bootstrap: i
         f"{g} {format_value(m.values['auroc'], mark=m.unreliable('auroc') is not None)} (n={m.n_fake})"
         for g, m in per_g.items()) for kind, per_g in res.items()]
     return report, summary + seen_lines + [f"WARNING: {w}" for w in aud.warnings] + control_lines
-
-
-def run_robustness(detectors: dict[str, Any], data: EvalSet, *, families: Sequence[str] | None, metric: str,
-                   seed: int = 0, cache: dict | None = None, bootstrap: int = 0,
-                   control: Any = None) -> tuple[Report, list[str]]:
-    """Robustness sweep protocol; ``control`` runs the sweep again on the controlled images, side by side."""
-    import tempfile
-
-    report = Report("deepsift evaluation: robustness")
-    _dataset_block(report, data)
-    aud = audit(data.samples)
-    sweep = robustness_sweep(detectors, data.samples, families=families, metric=metric, seed=seed, clean_cache=cache,
-                             bootstrap=bootstrap)
-    d = sweep.to_dict()
-    report.results["robustness"] = d
-    dets = list(sweep.clean)
-    worst = {n: min(((p["values"][n], p["name"]) for c in sweep.curves.values() for p in c["points"]
-                     if p["values"][n] is not None), default=(None, "-")) for n in dets}
-    report.heading("At a glance")
-    for w in aud.warnings:
-        report.text("⚠ confound: " + w)
-    report.text(f"{metric} on {int(sweep.timing['n_images'])} images. " + RULE_TEXT)
-    glance = [[n, _r(sweep.clean[n]) + (" ⚠" if sweep.clean_unreliable.get(n) else ""), _r(worst[n][0]), worst[n][1]]
-              for n in dets]
-    head = ["detector", f"clean {metric}", f"worst {metric}", "worst transform"]
-    control_lines: list[str] = []
-    if control is not None:
-        with tempfile.TemporaryDirectory(prefix="deepsift-control-") as tmp:
-            csamples, _ = _controlled({}, data, control, tmp)
-            csweep = robustness_sweep(detectors, csamples, families=families, metric=metric, seed=seed,
-                                      bootstrap=bootstrap)
-        report.results["control"] = {"transform": control.name, "robustness": csweep.to_dict()}
-        cworst = {n: min((p["values"][n] for c in csweep.curves.values() for p in c["points"]
-                          if p["values"][n] is not None), default=None) for n in dets}
-        head += [f"clean {metric} {control.name}", "drop", f"worst {metric} {control.name}"]
-        for row, n in zip(glance, dets):
-            a, b = sweep.clean[n], csweep.clean[n]
-            row += [_r(b) + (" ⚠" if csweep.clean_unreliable.get(n) else ""),
-                    "n/a" if a is None or b is None else f"{a - b:+.3f}", _r(cworst[n])]
-            if a is not None and b is not None:
-                control_lines.append(f"{n}: clean {metric} {a:.3f} original, {b:.3f} with {control.name} "
-                                     f"(drop {a - b:+.3f})")
-    report.table(head, glance)
-    _rule_block(report, {n: rule_text(getattr(det, "decision_threshold", None) or DEFAULT_THRESHOLD)
-                         for n, det in detectors.items()})
-    report.heading(f"Robustness ({metric} against perturbation strength)")
-    report.image("robustness", robustness_plot(d), f"{metric} per transform; dotted: clean images")
-    rows = [["clean", "", *(sweep.clean[n] for n in dets)]]
-    for fam, c in sweep.curves.items():
-        rows += [[fam, p["strength"], *(p["values"][n] for n in dets)] for p in c["points"]]
-    report.table(["transform", "strength", *dets], rows)
-    t = sweep.timing
-    report.text(f"{int(t['n_images'])} images x {int(t['n_transforms'])} transforms: perturbation {t['perturb_s']:.1f} s, "
-                f"forward {t['forward_s']:.1f} s, sweep {t['sweep_s']:.1f} s (overhead ratio {sweep.overhead_ratio:.2f}).")
-    audit_block(report, aud)
-    summary = [f"{n}: clean {metric} {sweep.clean[n] if sweep.clean[n] is None else round(sweep.clean[n], 3)}, "
-               f"worst {worst[n][1]} ({worst[n][0] if worst[n][0] is None else round(worst[n][0], 3)})" for n in dets]
-    summary.append(f"sweep overhead ratio {sweep.overhead_ratio:.2f} (sweep / (perturbation + forward))")
-    return report, summary + [f"WARNING: {w}" for w in aud.warnings] + control_lines
-
-
-def _r(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
 
 
 def run_fpr(detectors: dict[str, Any], folder: str, *, bootstrap: int = 0, seed: int = 0,

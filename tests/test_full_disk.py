@@ -93,3 +93,74 @@ def test_fetch_real_on_a_full_disk(full_disk, tmp_path, capsys):
     ok = {e["path"] for e in lines if e["status"] == "ok"}
     on_disk = {p.name for p in out.iterdir() if p.name not in ("status.jsonl", "status.sqlite")}  # + its index
     assert on_disk == ok and len(ok) < 20  # no image without its line, no temporary file
+
+
+def _fill(folder, name: str = "filler2") -> None:
+    """Write zeros into ``folder`` until the disk is full (the last write fails with ENOSPC)."""
+    import errno
+
+    with open(folder / name, "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 512)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("indexed", [True, False], ids=["index-made", "no-index-yet"])
+def test_a_second_fetch_real_on_a_full_disk(small_disk, tmp_path, capsys, indexed):
+    """A folder fetched once, then the disk fills: a second run is one line, exit 1, and replaces, cuts or
+    leaves nothing: the stored images, their status lines and the status index are as they were."""
+    import io
+    import sqlite3
+
+    from data_factory import make_record
+    from httpserver import LocalServer
+    from PIL import Image
+
+    from deepsift.data.fetch import load_status
+    from deepsift.data.writer import write_shard
+
+    disk = small_disk("256k")
+    pngs = []
+    for i in range(12):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    out = disk / "real"
+    with LocalServer({f"/img/{i}": (200, "image/png", pngs[i]) for i in range(12)}) as srv:
+        recs = [make_record(i, 1, url=f"{srv.base}/img/{i}") for i in range(12)]
+        write_shard(recs[:4], tmp_path / "first.parquet", n_generators=1)
+        write_shard(recs, tmp_path / "all.parquet", n_generators=1)
+        args = ["--out", str(out), "--concurrency", "1", "--backoff", "0"]
+        assert main(["data", "fetch-real", str(tmp_path / "first.parquet"), *args]) == 0
+        if indexed:
+            load_status(out).close()  # the index a later run keeps up to date (made by the first resumed run)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert len([n for n in before if n.endswith(".png")]) == 4 and ("status.sqlite" in before) is indexed
+        capsys.readouterr()
+        _fill(disk)
+        rc = main(["data", "fetch-real", str(tmp_path / "all.parquet"), *args, "--retry-failed"])
+    assert rc == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("deepsift:")]
+    assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0]
+    after = {p.name: p for p in out.iterdir()}
+    assert set(after) == set(before)  # nothing new, half-written or temporary
+    for name, data in before.items():
+        if name not in ("status.sqlite", "status.jsonl"):
+            assert after[name].read_bytes() == data, name  # no stored image replaced
+    text = after["status.jsonl"].read_text()
+    old = before["status.jsonl"].decode()
+    assert text.startswith(old) and text.endswith("\n")  # the old lines kept, no torn line
+    new = [json.loads(line) for line in text[len(old):].splitlines()]  # a whole line per id the disk refused
+    assert all(e["status"] == "write_error" and "No space left" in e["error"] for e in new)
+    ok_ids = {e["id"] for e in map(json.loads, old.splitlines())}
+    assert not {e["id"] for e in new} & ok_ids  # a stored image's ok line is never overridden
+    if indexed:
+        db = sqlite3.connect(after["status.sqlite"])
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+    (disk / "filler2").unlink()  # room again: the index opens (or is made) and agrees with the JSONL
+    index = load_status(out)
+    assert len(index) == 4 + len(new) and all(index[k]["status"] == "ok" for k in ok_ids)
+    index.close()

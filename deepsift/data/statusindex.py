@@ -54,6 +54,7 @@ class StatusIndex:
             self._db = self._connect(":memory:")
             return
         for where in (self.path, None):
+            made = where is not None and not where.exists()  # a file this call creates: removed if it fails
             try:
                 if where is None:
                     fd, name = tempfile.mkstemp(prefix="deepsift-status-", suffix=".sqlite")
@@ -69,6 +70,9 @@ class StatusIndex:
                 if self._db is not None:
                     self._db.close()
                     self._db = None
+                if made:  # a full or read-only folder keeps no half-made index (nor its journal)
+                    for leftover in (self.path, self.path.with_name(INDEX_FILE + "-journal")):
+                        leftover.unlink(missing_ok=True)
         self._db = self._connect(":memory:")  # last resort: correct, but in RAM
         self._sync()
 

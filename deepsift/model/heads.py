@@ -10,6 +10,7 @@ reloaded head gives identical decisions and scores.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -103,6 +104,9 @@ class Head:
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(getattr(self, k + "_")) for k in self._arrays}
         save_file(arrays, str(out / "head.safetensors"))
+        from ..output import umask_mode
+
+        os.chmod(out / "head.safetensors", umask_mode())  # safetensors writes 0600: the user's umask instead
         meta = {"format_version": HEAD_FORMAT_VERSION, "kind": self.kind, "params": self._params(),
                 "calibration": list(self.calibration_), "classes": [0, 1], "labels": ["real", "fake"]}
         (out / "head.json").write_text(json.dumps(meta, indent=2))

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..exceptions import DataError
+from ..output import umask_mode
 
 NAME = "checkpoint"
 BEST = "best.safetensors"
@@ -81,6 +82,7 @@ def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: 
         shutil.rmtree(stale, ignore_errors=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}.", suffix=".tmp", dir=out))
+        os.chmod(tmp, umask_mode(folder=True))  # the user's umask, not mkdtemp's 0700 (it becomes the checkpoint)
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
         tensors, meta = flatten_optimizer(opt_state)
         tensors["rng.torch"] = torch.get_rng_state()
@@ -91,6 +93,7 @@ def save_checkpoint(out: Path, model_state: dict[str, torch.Tensor], opt_state: 
         (tmp / "state.json").write_text(json.dumps(doc, indent=1))
         for f in tmp.iterdir():
             with open(f, "rb+") as fh:
+                os.fchmod(fh.fileno(), umask_mode())  # safetensors writes 0600: the user's umask instead
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
         if final.exists():
@@ -127,6 +130,7 @@ def save_best(out: Path, model_state: dict[str, torch.Tensor], step: int, accura
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp),
                   metadata={"step": str(step), "head_accuracy": repr(float(accuracy))})
         with open(tmp, "rb+") as fh:
+            os.fchmod(fh.fileno(), umask_mode())  # the user's umask, not mkstemp's (or safetensors') 0600
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(out)

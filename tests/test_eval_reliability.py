@@ -86,6 +86,10 @@ def test_the_edges_of_the_rule() -> None:
     assert unreliable_reason("auroc", 0.99, None, None, 5000, 5000, MIN_GROUPS - 1, 50) is not None
     assert unreliable_reason("auroc", 0.99, None, None, 5000, 5000, MIN_GROUPS, 50) is None
     assert unreliable_reason("auroc", None, None, None, 0, 5) is None
+    # grouped, no bootstrap: the analytic interval counts the groups (the independent units), not the images
+    assert unreliable_reason("auroc", 0.8, None, None, 1000, 1000) is None
+    assert unreliable_reason("auroc", 0.8, None, None, 1000, 1000, 25, 25) is not None
+    assert unreliable_reason("auroc", 0.8, 0.75, 0.85, 1000, 1000, 25, 25) is None  # a cluster bootstrap decides
 
 
 @pytest.mark.parametrize("n_groups, marked", [(MIN_GROUPS - 1, True), (MIN_GROUPS, False)])

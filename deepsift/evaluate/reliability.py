@@ -13,6 +13,8 @@ A figure is marked unreliable when one of these holds (checked in this order):
    Wilson interval of a perfect score on that count, ``z^2 / (n + z^2)``: a resample of a handful
    of perfectly separated images shows no spread, yet 1.0 on 8 images is not a reliable 1.0.
    With :data:`MAX_WIDTH` 0.2 this floor alone marks every figure resting on fewer than 16 images.
+   When images come in groups and no bootstrap was run, the analytic interval counts groups, not
+   images (the groups are the independent units; images of one source are not).
 
 A large set with clear figures carries no mark; a mark names its reason in ``metrics.json``.
 """
@@ -32,7 +34,8 @@ WILSON_N = {"auroc": "smaller class", "eer": "smaller class", "ap": "fake", "acc
 RULE_SHORT = (f"A ⚠ marks an unreliable figure: its 95% interval is wider than {MAX_WIDTH:.2f}, or it rests on too "
               f"few real images for its false-positive rate or on fewer than {MIN_GROUPS} groups of a class.")
 RULE_TEXT = (f"A ⚠ marks an unreliable figure: its 95% interval is wider than {MAX_WIDTH:.2f} (the bootstrap "
-             "interval when one was run, else Hanley-McNeil for AUROC and a Wilson interval for the rates; never "
+             "interval when one was run, else Hanley-McNeil for AUROC and a Wilson interval for the rates, counting "
+             "groups when images come in groups; never "
              "narrower than that of a perfect score on the images it rests on, so any figure on fewer than 16 "
              "images of its class is marked), or a TPR at 1% (5%) FPR rests on fewer than 100 (20) real images, "
              f"or images come in groups and a class has fewer than {MIN_GROUPS} of them.")
@@ -94,6 +97,8 @@ def unreliable_reason(name: str, value: float | None, low: float | None, high: f
     need = MIN_REALS.get(name)
     if need and n_real < need:
         return f"{n_real} real images, fewer than the {need} this false-positive rate needs"
+    if groups and (low is None or high is None):  # no cluster bootstrap: the analytic interval counts groups
+        n_real, n_fake = n_real_groups or n_real, n_fake_groups or n_fake
     width = interval_width(name, value, low, high, n_real, n_fake)
     if width > MAX_WIDTH:
         return f"95% interval {width:.2f} wide, over {MAX_WIDTH:.2f}"

@@ -73,10 +73,10 @@ def _control_type(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _control(p: argparse.ArgumentParser) -> None:
+def _control(p: argparse.ArgumentParser, how: str = "fittable detectors are refitted on the controlled images") -> None:
     p.add_argument("--control", type=_control_type, metavar="TRANSFORM",
                    help="re-encoding control: pass every image, real and fake, through jpeg:Q (1-100), png or "
-                        "resize:N (shorter side, 8-4096) too, and report both side by side with the drop "
+                        f"resize:N (shorter side, 8-4096) too, and report both side by side with the drop; {how} "
                         "(default: none)")
 
 
@@ -128,7 +128,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                    help="perturbation family (jpeg, webp, resize, blur, crop, noise, social); repeat for several "
                         "(default: all)")
     p.add_argument("--metric", default="auroc", choices=METRIC_NAMES, help="metric plotted against strength")
-    _control(p)
+    _control(p, "test side only: the detectors are swept as given, never refitted")
     p.set_defaults(func=_cmd_robustness)
 
     p = add_command(ev, "audit", "confound audit: can file format, JPEG quality, size or metadata alone tell "

@@ -7,7 +7,9 @@ Every metric is computed by one routine on a matrix of per-sample *weights* (one
 resample): the point estimate uses weight 1 everywhere, a bootstrap resample uses the
 multinomial counts of a draw with replacement within each class (stratified). Scores are
 sorted once; curves come from cumulative sums over the tie groups of the sorted scores, so
-B resamples cost O(B*N) with no per-resample sort.
+B resamples cost O(B*N) with no per-resample sort. The weighted routine and the curves live in
+:mod:`.curves`, the resampling in :mod:`.bootstrap`, and the rule behind the report's ⚠ mark
+(:meth:`Metrics.unreliable`) in :mod:`.reliability`; the public names stay importable from here.
 
 Definitions (documented, tested against scikit-learn where it has them):
 

@@ -66,7 +66,8 @@ def test_logins_are_throttled_per_account_from_any_address(database_url, tmp_pat
         page = c.get("/login", headers={"accept": "text/html", "X-Forwarded-For": "10.0.0.9"})
         r = c.post("/login", data={"username": "alice", "password": "alice-password", "csrf_token": csrf_from(page.text)},
                    headers={"X-Forwarded-For": "10.0.0.9"}, follow_redirects=False)
-        assert r.status_code == 429
+        assert r.status_code == 429 and "alice" in r.text  # the form again, with the reason and when to retry
+        assert int(r.headers["retry-after"]) >= 1
         # another account from the same addresses is unaffected; successes do not count
         for _ in range(4):
             assert c.post("/api/auth/token", json={"username": "bob", "password": "bob-password"},

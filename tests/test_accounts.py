@@ -156,6 +156,9 @@ def test_log_out_everywhere(app, client):
     token = register_token(client, "alice", "alice-password")
     a, b = _browser(app, "alice", "alice-password"), _browser(app, "alice", "alice-password")
     page = a.get("/account", headers={"accept": "text/html"})
+    # each form once, in the page's body; the title is a title, not the forms
+    assert re.search(r"<title>Account · [^<]*</title>", page.text), re.search(r"<title>.*?</title>", page.text, re.S)
+    assert page.text.count('action="/account/logout-all"') == page.text.count('action="/account/password"') == 1
     assert a.post("/account/logout-all", follow_redirects=False).status_code == 403  # CSRF
     r = a.post("/account/logout-all", data={"csrf_token": csrf_from(page.text)}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"

@@ -70,6 +70,28 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line as the kernel shows it to everyone (NUL-separated; empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 class LiveServer:
     """A FastAPI app served by uvicorn on 127.0.0.1:<free port> in a background thread."""
 

@@ -31,7 +31,8 @@ def add_database_options(p: argparse.ArgumentParser) -> None:
                         "~/.local/share/deepsift)")
     g.add_argument("--database-url", metavar="URL",
                    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: $DEEPSIFT_DATABASE_URL, "
-                        "else SQLite in the data folder)")
+                        "else SQLite in the data folder); a URL with a password belongs in $DEEPSIFT_DATABASE_URL, "
+                        "since every local user can read a command line")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:

@@ -376,6 +376,21 @@ def test_the_worker_serve_starts_reads_the_database_url_from_its_environment(pg_
         assert httpx.get(srv.url + "/api/queue").status_code == 200
 
 
+def test_a_password_on_the_command_line_is_warned_about(pg_server, tmp_path, capsys, monkeypatch):
+    from deepsift.cli import main
+
+    pg_server.reset_database()
+    data = ["--data-dir", str(tmp_path / "d")]
+    url = pg_server.url.replace("postgres@", "postgres:on-the-cmdline-pw@")
+    assert main(["admin", "migrate", "--database-url", url, *data]) == 0
+    err = capsys.readouterr().err
+    assert "visible to every local user" in err and "DEEPSIFT_DATABASE_URL" in err and "on-the-cmdline-pw" not in err
+    monkeypatch.setenv("DEEPSIFT_DATABASE_URL", url)  # the way to give it: no warning
+    assert main(["admin", "migrate", *data]) == 0
+    assert main(["admin", "migrate", "--database-url", pg_server.url, *data]) == 0  # no password: no warning
+    assert "visible to every local user" not in capsys.readouterr().err
+
+
 def test_admin_add_user_makes_a_host(database_url, tmp_path, capsys, monkeypatch):
     from deepsift.cli import main
 

@@ -65,6 +65,15 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP's CSV injection list)."""
+
+
+def csv_safe(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: text starting with = + - @ tab or CR gets a leading ``'``."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _cell(value: object) -> str:
     """Format one table cell."""
     if value is None:
@@ -83,10 +92,11 @@ class RowWriter:
     """
 
     def __init__(self, stream: IO[str], fmt: str, columns: list[str],
-                 on_row: Callable[[], None] | None = None) -> None:
+                 on_row: Callable[[], None] | None = None, formula_safe: bool = False) -> None:
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
         self.stream, self.fmt, self.columns, self.on_row = stream, fmt, columns, on_row
+        self.formula_safe = formula_safe  # csv: text cells pass through csv_safe (others' text, for spreadsheets)
         self.count = 0
         self.failed: OSError | None = None
         self._csv = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore") if fmt == "csv" else None
@@ -103,7 +113,8 @@ class RowWriter:
         row = {k: (printable(v) if isinstance(v, str) else v) for k, v in row.items()}
         try:
             if self.fmt == "csv":
-                self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})  # type: ignore[union-attr]
+                cell = csv_safe if self.formula_safe else (lambda v: v)
+                self._csv.writerow({k: ("" if v is None else cell(v)) for k, v in row.items()})  # type: ignore[union-attr]
             elif self.fmt == "jsonl":
                 self.stream.write(json.dumps(row) + "\n")
             elif self.fmt == "json":
@@ -157,9 +168,10 @@ class RowWriter:
         return None
 
 
-def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[str] | None = None) -> int:
-    """Write all ``rows``; returns how many were written."""
-    writer = RowWriter(stream or sys.stdout, fmt, columns)
+def write_rows(rows: Iterable[dict], fmt: str, columns: list[str], stream: IO[str] | None = None,
+               formula_safe: bool = False) -> int:
+    """Write all ``rows``; returns how many were written (``formula_safe``: see :func:`csv_safe`)."""
+    writer = RowWriter(stream or sys.stdout, fmt, columns, formula_safe=formula_safe)
     for row in rows:
         writer.write(row)
     writer.close()

@@ -97,7 +97,14 @@ Other variables:
 | `XDG_DATA_HOME`, `XDG_CONFIG_HOME` | server, client | where the default data folder and the client config live |
 
 `deepsift serve` also starts `DEEPSIFT_CHALLENGES_SERVE_WORKERS` scoring workers beside itself
-(default 1; 0 when separate `deepsift challenges worker` processes do the scoring).
+(default 1; 0 when separate `deepsift challenges worker` processes do the scoring); they get the
+database URL and the data folder through the environment, never on their command line.
+
+A database URL with a password belongs in `DEEPSIFT_DATABASE_URL`, not in `--database-url`: a
+command line is readable by every local user (`ps`, `/proc/PID/cmdline`), the environment only by
+the process's owner. A standalone worker is started as
+`DEEPSIFT_DATABASE_URL=postgresql+psycopg://user:password@db/deepsift deepsift challenges worker`
+(or with the variable exported by its service manager, e.g. systemd's `EnvironmentFile=`).
 """
 
 

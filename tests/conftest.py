@@ -191,3 +191,43 @@ def small_disk(tmp_path):
     yield mount
     for mnt in mounts:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+SOLID_PLUGIN = '''
+from __future__ import annotations
+from PIL import Image
+
+class Solid:
+    """A generator outside deepsift: one flat colour per seed."""
+    needs_real_image = False
+
+    def __init__(self, name, size="16"):
+        self.name, self.model, self.steps = name, "solid-colour-v1", None
+        self.width = self.height = int(size)
+        self.batch_size = 3
+        self.loaded = False
+
+    def load(self):
+        self.loaded = True
+
+    def generate(self, prompts, negative_prompts, seeds, real_images=None):
+        assert self.loaded
+        return [Image.new("RGB", (self.width, self.height), (s % 256, len(p) % 256, 7)) for p, s in zip(prompts, seeds)]
+'''
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch):
+    """A real installed distribution (dist-info with an entry point) on sys.path: generator plugin ``solid``
+    (``flat=plugin:solid,size=8``: one flat colour per seed, no model, no torch)."""
+    from deepsift.generate.backends import ENTRY_POINT_GROUP
+
+    site = tmp_path / "site"
+    (site / "solid_plugin").mkdir(parents=True)
+    (site / "solid_plugin" / "__init__.py").write_text(SOLID_PLUGIN)
+    info = site / "solid_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: solid-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nsolid = solid_plugin:Solid\nbroken = solid_plugin:Missing\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield site

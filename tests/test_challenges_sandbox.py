@@ -24,7 +24,7 @@ from deepsift.challenges.preprocessing import RUNTIME_BASE_MB, plan_batches
 from deepsift.challenges.runfailures import LIMIT_FAILURES, ModelRunError, RunFailure, failure_of
 from deepsift.challenges.sandbox import Confinement, parse_preprocessing, run_model
 from platformkit import host_challenge, join, make_folders, register
-from serverkit import wait_until
+from serverkit import child_pids, cmdline, wait_until
 from test_challenges_models import SIZE, SPEC, detector_model, slow_model
 
 MIB = 1 << 20
@@ -292,26 +292,6 @@ def test_a_large_spec_streams_batches_under_the_cap(tmp_path):
 
 
 # -- 6: a model process dies with its worker --------------------------------------------------------
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -338,7 +318,7 @@ def test_the_model_process_dies_with_its_worker(app, client, server_settings, tm
     try:
         def model_running() -> bool:
             nonlocal child
-            kids = [k for k in _children(worker.pid) if b"sandbox_child" in _cmdline(k)]
+            kids = [k for k in child_pids(worker.pid) if b"sandbox_child" in cmdline(k)]
             child = kids[0] if kids else None
             return child is not None and _cpu_seconds(child) > 1.5  # loaded, and inside the endless loop
 

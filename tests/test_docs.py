@@ -12,23 +12,30 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import checker_image, smooth_image
+from data_factory import make_shards
+from pgserver import free_port
+from serverkit import ServeProcess, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-TESTED = re.compile(r"<!-- tested -->\s*\n```bash\n(.*?)```", re.S)
+TESTED = re.compile(r"<!-- tested(?:: (\w+))? -->\s*\n```bash\n(.*?)```", re.S)
+"""A shell block run by the tests; ``<!-- tested: participant -->`` runs against a live platform."""
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
-def _tested_blocks() -> list[tuple[str, str]]:
-    """(name, script) of every shell block marked as tested in the README and the docs."""
+def _tested_blocks(kind: str | None = None) -> list[tuple[str, str]]:
+    """(name, script) of every shell block marked as tested (``<!-- tested: KIND -->`` for ``kind``) in the
+    README and the docs."""
     out = []
     for path in DOC_FILES:
         for i, m in enumerate(TESTED.finditer(path.read_text())):
-            out.append((f"{path.relative_to(REPO)}#{i + 1}", m.group(1)))
+            if m.group(1) == kind:
+                out.append((f"{path.relative_to(REPO)}#{i + 1}", m.group(2)))
     return out
 
 
@@ -142,14 +149,74 @@ def _labelled(root: Path, layout: str, n: int = 12) -> None:
             Image.fromarray(arr if name != "gen-b" else arr[:, ::-1].copy()).save(d / f"{name}-{i:03d}.png")
 
 
+def _run_block(name: str, script: str, cwd: Path, env: dict[str, str]) -> None:
+    """Run one quick start with bash -euo pipefail in ``cwd``; what it left running in the background (a server)
+    is stopped afterwards (its process group, which this test started)."""
+    env = {**os.environ, **env}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PORT", str(free_port()))
+    with open(cwd / ".out", "w+") as out, open(cwd / ".err", "w+") as err:
+        proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env, stdout=out, stderr=err,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=600)
+        finally:
+            _stop_group(proc.pid, int(env["PORT"]))
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    assert code == 0, f"{name} failed:\n{script}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}"
+    assert "Traceback" not in stderr, stderr[-3000:]
+
+
+def _stop_group(pgid: int, port: int) -> None:
+    """SIGTERM the block's process group (a background ``deepsift serve``); wait until its port is closed."""
+    import signal
+    import socket
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+
+    def closed() -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) != 0
+
+    try:
+        wait_until(closed, 30, 0.1, f"the quick start's server on port {port} to stop")
+    finally:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,script", _tested_blocks(), ids=[n for n, _ in _tested_blocks()])
 def test_quick_start_runs_as_written(name, script, quickstart_home, tmp_path):
     _labelled(tmp_path / "data", "classes")
     _labelled(tmp_path / "testset", "folders")
-    env = {**os.environ, **quickstart_home}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    res = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, f"{name} failed:\n{script}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
-    assert "Traceback" not in res.stderr
+    if "photo.jpg" in script:  # the demo operator's image, from the first quick start
+        Image.fromarray(smooth_image(np.random.default_rng(5), 320, 240)).save(tmp_path / "photo.jpg", quality=90)
+    if "d3-test" in script:  # the demo operator's quiz shards
+        make_shards(tmp_path / "d3-test", 6, per_shard=3, n_gen=2)
+    _run_block(name, script, tmp_path, quickstart_home)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,script", _tested_blocks("participant"), ids=[n for n, _ in _tested_blocks("participant")])
+def test_participant_quick_start_against_a_live_platform(name, script, quickstart_home, tmp_path):
+    """The host's quick start sets a challenge up; ``deepsift serve`` (with its scoring worker) serves it; the
+    participant's block runs as written, with ``DEEPSIFT_SERVER`` pointing at that server."""
+    [(_, host)] = [b for b in _tested_blocks() if "challenges create" in b[1]]
+    _labelled(tmp_path / "testset", "folders")
+    _run_block("host", host, tmp_path, quickstart_home)
+    bob = tmp_path / "bob"
+    bob.mkdir()
+    platform = tmp_path / "platform"
+    with ServeProcess(f"sqlite:///{platform / 'deepsift.db'}", platform, extra_env=quickstart_home,
+                      scoring_workers=1) as server:
+        _run_block(name, script, bob, {**quickstart_home, "DEEPSIFT_SERVER": server.url})
+        board = httpx.get(f"{server.url}/api/challenges/my-challenge/phases/dev/leaderboard").json()
+    assert [r["team"] for r in board["rows"]] == ["bobs-team"]  # scored and on the board
+    assert (bob / "preds.csv").read_text().startswith("source,")

@@ -68,3 +68,26 @@ def test_a_ray_usage_error_is_said_before_torch_loads(tmp_path, code_model_dir):
             f"{str(code_model_dir)!r}]); print('RC', rc)")
     out, torch_loaded = _run_without_torch(code)
     assert "RC 2" in out and "give --out FILE.jsonl and --format jsonl" in out and not torch_loaded
+
+
+def test_a_finished_add_to_says_so_before_torch_loads(plugin_dist, tmp_path, capsys):
+    """``data build --add-to`` with every shard already grown: the same summary as the full path, without
+    importing torch or loading the generator."""
+    from data_factory import make_shards
+
+    from deepsift.cli import main
+
+    base = tmp_path / "base"
+    make_shards(base, 6, per_shard=3, n_gen=1)
+    spec = "flat=plugin:solid,size=8"
+    assert main(["data", "build", "--add-to", str(base), "-g", spec]) == 0  # grows both shards (torch loads here)
+    capsys.readouterr()
+    before = {p.name: p.stat().st_mtime_ns for p in base.iterdir()}
+    code = f"from deepsift.cli import main; print('RC', main(['data', 'build', '--add-to', {str(base)!r}, '-g', {spec!r}]))"
+    out, torch_loaded = _run_without_torch(code)
+    assert "RC 0" in out and not torch_loaded, out
+    assert "nothing to do, all 2 shard(s) were already done (6 record(s) from 6 input record(s))" in out
+    assert "images per generator: flat=6" in out and "Traceback" not in out
+    assert {p.name: p.stat().st_mtime_ns for p in base.iterdir()} == before  # nothing rewritten
+    # a generator not yet there: the full path (a shard to grow), same as before this shortcut
+    assert main(["data", "build", "--add-to", str(base), "-g", "flat2=plugin:solid,size=4", "-q"]) == 0

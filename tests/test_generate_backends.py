@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 
 from deepsift.cli import main
 from deepsift.exceptions import GeneratorError
-from deepsift.generate.backends import ENTRY_POINT_GROUP, create_generator, load_generators
+from deepsift.generate.backends import create_generator, load_generators
 from deepsift.generate.spec import DEFAULT_VAE, derive_seed, parse_spec
 
 
@@ -104,43 +103,6 @@ def test_not_a_text_to_image_source(models, tmp_path):
 def test_duplicate_generator_names(models):
     with pytest.raises(GeneratorError, match="used twice: a"):
         load_generators([parse_spec(f"a=vae:{models.vae}"), parse_spec(f"a=vae:{models.vae}")])
-
-
-PLUGIN = '''
-from __future__ import annotations
-from PIL import Image
-
-class Solid:
-    """A generator outside deepsift: one flat colour per seed."""
-    needs_real_image = False
-
-    def __init__(self, name, size="16"):
-        self.name, self.model, self.steps = name, "solid-colour-v1", None
-        self.width = self.height = int(size)
-        self.batch_size = 3
-        self.loaded = False
-
-    def load(self):
-        self.loaded = True
-
-    def generate(self, prompts, negative_prompts, seeds, real_images=None):
-        assert self.loaded
-        return [Image.new("RGB", (self.width, self.height), (s % 256, len(p) % 256, 7)) for p, s in zip(prompts, seeds)]
-'''
-
-
-@pytest.fixture
-def plugin_dist(tmp_path, monkeypatch):
-    """A real installed distribution (dist-info with an entry point) on sys.path."""
-    site = tmp_path / "site"
-    (site / "solid_plugin").mkdir(parents=True)
-    (site / "solid_plugin" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    info = site / "solid_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: solid-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nsolid = solid_plugin:Solid\nbroken = solid_plugin:Missing\n")
-    monkeypatch.syspath_prepend(str(site))
-    yield site
 
 
 def test_plugin_through_entry_point(plugin_dist, tmp_path):

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from data_factory import make_shards
+from fskit import read_only_folder
 
 from deepsift.cli import main
 
@@ -106,18 +106,8 @@ def test_folder_outputs_refuse_what_is_not_a_folder(inputs, tmp_path, capsys, na
 
 @pytest.fixture
 def readonly(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], check=True)
-        try:
-            yield folder
-        finally:
-            subprocess.run(["umount", "-l", str(folder)], check=False)
-    else:
-        folder.chmod(0o555)
+    with read_only_folder(tmp_path / "ro") as folder:
         yield folder
-        folder.chmod(0o755)
 
 
 @pytest.mark.parametrize("name", [*FILE_COMMANDS, *DIR_COMMANDS])

@@ -6,6 +6,7 @@ import re
 import sqlite3
 import tarfile
 import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from deepsift.server.migrate import current, heads, upgrade
 from deepsift.server.security import (RateLimiter, SharedRateLimiter, csrf_ok, csrf_token_for, hash_password, hash_token, new_token,
                                       verify_password)
 from deepsift.server.storage import ArchiveLimits, Storage, archive_members, extract_archive
-from serverkit import LiveServer, ServeProcess, make_settings
+from serverkit import LiveServer, ServeProcess, child_pids, cmdline, make_settings, wait_until
 
 import example_domain.domain as notes_domain
 
@@ -359,6 +360,35 @@ def test_deepsift_serve_migrates_an_empty_database_and_serves(database_url, tmp_
         assert set(current(db)) == set(heads())
     finally:
         db.dispose()
+
+
+def test_the_worker_serve_starts_reads_the_database_url_from_its_environment(pg_server, tmp_path):
+    """A password in the database URL never shows in the scoring worker's command line (``/proc/PID/cmdline``
+    is readable by every local user): ``serve`` hands the URL to its worker in the environment."""
+    pg_server.reset_database()
+    url = pg_server.url.replace("postgres@", "postgres:not-in-argv-pw@")  # the test cluster trusts; the URL has one
+    with ServeProcess(url, tmp_path / "data", scoring_workers=1) as srv:
+        [worker] = wait_until(lambda: [k for k in child_pids(srv.proc.pid) if b"challenges\0worker" in cmdline(k)],
+                              60, what="the scoring worker serve starts")
+        argv = cmdline(worker)
+        assert b"not-in-argv-pw" not in argv and b"--database-url" not in argv, argv
+        assert f"DEEPSIFT_DATABASE_URL={url}".encode() in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+        assert httpx.get(srv.url + "/api/queue").status_code == 200
+
+
+def test_a_password_on_the_command_line_is_warned_about(pg_server, tmp_path, capsys, monkeypatch):
+    from deepsift.cli import main
+
+    pg_server.reset_database()
+    data = ["--data-dir", str(tmp_path / "d")]
+    url = pg_server.url.replace("postgres@", "postgres:on-the-cmdline-pw@")
+    assert main(["admin", "migrate", "--database-url", url, *data]) == 0
+    err = capsys.readouterr().err
+    assert "visible to every local user" in err and "DEEPSIFT_DATABASE_URL" in err and "on-the-cmdline-pw" not in err
+    monkeypatch.setenv("DEEPSIFT_DATABASE_URL", url)  # the way to give it: no warning
+    assert main(["admin", "migrate", *data]) == 0
+    assert main(["admin", "migrate", "--database-url", pg_server.url, *data]) == 0  # no password: no warning
+    assert "visible to every local user" not in capsys.readouterr().err
 
 
 def test_admin_add_user_makes_a_host(database_url, tmp_path, capsys, monkeypatch):

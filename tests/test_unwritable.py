@@ -1,36 +1,19 @@
 """Unwritable outputs: one line, exit 1, checked before the expensive work, nothing half-written."""
 from __future__ import annotations
 
-import os
-import subprocess
-
 import numpy as np
 import pytest
 from data_factory import make_shards
+from fskit import read_only_folder
 
 from deepsift.cli import main
 
 
 @pytest.fixture
 def readonly(tmp_path):
-    """A folder nothing can be written in: a read-only tmpfs as root (root ignores modes), else mode 555."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    (folder / "keep.txt").write_text("was here before")
-    if os.geteuid() == 0:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], check=True)
-        (folder / "keep.txt").write_text("was here before")
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        try:
-            yield folder
-        finally:
-            subprocess.run(["umount", "-l", str(folder)], check=False)
-    else:
-        folder.chmod(0o555)
-        try:
-            yield folder
-        finally:
-            folder.chmod(0o755)
+    """A folder nothing can be written in, holding one file that must survive."""
+    with read_only_folder(tmp_path / "ro", {"keep.txt": "was here before"}) as folder:
+        yield folder
 
 
 def _one_line(capsys, *words):

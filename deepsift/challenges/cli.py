@@ -245,7 +245,7 @@ def _write_submissions(rows: list[dict], args: argparse.Namespace) -> None:
     from ..output import open_output, write_rows
 
     with open_output(args.out) as out:
-        write_rows(rows, args.format, SUB_COLUMNS, out)
+        write_rows(rows, args.format, SUB_COLUMNS, out, formula_safe=True)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -307,7 +307,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
              "submissions": r["submissions"], "submitted_at": r["submitted_at"],
              "flags": " ".join(r.get("flags", []))} for r in board["rows"]]
     with open_output(args.out) as out:
-        write_rows(rows, args.format, cols, out)
+        write_rows(rows, args.format, cols, out, formula_safe=True)
     return EXIT_OK
 
 
@@ -345,5 +345,5 @@ def cmd_team(args: argparse.Namespace) -> int:
         return EXIT_OK
     row = {**team, "members": ", ".join(team["members"]) if args.format in ("table", "csv") else team["members"]}
     with open_output(args.out) as out:
-        write_rows([row], args.format, TEAM_COLUMNS, out)
+        write_rows([row], args.format, TEAM_COLUMNS, out, formula_safe=True)
     return EXIT_OK

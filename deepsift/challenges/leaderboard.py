@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..exceptions import ForbiddenError, InvalidInputError
+from ..output import csv_safe
 from ..server.db import utcnow
 from ..server.models import User
 from .models import Phase, Submission, Team
@@ -168,6 +169,7 @@ def to_csv(board: dict[str, Any]) -> str:
     """The leaderboard as CSV: rank, team, metrics..., ci95_low, ci95_high, submitted_at, submissions, flags,
     method, method_url, disqualified (the host's reason).
 
+    Text cells that start like a formula (= + - @ tab CR) get a leading ``'`` (:func:`~deepsift.output.csv_safe`).
     With a seen/unseen split, each metric is three columns side by side: ``<metric>_seen``,
     ``<metric>_unseen``, ``<metric>_all`` (the interval is the ranking metric's on ``rank_on``).
     """
@@ -181,9 +183,10 @@ def to_csv(board: dict[str, Any]) -> str:
         ci = r["ci95"] or [None, None]
         values = [r["split"][on][c] for c in board["columns"] for on in splits] if splits else \
             [r["metrics"][c] for c in board["columns"]]
-        w.writerow(["" if r["rank"] is None else r["rank"], r["team"], *[_fmt(v) for v in values],
-                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"]),
-                    r.get("method_name", ""), r.get("method_url", ""), r.get("disqualified") or ""])
+        text = [csv_safe(t) for t in (r["team"], r.get("method_name", ""), r.get("method_url", ""),
+                                      r.get("disqualified") or "")]  # typed by participants and hosts
+        w.writerow(["" if r["rank"] is None else r["rank"], text[0], *[_fmt(v) for v in values],
+                    _fmt(ci[0]), _fmt(ci[1]), r["submitted_at"], r["submissions"], " ".join(r["flags"]), *text[1:]])
     return out.getvalue()
 
 

@@ -31,6 +31,7 @@ from .plan import (
     BuildSummary,
     chunk_done,
     clean_temporaries,
+    finished_addition,
     log,
     log_failures,
     plan_chunks,
@@ -77,6 +78,13 @@ def build(
                 "generators": [s.to_text() for s in specs], "chunk_size": None if add_to else chunk_size}
     if reals is not None:  # only when given, so builds made before --real-dir existed still resume
         settings["real_dir"] = str(reals.resolved)
+    if add_to is not None and out.is_dir():  # everything already grown: say so before torch or any generator loads
+        t0 = time.perf_counter()
+        done = finished_addition(add_to, out, [s.name for s in specs])
+        if done is not None:
+            write_manifest(out, settings, add_to=add_to)
+            done.seconds = time.perf_counter() - t0
+            return done
     if ray_address is not None:
         from .ray_build import build_on_ray
 

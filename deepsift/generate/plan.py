@@ -194,6 +194,22 @@ def _input_chunks(source: str | None, out: Path, *, chunk_size: int, add_to: str
         i += 1
 
 
+def finished_addition(add_to: str, out: Path, names: Sequence[str]) -> BuildSummary | None:
+    """The summary of an ``add_to`` build whose every shard already holds ``names`` (read from the shards'
+    metadata alone: no record, no generator, no torch), else None (there is work to do)."""
+    from ..data.reader import parquet_files
+
+    root = Path(add_to)
+    summary = BuildSummary()
+    for shard in parquet_files(root):
+        rel = shard.relative_to(root) if root.is_dir() else Path(shard.name)
+        meta = chunk_done(Chunk(summary.chunks, [], out / rel), names)
+        if meta is None:
+            return None
+        summary.add(meta, resumed=True)
+    return summary if summary.chunks else None
+
+
 def chunk_done(chunk: Chunk, names: Sequence[str]) -> dict | None:
     """The metadata of a chunk's finished shard (with every generator of ``names``), else None."""
     if not chunk.path.is_file():

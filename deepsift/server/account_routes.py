@@ -13,7 +13,7 @@ from ..exceptions import AuthenticationError, RateLimitedError, ServiceError
 from .accounts import (authenticate, change_password, create_user, end_everything, end_session, issue_token, list_tokens,
                        revoke_token, start_session)
 from .deps import CsrfProtect, DbSession, RequireUser, SettingsDep, rate_limit
-from .security import SESSION_COOKIE, retry_after, set_cookie
+from .security import SESSION_COOKIE, error_headers, retry_after, set_cookie
 from .settings import parse_rate
 from .web import render
 
@@ -188,7 +188,7 @@ def login_form(request: Request, session: DbSession, settings: SettingsDep,
         user = login(request, session, username, password)
     except ServiceError as exc:
         return render(request, "login.html", {"next": _safe_next(next), "error": str(exc), "username": username},
-                      exc.status_code)
+                      exc.status_code, error_headers(exc))
     return _login_response(request, settings, session, user, next)
 
 

@@ -21,7 +21,7 @@ from .. import __version__
 from ..exceptions import DeepsiftError, ServiceError
 from .db import Database, make_private_dir
 from .domains import Domain, installed_domains
-from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, retry_after
+from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, error_headers
 from .settings import Settings
 from .web import HERE, BodyLimit, RejectNul, SecurityHeaders, make_environment, render, wants_html
 
@@ -142,8 +142,7 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DeepsiftError)
     async def deepsift_error(request: Request, exc: DeepsiftError):  # type: ignore[no-untyped-def]
         status = exc.status_code if isinstance(exc, ServiceError) else 422
-        wait = getattr(exc, "retry_after", None) if isinstance(exc, ServiceError) else None
-        headers = {"Retry-After": retry_after(wait)} if wait is not None else {}
+        headers = error_headers(exc) if isinstance(exc, ServiceError) else {}
         if status == 401 and not request.url.path.startswith("/api/"):
             if request.method == "GET" and wants_html(request):
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)

@@ -31,7 +31,8 @@ def add_database_options(p: argparse.ArgumentParser) -> None:
                         "~/.local/share/deepsift)")
     g.add_argument("--database-url", metavar="URL",
                    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: $DEEPSIFT_DATABASE_URL, "
-                        "else SQLite in the data folder)")
+                        "else SQLite in the data folder); a URL with a password belongs in $DEEPSIFT_DATABASE_URL, "
+                        "since every local user can read a command line")
 
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
@@ -93,6 +94,7 @@ def settings_from_args(args: argparse.Namespace, export: bool = False):  # type:
              "DEEPSIFT_DATABASE_URL": getattr(args, "database_url", None),
              "DEEPSIFT_DOMAINS": ",".join(args.domain) if getattr(args, "domain", None) else None}
     given = {k: v for k, v in given.items() if v}
+    _warn_password_in_argv(getattr(args, "database_url", None))
     if export:
         os.environ.update(given)
     try:
@@ -107,6 +109,24 @@ def settings_from_args(args: argparse.Namespace, export: bool = False):  # type:
     except OSError as exc:
         raise UsageError(f"cannot create the data folder {settings.data_dir}: {exc.strerror or exc}") from None
     return settings
+
+
+def _warn_password_in_argv(url: str | None) -> None:
+    """One line when ``--database-url`` carries a password: every local user can read a command line."""
+    if not url:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        has_password = make_url(url).password is not None
+    except (ArgumentError, ValueError):
+        return  # the settings check names a bad URL
+    if has_password:
+        from ..output import note
+
+        note("deepsift: warning: the database password in --database-url is visible to every local user (ps, "
+             "/proc); set DEEPSIFT_DATABASE_URL instead")
 
 
 def migrate(settings) -> list[str]:  # type: ignore[no-untyped-def]

@@ -289,3 +289,9 @@ class SharedRateLimiter:
 def retry_after(seconds: float) -> str:
     """A Retry-After header value (whole seconds, at least 1)."""
     return str(max(1, math.ceil(seconds)))
+
+
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """The headers an error response carries: ``Retry-After`` for a rate-limited one, none otherwise."""
+    wait = getattr(exc, "retry_after", None)
+    return {"Retry-After": retry_after(wait)} if wait is not None else {}

@@ -1,4 +1,4 @@
-"""Faster exact decoders for the official centre crop: libjpeg-turbo and libspng straight to numpy.
+"""Faster exact decoding for the official centre crop: libjpeg-turbo straight to numpy, ISA-L's inflate for PNG.
 
 Pillow stays the reference and the fallback; these paths only remove work around the same codecs
 (measured in ``benchmarks/bench_detect.py --part decode``, figures in ``benchmarks/README.md``):
@@ -9,39 +9,35 @@ Pillow stays the reference and the fallback; these paths only remove work around
   header); CMYK, YCCK and RGB-coded JPEGs go to Pillow, whose conversions differ. Recoverable
   libjpeg errors (a truncated file, corrupt data) are errors here (``strict``): such a file is then
   decoded by Pillow, which reports or tolerates it exactly as before.
-* PNG: ``pyspng`` (libspng) inflates and unfilters the rows down to the window's bottom edge only
-  (the file's ``IHDR`` is given the window's bottom as its height, so libspng stops there; the
-  rows above are exactly those of the whole image, as in :mod:`deepsift.pngcrop`). 8-bit,
-  non-interlaced, still PNGs of every colour type except grey+alpha take it; 16-bit and
-  low-bit-depth files go to Pillow (which truncates or scales them its own way). A PNG is
-  decoded only when every chunk is intact (CRCs valid, ``IEND`` present), as on the window path.
+* PNG: inflating the rows is most of a PNG's cost. ``isal`` (Intel's ISA-L) inflates them about
+  twice as fast as zlib; :func:`png_rows_stream` hands the inflated rows to Pillow's own row
+  decoder (:mod:`deepsift.pngcrop`) in stored blocks, so the unfiltering and the pixels are
+  Pillow's. (libspng via ``pyspng`` was measured too: a little faster on one core, but it holds
+  the GIL while it decodes, which serialises the decoding threads used on one- or two-CPU
+  machines; both libraries here release it.)
 
 Each returns None, and the caller takes the next path (:mod:`deepsift.jpegcrop` /
-:mod:`deepsift.pngcrop`, then Pillow on the whole file), whenever its library is missing (or
-``DEEPSIFT_NO_FAST_DECODE`` is set), the input is of a kind it does not handle, or the library
+:mod:`deepsift.pngcrop` with zlib, then Pillow on the whole file), whenever its library is missing
+(or ``DEEPSIFT_NO_FAST_DECODE`` is set), the input is of a kind it does not handle, or the library
 refuses the data: the pixel cap, the byte cap and every error message stay those of Pillow's path.
-Byte identity with Pillow is checked per kind in ``tests/test_fastdecode.py``. libspng holds the
-GIL while it decodes (pyspng does not release it); libjpeg-turbo here does not.
+Byte identity with Pillow is checked per kind in ``tests/test_fastdecode.py``.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import struct
-import zlib
 from functools import lru_cache
 from types import ModuleType
 
 import numpy as np
 
-from .images import CROP_SIZE, MAX_PIXELS, center_crop_array, crop_origin
-from .pngcrop import SIGNATURE, png_chunks
+from .images import MAX_PIXELS, center_crop_array
 
-FAST_DECODERS = ("simplejpeg", "pyspng")
-"""The optional decoder modules, JPEG and PNG."""
+FAST_DECODERS = ("simplejpeg", "isal.isal_zlib")
+"""The optional modules: libjpeg-turbo for JPEG, ISA-L's inflate for PNG."""
 
 _JPEG_SPACES = ("YCbCr", "Gray")  # colour spaces libjpeg-turbo converts to RGB exactly as Pillow does
-_PNG_FORMATS = {0: ("L", 1), 2: ("RGB", 3), 3: ("RGB", 3), 6: ("RGBA", 4)}  # colour type -> libspng format, bytes
 
 
 @lru_cache(maxsize=None)
@@ -77,37 +73,32 @@ def centre_crop_jpeg_fast(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarr
     return np.ascontiguousarray(center_crop_array(rgb))
 
 
-def _with_height(data: bytes, rows: int) -> bytes:
-    """``data`` whose IHDR (the first chunk) says ``rows`` rows, its CRC recomputed."""
-    body = b"IHDR" + data[16:20] + struct.pack(">I", rows) + data[24:29]
-    return data[:12] + body + struct.pack(">I", zlib.crc32(body)) + data[33:]
+def png_rows_stream(idat: list[memoryview], size: int) -> bytes | None:
+    """The first ``size`` bytes of a PNG's zlib stream, inflated by ISA-L and re-wrapped in stored blocks, or None.
 
-
-def centre_crop_png_fast(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
-    """The 224x224x3 uint8 centre crop of an 8-bit PNG by libspng, rows down to the window only; or None."""
-    spng = fast_decoder("pyspng")
-    if spng is None or not data.startswith(SIGNATURE) or data[12:16] != b"IHDR":
+    Pillow's row decoder (:mod:`deepsift.pngcrop`) then unfilters the rows as before, but its
+    inflate only copies stored blocks. The stream stops after the rows, with no checksum: the row
+    decoder stops once it has its rows (and a file that is cut or corrupt above the window makes
+    ISA-L fail first, and this return None).
+    """
+    isal = fast_decoder("isal.isal_zlib")
+    if isal is None:
         return None
-    chunks = png_chunks(data)
-    if chunks is None or len(chunks[0]) != 13:
-        return None
-    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0])
-    if depth != 8 or colour not in _PNG_FORMATS or compression or filtering or interlace:
-        return None
-    fmt, nbytes = _PNG_FORMATS[colour]
-    if width * height > max_pixels or width * height * nbytes > 3 * max_pixels:
-        return None
-    top = crop_origin(height)
-    rows = min(height, top + CROP_SIZE) if top >= 0 else height
+    inflater, parts, got = isal.decompressobj(), [], 0
     try:
-        pixels = spng.load(data if rows == height else _with_height(data, rows), fmt)
-    except Exception:  # libspng's refusal (RuntimeError, ValueError): Pillow's path says what is wrong
+        for chunk in idat:
+            part = inflater.decompress(chunk, size - got)
+            parts.append(part)
+            got += len(part)
+            if got >= size:
+                break
+    except (isal.error, ValueError, MemoryError, OverflowError):
         return None
-    if pixels.shape[:2] != (rows, width) or pixels.dtype != np.uint8:
+    if got != size:
         return None
-    if rows < height:
-        pixels = pixels[top:]  # the window's rows: a side of exactly CROP_SIZE, cropped from 0
-    window = center_crop_array(pixels)
-    if window.ndim == 2:
-        return np.repeat(window[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(window[:, :, :3])
+    raw = b"".join(parts)
+    out = [b"\x78\x01"]  # zlib header (deflate, 32K window), then stored blocks of at most 65535 bytes
+    for start in range(0, size, 65535):
+        block = raw[start:start + 65535]
+        out.append(bytes([start + 65535 >= size]) + struct.pack("<HH", len(block), len(block) ^ 0xFFFF) + block)
+    return b"".join(out)

@@ -10,16 +10,16 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from deepsift.exceptions import ImageDecodeError
-from deepsift.fastdecode import centre_crop_jpeg_fast, centre_crop_png_fast, fast_decoder
-from deepsift.images import crop_uint8, decode_image, normalize_batch
+from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoder, png_rows_stream
+from deepsift.images import crop_origin, crop_uint8, decode_image, normalize_batch
 from deepsift.model.decoding import load_pixels
-from deepsift.pngcrop import png_chunks
+from deepsift.pngcrop import centre_crop_png, png_chunks
 
 needs_jpeg = pytest.mark.skipif(fast_decoder("simplejpeg") is None, reason="simplejpeg is not installed")
-needs_png = pytest.mark.skipif(fast_decoder("pyspng") is None, reason="pyspng is not installed")
+needs_png = pytest.mark.skipif(fast_decoder("isal.isal_zlib") is None, reason="isal is not installed")
 
 
 def picture(seed: int, w: int, h: int, mode: str = "RGB") -> Image.Image:
@@ -109,48 +109,63 @@ def test_cmyk_jpeg_falls_back_to_pillow_decided_from_the_header():
 PNG_KINDS = {
     "RGB": ("RGB", {}),
     "RGB level 1": ("RGB", {"compress_level": 1}),
+    "RGB optimised": ("RGB", {"optimize": True}),
     "RGBA": ("RGBA", {}),
-    "grey": ("L", {"optimize": True}),
-    "palette": ("P", {}),
-    "palette + transparency": ("P", {"transparency": 3}),
     "RGB + tRNS": ("RGB", {"transparency": (1, 2, 3)}),
 }
+PNG_SIZES = [(512, 512), (333, 517), (224, 224), (225, 240), (640, 241), (1001, 777), (700, 1283)]
 
 
 @needs_png
 @pytest.mark.parametrize("kind", list(PNG_KINDS))
-def test_png_fast_path_equals_pillow_byte_for_byte(kind):
+def test_png_rows_inflated_by_isal_equal_pillow_byte_for_byte(kind, monkeypatch):
     mode, kw = PNG_KINDS[kind]
-    for k, (w, h) in enumerate(SIZES + [(640, 241), (700, 1283)]):  # rows saved from none to most
-        im = picture(k, w, h, "RGB").quantize(200) if mode == "P" else picture(k, w, h, mode)
-        data = encode(im, "PNG", **kw)
-        got = centre_crop_png_fast(data)
+    monkeypatch.setattr(ImageFile, "MAXBLOCK", 8192)  # rows spread over many IDAT chunks
+    for k, (w, h) in enumerate(PNG_SIZES):  # rows saved from none to most; odd window offsets
+        data = encode(picture(k, w, h, mode), "PNG", **kw)
+        ihdr, idat = png_chunks(data)
+        bottom = crop_origin(h) + 224
+        size = bottom * (w * len(mode) + 1)
+        stream = png_rows_stream(idat, size)
+        assert stream is not None  # the ISA-L path is taken, and its rows are zlib's, in stored blocks
+        assert zlib.decompressobj().decompress(stream) == zlib.decompressobj().decompress(b"".join(idat), size)
+        got = centre_crop_png(data)
         assert got is not None, (kind, w, h)
         assert_same_tensor(data, got)
 
 
 @needs_png
-@pytest.mark.parametrize("kind", ["16-bit grey", "16-bit RGB", "grey + alpha", "1-bit", "interlaced"])
-def test_png_kinds_the_fast_path_does_not_take_fall_back_to_pillow(kind):
+@pytest.mark.parametrize("kind", ["grey", "palette", "grey + alpha", "16-bit grey", "16-bit RGB", "1-bit", "interlaced",
+                                  "small"])
+def test_png_kinds_outside_the_window_path_are_decoded_by_pillow_as_before(kind):
     im = picture(5, 300, 260)
-    if kind == "16-bit grey":
+    if kind == "grey":
+        data = encode(im.convert("L"), "PNG")
+    elif kind == "palette":
+        data = encode(im.quantize(200), "PNG", transparency=3)
+    elif kind == "16-bit grey":
         data = encode(Image.fromarray((np.asarray(im.convert("L"), np.uint16) * 257 + 3).astype(np.uint16)), "PNG")
     elif kind == "16-bit RGB":
         raw = (np.asarray(im, np.uint16) * 257).astype(">u2").tobytes()
-        ihdr = b"IHDR" + (300).to_bytes(4, "big") + (260).to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
         rows = b"".join(b"\x00" + raw[r * 300 * 6:(r + 1) * 300 * 6] for r in range(260))
-        chunk = lambda kind_, body: len(body).to_bytes(4, "big") + kind_ + body + zlib.crc32(kind_ + body).to_bytes(4, "big")  # noqa: E731
-        data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr[4:]) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (300).to_bytes(4, "big") + (260).to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])) \
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     elif kind == "grey + alpha":
         data = encode(im.convert("LA"), "PNG")
     elif kind == "1-bit":
         data = encode(im.convert("1"), "PNG")
+    elif kind == "small":
+        data = encode(picture(5, 200, 260), "PNG")
     else:  # Pillow writes no Adam7: flag the header (the rows then decode as Adam7 passes, by Pillow alone)
         plain = encode(im, "PNG")
-        body = plain[12:28] + b"\x01"
-        data = plain[:12] + body + zlib.crc32(body).to_bytes(4, "big") + plain[33:]
-    assert centre_crop_png_fast(data) is None
+        data = plain[:8] + chunk(b"IHDR", plain[16:28] + b"\x01") + plain[33:]
+    assert centre_crop_png(data) is None
     assert outcome(load_pixels, data) == outcome(reference, data)
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk with its CRC."""
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
 
 def outcome(decode, data: bytes) -> tuple[str, bytes]:
@@ -178,7 +193,9 @@ def truncated_and_corrupt() -> dict[str, bytes]:
 @pytest.mark.parametrize("kind", list(truncated_and_corrupt()))
 def test_bad_input_through_the_fast_path_gives_todays_error(kind, monkeypatch):
     data = truncated_and_corrupt()[kind]
-    assert centre_crop_jpeg_fast(data) is None and centre_crop_png_fast(data) is None  # refused: Pillow decides
+    assert centre_crop_jpeg_fast(data) is None and centre_crop_png(data) is None  # refused: Pillow decides
+    if kind == "PNG with broken rows":
+        assert png_rows_stream(png_chunks(data)[1], 368 * (512 * 3 + 1)) is None  # ISA-L refuses the rows
     fast = outcome(load_pixels, data)
     monkeypatch.setenv("DEEPSIFT_NO_FAST_DECODE", "1")  # today's path: Pillow alone
     fast_decoder.cache_clear()
@@ -194,15 +211,17 @@ def test_bad_input_through_the_fast_path_gives_todays_error(kind, monkeypatch):
 MISSING = r"""
 import json, sys
 sys.modules["simplejpeg"] = None  # the import itself fails, as when the package is not installed
-sys.modules["pyspng"] = None
+sys.modules["isal"] = None
 import numpy as np
-from deepsift.fastdecode import centre_crop_jpeg_fast, centre_crop_png_fast, fast_decoders
+from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoders, png_rows_stream
+from deepsift.pngcrop import png_chunks
 from deepsift.images import crop_uint8, decode_image
 from deepsift.model.decoding import load_pixels
 out = {"decoders": fast_decoders()}
 for path in sys.argv[1:]:
     data = open(path, "rb").read()
-    out[path] = {"fast": [centre_crop_jpeg_fast(data) is None, centre_crop_png_fast(data) is None],
+    rows = png_rows_stream(png_chunks(data)[1], 1000) if path.endswith(".png") else None
+    out[path] = {"fast": [centre_crop_jpeg_fast(data) is None, rows is None],
                  "same": bool(np.array_equal(load_pixels(path), crop_uint8(decode_image(path))))}
 print(json.dumps(out))
 """
@@ -216,6 +235,6 @@ def test_without_the_libraries_every_image_is_decoded_by_pillow_unchanged(tmp_pa
         paths.append(str(tmp_path / name))
     proc = subprocess.run([sys.executable, "-c", MISSING, *paths], capture_output=True, text=True, check=True)
     out = json.loads(proc.stdout)
-    assert out["decoders"] == {"simplejpeg": False, "pyspng": False}
+    assert out["decoders"] == {"simplejpeg": False, "isal.isal_zlib": False}
     for path in paths:
         assert out[path] == {"fast": [True, True], "same": True}, path

@@ -84,8 +84,8 @@ def window_pixels(data: object) -> np.ndarray | None:
     """The official crop of a path or bytes by exact partial decoding, or None (decode it whole).
 
     A large plain JPEG: only the window's region (:mod:`deepsift.jpegcrop`), else libjpeg-turbo straight
-    to numpy (:mod:`deepsift.fastdecode`); a PNG: only the rows down to the window's bottom, by libspng
-    (:mod:`deepsift.fastdecode`) or Pillow (:mod:`deepsift.pngcrop`). All give the whole-file path's pixels.
+    to numpy (:mod:`deepsift.fastdecode`); a PNG: only the rows down to the window's bottom
+    (:mod:`deepsift.pngcrop`, inflated by ISA-L when installed). All give the whole-file path's pixels.
     """
     from .. import fastdecode, jpegcrop, pngcrop
 
@@ -99,8 +99,7 @@ def window_pixels(data: object) -> np.ndarray | None:
         return pixels if pixels is not None else fastdecode.centre_crop_jpeg_fast(data)
     if data[:8] != pngcrop.SIGNATURE:
         return None
-    pixels = fastdecode.centre_crop_png_fast(data)
-    return pixels if pixels is not None else pngcrop.centre_crop_png(data)
+    return pngcrop.centre_crop_png(data)
 
 
 def error_text(name: str, exc: BaseException) -> str:

@@ -241,7 +241,7 @@ def loadavg() -> str:
 
 
 def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tensor], folder: Path, bs: int,
-                   rounds: int, res: dict | None) -> None:
+                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx")) -> None:
     """Issue 23: decode core time per image by stage, and the bound beside detect (measured here if ``res`` is None)."""
     import decode_wall
 
@@ -250,11 +250,12 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
     table, copies = decode_wall.stage_table(paths), decode_wall.copies_ms(paths, bs)
     decode_wall.print_stages(table, copies)
     forwards, detect = {}, {}
-    for prec in ("fp32", "bf16", "onnx"):
+    for prec in precisions:
         det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
         forwards[prec] = decode_wall.forward_core_ms(
-            lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2])
+            lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2],
+            one_thread=prec != "onnx")
         if res:
             detect[prec] = res[prec]["e2e"]
         else:  # --part decode: one warm-up pass, then the median of ``rounds`` (1 unless asked)
@@ -273,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
     ap.add_argument("--part", choices=("all", "decode"), default="all",
                     help="decode: only the decode core time by stage and the core-sharing bound (issue 23)")
+    ap.add_argument("--precisions", default="fp32,bf16,onnx",
+                    help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
     args = ap.parse_args(argv)
     n_images = 128 if args.quick else 512
     n_naive = 32 if args.quick else 96
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         del arrays
 
         if args.part == "decode":
-            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None)
+            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")))
             print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")
             return 0
         res = {}

@@ -15,7 +15,8 @@ PNG: Pillow's row decoder, unfiltering), crop (the 224 x 224 window as a contigu
 float tensor (``normalize_batch``). ``load_pixels`` is also timed whole, as the engine calls it.
 
 The bound: ``cores / (forward + decode + copies core time per image)``, images/s, the most that
-``cores`` cores can give however well decoding and the forward overlap.
+``cores`` cores can give however well decoding and the forward overlap (the forward's core time
+with one intra-op thread for torch, see :func:`forward_core_ms`).
 """
 from __future__ import annotations
 
@@ -133,16 +134,31 @@ def copies_ms(paths: list[Path], batch: int, repeats: int = 3) -> dict[str, floa
             "tensor": core_ms(lambda _: normalize_batch(stacked), [None], repeats) / len(crops)}
 
 
-def forward_core_ms(forward: Callable[[torch.Tensor], object], tensors: list[torch.Tensor], repeats: int = 2) -> float:
-    """Core ms per image of the model-only forward (all of this process's threads: ``process_time``)."""
-    forward(tensors[0])  # warm
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.process_time()
+def forward_core_ms(forward: Callable[[torch.Tensor], object], tensors: list[torch.Tensor], one_thread: bool,
+                    repeats: int = 2) -> float:
+    """Core ms per image of the model-only forward.
+
+    ``one_thread`` (torch): with one intra-op thread, timed by ``thread_time``: the compute alone
+    (with several threads, ``process_time`` also counts OpenMP threads spinning at barriers while
+    a preempted sibling catches up, which on a loaded machine inflates it several times).
+    Otherwise (ONNX Runtime, whose thread pool is fixed at session start) ``process_time``, spin
+    included.
+    """
+    threads = torch.get_num_threads()
+    clock = time.thread_time if one_thread else time.process_time
+    if one_thread:
+        torch.set_num_threads(1)
+    try:
         with torch.inference_mode():
-            for t in tensors:
-                forward(t)
-        best = min(best, time.process_time() - t0)
+            forward(tensors[0])  # warm
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = clock()
+                for t in tensors:
+                    forward(t)
+                best = min(best, clock() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return 1e3 * best / sum(len(t) for t in tensors)
 
 

@@ -11,7 +11,8 @@ steps (each stage = the time of steps 1..k minus that of steps 1..k-1, the best 
 read (open + read the file), header (JPEG header / PNG chunk walk with CRCs), entropy decode (JPEG:
 Huffman + IDCT of the luma, as a greyscale decode; PNG: inflating the rows, by zlib before, by
 ISA-L into stored blocks now), colour / unfilter (JPEG: chroma IDCT + upsampling + YCbCr->RGB;
-PNG: Pillow's row decoder, unfiltering), crop (the 224 x 224 window as a contiguous array), then the copies after decoding: into the uint8 batch (``np.stack``) and into the normalised
+PNG: Pillow's row decoder, unfiltering), crop (the 224 x 224 window as a contiguous array),
+then the copies after decoding: into the uint8 batch (``np.stack``) and into the normalised
 float tensor (``normalize_batch``). ``load_pixels`` is also timed whole, as the engine calls it.
 
 The bound: ``cores / (forward + decode + copies core time per image)``, images/s, the most that
@@ -195,5 +196,7 @@ def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float
         for prec, fwd in forwards.items():
             bound = 1e3 * cores / (fwd + mix + extra)
             got = detect.get(prec)
-            tail = f" | detect {got:6.1f} img/s (wall, loaded machine) | detect/bound {got / bound:.2f}" if got and label == "now" else ""
+            tail = ""
+            if got and label == "now":
+                tail = f" | detect {got:6.1f} img/s (wall clock) | detect/bound {got / bound:.2f}"
             print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s{tail}")

@@ -96,9 +96,13 @@ def png_rows_stream(idat: list[memoryview], size: int) -> bytes | None:
         return None
     if got != size:
         return None
-    raw = b"".join(parts)
-    out = [b"\x78\x01"]  # zlib header (deflate, 32K window), then stored blocks of at most 65535 bytes
-    for start in range(0, size, 65535):
-        block = raw[start:start + 65535]
-        out.append(bytes([start + 65535 >= size]) + struct.pack("<HH", len(block), len(block) ^ 0xFFFF) + block)
+    out: list[bytes | memoryview] = [b"\x78\x01"]  # zlib header (deflate, 32K window), then stored blocks
+    done = 0
+    for part in parts:  # views into the inflated parts: one copy in all, the final join
+        view = memoryview(part)
+        for start in range(0, len(view), 65535):
+            block = view[start:start + 65535]
+            done += len(block)
+            out.append(bytes([done == size]) + struct.pack("<HH", len(block), len(block) ^ 0xFFFF))
+            out.append(block)
     return b"".join(out)

@@ -4,8 +4,9 @@ A 512 x 512 JPEG decoded whole and cropped to 224 x 224 spends most of its time 
 throws away. Here the JPEG is first cut *losslessly* to the MCU-aligned rectangle around the
 window plus one MCU of margin on every side (libturbojpeg's ``tjTransform`` with ``TJXOPT_CROP``:
 the DCT coefficients are copied, not recomputed), and that small JPEG is decoded by libjpeg-turbo
-(:mod:`deepsift.fastdecode`'s, else Pillow's: the same decoder as the whole-file path). Each 8 x 8 block's inverse DCT depends on that block alone and
-chroma upsampling reads one chroma sample beyond a pixel, which the one-MCU margin holds, so the
+(:mod:`deepsift.fastdecode`'s, else Pillow's: the same decoder as the whole-file path). Each 8 x 8
+block's inverse DCT depends on that block alone and chroma upsampling reads one chroma sample
+beyond a pixel, which the one-MCU margin holds, so the
 window's pixels are exactly those of decoding the whole file and cropping (checked byte for byte
 over many sizes, subsamplings and odd offsets in ``tests/test_jpegcrop.py``).
 
@@ -132,7 +133,7 @@ def centre_crop_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray | 
 
 
 def _decode_window(cropped: bytes, left: int, top: int, size: tuple[int, int]) -> np.ndarray | None:
-    """Decode the cut JPEG (libjpeg-turbo into numpy when :mod:`deepsift.fastdecode` has it, else Pillow) and take the window."""
+    """Decode the cut JPEG (libjpeg-turbo into numpy via :mod:`deepsift.fastdecode`, else Pillow); take the window."""
     from PIL import Image
 
     from .fastdecode import fast_decoder

@@ -13,8 +13,8 @@ kinds takes this path, however few rows it saves.
 :func:`centre_crop_png` returns None, and the caller decodes the whole file, whenever this path
 does not apply or is not sure: not a PNG, a chunk cut short or failing its CRC, no ``IEND`` (a
 truncated file), not 8-bit RGB or RGBA, interlaced, animated (APNG), an image smaller than the
-window, or (without ``isal``) fewer than :data:`MIN_ROWS_SAVED` rows to save. The whole-file path then decides every
-error, with one difference: a file whose chunks are intact (CRCs and ``IEND`` present) but whose
+window, or (without ``isal``) fewer than :data:`MIN_ROWS_SAVED` rows to save. The whole-file path
+then decides every error, with one difference: a file whose chunks are intact (CRCs and ``IEND`` present) but whose
 compressed rows *below* the window are broken is scored on its intact window instead of refused.
 """
 from __future__ import annotations

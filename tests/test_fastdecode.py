@@ -148,8 +148,8 @@ def test_png_kinds_outside_the_window_path_are_decoded_by_pillow_as_before(kind)
     elif kind == "16-bit RGB":
         raw = (np.asarray(im, np.uint16) * 257).astype(">u2").tobytes()
         rows = b"".join(b"\x00" + raw[r * 300 * 6:(r + 1) * 300 * 6] for r in range(260))
-        data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (300).to_bytes(4, "big") + (260).to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])) \
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+        ihdr = (300).to_bytes(4, "big") + (260).to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+        data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     elif kind == "grey + alpha":
         data = encode(im.convert("LA"), "PNG")
     elif kind == "1-bit":

@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="fp32,bf16,onnx",
                     help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
     args = ap.parse_args(argv)
+    unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
+    if unknown:
+        ap.error(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16, onnx)")
     n_images = 128 if args.quick else 512
     n_naive = 32 if args.quick else 96
     mem_counts = (500, 5000) if args.quick else (2000, 20000)

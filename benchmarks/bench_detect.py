@@ -23,6 +23,10 @@ region decoding and PNG window decoding vs whole-file decoding (speed and byte i
 
     python benchmarks/bench_detect.py            # full: 512 images, 2k/20k memory (< 10 min, 2 cores)
     python benchmarks/bench_detect.py --quick    # smaller counts, about a minute
+    python benchmarks/bench_detect.py --quick --part decode   # issue 23: decode core time by stage, the bound
+
+The decode section (:mod:`decode_wall`, also part of the full run) prints decode CORE time per
+image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect.
 """
 from __future__ import annotations
 
@@ -236,6 +240,30 @@ def loadavg() -> str:
         return "n/a"
 
 
+def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tensor], folder: Path, bs: int,
+                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx")) -> None:
+    """Issue 23: decode core time per image by stage, and the bound beside detect (measured here if ``res`` is None)."""
+    import decode_wall
+
+    print("\n== decoding is the wall: decode CORE time per image by stage, and the core-sharing bound "
+          "(detect rates are wall clock: on a machine loaded by other runs they are low, the core times are not)")
+    table, copies = decode_wall.stage_table(paths), decode_wall.copies_ms(paths, bs)
+    decode_wall.print_stages(table, copies)
+    forwards, detect = {}, {}
+    for prec in precisions:
+        det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
+            str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
+        forwards[prec] = decode_wall.forward_core_ms(
+            lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2],
+            one_thread=prec != "onnx")
+        if res:
+            detect[prec] = res[prec]["e2e"]
+        else:  # --part decode: one warm-up pass, then the median of ``rounds`` (1 unless asked)
+            end_to_end(det, folder)
+            detect[prec] = float(np.median([end_to_end(det, folder)[0] for _ in range(rounds)]))
+    decode_wall.print_bound(table, copies, forwards, detect)
+
+
 # -- main -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print figure + ratio lines."""
@@ -244,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, help="interleaved timing rounds (default 5, quick 3)")
     ap.add_argument("--workdir", help="keep the generated data here (default: a temporary folder)")
+    ap.add_argument("--part", choices=("all", "decode"), default="all",
+                    help="decode: only the decode core time by stage and the core-sharing bound (issue 23)")
+    ap.add_argument("--precisions", default="fp32,bf16,onnx",
+                    help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
     args = ap.parse_args(argv)
+    unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
+    if unknown:
+        ap.error(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16, onnx)")
     n_images = 128 if args.quick else 512
     n_naive = 32 if args.quick else 96
     mem_counts = (500, 5000) if args.quick else (2000, 20000)
@@ -270,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         tensors = [normalize_batch(arrays[i : i + bs]) for i in range(0, len(arrays), bs)]
         del arrays
 
+        if args.part == "decode":
+            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")))
+            print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")
+            return 0
         res = {}
         for prec in ("fp32", "bf16"):
             det = Detector.load(str(model_dir), precision=prec, batch_size=bs)
@@ -303,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         jpeg_region(root, 32 if args.quick else 96)
         print("\n== exact PNG window decoding (decode only the rows down to the window's bottom)")
         png_window(root, 16 if args.quick else 48)
+
+        decode_section(model_dir, paths, tensors, folder, bs, rounds, res)
 
         print(f"\n== end-to-end vs naive path (one image at a time, batch 1; {n_naive} images; target >= 3x)")
         nf, nb = res["fp32"]["naive"], res["bf16"]["naive"]

@@ -3,9 +3,10 @@
 A 512 x 512 JPEG decoded whole and cropped to 224 x 224 spends most of its time on pixels the crop
 throws away. Here the JPEG is first cut *losslessly* to the MCU-aligned rectangle around the
 window plus one MCU of margin on every side (libturbojpeg's ``tjTransform`` with ``TJXOPT_CROP``:
-the DCT coefficients are copied, not recomputed), and that small JPEG is decoded by Pillow, the
-same decoder as the whole-file path. Each 8 x 8 block's inverse DCT depends on that block alone and
-chroma upsampling reads one chroma sample beyond a pixel, which the one-MCU margin holds, so the
+the DCT coefficients are copied, not recomputed), and that small JPEG is decoded by libjpeg-turbo
+(:mod:`deepsift.fastdecode`'s, else Pillow's: the same decoder as the whole-file path). Each 8 x 8
+block's inverse DCT depends on that block alone and chroma upsampling reads one chroma sample
+beyond a pixel, which the one-MCU margin holds, so the
 window's pixels are exactly those of decoding the whole file and cropping (checked byte for byte
 over many sizes, subsamplings and odd offsets in ``tests/test_jpegcrop.py``).
 
@@ -132,9 +133,19 @@ def centre_crop_jpeg(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray | 
 
 
 def _decode_window(cropped: bytes, left: int, top: int, size: tuple[int, int]) -> np.ndarray | None:
-    """Decode the cut JPEG with Pillow (the whole-file decoder) and take the window from it."""
+    """Decode the cut JPEG (libjpeg-turbo into numpy via :mod:`deepsift.fastdecode`, else Pillow); take the window."""
     from PIL import Image
 
+    from .fastdecode import fast_decoder
+
+    sj = fast_decoder("simplejpeg")
+    if sj is not None:
+        try:
+            rgb = sj.decode_jpeg(cropped, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+            if rgb.shape[:2] == (size[1], size[0]):
+                return np.ascontiguousarray(rgb[top : top + CROP_SIZE, left : left + CROP_SIZE])
+        except (ValueError, RuntimeError, MemoryError):
+            pass  # Pillow below decides
     try:
         with Image.open(io.BytesIO(cropped)) as im:
             if im.size != size or im.mode not in ("RGB", "L"):

@@ -90,6 +90,7 @@ Other variables:
 | --- | --- | --- |
 | `DEEPSIFT_HOME` | detector | cache of converted heads (`heads/<owner>--<name>`); default `~/.cache/deepsift` |
 | `DEEPSIFT_NO_JPEG_REGION` | detector | `1`: never decode JPEG regions (whole-file decoding, same pixels) |
+| `DEEPSIFT_NO_FAST_DECODE` | detector | `1`: decode with Pillow alone, not simplejpeg / isal (same pixels, more core time) |
 | `DEEPSIFT_SERVER`, `DEEPSIFT_TOKEN` | challenges client | platform URL and API token (else `~/.config/deepsift/client.json`) |
 | `DEEPSIFT_CLIENT_CONFIG` | challenges client | another path for that file |
 | `DEEPSIFT_MIGRATE_ON_START` | server | `false`: do not upgrade the database at start-up |

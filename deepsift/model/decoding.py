@@ -83,10 +83,11 @@ def read_image_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> byt
 def window_pixels(data: object) -> np.ndarray | None:
     """The official crop of a path or bytes by exact partial decoding, or None (decode it whole).
 
-    A large plain JPEG: only the window's region (:mod:`deepsift.jpegcrop`); a PNG: only the rows
-    down to the window's bottom (:mod:`deepsift.pngcrop`). Both give the whole-file path's pixels.
+    A large plain JPEG: only the window's region (:mod:`deepsift.jpegcrop`), else libjpeg-turbo straight
+    to numpy (:mod:`deepsift.fastdecode`); a PNG: only the rows down to the window's bottom
+    (:mod:`deepsift.pngcrop`, inflated by ISA-L when installed). All give the whole-file path's pixels.
     """
-    from .. import jpegcrop, pngcrop
+    from .. import fastdecode, jpegcrop, pngcrop
 
     if isinstance(data, (str, os.PathLike)):
         data = read_image_bytes(data)
@@ -94,8 +95,11 @@ def window_pixels(data: object) -> np.ndarray | None:
         return None
     data = bytes(data)
     if data[:2] == b"\xff\xd8":
-        return jpegcrop.centre_crop_jpeg(data)
-    return pngcrop.centre_crop_png(data) if data[:8] == pngcrop.SIGNATURE else None
+        pixels = jpegcrop.centre_crop_jpeg(data)
+        return pixels if pixels is not None else fastdecode.centre_crop_jpeg_fast(data)
+    if data[:8] != pngcrop.SIGNATURE:
+        return None
+    return pngcrop.centre_crop_png(data)
 
 
 def error_text(name: str, exc: BaseException) -> str:

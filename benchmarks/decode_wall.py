@@ -1,0 +1,202 @@
+"""Decoding is the wall (issue 23): decode CORE time per image by stage, and the core-sharing bound.
+
+Core time (``time.thread_time`` for the one-thread stages, ``time.process_time`` for the forward,
+whose intra-op threads all count) is what a loaded machine does not inflate much; wall-clock
+figures taken on a machine shared with other runs are not to be trusted, and the printout says so.
+
+Per format of the benchmark's mix (512 x 512 JPEG q90 and PNG), the path each took before issue 23
+(Pillow: the whole JPEG, the PNG's rows down to the window) and the path it takes now
+(:mod:`deepsift.fastdecode`, when its libraries are installed) are split into stages by cumulative
+steps (each stage = the time of steps 1..k minus that of steps 1..k-1, the best of a few repeats):
+read (open + read the file), header (JPEG header / PNG chunk walk with CRCs), entropy decode (JPEG:
+Huffman + IDCT of the luma, as a greyscale decode; PNG: inflating the rows, by zlib before, by
+ISA-L into stored blocks now), colour / unfilter (JPEG: chroma IDCT + upsampling + YCbCr->RGB;
+PNG: Pillow's row decoder, unfiltering), crop (the 224 x 224 window as a contiguous array),
+then the copies after decoding: into the uint8 batch (``np.stack``) and into the normalised
+float tensor (``normalize_batch``). ``load_pixels`` is also timed whole, as the engine calls it.
+
+The bound: ``cores / (forward + decode + copies core time per image)``, images/s, the most that
+``cores`` cores can give however well decoding and the forward overlap (the forward's core time
+with one intra-op thread for torch, see :func:`forward_core_ms`).
+"""
+from __future__ import annotations
+
+import io
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from deepsift import fastdecode
+from deepsift.images import CROP_SIZE, crop_origin, crop_uint8, normalize_batch
+from deepsift.model.decoding import load_pixels, read_image_bytes
+from deepsift.model.engine import usable_cpus
+from deepsift.pngcrop import png_chunks
+
+STAGES = ("read", "header", "entropy decode", "colour / unfilter", "crop")
+TOP = crop_origin(512)  # the window's first row in the benchmark's 512 x 512 images
+
+
+def core_ms(step: Callable[[object], object], items: list, repeats: int = 3) -> float:
+    """Best-of-``repeats`` core time (this thread) per item of ``step``, in ms."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        for it in items:
+            step(it)
+        best = min(best, time.thread_time() - t0)
+    return 1e3 * best / max(1, len(items))
+
+
+def _pillow(data: bytes, mode: str | None = None) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    if mode:
+        im.draft(mode, im.size)
+    im.load()
+    return im
+
+
+def _png_rows(data: bytes, fast: bool, unfilter: bool = True) -> object:
+    """The rows down to the window: inflated (zlib, or ISA-L into stored blocks), then Pillow's row decoder."""
+    ihdr, idat = png_chunks(data)  # type: ignore[misc]
+    w, bottom = int.from_bytes(ihdr[:4], "big"), TOP + CROP_SIZE
+    size = bottom * (3 * w + 1)
+    if fast:
+        stream = fastdecode.png_rows_stream(idat, size)
+    elif not unfilter:
+        return zlib.decompressobj().decompress(b"".join(idat), size)
+    else:
+        stream = b"".join(idat)
+    return Image.frombytes("RGB", (w, bottom), stream, "zip", "RGB") if unfilter else stream
+
+
+def _steps(fmt: str, fast: bool) -> list[Callable[[Path], object]] | None:
+    """Cumulative steps 1..5 (read, header, entropy decode, colour / unfilter, crop) of one path for one format."""
+    read = read_image_bytes
+    if fmt == "JPEG" and not fast:  # Pillow, whole file (512 px is below the region path's size)
+        return [read, lambda p: Image.open(io.BytesIO(read(p))).size,  # type: ignore[arg-type]
+                lambda p: _pillow(read(p), "L"), lambda p: _pillow(read(p)), lambda p: crop_uint8(_pillow(read(p)))]
+    if fmt == "JPEG":
+        sj = fastdecode.fast_decoder("simplejpeg")
+        if sj is None:
+            return None
+        return [read, lambda p: sj.decode_jpeg_header(read(p)), lambda p: sj.decode_jpeg(read(p), "GRAY"),
+                lambda p: sj.decode_jpeg(read(p), "RGB"), lambda p: fastdecode.centre_crop_jpeg_fast(read(p))]
+    if fast and fastdecode.fast_decoder("isal.isal_zlib") is None:
+        return None
+    box = (TOP, TOP, TOP + CROP_SIZE, TOP + CROP_SIZE)  # the window, as deepsift.pngcrop cuts it from the rows
+    return [read, lambda p: png_chunks(read(p)), lambda p: _png_rows(read(p), fast, unfilter=False),  # type: ignore[arg-type]
+            lambda p: _png_rows(read(p), fast),
+            lambda p: np.ascontiguousarray(np.asarray(_png_rows(read(p), fast).crop(box)))]  # type: ignore[union-attr]
+
+
+def stage_table(paths: list[Path], repeats: int = 3) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(format, "before" | "now"): {stage: ms per image}}`` over the benchmark's images."""
+    by_fmt = {"JPEG": [p for p in paths if p.suffix == ".jpg"], "PNG": [p for p in paths if p.suffix == ".png"]}
+    table = {}
+    for fmt, items in by_fmt.items():
+        for label, fast in (("before", False), ("now", True)):
+            steps = _steps(fmt, fast)
+            if steps is None or not items:
+                continue
+            cumulative = [core_ms(s, items, repeats) for s in steps]
+            row = {st: max(0.0, c - (cumulative[k - 1] if k else 0.0)) for k, (st, c) in enumerate(zip(STAGES, cumulative))}
+            row["stages"] = cumulative[-1]
+            row["load_pixels"] = _load_pixels_ms(items, fast, repeats)
+            table[(fmt, label)] = row
+    return table
+
+
+def _load_pixels_ms(items: list[Path], fast: bool, repeats: int) -> float:
+    """Core ms per image of the engine's own ``load_pixels``, with or without the fast decoders."""
+    old = os.environ.pop("DEEPSIFT_NO_FAST_DECODE", None)
+    if not fast:
+        os.environ["DEEPSIFT_NO_FAST_DECODE"] = "1"
+    fastdecode.fast_decoder.cache_clear()
+    try:
+        return core_ms(lambda p: load_pixels(str(p)), items, repeats)
+    finally:
+        os.environ.pop("DEEPSIFT_NO_FAST_DECODE", None)
+        if old is not None:
+            os.environ["DEEPSIFT_NO_FAST_DECODE"] = old
+        fastdecode.fast_decoder.cache_clear()
+
+
+def copies_ms(paths: list[Path], batch: int, repeats: int = 3) -> dict[str, float]:
+    """Core ms per image of the copies after decoding: into the uint8 batch, into the normalised tensor."""
+    crops = [load_pixels(str(p)) for p in paths[:batch]]
+    stacked = np.stack(crops)
+    return {"uint8 batch": core_ms(lambda _: np.stack(crops), [None], repeats) / len(crops),
+            "tensor": core_ms(lambda _: normalize_batch(stacked), [None], repeats) / len(crops)}
+
+
+def forward_core_ms(forward: Callable[[torch.Tensor], object], tensors: list[torch.Tensor], one_thread: bool,
+                    repeats: int = 2) -> float:
+    """Core ms per image of the model-only forward.
+
+    ``one_thread`` (torch): with one intra-op thread, timed by ``thread_time``: the compute alone
+    (with several threads, ``process_time`` also counts OpenMP threads spinning at barriers while
+    a preempted sibling catches up, which on a loaded machine inflates it several times).
+    Otherwise (ONNX Runtime, whose thread pool is fixed at session start) ``process_time``, spin
+    included.
+    """
+    threads = torch.get_num_threads()
+    clock = time.thread_time if one_thread else time.process_time
+    if one_thread:
+        torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            forward(tensors[0])  # warm
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = clock()
+                for t in tensors:
+                    forward(t)
+                best = min(best, clock() - t0)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e3 * best / sum(len(t) for t in tensors)
+
+
+def mix_ms(table: dict, label: str) -> float | None:
+    """Mean ``load_pixels`` core ms per image over the JPEG/PNG mix (half each), or None if not measured."""
+    rows = [table.get((fmt, label)) for fmt in ("JPEG", "PNG")]
+    return None if None in rows else sum(r["load_pixels"] for r in rows) / 2  # type: ignore[index]
+
+
+def print_stages(table: dict, copies: dict[str, float]) -> None:
+    """Print the stage table: core ms per image, per format, before issue 23 and now."""
+    cols = [k for k in (("JPEG", "before"), ("JPEG", "now"), ("PNG", "before"), ("PNG", "now")) if k in table]
+    print("decode core ms per image (thread CPU time, best of 3; core time, unlike wall time, is robust to other "
+          "load on the machine)")
+    print(f"{'stage':>22} " + " ".join(f"{f + ' ' + lab:>12}" for f, lab in cols))
+    for st in (*STAGES, "stages", "load_pixels"):
+        name = {"stages": "sum of stages", "load_pixels": "load_pixels (whole)"}.get(st, st)
+        print(f"{name:>22} " + " ".join(f"{table[c][st]:12.3f}" for c in cols))
+    for name, ms in copies.items():
+        print(f"{'copy: ' + name:>22} {ms:12.3f} (per image, any path)")
+    print(f"fast decoders here: {fastdecode.fast_decoders()}", flush=True)
+
+
+def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float], detect: dict[str, float]) -> None:
+    """Print, per precision, the bound before and now, beside the measured detect rate and detect/bound."""
+    cores = usable_cpus()
+    extra = sum(copies.values())
+    for label in ("before", "now"):
+        mix = mix_ms(table, label)
+        if mix is None:
+            continue
+        print(f"\nbound with decoding as {label} (mix {mix:.2f} ms decode + {extra:.2f} ms copies per image, "
+              f"{cores} cores): cores / (forward + decode + copies)")
+        for prec, fwd in forwards.items():
+            bound = 1e3 * cores / (fwd + mix + extra)
+            got = detect.get(prec)
+            tail = ""
+            if got and label == "now":
+                tail = f" | detect {got:6.1f} img/s (wall clock) | detect/bound {got / bound:.2f}"
+            print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s{tail}")

@@ -177,13 +177,20 @@ class _Tracked:
 
 
 def test_a_jpeg_preview_comes_from_a_reduced_decode(make_app, monkeypatch):
-    from deepsift.demo import inputs
+    from deepsift.demo import inputs, reduced
 
     app = make_app()
     sizes = []
     inner = inputs.decode_image
-    monkeypatch.setattr(inputs, "decode_image", lambda src, **kw: (lambda im: (sizes.append(im.size), im)[1])(
-        inner(src, **kw)))
+
+    def loaded(src, **kw):  # type: ignore[no-untyped-def]
+        im = inner(src, **kw)
+        im.load()
+        sizes.append(im.size)
+        return im
+
+    for module in (inputs, reduced):  # the whole-image decoder and the reduced one
+        monkeypatch.setattr(module, "decode_image", loaded)
     with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.post("/api/v1/detect", files={"files": ("big.jpg", jpeg_bytes(4, 3000, 2000))}, data={"preview": "true"})
     res = r.json()["results"][0]

@@ -157,10 +157,16 @@ async def _load(request: Request, name: str, src: UploadFile | str, det: Any, he
         else:
             data = read_capped(src.file, name, s.max_image_bytes)  # in memory: no thread needed
         fmt, size = await bounds.run(sniff, data, name, s.max_pixels)
-        async with bounds.pixels(decode_pixels(fmt, size, heatmap, preview, det.preprocessing)):
-            return await bounds.run(functools.partial(
-                prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
-                heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview))
+        job = functools.partial(prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
+                                heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview,
+                                reduce_to=s.heatmap_pixels)
+        cost = functools.partial(decode_pixels, fmt, size, heatmap, preview, det.preprocessing, s.heatmap_pixels)
+        async with bounds.pixels(cost()):  # a partial decode first; None: it must be decoded whole
+            done = await bounds.run(functools.partial(job, allow_whole=cost() >= cost(whole=True)))
+        if done is None:
+            async with bounds.pixels(cost(whole=True)):
+                done = await bounds.run(job)
+        return done
     except BusyError:
         raise
     except DeepsiftError as exc:

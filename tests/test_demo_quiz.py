@@ -262,3 +262,43 @@ def test_demo_0002_counts_each_visitors_first_answer_of_old_rounds(database_url)
         assert counted == {"a", "c", "d"}
     finally:
         db.dispose()
+
+
+def test_quiz_images_wait_for_the_demos_own_pool_and_pages_do_not_wait(code_model_dir, heads_dir, two_images,
+                                                                        tmp_path):
+    """45 quiz images queued behind a busy decoding pool hold no shared thread: '/' and /healthz answer at once."""
+    import threading
+    import time
+
+    import httpx
+
+    from serverkit import LiveServer
+
+    app = guarded_app(f"sqlite:///{tmp_path / 'q.db'}", code_model_dir, heads_dir, two_images, tmp_path, workers=1)
+    bounds, gate, got = app.state.demo.bounds, threading.Event(), []
+    try:
+        with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+            rid = c.post("/api/v1/quiz/rounds").json()["id"]
+            busy = bounds.pool.submit(gate.wait)  # the pool's one thread is decoding something long
+            threads = [threading.Thread(target=lambda: got.append(httpx.get(
+                f"{live.url}/api/v1/quiz/rounds/{rid}/image", timeout=120))) for _ in range(45)]
+            for t in threads:
+                t.start()
+            try:
+                assert bounds.wait_for_pending(45, timeout=60), "the quiz images did not queue on the demo's pool"
+                for path, accept in (("/", "text/html"), ("/healthz", "application/json"), ("/quiz", "text/html")):
+                    t0 = time.perf_counter()
+                    r = c.get(path, headers={"accept": accept})
+                    took = time.perf_counter() - t0
+                    assert r.status_code == 200 and took < 0.5, (path, r.status_code, took)
+                assert got == []  # all 45 still waiting for the pool, none on the shared threads
+            finally:
+                gate.set()
+                for t in threads:
+                    t.join(120)
+            busy.result(timeout=10)
+        assert len(got) == 45 and {r.status_code for r in got} == {200}
+        assert {r.headers["content-type"] for r in got} == {"image/jpeg"}
+    finally:
+        gate.set()
+        app.state.db.dispose()

@@ -205,12 +205,20 @@ def new_round(request: Request, response: Response, session: ReadDbSession) -> R
 
 @router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}},
             response_class=Response)
-def round_image(request: Request, round_id: str, session: ReadDbSession) -> Response:
+async def round_image(request: Request, round_id: str) -> Response:
     """The round's image: a square JPEG of the same size for every image, without metadata."""
-    row = q.get_round(session, round_id)
-    s = _settings(request)
-    jpeg = request.app.state.demo.quiz.image_jpeg(row.item, row.id, s.quiz_image_size, s.max_pixels)
+    s, demo = _settings(request), request.app.state.demo
+    jpeg = await demo.bounds.run(_round_jpeg, request.app.state.db, demo.quiz, round_id, s.quiz_image_size,
+                                 s.max_pixels)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+
+def _round_jpeg(db: Any, quiz: q.QuizSet, round_id: str, size: int, max_pixels: int) -> bytes:
+    """Look the round up and make its image (on the demo's pool: pages never wait behind it)."""
+    with db.session() as session:
+        row = q.get_round(session, round_id)
+        item, rid = row.item, row.id
+    return quiz.image_jpeg(item, rid, size, max_pixels)
 
 
 @router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],

@@ -139,7 +139,9 @@ class Bounds:
         self.url_cap = url_fetches_per_visitor
         self._fetching: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._released = 0
+        self._pending = 0
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -151,7 +153,19 @@ class Bounds:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the demo's pool and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        with self._changed:
+            self._pending += 1
+            self._changed.notify_all()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            with self._changed:
+                self._pending -= 1
+
+    def wait_for_pending(self, n: int, timeout: float) -> bool:
+        """Block until ``n`` calls of :meth:`run` are queued or running (tests, monitors); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending >= n, timeout)
 
     @contextlib.asynccontextmanager
     async def pixels(self, pixels: int) -> AsyncIterator[None]:

@@ -319,12 +319,50 @@ def test_client_address_is_the_one_the_trusted_proxy_appended(hops, header, expe
 
 def test_spoofed_forwarded_for_does_not_escape_the_limit(make_app):
     app = make_app(server={"trusted_proxy": True, "api_rate": "60/minute"})
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as c:  # through a local proxy
         codes = [c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": f"10.{i // 256}.{i % 256}.1, 203.0.113.7"})
                  .status_code for i in range(100)]
         assert codes.count(200) == 60 and codes[60:] == [429] * 40
         other = c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": "203.0.113.8"})
         assert other.status_code == 200  # another client behind the same proxy has its own count
+
+
+def test_forwarded_for_is_read_only_on_connections_from_the_configured_proxy(make_app):
+    app = make_app(server={"trusted_proxy": True, "trusted_proxy_ips": "10.0.0.0/24, 192.0.2.1",
+                           "api_rate": "5/minute"})
+
+    def codes(peer: str, n: int, hop: str = "198.51.100.{i}") -> list[int]:
+        with TestClient(app, base_url="http://127.0.0.1", client=(peer, 40000)) as c:
+            return [c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": f"6.6.6.6, {hop.format(i=i)}"}).status_code
+                    for i in range(n)]
+
+    # a client talking to the server directly cannot pose as many others: its own address counts
+    assert codes("203.0.113.50", 8) == [200] * 5 + [429] * 3
+    assert codes("127.0.0.1", 6) == [200] * 5 + [429]  # loopback is not the configured proxy here
+    # through the proxy (an address of its network, or the single address) every client has its own count
+    assert codes("10.0.0.7", 8) == [200] * 8
+    assert codes("192.0.2.1", 6, hop="198.51.100.200") == [200] * 5 + [429]  # one client: its own limit
+
+
+def test_forwarded_proto_is_read_only_from_the_configured_proxy():
+    from starlette.requests import Request
+
+    from deepsift.server import Settings
+    from deepsift.server.security import client_address, cookie_secure
+
+    settings = Settings(trusted_proxy=True, trusted_proxy_ips="10.1.0.0/16", secret_key="x")
+
+    def req(peer: str) -> Request:
+        return Request({"type": "http", "scheme": "http", "server": ("example.org", 80), "path": "/",
+                        "headers": [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"198.51.100.7"),
+                                    (b"host", b"example.org")], "client": (peer, 1)})
+
+    assert cookie_secure(req("10.1.2.3"), settings) and client_address(req("10.1.2.3"), settings) == "198.51.100.7"
+    assert not cookie_secure(req("10.2.0.1"), settings) and client_address(req("10.2.0.1"), settings) == "10.2.0.1"
+    anyone = Settings(trusted_proxy=True, trusted_proxy_ips="*", secret_key="x")
+    assert client_address(req("10.2.0.1"), anyone) == "198.51.100.7"
+    with pytest.raises(ValueError, match="not an IP address"):
+        Settings(trusted_proxy=True, trusted_proxy_ips="10.0.0.1, proxy.local", secret_key="x")
 
 
 # -- privacy -----------------------------------------------------------------------------------------

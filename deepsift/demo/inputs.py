@@ -1,4 +1,5 @@
-"""Getting one image into the demo: read an upload or fetch a URL under caps, sniff its type by content, decode.
+"""Getting one image into the demo: read an upload under caps (URLs are fetched by the route, async, with
+:func:`deepsift.urlfetch.afetch_url`), sniff its type by content, decode.
 
 Types are told by their bytes, never by a name or a Content-Type: only the formats in
 :data:`FORMATS` are opened at all (an SVG, an HTML page or a PDF renamed ``.png`` is "not a
@@ -6,7 +7,7 @@ supported image"). The byte cap holds while reading; the pixel cap is checked fr
 before any pixel is decoded (decompression bombs cost nothing). Every refusal is an
 :class:`~deepsift.exceptions.ImageError` with one clear line.
 
-The detector's input is made here, on the request's thread, exactly as ``deepsift detect`` makes
+The detector's input is made here, on the demo's pool, exactly as ``deepsift detect`` makes
 it from the same bytes (:func:`deepsift.model.decoding.window_pixels`: a large plain JPEG's region, a
 PNG's top rows; else the whole-image decode and crop); the forward thread then only runs the network.
 """

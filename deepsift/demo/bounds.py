@@ -10,8 +10,11 @@
 * **URL fetches per visitor.** At most ``url_fetches_per_visitor`` URLs of one address are being
   fetched at any moment (one request alone may fetch all of its own); a request that would pass
   it is a 429 before any fetch starts.
-* **Memory goes back.** At the end of a request that decoded much, once no decode is in flight,
-  glibc's ``malloc_trim`` hands the freed heap back to the system (elsewhere a no-op).
+* **Memory goes back.** Buffers of 1 MiB and more (decoded images, strips, crops) get mappings of
+  their own that go back to the system when freed (:func:`tune_malloc`: glibc would otherwise raise
+  that threshold to 32 MiB after the first large free and keep such buffers in its per-thread
+  heaps), and at the end of a request that decoded much, once no decode is in flight, glibc's
+  ``malloc_trim`` hands what is free in those heaps back too (elsewhere both are no-ops).
 """
 from __future__ import annotations
 
@@ -227,18 +230,35 @@ class Bounds:
 _LIBC: Any = None
 
 
-def malloc_trim() -> bool:
-    """Return freed heap memory to the system (glibc's ``malloc_trim(0)``); False where there is none."""
+def _load_libc() -> None:
     global _LIBC
     if _LIBC is None:
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _LIBC = False
+
+
+def malloc_trim() -> bool:
+    """Return freed heap memory to the system (glibc's ``malloc_trim(0)``); False where there is none."""
+    _load_libc()
     if not _LIBC:
         return False
     return bool(_LIBC.malloc_trim(0))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def tune_malloc(mmap_threshold: int = 1 << 20) -> bool:
+    """Have glibc map every allocation of ``mmap_threshold`` bytes or more on its own (unmapped when freed),
+    at a fixed threshold; False where there is no glibc."""
+    _load_libc()
+    if not _LIBC or not hasattr(_LIBC, "mallopt"):
+        return False
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
 
 
 def default_workers(cap: int = 4) -> int:

@@ -140,9 +140,9 @@ def decode_pixels(fmt: str, size: tuple[int, int], heatmap: bool, preview: bool,
     if whole or fmt not in ("JPEG", "PNG") or mode != "official":
         return pixels
     extra = min(pixels, reduce_to if heatmap else PREVIEW_PIXELS) if heatmap or preview else 0
-    # a JPEG's exact region decode reads every DCT coefficient of the file first (2 bytes each: about
-    # a whole RGB decode's memory at 4:2:0); a PNG's strips hold little
-    return pixels if fmt == "JPEG" else min(pixels, PARTIAL_PIXELS) + extra  # one after the other: the larger
+    # a JPEG's exact region decode reads every DCT coefficient of the file first (2 bytes each: about a whole
+    # RGB decode's memory at 4:2:0), and is done before the reduced image is made; a PNG's strips hold little
+    return pixels if fmt == "JPEG" else min(pixels, PARTIAL_PIXELS) + extra
 
 
 def prepare(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official", *,

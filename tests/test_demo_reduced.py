@@ -91,3 +91,30 @@ def test_the_reduced_image_is_within_its_bound_and_looks_like_the_image():
         f = factor(size, bound)
         assert -(-size[0] // f) * -(-size[1] // f) <= bound
         assert f == 1 or -(-size[0] // (f - 1)) * -(-size[1] // (f - 1)) > bound  # the smallest such factor
+
+
+def with_chunks_after_the_pixels(data: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """``data`` with these chunks inserted just before IEND (where Pillow finds them only by decoding everything)."""
+    import zlib
+
+    made = b"".join(len(b).to_bytes(4, "big") + k + b + zlib.crc32(k + b).to_bytes(4, "big") for k, b in chunks)
+    return data[:-12] + made + data[-12:]
+
+
+@needs_proc
+def test_metadata_of_a_large_png_reads_its_chunks_without_decoding_its_pixels():
+    from deepsift.demo.metadata import metadata_signals
+
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "Canon", 6
+    data = with_chunks_after_the_pixels(big_png(), [(b"tEXt", b"parameters\x00a lighthouse, Steps: 30, Sampler: Euler"),
+                                                    (b"eXIf", exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif")
+                                                     else exif.tobytes())])
+    metadata_signals(big_png(700, 700), "image/png")  # imports
+    got, grew = peak_growth(lambda: metadata_signals(data, "image/png"))
+    assert grew < W * H * 4 // 8, f"peak RSS rose {grew / MB:.0f} MiB"
+    assert got["generation"] == [{"key": "parameters", "tool": "AUTOMATIC1111 / Forge (parameters)",
+                                  "value": "a lighthouse, Steps: 30, Sampler: Euler"}]
+    assert got["exif"].get("Make") == "Canon" and got["orientation"] == 6
+    with Image.open(io.BytesIO(data)) as im:  # what Pillow finds by decoding the whole file: the same chunks
+        assert im.text["parameters"].startswith("a lighthouse") and im.getexif()[0x010F] == "Canon"

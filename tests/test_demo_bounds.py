@@ -128,6 +128,27 @@ def test_over_the_pixel_budget_a_request_queues_then_gets_a_503(make_app):
         assert budget.used == 0
 
 
+def test_an_input_that_must_be_decoded_whole_takes_its_whole_pixel_count(make_app):
+    """A PNG's window is decoded a strip at a time (little of the budget); a grey PNG is decoded whole (all of it)."""
+    app = make_app(max_megapixels=8.0, busy_wait_s=0.3)
+    budget = app.state.demo.bounds.budget
+    assert budget.capacity == 16_000_000
+    buf = io.BytesIO()
+    Image.new("L", (3000, 2000), 90).save(buf, "PNG")  # 6 MP, no partial decode for greyscale
+    grey, rgb = buf.getvalue(), big_png(3000, 2000)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert budget.try_acquire(11_000_000)  # other requests decode 11 of the 16 MP: 5 MP free
+        try:
+            partial = c.post("/api/v1/detect", files={"files": ("rgb.png", rgb)})
+            whole = c.post("/api/v1/detect", files={"files": ("grey.png", grey)})
+        finally:
+            budget.release(11_000_000)
+        assert partial.status_code == 200 and partial.json()["results"][0]["error"] is None
+        assert whole.status_code == 503 and "busy" in whole.json()["detail"]
+        assert c.post("/api/v1/detect", files={"files": ("grey.png", grey)}).status_code == 200  # once it is free
+    assert budget.used == 0 and budget.waiting == 0
+
+
 def test_concurrent_large_requests_decode_within_the_budget(make_app, monkeypatch):
     """3 requests x 4 images of 1 MP with heatmap and preview: never more than the budget decoded at once."""
     from deepsift.demo import inputs

@@ -190,17 +190,24 @@ def _set_visitor(request: Request, response: Response, visitor: str) -> None:
 
 @router.post("/quiz/rounds", response_model=RoundOut, status_code=201, dependencies=[CsrfProtect],
              responses={403: E[403], 429: E[429], 503: E[503]})
-def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
+async def new_round(request: Request, response: Response) -> RoundOut:
     """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
-    from ..server.security import client_address
-
-    s, known = _settings(request), _visitor(request)
-    q.admit(request.app.state.rate_limiter, client_address(request, request.app.state.settings), s, known is None)
+    s, known, demo, db = _settings(request), _visitor(request), request.app.state.demo, request.app.state.db
+    address = client_address(request, request.app.state.settings)
+    await demo.bounds.run(q.admit, request.app.state.rate_limiter, address, s, known is None)
     visitor = known or q.new_visitor()
-    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor,
-                        s.quiz_round_ttl)
+    smp = await demo.bounds.run(demo.quiz.pick)
+    ans = await demo.quiz.aanswer(smp.id, engine_of(request), demo.bounds)  # no thread waits for the detector
+    row_id, tally = await demo.bounds.run(_store_round, db, smp, ans, visitor, s.quiz_round_ttl)
     _set_visitor(request, response, visitor)
-    return RoundOut(id=row.id, image_url=f"/api/v1/quiz/rounds/{row.id}/image", tally=Tally(**q.tally(session, visitor)))
+    return RoundOut(id=row_id, image_url=f"/api/v1/quiz/rounds/{row_id}/image", tally=Tally(**tally))
+
+
+def _store_round(db: Any, smp: Any, ans: tuple[int, float] | None, visitor: str, ttl: float) -> tuple[str, dict]:
+    """Store the round and read the visitor's tally (on the demo's pool)."""
+    row_id = q.store_round(db, smp, ans, visitor, ttl).id
+    with db.session() as session:
+        return row_id, q.tally(session, visitor)
 
 
 @router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}},

@@ -325,7 +325,6 @@ def test_new_rounds_waiting_for_the_detector_hold_no_shared_thread(code_model_di
             assert c.get("/api/v1/detector").status_code == 200  # the model is loaded
             c.post("/api/v1/quiz/rounds")  # a visitor cookie (its round's image is answered now)
             engine.forward().call_async(gate.wait)  # the forward thread is busy with a long pass
-            engine.forward().wait_queued(0, 1)
             app.state.demo.quiz._answers.clear()  # a process that has not answered these images yet
             cookies = dict(c.cookies)
             threads = [threading.Thread(target=lambda: got.append(httpx.post(

@@ -225,9 +225,11 @@ def memory() -> None:
                 figures.append((clients, peak, _status_kb(pid, "VmRSS"), max(times)))
     print(f"bench_demo --memory: requests of 8 black 6000x6000 PNGs ({len(png) * 8 / 1024:.0f} KiB) with heatmap "
           f"and preview; server RSS before: {base / 1024:.0f} MiB")
-    print(f"{'clients':>8}{'peak RSS':>11}{'RSS after':>11}{'slowest':>9}")
+    print(f"{'clients':>8}{'peak RSS':>11}{'RSS after':>11}{'kept':>9}{'slowest':>9}")
     for clients, peak, after, slowest in figures:
-        print(f"{clients:>8}{peak / 1024:>8.0f}MiB{after / 1024:>8.0f}MiB{slowest:>8.1f}s")
+        print(f"{clients:>8}{peak / 1024:>8.0f}MiB{after / 1024:>8.0f}MiB{(after - base) / 1024:>+6.0f}MiB"
+              f"{slowest:>8.1f}s")
+    print(f"RSS after both phases vs before: {(figures[-1][2] - base) / 1024:+.0f} MiB")
     print(f"peak with 3 concurrent / peak with 1: {figures[1][1] / figures[0][1]:.2f}x (target <= 1.5x)")
 
 

@@ -10,9 +10,8 @@ Pillow stays the reference and the fallback; these paths only remove work around
   libjpeg errors (a truncated file, corrupt data) are errors here (``strict``): such a file is then
   decoded by Pillow, which reports or tolerates it exactly as before.
 * PNG: inflating the rows is most of a PNG's cost. ``isal`` (Intel's ISA-L) inflates them about
-  twice as fast as zlib; :func:`png_rows_stream` hands the inflated rows to Pillow's own row
-  decoder (:mod:`deepsift.pngcrop`) in stored blocks, so the unfiltering and the pixels are
-  Pillow's. (libspng via ``pyspng`` was measured too: a little faster on one core, but it holds
+  twice as fast as zlib; :class:`deepsift.pngcrop.Inflater` uses it and hands the inflated rows
+  to Pillow's own row decoder in stored blocks, so the unfiltering and the pixels are Pillow's. (libspng via ``pyspng`` was measured too: a little faster on one core, but it holds
   the GIL while it decodes, which serialises the decoding threads used on one- or two-CPU
   machines; both libraries here release it.)
 
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import struct
 from functools import lru_cache
 from types import ModuleType
 
@@ -71,38 +69,3 @@ def centre_crop_jpeg_fast(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarr
     except (ValueError, RuntimeError, MemoryError, OverflowError):
         return None
     return np.ascontiguousarray(center_crop_array(rgb))
-
-
-def png_rows_stream(idat: list[memoryview], size: int) -> bytes | None:
-    """The first ``size`` bytes of a PNG's zlib stream, inflated by ISA-L and re-wrapped in stored blocks, or None.
-
-    Pillow's row decoder (:mod:`deepsift.pngcrop`) then unfilters the rows as before, but its
-    inflate only copies stored blocks. The stream stops after the rows, with no checksum: the row
-    decoder stops once it has its rows (and a file that is cut or corrupt above the window makes
-    ISA-L fail first, and this return None).
-    """
-    isal = fast_decoder("isal.isal_zlib")
-    if isal is None:
-        return None
-    inflater, parts, got = isal.decompressobj(), [], 0
-    try:
-        for chunk in idat:
-            part = inflater.decompress(chunk, size - got)
-            parts.append(part)
-            got += len(part)
-            if got >= size:
-                break
-    except (isal.error, ValueError, MemoryError, OverflowError):
-        return None
-    if got != size:
-        return None
-    out: list[bytes | memoryview] = [b"\x78\x01"]  # zlib header (deflate, 32K window), then stored blocks
-    done = 0
-    for part in parts:  # views into the inflated parts: one copy in all, the final join
-        view = memoryview(part)
-        for start in range(0, len(view), 65535):
-            block = view[start:start + 65535]
-            done += len(block)
-            out.append(bytes([done == size]) + struct.pack("<HH", len(block), len(block) ^ 0xFFFF))
-            out.append(block)
-    return b"".join(out)

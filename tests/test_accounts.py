@@ -53,7 +53,7 @@ def test_pages_are_rate_limited_like_the_api(database_url, tmp_path):
 def test_logins_are_throttled_per_account_from_any_address(database_url, tmp_path):
     app = create_app(make_settings(database_url, tmp_path / "data", trusted_proxy=True,
                                    login_account_rate="3/minute"), domains=[])
-    with TestClient(app) as c:
+    with TestClient(app, client=("127.0.0.1", 50000)) as c:  # through a proxy on this machine
         register_token(c, "alice", "alice-password")
         register_token(c, "bob", "bob-password")
         codes = [c.post("/api/auth/token", json={"username": "Alice", "password": f"guess-{i}-xx"},

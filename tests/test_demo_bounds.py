@@ -128,6 +128,27 @@ def test_over_the_pixel_budget_a_request_queues_then_gets_a_503(make_app):
         assert budget.used == 0
 
 
+def test_an_input_that_must_be_decoded_whole_takes_its_whole_pixel_count(make_app):
+    """A PNG's window is decoded a strip at a time (little of the budget); a grey PNG is decoded whole (all of it)."""
+    app = make_app(max_megapixels=8.0, busy_wait_s=0.3)
+    budget = app.state.demo.bounds.budget
+    assert budget.capacity == 16_000_000
+    buf = io.BytesIO()
+    Image.new("L", (3000, 2000), 90).save(buf, "PNG")  # 6 MP, no partial decode for greyscale
+    grey, rgb = buf.getvalue(), big_png(3000, 2000)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert budget.try_acquire(11_000_000)  # other requests decode 11 of the 16 MP: 5 MP free
+        try:
+            partial = c.post("/api/v1/detect", files={"files": ("rgb.png", rgb)})
+            whole = c.post("/api/v1/detect", files={"files": ("grey.png", grey)})
+        finally:
+            budget.release(11_000_000)
+        assert partial.status_code == 200 and partial.json()["results"][0]["error"] is None
+        assert whole.status_code == 503 and "busy" in whole.json()["detail"]
+        assert c.post("/api/v1/detect", files={"files": ("grey.png", grey)}).status_code == 200  # once it is free
+    assert budget.used == 0 and budget.waiting == 0
+
+
 def test_concurrent_large_requests_decode_within_the_budget(make_app, monkeypatch):
     """3 requests x 4 images of 1 MP with heatmap and preview: never more than the budget decoded at once."""
     from deepsift.demo import inputs
@@ -177,13 +198,20 @@ class _Tracked:
 
 
 def test_a_jpeg_preview_comes_from_a_reduced_decode(make_app, monkeypatch):
-    from deepsift.demo import inputs
+    from deepsift.demo import inputs, reduced
 
     app = make_app()
     sizes = []
     inner = inputs.decode_image
-    monkeypatch.setattr(inputs, "decode_image", lambda src, **kw: (lambda im: (sizes.append(im.size), im)[1])(
-        inner(src, **kw)))
+
+    def loaded(src, **kw):  # type: ignore[no-untyped-def]
+        im = inner(src, **kw)
+        im.load()
+        sizes.append(im.size)
+        return im
+
+    for module in (inputs, reduced):  # the whole-image decoder and the reduced one
+        monkeypatch.setattr(module, "decode_image", loaded)
     with TestClient(app, base_url="http://127.0.0.1") as c:
         r = c.post("/api/v1/detect", files={"files": ("big.jpg", jpeg_bytes(4, 3000, 2000))}, data={"preview": "true"})
     res = r.json()["results"][0]
@@ -312,12 +340,50 @@ def test_client_address_is_the_one_the_trusted_proxy_appended(hops, header, expe
 
 def test_spoofed_forwarded_for_does_not_escape_the_limit(make_app):
     app = make_app(server={"trusted_proxy": True, "api_rate": "60/minute"})
-    with TestClient(app, base_url="http://127.0.0.1") as c:
+    with TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000)) as c:  # through a local proxy
         codes = [c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": f"10.{i // 256}.{i % 256}.1, 203.0.113.7"})
                  .status_code for i in range(100)]
         assert codes.count(200) == 60 and codes[60:] == [429] * 40
         other = c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": "203.0.113.8"})
         assert other.status_code == 200  # another client behind the same proxy has its own count
+
+
+def test_forwarded_for_is_read_only_on_connections_from_the_configured_proxy(make_app):
+    app = make_app(server={"trusted_proxy": True, "trusted_proxy_ips": "10.0.0.0/24, 192.0.2.1",
+                           "api_rate": "5/minute"})
+
+    def codes(peer: str, n: int, hop: str = "198.51.100.{i}") -> list[int]:
+        with TestClient(app, base_url="http://127.0.0.1", client=(peer, 40000)) as c:
+            return [c.get("/api/v1/quiz/stats", headers={"X-Forwarded-For": f"6.6.6.6, {hop.format(i=i)}"}).status_code
+                    for i in range(n)]
+
+    # a client talking to the server directly cannot pose as many others: its own address counts
+    assert codes("203.0.113.50", 8) == [200] * 5 + [429] * 3
+    assert codes("127.0.0.1", 6) == [200] * 5 + [429]  # loopback is not the configured proxy here
+    # through the proxy (an address of its network, or the single address) every client has its own count
+    assert codes("10.0.0.7", 8) == [200] * 8
+    assert codes("192.0.2.1", 6, hop="198.51.100.200") == [200] * 5 + [429]  # one client: its own limit
+
+
+def test_forwarded_proto_is_read_only_from_the_configured_proxy():
+    from starlette.requests import Request
+
+    from deepsift.server import Settings
+    from deepsift.server.security import client_address, cookie_secure
+
+    settings = Settings(trusted_proxy=True, trusted_proxy_ips="10.1.0.0/16", secret_key="x")
+
+    def req(peer: str) -> Request:
+        return Request({"type": "http", "scheme": "http", "server": ("example.org", 80), "path": "/",
+                        "headers": [(b"x-forwarded-proto", b"https"), (b"x-forwarded-for", b"198.51.100.7"),
+                                    (b"host", b"example.org")], "client": (peer, 1)})
+
+    assert cookie_secure(req("10.1.2.3"), settings) and client_address(req("10.1.2.3"), settings) == "198.51.100.7"
+    assert not cookie_secure(req("10.2.0.1"), settings) and client_address(req("10.2.0.1"), settings) == "10.2.0.1"
+    anyone = Settings(trusted_proxy=True, trusted_proxy_ips="*", secret_key="x")
+    assert client_address(req("10.2.0.1"), anyone) == "198.51.100.7"
+    with pytest.raises(ValueError, match="not an IP address"):
+        Settings(trusted_proxy=True, trusted_proxy_ips="10.0.0.1, proxy.local", secret_key="x")
 
 
 # -- privacy -----------------------------------------------------------------------------------------

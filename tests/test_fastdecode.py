@@ -13,10 +13,10 @@ import torch
 from PIL import Image, ImageFile
 
 from deepsift.exceptions import ImageDecodeError
-from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoder, png_rows_stream
+from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoder
 from deepsift.images import crop_origin, crop_uint8, decode_image, normalize_batch
 from deepsift.model.decoding import load_pixels
-from deepsift.pngcrop import centre_crop_png, png_chunks
+from deepsift.pngcrop import Inflater, centre_crop_png, png_chunks
 
 needs_jpeg = pytest.mark.skipif(fast_decoder("simplejpeg") is None, reason="simplejpeg is not installed")
 needs_png = pytest.mark.skipif(fast_decoder("isal.isal_zlib") is None, reason="isal is not installed")
@@ -126,9 +126,9 @@ def test_png_rows_inflated_by_isal_equal_pillow_byte_for_byte(kind, monkeypatch)
         ihdr, idat = png_chunks(data)
         bottom = crop_origin(h) + 224
         size = bottom * (w * len(mode) + 1)
-        stream = png_rows_stream(idat, size)
-        assert stream is not None  # the ISA-L path is taken, and its rows are zlib's, in stored blocks
-        assert zlib.decompressobj().decompress(stream) == zlib.decompressobj().decompress(b"".join(idat), size)
+        inflater = Inflater(idat)
+        assert inflater.fast  # the ISA-L path is taken, and its rows are zlib's
+        assert inflater.read(size) == zlib.decompressobj().decompress(b"".join(idat), size)
         got = centre_crop_png(data)
         assert got is not None, (kind, w, h)
         assert_same_tensor(data, got)
@@ -195,7 +195,8 @@ def test_bad_input_through_the_fast_path_gives_todays_error(kind, monkeypatch):
     data = truncated_and_corrupt()[kind]
     assert centre_crop_jpeg_fast(data) is None and centre_crop_png(data) is None  # refused: Pillow decides
     if kind == "PNG with broken rows":
-        assert png_rows_stream(png_chunks(data)[1], 368 * (512 * 3 + 1)) is None  # ISA-L refuses the rows
+        with pytest.raises(ValueError):  # ISA-L refuses the rows
+            Inflater(png_chunks(data)[1]).read(368 * (512 * 3 + 1))
     fast = outcome(load_pixels, data)
     monkeypatch.setenv("DEEPSIFT_NO_FAST_DECODE", "1")  # today's path: Pillow alone
     fast_decoder.cache_clear()
@@ -213,15 +214,15 @@ import json, sys
 sys.modules["simplejpeg"] = None  # the import itself fails, as when the package is not installed
 sys.modules["isal"] = None
 import numpy as np
-from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoders, png_rows_stream
-from deepsift.pngcrop import png_chunks
+from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoders
+from deepsift.pngcrop import Inflater, png_chunks
 from deepsift.images import crop_uint8, decode_image
 from deepsift.model.decoding import load_pixels
 out = {"decoders": fast_decoders()}
 for path in sys.argv[1:]:
     data = open(path, "rb").read()
-    rows = png_rows_stream(png_chunks(data)[1], 1000) if path.endswith(".png") else None
-    out[path] = {"fast": [centre_crop_jpeg_fast(data) is None, rows is None],
+    fast_png = Inflater(png_chunks(data)[1]).fast if path.endswith(".png") else False
+    out[path] = {"fast": [centre_crop_jpeg_fast(data) is None, not fast_png],
                  "same": bool(np.array_equal(load_pixels(path), crop_uint8(decode_image(path))))}
 print(json.dumps(out))
 """

@@ -125,3 +125,32 @@ def test_broken_rows_below_the_window_with_intact_chunks_are_scored_on_the_windo
     assert np.array_equal(centre_crop_png(crafted), whole(intact))
     with pytest.raises(Exception, match="corrupt or truncated"):
         whole(crafted)
+
+
+@pytest.mark.parametrize("strip_bytes", [1, 3001, 65536])
+def test_strip_by_strip_decoding_equals_the_whole_decode_byte_for_byte(strip_bytes):
+    """Each strip starts behind a stored copy of the row above it: filters across strip edges read the right bytes."""
+    from deepsift.pngcrop import png_layout, png_strips
+
+    rng = np.random.default_rng(strip_bytes)
+    for mode in ("RGB", "RGBA"):
+        for w, h in ((641, 643), (300, 1283)):
+            data = png(picture(rng, w, h, mode))
+            assert np.array_equal(centre_crop_png(data, strip_bytes=strip_bytes), whole(data)), (mode, w, h)
+    for mode in ("L", "LA", "RGB", "RGBA"):
+        im = picture(rng, 333, 517, mode)
+        width, height, got_mode, idat = png_layout(png(im))
+        strips = list(png_strips(width, got_mode, idat, height, height, strip_bytes, multiple=3))
+        assert got_mode == mode and all(s.height % 3 == 0 for _, s in strips[:-1])
+        assert [y for y, _ in strips] == sorted({y for y, _ in strips}) and strips[0][0] == 0
+        assert np.array_equal(np.concatenate([np.asarray(s) for _, s in strips]), np.asarray(im)), mode
+
+
+def test_strips_of_a_png_cut_short_are_refused():
+    from deepsift.pngcrop import png_layout, png_strips
+
+    data = png(picture(np.random.default_rng(9), 400, 300))
+    width, height, mode, idat = png_layout(data)
+    short = [idat[0][: len(idat[0]) // 2]]
+    with pytest.raises(ValueError):
+        list(png_strips(width, mode, short, height, height, 4096))

@@ -157,10 +157,16 @@ async def _load(request: Request, name: str, src: UploadFile | str, det: Any, he
         else:
             data = read_capped(src.file, name, s.max_image_bytes)  # in memory: no thread needed
         fmt, size = await bounds.run(sniff, data, name, s.max_pixels)
-        async with bounds.pixels(decode_pixels(fmt, size, heatmap, preview, det.preprocessing)):
-            return await bounds.run(functools.partial(
-                prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
-                heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview))
+        job = functools.partial(prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
+                                heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview,
+                                reduce_to=s.heatmap_pixels)
+        cost = functools.partial(decode_pixels, fmt, size, heatmap, preview, det.preprocessing, s.heatmap_pixels)
+        async with bounds.pixels(cost()):  # a partial decode first; None: it must be decoded whole
+            done = await bounds.run(functools.partial(job, allow_whole=cost() >= cost(whole=True)))
+        if done is None:
+            async with bounds.pixels(cost(whole=True)):
+                done = await bounds.run(job)
+        return done
     except BusyError:
         raise
     except DeepsiftError as exc:
@@ -184,27 +190,42 @@ def _set_visitor(request: Request, response: Response, visitor: str) -> None:
 
 @router.post("/quiz/rounds", response_model=RoundOut, status_code=201, dependencies=[CsrfProtect],
              responses={403: E[403], 429: E[429], 503: E[503]})
-def new_round(request: Request, response: Response, session: ReadDbSession) -> RoundOut:
+async def new_round(request: Request, response: Response) -> RoundOut:
     """Start a round: an image from the quiz dataset (its truth stays on the server until you guess)."""
-    from ..server.security import client_address
-
-    s, known = _settings(request), _visitor(request)
-    q.admit(request.app.state.rate_limiter, client_address(request, request.app.state.settings), s, known is None)
+    s, known, demo, db = _settings(request), _visitor(request), request.app.state.demo, request.app.state.db
+    address = client_address(request, request.app.state.settings)
+    await demo.bounds.run(q.admit, request.app.state.rate_limiter, address, s, known is None)
     visitor = known or q.new_visitor()
-    row = q.start_round(request.app.state.db, request.app.state.demo.quiz, engine_of(request), visitor,
-                        s.quiz_round_ttl)
+    smp = await demo.bounds.run(demo.quiz.pick)
+    ans = await demo.quiz.aanswer(smp.id, engine_of(request), demo.bounds)  # no thread waits for the detector
+    row_id, tally = await demo.bounds.run(_store_round, db, smp, ans, visitor, s.quiz_round_ttl)
     _set_visitor(request, response, visitor)
-    return RoundOut(id=row.id, image_url=f"/api/v1/quiz/rounds/{row.id}/image", tally=Tally(**q.tally(session, visitor)))
+    return RoundOut(id=row_id, image_url=f"/api/v1/quiz/rounds/{row_id}/image", tally=Tally(**tally))
+
+
+def _store_round(db: Any, smp: Any, ans: tuple[int, float] | None, visitor: str, ttl: float) -> tuple[str, dict]:
+    """Store the round and read the visitor's tally (on the demo's pool)."""
+    row_id = q.store_round(db, smp, ans, visitor, ttl).id
+    with db.session() as session:
+        return row_id, q.tally(session, visitor)
 
 
 @router.get("/quiz/rounds/{round_id}/image", responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": Error}},
             response_class=Response)
-def round_image(request: Request, round_id: str, session: ReadDbSession) -> Response:
+async def round_image(request: Request, round_id: str) -> Response:
     """The round's image: a square JPEG of the same size for every image, without metadata."""
-    row = q.get_round(session, round_id)
-    s = _settings(request)
-    jpeg = request.app.state.demo.quiz.image_jpeg(row.item, row.id, s.quiz_image_size, s.max_pixels)
+    s, demo = _settings(request), request.app.state.demo
+    jpeg = await demo.bounds.run(_round_jpeg, request.app.state.db, demo.quiz, round_id, s.quiz_image_size,
+                                 s.max_pixels)
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, no-store"})
+
+
+def _round_jpeg(db: Any, quiz: q.QuizSet, round_id: str, size: int, max_pixels: int) -> bytes:
+    """Look the round up and make its image (on the demo's pool: pages never wait behind it)."""
+    with db.session() as session:
+        row = q.get_round(session, round_id)
+        item, rid = row.item, row.id
+    return quiz.image_jpeg(item, rid, size, max_pixels)
 
 
 @router.post("/quiz/rounds/{round_id}/guess", response_model=Reveal, dependencies=[CsrfProtect],

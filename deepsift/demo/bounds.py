@@ -10,8 +10,11 @@
 * **URL fetches per visitor.** At most ``url_fetches_per_visitor`` URLs of one address are being
   fetched at any moment (one request alone may fetch all of its own); a request that would pass
   it is a 429 before any fetch starts.
-* **Memory goes back.** At the end of a request that decoded much, once no decode is in flight,
-  glibc's ``malloc_trim`` hands the freed heap back to the system (elsewhere a no-op).
+* **Memory goes back.** Buffers of 1 MiB and more (decoded images, strips, crops) get mappings of
+  their own that go back to the system when freed (:func:`tune_malloc`: glibc would otherwise raise
+  that threshold to 32 MiB after the first large free and keep such buffers in its per-thread
+  heaps), and at the end of a request that decoded much, once no decode is in flight, glibc's
+  ``malloc_trim`` hands what is free in those heaps back too (elsewhere both are no-ops).
 """
 from __future__ import annotations
 
@@ -139,7 +142,9 @@ class Bounds:
         self.url_cap = url_fetches_per_visitor
         self._fetching: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._released = 0
+        self._pending = 0
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -151,7 +156,19 @@ class Bounds:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the demo's pool and await its result."""
-        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        with self._changed:
+            self._pending += 1
+            self._changed.notify_all()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        finally:
+            with self._changed:
+                self._pending -= 1
+
+    def wait_for_pending(self, n: int, timeout: float) -> bool:
+        """Block until ``n`` calls of :meth:`run` are queued or running (tests, monitors); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._pending >= n, timeout)
 
     @contextlib.asynccontextmanager
     async def pixels(self, pixels: int) -> AsyncIterator[None]:
@@ -213,18 +230,35 @@ class Bounds:
 _LIBC: Any = None
 
 
-def malloc_trim() -> bool:
-    """Return freed heap memory to the system (glibc's ``malloc_trim(0)``); False where there is none."""
+def _load_libc() -> None:
     global _LIBC
     if _LIBC is None:
         try:
             _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
             _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+            _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         except (OSError, AttributeError):
             _LIBC = False
+
+
+def malloc_trim() -> bool:
+    """Return freed heap memory to the system (glibc's ``malloc_trim(0)``); False where there is none."""
+    _load_libc()
     if not _LIBC:
         return False
     return bool(_LIBC.malloc_trim(0))
+
+
+_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def tune_malloc(mmap_threshold: int = 1 << 20) -> bool:
+    """Have glibc map every allocation of ``mmap_threshold`` bytes or more on its own (unmapped when freed),
+    at a fixed threshold; False where there is no glibc."""
+    _load_libc()
+    if not _LIBC or not hasattr(_LIBC, "mallopt"):
+        return False
+    return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)))
 
 
 def default_workers(cap: int = 4) -> int:

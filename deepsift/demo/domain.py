@@ -51,9 +51,10 @@ def _setup(app, settings) -> None:  # type: ignore[no-untyped-def]
     from .quiz import QuizSet
     from .settings import DemoSettings
 
-    from .bounds import Bounds, default_workers
+    from .bounds import Bounds, default_workers, tune_malloc
 
     ds = settings.section(DemoSettings, "demo")
+    tune_malloc()  # large decode buffers go back to the system when freed (the whole process: it serves)
     bounds = Bounds(ds.workers or default_workers(), ds.pixel_budget, ds.busy_wait_s, ds.url_fetches_per_visitor)
     app.state.demo = DemoState(ds, DemoEngine(ds), QuizSet(ds), bounds)
     app.state.body_limits["/api/v1/"] = ds.max_body_bytes  # the demo's own cap, checked before and while reading

@@ -32,6 +32,7 @@ from ..exceptions import ModelError, ServiceError, UsageError
 from ..urlfetch import FetchPolicy
 from .heatmap import crops, heatmap_payload
 from .inputs import Decoded
+from .reduced import shrink
 from .settings import DemoSettings
 
 T = TypeVar("T")
@@ -201,7 +202,8 @@ class DemoEngine:
         """
         if not inputs:
             return []
-        grids = [d.grid or crops(d.image, self.settings.heatmap_grid) for d in inputs] if heatmap else []
+        grids = [d.grid or crops(shrink(d.image, self.settings.heatmap_pixels), self.settings.heatmap_grid, d.size)
+                 for d in inputs] if heatmap else []
         pending, maps = self._submit(inputs, grids)
         if meanwhile is not None:
             meanwhile()
@@ -237,8 +239,9 @@ class DemoEngine:
             r.update(v)
         self._extras(det, results, embs)
         head = det.heads[det.classifier]
-        for d, r, (_, rows, cols, boxes), m in zip(inputs, results, grids, maps):
-            r["heatmap"] = heatmap_payload(head.probability(head.decision_function(m)), rows, cols, boxes, d.size)
+        for d, r, (_, rows, cols, boxes, scale), m in zip(inputs, results, grids, maps):
+            r["heatmap"] = heatmap_payload(head.probability(head.decision_function(m)), rows, cols, boxes, d.size,
+                                           scale)
         return [self._finish(det, r) for r in results]
 
     def _extras(self, det: Any, rows: list[dict], embs: np.ndarray) -> None:

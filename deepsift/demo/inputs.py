@@ -1,4 +1,5 @@
-"""Getting one image into the demo: read an upload or fetch a URL under caps, sniff its type by content, decode.
+"""Getting one image into the demo: read an upload under caps (URLs are fetched by the route, async, with
+:func:`deepsift.urlfetch.afetch_url`), sniff its type by content, decode.
 
 Types are told by their bytes, never by a name or a Content-Type: only the formats in
 :data:`FORMATS` are opened at all (an SVG, an HTML page or a PDF renamed ``.png`` is "not a
@@ -6,7 +7,7 @@ supported image"). The byte cap holds while reading; the pixel cap is checked fr
 before any pixel is decoded (decompression bombs cost nothing). Every refusal is an
 :class:`~deepsift.exceptions.ImageError` with one clear line.
 
-The detector's input is made here, on the request's thread, exactly as ``deepsift detect`` makes
+The detector's input is made here, on the demo's pool, exactly as ``deepsift detect`` makes
 it from the same bytes (:func:`deepsift.model.decoding.window_pixels`: a large plain JPEG's region, a
 PNG's top rows; else the whole-image decode and crop); the forward thread then only runs the network.
 """
@@ -23,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from ..exceptions import DeepsiftError, ImageDecodeError, ImageTooLargeError
 from ..images import MAX_PIXELS, crop_uint8, decode_image
 from ..model.decoding import Preprocessing, error_text, window_pixels
-from ..urlfetch import FetchPolicy, fetch_url
+from .reduced import PREVIEW_PIXELS, reduced_image, shrink
 
 FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
                            "GIF": "image/gif", "BMP": "image/bmp", "TIFF": "image/tiff"}
@@ -38,7 +39,8 @@ class Decoded:
 
     ``pixels`` is the 224x224x3 uint8 crop ``deepsift detect`` makes from the same bytes (a large
     JPEG by exact region decoding, a PNG down to the window's last row); the whole decoded
-    ``image`` is made only when something asks for it (heatmap, preview), once.
+    ``image`` is made only when something asks for it, once (:func:`prepare` makes heatmaps and
+    previews from a reduced image instead).
     """
 
     source: str
@@ -49,7 +51,7 @@ class Decoded:
     pixels: np.ndarray = field(repr=False)
     max_pixels: int = MAX_PIXELS
     _image: Image.Image | None = field(default=None, repr=False)
-    grid: tuple[np.ndarray, int, int, list[list[int]]] | None = field(default=None, repr=False)
+    grid: tuple[np.ndarray, int, int, list[list[int]], float] | None = field(default=None, repr=False)
     preview: str | None = field(default=None, repr=False)
 
     @property
@@ -76,11 +78,6 @@ def read_capped(stream: BinaryIO, name: str, max_bytes: int) -> bytes:
     return data
 
 
-def fetch(url: str, policy: FetchPolicy, deadline: float, max_bytes: int) -> bytes:
-    """Download an image URL under the server's policy (no private targets, also after redirects and DNS)."""
-    return fetch_url(url, policy=policy, deadline=deadline, max_bytes=max_bytes)
-
-
 def sniff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[str, tuple[int, int]]:
     """The Pillow format and size of ``data`` from its header; ImageDecodeError for anything not in
     :data:`FORMATS`, ImageTooLargeError over ``max_pixels`` (nothing is decoded)."""
@@ -105,19 +102,21 @@ def sniff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[str, tu
 
 
 def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official",
-           whole: bool = False) -> Decoded:
+           allow_whole: bool = True) -> Decoded | None:
     """Sniff ``data`` and make the detector's input from it under the demo's caps, as ``deepsift detect`` does.
 
-    A large plain JPEG (its region) or a PNG (its rows down to the window) is decoded in part
-    unless ``whole`` says the whole image will be needed anyway; every other input is decoded
-    whole by the package's one safe decoder, which then decides every error.
+    A large plain JPEG (its region) or a PNG (its rows down to the window) is decoded in part;
+    every other input is decoded whole by the package's one safe decoder, which then decides every
+    error (or, with ``allow_whole=False``, None is returned at once: the caller budgets the whole image first).
     """
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: file larger than the {max_bytes / (1 << 20):g} MiB limit")
     fmt, size = sniff(data, name, max_pixels)
-    pixels = window_pixels(data) if fmt in ("JPEG", "PNG") and mode == "official" and not whole else None
+    pixels = window_pixels(data) if fmt in ("JPEG", "PNG") and mode == "official" else None
     image = None
     if pixels is None:
+        if not allow_whole:
+            return None
         image = _decode_whole(data, name, max_pixels)
         try:
             pixels = _crop(image, mode)
@@ -126,52 +125,58 @@ def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Prepro
     return Decoded(name, data, fmt, FORMATS[fmt], size, pixels, max_pixels, image)
 
 
-def needs_whole(fmt: str, heatmap: bool, preview: bool, mode: Preprocessing = "official") -> bool:
-    """Whether :func:`prepare` decodes the whole image: for a heatmap, a non-JPEG preview, or a
-    format/mode without partial decoding (a JPEG's preview comes from a reduced DCT decode)."""
-    return heatmap or (preview and fmt != "JPEG") or fmt not in ("JPEG", "PNG") or mode != "official"
+PARTIAL_PIXELS = 2_000_000
+"""About what a PNG's partial decode holds besides the reduced image (its window, a strip of rows)."""
 
 
-def decode_pixels(fmt: str, size: tuple[int, int], heatmap: bool, preview: bool,
-                  mode: Preprocessing = "official") -> int:
-    """About how many pixels :func:`prepare` decodes at once (what it takes from the pixel budget)."""
-    whole = size[0] * size[1]
-    return whole if needs_whole(fmt, heatmap, preview, mode) else min(whole, 2_000_000)
+def decode_pixels(fmt: str, size: tuple[int, int], heatmap: bool, preview: bool, mode: Preprocessing = "official",
+                  reduce_to: int = 4_000_000, whole: bool = False) -> int:
+    """About how many pixels :func:`prepare` decodes at once (what it takes from the pixel budget).
+
+    ``whole``: the cost of its second try, when the first (``allow_whole=False``) found that the
+    input must be decoded whole.
+    """
+    pixels = size[0] * size[1]
+    if whole or fmt not in ("JPEG", "PNG") or mode != "official":
+        return pixels
+    extra = min(pixels, reduce_to if heatmap else PREVIEW_PIXELS) if heatmap or preview else 0
+    # a JPEG's exact region decode reads every DCT coefficient of the file first (2 bytes each: about a whole
+    # RGB decode's memory at 4:2:0), and is done before the reduced image is made; a PNG's strips hold little
+    return pixels if fmt == "JPEG" else min(pixels, PARTIAL_PIXELS) + extra
 
 
 def prepare(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official", *,
-            heatmap_grid: int = 0, preview: bool = False) -> Decoded:
-    """:func:`decode`, plus the heatmap's crops and the preview, with no whole image kept afterwards.
+            heatmap_grid: int = 0, preview: bool = False, reduce_to: int = 4_000_000,
+            allow_whole: bool = True) -> Decoded | None:
+    """:func:`decode`, plus the heatmap's crops and the preview from a reduced image, with no whole image kept.
 
-    The detector's input is made exactly as ``deepsift detect`` makes it. The whole image is decoded
-    only when :func:`needs_whole` says so, used for the crops and preview, and dropped before this
-    returns; a JPEG's preview-only request decodes a DCT-reduced image (Pillow's draft mode).
+    The detector's input is made exactly as ``deepsift detect`` makes it. The heatmap's crops and
+    the preview come from the image reduced to at most ``reduce_to`` pixels (a preview alone:
+    :data:`~deepsift.demo.reduced.PREVIEW_PIXELS`), decoded in part where the format allows
+    (:mod:`deepsift.demo.reduced`); a whole image, where one was decoded for the verdict, is
+    dropped before this returns. ``allow_whole=False``: None when a whole decode is needed.
     """
-    fmt, _ = sniff(data, name, max_pixels)
-    whole = needs_whole(fmt, heatmap_grid > 0, preview, mode)
-    d = decode(data, name, max_pixels, max_bytes, mode, whole)
+    d = decode(data, name, max_pixels, max_bytes, mode, allow_whole)
+    if d is None or not (heatmap_grid > 0 or preview):
+        if d is not None:
+            d._image = None
+        return d
+    bound = reduce_to if heatmap_grid > 0 else PREVIEW_PIXELS
     try:
+        small = shrink(d._image, bound) if d._image is not None else \
+            reduced_image(data, d.format, d.size, bound, name, max_pixels)
+        d._image = None
+        if small is None:  # small enough to be its own reduced image
+            small = d.image
         if heatmap_grid > 0:
             from .heatmap import crops
 
-            d.grid = crops(d.image, heatmap_grid)
+            d.grid = crops(small, heatmap_grid, d.size)
         if preview:
-            d.preview = preview_url(d.image if whole else _reduced(data, name, max_pixels))
+            d.preview = preview_url(small)
     finally:
         d._image = None
     return d
-
-
-def _reduced(data: bytes, name: str, max_pixels: int, side: int = 640) -> Image.Image:
-    """A JPEG decoded at 1/2 .. 1/8 scale (at least ``side`` px where the image has it), 8-bit RGB."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=["JPEG"])
-            im.draft("RGB", (side, side))
-            return decode_image(im, max_pixels=max_pixels)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ImageDecodeError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 def _decode_whole(data: bytes, name: str, max_pixels: int) -> Image.Image:

@@ -142,10 +142,63 @@ def c2pa_manifest(data: bytes, media_type: str, trust_list: str | None = None) -
             pass
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_PIXEL_CHUNKS = (b"IDAT", b"fdAT", b"acTL", b"fcTL")
+
+
+def png_without_pixels(data: bytes) -> bytes | None:
+    """The PNG's chunks with its image swapped for one pixel of the same kind, or None when it is not a PNG we can walk.
+
+    Pillow reads text and EXIF chunks that follow the pixels only by decoding the whole image
+    (``im.text``, ``im.getexif()``); from this copy it reads the very same chunks, the same way,
+    after decoding a single pixel.
+    """
+    import struct
+    import zlib
+
+    from ..pngcrop import SIGNATURE
+
+    if not data.startswith(SIGNATURE):
+        return None
+    out, pos, n, placed = [SIGNATURE], len(SIGNATURE), len(data), False
+    while pos + 12 <= n:
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind, end = data[pos + 4:pos + 8], pos + 12 + length
+        if end > n:
+            return None
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            if length != 13 or body[9] not in _PNG_CHANNELS:
+                return None
+            depth, colour = body[8], body[9]
+            body = struct.pack(">IIBBBBB", 1, 1, depth, colour, body[10], body[11], 0)
+            pixel = (depth * _PNG_CHANNELS[colour] + 7) // 8
+            out.append(_chunk(b"IHDR", body))
+        elif kind in _PNG_PIXEL_CHUNKS:
+            if kind == b"IDAT" and not placed:
+                out.append(_chunk(b"IDAT", zlib.compress(b"\x00" + bytes(pixel))))
+                placed = True
+        else:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(out) if placed else None
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    import zlib
+
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
 def metadata_signals(data: bytes, media_type: str, c2pa_trust_list: str | None = None) -> dict[str, Any]:
-    """All metadata signals of an image file (its pixels were already decoded safely under the caps)."""
+    """All metadata signals of an image file (its pixels were already decoded safely under the caps).
+
+    A PNG's chunks are read from :func:`png_without_pixels`: its pixels are not decoded again.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(png_without_pixels(data) or data if media_type == "image/png" else data)) as im:
             exif, chunks, turn = exif_fields(im), generation_chunks(im), orientation(im)
     except Exception:  # noqa: BLE001 - the pixel path already reported any decoding problem
         exif, chunks, turn = {}, [], None

@@ -103,14 +103,25 @@ class QuizSet:
     def answer(self, item: str, engine: Any) -> tuple[int, float] | None:
         """The detector's (label, P(fake)) on the sample, computed once per process."""
         if item not in self._answers:
-            from .inputs import Decoded
-            from ..images import decode_image
-
-            smp = self.samples()[item]
-            image = decode_image(smp.source, max_pixels=engine.settings.max_pixels)
-            r = engine.analyse([Decoded.from_image(item, image, engine.detector().preprocessing)])[0]
-            self._answers[item] = None if r["label"] is None else (int(r["label"]), float(r["probability"]))
+            self._remember(item, engine.analyse([self._decoded(item, engine)])[0])
         return self._answers[item]
+
+    async def aanswer(self, item: str, engine: Any, bounds: Any) -> tuple[int, float] | None:
+        """:meth:`answer` for async code: decoded on the demo's pool, the pass awaited without holding a thread."""
+        if item not in self._answers:
+            decoded = await bounds.run(self._decoded, item, engine)
+            self._remember(item, (await engine.aanalyse([decoded]))[0])
+        return self._answers[item]
+
+    def _decoded(self, item: str, engine: Any) -> Any:
+        from .inputs import Decoded
+        from ..images import decode_image
+
+        image = decode_image(self.samples()[item].source, max_pixels=engine.settings.max_pixels)
+        return Decoded.from_image(item, image, engine.detector().preprocessing)
+
+    def _remember(self, item: str, r: dict) -> None:
+        self._answers[item] = None if r["label"] is None else (int(r["label"]), float(r["probability"]))
 
 
 def visitor_hash(visitor: str) -> str:
@@ -146,8 +157,11 @@ def start_round(db: Database, quiz: QuizSet, engine: Any, visitor: str, ttl: flo
     """Pick an image, get the detector's answer, store the round (truth hidden from the client);
     expired unanswered rounds are cleared on the way."""
     smp = quiz.pick()
-    ans = quiz.answer(smp.id, engine)
+    return store_round(db, smp, quiz.answer(smp.id, engine), visitor, ttl)
 
+
+def store_round(db: Database, smp: Any, ans: tuple[int, float] | None, visitor: str, ttl: float = 900.0) -> QuizRound:
+    """Store a round of sample ``smp`` with the detector's answer ``ans``; expired unanswered rounds go."""
     def add(s: Session) -> QuizRound:
         expire(s, ttl)
         row = QuizRound(visitor_hash=visitor_hash(visitor), item=smp.id, generator=smp.generator, truth=smp.label,

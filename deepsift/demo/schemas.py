@@ -21,9 +21,11 @@ class Heatmap(BaseModel):
     cols: int
     values: list[list[float]]
     boxes: list[list[int]] = Field(description="each crop's [x, y, width, height] in image pixels, row-major")
-    crop: int
+    crop: int = Field(description="side of each crop in the pixels it was cut from")
     width: int
     height: int
+    scale: float = Field(1.0, description="the crops were cut from the image shrunk by this factor "
+                                          "(1: full resolution; a crop covers crop x scale image pixels)")
 
 
 class C2pa(BaseModel):

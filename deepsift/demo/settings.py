@@ -24,6 +24,9 @@ class DemoSettings(BaseSettings):
     max_megapixels: float = Field(40.0, gt=0, le=80, description="largest image, in megapixels, decoded")
     max_images: int = Field(8, ge=1, le=64, description="most images in one request")
     heatmap_grid: int = Field(4, ge=1, le=8, description="heatmap: at most this many 224-px crops per side")
+    heatmap_megapixels: float = Field(4.0, gt=0, le=80, description="heatmaps and previews are made from the "
+                                      "image shrunk to at most this many megapixels (the verdict always reads "
+                                      "the detector's full-resolution input)")
     url_timeout: float = Field(10.0, gt=0, le=120, description="total deadline of one image URL, in seconds")
     allow_private_urls: bool = Field(False, description="fetch URLs on loopback/private networks (tests only)")
     url_allow_networks: tuple[str, ...] = Field((), description="networks allowed even so (an internal image store)")
@@ -115,6 +118,11 @@ class DemoSettings(BaseSettings):
         from .bounds import default_workers
 
         return self.detect_rate or f"{30 * default_workers(cap=64)}/minute"
+
+    @property
+    def heatmap_pixels(self) -> int:
+        """The most pixels of the reduced image heatmaps and previews are made from."""
+        return int(self.heatmap_megapixels * 1_000_000)
 
     @property
     def max_pixels(self) -> int:

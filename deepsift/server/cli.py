@@ -154,6 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run("deepsift.server.app:app_from_env", factory=True, host=args.host, port=args.port,
                     workers=args.processes, log_level=level, proxy_headers=settings.trusted_proxy,
+                    forwarded_allow_ips=settings.trusted_proxy_ips,
                     server_header=False)
     finally:
         _stop_background(children)

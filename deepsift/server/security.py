@@ -17,6 +17,7 @@ import collections
 import functools
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import threading
@@ -98,7 +99,7 @@ def cookie_secure(request: "Request", settings: "Settings") -> bool:
     """Whether cookies get the Secure flag: by setting, or (``auto``) when the request is https."""
     if settings.cookie_secure != "auto":
         return settings.cookie_secure == "true"
-    proto = request.headers.get("x-forwarded-proto") if settings.trusted_proxy else None
+    proto = request.headers.get("x-forwarded-proto") if from_trusted_proxy(request, settings) else None
     return (proto or request.url.scheme) == "https"
 
 
@@ -109,15 +110,33 @@ def set_cookie(response: "Response", request: "Request", settings: "Settings", n
                         secure=cookie_secure(request, settings))
 
 
+def from_trusted_proxy(request: "Request", settings: "Settings") -> bool:
+    """Whether ``trusted_proxy`` is set and the connection comes from one of ``trusted_proxy_ips``."""
+    if not settings.trusted_proxy or request.client is None:
+        return False
+    from .settings import proxy_networks
+
+    nets = proxy_networks(settings.trusted_proxy_ips)
+    if nets is None:
+        return True
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(peer in n for n in nets)
+
+
 def client_address(request: "Request", settings: "Settings") -> str:
     """The client's address: the peer's, or behind a trusted proxy the address that proxy appended.
 
-    Each proxy appends the address it received the request from to ``X-Forwarded-For``, so the
-    right-most ``trusted_proxy_hops`` entries were written by the operator's proxies and everything
-    to their left by the client (who may write anything there). The client's address is therefore
-    the ``trusted_proxy_hops``-th entry from the right (the left-most one when there are fewer).
+    Only a connection from one of ``trusted_proxy_ips`` has its ``X-Forwarded-For`` read: anyone
+    else could write the header themselves. Each proxy appends the address it received the
+    request from, so the right-most ``trusted_proxy_hops`` entries were written by the operator's
+    proxies and everything to their left by the client (who may write anything there). The
+    client's address is therefore the ``trusted_proxy_hops``-th entry from the right (the
+    left-most one when there are fewer).
     """
-    if settings.trusted_proxy:
+    if from_trusted_proxy(request, settings):
         hops = [h.strip() for line in request.headers.getlist("x-forwarded-for") for h in line.split(",")]
         hops = [h for h in hops if h]
         if hops:

@@ -13,6 +13,7 @@ and reads them with :meth:`Settings.section`; tests override any of them with
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -75,6 +76,16 @@ class Settings(BaseSettings):
                                                    "X-Forwarded-For (the entry the proxy appended)")
     trusted_proxy_hops: int = Field(1, ge=1, le=16, description="how many trusted proxies append to X-Forwarded-For "
                                                                  "(the client is this many entries from the right)")
+    trusted_proxy_ips: str = Field("127.0.0.1,::1", description="the trusted proxy's addresses or networks "
+                                   "(comma-separated, CIDR allowed, '*' for any): X-Forwarded-For and "
+                                   "X-Forwarded-Proto are read only on connections from these, every other "
+                                   "client is known by its own address")
+
+    @field_validator("trusted_proxy_ips")
+    @classmethod
+    def _proxy_ips(cls, v: str) -> str:
+        proxy_networks(v)
+        return v
 
     @field_validator("login_rate", "login_account_rate", "submit_rate", "api_rate")
     @classmethod
@@ -128,3 +139,24 @@ class Settings(BaseSettings):
     def section(self, cls: type[S], name: str) -> S:
         """Domain ``name``'s settings: its own env prefix, overridden by ``domain_overrides[name]``."""
         return cls(**self.domain_overrides.get(name, {}))
+
+
+def proxy_networks(spec: str) -> tuple | None:
+    """The networks of a ``trusted_proxy_ips`` value (None: ``*``, any address); ValueError for a bad entry."""
+    return _proxy_networks(spec)
+
+
+@functools.lru_cache(maxsize=8)
+def _proxy_networks(spec: str) -> tuple | None:
+    import ipaddress
+
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    if "*" in entries:
+        return None
+    nets = []
+    for e in entries:
+        try:
+            nets.append(ipaddress.ip_network(e, strict=False))
+        except ValueError:
+            raise ValueError(f"trusted proxy address {e!r} is not an IP address or network (CIDR)") from None
+    return tuple(nets)

@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--known", type=int, default=64, help="real and known-generator images")
     args = ap.parse_args()
 
-    from deepsift.adapt.loop import run_adapt
+    from deepsift.adapt.runner import run_adapt
     from deepsift.adapt.plan import AdaptPlan
     from deepsift.cli import main as cli
     from deepsift.model.backbone import create_backbone, save_backbone

@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import checker_image, smooth_image
 from deepsift.model.card import head_generators, read_card
-from deepsift.adapt.loop import run_adapt
+from deepsift.adapt.runner import run_adapt
 from deepsift.adapt.plan import STEPS, AdaptPlan
 from deepsift.cli import main
 from deepsift.exceptions import DataError, UsageError

@@ -5,18 +5,17 @@ backbone with its heads; an interrupted fine-tune resumes from its checkpoint to
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import checker_image, smooth_image
-from deepsift.adapt.loop import choose_route, run_adapt
+from adaptkit import save_images, tiny_world
+from conftest import smooth_image
+from deepsift.adapt.loop import choose_route
+from deepsift.adapt.runner import run_adapt
 from deepsift.adapt.plan import STEPS, AdaptPlan
 from deepsift.cli import main
 from deepsift.model.card import head_generators, read_card
-from trainkit import TINY_MODEL
 
 TRAIN = {"batch_size": 4, "precision": "fp32", "holdout": 8, "warmup_steps": 1, "log_every": 1}
 
@@ -28,28 +27,11 @@ def faint(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     return np.clip(base + ((xx // 2) % 2) * 6 - 3, 0, 255).astype(np.uint8)
 
 
-def _save(folder, maker, n, rng, groups=1):
-    for i in range(n):
-        d = folder / f"p{i % groups}" if groups > 1 else folder
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(maker(rng, 64, 64)).save(d / f"{i:03d}.png")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny base network with heads fitted on gen_a; the known data (real + gen_a); a faint new generator."""
-    from deepsift.model.backbone import build_code_config, create_backbone, save_backbone
-
-    root = tmp_path_factory.mktemp("adapt-ft")
-    rng = np.random.default_rng(11)
-    _save(root / "known" / "real", smooth_image, 20, rng)
-    _save(root / "known" / "fake" / "gen_a", checker_image, 20, rng)
-    _save(root / "new", faint, 24, rng, groups=8)
-    base = root / "base"
-    save_backbone(create_backbone(build_code_config(**TINY_MODEL), seed=0), base)
-    assert main(["heads", "fit", "--real", str(root / "known" / "real"), "--fake", str(root / "known" / "fake"),
-                 "--model", str(base), "--out", str(base / "heads"), "--classifier", "linear",
-                 "--classifier", "knn", "--workers", "1"]) == 0
+    root = tiny_world(tmp_path_factory.mktemp("adapt-ft"))
+    save_images(root / "new", faint, 24, np.random.default_rng(12), groups=8)
     return root
 
 

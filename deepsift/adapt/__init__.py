@@ -1,6 +1,6 @@
 """A new generator appears: measure the model on it, adapt by the cheapest route that works, publish.
 
-``deepsift adapt`` runs :func:`deepsift.adapt.loop.run_adapt` over an :class:`~deepsift.adapt.plan.AdaptPlan`:
+``deepsift adapt`` runs :func:`deepsift.adapt.runner.run_adapt` over an :class:`~deepsift.adapt.plan.AdaptPlan`:
 collect the new generator's images, embed every image once, measure BEFORE (the model as it is),
 refit the heads on the old and the new generators (the kNN head simply takes the new examples:
 the paper's few-shot route), measure AFTER on held-out images of the new generator and on every old

@@ -97,4 +97,5 @@ def step_build(run: Run) -> dict:
         raise DataError(f"data build made no image of {spec.name!r} from {p.prompts} "
                         f"({', '.join(f'{k}={v}' for k, v in sorted(summary.failures.items())) or 'no record'})")
     return {"spec": spec.to_text(), "prompts": source, "records": summary.records, "images": n,
-            "failures": dict(summary.failures), "seconds": summary.seconds, "ray": p.ray}
+            "failures": dict(summary.failures), "chunks": summary.chunks, "resumed_chunks": summary.chunks_resumed,
+            "seconds": summary.seconds, "ray": p.ray}

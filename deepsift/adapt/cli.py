@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     new.add_argument("--generate", type=_spec, metavar="NAME=KIND:SOURCE",
                      help="build the new generator's images with data build from --prompts: " + SPEC_HELP)
     p.add_argument("--prompts", type=path_or_hub_id, metavar="SRC", default=None,
-                   help="with --generate: D3 shards (file, folder or hub id), JSONL or CSV of prompts")
+                   help="with --generate: D3 shards (file, folder or hub id), JSONL or CSV of prompts (default: none)")
     p.add_argument("--count", type=non_negative_int, default=0,
                    help="with --generate: build the first N records of --prompts (default: 0, all)")
     p.add_argument("--ray", metavar="auto|ADDRESS", default=None,
@@ -96,7 +96,7 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
 def cmd_adapt(args: argparse.Namespace) -> int:
     """deepsift adapt."""
     from ..output import note
-    from .loop import run_adapt
+    from .runner import run_adapt
     from .plan import AdaptPlan
 
     from ..exceptions import UsageError

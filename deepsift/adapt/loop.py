@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -319,28 +319,3 @@ def step_write(run: Run) -> dict:
         shutil.rmtree(final)
     os.replace(stage, final)
     return {"model": str(final), "route": after["route"], "target_reached": reached}
-
-
-def run_adapt(plan: AdaptPlan, *, resume: bool = False, say: Callable[[str], None] = print,
-              stop_after: str | None = None) -> Run:
-    """Run (or resume) every step of ``plan``; ``stop_after`` ends after that step (tests, staged runs)."""
-    from .build import step_build
-    from .finetune import step_after2, step_embed2, step_fine_tune, step_refit2
-
-    funcs: dict[str, Callable[[Run], dict]] = {
-        "build": step_build, "collect": step_collect, "embed": step_embed, "before": step_before,
-        "refit-heads": step_refit, "after": step_after, "fine-tune": step_fine_tune, "embed-2": step_embed2,
-        "refit-heads-2": step_refit2, "after-2": step_after2, "write-model": step_write,
-    }
-    run = Run(plan)
-    run.start(resume)
-    for step in STEPS:
-        if run.done(step):
-            say(f"{step}: done earlier (kept)")
-        else:
-            result = funcs[step](run)
-            run.write(step, result)
-            say(f"{step}: skipped ({result['skipped']})" if result.get("skipped") else f"{step}: done")
-        if step == stop_after:
-            break
-    return run

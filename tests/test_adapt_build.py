@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from PIL import Image
@@ -32,7 +31,7 @@ def spec(models) -> str:
 def plan_for(world, models, out, **kw) -> AdaptPlan:
     return AdaptPlan(model=str(world / "base"), generator="sd", images="", generate=spec(models),
                      prompts=str(world / "prompts.jsonl"), count=10, data=str(world / "known"), out=str(out),
-                     bootstrap=50, workers=1, fine_tune="never", min_test_images=4, **kw)
+                     bootstrap=50, workers=1, fine_tune="never", min_test_images=4, threads=1, **kw)
 
 
 def _step(out, name) -> dict:
@@ -45,17 +44,23 @@ def _images(folder) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def built(world, tmp_path_factory):
-    """``deepsift adapt --generate sd=t2i:... --prompts P --count 10``: a whole run on the tiny text-to-image model."""
+    """``deepsift adapt --generate sd=t2i:... --prompts P --count 10`` on the tiny text-to-image model, interrupted
+    once after the build's shards were written but before its step was recorded, then resumed (``--resume``)."""
     models = shared_tiny_models(tmp_path_factory)
     out = world / "run"
+    run = run_adapt(plan_for(world, models, out), stop_after="build", say=lambda _: None)
+    first = _images(run.steps / "build" / "images")
+    first_step = _step(out, "build")
+    for p in list(run.steps.glob("[0-9][0-9]-*.json")) + list((run.steps / "build" / "images").iterdir()):
+        p.unlink()
     assert main(["adapt", "--model", str(world / "base"), "--data", str(world / "known"), "--generate", spec(models),
                  "--prompts", str(world / "prompts.jsonl"), "--count", "10", "--out", str(out), "--fine-tune", "never",
-                 "--bootstrap", "50", "--workers", "1", "--min-test-images", "4"]) == 0
-    return out, models
+                 "--bootstrap", "50", "--workers", "1", "--min-test-images", "4", "--threads", "1", "--resume"]) == 0
+    return out, models, first, first_step
 
 
 def test_adapt_builds_the_new_generator_from_prompts_and_measures_it(built):
-    out, models = built
+    out, models, _, _ = built
     built_step = _step(out, "build")
     assert built_step["records"] == built_step["images"] == 10 and built_step["failures"] == {}
     ids = [json.loads(line)["id"] for line in (out / "steps" / "build" / "prompts.jsonl").read_text().splitlines()]
@@ -73,26 +78,19 @@ def test_adapt_builds_the_new_generator_from_prompts_and_measures_it(built):
     assert lineage["plan"]["generate"] == spec(models) and lineage["images"] == str(folder)
 
 
-def test_an_interrupted_build_resumes_with_data_build_s_own_resume(world, built, tmp_path):
+def test_an_interrupted_build_resumes_with_data_build_s_own_resume(built):
     """Killed after the shards were written but before the step was recorded: nothing is generated again."""
-    out, models = built
-    copy = tmp_path / "r"
-    shutil.copytree(out, copy)
-    first = _images(copy / "steps" / "build" / "images")
-    assert _step(copy, "build")["resumed_chunks"] == 0
-    for p in list((copy / "steps").glob("[0-9][0-9]-*.json")) + list((copy / "steps" / "build" / "images").iterdir()):
-        p.unlink()
-    said: list[str] = []
-    run_adapt(plan_for(world, models, copy), resume=True, stop_after="collect", say=said.append)
-    assert said == ["build: done", "collect: done"]
-    step = _step(copy, "build")
-    assert step["resumed_chunks"] == step["chunks"] >= 1  # data build found every chunk done: nothing regenerated
-    assert _images(copy / "steps" / "build" / "images") == first
+    out, _, first, first_step = built
+    assert first_step["resumed_chunks"] == 0 and first_step["chunks"] >= 1
+    step = _step(out, "build")
+    assert step["resumed_chunks"] == step["chunks"] == first_step["chunks"]  # data build found every chunk done
+    assert _images(out / "steps" / "build" / "images") == first
 
 
 @pytest.mark.ray
 def test_the_build_runs_on_ray_when_asked_and_gives_the_same_images(world, built, tmp_path):
-    """--ray: data build's Ray route (a local 2-node cluster) makes the same images as the run without Ray."""
+    """--ray: data build's Ray route (a local cluster) makes the same images as the run without Ray (both with
+    one torch thread: the same thread count gives the same bytes)."""
     from test_generate_ray import non_loopback_interfaces
 
     others = non_loopback_interfaces()
@@ -101,18 +99,19 @@ def test_the_build_runs_on_ray_when_asked_and_gives_the_same_images(world, built
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    out, models = built
+    out, models, _, _ = built
     c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False,
                                                           object_store_memory=100 << 20))
+    address = c.address
     try:
         c.add_node(num_cpus=1, object_store_memory=100 << 20)
         c.wait_for_nodes()
-        run_adapt(plan_for(world, models, tmp_path / "ray", ray=c.address), stop_after="build", say=lambda _: None)
+        run_adapt(plan_for(world, models, tmp_path / "ray", ray=address), stop_after="build", say=lambda _: None)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         c.shutdown()
-    assert _step(tmp_path / "ray", "build")["ray"] == c.address
+    assert _step(tmp_path / "ray", "build")["ray"] == address
     assert _images(tmp_path / "ray" / "steps" / "build" / "images") == _images(out / "steps" / "build" / "images")
 
 

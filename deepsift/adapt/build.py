@@ -91,7 +91,7 @@ def step_build(run: Run) -> dict:
     folder = run.steps / BUILD
     folder.mkdir(exist_ok=True)
     source = str(first_prompts(p.prompts, p.count, folder / "prompts.jsonl")) if p.count else p.prompts
-    summary = build(source, [spec], folder / "shards", ray_address=p.ray)
+    summary = build(source, [spec], folder / "shards", ray_address=p.ray, threads=p.threads)
     n = export_images(folder / "shards", spec.name, Path(run.images()))
     if n == 0:
         raise DataError(f"data build made no image of {spec.name!r} from {p.prompts} "

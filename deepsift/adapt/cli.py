@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     p.add_argument("--ray", metavar="auto|ADDRESS", default=None,
                    help="with --generate: build on a Ray cluster: auto (join or start one) or its address "
                         "(default: no Ray)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="with --generate: torch CPU threads of the build; the same value gives the same bytes "
+                        "(default: torch's choice)")
     p.add_argument("--out", required=True, help="the adaptation's folder: steps/, and model/ at the end")
     p.add_argument("--head", action="append", choices=HEAD_KINDS, default=None,
                    help="head kinds to refit; repeatable (default: linear and knn)")
@@ -108,7 +111,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         if not args.prompts:
             raise UsageError("--generate needs --prompts (the D3 shards, JSONL or CSV to build from)")
     else:
-        (name, folder), extra = args.new, [f for f in ("prompts", "ray") if getattr(args, f)] + (["count"] if args.count else [])
+        (name, folder) = args.new
+        extra = [f for f in ("prompts", "ray", "threads") if getattr(args, f)] + (["count"] if args.count else [])
         if extra:
             raise UsageError(f"--{extra[0]} goes with --generate, not --new")
     train_config = {}
@@ -127,7 +131,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                      workers=args.workers, fine_tune=args.fine_tune, fine_tune_steps=args.fine_tune_steps,
                      fine_tune_epochs=args.fine_tune_epochs, fine_tune_lr=args.fine_tune_lr,
                      train_config=train_config, generate=args.generate or "", prompts=args.prompts or "",
-                     count=args.count, ray=args.ray)
+                     count=args.count, ray=args.ray, threads=args.threads)
     if args.dry_run:
         print("\n".join(plan.describe()))
         return EXIT_OK
@@ -135,6 +139,10 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     for line in report(run):
         note(line)
     return EXIT_OK
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def report(run: "object") -> list[str]:
@@ -148,8 +156,8 @@ def report(run: "object") -> list[str]:
             continue
         lines.append(f"{after['route']}: " + ("target reached" if after["method"] else "target NOT reached"))
         for g, fig in after["figures"].items():
-            b, a = before[g]["auroc"]["value"], fig["auroc"]["value"]
-            lines.append(f"  {g}: AUROC {b:.3f} -> {a:.3f} (n real {fig['n_real']}, fake {fig['n_fake']})")
+            b, a = (_fmt(f["auroc"]["value"]) for f in (before[g], fig))
+            lines.append(f"  {g}: AUROC {b} -> {a} (n real {fig['n_real']}, fake {fig['n_fake']})")
     written = run.read("write-model")  # type: ignore[attr-defined]
     if written["target_reached"]:
         lines.append(f"adapted by {written['route']}: {written['model']}")

@@ -15,7 +15,7 @@ STEPS = ("build", "collect", "embed", "before", "refit-heads", "after", "fine-tu
 FINE_TUNE_MODES = ("never", "auto", "always")
 """When adapt fine-tunes: never, only when refitting the heads misses the target (auto), or always."""
 
-RUNTIME = ("device", "batch_size", "workers", "out", "ray")
+RUNTIME = ("device", "batch_size", "workers", "out", "ray", "threads")
 """Plan fields that change how, never what, is computed: left out of the resume key."""
 
 
@@ -49,6 +49,7 @@ class AdaptPlan:
     prompts: str = ""  # the D3 shards / JSONL / CSV prompts the build uses
     count: int = 0  # prompts built (the first N records); 0 = all
     ray: str | None = None  # the build runs on Ray (auto or an address)
+    threads: int | None = None  # torch CPU threads of the build (the same value gives the same image bytes)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -37,10 +37,12 @@ def _spec(text: str) -> str:
 
 def register(sub: argparse._SubParsersAction, groups: dict) -> None:
     """Add ``adapt`` and ``model info``."""
-    p = add_command(sub, "adapt", "a new generator: measure the model on it, refit its heads, publish a model folder",
-                    description="Measure a model on a new generator's images, adapt it by refitting its heads on "
-                                "the known generators and the new one, measure again (the new generator and "
-                                "forgetting on the known ones), and write a model folder with its card.",
+    p = add_command(sub, "adapt", "a new generator: measure the model on it, refit heads or fine-tune, publish a model folder",
+                    description="Measure a model on a new generator's images (given, or built from D3 prompts), "
+                                "adapt it by the cheapest route that reaches the target (refit the heads on the "
+                                "known generators and the new one; else fine-tune the backbone with replay of the "
+                                "known ones), measure again (the new generator and forgetting on the known ones), "
+                                "and write a model folder with its card.",
                     epilog=EPILOG)
     p.add_argument("--model", default=DEFAULT_MODEL, type=path_or_hub_id, help="the model to adapt (hub id or folder)")
     p.add_argument("--data", required=True, type=existing_dir,

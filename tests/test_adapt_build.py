@@ -118,6 +118,9 @@ def test_the_build_runs_on_ray_when_asked_and_gives_the_same_images(world, built
 def test_build_options_without_generate_and_a_spec_for_another_name_are_refused(world, tmp_path, capsys):
     from deepsift.exceptions import UsageError
 
+    for images, generate in (("", ""), (str(world / "known" / "real"), "sd=t2i:/nowhere")):
+        with pytest.raises(UsageError, match="images \\(a folder\\) or a generator spec"):
+            AdaptPlan(model="m", generator="sd", images=images, generate=generate, prompts="p", data="d", out="o")
     with pytest.raises(UsageError, match="names 'other'"):
         run_adapt(AdaptPlan(model=str(world / "base"), generator="sd", images="", generate="other=t2i:/nowhere",
                             prompts=str(world / "prompts.jsonl"), data=str(world / "known"), out=str(tmp_path / "o")),

@@ -62,7 +62,8 @@ class AdaptPlan:
         if self.fine_tune_steps < 1 or self.fine_tune_epochs < 1 or not self.fine_tune_lr > 0:
             raise UsageError("the fine-tune steps and epochs must be >= 1 and its learning rate > 0")
         if bool(self.generate) == bool(self.images):
-            raise UsageError("give the new generator's images (a folder) or a generator spec to build them, not both")
+            raise UsageError("give the new generator's images (a folder) or a generator spec to build them"
+                             + (", not both" if self.images else ""))
         if self.generate and not self.prompts:
             raise UsageError("building the new generator's images needs the prompts (D3 shards, JSONL or CSV)")
 

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -62,6 +62,10 @@ class Run:
     def read_plan(self) -> dict:
         return json.loads((self.out / "plan.json").read_text())["plan"]
 
+    def images(self) -> str:
+        """The folder of the new generator's images: the one given, or the build step's."""
+        return self.plan.images or str(self.steps / "build" / "images")
+
     def detector(self) -> Any:
         """The model as it is (backbone + its own heads), loaded once."""
         if self._detector is None:
@@ -106,10 +110,10 @@ def step_collect(run: Run) -> dict:
         raise UsageError(f"{p.generator!r} is already a generator of {p.data}: name the new one differently")
     if not gens or not any(s.label == 0 for s in known.samples):
         raise DataError(f"{p.data}: needs real images and at least one known generator's images")
-    files, _errors = images_under(p.images, follow_links=p.follow_links)
+    files, _errors = images_under(run.images(), follow_links=p.follow_links)
     if not files:
-        raise DataError(f"{p.images}: no images of the new generator {p.generator!r}")
-    root = Path(p.images)
+        raise DataError(f"{run.images()}: no images of the new generator {p.generator!r}")
+    root = Path(run.images())
     rows = [{"id": s.id, "source": str(s.source), "label": s.label, "generator": s.generator, "group": s.group}
             for s in known.samples]
     for f in files:
@@ -130,10 +134,20 @@ def step_collect(run: Run) -> dict:
 
 def step_embed(run: Run) -> dict:
     """Embed every image once with the model's backbone (``OUT/steps/embeddings.npy``)."""
+    return embed_rows(run, run.detector(), 1)
+
+
+EMBEDDINGS = {1: "embeddings.npy", 2: "embeddings-2.npy"}
+"""The embeddings of each round: the model as given (1) and the fine-tuned one (2)."""
+ROUND_STEPS = {1: ("embed", "refit-heads", "heads"), 2: ("embed-2", "refit-heads-2", "heads-2")}
+"""Per round: its embed step, its refit step and its heads folder under ``OUT/steps``."""
+
+
+def embed_rows(run: Run, det: Any, round_: int) -> dict:
+    """Embed every collected image with ``det``'s backbone into round ``round_``'s array."""
     from ..output import progress
 
     rows = run.read("collect")["samples"]
-    det = run.detector()
     emb = np.full((len(rows), int(det.backbone.config.hidden_size)), np.nan, np.float32)
     errors = []
     items = det.embed_iter(r["source"] for r in rows)
@@ -142,15 +156,16 @@ def step_embed(run: Run) -> dict:
             errors.append({"source": src, "error": err})
         else:
             emb[i] = e
-    tmp = run.steps / "embeddings.tmp.npy"
+    final = run.steps / EMBEDDINGS[round_]
+    tmp = final.with_name(final.stem + ".tmp.npy")
     np.save(tmp, emb)
-    os.replace(tmp, run.steps / "embeddings.npy")
+    os.replace(tmp, final)
     return {"n": len(rows), "errors": errors, "backbone_sha256": det.fingerprint}
 
 
-def _arrays(run: Run) -> tuple[list[dict], np.ndarray, np.ndarray]:
+def _arrays(run: Run, round_: int = 1) -> tuple[list[dict], np.ndarray, np.ndarray]:
     rows = run.read("collect")["samples"]
-    emb = np.load(run.steps / "embeddings.npy")
+    emb = np.load(run.steps / EMBEDDINGS[round_])
     ok = np.isfinite(emb).all(axis=1)
     return rows, emb, ok
 
@@ -191,10 +206,16 @@ def step_before(run: Run) -> dict:
 
 def step_refit(run: Run) -> dict:
     """Fit each head kind on the fitting side (new generator included), and one head per generator."""
+    return refit_heads(run, 1)
+
+
+def refit_heads(run: Run, round_: int) -> dict:
+    """Round ``round_``'s heads, fitted on its embeddings of the fitting side, saved in its heads folder."""
     from ..model.headset import save_headset
     from ..model.heads import make_head
 
-    rows, emb, ok = _arrays(run)
+    embed_step, _, folder = ROUND_STEPS[round_]
+    rows, emb, ok = _arrays(run, round_)
     c = run.read("collect")
     fit = np.array([r["side"] == "fit" for r in rows]) & ok
     labels = np.array([r["label"] for r in rows])
@@ -206,19 +227,24 @@ def step_refit(run: Run) -> dict:
             m = fit & ((labels == 0) | (gen == g))
             if (labels[m] == 1).sum() >= 2:  # a generator with one fitting image gets no head of its own
                 heads[f"{kind}:{g}"] = make_head(kind).fit(emb[m], labels[m])
-    fp = run.read("embed")["backbone_sha256"]
-    save_headset(heads, run.steps / "heads", model=run.plan.model, backbone_sha256=fp,
+    fp = run.read(embed_step)["backbone_sha256"]
+    save_headset(heads, run.steps / folder, model=run.plan.model, backbone_sha256=fp,
                  embedding_dim=int(emb.shape[1]))
     return {"heads": sorted(heads), "n_fit": int(fit.sum())}
 
 
 def step_after(run: Run) -> dict:
     """The refitted heads on the same held-out images; forgetting = the drop on each known generator."""
+    return measure_round(run, 1, "refit heads")
+
+
+def measure_round(run: Run, round_: int, route: str) -> dict:
+    """Round ``round_``'s heads on the held-out images: figures, forgetting against BEFORE, target reached or not."""
     from ..model.headset import load_headset
 
-    rows, emb, ok = _arrays(run)
+    rows, emb, ok = _arrays(run, round_)
     c = run.read("collect")
-    heads, _ = load_headset(run.steps / "heads")
+    heads, _ = load_headset(run.steps / ROUND_STEPS[round_][2])
     after = measure(rows, emb, ok, heads[run.plan.classifier], c["generators"] + [c["new"]],
                     run.plan.bootstrap, run.plan.seed)
     before = run.read("before")["figures"]
@@ -226,8 +252,8 @@ def step_after(run: Run) -> dict:
     new_after = _value(after[c["new"]])
     reached = new_after >= run.plan.target_auroc
     kept = all(d <= run.plan.forget_tolerance for d in drops.values())
-    return {"figures": after, "forgetting": drops, "target_reached": bool(reached), "forgetting_ok": bool(kept),
-            "method": "refit heads" if reached and kept else None}
+    return {"route": route, "figures": after, "forgetting": drops, "target_reached": bool(reached),
+            "forgetting_ok": bool(kept), "method": route if reached and kept else None}
 
 
 def _value(fig: dict) -> float:
@@ -235,25 +261,56 @@ def _value(fig: dict) -> float:
     return float("nan") if v is None else float(v)
 
 
+def shortfall(after: dict, new: str, target: float, tolerance: float) -> float:
+    """How far a route is from the target: AUROC missing on the new generator plus drops beyond the tolerance."""
+    missing = max(target - _value(after["figures"][new]), 0.0)
+    return missing + sum(max(d - tolerance, 0.0) for d in after["forgetting"].values())
+
+
+def choose_route(mode: str, refit: dict, fine: dict | None, misses: tuple[float, float] = (0.0, 0.0)) -> tuple[int, bool]:
+    """(round written, target reached): the cheapest route that reached the target (with ``always``: the
+    fine-tuned one when it did); when none did, the one closest to it (``misses``: each route's shortfall)."""
+    ok1 = bool(refit.get("method"))
+    ok2 = fine is not None and bool(fine.get("method"))
+    if mode == "always" and ok2:
+        return 2, True
+    if ok1:
+        return 1, True
+    if ok2:
+        return 2, True
+    return (2 if fine is not None and misses[1] < misses[0] else 1), False
+
+
 def step_write(run: Run) -> dict:
-    """``OUT/model``: the base weights, the refitted heads, ``lineage.json`` and the model card."""
+    """``OUT/model``: the chosen route's weights and heads, ``lineage.json`` and the model card."""
     from .. import __version__
     from ..model.backbone import resolve_model_dir
     from ..model.card import write_card
 
     p = run.plan
-    src = resolve_model_dir(p.model)
+    refit, fine = run.read("after"), run.read("after-2")
+    fine = None if fine.get("skipped") else fine
+    c = run.read("collect")
+    misses = tuple(shortfall(r, c["new"], p.target_auroc, p.forget_tolerance) if r else 0.0 for r in (refit, fine))
+    round_, reached = choose_route(p.fine_tune, refit, fine, misses)
+    after = refit if round_ == 1 else fine
+    src = resolve_model_dir(p.model) if round_ == 1 else Path(run.read("fine-tune")["model"])
+    embed_step, _, heads = ROUND_STEPS[round_]
     stage = run.out / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
         if (src / name).is_file():
             shutil.copy2(src / name, stage / name)
-    shutil.copytree(run.steps / "heads", stage / "heads")
-    c, after = run.read("collect"), run.read("after")
-    lineage = {"base_model": p.model, "backbone_sha256": run.read("embed")["backbone_sha256"],
+    shutil.copytree(run.steps / heads, stage / "heads")
+    route = after["route"] + ("" if reached else " (target not reached)")
+    routes = {r["route"]: {"reached": bool(r["method"]), "auroc_new": _value(r["figures"][c["new"]]),
+                           "largest_drop": max(r["forgetting"].values(), default=0.0), "shortfall": miss}
+              for r, miss in zip((refit, fine), misses) if r}
+    lineage = {"base_model": p.model, "backbone_sha256": run.read(embed_step)["backbone_sha256"],
                "added_generator": p.generator, "known_generators": c["generators"], "data": p.data,
-               "images": p.images, "method": after["method"] or "refit heads (target not reached)",
+               "images": run.images(), "method": route, "route": after["route"], "target_reached": reached,
+               "routes": routes, "fine_tune": None if fine is None else run.read("fine-tune"),
                "plan": run.read_plan(), "deepsift": __version__}
     (stage / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
     write_card(stage, lineage=lineage, before=run.read("before")["figures"], after=after, plan=p)
@@ -261,26 +318,4 @@ def step_write(run: Run) -> dict:
     if final.exists():
         shutil.rmtree(final)
     os.replace(stage, final)
-    return {"model": str(final)}
-
-
-STEP_FUNCS: dict[str, Callable[[Run], dict]] = {
-    "collect": step_collect, "embed": step_embed, "before": step_before, "refit-heads": step_refit,
-    "after": step_after, "write-model": step_write,
-}
-
-
-def run_adapt(plan: AdaptPlan, *, resume: bool = False, say: Callable[[str], None] = print,
-              stop_after: str | None = None) -> Run:
-    """Run (or resume) every step of ``plan``; ``stop_after`` ends after that step (tests, staged runs)."""
-    run = Run(plan)
-    run.start(resume)
-    for step in STEPS:
-        if run.done(step):
-            say(f"{step}: done earlier (kept)")
-        else:
-            run.write(step, STEP_FUNCS[step](run))
-            say(f"{step}: done")
-        if step == stop_after:
-            break
-    return run
+    return {"model": str(final), "route": after["route"], "target_reached": reached}

@@ -36,6 +36,20 @@ def _fmt(fig: dict) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
+def _routes(lineage: dict) -> str:
+    """The routes an adaptation tried, each with its figure on the new generator and its largest drop."""
+    routes = lineage.get("routes") or {}
+    if not routes:
+        return "Refitting the heads only."
+    rows = "\n".join(f"| {name} | {r['auroc_new']:.3f} | {r['largest_drop']:+.3f} | {'yes' if r['reached'] else 'no'} |"
+                     for name, r in routes.items())
+    chosen = (f"This model is the **{lineage.get('route')}** route"
+              + ("." if lineage.get("target_reached") else ": no route reached the target; it is the one closest to it "
+                 "(AUROC missing on the new generator plus drops beyond the tolerance)."))
+    return ("| route | AUROC on the new generator | largest drop on a known one | target reached |\n"
+            "| --- | --- | --- | --- |\n" + rows + "\n\n" + chosen)
+
+
 def write_card(model_dir: Path, *, lineage: dict, before: dict, after: dict, plan: Any) -> Path:
     """Write ``model_dir/README.md`` for an adapted model."""
     seen = head_generators(model_dir)
@@ -53,6 +67,8 @@ def write_card(model_dir: Path, *, lineage: dict, before: dict, after: dict, pla
         "generators_seen": seen,
         "generators_held_out": [],
         "backbone_sha256": lineage["backbone_sha256"],
+        "adaptation": {"route": lineage.get("route"), "target_reached": lineage.get("target_reached"),
+                       "routes": lineage.get("routes") or {}},
         "decision_rule": "fake when the calibrated P(fake) >= 0.5",
         "model-index": [{"name": f"{Path(str(plan.out)).name}", "results": results}],
     }
@@ -75,6 +91,10 @@ The `{plan.classifier}` head, real vs each generator; 95 % bootstrap intervals r
 
 Forgetting (AUROC before - after on known generators; tolerance {plan.forget_tolerance}): {drops}.
 Target on {lineage['added_generator']}: AUROC >= {plan.target_auroc}: {'reached' if after['target_reached'] else 'NOT reached'}.
+
+## Routes tried (cheapest first)
+
+{_routes(lineage)}
 
 ## Calibration and decision
 
@@ -118,6 +138,9 @@ def card_summary(model_dir: str | Path) -> list[str]:
     lines = [f"model: {model_dir}", f"base model: {meta.get('base_model', 'unknown')}",
              f"generators seen: {', '.join(meta.get('generators_seen') or []) or 'none listed'}",
              f"generators held out: {', '.join(meta.get('generators_held_out') or []) or 'none'}"]
+    adapted = meta.get("adaptation")
+    if isinstance(adapted, dict) and adapted.get("route"):
+        lines.append(f"adapted by: {adapted['route']} (target {'reached' if adapted.get('target_reached') else 'NOT reached'})")
     heads = head_generators(Path(model_dir))
     if heads and sorted(meta.get("generators_seen") or []) != heads:
         lines.append(f"warning: the card lists other generators than the heads know ({', '.join(heads)})")

@@ -55,16 +55,23 @@ class Prediction:
         return {k: row[k] for k in PREDICTION_COLUMNS}
 
 
-def onnx_for(backbone: ViTModel, model_dir: Path) -> Path:
-    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use)."""
+def onnx_for(backbone: ViTModel, model_dir: Path, fingerprint: str | None = None) -> Path:
+    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use).
+
+    With the weights' ``fingerprint`` the export is keyed by content (weights and config), so the
+    same weights in another folder reuse it; without, by the weights file's path, size and time.
+    """
     import hashlib
 
     from .headset import deepsift_home
     from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
 
-    weights = model_dir / "model.safetensors"
-    st = weights.stat()
-    key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    if fingerprint is not None:
+        key = hashlib.sha256(f"{fingerprint}:{backbone.config.to_json_string()}".encode()).hexdigest()[:16]
+    else:
+        weights = model_dir / "model.safetensors"
+        st = weights.stat()
+        key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     path = deepsift_home() / "onnx" / f"{key}.onnx"
     if not path.is_file():
         export_onnx(backbone, path)
@@ -172,7 +179,8 @@ class Detector:
         if backend not in BACKENDS:
             raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
         fingerprint = weights_fingerprint(backbone)
-        det = cls(backbone, None, **backend_kwargs(backend, backbone, model, fingerprint, kwargs))  # type: ignore[arg-type]
+        kwargs = backend_kwargs(backend, backbone, model, fingerprint, kwargs)
+        det = cls(backbone, None, **kwargs)  # type: ignore[arg-type]
         det.fingerprint = fingerprint
         return det
 

@@ -252,6 +252,8 @@ def _forwards(backbone: Any, model_dir: Path | None, wanted: list[str],
 
                 embedder = OnnxEmbedder(onnx_for(backbone, model_dir, fingerprint))
                 out[name] = lambda batch, _e=embedder: _e(normalize_batch(batch))
+        except ImportError as exc:
+            skipped[name] = f"{exc.name or 'a library'} cannot be imported (not installed?)"
         except Exception as exc:  # noqa: BLE001 - any candidate that cannot load is skipped, never fatal
             skipped[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'failed'}"
     return out, skipped

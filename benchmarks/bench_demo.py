@@ -15,7 +15,8 @@ Timed rounds are interleaved (bare, API, bare, API, ...) so load from other proc
 machine distorts the ratios less. The requests are split into 5 rounds (``--rounds``); the overhead
 ratio is printed as the median of the rounds' ratios with their spread (min-max), and beside it the
 CPU time per request of the API path (the server process's threads, from ``/proc/<pid>/task/*/schedstat``)
-and of the bare ``Detector.predict`` (this process), which load on the machine barely changes.
+and of the bare ``Detector.predict`` (this process), which moderate load on the machine barely changes
+(on oversubscribed cores torch's OpenMP threads spin-wait for preempted siblings, and that counts too).
 
 With ``--memory`` (issue 18) it measures memory instead: the server's peak RSS (``VmHWM``, reset
 between phases through ``/proc/<pid>/clear_refs``) during one request of 8 black 6000 x 6000 PNGs

@@ -105,7 +105,7 @@ def backend_kwargs(backend: str, backbone: Any, model: str | os.PathLike, finger
 
     out = dict(kwargs)
     if backend == "onnx":
-        from .detector import onnx_for
+        from .onnx import onnx_for
 
         out["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model), fingerprint))
         return out
@@ -124,7 +124,7 @@ def backend_kwargs(backend: str, backbone: Any, model: str | os.PathLike, finger
         note(choice.line())
     out["precision"] = choice.precision
     if choice.backend == "onnx":
-        from .detector import onnx_for
+        from .onnx import onnx_for
 
         out["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model), fingerprint))
     out["choice"] = choice
@@ -254,7 +254,7 @@ def _forwards(backbone: Any, model_dir: Path | None, wanted: list[str],
                 import onnxruntime  # noqa: F401 - fails fast, before the export
 
                 from ..images import normalize_batch
-                from .detector import onnx_for
+                from .onnx import onnx_for
                 from .onnx import OnnxEmbedder
 
                 embedder = OnnxEmbedder(onnx_for(backbone, model_dir, fingerprint))

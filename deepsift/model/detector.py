@@ -23,6 +23,7 @@ from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .autobackend import Choice, backend_kwargs, bf16_warning, labelling_heads
 from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir, weights_fingerprint
+from .onnx import onnx_for  # noqa: F401 - its home before it moved beside the exporter
 from .devices import MultiRunner, Runner, resolve_device
 from .engine import run_batches
 from .headset import check_heads_backbone, find_heads_dir, load_headset
@@ -53,33 +54,6 @@ class Prediction:
 
         row = {**asdict(self), "verdict": self.verdict}
         return {k: row[k] for k in PREDICTION_COLUMNS}
-
-
-def onnx_for(backbone: ViTModel, model_dir: Path, fingerprint: str | None = None) -> Path:
-    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use).
-
-    With the weights' ``fingerprint`` the export is keyed by content (weights and config), so the
-    same weights in another folder reuse it; without, by the weights file's path, size and time.
-    """
-    import hashlib
-
-    from .headset import deepsift_home
-    from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
-
-    if fingerprint is not None:
-        key = hashlib.sha256(f"{fingerprint}:{backbone.config.to_json_string()}".encode()).hexdigest()[:16]
-    else:
-        weights = model_dir / "model.safetensors"
-        st = weights.stat()
-        key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    path = deepsift_home() / "onnx" / f"{key}.onnx"
-    if not path.is_file():
-        export_onnx(backbone, path)
-        diff = check_onnx(backbone, path)
-        if diff > ONNX_TOLERANCE:
-            path.unlink()
-            raise ModelError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
-    return path
 
 
 def _first_device(device: str, kwargs: dict) -> torch.device:

@@ -223,6 +223,65 @@ def peak_rss_mib(model_dir: Path, folder: Path, precision: str, batch_size: int)
     return int(kib) / 1024, n, float(secs)
 
 
+def generator_heads(model_dir: Path, paths: list[Path], e32: np.ndarray) -> dict:
+    """Per-generator heads of every kind, as ``deepsift heads fit`` makes them: real vs one generator's fakes.
+
+    The benchmark's fakes come in two kinds, JPEG and PNG files; each is a "generator" here. The
+    heads are fitted on the same first 64 images (fp32 embeddings) as the pooled heads.
+    """
+    from deepsift.model.headset import load_headset
+
+    heads = dict(load_headset(model_dir / "heads")[0])
+    fit = np.arange(min(64, len(paths)))
+    fake = np.array([(i // 2) % 2 for i in fit], bool)
+    for gen, parity in (("jpeg", 0), ("png", 1)):
+        keep = ~fake | (fit % 2 == parity)
+        y = fake[keep].astype(np.int64)
+        for kind in HEAD_KINDS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                heads[f"{kind}:{gen}"] = make_head(kind).fit(e32[fit][keep].astype(np.float64), y)
+    return heads
+
+
+def head_agreement(heads: dict, e32: np.ndarray, e16: np.ndarray) -> dict[str, float]:
+    """Per head: the share of images whose label (the detector's rule, P(fake) >= 0.5) is the same in bf16 and fp32."""
+    from deepsift.decision import decide
+
+    return {name: float(np.mean(decide(h.probability(h.decision_function(e32)))
+                                == decide(h.probability(h.decision_function(e16))))) for name, h in heads.items()}
+
+
+def print_head_agreement(model_dir: Path, paths: list[Path], e32: np.ndarray, e16: np.ndarray) -> None:
+    """Print the bf16 label agreement of every head (pooled and per generator) and whether auto may use bf16."""
+    from deepsift.model.autobackend import BF16_MIN_AGREEMENT, bf16_agreement, head_kind_key
+
+    agree = head_agreement(generator_heads(model_dir, paths, e32), e32, e16)
+    print(f"bf16 vs fp32 label agreement per head on {len(e32)} images (the detector's rule; bf16 stays opt-in "
+          f"below {100 * BF16_MIN_AGREEMENT:.1f} %):")
+    for name, share in agree.items():
+        table = bf16_agreement(name)
+        said = "auto may use bf16" if share >= BF16_MIN_AGREEMENT else "opt-in"
+        known = "unmeasured" if table is None else f"{100 * table:.1f} %"
+        print(f"  {name:>12}: {100 * share:6.2f} %  ({said} on this run; deepsift's table for {head_kind_key(name)}: "
+              f"{known})")
+
+
+def bf16_heads_only(root: Path, n_images: int, bs: int) -> int:
+    """``--bf16-heads``: only the per-head bf16 agreement (no timing), on the benchmark's model and images."""
+    folder = root / "images"
+    paths = sorted(folder.glob("*")) if folder.is_dir() else []
+    if len(paths) != n_images:
+        paths = make_images(folder, n_images)
+    model_dir = build_model(root, paths)
+    emb = {}
+    for prec in ("fp32", "bf16"):
+        det = Detector.load_backbone_only(str(model_dir), precision=prec, batch_size=bs, device="cpu")
+        emb[prec] = det.embed([str(p) for p in paths])
+    print_head_agreement(model_dir, paths, emb["fp32"], emb["bf16"])
+    return 0
+
+
 def cpu_bf16_flags() -> str:
     """The CPU's bf16-relevant flags from /proc/cpuinfo (what lscpu prints)."""
     try:
@@ -276,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode: only the decode core time by stage and the core-sharing bound (issue 23)")
     ap.add_argument("--precisions", default="fp32,bf16,onnx",
                     help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
+    ap.add_argument("--bf16-heads", action="store_true", help="only the bf16 label agreement per head (no timing)")
     args = ap.parse_args(argv)
     unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
     if unknown:
@@ -289,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-detect-") as tmp:
         root = Path(args.workdir or tmp)
         os.environ["DEEPSIFT_HOME"] = str(root / "home")  # the ONNX export cache stays in the work dir
+        if args.bf16_heads:
+            return bf16_heads_only(root, n_images, bs)
         t0 = time.perf_counter()
         folder = root / "images"
         paths = sorted(folder.glob("*")) if folder.is_dir() else []
@@ -363,7 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in HEAD_KINDS:
             same = float(np.mean(heads[kind].predict(e32) == heads[kind].predict(e16)))
             fake = float(np.mean(heads[kind].predict(e32)))
-            print(f"same label ({kind:>6} head on embeddings): {100 * same:.2f} %  (fp32 calls {100 * fake:.0f} % fake)")
+            print(f"same label ({kind:>6} head, its native rule, not the detector's): {100 * same:.2f} %  "
+                  f"(fp32 calls {100 * fake:.0f} % fake)")
+        print_head_agreement(model_dir, paths, e32, e16)
         cos = np.sum(e32 * e16, 1) / (np.linalg.norm(e32, axis=1) * np.linalg.norm(e16, axis=1))
         print(f"embedding cosine bf16 vs fp32: min {cos.min():.5f}, mean {cos.mean():.5f}")
 

@@ -13,8 +13,8 @@ DEFAULT_MODEL = "aimagelab/CoDE"
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 """Numeric precisions of the embedding network."""
 
-BACKENDS: tuple[str, ...] = ("torch", "onnx")
-"""Engines that run the embedding network."""
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+"""Engines that run the embedding network (auto: the fastest exact one on this machine, measured and cached)."""
 
 PREPROCESS_MODES: tuple[str, ...] = ("official", "resize")
 """official: centre crop 224 without resize (zero padding for short sides); resize: 248 then crop 224."""

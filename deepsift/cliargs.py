@@ -337,7 +337,11 @@ def add_detector_options(parser: argparse.ArgumentParser, *, model_default: str 
         g.add_argument("--threshold", type=probability, default=None,
                        help="call an image fake when its calibrated P(fake) >= this (default: 0.5)")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision of the network")
-    g.add_argument("--backend", choices=BACKENDS, default="torch", help="engine running the network")
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="engine running the network: torch, onnx (ONNX Runtime, CPU, fp32), or auto: the fastest "
+                        "of torch fp32, ONNX Runtime and (with --precision bf16, for heads whose bf16 labels agree "
+                        "with fp32 on >= 99.5 %% of the benchmark's images) torch bf16, measured in a second or two "
+                        "once per model and machine and cached in the user cache folder; -v says which and why")
     g.add_argument("--preprocessing", choices=PREPROCESS_MODES, default="official",
                    help="official: centre crop 224, no resize, zero padding; resize: 248 then crop 224 (training)")
     add_runtime_options(g, batch_size=DEFAULT_BATCH_SIZE, device="auto", url_timeout=inputs)

@@ -51,8 +51,10 @@ def test_api_answers_exactly_what_deepsift_detect_answers(client, code_model_dir
     (tmp_path / "large.png").write_bytes(png_bytes(7, 700, 600))  # read down to the window's last row on both sides
     files += [tmp_path / "photo.jpg", tmp_path / "large.jpg", tmp_path / "large.png"]
     out = tmp_path / "cli.jsonl"
+    # the demo runs torch; the command's default backend (auto) may pick ONNX Runtime, 1e-5 away
     subprocess.run([sys.executable, "-m", "deepsift", "detect", *map(str, files), "--model", str(code_model_dir),
-                    "--heads", str(heads_dir), "--format", "jsonl", "--out", str(out)], check=True, timeout=300)
+                    "--heads", str(heads_dir), "--format", "jsonl", "--out", str(out), "--backend", "torch"],
+                   check=True, timeout=300)
     cli = [json.loads(line) for line in out.read_text().splitlines()]
     r = client.post("/api/v1/detect", files=[("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files])
     assert r.status_code == 200, r.text

@@ -54,8 +54,8 @@ async def detect(request: Request) -> Any:
     """Real or AI-generated? One or many images (multipart ``files`` parts and/or ``url`` fields).
 
     Form fields: ``files`` (repeatable), ``url`` (repeatable), ``heatmap``, ``metadata`` (default
-    true), ``preview``. The fields ``source`` .. ``verdict`` equal ``deepsift detect --format jsonl``
-    on the same file and model. An input that cannot be read has its ``error`` (the others are
+    true), ``preview``. The fields ``source`` .. ``verdict`` equal
+    ``deepsift detect --format jsonl --backend torch`` on the same file and model. An input that cannot be read has its ``error`` (the others are
     answered); when no input can be read the answer is a 422 with the reason.
 
     Limits, all checked before the body is read: requests per minute (``api_rate``), images per
@@ -85,7 +85,8 @@ async def detect(request: Request) -> Any:
             raise InvalidInputError(f"{n} inputs: at most {s.max_images} images per request")
         if n > 1:
             charge(request, "detect", s.image_rate, n - 1, what=what)
-        det = await bounds.run(eng.detector)  # a missing model is a 503 before any work
+        # a missing model is a 503 before any work; loading it blocks (a pool thread), a loaded one does not
+        det = eng.detector() if eng.loaded else await bounds.run(eng.detector)
         visitor = client_address(request, settings)
         jobs = [(upload_name(f), f) for f in uploads] + [(u[:500], u) for u in urls]
         with bounds.url_slots(visitor, len(urls)):

@@ -2,7 +2,8 @@
 
 ``analyse`` runs exactly what ``deepsift detect`` runs (the detector's batch engine, then
 :meth:`Detector.classify` with the one decision rule), so its fields equal the command's on the
-same file and model; it adds the score of every head, the per-generator probabilities, a heatmap
+same file and model with ``--backend torch`` (the demo runs torch; the command's ``auto`` may pick
+ONNX Runtime, whose embeddings are within 1e-4 of torch's); it adds the score of every head, the per-generator probabilities, a heatmap
 and the unsure band. Every forward pass runs on one dedicated thread, one at a time per process:
 concurrent clients queue instead of splitting a few CPU cores between several passes, and torch's
 CPU thread team stays that one thread's (request threads calling torch in turn would each start a
@@ -180,6 +181,11 @@ class DemoEngine:
                     except (ModelError, UsageError, OSError) as exc:
                         raise DetectorUnavailable(f"the detector is not available: {exc}") from None
         return self._detector
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the detector is loaded (then :meth:`detector` returns at once, without blocking)."""
+        return self._detector is not None
 
     def set_detector(self, detector: Any) -> None:
         """Use an already loaded Detector (benchmarks, embedding the demo in another app)."""

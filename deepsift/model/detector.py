@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -17,10 +18,12 @@ from transformers import ViTModel
 
 from ..choices import BACKENDS, PRECISIONS
 from ..decision import DEFAULT_THRESHOLD, check_threshold, decide
-from ..exceptions import ModelError, ModelNotFoundError, UsageError
+from ..exceptions import DeepsiftWarning, ModelError, ModelNotFoundError, UsageError
 from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
+from .autobackend import Choice, backend_kwargs, bf16_warning, labelling_heads
 from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir, weights_fingerprint
+from .onnx import onnx_for  # noqa: F401 - its home before it moved beside the exporter
 from .devices import MultiRunner, Runner, resolve_device
 from .engine import run_batches
 from .headset import check_heads_backbone, find_heads_dir, load_headset
@@ -53,26 +56,6 @@ class Prediction:
         return {k: row[k] for k in PREDICTION_COLUMNS}
 
 
-def onnx_for(backbone: ViTModel, model_dir: Path) -> Path:
-    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use)."""
-    import hashlib
-
-    from .headset import deepsift_home
-    from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
-
-    weights = model_dir / "model.safetensors"
-    st = weights.stat()
-    key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    path = deepsift_home() / "onnx" / f"{key}.onnx"
-    if not path.is_file():
-        export_onnx(backbone, path)
-        diff = check_onnx(backbone, path)
-        if diff > ONNX_TOLERANCE:
-            path.unlink()
-            raise ModelError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
-    return path
-
-
 def _first_device(device: str, kwargs: dict) -> torch.device:
     """The device the network loads on: the first of ``devices`` when several are given (all checked first)."""
     devices = kwargs.get("devices") or None
@@ -88,7 +71,7 @@ class Detector:
                  *, precision: str = "fp32", batch_size: int = 32, preprocessing: str = "official",
                  threshold: float | None = None, workers: int | str | None = None, onnx_path: str | None = None,
                  url_timeout: float = 20.0, url_policy: FetchPolicy = STRICT_POLICY,
-                 devices: list[str] | None = None) -> None:
+                 devices: list[str] | None = None, choice: Choice | None = None) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if preprocessing not in PREPROCESS_MODES:
@@ -113,6 +96,9 @@ class Detector:
         self.runner: Runner | MultiRunner = Runner(self.backbone, self.device, precision)  # pinned + async on CUDA
         if devices and len(devices) > 1:  # several devices share every batch, rows back in input order
             self.runner = MultiRunner(self.backbone, [resolve_device(d) for d in devices], precision)
+        self.choice = choice  # what backend="auto" chose and why (None: the backend was named)
+        if precision == "bf16" and (said := bf16_warning(labelling_heads(self.heads, classifier))):
+            warnings.warn(said, DeepsiftWarning, stacklevel=3)
         self.onnx = None
         if onnx_path is not None:
             if precision != "fp32":
@@ -132,7 +118,11 @@ class Detector:
     def load(cls, model: str | os.PathLike = DEFAULT_MODEL, heads: str | os.PathLike | None = None,
              classifier: str = "linear", device: str = "auto", backend: str = "torch",
              **kwargs: object) -> "Detector":
-        """Load the backbone (hub id or folder) and its heads (explicit, beside the model, or cached)."""
+        """Load the backbone (hub id or folder) and its heads (explicit, beside the model, or cached).
+
+        ``backend``: ``torch``, ``onnx``, or ``auto`` (the fastest exact one here, measured once and
+        cached: :mod:`deepsift.model.autobackend`).
+        """
         if classifier not in HEAD_KINDS:
             raise UsageError(f"classifier must be one of {HEAD_KINDS}, got {classifier!r}")
         if backend not in BACKENDS:
@@ -140,8 +130,6 @@ class Detector:
         force_heads = bool(kwargs.pop("force_heads", False))
         backbone = load_backbone(model, _first_device(device, kwargs))
         fingerprint = weights_fingerprint(backbone)
-        if backend == "onnx":
-            kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
         heads_dir = Path(heads) if heads is not None else find_heads_dir(model, resolve_model_dir(model))
         if heads_dir is None:
             raise ModelNotFoundError(
@@ -151,6 +139,7 @@ class Detector:
             )
         loaded, meta = load_headset(heads_dir)
         check_heads_backbone(meta, fingerprint, heads_dir, force_heads)
+        kwargs = backend_kwargs(backend, backbone, model, fingerprint, kwargs, labelling_heads(loaded, classifier))
         det = cls(backbone, loaded, classifier, **kwargs)  # type: ignore[arg-type]
         det.fingerprint = fingerprint
         return det
@@ -161,9 +150,10 @@ class Detector:
         """A detector without heads: for :meth:`embed` (and for fitting heads)."""
         kwargs.pop("force_heads", None)
         backbone = load_backbone(model, _first_device(device, kwargs))
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {BACKENDS}, got {backend!r}")
         fingerprint = weights_fingerprint(backbone)
-        if backend == "onnx":
-            kwargs["onnx_path"] = str(onnx_for(backbone, resolve_model_dir(model)))
+        kwargs = backend_kwargs(backend, backbone, model, fingerprint, kwargs)
         det = cls(backbone, None, **kwargs)  # type: ignore[arg-type]
         det.fingerprint = fingerprint
         return det

@@ -89,3 +89,29 @@ def check_onnx(net: ViTModel, path: str | os.PathLike, batch: int = 3, seed: int
     with torch.inference_mode():
         ref = net.float().eval()(pixel_values=x).last_hidden_state[:, 0].numpy()
     return float(np.abs(OnnxEmbedder(path)(x) - ref).max())
+
+
+def onnx_for(backbone: ViTModel, model_dir: Path, fingerprint: str | None = None) -> Path:
+    """The cached ONNX export of the model in ``model_dir`` (exported and checked on first use).
+
+    With the weights' ``fingerprint`` the export is keyed by content (weights and config), so the
+    same weights in another folder reuse it; without, by the weights file's path, size and time.
+    """
+    import hashlib
+
+    from .headset import deepsift_home
+
+    if fingerprint is not None:
+        key = hashlib.sha256(f"{fingerprint}:{backbone.config.to_json_string()}".encode()).hexdigest()[:16]
+    else:
+        weights = model_dir / "model.safetensors"
+        st = weights.stat()
+        key = hashlib.sha256(f"{weights.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = deepsift_home() / "onnx" / f"{key}.onnx"
+    if not path.is_file():
+        export_onnx(backbone, path)
+        diff = check_onnx(backbone, path)
+        if diff > ONNX_TOLERANCE:
+            path.unlink()
+            raise ModelError(f"ONNX export differs from torch by {diff:.2e} (> {ONNX_TOLERANCE})")
+    return path

@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Annotated, Callable, Iterator
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ..exceptions import AuthenticationError, ForbiddenError, RateLimitedError
 from .db import Database, utcnow
 from .models import ApiToken, User, WebSession
-from .security import (CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, client_address, csrf_ok, hash_token,
-                       retry_after)
+from .security import (CSRF_COOKIE, CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, RateLimiter, client_address, csrf_ok,
+                       hash_token, retry_after)
 from .settings import Settings, parse_rate
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -181,10 +182,19 @@ def rate_limit(scope: str, setting: str, per_user: bool = False) -> Callable[...
     """A dependency allowing ``settings.<setting>`` (e.g. ``"10/minute"``) requests per client address
     (per user when ``per_user`` and the caller is authenticated); beyond it a 429 with Retry-After."""
 
-    def check(request: Request, user: CurrentUser) -> None:
+    async def check(request: Request) -> None:
+        # on the event loop, with no thread hop per request, unless a database or a file is read: the
+        # caller's token or session (a lookup) and the shared file of counts run in the thread pool
         settings: Settings = request.app.state.settings
+        if _bearer(request) is None and not request.cookies.get(SESSION_COOKIE):
+            user = get_current_user(request)  # anonymous: None, without any lookup
+        else:
+            user = await run_in_threadpool(get_current_user, request)
         key = f"user:{user.id}" if per_user and user is not None else None
-        charge(request, scope, getattr(settings, setting), key=key)
+        if isinstance(request.app.state.rate_limiter, RateLimiter):  # in memory: microseconds under a lock
+            charge(request, scope, getattr(settings, setting), key=key)
+        else:
+            await run_in_threadpool(charge, request, scope, getattr(settings, setting), key=key)
 
     check.__name__ = f"rate_limit_{scope}"
     return check

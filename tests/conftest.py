@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# deepsift's own cache (backend measurements, ONNX exports, heads) goes to a folder of this session, never
+# the user's ~/.cache/deepsift; tests that need their own set DEEPSIFT_HOME themselves.
+os.environ.setdefault("DEEPSIFT_HOME", tempfile.mkdtemp(prefix="deepsift-test-home-"))
 
 
 @pytest.fixture(autouse=True)

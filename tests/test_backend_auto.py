@@ -42,10 +42,9 @@ def small_model(tmp_path_factory):
 
 @pytest.fixture
 def cache_home(tmp_path, monkeypatch):
-    """A fresh user cache folder (and deepsift home for the ONNX export) for this test."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    """A fresh deepsift cache folder (the measurement cache and the ONNX exports) for this test."""
     monkeypatch.setenv("DEEPSIFT_HOME", str(tmp_path / "home"))
-    return tmp_path / "xdg"
+    return tmp_path / "home"
 
 
 class Timer:
@@ -73,7 +72,7 @@ def test_auto_picks_the_fastest_measured_and_the_cache_is_reused(small_model, ca
     assert (first.backend, first.precision, first.measured) == ("onnx", "fp32", True)
     assert sorted(timer.calls) == ["onnx/fp32", "torch/fp32"]
     written = json.loads(cache_file().read_text())
-    assert cache_file().parent.parent == cache_home
+    assert cache_file().parent == cache_home
     [entry] = written["entries"].values()
     assert entry["backend"] == "onnx" and entry["rates"] == {"torch/fp32": 10.0, "onnx/fp32": 20.0}
     mtime = cache_file().stat().st_mtime_ns
@@ -103,8 +102,7 @@ def test_an_unwritable_cache_only_means_no_cache(small_model, tmp_path, monkeypa
     model, images = small_model
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # the cache folder cannot be made under a file
-    monkeypatch.setenv("DEEPSIFT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DEEPSIFT_HOME", str(blocker / "home"))  # the cache folder cannot be made under a file
     choice = _choose(model, measure=Timer({"torch/fp32": 20.0, "onnx/fp32": 10.0}))
     assert choice.backend == "torch" and choice.cache is None
     det = Detector.load(str(model), backend="auto", device="cpu", batch_size=2)
@@ -188,7 +186,7 @@ def test_onnxruntime_missing_is_skipped(small_model, tmp_path):
             "from deepsift.cli import main\n"
             f"sys.exit(main(['detect', {str(images)!r}, '--model', {str(model)!r}, '-v', '--batch-size', '2', "
             f"'--format', 'jsonl', '--out', {str(tmp_path / 'o.jsonl')!r}]))\n")
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg"), "DEEPSIFT_HOME": str(tmp_path / "home"),
+    env = {**os.environ, "DEEPSIFT_HOME": str(tmp_path / "home"),
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -7,7 +7,7 @@ of torch), and torch bf16 only when bf16 precision was asked for *and* every hea
 within bf16's tolerance, so a bf16 request may run fp32 when fp32 is faster here; an fp32 request
 never runs bf16. A few forward passes of a synthetic batch time each candidate (a second or two);
 a candidate that fails to load (onnxruntime missing, the export failing) or is not exact is
-skipped. The choice is cached in ``$XDG_CACHE_HOME/deepsift/backends.json`` (``~/.cache``
+skipped. The choice is cached in ``$DEEPSIFT_HOME/backends.json`` (``~/.cache``
 without it), keyed by the weights' fingerprint, the batch size, the precision and the machine
 (CPU model and flags, torch and onnxruntime versions, thread count); a corrupt cache is measured
 again and an unwritable one is simply not written. Off the CPU (CUDA, several devices) auto is torch.
@@ -144,9 +144,10 @@ def bf16_warning(names: Iterable[str]) -> str | None:
 
 
 def cache_file() -> Path:
-    """The measurement cache: ``$XDG_CACHE_HOME/deepsift/backends.json`` (``~/.cache/deepsift/...`` without it)."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "deepsift" / "backends.json"
+    """The measurement cache: ``$DEEPSIFT_HOME/backends.json`` (``~/.cache/deepsift/...`` without it), beside the ONNX exports."""
+    from .headset import deepsift_home
+
+    return deepsift_home() / "backends.json"
 
 
 def machine() -> dict[str, Any]:

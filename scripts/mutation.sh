@@ -4,7 +4,15 @@
 #   scripts/mutation.sh                      # every module below (slow: hours on a small machine)
 #   scripts/mutation.sh decision loss        # only these (names from the table below)
 #   scripts/mutation.sh --list               # the table
+#   scripts/mutation.sh --summary [MODULE ...]  # the figures of the sessions in $MUTATION_OUT (also of a stopped run)
 #   MUTATION_TESTS='tests/test_x.py -k fast' scripts/mutation.sh decision   # other tests for one module
+#   MUTATION_SAMPLE=1 scripts/mutation.sh metrics  # the reproducible sample below, not every mutant (~1/4 of them)
+#
+# The sample (MUTATION_SAMPLE=1) keeps, of cosmic-ray's operators: the plausible arithmetic swaps (+ <-> -, * <-> /,
+# | <-> &, ** -> *, // -> /, % -> //), the off-by-one and negated comparisons (< <-> <=, > <-> >=, == <-> !=,
+# is <-> is not, in <-> not in), `not` added, True <-> False, and <-> or, loops run zero times, break <-> continue,
+# unary - dropped, and every second number replacement (cosmic-ray makes two per number: the even occurrences);
+# the rest (e.g. + -> <<, < -> is, == -> >) is marked skipped and not counted.
 #
 # Each module is mutated in a throwaway copy of the working tree (tracked and untracked, not ignored, files),
 # never in place; the sessions are kept in $MUTATION_OUT (default: mutation-out/, ignored by git) and the script
@@ -18,6 +26,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${MUTATION_OUT:-$ROOT/mutation-out}"
 VENV="${MUTATION_VENV:-$HOME/.cache/deepsift-mutation-venv}"
 TIMEOUT="${MUTATION_TIMEOUT:-120}"  # seconds per mutant's test run (a hang counts as killed)
+SAMPLE="${MUTATION_SAMPLE:-0}"
 
 # name | module | its fast tests (pytest arguments)
 MODULES=(
@@ -56,6 +65,46 @@ selected() {
   return 1
 }
 
+# One line per module (mutants run, killed, survived, survival rate; pending ones if the run was stopped) and
+# $OUT/<name>.report.txt with every survivor's operator, place and diff. Skipped (not sampled) mutants are not counted.
+summary() {
+  "$PY" - "$@" "$OUT/$1.report.txt" <<'PYEOF'
+import sys
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+name, module, session, report = sys.argv[1:5]
+total = killed = survived = 0
+lines = []
+with use_db(session, WorkDB.Mode.open) as db:
+    pending = sum(1 for _ in db.pending_work_items)
+    for item, result in db.completed_work_items:
+        if result.worker_outcome == WorkerOutcome.SKIPPED:
+            continue
+        total += 1
+        if result.test_outcome == TestOutcome.SURVIVED:
+            survived += 1
+            m = item.mutations[0]
+            lines.append(f"--- {m.operator_name} occurrence {m.occurrence} at {m.start_pos[0]}:{m.start_pos[1]}"
+                         f" ({m.definition_name})\n{result.diff}\n")
+        else:
+            killed += 1
+with open(report, "w") as f:
+    f.write(f"{name}: {module}, {survived} survivors of {total} mutants\n\n" + "".join(lines))
+rate = 100.0 * survived / total if total else 0.0
+left = f"  (pending {pending})" if pending else ""
+print(f"{name:12s} {module:38s} mutants {total:4d}  killed {killed:4d}  survived {survived:3d}  survival {rate:5.1f} %{left}")
+PYEOF
+}
+
+if [[ "${1:-}" == "--summary" ]]; then  # the figures of the sessions already in $OUT (e.g. of a run stopped early)
+  shift
+  for row in "${MODULES[@]}"; do
+    IFS='|' read -r name module tests <<<"$row"
+    [[ -f "$OUT/$name.sqlite" ]] && { [[ $# -eq 0 ]] || [[ " $* " == *" $name "* ]]; } && summary "$name" "$module" "$OUT/$name.sqlite"
+  done
+  exit 0
+fi
+
 mkdir -p "$OUT"
 SUMMARY=()
 for row in "${MODULES[@]}"; do
@@ -79,27 +128,26 @@ EOF
   rm -f "$session"
   echo "== $name: $module against $tests" >&2
   (cd "$work" && "$VENV/bin/cosmic-ray" init cosmic-ray.toml "$session" \
+     && { [[ "$SAMPLE" == 0 ]] || "$PY" - "$session" <<'PYEOF'
+import re, sys
+from cosmic_ray.work_db import use_db
+from cosmic_ray.work_item import WorkResult, WorkerOutcome
+KEEP = re.compile(
+    r"core/(ReplaceBinaryOperator_(Add_Sub|Sub_Add|Mul_Div|Div_Mul|BitOr_BitAnd|BitAnd_BitOr|Pow_Mul|FloorDiv_Div|Mod_FloorDiv)"
+    r"|ReplaceComparisonOperator_(Lt_LtE|LtE_Lt|Gt_GtE|GtE_Gt|Eq_NotEq|NotEq_Eq|Is_IsNot|IsNot_Is|In_NotIn|NotIn_In)"
+    r"|AddNot|ReplaceTrueWithFalse|ReplaceFalseWithTrue|ReplaceAndWithOr|ReplaceOrWithAnd|ZeroIterationForLoop"
+    r"|ReplaceBreakWithContinue|ReplaceContinueWithBreak|NumberReplacer|ReplaceUnaryOperator_USub_UAdd)$")
+with use_db(sys.argv[1]) as db:
+    for item in list(db.pending_work_items):
+        m = item.mutations[0]
+        keep = KEEP.search(m.operator_name) and not (m.operator_name.endswith("NumberReplacer") and m.occurrence % 2)
+        if not keep:
+            db.set_result(item.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
+PYEOF
+       } \
      && "$VENV/bin/cosmic-ray" baseline cosmic-ray.toml \
      && "$VENV/bin/cosmic-ray" exec cosmic-ray.toml "$session")
-  "$VENV/bin/cr-report" --show-pending "$session" >"$OUT/$name.report.txt" || true
-  SUMMARY+=("$("$PY" - "$session" "$name" "$module" "$VENV/bin/cosmic-ray" <<'PYEOF'
-import json, subprocess, sys
-session, name, module, cosmic_ray = sys.argv[1:5]
-dump = subprocess.run([cosmic_ray, "dump", session], capture_output=True, text=True).stdout
-total = killed = survived = 0
-for line in dump.splitlines():
-    item, result = json.loads(line)
-    if not result:
-        continue
-    total += 1
-    if result.get("test_outcome") == "survived":
-        survived += 1
-    else:
-        killed += 1
-rate = 100.0 * survived / total if total else 0.0
-print(f"{name:12s} {module:38s} mutants {total:4d}  killed {killed:4d}  survived {survived:3d}  survival {rate:5.1f} %")
-PYEOF
-)")
+  SUMMARY+=("$(summary "$name" "$module" "$session")")
   rm -rf "$work"
   trap - EXIT INT TERM
 done

@@ -7,12 +7,14 @@
 #   scripts/mutation.sh --summary [MODULE ...]  # the figures of the sessions in $MUTATION_OUT (also of a stopped run)
 #   MUTATION_TESTS='tests/test_x.py -k fast' scripts/mutation.sh decision   # other tests for one module
 #   MUTATION_SAMPLE=1 scripts/mutation.sh metrics  # the reproducible sample below, not every mutant (~1/4 of them)
+#   MUTATION_SAMPLE=4 scripts/mutation.sh metrics  # one in 4 of that sample (chosen by a hash of operator and occurrence)
 #
 # The sample (MUTATION_SAMPLE=1) keeps, of cosmic-ray's operators: the plausible arithmetic swaps (+ <-> -, * <-> /,
 # | <-> &, ** -> *, // -> /, % -> //), the off-by-one and negated comparisons (< <-> <=, > <-> >=, == <-> !=,
 # is <-> is not, in <-> not in), `not` added, True <-> False, and <-> or, loops run zero times, break <-> continue,
 # unary - dropped, and every second number replacement (cosmic-ray makes two per number: the even occurrences);
-# the rest (e.g. + -> <<, < -> is, == -> >) is marked skipped and not counted.
+# the rest (e.g. + -> <<, < -> is, == -> >) is marked skipped and not counted. MUTATION_SAMPLE=k (k > 1) keeps one
+# in k of those, the ones whose crc32("operator:occurrence") is divisible by k: the same mutants on every run.
 #
 # Each module is mutated in a throwaway copy of the working tree (tracked and untracked, not ignored, files),
 # never in place; the sessions are kept in $MUTATION_OUT (default: mutation-out/, ignored by git) and the script
@@ -32,7 +34,7 @@ SAMPLE="${MUTATION_SAMPLE:-0}"
 MODULES=(
   "decision|deepsift/decision.py|tests/test_decision_rule.py tests/test_decision_boundary.py"
   "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py"
-  "heads|deepsift/model/heads.py|tests/test_heads.py"
+  "heads|deepsift/model/heads.py|tests/test_heads.py tests/test_heads_mutants.py"
   "loss|deepsift/train/loss.py|tests/test_train_loss.py"
   "views|deepsift/data/augment.py|tests/test_augment.py tests/test_train_views.py"
   "holdout|deepsift/train/holdout.py|tests/test_train_holdout.py -k roles"
@@ -128,8 +130,8 @@ EOF
   rm -f "$session"
   echo "== $name: $module against $tests" >&2
   (cd "$work" && "$VENV/bin/cosmic-ray" init cosmic-ray.toml "$session" \
-     && { [[ "$SAMPLE" == 0 ]] || "$PY" - "$session" <<'PYEOF'
-import re, sys
+     && { [[ "$SAMPLE" == 0 ]] || "$PY" - "$session" "$SAMPLE" <<'PYEOF'
+import re, sys, zlib
 from cosmic_ray.work_db import use_db
 from cosmic_ray.work_item import WorkResult, WorkerOutcome
 KEEP = re.compile(
@@ -137,10 +139,12 @@ KEEP = re.compile(
     r"|ReplaceComparisonOperator_(Lt_LtE|LtE_Lt|Gt_GtE|GtE_Gt|Eq_NotEq|NotEq_Eq|Is_IsNot|IsNot_Is|In_NotIn|NotIn_In)"
     r"|AddNot|ReplaceTrueWithFalse|ReplaceFalseWithTrue|ReplaceAndWithOr|ReplaceOrWithAnd|ZeroIterationForLoop"
     r"|ReplaceBreakWithContinue|ReplaceContinueWithBreak|NumberReplacer|ReplaceUnaryOperator_USub_UAdd)$")
+every = int(sys.argv[2])
 with use_db(sys.argv[1]) as db:
     for item in list(db.pending_work_items):
         m = item.mutations[0]
-        keep = KEEP.search(m.operator_name) and not (m.operator_name.endswith("NumberReplacer") and m.occurrence % 2)
+        keep = (KEEP.search(m.operator_name) and not (m.operator_name.endswith("NumberReplacer") and m.occurrence % 2)
+                and zlib.crc32(f"{m.operator_name}:{m.occurrence}".encode()) % every == 0)
         if not keep:
             db.set_result(item.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
 PYEOF

@@ -15,6 +15,8 @@
 # unary - dropped, and every second number replacement (cosmic-ray makes two per number: the even occurrences);
 # the rest (e.g. + -> <<, < -> is, == -> >) is marked skipped and not counted. MUTATION_SAMPLE=k (k > 1) keeps one
 # in k of those, the ones whose crc32("operator:occurrence") is divisible by k: the same mutants on every run.
+# Either way, mutants inside type annotations of a module with `from __future__ import annotations` are skipped:
+# those annotations are strings never evaluated, so such a mutant (`float | None` -> `float & None`) is equivalent.
 #
 # Each module is mutated in a throwaway copy of the working tree (tracked and untracked, not ignored, files),
 # never in place; the sessions are kept in $MUTATION_OUT (default: mutation-out/, ignored by git) and the script
@@ -130,8 +132,8 @@ EOF
   rm -f "$session"
   echo "== $name: $module against $tests" >&2
   (cd "$work" && "$VENV/bin/cosmic-ray" init cosmic-ray.toml "$session" \
-     && { [[ "$SAMPLE" == 0 ]] || "$PY" - "$session" "$SAMPLE" <<'PYEOF'
-import re, sys, zlib
+     && { [[ "$SAMPLE" == 0 ]] || "$PY" - "$session" "$SAMPLE" "$module" <<'PYEOF'
+import ast, re, sys, zlib
 from cosmic_ray.work_db import use_db
 from cosmic_ray.work_item import WorkResult, WorkerOutcome
 KEEP = re.compile(
@@ -139,12 +141,20 @@ KEEP = re.compile(
     r"|ReplaceComparisonOperator_(Lt_LtE|LtE_Lt|Gt_GtE|GtE_Gt|Eq_NotEq|NotEq_Eq|Is_IsNot|IsNot_Is|In_NotIn|NotIn_In)"
     r"|AddNot|ReplaceTrueWithFalse|ReplaceFalseWithTrue|ReplaceAndWithOr|ReplaceOrWithAnd|ZeroIterationForLoop"
     r"|ReplaceBreakWithContinue|ReplaceContinueWithBreak|NumberReplacer|ReplaceUnaryOperator_USub_UAdd)$")
-every = int(sys.argv[2])
+every, module = int(sys.argv[2]), sys.argv[3]
+tree = ast.parse(open(module).read())
+lazy = any(isinstance(n, ast.ImportFrom) and n.module == "__future__" and any(a.name == "annotations" for a in n.names)
+           for n in tree.body)
+notes = [a for n in ast.walk(tree) for a in ([n.annotation] if isinstance(n, (ast.arg, ast.AnnAssign)) and n.annotation
+         else [n.returns] if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.returns else [])]
+def in_annotation(line, col):  # a string never evaluated under `from __future__ import annotations`: equivalent
+    return lazy and any((a.lineno, a.col_offset) <= (line, col) < (a.end_lineno, a.end_col_offset) for a in notes)
 with use_db(sys.argv[1]) as db:
     for item in list(db.pending_work_items):
         m = item.mutations[0]
         keep = (KEEP.search(m.operator_name) and not (m.operator_name.endswith("NumberReplacer") and m.occurrence % 2)
-                and zlib.crc32(f"{m.operator_name}:{m.occurrence}".encode()) % every == 0)
+                and zlib.crc32(f"{m.operator_name}:{m.occurrence}".encode()) % every == 0
+                and not in_annotation(*m.start_pos))
         if not keep:
             db.set_result(item.job_id, WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED))
 PYEOF

@@ -35,7 +35,7 @@ SAMPLE="${MUTATION_SAMPLE:-0}"
 # name | module | its fast tests (pytest arguments)
 MODULES=(
   "decision|deepsift/decision.py|tests/test_decision_rule.py tests/test_decision_boundary.py"
-  "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py"
+  "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "heads|deepsift/model/heads.py|tests/test_heads.py tests/test_heads_mutants.py"
   "loss|deepsift/train/loss.py|tests/test_train_loss.py"
   "views|deepsift/data/augment.py|tests/test_augment.py tests/test_train_views.py"

@@ -1,0 +1,24 @@
+"""Metrics: what `scripts/mutation.sh metrics` found the other metric tests let through (benchmarks/README.md).
+
+Kept apart from test_eval_metrics.py (another branch changes deepsift/evaluate/ and its tests).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from deepsift.evaluate.metrics import METRIC_NAMES, compute_metrics
+
+
+def _data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return y, np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+
+
+def test_without_a_bootstrap_no_metric_has_an_interval():
+    y, s = _data()
+    plain = compute_metrics(y, s)
+    assert all(plain.values[k].low is None and plain.values[k].high is None for k in METRIC_NAMES)
+    boot = compute_metrics(y, s, bootstrap=50)  # the same figures, now with intervals around them
+    for k in ("auroc", "accuracy", "eer"):
+        assert boot[k] == plain[k] and boot.values[k].low < boot.values[k].high

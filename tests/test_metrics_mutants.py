@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepsift.evaluate.metrics import METRIC_NAMES, compute_metrics
+from deepsift.evaluate.metrics import METRIC_NAMES, compute_metrics, roc_curve
 
 
 def _data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -22,3 +22,11 @@ def test_without_a_bootstrap_no_metric_has_an_interval():
     boot = compute_metrics(y, s, bootstrap=50)  # the same figures, now with intervals around them
     for k in ("auroc", "accuracy", "eer"):
         assert boot[k] == plain[k] and boot.values[k].low < boot.values[k].high
+
+
+def test_the_roc_of_a_detector_that_scores_every_fake_lowest_is_drawn():
+    # an inverted detector (AUROC 0) is a result to show, not an error: every real is passed before any fake
+    fpr, tpr, thr = roc_curve([0, 0, 0, 1, 1], [0.9, 0.8, 0.7, 0.2, 0.2])
+    assert fpr.tolist() == [0.0, 1 / 3, 2 / 3, 1.0, 1.0] and tpr.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    assert thr.tolist() == [np.inf, 0.9, 0.8, 0.7, 0.2]
+    assert compute_metrics([0, 0, 0, 1, 1], [0.9, 0.8, 0.7, 0.2, 0.2])["auroc"] == 0.0

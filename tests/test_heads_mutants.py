@@ -23,3 +23,35 @@ def test_saving_a_refitted_head_into_its_folder_replaces_the_old_one(kind, tmp_p
     back = load_head(tmp_path / "head")
     np.testing.assert_array_equal(back.predict_proba(X), new.predict_proba(X))
     assert not np.allclose(back.predict_proba(X), old.predict_proba(X))
+
+
+def _knn_brute(refs: np.ndarray, labels: np.ndarray, X: np.ndarray, exclude: np.ndarray | None = None):
+    """Cosine 1-NN written out: (best fake similarity - best real similarity, label of the nearest reference)."""
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sim = unit(X) @ unit(refs).T
+    if exclude is not None:
+        sim[np.arange(len(X)), exclude] = -np.inf
+    score = np.where(labels == 1, sim, -np.inf).max(1) - np.where(labels == 0, sim, -np.inf).max(1)
+    return score, labels[np.argmax(sim, axis=1)]
+
+
+def test_knn_scores_every_image_of_a_large_set_like_one_by_one():
+    rng = np.random.default_rng(3)
+    refs, labels = rng.normal(size=(200, 8)), np.r_[np.zeros(100, int), np.ones(100, int)]
+    X = rng.normal(size=(2600, 8))  # more than one block of 1024 queries, the last one partial
+    head = make_head("knn").fit(refs, labels)
+    score, label = _knn_brute(refs, labels, X)
+    np.testing.assert_allclose(head.decision_function(X), score, atol=1e-5)
+    np.testing.assert_array_equal(head.predict(X), label)
+
+
+def test_knn_calibration_uses_leave_one_out_scores_on_a_large_training_set():
+    from deepsift.model.platt import fit_platt
+
+    rng = np.random.default_rng(4)
+    X = np.r_[rng.normal(0, 1, (700, 8)), rng.normal(0.4, 1, (700, 8))]  # 1400 > one block of 1024
+    y = np.r_[np.zeros(700, int), np.ones(700, int)]
+    head = make_head("knn").fit(X, y)
+    loo, _ = _knn_brute(X, y, X, exclude=np.arange(len(X)))  # a point never matches itself
+    a, b = fit_platt(loo, y)
+    assert head.calibration_ == pytest.approx((a, b), rel=1e-4, abs=1e-6)

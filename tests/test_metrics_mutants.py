@@ -5,8 +5,10 @@ Kept apart from test_eval_metrics.py (another branch changes deepsift/evaluate/ 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deepsift.evaluate.metrics import METRIC_NAMES, compute_metrics, roc_curve
+from deepsift.exceptions import EvaluationError
 
 
 def _data(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -30,3 +32,12 @@ def test_the_roc_of_a_detector_that_scores_every_fake_lowest_is_drawn():
     assert fpr.tolist() == [0.0, 1 / 3, 2 / 3, 1.0, 1.0] and tpr.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
     assert thr.tolist() == [np.inf, 0.9, 0.8, 0.7, 0.2]
     assert compute_metrics([0, 0, 0, 1, 1], [0.9, 0.8, 0.7, 0.2, 0.2])["auroc"] == 0.0
+
+
+def test_probabilities_above_one_are_refused_with_the_reason():
+    y, s = _data(40)
+    for bad in (1.5, 1.0001, -0.2):
+        probs = np.clip(s, 0, 1)
+        probs[3] = bad
+        with pytest.raises(EvaluationError, match=r"probabilities must lie in \[0, 1\]"):
+            compute_metrics(y, s, probabilities=probs)

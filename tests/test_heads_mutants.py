@@ -55,3 +55,11 @@ def test_knn_calibration_uses_leave_one_out_scores_on_a_large_training_set():
     loo, _ = _knn_brute(X, y, X, exclude=np.arange(len(X)))  # a point never matches itself
     a, b = fit_platt(loo, y)
     assert head.calibration_ == pytest.approx((a, b), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_a_head_knows_the_embedding_width_it_was_fitted_on_also_after_reloading(kind, tmp_path):
+    head = make_head(kind).fit(*_data(1.5, 0))  # 8 features
+    assert head.n_features == 8
+    head.save(tmp_path / kind)
+    assert load_head(tmp_path / kind).n_features == 8  # what the detector checks against the backbone's width

@@ -1,6 +1,8 @@
 """Heads: what `scripts/mutation.sh heads` found the other head tests let through (benchmarks/README.md)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,10 @@ def test_a_head_knows_the_embedding_width_it_was_fitted_on_also_after_reloading(
     assert head.n_features == 8
     head.save(tmp_path / kind)
     assert load_head(tmp_path / kind).n_features == 8  # what the detector checks against the backbone's width
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_the_saved_head_file_says_which_class_is_fake(kind, tmp_path):
+    make_head(kind).fit(*_data(1.5, 0)).save(tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())  # read by people and other tools, not only load_head
+    assert meta["kind"] == kind and meta["classes"] == [0, 1] and meta["labels"] == ["real", "fake"]

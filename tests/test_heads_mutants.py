@@ -72,3 +72,12 @@ def test_the_saved_head_file_says_which_class_is_fake(kind, tmp_path):
     make_head(kind).fit(*_data(1.5, 0)).save(tmp_path)
     meta = json.loads((tmp_path / "head.json").read_text())  # read by people and other tools, not only load_head
     assert meta["kind"] == kind and meta["classes"] == [0, 1] and meta["labels"] == ["real", "fake"]
+
+
+def test_the_one_class_svm_warning_points_at_the_line_that_fitted_the_head():
+    from deepsift.exceptions import DeepsiftWarning
+
+    centred = np.random.default_rng(0).normal(size=(200, 16))  # rejected by about half: the head warns
+    with pytest.warns(DeepsiftWarning, match="rejects") as seen:
+        make_head("svm").fit(centred, np.zeros(200))
+    assert [w.filename for w in seen] == [__file__]  # the user's call, not a line inside deepsift

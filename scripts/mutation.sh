@@ -46,7 +46,7 @@ MODULES=(
   "scoring|deepsift/challenges/scoring.py|tests/test_challenges_flow.py"
   "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py"
   "layouts|deepsift/data/layout.py|tests/test_layouts.py"
-  "splits|deepsift/data/split.py|tests/test_data_export_split.py tests/test_layouts.py -k split"
+  "splits|deepsift/data/split.py|tests/test_data_export_split.py tests/test_split_mutants.py tests/test_layouts.py -k split"
   "audit|deepsift/evaluate/audit.py|tests/test_eval_audit.py"
 )
 

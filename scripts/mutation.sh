@@ -42,7 +42,7 @@ MODULES=(
   "holdout|deepsift/train/holdout.py|tests/test_train_holdout.py -k roles"
   "checkpoint|deepsift/train/checkpoint.py|tests/test_train_checkpoint_crash.py"
   "train-loop|deepsift/train/loop.py|tests/test_train_state.py"
-  "leaderboard|deepsift/challenges/leaderboard.py|tests/test_challenges_flow.py"
+  "leaderboard|deepsift/challenges/leaderboard.py|tests/test_challenges_ranking.py tests/test_challenges_unseen.py tests/test_leaderboard_mutants.py -k sqlite"
   "scoring|deepsift/challenges/scoring.py|tests/test_challenges_flow.py"
   "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py"
   "layouts|deepsift/data/layout.py|tests/test_layouts.py"

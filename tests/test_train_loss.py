@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+import pytest
+
 from deepsift.train.loss import code_loss, derangement
 from trainkit import reference_loss as _reference
 
@@ -47,6 +49,42 @@ def test_public_code_defect_gives_another_value_and_no_gradient_to_fake_positive
     public = code_loss(emb, pr, pf, include_fake=False)
     assert abs(fixed.total.item() - public.total.item()) > 1e-3
     assert abs(fixed.total.item() - (fixed.real + fixed.fake).item()) < 1e-6
+    assert abs(public.total.item() - 2 * public.real.item()) < 1e-6  # the public code's value: L_real twice
     public.total.backward()
     # with L_real + L_real the local crop of the fake never gets a gradient (it only appears in L_fake)
     assert float(emb.grad[:, 7].abs().sum()) == 0.0
+
+
+def test_global_negatives_are_normalised_like_the_batch_and_extend_it():
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(4, 8, 6, generator=g, dtype=torch.float64)
+    other = torch.randn(3, 8, 6, generator=g, dtype=torch.float64)
+    pr, pf = derangement(4, g), derangement(4, g)
+    scale = torch.rand(4, 8, 1, generator=g, dtype=torch.float64) * 5 + 0.1  # cosine similarity ignores length
+    same = code_loss(emb, pr, pf, negatives=emb * scale).total.item()
+    assert abs(same - code_loss(emb, pr, pf).total.item()) < 1e-9
+    # the embeddings of other ranks are extra negatives: the loop formula with every row as a negative
+    got = code_loss(emb, pr, pf, negatives=torch.cat([emb, other * scale[:3]])).total.item()
+    want = _reference_with_negatives(emb.tolist(), (torch.cat([emb, other])).tolist(), pr.tolist(), pf.tolist())
+    assert abs(got - want) < 1e-9, (got, want)
+
+
+def _reference_with_negatives(emb: list, negs: list, pr: list[int], pf: list[int], tau: float = 0.1) -> float:
+    """trainkit.reference_loss with the negatives drawn from ``negs`` instead of the batch."""
+    from trainkit import _nce
+
+    B = len(emb)
+    real = fake = 0.0
+    for i in range(B):
+        real += 0.5 * (_nce(emb[i][0], emb[pr[i]][1], [n[5] for n in negs], tau)
+                       + _nce(emb[i][3], emb[i][2], [n[6] for n in negs], tau))
+        fake += 0.5 * (_nce(emb[i][4], emb[pf[i]][5], [n[1] for n in negs], tau)
+                       + _nce(emb[i][7], emb[i][6], [n[2] for n in negs], tau))
+    return real / B + fake / B
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 6), (4, 9, 6), (8, 6), (2, 4, 8, 6)])
+def test_embeddings_of_the_wrong_shape_are_refused(shape):
+    g = torch.Generator().manual_seed(5)
+    with pytest.raises(ValueError, match=r"must have shape \(B, 8, D\)"):
+        code_loss(torch.randn(*shape, generator=g), derangement(4, g), derangement(4, g))

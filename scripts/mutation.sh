@@ -36,6 +36,8 @@ SAMPLE="${MUTATION_SAMPLE:-0}"
 MODULES=(
   "decision|deepsift/decision.py|tests/test_decision_rule.py tests/test_decision_boundary.py"
   "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
+  "curves|deepsift/evaluate/curves.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
+  "bootstrap|deepsift/evaluate/bootstrap.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "heads|deepsift/model/heads.py|tests/test_heads.py tests/test_heads_mutants.py tests/test_decision_rule.py::test_one_class_svm_warns_when_it_rejects_far_more_than_nu"
   "loss|deepsift/train/loss.py|tests/test_train_loss.py"
   "views|deepsift/data/augment.py|tests/test_augment.py tests/test_train_views.py"

@@ -41,3 +41,13 @@ def make_shards(folder: Path, n_records: int, per_shard: int, n_gen: int = 4) ->
     for s in range(0, n_records, per_shard):
         write_shard(records[s:s + per_shard], folder / f"d3-{s // per_shard:05d}.parquet", n_generators=n_gen)
     return records
+
+
+def detailed_picture(rng: np.random.Generator, w: int, h: int, mode: str = "RGB") -> Image.Image:
+    """Smooth colour + noise + sharp lines: every PNG filter type, JPEG block and chroma sample differs somewhere."""
+    small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 4), dtype=np.uint8)
+    a = np.asarray(Image.fromarray(small, "RGBA").resize((w, h), Image.BICUBIC)).astype(np.int16)
+    a = a + rng.integers(-25, 25, (h, w, 4))
+    a[::37, :, 0] = 255
+    a[:, ::29, 2] = 0
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGBA").convert(mode)

@@ -95,17 +95,23 @@ def test_parquet_shards_with_real_folder(env, tmp_path: Path) -> None:
     assert main(["eval", "generators", str(shards), *env.det]) == 2  # on the command line: said before any work
 
 
-def test_leave_one_out_holds_the_generator_out() -> None:
+def twin_generator_world() -> tuple[list, list, SimpleNamespace]:
+    """30 embeddings each of reals and three generators (gen_a and gen_b twins, gen_c opposite), and a detector
+    stand-in that only carries heads (the protocols are given the embeddings)."""
     rng = np.random.default_rng(0)
     d = 8
     e0 = np.eye(d)[0]
-    groups = {"real": np.zeros(d), "gen_a": 3 * e0, "gen_b": 3 * e0, "gen_c": -3 * e0}
+    centres = {"real": np.zeros(d), "gen_a": 3 * e0, "gen_b": 3 * e0, "gen_c": -3 * e0}
     samples, emb = [], []
-    for g, mu in groups.items():
+    for g, mu in centres.items():
         for i in range(30):
             samples.append(Sample(f"{g}/{i}", f"{g}/{i}", int(g != "real"), g))
             emb.append(mu + rng.normal(0, 0.5, d))
-    fake_det = SimpleNamespace(embed_iter=None, classify=None, heads={}, backbone=None)
+    return samples, emb, SimpleNamespace(embed_iter=None, classify=None, heads={}, backbone=None)
+
+
+def test_leave_one_out_holds_the_generator_out() -> None:
+    samples, emb, fake_det = twin_generator_world()
     res = leave_one_out(fake_det, samples, kinds=("linear", "knn"), embeddings=np.array(emb, np.float32))
     # 1-NN: a held-out gen_a is caught through its twin gen_b (and vice versa)
     assert res["knn"]["gen_a"]["auroc"] > 0.95 and res["knn"]["gen_b"]["auroc"] > 0.95
@@ -397,16 +403,7 @@ def test_logo_needs_no_heads_folder(env, tmp_path: Path, capsys) -> None:
 def test_seen_vs_unseen_compares_the_same_images_and_measures_the_drop() -> None:
     from deepsift.evaluate.seen import seen_vs_unseen
 
-    rng = np.random.default_rng(0)
-    d = 8
-    e0 = np.eye(d)[0]
-    centres = {"real": np.zeros(d), "gen_a": 3 * e0, "gen_b": 3 * e0, "gen_c": -3 * e0}
-    samples, emb = [], []
-    for g, mu in centres.items():
-        for i in range(30):
-            samples.append(Sample(f"{g}/{i}", f"{g}/{i}", int(g != "real"), g))
-            emb.append(mu + rng.normal(0, 0.5, d))
-    fake_det = SimpleNamespace(embed_iter=None, classify=None, heads={}, backbone=None)
+    samples, emb, fake_det = twin_generator_world()
     res = seen_vs_unseen(fake_det, samples, kinds=("knn",), embeddings=np.array(emb, np.float32))["knn"]
     c = res["per_generator"]["gen_c"]
     # half of gen_c in training: 1-NN finds its twins; left out, gen_c looks more real than the reals

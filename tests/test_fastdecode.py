@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from data_factory import detailed_picture
 from deepsift.exceptions import ImageDecodeError
 from deepsift.fastdecode import centre_crop_jpeg_fast, fast_decoder
 from deepsift.images import crop_origin, crop_uint8, decode_image, normalize_batch
@@ -24,13 +25,7 @@ needs_png = pytest.mark.skipif(fast_decoder("isal.isal_zlib") is None, reason="i
 
 def picture(seed: int, w: int, h: int, mode: str = "RGB") -> Image.Image:
     """Smooth colour + noise + sharp lines (every PNG filter, every JPEG block and chroma sample differs)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 4), dtype=np.uint8)
-    a = np.asarray(Image.fromarray(small, "RGBA").resize((w, h), Image.BICUBIC)).astype(np.int16)
-    a = a + rng.integers(-25, 25, (h, w, 4))
-    a[::37, :, 0] = 255
-    a[:, ::29, 2] = 0
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGBA").convert(mode)
+    return detailed_picture(np.random.default_rng(seed), w, h, mode)
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:

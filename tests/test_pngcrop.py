@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from data_factory import detailed_picture
 from deepsift.fastdecode import fast_decoder
 from deepsift.images import crop_uint8, decode_image
 from deepsift.model.decoding import load_pixels, window_pixels
@@ -17,12 +18,7 @@ from deepsift.pngcrop import SIGNATURE, centre_crop_png, png_chunks
 
 def picture(rng: np.random.Generator, w: int, h: int, mode: str = "RGB") -> Image.Image:
     """Smooth colour + noise + sharp lines: every PNG filter type gets used somewhere."""
-    small = rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 4), dtype=np.uint8)
-    a = np.asarray(Image.fromarray(small, "RGBA").resize((w, h), Image.BICUBIC)).astype(np.int16)
-    a = a + rng.integers(-25, 25, (h, w, 4))
-    a[::37, :, 0] = 255
-    a[:, ::29, 2] = 0
-    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGBA").convert(mode)
+    return detailed_picture(rng, w, h, mode)
 
 
 def png(im: Image.Image, **kw) -> bytes:

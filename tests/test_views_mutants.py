@@ -180,10 +180,13 @@ def test_opacity_background_is_uniform_over_0_to_255() -> None:
     """Every channel value 0..255 of the background is equally likely (255 no more than the others)."""
     black = Image.new("RGB", (1, 1))
     alpha = TRAIN_INTENSITIES["opacity"][0]
-    top = np.asarray(Image.blend(Image.new("RGB", (1, 1), (255, 255, 255)), black, alpha))[0, 0, 0]
+    ramp = Image.fromarray(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2))
+    seen = np.asarray(Image.blend(ramp, Image.new("RGB", (256, 1)), alpha))[0, :, 0]  # background c -> pixel
+    top = seen[255]
+    share = int((seen == top).sum()) / 256  # the backgrounds that give this pixel (255 alone here)
     rng = np.random.default_rng(1)
     vals = np.concatenate([np.asarray(apply_family(black, "opacity", 0, rng)).ravel() for _ in range(8000)])
-    expected = vals.size / 256  # 93.75 per value
+    expected = vals.size * share
     n_top = int((vals == top).sum())
     assert abs(n_top - expected) < 4 * expected**0.5, (n_top, expected)
 

@@ -66,8 +66,9 @@ def test_heatmap_and_preview_of_a_large_image_stay_far_below_its_whole_decode(ki
     assert np.array_equal(d.pixels, plain.pixels) and np.array_equal(d.pixels, window_pixels(data))  # the CLI's input
     figures = f"peak RSS rose {grew / MB:.0f} MiB, {verdict_only / MB:.0f} MiB for the verdict alone " \
               f"(a whole decode: {whole_bytes / MB:.0f} MiB)"
-    if kind == "png":  # strips: nothing near the whole image at any moment
-        assert grew < whole_bytes // 3, figures
+    if kind == "png":  # strips: nothing near the whole image at any moment. A whole decode holds >= whole_bytes;
+        # strips ~21 MiB alone, 34 MiB seen inside the full suite (other tests' threads fault pages in meanwhile)
+        assert grew < whole_bytes // 2, figures
     # a JPEG's exact region decode (the verdict, as `deepsift detect`) reads every DCT coefficient; the heatmap
     # and preview add next to nothing to that
     assert grew - verdict_only < whole_bytes // 8, figures

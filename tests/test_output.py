@@ -126,7 +126,10 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
         proc = subprocess.Popen([sys.executable, "-m", "deepsift", "detect", "-", "--model", str(code_model_dir),
                                  "--heads", str(heads), "--format", fmt, *args, "--batch-size", "1",
                                  "--workers", "1"], stdin=subprocess.PIPE, stdout=stdout,
-                                stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                                stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                                # Ctrl-C reaches it as in a terminal, even when the suite itself runs in the
+                                # background (`cmd &` without job control starts children with SIGINT ignored)
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # the engine looks 16 inputs ahead: 16 + N names give N rows, then it waits on the pipe
         proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN]))

@@ -10,11 +10,15 @@
 * **URL fetches per visitor.** At most ``url_fetches_per_visitor`` URLs of one address are being
   fetched at any moment (one request alone may fetch all of its own); a request that would pass
   it is a 429 before any fetch starts.
-* **Memory goes back.** Buffers of 1 MiB and more (decoded images, strips, crops) get mappings of
-  their own that go back to the system when freed (:func:`tune_malloc`: glibc would otherwise raise
-  that threshold to 32 MiB after the first large free and keep such buffers in its per-thread
-  heaps), and at the end of a request that decoded much, once no decode is in flight, glibc's
-  ``malloc_trim`` hands what is free in those heaps back too (elsewhere both are no-ops).
+* **Memory goes back.** While a large image (:data:`LARGE_DECODE_PIXELS` or more) is being decoded,
+  buffers of 1 MiB and more (decoded images, strips, crops) get mappings of their own that go back
+  to the system when freed (:func:`tune_malloc`: glibc would otherwise raise that threshold to
+  32 MiB after the first large free and keep such buffers in its per-thread heaps); once no large
+  decode is in flight the threshold returns to 32 MiB, so the forward passes of ordinary requests
+  reuse their heap buffers (a 1 MiB threshold all the time made every forward map and fault in its
+  activations: 1.4x slower heatmaps, measured). At the end of a request that decoded much, once no
+  decode is in flight, glibc's ``malloc_trim`` hands what is free in those heaps back too
+  (elsewhere all of this is a no-op).
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ from ..exceptions import RateLimitedError, ServiceError
 T = TypeVar("T")
 TRIM_AFTER_PIXELS = 8_000_000
 """Released decode pixels (since the last trim) that make the next idle moment call ``malloc_trim``."""
+LARGE_DECODE_PIXELS = 4_000_000
+"""An input of this many pixels or more is decoded with small buffers mapped on their own (:func:`tune_malloc`)."""
+SMALL_MMAP_THRESHOLD, LARGE_MMAP_THRESHOLD = 1 << 20, 32 << 20
+"""glibc's mmap threshold while a large decode is in flight, and otherwise (its own dynamic maximum)."""
 
 
 class BusyError(ServiceError):
@@ -145,6 +153,7 @@ class Bounds:
         self._changed = threading.Condition(self._lock)
         self._released = 0
         self._pending = 0
+        self._large = 0  # large decodes in flight (the small mmap threshold is on while > 0)
 
     @property
     def pool(self) -> ThreadPoolExecutor:
@@ -175,12 +184,24 @@ class Bounds:
         """Hold ``pixels`` of the budget while the block decodes (queue, then BusyError)."""
         cost = self.budget.cost(pixels)
         await self.budget.acquire(cost, self.busy_wait_s)
+        large = pixels >= LARGE_DECODE_PIXELS
+        if large:
+            self._large_decode(+1)
         try:
             yield
         finally:
+            if large:
+                self._large_decode(-1)
             self.budget.release(cost)
             with self._lock:
                 self._released += cost
+
+    def _large_decode(self, step: int) -> None:
+        """Count large decodes in flight; the first turns the small mmap threshold on, the last turns it off."""
+        with self._lock:
+            self._large += step
+            if (step > 0 and self._large == 1) or (step < 0 and self._large == 0):
+                tune_malloc(SMALL_MMAP_THRESHOLD if self._large else LARGE_MMAP_THRESHOLD)
 
     def settle(self) -> None:
         """At the end of a request: after large decodes, once none is in flight, hand freed memory back."""
@@ -252,7 +273,7 @@ def malloc_trim() -> bool:
 _M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 
 
-def tune_malloc(mmap_threshold: int = 1 << 20) -> bool:
+def tune_malloc(mmap_threshold: int = LARGE_MMAP_THRESHOLD) -> bool:
     """Have glibc map every allocation of ``mmap_threshold`` bytes or more on its own (unmapped when freed),
     at a fixed threshold; False where there is no glibc."""
     _load_libc()

@@ -54,7 +54,7 @@ def _setup(app, settings) -> None:  # type: ignore[no-untyped-def]
     from .bounds import Bounds, default_workers, tune_malloc
 
     ds = settings.section(DemoSettings, "demo")
-    tune_malloc()  # large decode buffers go back to the system when freed (the whole process: it serves)
+    tune_malloc()  # a fixed threshold (glibc's dynamic one only grows); large decodes lower it while they run
     bounds = Bounds(ds.workers or default_workers(), ds.pixel_budget, ds.busy_wait_s, ds.url_fetches_per_visitor)
     app.state.demo = DemoState(ds, DemoEngine(ds), QuizSet(ds), bounds)
     app.state.body_limits["/api/v1/"] = ds.max_body_bytes  # the demo's own cap, checked before and while reading

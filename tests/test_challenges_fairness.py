@@ -44,6 +44,21 @@ def test_another_teams_job_is_taken_second_not_fourth(app, client, hosted):
     assert sorted(positions, key=positions.get) == order and sorted(positions.values()) == [1, 2, 3, 4]
 
 
+def test_the_team_served_longest_ago_goes_first_even_when_it_queued_later(app, client, hosted):
+    """Both teams were served before: A longer ago. B queues b2, then A queues a2: a2 is taken (and shown) first."""
+    text = csv_text(good_scores(hosted))
+    a = join(client, hosted.slug, register(client, "alice"), "Team A")
+    b = join(client, hosted.slug, register(client, "bob"), "Team B")
+    first = [submit(client, hosted, a, text).json()["id"], submit(client, hosted, b, text).json()["id"]]
+    assert [_claim_finish(app.state.db, "w"), _claim_finish(app.state.db, "w")] == first  # A served, then B
+    b2 = submit(client, hosted, b, text).json()["id"]
+    a2 = submit(client, hosted, a, text).json()["id"]
+    positions = {sid: client.get(f"/api/submissions/{sid}", headers=p.auth).json()["position"]
+                 for sid, p in [(a2, a), (b2, b)]}
+    assert positions == {a2: 1, b2: 2}
+    assert [_claim_finish(app.state.db, "w"), _claim_finish(app.state.db, "w")] == [a2, b2]
+
+
 def test_two_workers_never_run_two_jobs_of_one_team(app, client, hosted):
     """While team A's first (slow) job runs, a second worker takes team B's job, not A's next one."""
     text = csv_text(good_scores(hosted))

@@ -105,7 +105,9 @@ def test_embed_to_parquet(code_model_dir, labelled_folders, tmp_path):
     out = tmp_path / "emb.parquet"
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    rc = main(["embed", str(labelled_folders["real"]), str(broken), "--model", str(code_model_dir), "--out", str(out)])
+    # torch, as the Python API below: the default `auto` may pick ONNX Runtime (within 1e-4, not 1e-6)
+    rc = main(["embed", str(labelled_folders["real"]), str(broken), "--model", str(code_model_dir), "--out", str(out),
+               "--backend", "torch"])
     assert rc == 3
     sources, emb, errors = read_embeddings(out)
     assert len(sources) == 13 and sources[-1] == str(broken) and errors[-1] and np.isnan(emb[-1]).all()

@@ -16,6 +16,9 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 """Engines that run the embedding network (auto: the fastest exact one on this machine, measured and cached)."""
 
+BACKEND_SETTING = "DEEPSIFT_BACKEND"
+"""The environment variable holding the command line's default ``--backend`` (one of :data:`BACKENDS`; unset: auto)."""
+
 PREPROCESS_MODES: tuple[str, ...] = ("official", "resize")
 """official: centre crop 224 without resize (zero padding for short sides); resize: 248 then crop 224."""
 

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from .choices import (
+    BACKEND_SETTING,
     BACKENDS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_MODEL,
@@ -84,12 +85,13 @@ from .exceptions import (
     EXIT_PARTIAL,
     EXIT_TERMINATED,
     EXIT_USAGE,
+    UsageError,
     missing_input_message,
 )
 
 __all__ = [
     "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL", "EXIT_TERMINATED", "EXIT_USAGE", "ArgumentParser",
-    "HelpFormatter", "add_command", "add_detector_options", "add_folder_options", "add_group_options", "add_output_options", "add_runtime_options", "add_verbosity", "detector_kwargs",
+    "HelpFormatter", "add_command", "add_detector_options", "add_folder_options", "add_group_options", "add_output_options", "add_runtime_options", "add_verbosity", "default_backend", "detector_kwargs",
     "existing_dir", "existing_file", "existing_path", "finite_float", "float_range", "fraction", "image_input",
     "int_range", "non_negative_float", "non_negative_int", "open_fraction", "path_or_hub_id", "plain", "positive_float",
     "positive_int", "probability", "probability_band", "subgroup", "user_url_policy", "verbosity", "workers_count",
@@ -337,11 +339,12 @@ def add_detector_options(parser: argparse.ArgumentParser, *, model_default: str 
         g.add_argument("--threshold", type=probability, default=None,
                        help="call an image fake when its calibrated P(fake) >= this (default: 0.5)")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="numeric precision of the network")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
+    g.add_argument("--backend", choices=BACKENDS, default=None,
                    help="engine running the network: torch, onnx (ONNX Runtime, CPU, fp32), or auto: the fastest "
                         "of torch fp32, ONNX Runtime and (with --precision bf16, for heads whose bf16 labels agree "
                         "with fp32 on >= 99.5 %% of the benchmark's images) torch bf16, measured in a second or two "
-                        "once per model and machine and cached in the user cache folder; -v says which and why")
+                        "once per model and machine and cached in the user cache folder; -v says which and why "
+                        f"(default: ${BACKEND_SETTING}, else auto)")
     g.add_argument("--preprocessing", choices=PREPROCESS_MODES, default="official",
                    help="official: centre crop 224, no resize, zero padding; resize: 248 then crop 224 (training)")
     add_runtime_options(g, batch_size=DEFAULT_BATCH_SIZE, device="auto", url_timeout=inputs)
@@ -370,7 +373,8 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
     A command that reads URLs also gets :func:`user_url_policy` (the library's default is strict).
     """
-    out = {k: getattr(args, k) for k in ("device", "batch_size", "precision", "preprocessing", "workers", "backend")}
+    out = {k: getattr(args, k) for k in ("device", "batch_size", "precision", "preprocessing", "workers")}
+    out["backend"] = getattr(args, "backend", None) or default_backend()
     if getattr(args, "devices", None):
         out["devices"] = args.devices
     if getattr(args, "force_heads", False):
@@ -379,6 +383,14 @@ def detector_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         out["url_timeout"] = args.url_timeout
         out["url_policy"] = user_url_policy()
     return out
+
+
+def default_backend() -> str:
+    """The ``--backend`` a command runs when none is given: the ``DEEPSIFT_BACKEND`` setting, else auto."""
+    value = os.environ.get(BACKEND_SETTING, "").strip()
+    if value.lower() not in BACKENDS and value:
+        raise UsageError(f"setting {BACKEND_SETTING}: must be one of {', '.join(BACKENDS)}, got {value!r}")
+    return value.lower() or "auto"
 
 
 def user_url_policy() -> Any:

@@ -89,6 +89,7 @@ Other variables:
 | variable | used by | meaning |
 | --- | --- | --- |
 | `DEEPSIFT_HOME` | detector | cache of converted heads (`heads/<owner>--<name>`), ONNX exports (`onnx/`) and `--backend auto` measurements (`backends.json`); default `~/.cache/deepsift` |
+| `DEEPSIFT_BACKEND` | detector commands | the default of `--backend`: `auto`, `torch` or `onnx` (unset: `auto`); `--backend` wins over it, another value is an error naming this setting |
 | `DEEPSIFT_NO_JPEG_REGION` | detector | `1`: never decode JPEG regions (whole-file decoding, same pixels) |
 | `DEEPSIFT_NO_FAST_DECODE` | detector | `1`: decode with Pillow alone, not simplejpeg / isal (same pixels, more core time) |
 | `DEEPSIFT_SERVER`, `DEEPSIFT_TOKEN` | challenges client | platform URL and API token (else `~/.config/deepsift/client.json`) |

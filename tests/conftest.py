@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # deepsift's own cache (backend measurements, ONNX exports, heads) goes to a folder of this session, never
 # the user's ~/.cache/deepsift; tests that need their own set DEEPSIFT_HOME themselves.
 os.environ.setdefault("DEEPSIFT_HOME", tempfile.mkdtemp(prefix="deepsift-test-home-"))
+# the command line's default backend is torch, as the Python API's: with `auto` a timing measured on this machine
+# would pick torch or ONNX Runtime (within 1e-4 of torch), and tighter CLI-vs-API comparisons would flake by it;
+# the tests of auto (tests/test_backend_auto.py) pass `--backend auto` themselves.
+os.environ["DEEPSIFT_BACKEND"] = "torch"
 
 
 @pytest.fixture(autouse=True)

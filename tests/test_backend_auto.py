@@ -1,4 +1,4 @@
-"""``--backend auto`` (the default): picks an exact backend, caches its measurement, skips what fails, says why."""
+"""``--backend auto`` (the default without ``DEEPSIFT_BACKEND``): picks an exact backend, caches its measurement, skips what fails, says why."""
 from __future__ import annotations
 
 import json
@@ -153,7 +153,7 @@ def test_asking_bf16_for_a_head_below_the_agreement_warns(small_model, cache_hom
 
 def test_detect_says_its_choice_with_v_and_the_second_run_reads_the_cache(small_model, cache_home, tmp_path, capsys):
     model, images = small_model
-    args = ["detect", str(images), "--model", str(model), "--format", "jsonl", "--batch-size", "2"]
+    args = ["detect", str(images), "--model", str(model), "--format", "jsonl", "--batch-size", "2", "--backend", "auto"]
     assert main([*args, "-v", "--out", str(tmp_path / "a.jsonl")]) == 0
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if "backend auto chose" in ln)
@@ -172,11 +172,55 @@ def test_detect_says_its_choice_with_v_and_the_second_run_reads_the_cache(small_
     assert all(abs(a["probability"] - b["probability"]) < 1e-4 for a, b in zip(rows, forced))
 
 
-def test_the_default_backend_is_auto():
+def _backend_of(argv, monkeypatch, setting):
+    """The backend a command given ``argv`` runs with ``DEEPSIFT_BACKEND`` set to ``setting`` (None: unset)."""
     from deepsift.cli import build_parser
+    from deepsift.cliargs import detector_kwargs
 
-    args = build_parser().parse_args(["detect", ".", "--model", "."])
-    assert args.backend == "auto"
+    if setting is None:
+        monkeypatch.delenv("DEEPSIFT_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("DEEPSIFT_BACKEND", setting)
+    return detector_kwargs(build_parser().parse_args(["detect", ".", "--model", ".", *argv]))["backend"]
+
+
+def test_the_default_backend_is_auto_and_the_setting_changes_it(monkeypatch):
+    assert _backend_of([], monkeypatch, None) == "auto"
+    assert _backend_of([], monkeypatch, "") == "auto"
+    assert _backend_of([], monkeypatch, "torch") == "torch"
+    assert _backend_of([], monkeypatch, "ONNX") == "onnx"
+    assert _backend_of([], monkeypatch, "auto") == "auto"
+
+
+def test_an_explicit_backend_wins_over_the_setting(monkeypatch):
+    assert _backend_of(["--backend", "auto"], monkeypatch, "torch") == "auto"
+    assert _backend_of(["--backend", "torch"], monkeypatch, "onnx") == "torch"
+    assert _backend_of(["--backend", "onnx"], monkeypatch, "nonsense") == "onnx"  # the setting is not even read
+
+
+def test_the_setting_decides_what_detect_runs(small_model, cache_home, tmp_path, monkeypatch, capsys):
+    """A real run: with DEEPSIFT_BACKEND=torch nothing is measured; with auto the measurement is said and cached."""
+    model, images = small_model
+    args = ["detect", str(images), "--model", str(model), "--format", "jsonl", "--batch-size", "2", "-v"]
+    monkeypatch.setenv("DEEPSIFT_BACKEND", "torch")
+    assert main([*args, "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert "backend auto" not in capsys.readouterr().err and not cache_file().exists()
+    monkeypatch.setenv("DEEPSIFT_BACKEND", "auto")
+    assert main([*args, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert "backend auto chose" in capsys.readouterr().err and cache_file().exists()
+
+
+def test_a_bad_setting_is_one_line_naming_it(small_model, tmp_path, monkeypatch, capsys):
+    model, images = small_model
+    monkeypatch.setenv("DEEPSIFT_BACKEND", "tensorrt")
+    out = tmp_path / "o.jsonl"
+    assert main(["detect", str(images), "--model", str(model), "--format", "jsonl", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DEEPSIFT_BACKEND" in err[0] and "'tensorrt'" in err[0], err
+    assert "auto, torch, onnx" in err[0] and "Traceback" not in err[0]
+    assert not out.exists()
+    assert main(["detect", str(images), "--model", str(model), "--backend", "torch", "--format", "jsonl",
+                 "--out", str(out)]) == 0  # an explicit --backend does not need the setting
 
 
 def test_onnxruntime_missing_is_skipped(small_model, tmp_path):
@@ -185,7 +229,7 @@ def test_onnxruntime_missing_is_skipped(small_model, tmp_path):
     code = ("import sys; sys.modules['onnxruntime'] = None\n"  # `import onnxruntime` now raises ImportError
             "from deepsift.cli import main\n"
             f"sys.exit(main(['detect', {str(images)!r}, '--model', {str(model)!r}, '-v', '--batch-size', '2', "
-            f"'--format', 'jsonl', '--out', {str(tmp_path / 'o.jsonl')!r}]))\n")
+            f"'--format', 'jsonl', '--backend', 'auto', '--out', {str(tmp_path / 'o.jsonl')!r}]))\n")
     env = {**os.environ, "DEEPSIFT_HOME": str(tmp_path / "home"),
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

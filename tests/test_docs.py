@@ -50,6 +50,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
     settings = (tmp_path / "site" / "reference" / "settings" / "index.html").read_text()
     assert "DEEPSIFT_TRUSTED_PROXY" in settings and "DEEPSIFT_DEMO_MAX_IMAGES" in settings
     assert "DEEPSIFT_CHALLENGES_SERVE_WORKERS" in settings
+    assert "DEEPSIFT_BACKEND" in settings and "$DEEPSIFT_BACKEND" in cli  # the CLI's default backend setting
 
 
 def _leaf_commands() -> list[list[str]]:

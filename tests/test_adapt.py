@@ -182,3 +182,67 @@ def test_the_demo_says_which_generators_the_loaded_model_has_seen(adapted, tmp_p
     finally:
         app.state.db.dispose()
     assert "This detector has seen" in page and "gen a, stripes" in page  # names as visitors read them
+
+
+def _separable(n_real: int, n_fake: int, groups: int | None, seed: int = 0):
+    """Held-out rows and embeddings of a perfectly separable set (``groups`` prompt groups per class; None: none)."""
+    rng = np.random.default_rng(seed)
+    emb = np.r_[rng.normal(-3, 1, (n_real, 8)), rng.normal(3, 1, (n_fake, 8))]
+    rows = [{"side": "test", "generator": "real" if i < n_real else "gen", "label": int(i >= n_real), "id": f"i{i}",
+             "group": None if groups is None else f"{'r' if i < n_real else 'f'}{i % groups}"}
+            for i in range(n_real + n_fake)]
+    return rows, emb
+
+
+def test_adapt_judges_a_figure_by_the_reports_uncertainty_rule_not_by_n_under_30():
+    """Where the old rule (fewer than 30 images of a class: 'small') and the report's ⚠ rule disagree, adapt follows
+    the report's: 25 + 25 clear images are a reliable AUROC; 40 + 40 images from 5 prompt groups per class are not."""
+    from deepsift.adapt.loop import measure
+    from deepsift.evaluate.metrics import SMALL_SAMPLE, compute_metrics
+    from deepsift.model.heads import make_head
+
+    rows, emb = _separable(25, 25, None)
+    labels = np.array([r["label"] for r in rows])
+    head = make_head("linear").fit(emb, labels)
+    figs = measure(rows, emb, np.ones(len(rows), bool), head, ["gen"], bootstrap=200, seed=0)["gen"]
+    assert figs["n_real"] == figs["n_fake"] == 25 < SMALL_SAMPLE and "small" not in figs
+    assert figs["auroc"]["value"] == 1.0 and "unreliable" not in figs["auroc"]  # its own interval is narrow
+    assert "fewer than the 100" in figs["tpr@1%fpr"]["unreliable"]  # a TPR at 1 % FPR needs 100 reals
+
+    rows, emb = _separable(40, 40, 5, seed=1)
+    labels = np.array([r["label"] for r in rows])
+    figs = measure(rows, emb, np.ones(len(rows), bool), make_head("linear").fit(emb, labels), ["gen"], 200, 0)["gen"]
+    assert min(figs["n_real"], figs["n_fake"]) >= SMALL_SAMPLE  # not 'small' by the count
+    assert figs["n_real_groups"] == figs["n_fake_groups"] == 5
+    assert "fewer than 20 groups" in figs["auroc"]["unreliable"]
+    # the very reason the evaluation report gives for the same figures
+    met = compute_metrics(labels, make_head("linear").fit(emb, labels).predict_proba(emb)[:, 1], bootstrap=200,
+                          seed=0, groups=[r["group"] for r in rows])
+    assert figs["auroc"]["unreliable"] == met.unreliable("auroc")
+
+
+def test_the_report_and_the_card_mark_the_uncertain_figures_and_say_the_rule(world, adapted):
+    from deepsift.adapt.cli import report
+    from deepsift.adapt.loop import Run
+    from deepsift.evaluate.reliability import RULE_SHORT
+
+    steps = {s: json.loads(next((adapted / "steps").glob(f"*-{s}.json")).read_text()) for s in ("before", "after")}
+    after = steps["after"]["figures"]
+    marked = {g for g, f in after.items() if f["auroc"].get("unreliable")}
+    assert marked, "the test world's held-out sets are small: some AUROC must be marked"
+    lines = report(Run(plan_for(world, adapted)))
+    for g, fig in after.items():
+        line = next(ln for ln in lines if ln.strip().startswith(f"{g}: AUROC"))
+        assert (g in marked) == ("⚠" in line.split("->")[1]), line
+        if g in marked:
+            assert fig["auroc"]["unreliable"] in line
+    assert RULE_SHORT in lines
+    _, body = read_card(adapted / "model")
+    assert RULE_SHORT in body
+    for g, fig in after.items():
+        row = next(ln for ln in body.splitlines() if ln.startswith(f"| {g} |"))
+        auroc_after = row.split("|")[4]
+        assert ("⚠" in auroc_after) == (g in marked), row
+        assert ("⚠" in row.split("|")[5]) == bool(fig["tpr@1%fpr"].get("unreliable")), row
+        if g in marked:
+            assert f"{g} AUROC after: {fig['auroc']['unreliable']}" in body

@@ -143,8 +143,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _fmt(fig: dict) -> str:
+    value = fig.get("value")
+    return "n/a" if value is None else f"{value:.3f}" + (" ⚠" if fig.get("unreliable") else "")
 
 
 def report(run: "object") -> list[str]:
@@ -152,14 +153,22 @@ def report(run: "object") -> list[str]:
     plan = run.plan  # type: ignore[attr-defined]
     before = run.read("before")["figures"]  # type: ignore[attr-defined]
     lines = []
+    marked = False
     for step in ("after", "after-2"):
         after = run.read(step)  # type: ignore[attr-defined]
         if after.get("skipped"):
             continue
         lines.append(f"{after['route']}: " + ("target reached" if after["method"] else "target NOT reached"))
         for g, fig in after["figures"].items():
-            b, a = (_fmt(f["auroc"]["value"]) for f in (before[g], fig))
-            lines.append(f"  {g}: AUROC {b} -> {a} (n real {fig['n_real']}, fake {fig['n_fake']})")
+            b, a = (_fmt(f["auroc"]) for f in (before[g], fig))
+            why = fig["auroc"].get("unreliable")
+            marked |= bool(why or before[g]["auroc"].get("unreliable"))
+            lines.append(f"  {g}: AUROC {b} -> {a} (n real {fig['n_real']}, fake {fig['n_fake']}"
+                         + (f"; ⚠ {why}" if why else "") + ")")
+    if marked:
+        from ..evaluate.reliability import RULE_SHORT
+
+        lines.append(RULE_SHORT)
     written = run.read("write-model")  # type: ignore[attr-defined]
     if written["target_reached"]:
         lines.append(f"adapted by {written['route']}: {written['model']}")

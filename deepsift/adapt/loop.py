@@ -172,7 +172,11 @@ def _arrays(run: Run, round_: int = 1) -> tuple[list[dict], np.ndarray, np.ndarr
 
 def measure(rows: list[dict], emb: np.ndarray, ok: np.ndarray, head: Any, generators: list[str],
             bootstrap: int, seed: int) -> dict[str, dict]:
-    """Per generator (held-out reals vs its held-out images): AUROC and TPR@1%FPR with intervals, and counts."""
+    """Per generator (held-out reals vs its held-out images): AUROC and TPR@1%FPR with intervals, and counts.
+
+    A figure too uncertain to rely on carries ``unreliable`` (why), by the evaluation report's ⚠ rule
+    (:mod:`deepsift.evaluate.reliability`: its own interval, real images for its FPR, groups per class).
+    """
     from ..evaluate.metrics import compute_metrics
 
     test = np.array([r["side"] == "test" for r in rows]) & ok
@@ -185,8 +189,9 @@ def measure(rows: list[dict], emb: np.ndarray, ok: np.ndarray, head: Any, genera
     for g in generators:
         m = test & ((labels == 0) | (gen == g))
         met = compute_metrics(labels[m], probs[m], bootstrap=bootstrap, seed=seed, groups=groups[m])
-        out[g] = {"n_real": met.n_real, "n_fake": met.n_fake, "small": met.small,
-                  **{f: met.values[f].to_dict() for f in FIGURES}}
+        d = met.to_dict()
+        out[g] = {k: d[k] for k in ("n_real", "n_fake", "n_real_groups", "n_fake_groups") if k in d}
+        out[g].update({f: d["metrics"][f] for f in FIGURES})
     return out
 
 

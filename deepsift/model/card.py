@@ -33,7 +33,18 @@ def _fmt(fig: dict) -> str:
     if v is None:
         return "n/a"
     ci = fig.get("ci95")
-    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + (" ⚠" if fig.get("unreliable") else "")
+
+
+def _marks(before: dict, figures: dict) -> str:
+    """The ⚠ rule and why each marked figure of the table is marked (empty when none is)."""
+    from ..evaluate.reliability import RULE_SHORT
+
+    why = [f"{g} AUROC before: {before[g]['auroc']['unreliable']}" for g in figures
+           if before.get(g, {}).get("auroc", {}).get("unreliable")]
+    why += [f"{g} {label} after: {figures[g][name]['unreliable']}" for g in figures
+            for name, label in (("auroc", "AUROC"), ("tpr@1%fpr", "TPR@1%FPR")) if figures[g][name].get("unreliable")]
+    return "" if not why else "\n" + RULE_SHORT + " Marked here: " + "; ".join(why) + ".\n"
 
 
 def _routes(lineage: dict) -> str:
@@ -88,7 +99,7 @@ The `{plan.classifier}` head, real vs each generator; 95 % bootstrap intervals r
 | generator | real / fake | AUROC before | AUROC after | TPR@1%FPR after |
 | --- | --- | --- | --- | --- |
 {rows}
-
+{_marks(before, figures)}
 Forgetting (AUROC before - after on known generators; tolerance {plan.forget_tolerance}): {drops}.
 Target on {lineage['added_generator']}: AUROC >= {plan.target_auroc}: {'reached' if after['target_reached'] else 'NOT reached'}.
 
@@ -104,8 +115,8 @@ called fake when P(fake) >= 0.5, as everywhere in deepsift.
 ## Intended use and limits
 
 Research and triage: evidence, not proof. Generators not listed in `generators_seen`, heavy
-compression, resizing, screenshots and crops weaken the signal; small held-out sets (see the counts)
-give wide intervals. Lineage: `lineage.json`.
+compression, resizing, screenshots and crops weaken the signal; a figure on too few held-out images
+(or groups) to rely on carries a ⚠, by the rule of deepsift's evaluation reports. Lineage: `lineage.json`.
 """
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
     (model_dir / CARD).write_text(text)
@@ -185,6 +196,10 @@ def write_train_card(model_dir: Path, *, cfg: dict, data: list[str], report: dic
                      f"{_fmt(f.get('tpr@1%fpr') or {})} |" for g, f in figures.items())
     table = ("| generator | in training | AUROC | TPR@1%FPR |\n| --- | --- | --- | --- |\n" + rows) if rows else \
         "No per-generator figures: train with `--leave-out GEN` (or run `deepsift eval generators`) to measure them."
+    if any((f.get(k) or {}).get("unreliable") for f in figures.values() for k in ("auroc", "tpr@1%fpr")):
+        from ..evaluate.reliability import RULE_SHORT
+
+        table += "\n\n" + RULE_SHORT
     body = f"""# CoDE detector trained with deepsift
 
 {'Fine-tuned from `' + str(cfg.get('init')) + '`' if cfg.get('init') else 'Trained from scratch'} by `deepsift train`

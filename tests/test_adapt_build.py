@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
 
 from adaptkit import tiny_world
+from deepsift.adapt.loop import Run
 from deepsift.adapt.runner import run_adapt
 from deepsift.adapt.plan import AdaptPlan
 from deepsift.cli import main
@@ -85,6 +87,41 @@ def test_an_interrupted_build_resumes_with_data_build_s_own_resume(built):
     step = _step(out, "build")
     assert step["resumed_chunks"] == step["chunks"] == first_step["chunks"]  # data build found every chunk done
     assert _images(out / "steps" / "build" / "images") == first
+
+
+def test_a_moved_adaptation_folder_resumes_its_build_and_its_later_steps(world, tmp_path, tmp_path_factory):
+    """Killed after the build's shards were written (its step not recorded), the folder moved to a new name:
+    --resume resumes the build where it is now (nothing generated again, no error); moved again after collect, it
+    embeds the built images where they are now. Paths inside the folder are recorded relative to it."""
+    models = shared_tiny_models(tmp_path_factory)
+    first = tmp_path / "first"
+    run = run_adapt(plan_for(world, models, first), stop_after="build", say=lambda _: None)
+    made, images = _step(first, "build"), _images(first / "steps" / "build" / "images")
+    assert made["prompts"] == "steps/build/prompts.jsonl" and made["chunks"] >= 1
+    manifest = json.loads((first / "steps" / "build" / "shards" / "build.json").read_text())
+    assert manifest["source"] == "../prompts.jsonl" and manifest["source_relative"] is True
+    for p in list(run.steps.glob("[0-9][0-9]-*.json")) + list((run.steps / "build" / "images").iterdir()):
+        p.unlink()
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    run_adapt(plan_for(world, models, moved), resume=True, stop_after="collect", say=lambda _: None)
+    step = _step(moved, "build")
+    assert step["resumed_chunks"] == step["chunks"] == made["chunks"]  # data build found every chunk done
+    assert _images(moved / "steps" / "build" / "images") == images
+    rows = [r for r in _step(moved, "collect")["samples"] if r["generator"] == "sd"]
+    assert len(rows) == 10 and all(r["relative"] and r["source"].startswith("steps/build/images/") for r in rows)
+    again = tmp_path / "again"
+    shutil.move(moved, again)
+    run_adapt(plan_for(world, models, again), resume=True, stop_after="embed", say=lambda _: None)
+    embedded = _step(again, "embed")
+    assert embedded["errors"] == [] and embedded["n"] == len(_step(again, "collect")["samples"])
+    # a prompt source outside the folder (or a hub id) stays as given
+    from deepsift.generate.plan import recorded_source
+
+    for source in (str(world / "prompts.jsonl"), "owner/d3-prompts"):
+        assert recorded_source(source, again / "steps" / "build" / "shards", again) == {"source": source}
+    assert Run(plan_for(world, models, again)).portable(str(world / "prompts.jsonl")) == \
+        {"source": str(world / "prompts.jsonl")}
 
 
 @pytest.mark.ray

@@ -1,4 +1,5 @@
-"""``--backend auto`` (the default without ``DEEPSIFT_BACKEND``): picks an exact backend, caches its measurement, skips what fails, says why."""
+"""``--backend auto`` (the default unless ``DEEPSIFT_BACKEND`` says otherwise): picks an exact backend, caches its
+measurement, skips what fails, says why."""
 from __future__ import annotations
 
 import json

@@ -3,9 +3,10 @@
 A ``-g NAME=KIND:SOURCE`` spec (as ``deepsift data build`` takes it) is run by
 :func:`deepsift.generate.builder.build` over the prompts (the first ``count`` records when given,
 copied to ``OUT/steps/build/prompts.jsonl``) into ``OUT/steps/build/shards/`` (on Ray when asked);
-a killed build restarts where it stopped (the builder's own resume). Its images are then written
-one file per record to ``OUT/steps/build/images/``, where ``collect`` finds them: one prompt, one
-image, so the grouped split keeps every prompt on one side.
+a killed build restarts where it stopped (the builder's own resume), also after ``OUT`` was moved:
+paths inside ``OUT`` are recorded relative to it (a prompt source outside it stays as given). Its
+images are then written one file per record to ``OUT/steps/build/images/``, where ``collect``
+finds them: one prompt, one image, so the grouped split keeps every prompt on one side.
 """
 from __future__ import annotations
 
@@ -91,11 +92,11 @@ def step_build(run: Run) -> dict:
     folder = run.steps / BUILD
     folder.mkdir(exist_ok=True)
     source = str(first_prompts(p.prompts, p.count, folder / "prompts.jsonl")) if p.count else p.prompts
-    summary = build(source, [spec], folder / "shards", ray_address=p.ray, threads=p.threads)
+    summary = build(source, [spec], folder / "shards", ray_address=p.ray, threads=p.threads, moves_with=run.out)
     n = export_images(folder / "shards", spec.name, Path(run.images()))
     if n == 0:
         raise DataError(f"data build made no image of {spec.name!r} from {p.prompts} "
                         f"({', '.join(f'{k}={v}' for k, v in sorted(summary.failures.items())) or 'no record'})")
-    return {"spec": spec.to_text(), "prompts": source, "records": summary.records, "images": n,
+    return {"spec": spec.to_text(), "prompts": run.portable(source)["source"], "records": summary.records, "images": n,
             "failures": dict(summary.failures), "chunks": summary.chunks, "resumed_chunks": summary.chunks_resumed,
             "seconds": summary.seconds, "ray": p.ray}

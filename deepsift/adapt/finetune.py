@@ -61,11 +61,11 @@ def write_replay(run: Run) -> dict:
     with ShardWriter(stage / "shards", prefix=REPLAY, n_generators=len(gens), max_records_per_shard=256) as writer:
         for i in range(n):
             rid = f"{REPLAY}{i:06d}"
-            real = reals[i % len(reals)]["source"]
+            real = run.source(reals[i % len(reals)])
             _copy(real, stage / "real" / f"{rid}{Path(real).suffix.lower()}")
             made = []
             for g in gens:
-                src = by_gen[g][i % len(by_gen[g])]["source"]
+                src = run.source(by_gen[g][i % len(by_gen[g])])
                 with Image.open(src) as im:
                     w, h = im.size
                 made.append(Generation(model=g, width=w, height=h, steps=None, filepath=src,

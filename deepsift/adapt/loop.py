@@ -62,6 +62,18 @@ class Run:
     def read_plan(self) -> dict:
         return json.loads((self.out / "plan.json").read_text())["plan"]
 
+    def portable(self, path: str) -> dict:
+        """How a step file records the file ``path``: relative to the folder (``relative``) when inside it, so the
+        folder may move; as given otherwise."""
+        try:
+            return {"source": Path(path).resolve().relative_to(self.out.resolve()).as_posix(), "relative": True}
+        except ValueError:
+            return {"source": path}
+
+    def source(self, row: dict) -> str:
+        """The image file of a collected row (one recorded inside the folder is resolved against where it is now)."""
+        return str(self.out / row["source"]) if row.get("relative") else row["source"]
+
     def images(self) -> str:
         """The folder of the new generator's images: the one given, or the build step's."""
         return self.plan.images or str(self.steps / "build" / "images")
@@ -118,7 +130,7 @@ def step_collect(run: Run) -> dict:
             for s in known.samples]
     for f in files:
         rel = Path(f).relative_to(root)
-        rows.append({"id": f"{p.generator}/{rel.as_posix()}", "source": f, "label": 1, "generator": p.generator,
+        rows.append({"id": f"{p.generator}/{rel.as_posix()}", **run.portable(f), "label": 1, "generator": p.generator,
                      "group": rel.parts[0] if len(rel.parts) > 1 else None})
     assign_sides(rows, p.seed, p.test_fraction)
     new_test = sum(r["generator"] == p.generator and r["side"] == "test" for r in rows)
@@ -150,7 +162,7 @@ def embed_rows(run: Run, det: Any, round_: int) -> dict:
     rows = run.read("collect")["samples"]
     emb = np.full((len(rows), int(det.backbone.config.hidden_size)), np.nan, np.float32)
     errors = []
-    items = det.embed_iter(r["source"] for r in rows)
+    items = det.embed_iter(run.source(r) for r in rows)
     for i, (src, e, err) in enumerate(progress(items, desc="embed", total=len(rows))):
         if e is None:
             errors.append({"source": src, "error": err})

@@ -36,6 +36,7 @@ from .plan import (
     log_failures,
     plan_chunks,
     real_dir_for,
+    recorded_source,
     write_manifest,
 )
 from .sources import RealDir
@@ -55,11 +56,14 @@ def build(
     ray_actors: int | None = None,
     progress: bool | None = None,
     real_dir: str | os.PathLike | None = None,
+    moves_with: str | os.PathLike | None = None,
 ) -> BuildSummary:
     """Build (or resume) a dataset: every record x every generator, one shard per chunk.
 
     ``real_dir``: a ``deepsift data fetch-real`` folder; each record's real image (for ``vae``
-    generators) is looked up there by id.
+    generators) is looked up there by id. ``moves_with``: a folder moved as a whole with ``out``
+    (default ``out``); a prompt source inside it is recorded relative to ``out``, so the build
+    still resumes after the folder is moved.
     """
     if not specs:
         raise UsageError("give at least one generator spec (specs=[parse_spec('NAME=KIND:SOURCE')])")
@@ -74,7 +78,8 @@ def build(
         raise input_not_found(add_to)
     out = Path(out)
     reals = RealDir(real_dir) if real_dir is not None else None
-    settings = {"source": str(add_to or source), "add_to": add_to is not None,
+    recorded = {"source": str(add_to)} if add_to is not None else recorded_source(str(source), out, moves_with)
+    settings = {**recorded, "add_to": add_to is not None,
                 "generators": [s.to_text() for s in specs], "chunk_size": None if add_to else chunk_size}
     if reals is not None:  # only when given, so builds made before --real-dir existed still resume
         settings["real_dir"] = str(reals.resolved)

@@ -101,6 +101,23 @@ def _read_manifest(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def recorded_source(source: str, out: Path, moves_with: str | os.PathLike | None = None) -> dict:
+    """How ``build.json`` records a prompt ``source``: relative to ``out`` (with ``source_relative``) when it is a
+    file or folder inside ``moves_with`` (default ``out``), the folder moved as a whole, so a moved build resumes;
+    as given otherwise (outside it, or a hub id)."""
+    root = Path(moves_with if moves_with is not None else out).resolve()
+    path = Path(source)
+    if not path.exists() or root not in path.resolve().parents:
+        return {"source": source}
+    return {"source": os.path.relpath(path.resolve(), Path(out).resolve()), "source_relative": True}
+
+
+def manifest_source(folder: Path, manifest: dict) -> str:
+    """The prompt source a ``build.json`` in ``folder`` records, resolved against the folder when stored relative."""
+    src = str(manifest.get("source") or "")
+    return str(folder / src) if src and manifest.get("source_relative") else src
+
+
 def write_manifest(out: Path, settings: dict, *, add_to: str | None = None) -> dict:
     """Record the build in ``out/build.json``, or refuse a restart with other settings; returns what was written.
 

@@ -98,7 +98,9 @@ def _build_reals(folder: Path) -> dict[str, str]:
             out.update(RealLookup(meta["real_dir"]).by_id)
         except UsageError:
             pass
-    src = str(meta.get("source") or "")
+    from ..generate.plan import manifest_source
+
+    src = manifest_source(folder, meta)
     if src.lower().endswith((".jsonl", ".json", ".ndjson", ".csv", ".tsv")) and Path(src).is_file():
         from ..generate.sources import iter_source
 

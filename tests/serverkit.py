@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 
 from deepsift.server import Settings
@@ -56,7 +55,12 @@ def api_routes(app: Any, prefix: str = "/api/") -> set[tuple[str, str]]:
 
 
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s."""
+    """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s.
+
+    Only for the state of another process that says nothing when it changes (a job's row in the database, a
+    worker process appearing or ending, a port closing): there is no line or event to wait on, so it is polled.
+    A server process coming up is waited on by its "listening" line (:class:`ServeProcess`), an in-thread
+    server by an event (:class:`LiveServer`)."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while time.monotonic() < deadline:
@@ -92,6 +96,20 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+class _ReadyServer(uvicorn.Server):
+    """uvicorn's server, setting ``ready`` once its startup is over (listening, or given up: see ``started``)."""
+
+    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
+        super().__init__(config)
+        self.ready = ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
 class LiveServer:
     """A FastAPI app served by uvicorn on 127.0.0.1:<free port> in a background thread."""
 
@@ -105,10 +123,21 @@ class LiveServer:
     def start(self) -> "LiveServer":
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 backlog=2048, timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
+        ready = threading.Event()
+        self._server = server = _ReadyServer(config, ready)
+
+        def run() -> None:
+            try:
+                server.run()
+            finally:
+                ready.set()  # ended before its startup was over (the app failed to load): stop waiting
+
+        self._thread = threading.Thread(target=run, name=f"uvicorn-{self.port}", daemon=True)
         self._thread.start()
-        wait_until(lambda: self._server.started, 30, what="uvicorn to start")  # type: ignore[union-attr]
+        if not ready.wait(30):
+            raise TimeoutError(f"uvicorn did not start on port {self.port} within 30 s")
+        if not server.started:
+            raise RuntimeError(f"uvicorn could not start on port {self.port} (see its log above)")
         return self
 
     def stop(self) -> None:
@@ -139,17 +168,38 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> "ServeProcess":
+        """Start the process and wait for its "listening" line (it takes connections from then on)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-
-        def up() -> bool:
-            if self.proc.poll() is not None:  # type: ignore[union-attr]
-                raise RuntimeError(f"deepsift serve exited ({self.proc.returncode}): {self.log()[-2000:]}")  # type: ignore[union-attr]
-            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
-
-        wait_until(up, timeout, 0.1, "deepsift serve to answer /healthz")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._listening = False
+        self._settled = threading.Event()  # set at the listening line, or when the output ends first
+        self._output_done = threading.Event()
+        self._reader = threading.Thread(target=self._copy_output, name=f"serve-{self.port}-output", daemon=True)
+        self._reader.start()
+        if not self._settled.wait(timeout):
+            raise TimeoutError(f"deepsift serve said no listening line within {timeout:g} s: {self.log()[-2000:]}")
+        if not self._listening:  # its output ended: the process exited before it listened
+            code = self.proc.wait(30)
+            raise RuntimeError(f"deepsift serve exited ({code}) before listening: {self.log()[-2000:]}")
         return self
+
+    def _copy_output(self) -> None:
+        """Copy the process's output (and its workers', which share it) into the log file line by line; settle
+        ``start`` at the listening line, or when the output ends (every writer exited) without one."""
+        from deepsift.server.cli import LISTENING
+
+        ready = f"{LISTENING}{self.url}".encode()
+        try:
+            with open(self.log_path, "ab") as log:
+                for line in iter(self.proc.stdout.readline, b""):  # type: ignore[union-attr]
+                    log.write(line)
+                    log.flush()
+                    if not self._listening and line.startswith(ready):
+                        self._listening = True
+                        self._settled.set()
+        finally:
+            self._output_done.set()
+            self._settled.set()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
@@ -162,8 +212,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if getattr(self, "_log", None):
-            self._log.close()
+        if getattr(self, "_reader", None) is not None and self._output_done.wait(15):  # every writer has exited:
+            self.proc.stdout.close()  # type: ignore[union-attr]  # the log is whole
 
     def __enter__(self) -> "ServeProcess":
         return self.start()

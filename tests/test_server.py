@@ -362,6 +362,30 @@ def test_deepsift_serve_migrates_an_empty_database_and_serves(database_url, tmp_
         db.dispose()
 
 
+def test_deepsift_serve_says_when_it_listens_and_answers_at_once(tmp_path):
+    """``deepsift serve`` says one line once its port takes connections (what ServeProcess waits on, at any log
+    level): the first request after it is answered with no retry, one process or several sharing the port."""
+    for args in ((), ("--processes", "2")):
+        data = tmp_path / f"data{len(args)}"
+        with ServeProcess(f"sqlite:///{tmp_path / f'serve{len(args)}.db'}", data, args=args) as srv:
+            assert httpx.get(srv.url + "/healthz", timeout=60).status_code == 200
+            said = [ln for ln in srv.log().splitlines() if ln.startswith("deepsift: listening on ")]
+            assert said == [f"deepsift: listening on {srv.url}"], srv.log()[-2000:]
+
+
+def test_a_serve_that_cannot_listen_fails_its_start_at_once_with_its_log(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        srv = ServeProcess(f"sqlite:///{tmp_path / 'serve.db'}", tmp_path / "data", port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError, match=r"(?s)exited \(3\) before listening: .*address already in use"):
+            srv.start(timeout=120)
+        srv.stop()
+    assert "deepsift: listening on" not in srv.log()
+
+
 def test_the_worker_serve_starts_reads_the_database_url_from_its_environment(pg_server, tmp_path):
     """A password in the database URL never shows in the scoring worker's command line (``/proc/PID/cmdline``
     is readable by every local user): ``serve`` hands the URL to its worker in the environment."""

@@ -152,13 +152,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
          f"http://{args.host}:{args.port}")
     children = _start_background(settings, verbosity(args))
     try:
-        uvicorn.run("deepsift.server.app:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.processes, log_level=level, proxy_headers=settings.trusted_proxy,
-                    forwarded_allow_ips=settings.trusted_proxy_ips,
-                    server_header=False)
+        _run_uvicorn(uvicorn.Config("deepsift.server.app:app_from_env", factory=True, host=args.host, port=args.port,
+                                    workers=args.processes, log_level=level, proxy_headers=settings.trusted_proxy,
+                                    forwarded_allow_ips=settings.trusted_proxy_ips, server_header=False))
     finally:
         _stop_background(children)
     return EXIT_OK
+
+
+LISTENING = "deepsift: listening on "
+"""The start of the line ``deepsift serve`` says once its port takes connections (scripts and tests wait on it)."""
+
+
+def _run_uvicorn(config) -> None:  # type: ignore[no-untyped-def]
+    """Serve as ``uvicorn.run`` does, saying :data:`LISTENING` once the port takes connections (at any log level)."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ..output import note
+
+    said = f"{LISTENING}http://{config.host}:{config.port}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):  # type: ignore[no-untyped-def]
+            await super().startup(sockets=sockets)  # exits the process when the port cannot be bound
+            note(said)
+
+    server = Server(config)
+    try:
+        if config.workers > 1:  # the processes share a socket bound here; listening now, it takes connections
+            sock = config.bind_socket()  # from here on: the kernel queues them until a process accepts
+            sock.listen(config.backlog)
+            note(said)
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if config.workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 
 
 def _start_background(settings, level: int) -> list:  # type: ignore[no-untyped-def]

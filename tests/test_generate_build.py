@@ -265,3 +265,26 @@ def test_an_image_depends_on_its_record_not_on_the_batch_it_was_made_in(models, 
     build(None, [parse_spec(sd_spec(models))], tmp_path / "grown", add_to=str(base), threads=1)
     grown = {r.id: [g.image for g in r.generations if g.generator == "sd"][0] for r in read_d3(tmp_path / "grown")}
     assert {i: grown[i] for i in runs[3]} == runs[3]
+
+
+def test_a_moved_build_folder_with_its_prompts_inside_resumes(models, tmp_path):
+    """A prompt file inside the build folder is recorded relative to it, so the moved folder resumes (nothing is
+    made again) and its real images are still found; a prompt file outside the folder is recorded as given."""
+    from deepsift.train.data import _build_reals
+
+    out = tmp_path / "out"
+    src = write_prompts(out / "prompts", 3)
+    specs = [parse_spec(f"vae=vae:{models.vae}")]
+    first = build(str(src), specs, out, chunk_size=2)
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["source"] == "prompts/prompts.jsonl" and manifest["source_relative"] is True
+    moved = tmp_path / "moved"
+    os.rename(out, moved)
+    again = build(str(moved / "prompts" / "prompts.jsonl"), specs, moved, chunk_size=2)
+    assert again.chunks_resumed == again.chunks == first.chunks == 2 and again.records == 3
+    assert sorted(_build_reals(moved)) == ["rec0", "rec1", "rec2"]  # the moved prompt file's real images
+    elsewhere = tmp_path / "elsewhere"
+    build(str(moved / "prompts" / "prompts.jsonl"), specs, elsewhere, chunk_size=2)
+    assert json.loads((elsewhere / "build.json").read_text()) == {
+        "source": str(moved / "prompts" / "prompts.jsonl"), "add_to": False, "generators": [specs[0].to_text()],
+        "chunk_size": 2}

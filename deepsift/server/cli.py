@@ -184,7 +184,10 @@ def _run_uvicorn(config) -> None:  # type: ignore[no-untyped-def]
             sock = config.bind_socket()  # from here on: the kernel queues them until a process accepts
             sock.listen(config.backlog)
             note(said)
-            Multiprocess(config, sockets=[sock]).run()
+            import inspect  # older uvicorn (pyproject allows >= 0.29) takes the processes' target; newer makes its own
+
+            old = {"target": uvicorn.Server(config).run} if "target" in inspect.signature(Multiprocess).parameters else {}
+            Multiprocess(config, sockets=[sock], **old).run()
             return
         server.run()
     except KeyboardInterrupt:

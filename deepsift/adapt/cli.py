@@ -4,8 +4,9 @@ from __future__ import annotations
 import argparse
 
 from ..choices import DEFAULT_MODEL, HEAD_KINDS
-from ..cliargs import (EXIT_OK, add_command, add_runtime_options, existing_dir, existing_file, non_negative_int,
-                       open_fraction, path_or_hub_id, positive_float, positive_int, probability, subgroup)
+from ..cliargs import (EXIT_OK, add_command, add_runtime_options, existing_dir, existing_file, existing_path,
+                       non_negative_int, open_fraction, path_or_hub_id, positive_float, positive_int, probability,
+                       subgroup)
 from ..generate.spec import SPEC_HELP
 from .plan import FINE_TUNE_MODES
 
@@ -45,9 +46,11 @@ def register(sub: argparse._SubParsersAction, groups: dict) -> None:
                                 "and write a model folder with its card.",
                     epilog=EPILOG)
     p.add_argument("--model", default=DEFAULT_MODEL, type=path_or_hub_id, help="the model to adapt (hub id or folder)")
-    p.add_argument("--data", required=True, type=existing_dir,
+    p.add_argument("--data", required=True, type=existing_path,
                    help="labelled images of the generators the model knows: real/ + fake/<generator>/ (or any "
-                        "layout eval reads)")
+                        "layout eval reads: D3 parquet shards with --real)")
+    p.add_argument("--real", metavar="DIR", type=existing_dir, default=None,
+                   help="folder of real images beside --data (required with parquet shards; default: none)")
     new = p.add_mutually_exclusive_group(required=True)
     new.add_argument("--new", type=_new_generator, metavar="NAME=FOLDER",
                      help="the new generator's name and a folder of its images (sub-folders: groups, e.g. prompts)")
@@ -125,8 +128,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     heads = tuple(dict.fromkeys(args.head or ("linear", "knn")))
     if args.classifier not in heads:
         heads = (args.classifier, *heads)
-    plan = AdaptPlan(model=str(args.model), generator=name, images=folder, data=args.data, out=args.out, heads=heads,
-                     classifier=args.classifier, target_auroc=args.target_auroc,
+    plan = AdaptPlan(model=str(args.model), generator=name, images=folder, data=args.data, real=args.real or "",
+                     out=args.out, heads=heads, classifier=args.classifier, target_auroc=args.target_auroc,
                      forget_tolerance=args.forget_tolerance, test_fraction=args.test_fraction,
                      bootstrap=args.bootstrap, seed=args.seed, min_test_images=args.min_test_images,
                      follow_links=args.follow_links, device=args.device, batch_size=args.batch_size,

@@ -58,6 +58,7 @@ def write_replay(run: Run) -> dict:
     stage = run.steps / f".{REPLAY}.tmp"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "real").mkdir(parents=True)
+    files = _shard_files(run, [r for found in by_gen.values() for r in found], stage / "known")
     with ShardWriter(stage / "shards", prefix=REPLAY, n_generators=len(gens), max_records_per_shard=256) as writer:
         for i in range(n):
             rid = f"{REPLAY}{i:06d}"
@@ -65,19 +66,39 @@ def write_replay(run: Run) -> dict:
             _copy(real, stage / "real" / f"{rid}{Path(real).suffix.lower()}")
             made = []
             for g in gens:
-                src = run.source(by_gen[g][i % len(by_gen[g])])
+                row = by_gen[g][i % len(by_gen[g])]
+                src = files[_shard_key(row)] if "row" in row else run.source(row)
                 with Image.open(src) as im:
                     w, h = im.size
-                made.append(Generation(model=g, width=w, height=h, steps=None, filepath=src,
+                made.append(Generation(model=g, width=w, height=h, steps=None,
+                                       filepath=row["id"] if "row" in row else src,
                                        image=Path(src).read_bytes(), generator=g))
             writer.write(D3Record(id=rid, original_prompt=None, positive_prompt=None, negative_prompt=None, url=None,
                                   generations=made))
     info = {"records": n, "reals": len(reals), "images": {g: len(found) for g, found in by_gen.items()},
             "shards": str(final / "shards"), "real": str(final / "real")}
+    shutil.rmtree(stage / "known", ignore_errors=True)
     (stage / "replay.json").write_text(json.dumps(info, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(stage, final)
     return info
+
+
+def _shard_key(row: dict) -> tuple:
+    return row["source"], row["row"], row["gen"]
+
+
+def _shard_files(run: Run, rows: list[dict], folder: Path) -> dict[tuple, str]:
+    """(shard, row, generation) -> a file holding that image, for the rows whose image lives in a parquet shard
+    (each shard read once, in file order; the replay shards then take the bytes from these files)."""
+    refs = sorted({_shard_key(r): r for r in rows if "row" in r}.values(), key=_shard_key)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for n, (r, data) in enumerate(zip(refs, run.inputs(refs))):
+        path = folder / f"{n:06d}.img"
+        path.write_bytes(data)  # type: ignore[arg-type]
+        out[_shard_key(r)] = str(path)
+    return out
 
 
 def fine_tune_config(run: Run, records: int) -> Any:

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -71,8 +71,17 @@ class Run:
             return {"source": path}
 
     def source(self, row: dict) -> str:
-        """The image file of a collected row (one recorded inside the folder is resolved against where it is now)."""
+        """The image file of a collected row, or the parquet shard that holds its image (``row``, ``gen``); one
+        recorded inside the folder is resolved against where it is now."""
         return str(self.out / row["source"]) if row.get("relative") else row["source"]
+
+    def inputs(self, rows: list[dict]) -> Iterator[str | bytes]:
+        """What to feed a detector for each row, in order: its file, or its image bytes re-read from its shard."""
+        from ..data.layout import ShardImages
+
+        shards = ShardImages()
+        for r in rows:
+            yield shards.get(self.source(r), r["row"], r["gen"], r["id"]) if "row" in r else self.source(r)
 
     def images(self) -> str:
         """The folder of the new generator's images: the one given, or the build step's."""
@@ -116,7 +125,7 @@ def step_collect(run: Run) -> dict:
     from ..data.layout import images_under, read_dataset
 
     p = run.plan
-    known = read_dataset(p.data, follow_links=p.follow_links)
+    known = read_dataset(p.data, real=p.real or None, follow_links=p.follow_links)
     gens = sorted({s.generator for s in known.samples if s.label == 1})
     if p.generator in gens:
         raise UsageError(f"{p.generator!r} is already a generator of {p.data}: name the new one differently")
@@ -126,7 +135,7 @@ def step_collect(run: Run) -> dict:
     if not files:
         raise DataError(f"{run.images()}: no images of the new generator {p.generator!r}")
     root = Path(run.images())
-    rows = [{"id": s.id, "source": str(s.source), "label": s.label, "generator": s.generator, "group": s.group}
+    rows = [{"id": s.id, **_known_source(run, s), "label": s.label, "generator": s.generator, "group": s.group}
             for s in known.samples]
     for f in files:
         rel = Path(f).relative_to(root)
@@ -142,6 +151,17 @@ def step_collect(run: Run) -> dict:
         if not any(r["label"] == 0 and r["side"] == side for r in rows):
             raise DataError(f"no real image on the {side} side of the split: add real images (or other groups)")
     return {"generators": gens, "new": p.generator, "samples": rows}
+
+
+def _known_source(run: Run, s: Any) -> dict:
+    """Where a step file finds a known sample: its file, or (an image held in a parquet shard, never its bytes)
+    the shard with the row and generation that hold it."""
+    if s.shard is not None:
+        path, row, gen = s.shard
+        return {**run.portable(path), "row": row, "gen": gen}
+    if not isinstance(s.source, str):
+        raise DataError(f"{run.plan.data}: sample {s.id} has no file or shard to record")
+    return run.portable(s.source)
 
 
 def step_embed(run: Run) -> dict:
@@ -162,10 +182,10 @@ def embed_rows(run: Run, det: Any, round_: int) -> dict:
     rows = run.read("collect")["samples"]
     emb = np.full((len(rows), int(det.backbone.config.hidden_size)), np.nan, np.float32)
     errors = []
-    items = det.embed_iter(run.source(r) for r in rows)
-    for i, (src, e, err) in enumerate(progress(items, desc="embed", total=len(rows))):
+    items = det.embed_iter(run.inputs(rows))
+    for i, (_, e, err) in enumerate(progress(items, desc="embed", total=len(rows))):
         if e is None:
-            errors.append({"source": src, "error": err})
+            errors.append({"id": rows[i]["id"], "source": rows[i]["source"], "error": err})
         else:
             emb[i] = e
     final = run.steps / EMBEDDINGS[round_]

@@ -28,6 +28,7 @@ class AdaptPlan:
     images: str  # folder of its images (sub-folders = groups, e.g. one per prompt); "" when built (generate)
     data: str  # the labelled dataset of the generators the model already knows (real + fake/<gen>/)
     out: str
+    real: str = ""  # a folder of real images beside ``data`` (D3 parquet shards hold none); "" when data has its own
     heads: tuple[str, ...] = ("linear", "knn")
     classifier: str = "linear"  # the head whose figures decide (and that detect uses by default)
     target_auroc: float = 0.95  # on held-out images of the new generator
@@ -69,7 +70,7 @@ class AdaptPlan:
 
     def key(self) -> str:
         """A hash of the fields that decide the result (paths, targets, split, routes); runtime options excluded."""
-        d = {k: v for k, v in asdict(self).items() if k not in RUNTIME}
+        d = {k: v for k, v in asdict(self).items() if k not in RUNTIME and not (k == "real" and not v)}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def describe(self) -> list[str]:
@@ -80,7 +81,7 @@ class AdaptPlan:
               "always": "always (both routes measured)"}[self.fine_tune]
         return [
             f"adapt {self.model} to the new generator {self.generator!r} ({src})",
-            f"  known generators and reals: {self.data}",
+            f"  known generators and reals: {self.data}" + (f" (reals: {self.real})" if self.real else ""),
             f"  split: {self.test_fraction:.0%} of each generator's groups (sub-folders, prompts; else images) held "
             f"out for measuring, the rest fits; seed {self.seed}",
             "   1 build          " + (f"data build -g {self.generate} on the prompts (resumable; images in "

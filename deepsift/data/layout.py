@@ -23,10 +23,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from ..choices import DATASET_LAYOUTS, IMAGE_EXTENSIONS
 from ..exceptions import DataError
 from ..sources import SourceError, walk_images
+
+if TYPE_CHECKING:
+    from .schema import D3Record
 
 REAL = "real"
 FAKE = "fake"
@@ -44,6 +48,7 @@ class Sample:
     generator: str  # "real" for real images
     split: str | None = None  # "augm" / "no_augm" in the D3 test layout
     group: str | None = None  # its source or prompt folder (real/<group>/..., <generator>/<group>/...); None: alone
+    shard: tuple[str, int, int] | None = field(default=None, compare=False)  # parquet: (file, row, generation)
 
 
 @dataclass
@@ -213,14 +218,47 @@ def real_only(path: str | os.PathLike, *, follow_links: bool = False) -> Dataset
 
 
 def _read_parquet(root: Path) -> list[Sample]:
-    from .reader import read_d3
+    from .reader import parquet_files, read_parquet_file
 
     out: list[Sample] = []
-    for rec in read_d3(root, backend="pyarrow"):
-        for k, gen in enumerate(rec.generations):
-            if gen.image is None:
-                continue
-            out.append(Sample(f"{rec.id}/gen{k}", gen.image, 1, gen.generator or f"gen_{k}"))
+    for path in parquet_files(root):
+        for row, rec in enumerate(read_parquet_file(path)):
+            for k, gen in enumerate(rec.generations):
+                if gen.image is None:
+                    continue
+                out.append(Sample(f"{rec.id}/gen{k}", gen.image, 1, gen.generator or f"gen_{k}",
+                                  shard=(str(path), row, k)))
     if not out:
         raise DataError(f"{root}: the parquet shards hold no generated images")
     return out
+
+
+class ShardImages:
+    """The image bytes of parquet samples by reference (file, row, generation), read as a stream: asked for in
+    file order (as :func:`read_dataset` lists them), each file is read once."""
+
+    def __init__(self) -> None:
+        self._path: str | None = None
+        self._records: Iterator[D3Record] = iter(())
+        self._row = -1
+        self._record: D3Record | None = None
+
+    def get(self, path: str, row: int, k: int, sample_id: str | None = None) -> bytes:
+        """The bytes of generation ``k`` of row ``row`` of ``path`` (``sample_id``: checked against the record)."""
+        from .reader import read_parquet_file
+
+        if path != self._path or row < self._row:
+            self._path, self._records, self._row, self._record = path, read_parquet_file(path), -1, None
+        while self._row < row:
+            self._record = next(self._records, None)
+            self._row += 1
+            if self._record is None:
+                self._path = None
+                raise DataError(f"{path}: has no row {row}: the shard changed since its samples were listed")
+        rec = self._record
+        assert rec is not None
+        image = rec.generations[k].image if k < len(rec.generations) else None
+        if image is None or (sample_id is not None and sample_id != f"{rec.id}/gen{k}"):
+            raise DataError(f"{path}: row {row} no longer holds image {sample_id or k}: the shard changed since its "
+                            f"samples were listed")
+        return image

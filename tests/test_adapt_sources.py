@@ -32,10 +32,10 @@ def world(tmp_path_factory):
 
 
 def plan_for(world, out, **kw) -> AdaptPlan:
-    kw = {"fine_tune_steps": 4, "fine_tune_epochs": 2, "fine_tune_lr": 1e-3, "train_config": TRAIN, **kw}
+    kw = {"fine_tune_steps": 4, "fine_tune_epochs": 2, "fine_tune_lr": 1e-3, "train_config": TRAIN,
+          "data": str(world / "d3" / "shards"), **kw}
     return AdaptPlan(model=str(world / "base"), generator="faint", images=str(world / "new"),
-                     data=str(world / "d3" / "shards"), real=str(world / "d3" / "real"), out=str(out),
-                     bootstrap=20, workers=1, min_test_images=4, **kw)
+                     real=str(world / "d3" / "real"), out=str(out), bootstrap=20, workers=1, min_test_images=4, **kw)
 
 
 def _step(out: Path, name: str) -> dict:
@@ -130,3 +130,20 @@ def test_d3_shards_without_reals_are_a_one_line_error(world, tmp_path, capsys):
     errors = [line for line in err.splitlines() if "error" in line]
     assert rc != 0 and len(errors) == 1 and "real images" in errors[0] and "Traceback" not in err
     assert not (tmp_path / "o" / "steps" / "02-collect.json").exists()
+
+
+def test_one_shard_file_is_data_too_and_a_shard_changed_after_collect_is_a_clear_error(world, tmp_path):
+    from deepsift.data.writer import write_shard
+    from deepsift.exceptions import DataError
+
+    shard = tmp_path / "known.parquet"
+    shutil.copy(sorted((world / "d3" / "shards").glob("*.parquet"))[0], shard)
+    plan = plan_for(world, tmp_path / "run", data=str(shard), fine_tune="never")
+    run_adapt(plan, say=lambda _: None, stop_after="collect")
+    rows = _step(tmp_path / "run", "collect")["samples"]
+    assert {r["source"] for r in rows if "row" in r} == {str(shard)} and len([r for r in rows if "row" in r]) == 12
+    records = list(read_parquet_file(shard))
+    write_shard(records[:2], shard, n_generators=len(KNOWN))  # rows collected earlier are gone
+    with pytest.raises(DataError, match="changed since") as err:
+        run_adapt(plan, resume=True, say=lambda _: None)
+    assert str(shard) in str(err.value)

@@ -147,3 +147,15 @@ def test_one_shard_file_is_data_too_and_a_shard_changed_after_collect_is_a_clear
     with pytest.raises(DataError, match="changed since") as err:
         run_adapt(plan, resume=True, say=lambda _: None)
     assert str(shard) in str(err.value)
+
+
+def test_a_folder_moved_after_its_fine_tune_resumes_from_the_fine_tuned_weights_inside_it(world, tmp_path):
+    out = tmp_path / "run"
+    run_adapt(plan_for(world, out, fine_tune="always"), say=lambda _: None, stop_after="fine-tune")
+    moved = tmp_path / "moved"
+    shutil.move(str(out), str(moved))
+    run_adapt(plan_for(world, moved, fine_tune="always"), resume=True, say=lambda _: None)
+    assert _step(moved, "embed-2")["errors"] == []
+    assert np.isfinite(np.load(moved / "steps" / "embeddings-2.npy")).all()
+    written = _step(moved, "write-model")
+    assert Path(written["model"]) == moved / "model" and (moved / "model" / "model.safetensors").is_file()

@@ -134,7 +134,8 @@ def step_fine_tune(run: Run) -> dict:
     resume = any((out / name).is_dir() for name in (CKPT, f"{CKPT}.prev"))
     if not resume:  # killed before its first checkpoint: nothing worth keeping
         shutil.rmtree(out, ignore_errors=True)
-    result = train([replay["shards"]], out, cfg, real=replay["real"], resume=resume)
+    final = run.steps / REPLAY  # where it is now (the manifest's paths name where it was written)
+    result = train([str(final / "shards")], out, cfg, real=str(final / "real"), resume=resume)
     return {"route": ROUTE, "model": str(out), "resumed_at": result.start_step if resume else None,
             "steps": result.step, "kept_step": result.kept_step, "stopped_early": result.stopped_early,
             "head_accuracy": result.head_accuracy, "summary": result.summary, "replay": replay,
@@ -154,8 +155,8 @@ def step_embed2(run: Run) -> dict:
     if skip:
         return skip
     p = run.plan
-    det = Detector.load_backbone_only(run.read(FINE_TUNE)["model"], device=p.device, batch_size=p.batch_size,
-                                      workers=p.workers)
+    det = Detector.load_backbone_only(str(run.steps / FINE_TUNE), device=p.device, batch_size=p.batch_size,
+                                      workers=p.workers)  # inside the folder, wherever it is now
     return embed_rows(run, det, 2)
 
 

@@ -331,7 +331,7 @@ def step_write(run: Run) -> dict:
     misses = tuple(shortfall(r, c["new"], p.target_auroc, p.forget_tolerance) if r else 0.0 for r in (refit, fine))
     round_, reached = choose_route(p.fine_tune, refit, fine, misses)
     after = refit if round_ == 1 else fine
-    src = resolve_model_dir(p.model) if round_ == 1 else Path(run.read("fine-tune")["model"])
+    src = resolve_model_dir(p.model) if round_ == 1 else run.steps / "fine-tune"  # inside the folder, wherever it is
     embed_step, _, heads = ROUND_STEPS[round_]
     stage = run.out / ".model.tmp"
     shutil.rmtree(stage, ignore_errors=True)

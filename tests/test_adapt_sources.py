@@ -123,13 +123,13 @@ def test_replay_re_reads_the_known_images_from_the_shards_and_a_moved_folder_res
     assert all(_step(moved, s) for s in STEPS) and (moved / "model" / "lineage.json").is_file()
 
 
-def test_d3_shards_without_reals_are_a_one_line_error(world, tmp_path, capsys):
+def test_d3_shards_without_reals_are_a_one_line_error_before_any_work(world, tmp_path, capsys):
     rc = main(["adapt", "--model", str(world / "base"), "--data", str(world / "d3" / "shards"),
                "--new", f"faint={world / 'new'}", "--out", str(tmp_path / "o"), "--workers", "1"])
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert rc != 0 and len(errors) == 1 and "real images" in errors[0] and "Traceback" not in err
-    assert not (tmp_path / "o" / "steps" / "02-collect.json").exists()
+    assert rc != 0 and len(err.strip().splitlines()) == 1 and "real images" in err and "--real" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_one_shard_file_is_data_too_and_a_shard_changed_after_collect_is_a_clear_error(world, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..choices import DEFAULT_MODEL, HEAD_KINDS
 from ..cliargs import (EXIT_OK, add_command, add_runtime_options, existing_dir, existing_file, existing_path,
@@ -107,8 +108,11 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from .runner import run_adapt
     from .plan import AdaptPlan
 
+    from ..data.layout import detect_layout
     from ..exceptions import UsageError
 
+    if not args.real and detect_layout(Path(args.data)) == "parquet":  # refused before any work (a build included)
+        raise UsageError(f"{args.data}: D3 parquet shards hold no real images; give a folder of them with --real")
     if args.generate:
         from ..generate.spec import parse_spec
 

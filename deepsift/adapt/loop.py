@@ -322,6 +322,7 @@ def step_write(run: Run) -> dict:
     """``OUT/model``: the chosen route's weights and heads, ``lineage.json`` and the model card."""
     from .. import __version__
     from ..model.backbone import resolve_model_dir
+    from ..evaluate.reliability import RULE_SHORT
     from ..model.card import write_card
 
     p = run.plan
@@ -350,7 +351,7 @@ def step_write(run: Run) -> dict:
                "routes": routes, "fine_tune": None if fine is None else run.read("fine-tune"),
                "plan": run.read_plan(), "deepsift": __version__}
     (stage / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
-    write_card(stage, lineage=lineage, before=run.read("before")["figures"], after=after, plan=p)
+    write_card(stage, lineage=lineage, before=run.read("before")["figures"], after=after, plan=p, rule=RULE_SHORT)
     final = run.out / "model"
     if final.exists():
         shutil.rmtree(final)

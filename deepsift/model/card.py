@@ -36,15 +36,13 @@ def _fmt(fig: dict) -> str:
     return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "") + (" ⚠" if fig.get("unreliable") else "")
 
 
-def _marks(before: dict, figures: dict) -> str:
-    """The ⚠ rule and why each marked figure of the table is marked (empty when none is)."""
-    from ..evaluate.reliability import RULE_SHORT
-
+def _marks(before: dict, figures: dict, rule: str) -> str:
+    """The ⚠ ``rule`` and why each marked figure of the table is marked (empty when none is)."""
     why = [f"{g} AUROC before: {before[g]['auroc']['unreliable']}" for g in figures
            if before.get(g, {}).get("auroc", {}).get("unreliable")]
     why += [f"{g} {label} after: {figures[g][name]['unreliable']}" for g in figures
             for name, label in (("auroc", "AUROC"), ("tpr@1%fpr", "TPR@1%FPR")) if figures[g][name].get("unreliable")]
-    return "" if not why else "\n" + RULE_SHORT + " Marked here: " + "; ".join(why) + ".\n"
+    return "" if not why else "\n" + rule + " Marked here: " + "; ".join(why) + ".\n"
 
 
 def _routes(lineage: dict) -> str:
@@ -61,8 +59,8 @@ def _routes(lineage: dict) -> str:
             "| --- | --- | --- | --- |\n" + rows + "\n\n" + chosen)
 
 
-def write_card(model_dir: Path, *, lineage: dict, before: dict, after: dict, plan: Any) -> Path:
-    """Write ``model_dir/README.md`` for an adapted model."""
+def write_card(model_dir: Path, *, lineage: dict, before: dict, after: dict, plan: Any, rule: str) -> Path:
+    """Write ``model_dir/README.md`` for an adapted model (``rule``: the evaluation report's ⚠ rule, in words)."""
     seen = head_generators(model_dir)
     figures = after["figures"]
     results = [{"task": {"type": "image-classification", "name": "real vs AI-generated"},
@@ -99,7 +97,7 @@ The `{plan.classifier}` head, real vs each generator; 95 % bootstrap intervals r
 | generator | real / fake | AUROC before | AUROC after | TPR@1%FPR after |
 | --- | --- | --- | --- | --- |
 {rows}
-{_marks(before, figures)}
+{_marks(before, figures, rule)}
 Forgetting (AUROC before - after on known generators; tolerance {plan.forget_tolerance}): {drops}.
 Target on {lineage['added_generator']}: AUROC >= {plan.target_auroc}: {'reached' if after['target_reached'] else 'NOT reached'}.
 
@@ -163,7 +161,8 @@ def card_summary(model_dir: str | Path) -> list[str]:
     return lines
 
 
-def write_train_card(model_dir: Path, *, cfg: dict, data: list[str], report: dict | None = None) -> Path:
+def write_train_card(model_dir: Path, *, cfg: dict, data: list[str], report: dict | None = None,
+                     rule: str) -> Path:
     """Write ``model_dir/README.md`` for a model ``deepsift train`` made: its data, the generators its heads
     saw, the ones held out, and (with ``--leave-out``) each generator's figures from the leave-out report."""
     model_dir = Path(model_dir)
@@ -197,9 +196,7 @@ def write_train_card(model_dir: Path, *, cfg: dict, data: list[str], report: dic
     table = ("| generator | in training | AUROC | TPR@1%FPR |\n| --- | --- | --- | --- |\n" + rows) if rows else \
         "No per-generator figures: train with `--leave-out GEN` (or run `deepsift eval generators`) to measure them."
     if any((f.get(k) or {}).get("unreliable") for f in figures.values() for k in ("auroc", "tpr@1%fpr")):
-        from ..evaluate.reliability import RULE_SHORT
-
-        table += "\n\n" + RULE_SHORT
+        table += "\n\n" + rule
     body = f"""# CoDE detector trained with deepsift
 
 {'Fine-tuned from `' + str(cfg.get('init')) + '`' if cfg.get('init') else 'Trained from scratch'} by `deepsift train`

@@ -145,7 +145,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .leaveout import REPORT_DIR
 
         report = json.loads((Path(out) / REPORT_DIR / "metrics.json").read_text())
+    from ..evaluate.reliability import RULE_SHORT
     from ..model.card import write_train_card
 
-    note(f"model card: {write_train_card(Path(out), cfg=cfg.to_dict(), data=[str(d) for d in data], report=report)}")
+    card = write_train_card(Path(out), cfg=cfg.to_dict(), data=[str(d) for d in data], report=report, rule=RULE_SHORT)
+    note(f"model card: {card}")
     return EXIT_OK

@@ -300,7 +300,8 @@ def loadavg() -> str:
 
 
 def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tensor], folder: Path, bs: int,
-                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx")) -> None:
+                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx"),
+                   engines: tuple[str, ...] = ("streams",)) -> None:
     """Issue 23: decode core time per image by stage, and the bound beside detect (measured here if ``res`` is None)."""
     import decode_wall
 
@@ -316,11 +317,31 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
             lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2],
             one_thread=prec != "onnx")
         if res:
-            detect[prec] = res[prec]["e2e"]
-        else:  # --part decode: one warm-up pass, then the median of ``rounds`` (1 unless asked)
-            end_to_end(det, folder)
-            detect[prec] = float(np.median([end_to_end(det, folder)[0] for _ in range(rounds)]))
+            detect[prec] = {"streams": [res[prec]["e2e"]]}
+        else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)
+            detect[prec] = compare_engines(det, folder, engines, rounds)
     decode_wall.print_bound(table, copies, forwards, detect)
+
+
+def set_engine(det: Detector, engine: str) -> None:
+    """``streams``: one batch per core, one intra-op thread each (the default); ``team``: one forward at a time
+    on all cores (the engine before issue 23's streams)."""
+    forward = det.onnx if det.onnx is not None else det.runner
+    forward.streamable = engine == "streams"
+
+
+def compare_engines(det: Detector, folder: Path, engines: tuple[str, ...], rounds: int) -> dict[str, list[float]]:
+    """Detect images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved (engine by engine)."""
+    rates: dict[str, list[float]] = {e: [] for e in engines}
+    for engine in engines:
+        set_engine(det, engine)
+        end_to_end(det, folder)
+    for _ in range(rounds):
+        for engine in engines:
+            set_engine(det, engine)
+            rates[engine].append(end_to_end(det, folder)[0])
+    set_engine(det, "streams")
+    return rates
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -335,11 +356,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode: only the decode core time by stage and the core-sharing bound (issue 23)")
     ap.add_argument("--precisions", default="fp32,bf16,onnx",
                     help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
+    ap.add_argument("--engines", default="streams,team",
+                    help="with --part decode: the engines whose detect rate is measured, interleaved (streams: one "
+                         "batch per core, one intra-op thread each; team: one forward at a time on all cores)")
     ap.add_argument("--bf16-heads", action="store_true", help="only the bf16 label agreement per head (no timing)")
     args = ap.parse_args(argv)
     unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
     if unknown:
         ap.error(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16, onnx)")
+    engines = tuple(args.engines.split(","))
+    if set(engines) - {"streams", "team"}:
+        ap.error(f"--engines: unknown {', '.join(sorted(set(engines) - {'streams', 'team'}))} (choose from streams, team)")
     n_images = 128 if args.quick else 512
     n_naive = 32 if args.quick else 96
     mem_counts = (500, 5000) if args.quick else (2000, 20000)
@@ -368,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         del arrays
 
         if args.part == "decode":
-            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")))
+            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")),
+                           engines)
             print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")
             return 0
         res = {}

@@ -183,8 +183,9 @@ def print_stages(table: dict, copies: dict[str, float]) -> None:
     print(f"fast decoders here: {fastdecode.fast_decoders()}", flush=True)
 
 
-def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float], detect: dict[str, float]) -> None:
-    """Print, per precision, the bound before and now, beside the measured detect rate and detect/bound."""
+def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float],
+                detect: dict[str, dict[str, list[float]]]) -> None:
+    """Print, per precision, the bound before and now, beside the measured detect rate per engine and detect/bound."""
     cores = usable_cpus()
     extra = sum(copies.values())
     for label in ("before", "now"):
@@ -195,8 +196,9 @@ def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float
               f"{cores} cores): cores / (forward + decode + copies)")
         for prec, fwd in forwards.items():
             bound = 1e3 * cores / (fwd + mix + extra)
-            got = detect.get(prec)
-            tail = ""
-            if got and label == "now":
-                tail = f" | detect {got:6.1f} img/s (wall clock) | detect/bound {got / bound:.2f}"
-            print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s{tail}")
+            print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s")
+            for engine, rates in (detect.get(prec, {}) if label == "now" else {}).items():
+                got = float(np.median(rates))
+                print(f"{'':>7}detect, {engine:>7} engine: {got:6.1f} img/s (wall clock; median of {len(rates)}, "
+                      f"spread {min(rates):.1f}-{max(rates):.1f}) | detect/bound {got / bound:.2f} "
+                      f"(spread {min(rates) / bound:.2f}-{max(rates) / bound:.2f})")

@@ -313,9 +313,10 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
     for prec in precisions:
         det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
+        single = det.onnx.single_threaded() if det.onnx is not None else None  # the streams' one-thread session
         forwards[prec] = decode_wall.forward_core_ms(
-            lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2],
-            one_thread=prec != "onnx")
+            lambda t, d=det: single(t) if single is not None else embed_tensor(d.backbone, t), tensors[:2],
+            one_thread=True)
         if res:
             detect[prec] = {"streams": [res[prec]["e2e"]]}
         else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)

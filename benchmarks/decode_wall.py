@@ -139,11 +139,11 @@ def forward_core_ms(forward: Callable[[torch.Tensor], object], tensors: list[tor
                     repeats: int = 2) -> float:
     """Core ms per image of the model-only forward.
 
-    ``one_thread`` (torch): with one intra-op thread, timed by ``thread_time``: the compute alone
-    (with several threads, ``process_time`` also counts OpenMP threads spinning at barriers while
-    a preempted sibling catches up, which on a loaded machine inflates it several times).
-    Otherwise (ONNX Runtime, whose thread pool is fixed at session start) ``process_time``, spin
-    included.
+    ``one_thread``: with one intra-op thread, timed by ``thread_time``: the compute alone (with
+    several threads, ``process_time`` also counts OpenMP threads spinning at barriers while a
+    preempted sibling catches up, which on a loaded machine inflates it several times). ONNX
+    Runtime's thread pool is fixed at session start: pass its one-thread session (the one the
+    engine's streams run). Otherwise ``process_time``, spin included.
     """
     threads = torch.get_num_threads()
     clock = time.thread_time if one_thread else time.process_time

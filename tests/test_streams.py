@@ -155,7 +155,49 @@ def test_a_failing_forward_raises_in_order_and_leaves_no_stream_running(runner, 
         for items, _ in run_batches(sources, forward, batch_size=3, workers=1):
             seen.append([it.index for it in items])
     assert seen == [[0, 1, 2]]  # batch 0's rows first, then batch 1's error
+    assert_engine_threads_end()
+
+
+def assert_engine_threads_end():
+    """The streams are gone once the engine returns; the feeder ends once it sees the stop (bounded wait)."""
     assert not [t for t in threading.enumerate() if t.name.startswith("deepsift-stream")]
+    for t in [t for t in threading.enumerate() if t.name == "deepsift-feed"]:
+        t.join(30)
+        assert not t.is_alive()
+
+
+def test_rows_come_out_while_the_input_stalls(runner, two_cpus):
+    """A pipe that stops sending (``find ... | deepsift detect -``): the rows of what came are not held back."""
+    sources, more, stalled = arrays(16 + 6), threading.Event(), []
+
+    def stalling():
+        yield from sources  # the engine looks 16 inputs ahead: these give 6 rows
+        stalled.append(more.wait(30))
+        yield from arrays(2, seed=3)
+
+    got = []
+    for items, _ in run_batches(stalling(), Recording(runner), batch_size=1, workers=1):
+        got.append(items[0].index)
+        if len(got) == 6:
+            more.set()
+    assert stalled == [True]  # the 6 rows came while the input was stalled
+    assert got == list(range(24))
+    assert_engine_threads_end()
+
+
+def test_an_error_of_the_input_itself_comes_after_the_rows_before_it(runner, two_cpus):
+    def failing():
+        yield from arrays(30)
+        raise OSError("the folder went away")
+
+    seen = {}
+    for name, forward in (("streams", Recording(runner)), ("team", lambda b: runner.collect_now(b))):
+        seen[name] = []
+        with pytest.raises(OSError, match="the folder went away"):
+            for items, _ in run_batches(failing(), forward, batch_size=3, workers=1):
+                seen[name].extend(it.index for it in items)
+    assert seen["streams"] == seen["team"] == list(range(15))  # the batches the 16-input look-ahead let through
+    assert_engine_threads_end()
 
 
 def test_a_consumer_that_stops_early_stops_the_streams_and_the_look_ahead_is_bounded(runner, two_cpus):
@@ -164,8 +206,9 @@ def test_a_consumer_that_stops_early_stops_the_streams_and_the_look_ahead_is_bou
     next(batches)
     assert len(forward.calls) <= 2 + 1 + 1  # two streams busy, one batch waiting, the one yielded
     batches.close()
-    assert len(forward.calls) <= 2 + 1 + 1  # nothing was started after the consumer stopped
-    assert not [t for t in threading.enumerate() if t.name.startswith("deepsift-stream")]
+    started = len(forward.calls)
+    assert_engine_threads_end()
+    assert len(forward.calls) == started <= 2 + 1 + 1  # nothing was started after the consumer stopped
 
 
 @pytest.mark.parametrize("backend, precision", [("torch", "fp32"), ("torch", "bf16"), ("onnx", "fp32")])

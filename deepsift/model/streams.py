@@ -48,55 +48,111 @@ def stream_batches(runs: Iterable[list[Item]], forward: Forward, streams: int,
                    batch_size: int) -> Iterator[tuple[list[Item], np.ndarray]]:
     """Run each batch of ``runs`` in one of ``streams`` threads; yield ``(items, outputs)`` in input order.
 
-    At most ``streams + 1`` batches are handed out and not yet yielded (one waits for each
-    stream to free up), and a finished batch is yielded as soon as every batch before it has
-    been. The input's last, short batch runs on the whole team in the caller's thread when no
-    stream is busy (as the one-team path would run it). A failing forward raises here, in input
-    order; on any exit (an error, Ctrl-C, the consumer stopping) the batches not started are
-    dropped and the ones running are waited for.
+    A feeder thread takes the batches (the inputs are read, decoded and batched there) and hands
+    them to the streams, never more than ``streams + 1`` ahead of what was yielded; the caller's
+    thread yields each batch once it and every batch before it are done, so rows come out while
+    the input stalls (a pipe) as they do from the one-team path. The input's last, short batch runs
+    on the whole team in the caller's thread when no stream is busy (as the one-team path would
+    run it). Errors come out in input order (a failing forward, or the input's own error after the
+    rows before it); on any exit (an error, Ctrl-C, the consumer stopping) the batches not started
+    are dropped and the running ones are waited for.
     """
-    local = threading.local()
-    pending: deque[tuple[list[Item], list[Item], Future[np.ndarray] | None]] = deque()
-    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepsift-stream")
+    feed = _Feeder(runs, forward, streams, batch_size)
     try:
-        with forward.streams() as make:  # type: ignore[attr-defined]
-            def run(batch: np.ndarray) -> np.ndarray:
-                fwd = getattr(local, "forward", None)
-                if fwd is None:
-                    fwd = local.forward = make()
-                return fwd(batch)
+        while True:
+            entry = feed.next_entry()
+            if entry is None:
+                return
+            items, good, fut, team_batch = entry
+            if team_batch is not None:
+                outputs = forward(team_batch)
+            else:
+                outputs = fut.result() if fut is not None else np.empty((0, 0), np.float32)
+            feed.taken()
+            for k, it in enumerate(good):
+                it.row, it.pixels = k, None
+            yield items, outputs
+    finally:
+        feed.stop()
 
-            for items in runs:
+
+class _Feeder:
+    """The feeder thread of :func:`stream_batches` and the ordered queue of batches it hands out."""
+
+    def __init__(self, runs: Iterable[list[Item]], forward: Forward, streams: int, batch_size: int) -> None:
+        self.forward, self.streams, self.batch_size = forward, streams, batch_size
+        self.pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepsift-stream")
+        self.cond = threading.Condition()
+        self.pending: deque[tuple[list[Item], list[Item], Future[np.ndarray] | None, np.ndarray | None]] = deque()
+        self.ended, self.stopping = False, False
+        self.error: BaseException | None = None
+        self.local = threading.local()
+        self.context = forward.streams()  # type: ignore[attr-defined]
+        self.make = self.context.__enter__()
+        self.thread = threading.Thread(target=self._feed, args=(runs,), daemon=True, name="deepsift-feed")
+        self.thread.start()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One batch in a stream thread, through that thread's own one-thread forward."""
+        fwd = getattr(self.local, "forward", None)
+        if fwd is None:
+            fwd = self.local.forward = self.make()
+        return fwd(batch)
+
+    def _feed(self, runs: Iterable[list[Item]]) -> None:
+        iterator = iter(runs)
+        try:
+            for items in iterator:
                 good = [it for it in items if it.pixels is not None]
-                if good and len(good) < batch_size and all(f is None or f.done() for _, _, f in pending):
-                    while pending:  # the last batch, every stream idle: the whole team runs it, here
-                        yield _rows(*pending.popleft())
-                    yield _rows(items, good, _done(forward(np.stack([it.pixels for it in good]))))
-                    continue
-                fut = pool.submit(run, np.stack([it.pixels for it in good])) if good else None
+                batch = np.stack([it.pixels for it in good]) if good else None
                 for it in good:
                     it.pixels = None  # the stacked batch holds them now
-                pending.append((items, good, fut))
-                while pending and (len(pending) > streams or _ready(pending[0][2])):
-                    yield _rows(*pending.popleft())
-            while pending:
-                yield _rows(*pending.popleft())
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+                with self.cond:
+                    while len(self.pending) > self.streams and not self.stopping:
+                        self.cond.wait()
+                    if self.stopping:
+                        return
+                    idle = all(f is None or f.done() for _, _, f, _ in self.pending)
+                    if batch is not None and len(good) < self.batch_size and idle:
+                        self.pending.append((items, good, None, batch))  # the last batch: the team, in the caller's thread
+                    else:
+                        fut = self.pool.submit(self._run, batch) if batch is not None else None
+                        self.pending.append((items, good, fut, None))
+                    self.cond.notify_all()
+        except BaseException as exc:  # the input's own error: raised in the caller's thread, in order
+            with self.cond:
+                self.error = exc
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            with self.cond:
+                self.ended = True
+                self.cond.notify_all()
 
+    def next_entry(self) -> tuple[list[Item], list[Item], Future[np.ndarray] | None, np.ndarray | None] | None:
+        """The next batch in input order once handed out (None at the end; the input's error is raised here)."""
+        with self.cond:
+            while not self.pending and not self.ended:
+                self.cond.wait()
+            if self.pending:
+                return self.pending[0]
+            if self.error is not None:
+                raise self.error
+            return None
 
-def _done(outputs: np.ndarray) -> Future[np.ndarray]:
-    fut: Future[np.ndarray] = Future()
-    fut.set_result(outputs)
-    return fut
+    def taken(self) -> None:
+        """The head batch is done: room for one more."""
+        with self.cond:
+            self.pending.popleft()
+            self.cond.notify_all()
 
-
-def _ready(fut: Future[np.ndarray] | None) -> bool:
-    return fut is None or fut.done()
-
-
-def _rows(items: list[Item], good: list[Item], fut: Future[np.ndarray] | None) -> tuple[list[Item], np.ndarray]:
-    outputs = fut.result() if fut is not None else np.empty((0, 0), np.float32)
-    for k, it in enumerate(good):
-        it.row, it.pixels = k, None
-    return items, outputs
+    def stop(self) -> None:
+        """Stop feeding, drop the batches not started, wait for the running ones, restore the threads setting."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        try:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            self.context.__exit__(None, None, None)

@@ -196,7 +196,10 @@ def test_an_error_of_the_input_itself_comes_after_the_rows_before_it(runner, two
         with pytest.raises(OSError, match="the folder went away"):
             for items, _ in run_batches(failing(), forward, batch_size=3, workers=1):
                 seen[name].extend(it.index for it in items)
-    assert seen["streams"] == seen["team"] == list(range(15))  # the batches the 16-input look-ahead let through
+    # every whole batch the look-ahead let through, in order, then the error: one team decodes 16
+    # inputs ahead, streams one batch (the batches handed out to the streams are their look-ahead)
+    assert seen["team"] == list(range(15))
+    assert seen["streams"] == list(range(27))
     assert_engine_threads_end()
 
 

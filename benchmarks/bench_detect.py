@@ -80,6 +80,18 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def make_large_pngs(folder: Path, n: int, size: tuple[int, int] = (3000, 2000), seed: int = 7) -> list[Path]:
+    """``n`` large RGB PNGs (a photo-like image upscaled to ``size``), made once in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"large-{i}.png" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    for i, p in enumerate(paths):
+        if not p.is_file():
+            small = natural_image(rng, fake=i % 2 == 1)
+            Image.fromarray(small).resize(size, Image.BICUBIC).save(p)
+    return paths
+
+
 def make_small_pngs(folder: Path, n: int, seed: int = 1) -> None:
     """Write ``n`` 64x64 PNGs quickly (a few distinct images, re-encoded bytes are shared)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -360,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engines", default="streams,team",
                     help="with --part decode: the engines whose detect rate is measured, interleaved (streams: one "
                          "batch per core, one intra-op thread each; team: one forward at a time on all cores)")
+    ap.add_argument("--large", action="store_true",
+                    help="with --part decode: also large PNGs (3000 x 2000): strip decoding vs the rows in one piece "
+                         "vs the whole decode, core ms per image")
     ap.add_argument("--bf16-heads", action="store_true", help="only the bf16 label agreement per head (no timing)")
     args = ap.parse_args(argv)
     unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
@@ -396,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         del arrays
 
         if args.part == "decode":
+            if args.large:
+                import decode_wall
+
+                decode_wall.print_large_png(make_large_pngs(root / "large", 4))
             decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")),
                            engines)
             print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")

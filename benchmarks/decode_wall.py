@@ -202,3 +202,32 @@ def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float
                 print(f"{'':>7}detect, {engine:>7} engine: {got:6.1f} img/s (wall clock; median of {len(rates)}, "
                       f"spread {min(rates):.1f}-{max(rates):.1f}) | detect/bound {got / bound:.2f} "
                       f"(spread {min(rates) / bound:.2f}-{max(rates) / bound:.2f})")
+
+
+def large_png(paths: list[Path]) -> dict[str, float]:
+    """Core ms per image of large PNGs: the whole decode + crop, the rows down to the window in one piece,
+    and in strips of :data:`~deepsift.pngcrop.STRIP_BYTES` (the engine's path); all byte-identical."""
+    from deepsift.images import decode_image
+    from deepsift.pngcrop import STRIP_BYTES, centre_crop_png
+
+    blobs = [read_image_bytes(p) for p in paths]
+    ref = [crop_uint8(decode_image(str(p))) for p in paths]
+    ways = {"whole decode + crop": lambda b: crop_uint8(Image.open(io.BytesIO(b)).convert("RGB")),
+            "rows to the window, one piece": lambda b: centre_crop_png(b, strip_bytes=1 << 40),
+            f"rows to the window, {STRIP_BYTES >> 20} MiB strips": lambda b: centre_crop_png(b)}
+    for name, way in ways.items():
+        if not all(np.array_equal(way(b), r) for b, r in zip(blobs, ref)):
+            raise AssertionError(f"{name}: not the same pixels as the whole decode")
+    return {name: core_ms(way, blobs) for name, way in ways.items()}
+
+
+def print_large_png(paths: list[Path]) -> None:
+    """Print :func:`large_png` for ``paths``."""
+    with Image.open(paths[0]) as im:
+        size = f"{im.width} x {im.height}"
+    print(f"\nlarge PNGs ({len(paths)} of {size}, RGB): decode core ms per image (best of 3), same pixels each way; "
+          f"fast decoders {fastdecode.fast_decoders()}")
+    times = large_png(paths)
+    base = times["whole decode + crop"]
+    for name, ms in times.items():
+        print(f"{name:>34}: {ms:7.1f} ms  ({ms / base:.2f} of the whole decode)")

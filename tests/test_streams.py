@@ -86,7 +86,7 @@ def test_batches_run_in_one_thread_streams_and_come_back_in_input_order_with_err
     threads_before = torch.get_num_threads()
     sources = arrays(7) + [b"junk"] + arrays(5, seed=1)  # 13 inputs, one unreadable: batches of 3 good
     forward = Recording(runner)
-    streamed = list(run_batches(sources, forward, batch_size=3, workers=1))
+    streamed = list(run_batches(iter(sources), forward, batch_size=3, workers=1))  # a stream of unknown length
     team = list(run_batches(sources, lambda b: runner.collect_now(b), batch_size=3, workers=1))
     stream_calls = [c for c in forward.calls if c[0].startswith("deepsift-stream")]
     assert len(stream_calls) == 4 and len({name for name, _, _ in stream_calls}) == 2  # both streams worked
@@ -119,7 +119,7 @@ def test_rows_keep_input_order_when_a_later_batch_finishes_first(runner, two_cpu
             second_done.set()
 
     got = [([it.index for it in items], out)
-           for items, out in run_batches(sources, Recording(runner, before, after), batch_size=3, workers=1)]
+           for items, out in run_batches(iter(sources), Recording(runner, before, after), batch_size=3, workers=1)]
     assert waited == [True]  # batch 1 did finish first
     assert [idx for idx, _ in got] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     team = list(run_batches(sources, lambda b: runner.collect_now(b), batch_size=3, workers=1))
@@ -136,7 +136,11 @@ def test_inputs_that_fit_one_batch_take_the_one_team_path_in_the_callers_thread(
     assert forward.calls == [(threading.current_thread().name, torch.get_num_threads(), 3)]
     assert stream_count(forward, None, 4, cpus=1) == 0  # one CPU: nothing to share
     assert stream_count(lambda b: b, None, 4, cpus=8) == 0  # a forward that does not take part (a baseline's)
-    assert stream_count(forward, 5, 4, cpus=8) == 8
+    assert stream_count(forward, None, 4, cpus=2) == 2  # an unknown count: streams
+    # a known count: streams where the team would take longer (batches of 4, two CPUs)
+    assert [stream_count(forward, n, 4, cpus=2) for n in (4, 5, 8, 9, 12, 13, 16, 20, 24, 28)] == \
+        [0, 2, 2, 0, 0, 2, 2, 0, 2, 2]  # 1, 2, 2, 3, 3, 4, 4, 5, 6, 7 batches
+    assert stream_count(forward, 80, 4, cpus=16) == 0 and stream_count(forward, 128, 4, cpus=16) == 16
 
 
 def test_a_failing_forward_raises_in_order_and_leaves_no_stream_running(runner, two_cpus):
@@ -152,7 +156,7 @@ def test_a_failing_forward_raises_in_order_and_leaves_no_stream_running(runner, 
     forward = Recording(runner, before)
     seen = []
     with pytest.raises(Boom):
-        for items, _ in run_batches(sources, forward, batch_size=3, workers=1):
+        for items, _ in run_batches(iter(sources), forward, batch_size=3, workers=1):
             seen.append([it.index for it in items])
     assert seen == [[0, 1, 2]]  # batch 0's rows first, then batch 1's error
     assert_engine_threads_end()
@@ -221,9 +225,10 @@ def test_streams_give_bit_identical_embeddings_to_the_one_team_engine(small_mode
     det = Detector.load_backbone_only(str(small_model_dir), backend=backend, precision=precision, batch_size=4)
     forward = det.onnx if det.onnx is not None else det.runner
     assert forward.streamable
-    streamed = det.embed(paths)
+    assert stream_count(forward, None, 4, cpus=2) == 2
+    streamed = det.embed(iter(paths))  # an unknown count: streams
     forward.streamable = False
-    team = det.embed(paths)
+    team = det.embed(iter(paths))
     assert streamed.shape == (12, 192)
     np.testing.assert_array_equal(streamed, team)  # same batches, same numbers: not merely close
     if det.onnx is not None:

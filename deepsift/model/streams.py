@@ -30,17 +30,26 @@ from .decoding import Item
 Forward = Callable[[np.ndarray], np.ndarray]
 
 
+TEAM_SCALING = 0.84
+"""How much of N cores one N-thread team's forward gets (``detect`` / bound on an idle 2-core AVX2
+machine before streams, ``benchmarks/README.md``, issue 23); the streams' rule for a known count."""
+
+
 def stream_count(forward: object, count: int | None, batch_size: int, cpus: int) -> int:
     """How many streams run ``forward``: one per CPU, or 0 (the one-team path).
 
     0 for a forward that does not take part (a GPU, a baseline's), on one CPU (nothing to share),
-    and for a known ``count`` of inputs that fits one batch (a demo's one-image call: a team of
-    all cores on one batch answers sooner than one stream would).
+    and for a known ``count`` whose batches the team finishes sooner: ``m`` batches take
+    ``ceil(m / cpus)`` batch-times on the streams and ``m / (cpus * TEAM_SCALING)`` on the team,
+    so one batch (a demo's one-image call), or three on two CPUs (the third would run alone on
+    one core), stay on the team. An unknown count (a generator, a pipe) runs as streams.
     """
     if not getattr(forward, "streamable", False) or cpus < 2:
         return 0
-    if count is not None and count <= batch_size:
-        return 0
+    if count is not None:
+        batches = -(-count // batch_size)
+        if -(-batches // cpus) * cpus * TEAM_SCALING > batches:
+            return 0
     return cpus
 
 

@@ -80,18 +80,6 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def make_large_pngs(folder: Path, n: int, size: tuple[int, int] = (3000, 2000), seed: int = 7) -> list[Path]:
-    """``n`` large RGB PNGs (a photo-like image upscaled to ``size``), made once in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / f"large-{i}.png" for i in range(n)]
-    rng = np.random.default_rng(seed)
-    for i, p in enumerate(paths):
-        if not p.is_file():
-            small = natural_image(rng, fake=i % 2 == 1)
-            Image.fromarray(small).resize(size, Image.BICUBIC).save(p)
-    return paths
-
-
 def make_small_pngs(folder: Path, n: int, seed: int = 1) -> None:
     """Write ``n`` 64x64 PNGs quickly (a few distinct images, re-encoded bytes are shared)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -332,29 +320,8 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
         if res:
             detect[prec] = {"streams": [res[prec]["e2e"]]}
         else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)
-            detect[prec] = compare_engines(det, folder, engines, rounds)
+            detect[prec] = decode_wall.compare_engines(det, lambda d=det: end_to_end(d, folder)[0], engines, rounds)
     decode_wall.print_bound(table, copies, forwards, detect)
-
-
-def set_engine(det: Detector, engine: str) -> None:
-    """``streams``: one batch per core, one intra-op thread each (the default); ``team``: one forward at a time
-    on all cores (the engine before issue 23's streams)."""
-    forward = det.onnx if det.onnx is not None else det.runner
-    forward.streamable = engine == "streams"
-
-
-def compare_engines(det: Detector, folder: Path, engines: tuple[str, ...], rounds: int) -> dict[str, list[float]]:
-    """Detect images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved (engine by engine)."""
-    rates: dict[str, list[float]] = {e: [] for e in engines}
-    for engine in engines:
-        set_engine(det, engine)
-        end_to_end(det, folder)
-    for _ in range(rounds):
-        for engine in engines:
-            set_engine(det, engine)
-            rates[engine].append(end_to_end(det, folder)[0])
-    set_engine(det, "streams")
-    return rates
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -414,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.large:
                 import decode_wall
 
-                decode_wall.print_large_png(make_large_pngs(root / "large", 4))
+                decode_wall.print_large_png(decode_wall.make_large_pngs(root / "large", 4, natural_image))
             decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")),
                            engines)
             print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")

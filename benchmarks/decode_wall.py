@@ -231,3 +231,38 @@ def print_large_png(paths: list[Path]) -> None:
     base = times["whole decode + crop"]
     for name, ms in times.items():
         print(f"{name:>34}: {ms:7.1f} ms  ({ms / base:.2f} of the whole decode)")
+
+
+# -- per-core streams vs one team (``--engines``) and large PNGs (``--large``) --------------------------
+def set_engine(det: object, engine: str) -> None:
+    """``streams``: one batch per core, one intra-op thread each (the default); ``team``: one forward at a time
+    on all cores (the engine before issue 23's streams)."""
+    forward = det.onnx if det.onnx is not None else det.runner  # type: ignore[attr-defined]
+    forward.streamable = engine == "streams"
+
+
+def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str, ...],
+                    rounds: int) -> dict[str, list[float]]:
+    """``detect()`` images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved."""
+    rates: dict[str, list[float]] = {e: [] for e in engines}
+    for engine in engines:
+        set_engine(det, engine)
+        detect()
+    for _ in range(rounds):
+        for engine in engines:
+            set_engine(det, engine)
+            rates[engine].append(detect())
+    set_engine(det, "streams")
+    return rates
+
+
+def make_large_pngs(folder: Path, n: int, picture: Callable[[np.random.Generator, bool], np.ndarray],
+                    size: tuple[int, int] = (3000, 2000), seed: int = 7) -> list[Path]:
+    """``n`` large RGB PNGs (``picture(rng, fake)`` upscaled to ``size``), made once in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"large-{i}.png" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    for i, p in enumerate(paths):
+        if not p.is_file():
+            Image.fromarray(picture(rng, i % 2 == 1)).resize(size, Image.BICUBIC).save(p)
+    return paths

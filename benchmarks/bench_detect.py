@@ -26,7 +26,10 @@ region decoding and PNG window decoding vs whole-file decoding (speed and byte i
     python benchmarks/bench_detect.py --quick --part decode   # issue 23: decode core time by stage, the bound
 
 The decode section (:mod:`decode_wall`, also part of the full run) prints decode CORE time per
-image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect.
+image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect;
+with ``--part decode`` the detect rate of each engine in ``--engines`` (``streams``: per-core
+streams, the default; ``team``: one forward at a time on all cores), interleaved in one process,
+and with ``--large`` the core time of large PNGs' strip decoding vs the whole decode.
 """
 from __future__ import annotations
 

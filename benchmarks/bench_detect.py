@@ -26,7 +26,10 @@ region decoding and PNG window decoding vs whole-file decoding (speed and byte i
     python benchmarks/bench_detect.py --quick --part decode   # issue 23: decode core time by stage, the bound
 
 The decode section (:mod:`decode_wall`, also part of the full run) prints decode CORE time per
-image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect.
+image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect;
+with ``--part decode`` the detect rate of each engine in ``--engines`` (``streams``: per-core
+streams, the default; ``team``: one forward at a time on all cores), interleaved in one process,
+and with ``--large`` the core time of large PNGs' strip decoding vs the whole decode.
 """
 from __future__ import annotations
 
@@ -300,7 +303,8 @@ def loadavg() -> str:
 
 
 def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tensor], folder: Path, bs: int,
-                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx")) -> None:
+                   rounds: int, res: dict | None, precisions: tuple[str, ...] = ("fp32", "bf16", "onnx"),
+                   engines: tuple[str, ...] = ("streams",)) -> None:
     """Issue 23: decode core time per image by stage, and the bound beside detect (measured here if ``res`` is None)."""
     import decode_wall
 
@@ -312,14 +316,14 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
     for prec in precisions:
         det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
+        single = det.onnx.single_threaded() if det.onnx is not None else None  # the streams' one-thread session
         forwards[prec] = decode_wall.forward_core_ms(
-            lambda t, d=det: d.onnx(t) if d.onnx is not None else embed_tensor(d.backbone, t), tensors[:2],
-            one_thread=prec != "onnx")
+            lambda t, d=det: single(t) if single is not None else embed_tensor(d.backbone, t), tensors[:2],
+            one_thread=True)
         if res:
-            detect[prec] = res[prec]["e2e"]
-        else:  # --part decode: one warm-up pass, then the median of ``rounds`` (1 unless asked)
-            end_to_end(det, folder)
-            detect[prec] = float(np.median([end_to_end(det, folder)[0] for _ in range(rounds)]))
+            detect[prec] = {"streams": [res[prec]["e2e"]]}
+        else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)
+            detect[prec] = decode_wall.compare_engines(det, lambda d=det: end_to_end(d, folder)[0], engines, rounds)
     decode_wall.print_bound(table, copies, forwards, detect)
 
 
@@ -335,11 +339,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode: only the decode core time by stage and the core-sharing bound (issue 23)")
     ap.add_argument("--precisions", default="fp32,bf16,onnx",
                     help="with --part decode: the comma-separated paths to measure (fp32, bf16, onnx)")
+    ap.add_argument("--engines", default="streams,team",
+                    help="with --part decode: the engines whose detect rate is measured, interleaved (streams: one "
+                         "batch per core, one intra-op thread each; team: one forward at a time on all cores)")
+    ap.add_argument("--large", action="store_true",
+                    help="with --part decode: also large PNGs (3000 x 2000): strip decoding vs the rows in one piece "
+                         "vs the whole decode, core ms per image")
     ap.add_argument("--bf16-heads", action="store_true", help="only the bf16 label agreement per head (no timing)")
     args = ap.parse_args(argv)
     unknown = set(args.precisions.split(",")) - {"fp32", "bf16", "onnx"}
     if unknown:
         ap.error(f"--precisions: unknown {', '.join(sorted(unknown))} (choose from fp32, bf16, onnx)")
+    engines = tuple(args.engines.split(","))
+    if set(engines) - {"streams", "team"}:
+        ap.error(f"--engines: unknown {', '.join(sorted(set(engines) - {'streams', 'team'}))} (choose from streams, team)")
     n_images = 128 if args.quick else 512
     n_naive = 32 if args.quick else 96
     mem_counts = (500, 5000) if args.quick else (2000, 20000)
@@ -368,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         del arrays
 
         if args.part == "decode":
-            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")))
+            if args.large:
+                import decode_wall
+
+                decode_wall.print_large_png(decode_wall.make_large_pngs(root / "large", 4, natural_image))
+            decode_section(model_dir, paths, tensors, folder, bs, args.rounds or 1, None, tuple(args.precisions.split(",")),
+                           engines)
             print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average {loadavg()}")
             return 0
         res = {}

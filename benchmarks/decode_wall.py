@@ -139,11 +139,11 @@ def forward_core_ms(forward: Callable[[torch.Tensor], object], tensors: list[tor
                     repeats: int = 2) -> float:
     """Core ms per image of the model-only forward.
 
-    ``one_thread`` (torch): with one intra-op thread, timed by ``thread_time``: the compute alone
-    (with several threads, ``process_time`` also counts OpenMP threads spinning at barriers while
-    a preempted sibling catches up, which on a loaded machine inflates it several times).
-    Otherwise (ONNX Runtime, whose thread pool is fixed at session start) ``process_time``, spin
-    included.
+    ``one_thread``: with one intra-op thread, timed by ``thread_time``: the compute alone (with
+    several threads, ``process_time`` also counts OpenMP threads spinning at barriers while a
+    preempted sibling catches up, which on a loaded machine inflates it several times). ONNX
+    Runtime's thread pool is fixed at session start: pass its one-thread session (the one the
+    engine's streams run). Otherwise ``process_time``, spin included.
     """
     threads = torch.get_num_threads()
     clock = time.thread_time if one_thread else time.process_time
@@ -183,8 +183,9 @@ def print_stages(table: dict, copies: dict[str, float]) -> None:
     print(f"fast decoders here: {fastdecode.fast_decoders()}", flush=True)
 
 
-def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float], detect: dict[str, float]) -> None:
-    """Print, per precision, the bound before and now, beside the measured detect rate and detect/bound."""
+def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float],
+                detect: dict[str, dict[str, list[float]]]) -> None:
+    """Print, per precision, the bound before and now, beside the measured detect rate per engine and detect/bound."""
     cores = usable_cpus()
     extra = sum(copies.values())
     for label in ("before", "now"):
@@ -195,8 +196,73 @@ def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float
               f"{cores} cores): cores / (forward + decode + copies)")
         for prec, fwd in forwards.items():
             bound = 1e3 * cores / (fwd + mix + extra)
-            got = detect.get(prec)
-            tail = ""
-            if got and label == "now":
-                tail = f" | detect {got:6.1f} img/s (wall clock) | detect/bound {got / bound:.2f}"
-            print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s{tail}")
+            print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s")
+            for engine, rates in (detect.get(prec, {}) if label == "now" else {}).items():
+                got = float(np.median(rates))
+                print(f"{'':>7}detect, {engine:>7} engine: {got:6.1f} img/s (wall clock; median of {len(rates)}, "
+                      f"spread {min(rates):.1f}-{max(rates):.1f}) | detect/bound {got / bound:.2f} "
+                      f"(spread {min(rates) / bound:.2f}-{max(rates) / bound:.2f})")
+
+
+def large_png(paths: list[Path]) -> dict[str, float]:
+    """Core ms per image of large PNGs: the whole decode + crop, the rows down to the window in one piece,
+    and in strips of :data:`~deepsift.pngcrop.STRIP_BYTES` (the engine's path); all byte-identical."""
+    from deepsift.images import decode_image
+    from deepsift.pngcrop import STRIP_BYTES, centre_crop_png
+
+    blobs = [read_image_bytes(p) for p in paths]
+    ref = [crop_uint8(decode_image(str(p))) for p in paths]
+    ways = {"whole decode + crop": lambda b: crop_uint8(Image.open(io.BytesIO(b)).convert("RGB")),
+            "rows to the window, one piece": lambda b: centre_crop_png(b, strip_bytes=1 << 40),
+            f"rows to the window, {STRIP_BYTES >> 20} MiB strips": lambda b: centre_crop_png(b)}
+    for name, way in ways.items():
+        if not all(np.array_equal(way(b), r) for b, r in zip(blobs, ref)):
+            raise AssertionError(f"{name}: not the same pixels as the whole decode")
+    return {name: core_ms(way, blobs) for name, way in ways.items()}
+
+
+def print_large_png(paths: list[Path]) -> None:
+    """Print :func:`large_png` for ``paths``."""
+    with Image.open(paths[0]) as im:
+        size = f"{im.width} x {im.height}"
+    print(f"\nlarge PNGs ({len(paths)} of {size}, RGB): decode core ms per image (best of 3), same pixels each way; "
+          f"fast decoders {fastdecode.fast_decoders()}")
+    times = large_png(paths)
+    base = times["whole decode + crop"]
+    for name, ms in times.items():
+        print(f"{name:>34}: {ms:7.1f} ms  ({ms / base:.2f} of the whole decode)")
+
+
+# -- per-core streams vs one team (``--engines``) and large PNGs (``--large``) --------------------------
+def set_engine(det: object, engine: str) -> None:
+    """``streams``: one batch per core, one intra-op thread each (the default); ``team``: one forward at a time
+    on all cores (the engine before issue 23's streams)."""
+    forward = det.onnx if det.onnx is not None else det.runner  # type: ignore[attr-defined]
+    forward.streamable = engine == "streams"
+
+
+def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str, ...],
+                    rounds: int) -> dict[str, list[float]]:
+    """``detect()`` images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved."""
+    rates: dict[str, list[float]] = {e: [] for e in engines}
+    for engine in engines:
+        set_engine(det, engine)
+        detect()
+    for _ in range(rounds):
+        for engine in engines:
+            set_engine(det, engine)
+            rates[engine].append(detect())
+    set_engine(det, "streams")
+    return rates
+
+
+def make_large_pngs(folder: Path, n: int, picture: Callable[[np.random.Generator, bool], np.ndarray],
+                    size: tuple[int, int] = (3000, 2000), seed: int = 7) -> list[Path]:
+    """``n`` large RGB PNGs (``picture(rng, fake)`` upscaled to ``size``), made once in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"large-{i}.png" for i in range(n)]
+    rng = np.random.default_rng(seed)
+    for i, p in enumerate(paths):
+        if not p.is_file():
+            Image.fromarray(picture(rng, i % 2 == 1)).resize(size, Image.BICUBIC).save(p)
+    return paths

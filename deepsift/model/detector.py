@@ -23,7 +23,7 @@ from ..images import PREPROCESS_MODES, normalize_batch
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .autobackend import Choice, backend_kwargs, bf16_warning, labelling_heads
 from .backbone import DEFAULT_MODEL, load_backbone, resolve_model_dir, weights_fingerprint
-from .onnx import onnx_for  # noqa: F401 - its home before it moved beside the exporter
+from .onnx import OnnxRunner, onnx_for  # noqa: F401 - onnx_for: its home before it moved beside the exporter
 from .devices import MultiRunner, Runner, resolve_device
 from .engine import run_batches
 from .headset import check_heads_backbone, find_heads_dir, load_headset
@@ -167,7 +167,7 @@ class Detector:
 
     def embed_batches(self, sources: Iterable[object]) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(items, embeddings)`` per batch, in input order (see :func:`run_batches`)."""
-        forward = self.embed_pixels if self.onnx is not None else self.runner
+        forward = OnnxRunner(self.onnx) if self.onnx is not None else self.runner
         return run_batches(sources, forward, self.batch_size, self.preprocessing,  # type: ignore[arg-type]
                            self.workers, self.url_timeout, self.url_policy)
 

@@ -9,7 +9,8 @@
   in pinned memory, copied on a side stream without blocking, normalised on the device with the
   CPU's exact float32 arithmetic, and the next batch's copy runs while the current one is in the
   network (:meth:`Runner.launch` queues, :meth:`Runner.collect` waits; the engine keeps one batch
-  in flight). On the CPU the same calls run the bit-identical table normalisation.
+  in flight). On the CPU the same calls run the bit-identical table normalisation, and
+  :meth:`Runner.streams` gives the engine one-thread forwards for its per-core streams.
 * :class:`MultiRunner`: several devices (``--devices cuda:0,cuda:1``) share every batch, each its
   contiguous slice of rows at the same time, the rows joined back in input order.
 """
@@ -101,6 +102,7 @@ class Runner:
         self.net, self.device, self.precision = net, device, precision
         self.cuda = device.type == "cuda"
         self.pipelined = self.cuda  # the engine keeps one batch in flight (on the CPU nothing would overlap)
+        self.streamable = device.type == "cpu"  # the engine may run one batch per core (deepsift.model.streams)
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         self.pinned: list[torch.Tensor] = []
         self.depth, self.turn = depth, 0
@@ -144,6 +146,29 @@ class Runner:
         from .backbone import embed_tensor
 
         return embed_tensor(self.net, normalize_batch(batch)).numpy()
+
+    @contextlib.contextmanager
+    def streams(self) -> Iterator[Any]:
+        """Per-core streams (CPU): a factory, called in each stream thread, of a one-intra-op-thread forward.
+
+        ``torch.set_num_threads`` sets the calling thread's OpenMP team (the other threads keep
+        theirs) and the default for threads that start torch later; that default is put back on
+        the way out, from the caller's own setting.
+        """
+        threads = torch.get_num_threads()
+
+        def make() -> Any:
+            torch.set_num_threads(1)
+
+            def forward(batch: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():  # a per-thread mode: set in the stream's own thread
+                    return self.collect_now(batch)
+            return forward
+
+        try:
+            yield make
+        finally:
+            torch.set_num_threads(threads)
 
     def collect(self, token: Any) -> np.ndarray:
         """The (N, D) float32 rows of a launched batch (waits for the GPU on CUDA)."""

@@ -1,7 +1,8 @@
 """The batch engine: decode in worker processes (or threads) while the network runs, in input order, streaming.
 
 Decoding (:mod:`deepsift.model.decodepool`: one process per CPU; two threads on one- or two-CPU
-machines, see :func:`decode_plan`) overlaps the forward pass. At most ``max_in_flight``
+machines, see :func:`decode_plan`) overlaps the forward pass; on a CPU with two or more cores
+the forward itself runs as per-core streams (:mod:`deepsift.model.streams`). At most ``max_in_flight``
 decoded images wait at any time, so memory stays flat however long the input stream is.
 Errors travel with their item; one bad input never stops a batch, and every per-input error
 names its input (``"<path or URL>: <what went wrong>"``), for the detector and the baselines alike.
@@ -23,6 +24,7 @@ import numpy as np
 from ..sources import URL_TIMEOUT_S, is_url
 from ..urlfetch import STRICT_POLICY, FetchPolicy
 from .decoding import Item, Preprocessing, Preprocessor, error_text, load_pixels, prepare_item, source_name
+from .streams import stream_batches, stream_count
 
 __all__ = ["Item", "Preprocessing", "Preprocessor", "batched", "decode_plan", "error_text", "load_pixels",
            "prepared_items", "run_batches", "source_name", "thread_items", "usable_cpus"]
@@ -143,17 +145,27 @@ def run_batches(sources: Iterable[object], forward: Callable[[np.ndarray], np.nd
                 url_policy: FetchPolicy = STRICT_POLICY) -> Iterator[tuple[list[Item], np.ndarray]]:
     """Yield ``(items, outputs)`` per batch in input order; ``item.row`` indexes ``outputs`` (None on error).
 
-    ``forward`` maps an NxHxWx3 uint8 batch to N output rows. A ``pipelined`` forward with
+    ``forward`` maps an NxHxWx3 uint8 batch to N output rows. A ``streamable`` CPU forward runs one
+    batch per core at once, each with one intra-op thread (:mod:`deepsift.model.streams`), unless
+    the inputs fit one batch. A ``pipelined`` forward with
     ``launch(batch) -> token`` and ``collect(token) -> rows`` (:class:`deepsift.model.devices.Runner` on
     CUDA) keeps one batch in flight: batch k+1 is launched (its copy to the GPU overlapping batch k's
     forward) before k is collected, so k's rows come out once k+1 is decoded or the input ends.
     """
-    look_ahead = max(2 * batch_size, 16)
     launch = getattr(forward, "launch", None) if getattr(forward, "pipelined", False) else None
     ahead: tuple[list[Item], list[Item], object] | None = None  # a launched batch not collected yet
-    # on the CPU (no pipelined device), local inputs decode between the passes, not beside them
-    between = 0 if launch is not None else batch_size
+    count = len(sources) if hasattr(sources, "__len__") else None  # type: ignore[arg-type]
+    streams = 0 if launch is not None else stream_count(forward, count, batch_size, usable_cpus())
+    # decoded inputs waiting: with streams, the batches handed out (one per stream, one more) already
+    # wait decoded, so one batch of look-ahead beyond them keeps every stream fed
+    look_ahead = batch_size if streams else max(2 * batch_size, 16)
+    # on the CPU with one team, local inputs decode between the passes, not beside them; with
+    # streams (each forward one thread, nothing waits on a barrier) and on a device, beside them
+    between = 0 if launch is not None or streams else batch_size
     items = prepared_items(sources, mode, workers, look_ahead, url_timeout, url_policy, between_passes=between)
+    if streams:
+        yield from stream_batches(batched(items, batch_size), forward, streams, batch_size)
+        return
     for run in batched(items, batch_size):
         good = [it for it in run if it.pixels is not None]
         if launch is None:

@@ -5,14 +5,18 @@ The exported graph takes ``pixel_values`` (N, 3, 224, 224) float32, normalised a
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from transformers import ViTModel
 
 from ..exceptions import ModelError
+from ..images import normalize_batch
 
 ONNX_TOLERANCE = 1e-4
 
@@ -64,6 +68,8 @@ def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> 
 class OnnxEmbedder:
     """Run an exported embedding network with onnxruntime (CPU)."""
 
+    streamable = True  # the engine may run it as per-core streams (False: one session team; benchmarks)
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
@@ -75,11 +81,41 @@ class OnnxEmbedder:
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
         self.input_name = self.session.get_inputs()[0].name
+        self.path, self.threads = str(path), threads
+        self._single: OnnxEmbedder | None = None
+        self._lock = threading.Lock()
+
+    def single_threaded(self) -> "OnnxEmbedder":
+        """This network in a session with one intra-op thread (built once): for per-core streams."""
+        if self.threads == 1:
+            return self
+        with self._lock:
+            if self._single is None:
+                self._single = OnnxEmbedder(self.path, threads=1)
+            return self._single
 
     def __call__(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:
         """Embed a normalised NCHW float32 batch."""
         x = pixels.numpy() if isinstance(pixels, torch.Tensor) else pixels
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class OnnxRunner:
+    """uint8 NHWC batches through an :class:`OnnxEmbedder` (table normalisation): the engine's ONNX forward."""
+
+    def __init__(self, embedder: OnnxEmbedder) -> None:
+        self.embedder = embedder
+        self.streamable = embedder.streamable  # per-core streams (deepsift.model.streams): one-thread sessions
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Embed one NHWC uint8 batch."""
+        return self.embedder(normalize_batch(batch))
+
+    @contextlib.contextmanager
+    def streams(self) -> Iterator[Callable[[], Callable[[np.ndarray], np.ndarray]]]:
+        """A factory of the streams' forward: one shared one-thread session (``run`` is thread-safe)."""
+        single = self.embedder.single_threaded()
+        yield lambda: (lambda batch: single(normalize_batch(batch)))
 
 
 def check_onnx(net: ViTModel, path: str | os.PathLike, batch: int = 3, seed: int = 0) -> float:

@@ -30,7 +30,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 from ..exceptions import RateLimitedError, ServiceError
 
@@ -184,6 +184,24 @@ class Bounds:
         """Hold ``pixels`` of the budget while the block decodes (queue, then BusyError)."""
         cost = self.budget.cost(pixels)
         await self.budget.acquire(cost, self.busy_wait_s)
+        with self._holding(pixels, cost):
+            yield
+
+    @contextlib.contextmanager
+    def pixels_now(self, pixels: int) -> Iterator[bool]:
+        """Hold ``pixels`` of the budget for the block if they are free now and nobody waits (from any
+        thread: a pool job decodes at once, with no second hop); yields False, holding nothing, otherwise
+        (then the caller queues with :meth:`pixels`)."""
+        cost = self.budget.cost(pixels)
+        if not self.budget.try_acquire(cost):
+            yield False
+            return
+        with self._holding(pixels, cost):
+            yield True
+
+    @contextlib.contextmanager
+    def _holding(self, pixels: int, cost: int) -> Iterator[None]:
+        """While the block runs ``cost`` of the budget is held (acquired by the caller); released after."""
         large = pixels >= LARGE_DECODE_PIXELS
         if large:
             self._large_decode(+1)

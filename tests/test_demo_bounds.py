@@ -215,6 +215,31 @@ def test_pixels_now_holds_only_free_pixels_nobody_waits_for():
     assert b.budget.used == 0 and b.budget.waiting == 0
 
 
+def test_only_large_decodes_make_the_heap_trimmed(monkeypatch):
+    """Small images' buffers are reused by the next request: trimming after them would only make the next
+    forward pass fault its memory in again. After large decodes the freed heap goes back."""
+    from deepsift.demo import bounds as bounds_mod
+
+    trims: list[bool] = []
+    real_trim = bounds_mod.malloc_trim
+    monkeypatch.setattr(bounds_mod, "malloc_trim", lambda: trims.append(real_trim()) or True)
+    b = bounds_mod.Bounds(1, 4 * bounds_mod.TRIM_AFTER_PIXELS, busy_wait_s=60, url_fetches_per_visitor=1)
+    small = bounds_mod.LARGE_DECODE_PIXELS - 1
+    for _ in range(2 * bounds_mod.TRIM_AFTER_PIXELS // small + 1):
+        with b.pixels_now(small) as held:
+            assert held
+        b.settle()
+    b.pool.submit(int).result()
+    assert trims == []
+    for _ in range(bounds_mod.TRIM_AFTER_PIXELS // bounds_mod.LARGE_DECODE_PIXELS):
+        with b.pixels_now(bounds_mod.LARGE_DECODE_PIXELS) as held:
+            assert held
+        b.settle()
+    b.pool.submit(int).result()  # one worker, in order: every trim asked for has run
+    b.close()
+    assert len(trims) == 1
+
+
 def test_concurrent_large_requests_decode_within_the_budget(make_app, monkeypatch):
     """3 requests x 4 images of 1 MP with heatmap and preview: never more than the budget decoded at once."""
     from deepsift.demo import inputs

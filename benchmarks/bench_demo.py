@@ -11,20 +11,28 @@ per-generator heads) fitted on random embeddings, and one 1024x1024 JPEG; starts
 * throughput (images/s) with 4 concurrent clients, next to the bare predict's sequential rate
   (the server runs one forward pass at a time; requests queued together share it).
 
-Timed rounds are interleaved (bare, API, bare, API, ...) so load from other processes on a shared
-machine distorts the ratios less. The requests are split into 5 rounds (``--rounds``); the overhead
-ratio is printed as the median of the rounds' ratios with their spread (min-max), and beside it the
-CPU time per request of the API path (the server process's threads, from ``/proc/<pid>/task/*/schedstat``)
-and of the bare ``Detector.predict`` (this process), which moderate load on the machine barely changes
-(on oversubscribed cores torch's OpenMP threads spin-wait for preempted siblings, and that counts too).
+The API and the bare calls alternate one by one (API, bare, API, bare, ...) on the same file, so
+load drifting on a shared machine hits both alike; after a warm-up of 10 pairs (2 with the heatmap)
+there are 5 rounds (``--rounds``) of 60 pairs (``--requests``; ``--heatmap-requests`` 8 with the
+heatmap). Printed: each round's API / bare p50 ratio, their median and spread (min-max), API p50
+minus bare p50 in ms (the API's fixed per-request cost) per round, and the CPU time per request of
+the API path (every thread of the server process from ``/proc/<pid>/task/*/schedstat``, and its
+event loop thread alone) beside the bare ``Detector.predict``'s (this process). On oversubscribed
+cores torch's OpenMP threads spin-wait for preempted siblings and that counts as CPU too: on a
+loaded machine only the event loop's figure means much.
+
+``--profile N`` says where the fixed cost goes (:mod:`demo_profile`): the served event loop under
+cProfile (its own CPU clock) for N plain requests, by package, and each step of the route timed
+alone next to the bare predict's own decode and classify.
 
 With ``--memory`` (issue 18) it measures memory instead: the server's peak RSS (``VmHWM``, reset
 between phases through ``/proc/<pid>/clear_refs``) during one request of 8 black 6000 x 6000 PNGs
 with ``heatmap`` and ``preview`` (what the page sends), then during 3 such requests at once
 (target: <= 1.5x the peak of one), and the RSS left afterwards.
 
-    python benchmarks/bench_demo.py               # 40 requests per figure, in 5 rounds
-    python benchmarks/bench_demo.py --quick       # 12
+    python benchmarks/bench_demo.py               # 5 rounds of 60 API / bare pairs (8 with the heatmap)
+    python benchmarks/bench_demo.py --quick       # 3 rounds of 12 (4)
+    python benchmarks/bench_demo.py --profile 300 # where the API's fixed per-request cost goes
     python benchmarks/bench_demo.py --memory      # peak RSS, 1 vs 3 concurrent 8 x 36 MP requests (Linux)
 """
 from __future__ import annotations

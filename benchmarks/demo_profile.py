@@ -4,11 +4,11 @@ Two views of one plain request (a 1024x1024 JPEG, no heatmap, metadata on, as th
 
 * **The event loop, profiled.** ``deepsift serve`` runs under cProfile (its main thread is uvicorn's
   event loop; the forward thread and the demo's pool are not profiled, so the forward is excluded),
-  the profile is cleared after a warm-up (SIGUSR1) and N requests follow one by one. Printed: the
-  event loop's own time per request by package (uvicorn/httptools, multipart, Starlette/FastAPI,
-  pydantic, deepsift's server and demo code, asyncio and futures), the top functions, and the
-  wall time of the loop's idle wait (``epoll``: the hand-offs to the pool and the forward thread).
-  cProfile inflates pure-Python code (~2x), so compare shares, not sums, with the plain run.
+  timed by the thread's own CPU clock (load on the machine does not count, waiting neither), cleared
+  after a warm-up (SIGUSR1); N requests follow one by one. Printed: the event loop's own CPU time per
+  request by package (uvicorn/httptools, multipart, Starlette/FastAPI, pydantic, deepsift's server
+  and demo code, asyncio and futures) and the top functions. cProfile inflates pure-Python code
+  (~2x), so compare shares, not sums, with the event loop CPU per request of the plain run.
 * **Each step alone**, timed in this process (median of 200): what the route does besides the
   forward pass, next to the bare ``Detector.predict``'s own decode.
 """
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-LAUNCH = ("import cProfile, runpy, signal, sys\n"
+LAUNCH = ("import cProfile, runpy, signal, sys, time\n"
           "out = sys.argv[1]; sys.argv = ['deepsift'] + sys.argv[2:]\n"
-          "p = cProfile.Profile()\n"
+          "p = cProfile.Profile(time.thread_time)\n"
           "def clear(*_):\n    p.disable(); p.clear(); p.enable()\n"
           "signal.signal(signal.SIGUSR1, clear)\n"
           "p.enable()\n"
@@ -115,10 +115,10 @@ def report(stats: dict, walls: list[float], span: float, n: int) -> None:
     print(f"bench_demo --profile: {n} plain requests (1024x1024 JPEG, metadata on), one by one; request p50 "
           f"{statistics.median(walls) * 1000:.1f} ms under the profiler; load average "
           f"{' '.join(open('/proc/loadavg').read().split()[:3])}")
-    print(f"event loop thread, own time per request by package (cProfile-inflated), of {span / n * 1000:.1f} ms wall:")
+    print(f"event loop thread, own CPU time per request by package (cProfile-inflated; {span / n * 1000:.1f} ms wall per request):")
     for cat, tt in sorted(by_cat.items(), key=lambda kv: -kv[1]):
         print(f"  {cat:<40}{tt / n * 1000:>7.2f} ms")
-    print("top functions by own time per request:")
+    print("top functions by own CPU time per request:")
     top = sorted(((tt, key) for key, (_, _, tt, _, _) in stats.items() if "epoll" not in key[2]), reverse=True)[:15]
     for tt, (path, line, name) in top:
         where = "/".join(Path(path).parts[-2:]) if path != "~" else ""
@@ -164,6 +164,9 @@ def steps(model: Path, heads: Path, image: Path, data: bytes) -> None:
     d = prepare(data, "photo.jpg", 200_000_000, 64 << 20, det.preprocessing)
     assert isinstance(d, Decoded)
     emb = det.embed_pixels(np.stack([d.pixels]))
+    with_crops = prepare(data, "photo.jpg", 200_000_000, 64 << 20, det.preprocessing, heatmap_grid=4)
+    assert with_crops is not None and with_crops.grid is not None
+    grid = with_crops.grid
     res = {**eng._answers([d], [], emb, [])[0], "format": "JPEG", "width": 1024, "height": 1024,
            "metadata": metadata_signals(data, "image/jpeg"), "generator_name": None}
     rows: list[tuple[str, float]] = [
@@ -179,6 +182,9 @@ def steps(model: Path, heads: Path, image: Path, data: bytes) -> None:
             model="m", classifier=det.classifier, threshold=0.5, unsure_band=None, rule="r",
             results=[res]).model_dump_json())),
         ("forward pass (embed_pixels, batch of 1)", median_ms(lambda: det.embed_pixels(np.stack([d.pixels])), 50)),
+        ("heatmap: prepare with its crops (reduced decode, 4x4)",
+         median_ms(lambda: prepare(data, "photo.jpg", 200_000_000, 64 << 20, det.preprocessing, heatmap_grid=4), 50)),
+        ("heatmap: forward of its 16 crops (embed_pixels)", median_ms(lambda: det.embed_pixels(grid[0]), 10)),
         ("bare Detector.predict (decode + forward + classify)", median_ms(lambda: det.predict([str(image)]), 50)),
     ]
     loop.close()

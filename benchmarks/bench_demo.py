@@ -17,7 +17,8 @@ there are 5 rounds (``--rounds``) of 60 pairs (``--requests``; ``--heatmap-reque
 heatmap). Printed: each round's API / bare p50 ratio, their median and spread (min-max), API p50
 minus bare p50 in ms (the API's fixed per-request cost) per round, and the CPU time per request of
 the API path (every thread of the server process from ``/proc/<pid>/task/*/schedstat``, and its
-event loop thread alone) beside the bare ``Detector.predict``'s (this process). On oversubscribed
+event loop thread alone) beside the bare ``Detector.predict``'s (this process), and the server's
+minor page faults per request (memory mapped in anew, e.g. after a heap trim). On oversubscribed
 cores torch's OpenMP threads spin-wait for preempted siblings and that counts as CPU too: on a
 loaded machine only the event loop's figure means much.
 
@@ -104,6 +105,11 @@ def cpu_ns(pid: int | None = None, main_only: bool = False) -> int:
     return total
 
 
+def minor_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` so far (memory the kernel had to map in, e.g. after a heap trim)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 def rounds_ratio(api: list[list[float]], bare: list[list[float]]) -> list[float]:
     """The per-round p50 ratio API / bare (each round a list of paired request times)."""
     return [statistics.median(a) / statistics.median(b) for a, b in zip(api, bare)]
@@ -171,11 +177,11 @@ def main() -> None:
         with ServeProcess(f"sqlite:///{root / 'bench.db'}", root / "data", extra_env=env) as srv, \
                 httpx.Client(base_url=srv.url, timeout=120) as c:
             pid = srv.proc.pid
-            loop_cpu = server_cpu = 0  # the server's event loop thread (its main thread) and all of its threads
+            loop_cpu = server_cpu = faults = 0  # the server's event loop thread (its main thread), all its threads
 
             def api(heatmap: bool) -> float:
-                nonlocal loop_cpu, server_cpu
-                l0, s0 = cpu_ns(pid, main_only=True), cpu_ns(pid)
+                nonlocal loop_cpu, server_cpu, faults
+                l0, s0, f0 = cpu_ns(pid, main_only=True), cpu_ns(pid), minor_faults(pid)
                 for attempt in range(2):  # a kept-alive connection the server closed meanwhile: once more, anew
                     t = time.perf_counter()
                     try:
@@ -189,6 +195,7 @@ def main() -> None:
                 if not heatmap:
                     loop_cpu += cpu_ns(pid, main_only=True) - l0
                     server_cpu += cpu_ns(pid) - s0
+                    faults += minor_faults(pid) - f0
                 assert r.status_code == 200 and r.json()["results"][0]["error"] is None, r.text
                 return took
 
@@ -210,7 +217,7 @@ def main() -> None:
                 api(False), bare()
             for _ in range(2):
                 api(True), bare_heatmap()
-            loop_cpu = server_cpu = 0
+            loop_cpu = server_cpu = faults = 0
             t_api, t_bare = paired(lambda: api(False), bare, rounds, per)
             t_hm, t_bare_hm = paired(lambda: api(True), bare_heatmap, rounds, per_hm)
             n = rounds * per
@@ -270,7 +277,7 @@ def main() -> None:
               f"run); API p50 - bare p50 per round: {' '.join(f'{f:+.1f}' for f in fixed)} ms")
     print(f"CPU per request (no heatmap): API server {server_cpu / n / 1e6:.1f} ms, of which its event loop thread "
           f"{loop_cpu / n / 1e6:.1f} ms | bare Detector.predict {cpu_bare / n / 1e6:.1f} ms | ratio "
-          f"{server_cpu / max(cpu_bare, 1):.2f}x")
+          f"{server_cpu / max(cpu_bare, 1):.2f}x | server minor page faults {faults / n:.0f} per request")
     print(f"4 concurrent clients: {conc:.1f} images/s   bare Detector.predict sequential: {bare_rate:.1f} images/s   "
           f"bare/API time ratio {bare_rate / conc:.2f} (target <= 1.2)")
 

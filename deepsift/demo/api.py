@@ -165,10 +165,10 @@ async def _load(request: Request, name: str, src: UploadFile | str, det: Any, he
         # one pool job sniffs, and decodes at once when its pixels are free (the usual case: no second hop)
         fmt, size, tried, done = await bounds.run(_sniff_then_decode, bounds, job, cost, data, name, s.max_pixels)
         if not tried:  # the budget was busy: queue for it (a partial decode first; None: it must be decoded whole)
-            job = functools.partial(job, sniffed=(fmt, size))
-            async with bounds.pixels(cost(fmt, size)):
-                done = await bounds.run(functools.partial(job, allow_whole=cost(fmt, size) >= cost(fmt, size,
-                                                                                                   whole=True)))
+            first = cost(fmt, size)
+            async with bounds.pixels(first):
+                done = await bounds.run(functools.partial(job, allow_whole=first >= cost(fmt, size, whole=True),
+                                                          sniffed=(fmt, size)))
         if done is None:
             async with bounds.pixels(cost(fmt, size, whole=True)):
                 done = await bounds.run(functools.partial(job, sniffed=(fmt, size)))

@@ -149,6 +149,97 @@ def test_an_input_that_must_be_decoded_whole_takes_its_whole_pixel_count(make_ap
     assert budget.used == 0 and budget.waiting == 0
 
 
+def test_an_upload_is_sniffed_and_decoded_in_one_pool_job_when_its_pixels_are_free(make_app, monkeypatch):
+    """No second hop to the pool per input when the budget is free; busy, it still queues for its pixels."""
+    from deepsift.demo.bounds import Bounds
+
+    app = make_app(max_megapixels=1.0, busy_wait_s=60)
+    bounds, budget = app.state.demo.bounds, app.state.demo.bounds.budget
+    jobs: list[str] = []
+    real_run = Bounds.run
+
+    async def spy(self, fn, *args):  # type: ignore[no-untyped-def]
+        jobs.append(getattr(getattr(fn, "func", fn), "__name__", repr(fn)))
+        return await real_run(self, fn, *args)
+
+    monkeypatch.setattr(Bounds, "run", spy)
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert c.get("/api/v1/detector").status_code == 200  # the detector loaded (on the pool) first
+        jobs.clear()
+        r = c.post("/api/v1/detect", files={"files": ("a.jpg", jpeg_bytes(1))}, data={"metadata": "false"})
+        assert r.status_code == 200 and r.json()["results"][0]["error"] is None
+        assert jobs == ["_sniff_then_decode"], jobs
+        jobs.clear()
+        assert budget.try_acquire(budget.capacity)  # all of it taken: the request waits in line for its pixels
+        got: dict = {}
+        t = threading.Thread(target=lambda: got.update(r=c.post(
+            "/api/v1/detect", files={"files": ("a.jpg", jpeg_bytes(1))}, data={"metadata": "false"})))
+        t.start()
+        try:
+            assert budget.wait_for_waiting(1, timeout=60)
+            assert jobs == ["_sniff_then_decode"]  # sniffed, found the budget busy, decoded nothing
+        finally:
+            budget.release(budget.capacity)
+            t.join(120)
+        assert got["r"].status_code == 200 and got["r"].json()["results"][0]["probability"] == \
+            r.json()["results"][0]["probability"]
+        assert jobs == ["_sniff_then_decode", "prepare"], jobs
+    assert budget.used == 0 and budget.waiting == 0 and bounds._large == 0
+
+
+def test_pixels_now_holds_only_free_pixels_nobody_waits_for():
+    import asyncio
+
+    from deepsift.demo.bounds import LARGE_DECODE_PIXELS, Bounds
+
+    b = Bounds(1, 2 * LARGE_DECODE_PIXELS, busy_wait_s=60, url_fetches_per_visitor=1)
+    with b.pixels_now(LARGE_DECODE_PIXELS) as held:
+        assert held and b.budget.used == LARGE_DECODE_PIXELS and b._large == 1
+        with b.pixels_now(LARGE_DECODE_PIXELS + 1) as more:  # over what is left
+            assert not more and b.budget.used == LARGE_DECODE_PIXELS
+    assert b.budget.used == 0 and b._large == 0
+
+    async def waiter_in_line() -> None:
+        assert b.budget.try_acquire(2 * LARGE_DECODE_PIXELS)
+        queued = asyncio.ensure_future(b.budget.acquire(2 * LARGE_DECODE_PIXELS - 5, 60))
+        while b.budget.waiting == 0:
+            await asyncio.sleep(0)
+        b.budget.release(2 * LARGE_DECODE_PIXELS - 10)  # most is free, yet one waits: nobody jumps the line
+        with b.pixels_now(5) as jumped:
+            assert not jumped and b.budget.used == 10
+        b.budget.release(10)  # the rest of the first hold: the one in line gets its pixels
+        await queued
+        b.budget.release(2 * LARGE_DECODE_PIXELS - 5)
+
+    asyncio.run(waiter_in_line())
+    assert b.budget.used == 0 and b.budget.waiting == 0
+
+
+def test_only_large_decodes_make_the_heap_trimmed(monkeypatch):
+    """Small images' buffers are reused by the next request: trimming after them would only make the next
+    forward pass fault its memory in again. After large decodes the freed heap goes back."""
+    from deepsift.demo import bounds as bounds_mod
+
+    trims: list[bool] = []
+    real_trim = bounds_mod.malloc_trim
+    monkeypatch.setattr(bounds_mod, "malloc_trim", lambda: trims.append(real_trim()) or True)
+    b = bounds_mod.Bounds(1, 4 * bounds_mod.TRIM_AFTER_PIXELS, busy_wait_s=60, url_fetches_per_visitor=1)
+    small = bounds_mod.LARGE_DECODE_PIXELS - 1
+    for _ in range(2 * bounds_mod.TRIM_AFTER_PIXELS // small + 1):
+        with b.pixels_now(small) as held:
+            assert held
+        b.settle()
+    b.pool.submit(int).result()
+    assert trims == []
+    for _ in range(bounds_mod.TRIM_AFTER_PIXELS // bounds_mod.LARGE_DECODE_PIXELS):
+        with b.pixels_now(bounds_mod.LARGE_DECODE_PIXELS) as held:
+            assert held
+        b.settle()
+    b.pool.submit(int).result()  # one worker, in order: every trim asked for has run
+    b.close()
+    assert len(trims) == 1
+
+
 def test_concurrent_large_requests_decode_within_the_budget(make_app, monkeypatch):
     """3 requests x 4 images of 1 MP with heatmap and preview: never more than the budget decoded at once."""
     from deepsift.demo import inputs

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -157,16 +157,21 @@ async def _load(request: Request, name: str, src: UploadFile | str, det: Any, he
                                     max_bytes=s.max_image_bytes)
         else:
             data = read_capped(src.file, name, s.max_image_bytes)  # in memory: no thread needed
-        fmt, size = await bounds.run(sniff, data, name, s.max_pixels)
         job = functools.partial(prepare, data, name, s.max_pixels, s.max_image_bytes, det.preprocessing,
                                 heatmap_grid=s.heatmap_grid if heatmap else 0, preview=preview,
                                 reduce_to=s.heatmap_pixels)
-        cost = functools.partial(decode_pixels, fmt, size, heatmap, preview, det.preprocessing, s.heatmap_pixels)
-        async with bounds.pixels(cost()):  # a partial decode first; None: it must be decoded whole
-            done = await bounds.run(functools.partial(job, allow_whole=cost() >= cost(whole=True)))
+        cost = functools.partial(decode_pixels, heatmap=heatmap, preview=preview, mode=det.preprocessing,
+                                 reduce_to=s.heatmap_pixels)
+        # one pool job sniffs, and decodes at once when its pixels are free (the usual case: no second hop)
+        fmt, size, tried, done = await bounds.run(_sniff_then_decode, bounds, job, cost, data, name, s.max_pixels)
+        if not tried:  # the budget was busy: queue for it (a partial decode first; None: it must be decoded whole)
+            first = cost(fmt, size)
+            async with bounds.pixels(first):
+                done = await bounds.run(functools.partial(job, allow_whole=first >= cost(fmt, size, whole=True),
+                                                          sniffed=(fmt, size)))
         if done is None:
-            async with bounds.pixels(cost(whole=True)):
-                done = await bounds.run(job)
+            async with bounds.pixels(cost(fmt, size, whole=True)):
+                done = await bounds.run(functools.partial(job, sniffed=(fmt, size)))
         return done
     except BusyError:
         raise
@@ -174,6 +179,18 @@ async def _load(request: Request, name: str, src: UploadFile | str, det: Any, he
         return str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
     except Exception as exc:  # noqa: BLE001 - one odd input never takes the request down
         return f"{name}: {type(exc).__name__}: {exc}"
+
+
+def _sniff_then_decode(bounds: Any, job: Callable[..., Decoded | None], cost: Callable[..., int], data: bytes,
+                       name: str, max_pixels: int) -> tuple[str, tuple[int, int], bool, Decoded | None]:
+    """On the pool: sniff ``data``, then run ``job`` (a partial decode where one can be) if its pixels are free
+    now and nobody waits; (format, size, whether it ran, its result)."""
+    fmt, size = sniff(data, name, max_pixels)
+    with bounds.pixels_now(cost(fmt, size)) as held:
+        if held:
+            return fmt, size, True, job(allow_whole=cost(fmt, size) >= cost(fmt, size, whole=True),
+                                        sniffed=(fmt, size))
+    return fmt, size, False, None
 
 
 # -- quiz ------------------------------------------------------------------------------------------

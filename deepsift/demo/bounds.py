@@ -16,7 +16,7 @@
   32 MiB after the first large free and keep such buffers in its per-thread heaps); once no large
   decode is in flight the threshold returns to 32 MiB, so the forward passes of ordinary requests
   reuse their heap buffers (a 1 MiB threshold all the time made every forward map and fault in its
-  activations: 1.4x slower heatmaps, measured). At the end of a request that decoded much, once no
+  activations: 1.4x slower heatmaps, measured). At the end of a request after large decodes, once no
   decode is in flight, glibc's ``malloc_trim`` hands what is free in those heaps back too
   (elsewhere all of this is a no-op).
 """
@@ -30,13 +30,15 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 from ..exceptions import RateLimitedError, ServiceError
 
 T = TypeVar("T")
 TRIM_AFTER_PIXELS = 8_000_000
-"""Released decode pixels (since the last trim) that make the next idle moment call ``malloc_trim``."""
+"""Pixels of large decodes released since the last trim that make the next idle moment call ``malloc_trim``
+(smaller decodes do not count: their buffers are reused by the next request, and a trim would only make the
+next forward pass fault its activations in again)."""
 LARGE_DECODE_PIXELS = 4_000_000
 """An input of this many pixels or more is decoded with small buffers mapped on their own (:func:`tune_malloc`)."""
 SMALL_MMAP_THRESHOLD, LARGE_MMAP_THRESHOLD = 1 << 20, 32 << 20
@@ -184,6 +186,24 @@ class Bounds:
         """Hold ``pixels`` of the budget while the block decodes (queue, then BusyError)."""
         cost = self.budget.cost(pixels)
         await self.budget.acquire(cost, self.busy_wait_s)
+        with self._holding(pixels, cost):
+            yield
+
+    @contextlib.contextmanager
+    def pixels_now(self, pixels: int) -> Iterator[bool]:
+        """Hold ``pixels`` of the budget for the block if they are free now and nobody waits (from any
+        thread: a pool job decodes at once, with no second hop); yields False, holding nothing, otherwise
+        (then the caller queues with :meth:`pixels`)."""
+        cost = self.budget.cost(pixels)
+        if not self.budget.try_acquire(cost):
+            yield False
+            return
+        with self._holding(pixels, cost):
+            yield True
+
+    @contextlib.contextmanager
+    def _holding(self, pixels: int, cost: int) -> Iterator[None]:
+        """While the block runs ``cost`` of the budget is held (acquired by the caller); released after."""
         large = pixels >= LARGE_DECODE_PIXELS
         if large:
             self._large_decode(+1)
@@ -193,8 +213,9 @@ class Bounds:
             if large:
                 self._large_decode(-1)
             self.budget.release(cost)
-            with self._lock:
-                self._released += cost
+            if large:
+                with self._lock:
+                    self._released += cost
 
     def _large_decode(self, step: int) -> None:
         """Count large decodes in flight; the first turns the small mmap threshold on, the last turns it off."""

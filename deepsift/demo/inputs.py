@@ -102,16 +102,17 @@ def sniff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[str, tu
 
 
 def decode(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official",
-           allow_whole: bool = True) -> Decoded | None:
+           allow_whole: bool = True, sniffed: tuple[str, tuple[int, int]] | None = None) -> Decoded | None:
     """Sniff ``data`` and make the detector's input from it under the demo's caps, as ``deepsift detect`` does.
 
     A large plain JPEG (its region) or a PNG (its rows down to the window) is decoded in part;
     every other input is decoded whole by the package's one safe decoder, which then decides every
     error (or, with ``allow_whole=False``, None is returned at once: the caller budgets the whole image first).
+    ``sniffed``: what :func:`sniff` said of these very bytes (it is not asked twice).
     """
     if len(data) > max_bytes:
         raise ImageTooLargeError(f"{name}: file larger than the {max_bytes / (1 << 20):g} MiB limit")
-    fmt, size = sniff(data, name, max_pixels)
+    fmt, size = sniffed or sniff(data, name, max_pixels)
     pixels = window_pixels(data) if fmt in ("JPEG", "PNG") and mode == "official" else None
     image = None
     if pixels is None:
@@ -147,7 +148,7 @@ def decode_pixels(fmt: str, size: tuple[int, int], heatmap: bool, preview: bool,
 
 def prepare(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Preprocessing = "official", *,
             heatmap_grid: int = 0, preview: bool = False, reduce_to: int = 4_000_000,
-            allow_whole: bool = True) -> Decoded | None:
+            allow_whole: bool = True, sniffed: tuple[str, tuple[int, int]] | None = None) -> Decoded | None:
     """:func:`decode`, plus the heatmap's crops and the preview from a reduced image, with no whole image kept.
 
     The detector's input is made exactly as ``deepsift detect`` makes it. The heatmap's crops and
@@ -156,7 +157,7 @@ def prepare(data: bytes, name: str, max_pixels: int, max_bytes: int, mode: Prepr
     (:mod:`deepsift.demo.reduced`); a whole image, where one was decoded for the verdict, is
     dropped before this returns. ``allow_whole=False``: None when a whole decode is needed.
     """
-    d = decode(data, name, max_pixels, max_bytes, mode, allow_whole)
+    d = decode(data, name, max_pixels, max_bytes, mode, allow_whole, sniffed)
     if d is None or not (heatmap_grid > 0 or preview):
         if d is not None:
             d._image = None

@@ -34,7 +34,7 @@ SAMPLE="${MUTATION_SAMPLE:-0}"
 
 # name | module | its fast tests (pytest arguments)
 MODULES=(
-  "decision|deepsift/decision.py|tests/test_decision_rule.py tests/test_decision_boundary.py"
+  "decision|deepsift/decision.py|tests/test_decision_boundary.py tests/test_decision_rule.py -k \"not one_line_on_the_command_line\""
   "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "curves|deepsift/evaluate/curves.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "bootstrap|deepsift/evaluate/bootstrap.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ from PIL import Image, ImageFile, PngImagePlugin
 from deepsift.cli import main
 from deepsift.evaluate.audit import audit
 from deepsift.evaluate.datasets import load_eval_set
-from deepsift.evaluate.headers import HeaderInfo, jpeg_quality, read_header
+from deepsift.evaluate.headers import jpeg_quality, read_header
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evalkit import header, header_rows  # noqa: E402
 
 
 def _pixels(i: int, size: tuple[int, int]) -> np.ndarray:
@@ -195,26 +199,13 @@ def test_each_detector_is_tied_to_the_flagged_feature(tmp_path: Path, capsys) ->
     assert not [line for line in out.splitlines() if line.startswith("pics: AUROC") and "explained by" in line]
 
 
-def _headers(rows: list[tuple[str, int, str | None, HeaderInfo]]) -> tuple[list, list[HeaderInfo]]:
-    """Samples (generator 'real' is label 0) and their header facts, without files: audit(samples, infos)."""
-    from deepsift.evaluate.datasets import Sample
-
-    samples = [Sample(id=f"{gen}/{i}", source=b"", label=int(gen != "real"), generator=gen, group=group)
-               for i, (gen, _, group, _) in enumerate(rows)]
-    return samples, [info for *_, info in rows]
-
-
-def _png(side: int) -> HeaderInfo:
-    return HeaderInfo("PNG", side, side, 3 * side * side, None, "none")
-
-
 @pytest.mark.parametrize("n, marked", [(10, True), (20, False)])
 def test_audit_marks_a_generator_auroc_by_the_shared_reliability_rule_not_by_its_count(n: int, marked: bool) -> None:
     """gen_b (of three generators) alone is smaller than the crop: AUROC 1.00 against n reals. The shared rule's floor (a perfect score's
     Wilson width, 3.84 / (n + 3.84)) exceeds 0.2 below 16 images: 10 is marked, 20 is not (the old n < 30 marked both)."""
-    rows = [(g, 0, None, _png(128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b", "gen_c")
+    rows = [(g, None, header(w=128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b", "gen_c")
             for _ in range(n)]
-    res = audit(*_headers(rows))
+    res = audit(*header_rows(rows))
     assert res.features["padded"]["auroc"] < 0.7  # pooled, one generator in three: no pooled warning
     pg = res.features["padded"]["per_generator"]["gen_b"]
     assert pg["auroc"] == pytest.approx(1.0) and pg["n"] == n
@@ -228,21 +219,19 @@ def test_audit_marks_a_wide_interval_on_a_large_set_and_groups_too_few_to_trust(
     """80 images, AUROC 0.75: its Hanley-McNeil interval is 0.21 wide, over 0.2: marked although n >= 30;
     the same set 5 times larger is not; 200 images in 5 groups per class are marked for their groups."""
     def rows(k: int, groups: int | None = None) -> list:
-        real = [("real", 0, None, _png(300))] * 30 * k + [("real", 0, None, _png(500))] * 10 * k
-        fake = [("gen_a", 1, None, _png(400))] * 40 * k
-        return [(g, y, None if groups is None else f"{g}{i % groups}", info) for i, (g, y, _, info) in
-                enumerate(real + fake)]
+        sides = [("real", 300)] * 30 * k + [("real", 500)] * 10 * k + [("gen_a", 400)] * 40 * k
+        return [(g, None if groups is None else f"{g}{i % groups}", header(w=w)) for i, (g, w) in enumerate(sides)]
 
-    small = audit(*_headers(rows(1)))
+    small = audit(*header_rows(rows(1)))
     f = small.features["min_side"]
     assert f["auroc"] == pytest.approx(0.75) and f["direction"] == "higher: fake"
     assert f["unreliable"] == "95% interval 0.21 wide, over 0.20"
     assert small.warnings[0].startswith("shorter side (px) alone tells real from fake: AUROC 0.75 ⚠ (higher: fake;")
     assert small.headline.endswith("(shorter side (px), AUROC 0.75 ⚠)")
-    large = audit(*_headers(rows(5)))
+    large = audit(*header_rows(rows(5)))
     assert large.features["min_side"]["unreliable"] is None
     assert "AUROC 0.75 (higher: fake;" in large.warnings[0] and "⚠" not in large.warnings[0]
-    grouped = audit(*_headers(rows(5, groups=5)))
+    grouped = audit(*header_rows(rows(5, groups=5)))
     assert grouped.features["min_side"]["unreliable"] == "fewer than 20 groups of a class (5 real, 5 generated)"
     assert "AUROC 0.75 ⚠ (" in grouped.warnings[0]
 
@@ -250,12 +239,12 @@ def test_audit_marks_a_wide_interval_on_a_large_set_and_groups_too_few_to_trust(
 def test_audit_report_tables_mark_confounds_with_a_triangle_and_unreliable_figures_with_the_warning_sign(
         tmp_path: Path, capsys) -> None:
     """In the tables ▲ says 'above the warning threshold' and ⚠ only 'unreliable by the shared rule'."""
-    rows = [(g, 0, None, _png(128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b") for _ in range(10)]
-    rows += [("gen_c", 0, None, _png(128))] * 40 + [("real", 0, None, _png(256))] * 30
+    rows = [(g, None, header(w=128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b") for _ in range(10)]
+    rows += [("gen_c", None, header(w=128))] * 40 + [("real", None, header(w=256))] * 30
     from deepsift.evaluate.audit import audit_block
     from deepsift.evaluate.report import Report
 
-    res = audit(*_headers(rows))
+    res = audit(*header_rows(rows))
     report = Report("t")
     audit_block(report, res)
     report.write(tmp_path / "rep")

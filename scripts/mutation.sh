@@ -49,7 +49,7 @@ MODULES=(
   "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py tests/test_challenges_fairness.py tests/test_challenges_flow.py::test_queue_positions_follow_submission_order"
   "layouts|deepsift/data/layout.py|tests/test_layouts.py"
   "splits|deepsift/data/split.py|tests/test_data_export_split.py tests/test_split_mutants.py tests/test_layouts.py -k split"
-  "audit|deepsift/evaluate/audit.py|tests/test_eval_audit.py"
+  "audit|deepsift/evaluate/audit.py|tests/test_audit_mutants.py tests/test_eval_audit.py"
 )
 
 if [[ "${1:-}" == "--list" ]]; then

@@ -142,7 +142,7 @@ class AuditResult:
                 "features": self.features, "warnings": self.warnings, "findings": self.findings}
 
 
-def reliability(auroc: float | None, labels: np.ndarray, groups: np.ndarray | None) -> str | None:
+def unreliable_auroc(auroc: float | None, labels: np.ndarray, groups: np.ndarray | None) -> str | None:
     """Why a feature's AUROC over ``labels`` is unreliable by the shared rule (:mod:`.reliability`), else None."""
     n_fake = int(np.sum(labels == 1))
     n_groups: list[int | None] = [None, None]
@@ -182,11 +182,11 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
             m = is_gen | (y == 0)
             ag, dg = separability(y[m], x[m], kind)
             per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(is_gen.sum()),
-                            "unreliable": reliability(ag, y[m], grp[m] if grp is not None else None)}
+                            "unreliable": unreliable_auroc(ag, y[m], grp[m] if grp is not None else None)}
         groups = ["real", *generators]
         res.features[name] = {
             "description": label, "kind": kind, "auroc": a, "direction": direction, "n": int(ok.sum()),
-            "unreliable": reliability(a, y, grp),
+            "unreliable": unreliable_auroc(a, y, grp),
             "real": _distribution(x[y == 0], kind), "fake": _distribution(x[y == 1], kind),
             "per_generator": per_gen,
             "by_group": {gr: _distribution(x[g == gr], kind) for gr in groups},

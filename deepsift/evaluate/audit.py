@@ -217,8 +217,9 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
                 "unreliable": pg["unreliable"],
                 "contrast": f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}",
                 "direction": pg["direction"], "same_cue": [],
-                "text": f"{label} alone tells real from {gen}: AUROC {auroc_text(ag, pg['unreliable'])} ({pg['direction']}; "
-                        f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; n={pg['n']})"
+                "text": f"{label} alone tells real from {gen}: AUROC {auroc_text(ag, pg['unreliable'])} "
+                        f"({pg['direction']}; {gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; "
+                        f"n={pg['n']})"
                         + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else "")})
     res.labels = labels_all
     _rank_and_merge(res)
@@ -290,7 +291,8 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
     for name, f in result.features.items():
         a = f["auroc"]
         flag = ABOVE if a is not None and a > result.warn_above else ""
-        rows.append([f["description"], "n/a" if a is None else auroc_text(a, f["unreliable"]) + flag, f["direction"] or "-",
+        figure = "n/a" if a is None else auroc_text(a, f["unreliable"]) + flag
+        rows.append([f["description"], figure, f["direction"] or "-",
                      describe(f["real"]), describe(f["fake"]), str(f["n"])])
     report.table(["feature", "AUROC alone", "direction", "real", "fake", "n"], rows)
     gens = list(next(iter(result.features.values()))["per_generator"]) if result.features else []
@@ -303,7 +305,8 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
             for f in result.features.values():
                 pg = f["per_generator"][gen]
                 a = pg["auroc"]
-                cells.append("n/a" if a is None else auroc_text(a, pg["unreliable"]) + (ABOVE if a > result.warn_above else ""))
+                cells.append("n/a" if a is None
+                             else auroc_text(a, pg["unreliable"]) + (ABOVE if a > result.warn_above else ""))
             body.append([f"{gen} (n={n})", *cells])
         report.text("Per generator: AUROC of each feature alone, real versus that generator.")
         report.table(head, body)

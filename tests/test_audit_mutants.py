@@ -62,3 +62,89 @@ def test_the_audit_result_repr_leaves_out_the_per_image_values() -> None:
     res = audit(*header_rows([("real", None, header("JPEG"))] * 50 + [("gen_a", None, header("PNG"))] * 50))
     assert len(res.values["format"]) == 100
     assert "values=" not in repr(res) and "labels=" not in repr(res) and "warnings=" in repr(res)
+
+
+def test_one_real_image_names_the_value_it_has_and_one_value_is_a_distribution() -> None:
+    """One real (PNG) among JPEG and WEBP fakes: PNG is the value that differs most (100 % of the reals)."""
+    rows = [("real", None, header("PNG"))] + [("gen_a", None, header("JPEG"))] * 3 + [("gen_a", None, header("WEBP"))]
+    f = audit(*header_rows(rows)).features["format"]
+    assert f["direction"] == "PNG: real"
+    assert f["real"] == {"n": 1, "counts": {"PNG": 1}}  # a single image is a distribution too
+
+
+def test_a_feature_that_separates_nothing_has_no_direction() -> None:
+    rows = [(g, None, header(fmt, side)) for g in ("real", "gen_a") for fmt, side in (("JPEG", 256), ("PNG", 300))
+            for _ in range(10)]
+    res = audit(*header_rows(rows))
+    for name in ("format", "min_side"):  # a category and a number
+        assert (res.features[name]["auroc"], res.features[name]["direction"]) == (pytest.approx(0.5), "none")
+
+
+def _report_md(res, tmp_path: Path) -> str:
+    from deepsift.evaluate.audit import audit_block
+    from deepsift.evaluate.report import Report
+
+    report = Report("t")
+    audit_block(report, res)
+    report.write(tmp_path)
+    return (tmp_path / "report.md").read_text()
+
+
+def test_the_report_lists_each_warning_or_says_there_is_none(tmp_path: Path) -> None:
+    planted = audit(*header_rows([("real", None, header("JPEG"))] * 20 + [("gen_a", None, header("PNG"))] * 20))
+    md = _report_md(planted, tmp_path / "planted")
+    assert "⚠ file format alone tells real from fake: AUROC 1.00 (" in md
+    assert "No feature separates" not in md
+    balanced = audit(*header_rows([(g, None, header("JPEG")) for g in ("real", "gen_a") for _ in range(20)]))
+    md = _report_md(balanced, tmp_path / "balanced")
+    assert "No feature separates real from fake above AUROC 0.7." in md and "alone tells" not in md
+    assert "Per generator" not in md  # one generator: its table would repeat the pooled one
+
+
+def test_a_merged_cue_is_named_in_the_warning_that_hosts_it_only() -> None:
+    res = audit(*header_rows(_two_findings()))
+    assert res.warnings[0].endswith("; the same cue as chroma subsampling (they separate nothing within each "
+                                    "file format value)")
+    assert not any("the same cue" in w for w in res.warnings[1:])
+
+
+def test_bytes_per_pixel_is_the_file_size_over_the_pixels() -> None:
+    from deepsift.evaluate.headers import HeaderInfo
+
+    rows = [("real", None, header("PNG", 100))] * 10 + [("gen_a", None, HeaderInfo("PNG", 100, 50, 5000))] * 10
+    f = audit(*header_rows(rows)).features["bytes_per_pixel"]
+    assert (f["real"]["median"], f["fake"]["median"]) == (3.0, 1.0) and f["direction"] == "lower: fake"
+
+
+def test_a_distribution_is_described_by_its_three_commonest_values() -> None:
+    from deepsift.evaluate.audit import describe
+
+    dist = {"n": 10, "counts": {"JPEG": 4, "PNG": 3, "WEBP": 2, "TIFF": 1}}
+    assert describe(dist) == "JPEG 40%, PNG 30%, WEBP 20%"
+
+
+def test_a_finding_weighs_its_strength_above_chance_times_its_share_of_the_images() -> None:
+    from deepsift.evaluate.audit import finding_weight
+
+    assert finding_weight({"auroc": 0.9, "n": 40}, 80) == pytest.approx(0.4)
+    assert finding_weight({"auroc": 0.75, "n": 80}, 80) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("few, reason", [("gen_a", "95% interval 0.25 wide, over 0.20"), ("real", None)])
+def test_the_auroc_interval_counts_reals_and_fakes_each(few: str, reason: str | None) -> None:
+    """AUROC 0.75 between 20 images at 400 px and 200 at 300 or 500 px: its Hanley-McNeil interval is 0.25 wide
+    when the 20 are the fakes, 0.19 when they are the reals."""
+    many = "real" if few == "gen_a" else "gen_a"
+    rows = [(few, None, header(w=400))] * 20 + [(many, None, header(w=300 if i % 4 else 500)) for i in range(200)]
+    f = audit(*header_rows(rows)).features["min_side"]
+    assert f["auroc"] == pytest.approx(0.75) and f["unreliable"] == reason
+
+
+def test_a_generator_finding_names_the_other_generators_with_the_same_cue() -> None:
+    """Six generators, gen_b and gen_c below the crop (pooled AUROC 0.67: no pooled warning)."""
+    rows = [(g, None, header(w=128 if g in ("gen_b", "gen_c") else 256))
+            for g in ("real", "gen_a", "gen_b", "gen_c", "gen_d", "gen_e", "gen_f") for _ in range(20)]
+    res = audit(*header_rows(rows))
+    [w] = [w for w in res.warnings if w.startswith("smaller than the 224-px crop")]
+    assert w.startswith("smaller than the 224-px crop (zero-padded) alone tells real from gen_b: AUROC 1.00 (")
+    assert w.endswith("; n=20); also gen_c 1.00 (n=20)")

@@ -148,3 +148,30 @@ def test_a_generator_finding_names_the_other_generators_with_the_same_cue() -> N
     [w] = [w for w in res.warnings if w.startswith("smaller than the 224-px crop")]
     assert w.startswith("smaller than the 224-px crop (zero-padded) alone tells real from gen_b: AUROC 1.00 (")
     assert w.endswith("; n=20); also gen_c 1.00 (n=20)")
+
+
+def test_two_independent_cues_stay_two_warnings() -> None:
+    """File size per pixel (AUROC 0.88) and format (0.80, independent of it): format still separates within each
+    quartile band of the file size, so it is not folded into it as 'the same cue' (every exact size is one image's)."""
+    from deepsift.evaluate.headers import HeaderInfo
+
+    rows = []
+    for gen, extra in (("real", 0), ("gen_a", 2050)):
+        for i in range(40):
+            fmt = ("JPEG" if i % 5 else "PNG") if gen == "real" else ("PNG" if i % 5 else "JPEG")
+            rows.append((gen, None, HeaderInfo(fmt, 100, 100, 10000 + 100 * i + extra, 90.0 if fmt == "JPEG" else None,
+                                               "4:2:0" if fmt == "JPEG" else "none")))
+    res = audit(*header_rows(rows))
+    assert [(f["feature"], f["same_cue"]) for f in res.findings] == [("bytes_per_pixel", []),
+                                                                     ("format", ["chroma subsampling"])]
+    assert res.warnings[0].startswith("file size per pixel (bytes) alone tells real from fake: AUROC 0.88 (")
+
+
+def test_an_auroc_equal_to_the_warning_level_is_not_above_it() -> None:
+    """--warn-above 0.75: a generator (or the pooled set) at exactly 0.75 is not named."""
+    half_png = [("gen_b", None, header("PNG" if i < 10 else "JPEG")) for i in range(20)]
+    others = [(g, None, header("JPEG")) for g in ("real", "gen_a", "gen_c") for _ in range(20)]
+    res = audit(*header_rows(others + half_png), warn_above=0.75)
+    assert res.features["format"]["per_generator"]["gen_b"]["auroc"] == 0.75 and res.warnings == []
+    pooled = audit(*header_rows([("real", None, header("JPEG"))] * 20 + half_png), warn_above=0.75)
+    assert pooled.features["format"]["auroc"] == 0.75 and pooled.warnings == []

@@ -34,7 +34,7 @@ SAMPLE="${MUTATION_SAMPLE:-0}"
 
 # name | module | its fast tests (pytest arguments)
 MODULES=(
-  "decision|deepsift/decision.py|tests/test_decision_rule.py tests/test_decision_boundary.py"
+  "decision|deepsift/decision.py|tests/test_decision_boundary.py tests/test_decision_rule.py -k \"not one_line_on_the_command_line\""
   "metrics|deepsift/evaluate/metrics.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "curves|deepsift/evaluate/curves.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
   "bootstrap|deepsift/evaluate/bootstrap.py|tests/test_eval_metrics.py tests/test_metrics_mutants.py"
@@ -47,9 +47,9 @@ MODULES=(
   "leaderboard|deepsift/challenges/leaderboard.py|tests/test_challenges_ranking.py tests/test_challenges_unseen.py tests/test_leaderboard_mutants.py -k sqlite"
   "scoring|deepsift/challenges/scoring.py|tests/test_challenges_ranking.py tests/test_challenges_flow.py tests/test_challenges_unseen.py tests/test_scoring_mutants.py -k sqlite"
   "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py tests/test_challenges_fairness.py tests/test_challenges_flow.py::test_queue_positions_follow_submission_order"
-  "layouts|deepsift/data/layout.py|tests/test_layouts.py"
+  "layouts|deepsift/data/layout.py|tests/test_layouts.py tests/test_layouts_mutants.py"
   "splits|deepsift/data/split.py|tests/test_data_export_split.py tests/test_split_mutants.py tests/test_layouts.py -k split"
-  "audit|deepsift/evaluate/audit.py|tests/test_eval_audit.py"
+  "audit|deepsift/evaluate/audit.py|tests/test_audit_mutants.py tests/test_eval_audit.py"
 )
 
 if [[ "${1:-}" == "--list" ]]; then

@@ -65,3 +65,21 @@ def tiny_heads(model: Path, train_root: Path, out: Path, kinds: tuple[str, ...] 
     fakes = sorted(str(p) for p in train_root.iterdir() if p.is_dir() and p.name != "real")
     fit_heads_from_folders([str(train_root / "real")], fakes, model, str(out), kinds=kinds, per_generator=False)
     return out
+
+
+def header_rows(rows: list[tuple[str, str | None, object]]) -> tuple[list, list]:
+    """Samples ('real' is label 0) and their header facts from (generator, group, HeaderInfo) rows: audit(*these)."""
+    from deepsift.evaluate.datasets import Sample
+
+    samples = [Sample(id=f"{gen}/{i}", source=b"", label=int(gen != "real"), generator=gen, group=group)
+               for i, (gen, group, _) in enumerate(rows)]
+    return samples, [info for *_, info in rows]
+
+
+def header(fmt: str = "PNG", w: int = 256, h: int | None = None, **kw: object) -> object:
+    """A HeaderInfo of a ``w`` x ``h`` file of ``fmt`` at 3 bytes per pixel (no file needed)."""
+    from deepsift.evaluate.headers import HeaderInfo
+
+    h = w if h is None else h
+    sub = "4:2:0" if fmt == "JPEG" else "none"
+    return HeaderInfo(fmt, w, h, 3 * w * h, 90.0 if fmt == "JPEG" else None, sub, **kw)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from deepsift.cli import main
 from deepsift.evaluate.audit import audit
 from deepsift.evaluate.datasets import load_eval_set
 from deepsift.evaluate.headers import jpeg_quality, read_header
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evalkit import header, header_rows  # noqa: E402
 
 
 def _pixels(i: int, size: tuple[int, int]) -> np.ndarray:
@@ -66,7 +70,10 @@ def test_one_generator_below_the_crop_is_named(tmp_path: Path) -> None:
     res = audit(data.samples)
     assert res.features["padded"]["per_generator"]["gen_b"]["auroc"] == pytest.approx(1.0)
     assert res.features["padded"]["per_generator"]["gen_a"]["auroc"] == pytest.approx(0.5)
-    assert any("smaller than the 224-px crop" in w and "gen_b" in w and "n=24 ⚠" in w for w in res.warnings)
+    # the pooled 0.75 (24 reals, 48 fakes) has a 0.23-wide interval: ⚠ by the shared rule; gen_b's 24 images
+    # against 24 reals, perfectly apart, are a reliable 1.00 (no mark on the count)
+    assert any(w.startswith("smaller than the 224-px crop (zero-padded) alone tells real from fake: AUROC 0.75 ⚠ (")
+               and "higher still for gen_b 1.00 (n=24)" in w for w in res.warnings)
 
 
 def test_headers_only_never_decode_pixels(tmp_path: Path, monkeypatch) -> None:
@@ -190,3 +197,63 @@ def test_each_detector_is_tied_to_the_flagged_feature(tmp_path: Path, capsys) ->
     assert "fmt: AUROC 0.750 overall, 0.500 within file format strata: this detector's result is explained by " \
            "file format" in out
     assert not [line for line in out.splitlines() if line.startswith("pics: AUROC") and "explained by" in line]
+
+
+@pytest.mark.parametrize("n, marked", [(10, True), (20, False)])
+def test_audit_marks_a_generator_auroc_by_the_shared_reliability_rule_not_by_its_count(n: int, marked: bool) -> None:
+    """gen_b (of three generators) alone is smaller than the crop: AUROC 1.00 against n reals. The shared rule's
+    floor (a perfect score's Wilson width, 3.84 / (n + 3.84)) exceeds 0.2 below 16 images: 10 is marked, 20 is not
+    (the old n < 30 marked both)."""
+    rows = [(g, None, header(w=128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b", "gen_c")
+            for _ in range(n)]
+    res = audit(*header_rows(rows))
+    assert res.features["padded"]["auroc"] < 0.7  # pooled, one generator in three: no pooled warning
+    pg = res.features["padded"]["per_generator"]["gen_b"]
+    assert pg["auroc"] == pytest.approx(1.0) and pg["n"] == n
+    assert (pg["unreliable"] is not None) == marked
+    [w] = [w for w in res.warnings if w.startswith("smaller than the 224-px crop")]
+    mark = " ⚠" if marked else ""
+    assert w.startswith(f"smaller than the 224-px crop (zero-padded) alone tells real from gen_b: AUROC 1.00{mark} (")
+    assert w.count("⚠") == marked and f"; n={n})" in w
+
+
+def test_audit_marks_a_wide_interval_on_a_large_set_and_groups_too_few_to_trust() -> None:
+    """80 images, AUROC 0.75: its Hanley-McNeil interval is 0.21 wide, over 0.2: marked although n >= 30;
+    the same set 5 times larger is not; 200 images in 5 groups per class are marked for their groups."""
+    def rows(k: int, groups: int | None = None) -> list:
+        sides = [("real", 300)] * 30 * k + [("real", 500)] * 10 * k + [("gen_a", 400)] * 40 * k
+        return [(g, None if groups is None else f"{g}{i % groups}", header(w=w)) for i, (g, w) in enumerate(sides)]
+
+    small = audit(*header_rows(rows(1)))
+    f = small.features["min_side"]
+    assert f["auroc"] == pytest.approx(0.75) and f["direction"] == "higher: fake"
+    assert f["unreliable"] == "95% interval 0.21 wide, over 0.20"
+    assert small.warnings[0].startswith("shorter side (px) alone tells real from fake: AUROC 0.75 ⚠ (higher: fake;")
+    assert small.headline.endswith("(shorter side (px), AUROC 0.75 ⚠)")
+    large = audit(*header_rows(rows(5)))
+    assert large.features["min_side"]["unreliable"] is None
+    assert "AUROC 0.75 (higher: fake;" in large.warnings[0] and "⚠" not in large.warnings[0]
+    grouped = audit(*header_rows(rows(5, groups=5)))
+    assert grouped.features["min_side"]["unreliable"] == "fewer than 20 groups of a class (5 real, 5 generated)"
+    assert "AUROC 0.75 ⚠ (" in grouped.warnings[0]
+
+
+def test_audit_report_tables_mark_confounds_with_a_triangle_and_unreliable_figures_with_the_warning_sign(
+        tmp_path: Path, capsys) -> None:
+    """In the tables ▲ says 'above the warning threshold' and ⚠ only 'unreliable by the shared rule'."""
+    rows = [(g, None, header(w=128 if g == "gen_b" else 256)) for g in ("real", "gen_a", "gen_b") for _ in range(10)]
+    rows += [("gen_c", None, header(w=128))] * 40 + [("real", None, header(w=256))] * 30
+    from deepsift.evaluate.audit import audit_block
+    from deepsift.evaluate.report import Report
+
+    res = audit(*header_rows(rows))
+    report = Report("t")
+    audit_block(report, res)
+    report.write(tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    gen_b = next(line for line in md.splitlines() if line.startswith("| gen_b (n=10) |"))
+    gen_c = next(line for line in md.splitlines() if line.startswith("| gen_c (n=40) |"))
+    padded = list(res.features).index("padded")
+    assert gen_b.split(" | ")[1 + padded] == "1.00 ⚠ ▲"  # 10 images against 40 reals: floor 0.28 wide
+    assert gen_c.split(" | ")[1 + padded] == "1.00 ▲"  # 40 against 40: a reliable 1.00, above 0.7
+    assert "A ⚠ marks an unreliable figure" in md and "marked ▲ in the tables" in md

@@ -7,6 +7,10 @@ is scored as is or reversed, whichever separates more; a categorical one by each
 of fakes), the distributions per class and per generator, and a plain warning when a feature
 separates real from fake (or real from one generator) with AUROC above ``warn_above`` (0.7).
 A detector that scores well on such a set may be reading the file, not the picture.
+
+Each AUROC carries the report's ⚠ mark when it is unreliable by the shared rule of
+:mod:`.reliability` (its Hanley-McNeil interval on the images, or groups, it rests on is wider than
+0.2, or a class has fewer than 20 groups); a figure above ``warn_above`` is marked ▲ in the tables.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from ..output import progress
 from .datasets import Sample
 from .confounds import auroc, contrast
 from .headers import CROP, HeaderInfo, read_header
+from .reliability import RULE_SHORT, unreliable_reason
 
 WARN_ABOVE = 0.7
-SMALL_N = 30  # fewer images than this: the figure gets a warning mark
+ABOVE = " ▲"  # after a feature's AUROC above warn_above in the tables (the ⚠ mark is the reliability rule's)
 FEATURES: dict[str, tuple[str, str]] = {
     "format": ("category", "file format"),
     "jpeg_quality": ("number", "JPEG quality estimate (JPEG files only)"),
@@ -129,7 +134,7 @@ class AuditResult:
         if not self.findings:
             return ""
         f = self.findings[0]
-        return f"{f['contrast'] or f['label']} ({f['label']}, AUROC {f['auroc']:.2f})"
+        return f"{f['contrast'] or f['label']} ({f['label']}, AUROC {auroc_text(f['auroc'], f.get('unreliable'))})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -137,8 +142,19 @@ class AuditResult:
                 "features": self.features, "warnings": self.warnings, "findings": self.findings}
 
 
-def _mark(n: int) -> str:
-    return f"n={n}" + (" ⚠" if n < SMALL_N else "")
+def unreliable_auroc(auroc: float | None, labels: np.ndarray, groups: np.ndarray | None) -> str | None:
+    """Why a feature's AUROC over ``labels`` is unreliable by the shared rule (:mod:`.reliability`), else None."""
+    n_fake = int(np.sum(labels == 1))
+    n_groups: list[int | None] = [None, None]
+    if groups is not None:  # one key per sample; None: the sample alone
+        keys = [f"g:{k}" if k is not None else f"i:{i}" for i, k in enumerate(groups)]
+        n_groups = [len({k for k, y in zip(keys, labels) if y == c}) for c in (0, 1)]
+    return unreliable_reason("auroc", auroc, None, None, int(labels.size) - n_fake, n_fake, *n_groups)
+
+
+def auroc_text(auroc: float, reason: str | None) -> str:
+    """An AUROC as the audit prints it, with the shared ⚠ mark when it is unreliable."""
+    return f"{auroc:.2f}" + (" ⚠" if reason else "")
 
 
 def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, *,
@@ -147,6 +163,7 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
     infos = list(infos) if infos is not None else read_headers(samples)
     labels_all = np.array([s.label for s in samples], np.int64)
     gens_all = np.array([s.generator for s in samples], dtype=object)
+    groups_all = np.array([s.group for s in samples], dtype=object) if any(s.group for s in samples) else None
     generators = list(dict.fromkeys(g for g, y in zip(gens_all, labels_all) if y == 1))
     res = AuditResult(n=len(samples), unreadable=sum(1 for i in infos if i.error), warn_above=warn_above)
     for name, (kind, label) in FEATURES.items():
@@ -157,16 +174,19 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
         else:
             x = np.array([str(v) for v in raw if v is not None], dtype=str)
         y, g = labels_all[ok], gens_all[ok]
+        grp = groups_all[ok] if groups_all is not None else None
         a, direction = separability(y, x, kind)
         per_gen: dict[str, dict[str, Any]] = {}
         for gen in generators:
             is_gen = g == gen
             m = is_gen | (y == 0)
             ag, dg = separability(y[m], x[m], kind)
-            per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(is_gen.sum())}
+            per_gen[gen] = {"auroc": ag, "direction": dg, "n": int(is_gen.sum()),
+                            "unreliable": unreliable_auroc(ag, y[m], grp[m] if grp is not None else None)}
         groups = ["real", *generators]
         res.features[name] = {
             "description": label, "kind": kind, "auroc": a, "direction": direction, "n": int(ok.sum()),
+            "unreliable": unreliable_auroc(a, y, grp),
             "real": _distribution(x[y == 0], kind), "fake": _distribution(x[y == 1], kind),
             "per_generator": per_gen,
             "by_group": {gr: _distribution(x[g == gr], kind) for gr in groups},
@@ -178,7 +198,7 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
         hits = sorted(((pg["auroc"], gen, pg) for gen, pg in per_gen.items()
                        if len(generators) > 1 and pg["auroc"] is not None and pg["auroc"] > floor),
                       key=lambda t: -t[0])
-        by_gen = ", ".join(f"{gen} {ag:.2f} ({_mark(pg['n'])})" for ag, gen, pg in hits[:4])
+        by_gen = ", ".join(f"{gen} {auroc_text(ag, pg['unreliable'])} (n={pg['n']})" for ag, gen, pg in hits[:4])
         if len(hits) > 4:
             by_gen += f" and {len(hits) - 4} more"
         n_real = int((y == 0).sum())
@@ -186,18 +206,20 @@ def audit(samples: Sequence[Sample], infos: Sequence[HeaderInfo] | None = None, 
             f["contrast"] = contrast(f)
             res.findings.append({
                 "feature": name, "label": label, "auroc": a, "generator": None, "n": int(ok.sum()),
-                "contrast": f["contrast"], "direction": direction, "same_cue": [],
-                "text": f"{label} alone tells real from fake: AUROC {a:.2f} ({direction}; {f['contrast']}; real: "
-                        f"{describe(f['real'])}; fake: {describe(f['fake'])}; {_mark(int(ok.sum()))})"
+                "unreliable": f["unreliable"], "contrast": f["contrast"], "direction": direction, "same_cue": [],
+                "text": f"{label} alone tells real from fake: AUROC {auroc_text(a, f['unreliable'])} ({direction}; "
+                        f"{f['contrast']}; real: {describe(f['real'])}; fake: {describe(f['fake'])}; n={int(ok.sum())})"
                         + (f"; higher still for {by_gen}" if hits else "")})
         elif hits:  # one generator's own confound, hidden in the pooled figure
             ag, gen, pg = hits[0]
             res.findings.append({
                 "feature": name, "label": label, "auroc": ag, "generator": gen, "n": pg["n"] + n_real,
+                "unreliable": pg["unreliable"],
                 "contrast": f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}",
                 "direction": pg["direction"], "same_cue": [],
-                "text": f"{label} alone tells real from {gen}: AUROC {ag:.2f} ({pg['direction']}; "
-                        f"{gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; {_mark(pg['n'])})"
+                "text": f"{label} alone tells real from {gen}: AUROC {auroc_text(ag, pg['unreliable'])} "
+                        f"({pg['direction']}; {gen}: {describe(f['by_group'][gen])}; real: {describe(f['real'])}; "
+                        f"n={pg['n']})"
                         + (f"; also {', '.join(by_gen.split(', ')[1:])}" if len(hits) > 1 else "")})
     res.labels = labels_all
     _rank_and_merge(res)
@@ -254,7 +276,8 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
     if heading:
         report.heading("Confound audit")
     report.text("How well each property of the file, not of the picture, tells real from fake on its own "
-                f"(AUROC of the feature alone, either direction; warning above {result.warn_above:g}). "
+                f"(AUROC of the feature alone, either direction; warning above {result.warn_above:g}, marked"
+                f"{ABOVE} in the tables). {RULE_SHORT} "
                 f"{result.n} images" + (f", {result.unreadable} with unreadable headers." if result.unreadable else "."))
     if result.headline:
         report.text(f"Main finding: {result.headline}. Warnings are ranked by strength times the share of images "
@@ -267,8 +290,9 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
     rows = []
     for name, f in result.features.items():
         a = f["auroc"]
-        flag = " ⚠" if a is not None and a > result.warn_above else ""
-        rows.append([f["description"], "n/a" if a is None else f"{a:.2f}{flag}", f["direction"] or "-",
+        flag = ABOVE if a is not None and a > result.warn_above else ""
+        figure = "n/a" if a is None else auroc_text(a, f["unreliable"]) + flag
+        rows.append([f["description"], figure, f["direction"] or "-",
                      describe(f["real"]), describe(f["fake"]), str(f["n"])])
     report.table(["feature", "AUROC alone", "direction", "real", "fake", "n"], rows)
     gens = list(next(iter(result.features.values()))["per_generator"]) if result.features else []
@@ -279,8 +303,10 @@ def audit_block(report: Any, result: AuditResult, *, heading: bool = True) -> No
             n = next(iter(result.features.values()))["per_generator"][gen]["n"]
             cells = []
             for f in result.features.values():
-                a = f["per_generator"][gen]["auroc"]
-                cells.append("n/a" if a is None else f"{a:.2f}" + (" ⚠" if a > result.warn_above else ""))
-            body.append([f"{gen} ({_mark(n)})", *cells])
+                pg = f["per_generator"][gen]
+                a = pg["auroc"]
+                cells.append("n/a" if a is None
+                             else auroc_text(a, pg["unreliable"]) + (ABOVE if a > result.warn_above else ""))
+            body.append([f"{gen} (n={n})", *cells])
         report.text("Per generator: AUROC of each feature alone, real versus that generator.")
         report.table(head, body)

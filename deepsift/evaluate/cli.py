@@ -303,7 +303,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     _check_report(args)
-    from .audit import audit, audit_block
+    from .audit import auroc_text, audit, audit_block
     from .report import Report
 
     data = _eval_set(args)
@@ -314,8 +314,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     lines = [f"finding: {result.headline}"] if result.headline else []
     lines += [f"WARNING: {w}" for w in result.warnings] or [f"no feature separates real from fake above "
                                                             f"AUROC {args.warn_above:g}"]
-    lines += [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{f['auroc']:.2f} ({f['direction']})")
-              for name, f in result.features.items()]
+    lines += [f"{name}: AUROC alone " + ("n/a" if f["auroc"] is None else f"{auroc_text(f['auroc'], f['unreliable'])} "
+                                         f"({f['direction']})") for name, f in result.features.items()]
     return _finish(args, report, lines, result.unreadable)
 
 

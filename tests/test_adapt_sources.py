@@ -103,12 +103,17 @@ def test_the_embedding_of_a_shard_image_is_the_embedding_of_its_bytes(world, by_
     assert np.allclose(emb[picks], direct, atol=1e-5)
 
 
-def test_replay_re_reads_the_known_images_from_the_shards_and_a_moved_folder_resumes(world, tmp_path):
-    out = tmp_path / "run"
-    run_adapt(plan_for(world, out, fine_tune="always"), say=lambda _: None, stop_after="embed")
-    moved = tmp_path / "moved"
+def _run_move_resume(world, tmp_path, stop_after: str):
+    """Run an always-fine-tune adaptation up to ``stop_after``, move its folder, resume it there; the new folder."""
+    out, moved = tmp_path / "run", tmp_path / "moved"
+    run_adapt(plan_for(world, out, fine_tune="always"), say=lambda _: None, stop_after=stop_after)
     shutil.move(str(out), str(moved))
     run_adapt(plan_for(world, moved, fine_tune="always"), resume=True, say=lambda _: None)
+    return moved
+
+
+def test_replay_re_reads_the_known_images_from_the_shards_and_a_moved_folder_resumes(world, tmp_path):
+    moved = _run_move_resume(world, tmp_path, stop_after="embed")
     ft = _step(moved, "fine-tune")
     replay = ft["replay"]
     assert set(replay["images"]) == {*KNOWN, "faint"} and all(n > 0 for n in replay["images"].values())
@@ -150,11 +155,7 @@ def test_one_shard_file_is_data_too_and_a_shard_changed_after_collect_is_a_clear
 
 
 def test_a_folder_moved_after_its_fine_tune_resumes_from_the_fine_tuned_weights_inside_it(world, tmp_path):
-    out = tmp_path / "run"
-    run_adapt(plan_for(world, out, fine_tune="always"), say=lambda _: None, stop_after="fine-tune")
-    moved = tmp_path / "moved"
-    shutil.move(str(out), str(moved))
-    run_adapt(plan_for(world, moved, fine_tune="always"), resume=True, say=lambda _: None)
+    moved = _run_move_resume(world, tmp_path, stop_after="fine-tune")
     assert _step(moved, "embed-2")["errors"] == []
     assert np.isfinite(np.load(moved / "steps" / "embeddings-2.npy")).all()
     written = _step(moved, "write-model")

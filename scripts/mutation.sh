@@ -46,7 +46,7 @@ MODULES=(
   "train-loop|deepsift/train/loop.py|tests/test_train_state.py"
   "leaderboard|deepsift/challenges/leaderboard.py|tests/test_challenges_ranking.py tests/test_challenges_unseen.py tests/test_leaderboard_mutants.py -k sqlite"
   "scoring|deepsift/challenges/scoring.py|tests/test_challenges_ranking.py tests/test_challenges_flow.py tests/test_challenges_unseen.py tests/test_scoring_mutants.py -k sqlite"
-  "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py tests/test_challenges_fairness.py tests/test_challenges_flow.py::test_queue_positions_follow_submission_order"
+  "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py tests/test_challenges_fairness.py tests/test_challenges_flow.py::test_queue_positions_follow_submission_order tests/test_queue_locks.py"
   "layouts|deepsift/data/layout.py|tests/test_layouts.py"
   "splits|deepsift/data/split.py|tests/test_data_export_split.py tests/test_split_mutants.py tests/test_layouts.py -k split"
   "audit|deepsift/evaluate/audit.py|tests/test_eval_audit.py"

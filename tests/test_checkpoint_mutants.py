@@ -1,12 +1,12 @@
 """Checkpoint behaviour the crash tests leave open (found by mutation testing, scripts/mutation.sh checkpoint):
-the best epoch's file read back, and a damaged state.json refused in one line by ``load_state``."""
+the best epoch's file read back, and a damaged state.json (cut, without a step, of another version) refused in one line by both loaders."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from deepsift.exceptions import DataError
-from deepsift.train.checkpoint import load_best, load_state, save_best, save_checkpoint
+from deepsift.train.checkpoint import load_best, load_checkpoint, load_state, save_best, save_checkpoint
 
 
 def _opt() -> dict:
@@ -26,14 +26,16 @@ def test_the_best_file_gives_back_its_weights_step_and_accuracy_and_there_is_non
     assert (step, acc) == (8, 0.875) and torch.equal(got["w"], weights["w"] + 1)
 
 
-@pytest.mark.parametrize("damage", [b'{"version": 1, "ste', b'{"version": 1}', b"[1, 2]"])
-def test_a_damaged_state_file_is_one_line_naming_the_previous_checkpoint(tmp_path, damage):
+@pytest.mark.parametrize("loader", [load_state, lambda p: load_checkpoint(p)[3]], ids=["load_state", "load_checkpoint"])
+@pytest.mark.parametrize("damage", [b'{"version": 1, "ste', b'{"version": 1}', b'{"version": 2, "step": 4}', b"[1, 2]"],
+                         ids=["cut", "no-step", "other-version", "not-an-object"])
+def test_a_damaged_state_file_is_one_line_naming_the_previous_checkpoint(tmp_path, loader, damage):
     save_checkpoint(tmp_path, {"w": torch.ones(2)}, _opt(), {"step": 4})
     state = tmp_path / "checkpoint" / "state.json"
-    assert load_state(tmp_path)["step"] == 4
+    assert loader(tmp_path)["step"] == 4
     state.write_bytes(damage)
     with pytest.raises(DataError) as err:
-        load_state(tmp_path)
+        loader(tmp_path)
     text = str(err.value)
     assert len(text.splitlines()) == 1 and f"{state}: corrupt or truncated checkpoint" in text
     assert f"is in {tmp_path / 'checkpoint.prev'})" in text

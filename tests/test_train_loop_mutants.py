@@ -1,0 +1,85 @@
+"""The training loop's bookkeeping, pinned down where mutation testing (scripts/mutation.sh train-loop) found it
+loose: the start event, the per-epoch plot, which checkpoint stays as checkpoint.prev, an interrupt before the
+first step, and the NaN stop's message."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import deepsift.train.loop as loop
+import deepsift.train.probe as probe
+from deepsift.exceptions import DataError
+from deepsift.train.config import make_config
+from deepsift.train.data import build_index
+from deepsift.train.holdout import held_out
+from deepsift.train.metrics import read_log
+from trainkit import make_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("mdata"), 24)
+
+
+def _step(folder) -> int:
+    return json.loads((folder / "state.json").read_text())["step"]
+
+
+def test_an_epoch_logs_plots_and_checkpoints_as_it_ends_and_the_previous_epoch_stays_as_prev(tiny_data, tmp_path,
+                                                                                              monkeypatch):
+    shards, reals = tiny_data
+    out = tmp_path / "run"
+    plotted = []
+
+    def accuracy(*a, **k):  # called at each epoch's end: was the plot of the epochs before already drawn?
+        plotted.append((out / "train_plot.png").is_file())
+        return 0.5 + 0.125 * len(plotted)
+
+    monkeypatch.setattr(probe, "probe_accuracy", accuracy)
+    cfg = make_config(**tiny_config(steps=4, holdout=8))
+    result = loop.train([str(shards)], out, cfg, real=str(reals), progress=False)
+    assert plotted == [False, True]  # drawn at the end of epoch 1, while the run goes on
+    assert result.head_accuracy == [(2, 0.625), (4, 0.75)]
+    assert _step(out / "checkpoint") == 4 and _step(out / "checkpoint.prev") == 2  # the end adds no third write
+    log = read_log(out / "train_log.jsonl")
+    starts = [e for e in log if e.get("event") == "start"]
+    assert len(starts) == 1 and log[0] is starts[0]
+    recs, roles = held_out(build_index([str(shards)], real=str(reals)), cfg)
+    assert starts[0]["held_out"] == {"fit": len(roles.fit), "select": len(roles.select), "report": len(roles.report)}
+    assert starts[0]["records"] == len(recs) and starts[0]["config"]["steps"] == 4 and len(roles.fit) > 0
+
+
+def test_an_interrupt_before_the_first_step_leaves_no_run_behind_and_one_after_it_keeps_that_step(tiny_data, tmp_path,
+                                                                                                  monkeypatch):
+    shards, reals = tiny_data
+    cfg = make_config(**tiny_config(steps=4, holdout=8))
+    real_loss = loop.micro_loss
+    for calls_before_ctrl_c, kept in ((0, None), (1, 1)):
+        calls = []
+
+        def ctrl_c(*a, **k):
+            if len(calls) == calls_before_ctrl_c:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real_loss(*a, **k)
+
+        monkeypatch.setattr(loop, "micro_loss", ctrl_c)
+        out = tmp_path / f"run{calls_before_ctrl_c}"
+        with pytest.raises(KeyboardInterrupt):
+            loop.train([str(shards)], out, cfg, real=str(reals), progress=False)
+        if kept is None:  # nothing done, nothing to resume: the same command starts afresh
+            assert not (out / "checkpoint").exists() and not (out / "checkpoint.prev").exists()
+        else:
+            assert _step(out / "checkpoint") == kept
+    monkeypatch.setattr(loop, "micro_loss", real_loss)
+    assert loop.train([str(shards)], tmp_path / "run0", cfg, real=str(reals), progress=False).step == 4
+
+
+@pytest.mark.parametrize("n, shown, more", [(8, 8, ""), (9, 8, " and 1 more"), (12, 8, " and 4 more")])
+def test_the_nan_stop_names_at_most_eight_ids_and_counts_the_rest(tmp_path, n, shown, more):
+    ids = [f"rec{i:05d}:g" for i in range(n)]
+    err = loop._nan_stop(tmp_path, 3, ids, float("nan"), main=True)
+    assert isinstance(err, DataError)
+    assert f"the batch held {', '.join(ids[:shown])}{more} (all ids in" in str(err)
+    assert json.loads((tmp_path / "nan_batch.json").read_text())["ids"] == ids

@@ -13,7 +13,7 @@ from deepsift.exceptions import DataError
 from deepsift.train.config import make_config
 from deepsift.train.data import build_index
 from deepsift.train.holdout import held_out
-from deepsift.train.metrics import read_log
+from deepsift.train.metrics import MetricsLog, read_log
 from trainkit import make_dataset, tiny_config
 
 
@@ -83,3 +83,21 @@ def test_the_nan_stop_names_at_most_eight_ids_and_counts_the_rest(tmp_path, n, s
     assert isinstance(err, DataError)
     assert f"the batch held {', '.join(ids[:shown])}{more} (all ids in" in str(err)
     assert json.loads((tmp_path / "nan_batch.json").read_text())["ids"] == ids
+
+
+def test_undecodable_records_are_logged_once_each_and_past_the_share_stop_naming_the_first(tmp_path):
+    log = MetricsLog(tmp_path)
+    bad: dict[str, str] = {}
+    loop._skip_bad({"step": 1, "skipped": ["r03: torn PNG", "r07: empty file"]}, bad, 40, 0.1, log)
+    loop._skip_bad({"step": 2, "skipped": []}, bad, 40, 0.1, log)  # a batch without bad records logs nothing
+    loop._skip_bad({"step": 3, "skipped": ["r07: empty file", "r11: not an image"]}, bad, 40, 0.1, log)
+    loop._skip_bad({"step": 4, "skipped": ["r11: not an image"]}, bad, 40, 0.1, None)  # another rank: no log
+    log.close()
+    events = [e for e in read_log(tmp_path / "train_log.jsonl") if e.get("event") == "skipped"]
+    assert [(e["step"], e["ids"], e["reasons"]) for e in events] == [
+        (1, ["r03", "r07"], ["torn PNG", "empty file"]), (3, ["r11"], ["not an image"])]
+    assert bad == {"r03": "torn PNG", "r07": "empty file", "r11": "not an image"}  # 3 of 40: within 0.1
+    with pytest.raises(DataError) as err:
+        loop._skip_bad({"step": 5, "skipped": ["r19: truncated"]}, bad, 30, 0.1, None)  # 4 of 30: past 0.1
+    assert str(err.value).startswith("4 of 30 training records cannot be decoded (more than the max_bad_share 0.1), "
+                                     "e.g. r03: torn PNG; their ids are in the metrics log")

@@ -1,5 +1,5 @@
 """The training loop's bookkeeping, pinned down where mutation testing (scripts/mutation.sh train-loop) found it
-loose: the start event, the per-epoch plot, which checkpoint stays as checkpoint.prev, an interrupt before the
+loose: the start event, the per-epoch plot, the kept weights' summary line, which checkpoint stays as checkpoint.prev, an interrupt before the
 first step, and the NaN stop's message."""
 from __future__ import annotations
 
@@ -34,13 +34,15 @@ def test_an_epoch_logs_plots_and_checkpoints_as_it_ends_and_the_previous_epoch_s
 
     def accuracy(*a, **k):  # called at each epoch's end: was the plot of the epochs before already drawn?
         plotted.append((out / "train_plot.png").is_file())
-        return 0.5 + 0.125 * len(plotted)
+        return 0.875 - 0.125 * len(plotted)  # epoch 1 is the best
 
     monkeypatch.setattr(probe, "probe_accuracy", accuracy)
     cfg = make_config(**tiny_config(steps=4, holdout=8))
     result = loop.train([str(shards)], out, cfg, real=str(reals), progress=False)
     assert plotted == [False, True]  # drawn at the end of epoch 1, while the run goes on
-    assert result.head_accuracy == [(2, 0.625), (4, 0.75)]
+    assert result.head_accuracy == [(2, 0.75), (4, 0.625)] and result.kept_step == 2
+    assert result.summary[0] == ("weights: the best epoch's (step 2, held-out head accuracy 0.750; the last step 4: "
+                                 "held-out head accuracy 0.625; keep: last keeps those)")
     assert _step(out / "checkpoint") == 4 and _step(out / "checkpoint.prev") == 2  # the end adds no third write
     log = read_log(out / "train_log.jsonl")
     starts = [e for e in log if e.get("event") == "start"]

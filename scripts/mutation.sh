@@ -43,7 +43,7 @@ MODULES=(
   "views|deepsift/data/augment.py|tests/test_augment.py tests/test_train_views.py"
   "holdout|deepsift/train/holdout.py|tests/test_train_holdout.py -k roles"
   "checkpoint|deepsift/train/checkpoint.py|tests/test_train_checkpoint_crash.py tests/test_checkpoint_mutants.py tests/test_train_bad_input.py::test_disk_full_while_checkpointing_keeps_the_previous_checkpoint tests/test_train_bad_input.py::test_disk_full_while_saving_a_new_best_keeps_the_previous_best"
-  "train-loop|deepsift/train/loop.py|tests/test_train_state.py"
+  "train-loop|deepsift/train/loop.py|tests/test_train_state.py tests/test_train_loop_mutants.py"
   "leaderboard|deepsift/challenges/leaderboard.py|tests/test_challenges_ranking.py tests/test_challenges_unseen.py tests/test_leaderboard_mutants.py -k sqlite"
   "scoring|deepsift/challenges/scoring.py|tests/test_challenges_ranking.py tests/test_challenges_flow.py tests/test_challenges_unseen.py tests/test_scoring_mutants.py -k sqlite"
   "queue|deepsift/challenges/queue.py|tests/test_challenges_queue.py tests/test_challenges_fairness.py tests/test_challenges_flow.py::test_queue_positions_follow_submission_order tests/test_queue_locks.py"

@@ -1,5 +1,6 @@
 """Checkpoint behaviour the crash tests leave open (found by mutation testing, scripts/mutation.sh checkpoint):
-the best epoch's file read back, and a damaged state.json (cut, without a step, of another version) refused in one line by both loaders."""
+the best epoch's file read back, and a damaged state.json (cut, without a step, of another version) refused
+in one line by both loaders."""
 from __future__ import annotations
 
 import pytest

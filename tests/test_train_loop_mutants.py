@@ -1,6 +1,6 @@
 """The training loop's bookkeeping, pinned down where mutation testing (scripts/mutation.sh train-loop) found it
-loose: the start event, the per-epoch plot, the kept weights' summary line, which checkpoint stays as checkpoint.prev, an interrupt before the
-first step, and the NaN stop's message."""
+loose: the start event, the per-epoch plot, the kept weights' summary line, which checkpoint stays as
+checkpoint.prev, an interrupt before the first step, undecodable records and the NaN stop's message."""
 from __future__ import annotations
 
 import json

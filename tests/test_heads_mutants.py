@@ -81,3 +81,16 @@ def test_the_one_class_svm_warning_points_at_the_line_that_fitted_the_head():
     with pytest.warns(DeepsiftWarning, match="rejects") as seen:
         make_head("svm").fit(centred, np.zeros(200))
     assert [w.filename for w in seen] == [__file__]  # the user's call, not a line inside deepsift
+
+
+@pytest.mark.parametrize("rate, nu, warns", [
+    (0.20, 0.10, False), (0.21, 0.10, True),  # the default nu: twice nu is the limit, and reaching it is not above it
+    (0.06, 0.01, False), (0.07, 0.01, True),  # a small nu: nu + 5 points is the limit, not twice nu (0.02)
+    (0.04, 0.01, False), (0.90, 0.50, False), (1.00, 0.50, False),
+])
+def test_the_one_class_svm_warns_only_above_twice_nu_and_nu_plus_five_points(rate, nu, warns):
+    """Whether `heads fit` prints the one-class SVM's warning: the rule's limit and its edge, for the default
+    and a small nu (a fit can't be steered to an outlier rate on the edge, so the rule is checked directly)."""
+    from deepsift.model.heads import rejects_too_many
+
+    assert rejects_too_many(rate, nu) is warns

@@ -41,3 +41,14 @@ def test_probabilities_above_one_are_refused_with_the_reason():
         probs[3] = bad
         with pytest.raises(EvaluationError, match=r"probabilities must lie in \[0, 1\]"):
             compute_metrics(y, s, probabilities=probs)
+
+
+@pytest.mark.parametrize("n", [2**24 - 1, 2**24, 2**24 + 1, 3 * 2**24 + 1])
+def test_resample_counts_stay_exact_integers_for_any_set_size(n):
+    """The bootstrap's float32 counts (half the traffic) hold only while every count up to n is exact: a
+    set of more than 2**24 images gets float64 (a float32 count would round 2**24 + 1 to 2**24)."""
+    from deepsift.evaluate.bootstrap import count_dtype
+
+    dtype = count_dtype(n)
+    assert int(np.asarray(n, dtype=dtype)) == n and int(np.asarray(n - 1, dtype=dtype)) == n - 1
+    assert dtype is (np.float32 if n < 2**24 else np.float64)  # the narrow type wherever it is exact

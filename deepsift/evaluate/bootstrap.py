@@ -9,6 +9,12 @@ from .curves import _compute, _Sorted
 _CHUNK_ELEMENTS = 1_000_000  # resamples x samples handled per batch (memory bound)
 
 
+def count_dtype(n: int) -> type:
+    """The float type for resample counts of ``n`` images: float32 (half the traffic) while every count and
+    cumulative sum (integers up to ``n``) is exact in it, i.e. below 2**24, else float64."""
+    return np.float32 if n < 2**24 else np.float64
+
+
 def bootstrap_intervals(
     st: _Sorted, n_resamples: int, seed: int = 0, confidence: float = 0.95
 ) -> dict[str, tuple[float | None, float | None]]:
@@ -24,8 +30,7 @@ def bootstrap_intervals(
     rng = np.random.default_rng(seed)
     n = st.n
     classes = [c for c in (np.flatnonzero(st.y == 0), np.flatnonzero(st.y == 1)) if c.size]
-    # resample counts and their cumulative sums are integers < 2**24: exact in float32, half the traffic
-    dtype = np.float32 if n < 2**24 else np.float64
+    dtype = count_dtype(n)
     chunk = max(1, min(n_resamples, _CHUNK_ELEMENTS // max(n, 1)))
     results: dict[str, list[np.ndarray]] = {}
     done = 0

@@ -228,6 +228,12 @@ OUTLIER_WARNING_FACTOR = 2.0
 """Warn when a one-class SVM rejects more than this many times ``nu`` of its own training reals."""
 
 
+def rejects_too_many(rate: float, nu: float) -> bool:
+    """Whether a one-class SVM that rejects ``rate`` of its training reals as outliers is worth a warning:
+    a rate above both ``OUTLIER_WARNING_FACTOR`` x nu and nu + 0.05 (nu is the share it should reject)."""
+    return rate > max(OUTLIER_WARNING_FACTOR * nu, nu + 0.05)
+
+
 class OCSVMHead(Head):
     """One-class SVM (poly kernel, gamma 'auto', nu 0.1) fit on REAL embeddings only.
 
@@ -267,7 +273,7 @@ class OCSVMHead(Head):
         self.dual_coef_ = svm.dual_coef_[0].astype(np.float64)
         self.intercept_ = np.asarray(svm.intercept_, dtype=np.float64).reshape(1)
         self.training_outlier_rate_ = float(np.mean(self.svm_decision(real) < 0))
-        if self.training_outlier_rate_ > max(OUTLIER_WARNING_FACTOR * self.nu, self.nu + 0.05):
+        if rejects_too_many(self.training_outlier_rate_, self.nu):
             warnings.warn(
                 f"the one-class SVM rejects {self.training_outlier_rate_:.0%} of its {len(real)} training real "
                 f"images as outliers, far above nu={self.nu:g} (about {self.nu:.0%} expected): its score barely "

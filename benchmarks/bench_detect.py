@@ -28,7 +28,8 @@ region decoding and PNG window decoding vs whole-file decoding (speed and byte i
 The decode section (:mod:`decode_wall`, also part of the full run) prints decode CORE time per
 image by stage and the core-sharing bound ``cores / (forward + decode + copies)`` beside detect;
 with ``--part decode`` the detect rate of each engine in ``--engines`` (``streams``: per-core
-streams, the default; ``team``: one forward at a time on all cores), interleaved in one process,
+streams, torch's default; ``team``: one forward at a time on all cores, ONNX Runtime's default),
+interleaved in one process,
 and with ``--large`` the core time of large PNGs' strip decoding vs the whole decode.
 """
 from __future__ import annotations
@@ -318,8 +319,8 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
         single = det.onnx.single_threaded() if det.onnx is not None else None  # the streams' one-thread session
         forwards[prec] = decode_wall.forward_core_ms(
-            lambda t, d=det: single(t) if single is not None else embed_tensor(d.backbone, t), tensors[:2],
-            one_thread=True)
+            lambda t, d=det: single(t) if single is not None else embed_tensor(d.backbone, t), tensors[:3],
+            one_thread=True, repeats=3)  # 3 x 3 batches: one-thread timings here varied by ~10 % with 2 x 2
         if res:
             detect[prec] = {"streams": [res[prec]["e2e"]]}
         else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)

@@ -245,6 +245,8 @@ def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str
                     rounds: int) -> dict[str, list[float]]:
     """``detect()`` images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved."""
     rates: dict[str, list[float]] = {e: [] for e in engines}
+    forward = det.onnx if det.onnx is not None else det.runner  # type: ignore[attr-defined]
+    default = forward.streamable
     for engine in engines:
         set_engine(det, engine)
         detect()
@@ -252,7 +254,7 @@ def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str
         for engine in engines:
             set_engine(det, engine)
             rates[engine].append(detect())
-    set_engine(det, "streams")
+    forward.streamable = default  # the backend's own default engine
     return rates
 
 

@@ -224,7 +224,8 @@ def test_streams_give_bit_identical_embeddings_to_the_one_team_engine(small_mode
     paths = sorted(str(p) for d in labelled_folders.values() for p in d.iterdir())[::3]  # 12, JPEG and PNG
     det = Detector.load_backbone_only(str(small_model_dir), backend=backend, precision=precision, batch_size=4)
     forward = det.onnx if det.onnx is not None else det.runner
-    assert forward.streamable
+    assert forward.streamable is (backend == "torch")  # ONNX Runtime keeps its own team unless asked
+    forward.streamable = True
     assert stream_count(forward, None, 4, cpus=2) == 2
     streamed = det.embed(iter(paths))  # an unknown count: streams
     forward.streamable = False

@@ -68,7 +68,10 @@ def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> 
 class OnnxEmbedder:
     """Run an exported embedding network with onnxruntime (CPU)."""
 
-    streamable = True  # the engine may run it as per-core streams (False: one session team; benchmarks)
+    # Whether the engine runs it as per-core streams (one-thread sessions). Off: on the idle 2-core benchmark
+    # machine ONNX Runtime's own pool of two scales as well as two one-thread sessions (model-only 48-53 img/s
+    # either way) and detect ran ~5 % faster on the team (benchmarks/README.md, issue 23); benchmarks turn it on.
+    streamable = False
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort

@@ -70,7 +70,8 @@ class OnnxEmbedder:
 
     # Whether the engine runs it as per-core streams (one-thread sessions). Off: on the idle 2-core benchmark
     # machine ONNX Runtime's own pool of two scales as well as two one-thread sessions (model-only 48-53 img/s
-    # either way) and detect ran ~5 % faster on the team (benchmarks/README.md, issue 23); benchmarks turn it on.
+    # either way) and detect ran as fast or up to 7 % faster on the team (benchmarks/README.md, issue 23);
+    # benchmarks turn streams on.
     streamable = False
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:

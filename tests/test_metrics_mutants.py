@@ -34,6 +34,17 @@ def test_the_roc_of_a_detector_that_scores_every_fake_lowest_is_drawn():
     assert compute_metrics([0, 0, 0, 1, 1], [0.9, 0.8, 0.7, 0.2, 0.2])["auroc"] == 0.0
 
 
+@pytest.mark.parametrize("y", [[0, 0, 0, 1], [1, 1, 1, 0]])
+def test_the_roc_of_a_set_with_one_image_of_a_class_is_drawn_and_one_without_a_class_is_refused(y):
+    """One fake (or one real) image is enough for a curve; none is a clear error, never a curve of NaNs."""
+    scores = [0.1, 0.4, 0.35, 0.8]
+    fpr, tpr, _ = roc_curve(y, scores)
+    assert fpr[-1] == 1.0 and tpr[-1] == 1.0 and np.isfinite(fpr).all() and np.isfinite(tpr).all()
+    for one_class in ([0, 0, 0, 0], [1, 1, 1, 1]):
+        with pytest.raises(EvaluationError, match="needs both real and fake"):
+            roc_curve(one_class, scores)
+
+
 def test_probabilities_above_one_are_refused_with_the_reason():
     y, s = _data(40)
     for bad in (1.5, 1.0001, -0.2):
@@ -52,3 +63,13 @@ def test_resample_counts_stay_exact_integers_for_any_set_size(n):
     dtype = count_dtype(n)
     assert int(np.asarray(n, dtype=dtype)) == n and int(np.asarray(n - 1, dtype=dtype)) == n - 1
     assert dtype is (np.float32 if n < 2**24 else np.float64)  # the narrow type wherever it is exact
+
+
+@pytest.mark.parametrize("size", [2**31 - 1, 2**31, 2**31 + 1, 3 * 2**31])
+def test_resample_indices_fit_their_integer_type_for_any_set_size(size):
+    """int32 flat indices (half the traffic) only while the last index, size - 1, fits; int64 beyond."""
+    from deepsift.evaluate.bootstrap import index_dtype
+
+    dtype = index_dtype(size)
+    assert np.iinfo(dtype).max >= size - 1
+    assert dtype is (np.int32 if size - 1 <= np.iinfo(np.int32).max else np.int64)  # narrow wherever it fits

@@ -12,6 +12,7 @@ Fixtures built on these live in conftest.py (``database_url``, ``server_settings
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -58,7 +59,8 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
     """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s.
 
     Only for the state of another process that says nothing when it changes (a job's row in the database, a
-    worker process appearing or ending, a port closing): there is no line or event to wait on, so it is polled.
+    worker process appearing): there is no line or event to wait on, so it is polled. A process ending is
+    waited on by its pidfd (:func:`wait_gone`).
     A server process coming up is waited on by its "listening" line (:class:`ServeProcess`), an in-thread
     server by an event (:class:`LiveServer`)."""
     deadline = time.monotonic() + timeout
@@ -72,6 +74,36 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: s
             last_exc = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def wait_gone(pids, timeout: float = 30.0, what: str = "the processes to end") -> None:  # type: ignore[no-untyped-def]
+    """Wait until every process in ``pids`` has ended (a zombie counts as ended), on each one's pidfd: the
+    kernel wakes the wait when the process exits, nothing is polled. Raise TimeoutError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue  # already gone
+        try:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+        if not ready:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (pid {pid} still runs)")
+
+
+def group_pids(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (from /proc)."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getpgid(int(d)) == pgid:
+                    out.append(int(d))
+            except OSError:
+                continue
+    return out
 
 
 def child_pids(pid: int) -> list[int]:

@@ -155,7 +155,7 @@ def test_deepsift_serve_alone_scores_submissions(tmp_path):
     from deepsift.server.migrate import upgrade
     from deepsift.server.storage import Storage
     from platformkit import spec_dict
-    from serverkit import ServeProcess, wait_until
+    from serverkit import ServeProcess, wait_gone, wait_until
 
     url, data = f"sqlite:///{tmp_path / 'alone.db'}", tmp_path / "data"
     db = Database(url)
@@ -187,7 +187,7 @@ def test_deepsift_serve_alone_scores_submissions(tmp_path):
         # a client command loads httpx, not the server's stack nor numpy
         assert loaded(["challenges", "leaderboard", "--server", srv.url, "--challenge", "alone", "--phase", "dev",
                        "--format", "json"]) == set()
-    wait_until(lambda: not any(_alive(p) for p in workers), 30, 0.1, "serve's worker to stop with it")
+    wait_gone(workers, 30, "serve's worker to stop with it")
 
 
 HEAVY = ("torch", "transformers", "numpy", "fastapi", "sqlalchemy", "pydantic", "uvicorn", "PIL")
@@ -214,14 +214,6 @@ def _maps_with(pid: str, needle: str) -> bool:
     try:
         with open(f"/proc/{pid}/maps") as fh:
             return needle in fh.read()
-    except OSError:
-        return False
-
-
-def _alive(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
 

@@ -20,7 +20,7 @@ from PIL import Image
 from conftest import checker_image, smooth_image
 from data_factory import make_shards
 from pgserver import free_port
-from serverkit import ServeProcess, wait_until
+from serverkit import ServeProcess, group_pids, wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
 TESTED = re.compile(r"<!-- tested(?:: (\w+))? -->\s*\n```bash\n(.*?)```", re.S)
@@ -184,7 +184,8 @@ def _stop_group(pgid: int, port: int) -> None:
             return sock.connect_ex(("127.0.0.1", port)) != 0
 
     try:
-        wait_until(closed, 30, 0.1, f"the quick start's server on port {port} to stop")
+        wait_gone(group_pids(pgid), 30, f"the quick start's server on port {port} to stop")
+        assert closed(), f"port {port} still open after the quick start's processes ended"
     finally:
         try:
             os.killpg(pgid, signal.SIGKILL)

@@ -12,6 +12,7 @@ Fixtures built on these live in conftest.py (``database_url``, ``server_settings
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -55,25 +56,92 @@ def api_routes(app: Any, prefix: str = "/api/") -> set[tuple[str, str]]:
             if m != "HEAD"}
 
 
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll ``predicate()`` until it returns a truthy value (returned) or raise after ``timeout`` s.
+class LineWaiter:
+    """The output of processes, read line by line in a thread per pipe and kept (every line, from the start):
+    a test waits on a line a process *announces* ("job X scored"), never polls for a state.
 
-    Only for the state of another process that says nothing when it changes (a job's row in the database, a
-    worker process appearing): there is no line or event to wait on, so it is polled. A process ending is
-    waited on by its pidfd (:func:`wait_gone`).
-    A server process coming up is waited on by its "listening" line (:class:`ServeProcess`), an in-thread
-    server by an event (:class:`LiveServer`)."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while time.monotonic() < deadline:
+    The threads drain each pipe to its end, so a process never blocks on a full pipe. A wait wakes at each new
+    line (a condition variable), checks every line read so far (a line that came before the wait counts), and
+    raises TimeoutError naming what it waited for, with the last lines."""
+
+    def __init__(self, copy_to: Path | None = None) -> None:
+        self.lines: list[str] = []
+        self.copy_to = copy_to
+        self._cond = threading.Condition()
+        self._open = 0  # pipes not read to their end yet
+        self._threads: list[threading.Thread] = []
+
+    def follow(self, stream: Any, tag: str = "") -> "LineWaiter":
+        """Read ``stream`` (a binary pipe) to its end in a thread; its lines are kept as ``[tag] line`` when tagged."""
+        with self._cond:
+            self._open += 1
+        t = threading.Thread(target=self._read, args=(stream, f"[{tag}] " if tag else ""), daemon=True,
+                             name=f"lines-{tag or len(self._threads)}")
+        self._threads.append(t)
+        t.start()
+        return self
+
+    def _read(self, stream: Any, prefix: str) -> None:
+        log = open(self.copy_to, "ab") if self.copy_to else None
         try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - keep polling; report the last failure
-            last_exc = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+            for raw in iter(stream.readline, b""):
+                if log:
+                    log.write(raw)
+                    log.flush()
+                with self._cond:
+                    self.lines.append(prefix + raw.decode(errors="replace").rstrip("\r\n"))
+                    self._cond.notify_all()
+        finally:
+            if log:
+                log.close()
+            with self._cond:
+                self._open -= 1
+                self._cond.notify_all()
+
+    @property
+    def ended(self) -> bool:
+        """True once every followed pipe was read to its end (every writer closed it: the processes exited)."""
+        with self._cond:
+            return self._open == 0
+
+    def wait(self, found, timeout: float, what: str):  # type: ignore[no-untyped-def]
+        """Wait until ``found(lines)`` is truthy (returned), checked at each new line; TimeoutError after ``timeout`` s,
+        RuntimeError when every pipe ended first."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                value = found(self.lines)
+                if value:
+                    return value
+                if self._open == 0 and self._threads:
+                    raise RuntimeError(f"the output ended without {what}:\n{self.tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}:\n{self.tail()}")
+                self._cond.wait(left)
+
+    def wait_line(self, pattern: str, timeout: float, what: str | None = None) -> "re.Match[str]":
+        """The first line (read so far or to come) matching the regular expression ``pattern`` (``re.search``)."""
+        rx = re.compile(pattern)
+
+        def found(lines: list[str]) -> "re.Match[str] | None":
+            return next((m for m in map(rx.search, lines) if m), None)
+
+        return self.wait(found, timeout, what or f"a line matching {pattern!r}")
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait until every pipe was read to its end; False after ``timeout`` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._open == 0, timeout)
+
+    def text(self) -> str:
+        """Every line read so far."""
+        with self._cond:
+            return "".join(line + "\n" for line in self.lines)
+
+    def tail(self, n: int = 30) -> str:
+        with self._cond:
+            return "\n".join(self.lines[-n:])
 
 
 def wait_gone(pids, timeout: float = 30.0, what: str = "the processes to end") -> None:  # type: ignore[no-untyped-def]
@@ -91,6 +159,17 @@ def wait_gone(pids, timeout: float = 30.0, what: str = "the processes to end") -
             os.close(fd)
         if not ready:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what} (pid {pid} still runs)")
+
+
+def start_worker(database_url: str, data_dir: str | os.PathLike, name: str, output: LineWaiter,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A real ``deepsift challenges worker --verbose`` (it announces each job's steps), looking at the queue every
+    0.1 s; ``output`` follows what it says, each line tagged ``[name]``."""
+    proc = subprocess.Popen([sys.executable, "-m", "deepsift", "challenges", "worker", "--database-url", database_url,
+                             "--data-dir", str(data_dir), "--poll-seconds", "0.1", "--name", name, "--verbose"],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    output.follow(proc.stdout, name)
+    return proc
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -198,43 +277,32 @@ class ServeProcess:
                     "--database-url", database_url, "--log-level", "warning", *args]
         self.log_path = Path(data_dir).parent / f"serve-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self.output: LineWaiter | None = None
 
     def start(self, timeout: float = 180) -> "ServeProcess":
         """Start the process and wait for its "listening" line (it takes connections from then on)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self._listening = False
-        self._settled = threading.Event()  # set at the listening line, or when the output ends first
-        self._output_done = threading.Event()
-        self._reader = threading.Thread(target=self._copy_output, name=f"serve-{self.port}-output", daemon=True)
-        self._reader.start()
-        if not self._settled.wait(timeout):
-            raise TimeoutError(f"deepsift serve said no listening line within {timeout:g} s: {self.log()[-2000:]}")
-        if not self._listening:  # its output ended: the process exited before it listened
-            code = self.proc.wait(30)
-            raise RuntimeError(f"deepsift serve exited ({code}) before listening: {self.log()[-2000:]}")
-        return self
-
-    def _copy_output(self) -> None:
-        """Copy the process's output (and its workers', which share it) into the log file line by line; settle
-        ``start`` at the listening line, or when the output ends (every writer exited) without one."""
         from deepsift.server.cli import LISTENING
 
-        ready = f"{LISTENING}{self.url}".encode()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.output = LineWaiter(copy_to=self.log_path).follow(self.proc.stdout)  # its workers' output too
         try:
-            with open(self.log_path, "ab") as log:
-                for line in iter(self.proc.stdout.readline, b""):  # type: ignore[union-attr]
-                    log.write(line)
-                    log.flush()
-                    if not self._listening and line.startswith(ready):
-                        self._listening = True
-                        self._settled.set()
-        finally:
-            self._output_done.set()
-            self._settled.set()
+            self.output.wait_line("^" + re.escape(f"{LISTENING}{self.url}"), timeout, "its listening line")
+        except TimeoutError:
+            raise TimeoutError(f"deepsift serve said no listening line within {timeout:g} s: {self.log()[-2000:]}") from None
+        except RuntimeError:  # its output ended: the process exited before it listened
+            code = self.proc.wait(30)
+            raise RuntimeError(f"deepsift serve exited ({code}) before listening: {self.log()[-2000:]}") from None
+        return self
+
+    def wait_line(self, pattern: str, timeout: float, what: str | None = None) -> "re.Match[str]":
+        """The first line of the output (its workers' too) matching ``pattern``: see :meth:`LineWaiter.wait_line`."""
+        assert self.output is not None, "not started"
+        return self.output.wait_line(pattern, timeout, what)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+        """Everything the process (and its workers) said so far."""
+        return self.output.text() if self.output is not None else ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -244,7 +312,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if getattr(self, "_reader", None) is not None and self._output_done.wait(15):  # every writer has exited:
+        if self.output is not None and self.output.wait_ended(15):  # every writer has exited:
             self.proc.stdout.close()  # type: ignore[union-attr]  # the log is whole
 
     def __enter__(self) -> "ServeProcess":

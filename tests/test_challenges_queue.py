@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from deepsift.challenges import queue
 from deepsift.challenges.models import Submission, SubmissionEvent
 from deepsift.server.db import Database, utcnow
 from platformkit import csv_text, good_scores, host_challenge, join, register, submit
-from serverkit import LiveServer, wait_until
+from serverkit import LineWaiter, LiveServer, start_worker
 
 
 @pytest.fixture
@@ -100,18 +99,6 @@ def test_a_job_that_keeps_killing_its_workers_fails_refunded(app, client, hosted
     assert sub["state"] == "failed" and "3 times" in sub["reason"] and not sub["counts_toward_quota"]
 
 
-def _state(db: Database, sid: str) -> str:
-    with db.session() as s:
-        return s.get(Submission, sid).state
-
-
-def _worker_proc(database_url: str, data_dir: Path, name: str, log: Path, lease: float = 2.0) -> subprocess.Popen:
-    env = {**os.environ, "DEEPSIFT_CHALLENGES_LEASE_SECONDS": str(lease)}
-    return subprocess.Popen([sys.executable, "-m", "deepsift", "challenges", "worker", "--database-url", database_url,
-                             "--data-dir", str(data_dir), "--poll-seconds", "0.1", "--name", name, "--verbose"],
-                            env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-
 def test_a_worker_killed_mid_job_is_finished_by_another_scored_once(app, client, hosted, server_settings, tmp_path):
     """Worker 1 takes the job and is stuck inside it (its input is a FIFO nobody writes yet); SIGKILL;
     worker 2 takes the job over when the lease runs out and scores it; one score, two attempts."""
@@ -123,38 +110,40 @@ def test_a_worker_killed_mid_job_is_finished_by_another_scored_once(app, client,
     real = aligned.with_name("real.npz")
     aligned.rename(real)
     os.mkfifo(aligned)  # reading it blocks: worker 1 is mid-job for as long as we like
-    url, data = server_settings.db_url, server_settings.data_dir
-    w1 = _worker_proc(url, data, "w1", tmp_path / "w1.log")
+    url, data, lease = server_settings.db_url, server_settings.data_dir, {"DEEPSIFT_CHALLENGES_LEASE_SECONDS": "2"}
+    out = LineWaiter()
+    w1 = start_worker(url, data, "w1", out, lease)
     w2 = None
     try:
-        def running_with_heartbeat() -> bool:
-            with db.session() as s:
-                sub = s.get(Submission, sid)
-                return sub.state == "running" and sub.worker == "w1" and sub.heartbeat_at > sub.started_at
-
-        wait_until(lambda: _state(db, sid) == "running", 180, 0.1, "worker 1 to take the job")
-        w2 = _worker_proc(url, data, "w2", tmp_path / "w2.log")  # starts meanwhile; the job is leased to w1
-        wait_until(running_with_heartbeat, 60, 0.1, "worker 1 to be inside the job, heartbeating")
+        out.wait_line(rf"^\[w1\] deepsift: job {sid} taken by w1 \(score, attempt 1\)", 180, "worker 1 to take the job")
+        with db.session() as s:
+            assert s.get(Submission, sid).state == "running"
+        w2 = start_worker(url, data, "w2", out, lease)  # starts meanwhile; the job is leased to w1
+        out.wait_line(rf"^\[w1\] deepsift: job {sid}: heartbeat by w1", 60, "worker 1 to heartbeat inside the job")
+        with db.session() as s:
+            sub = s.get(Submission, sid)
+            assert sub.state == "running" and sub.worker == "w1" and sub.heartbeat_at > sub.started_at
         w1.send_signal(signal.SIGKILL)
         w1.wait(10)
         os.replace(real, aligned)  # the input is fine again; only the worker died
-
-        def scored() -> bool:
-            with db.session() as s:
-                return s.get(Submission, sid).state == "scored"
-
-        wait_until(scored, 180, 0.1, "worker 2 to score the job")
+        out.wait_line(rf"^\[w2\] deepsift: job {sid} scored by w2", 180, "worker 2 to score the job")
     finally:
         for p in (w1, w2):
             if p is not None and p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(20)
+    assert out.wait_ended(30), "a worker's output stayed open"
+    assert f"[w2] deepsift: job {sid} taken by w2 (score, attempt 2)" in out.lines, out.tail()
     with db.session() as s:
         sub = s.get(Submission, sid)
-        assert sub.attempts == 2 and sub.worker == "w2" and sub.public_score == pytest.approx(1.0)
+        assert sub.state == "scored" and sub.attempts == 2 and sub.worker == "w2" and sub.public_score == pytest.approx(1.0)
     ev = _events(db, sid)
     assert [st for st, _ in ev].count("scored") == 1
     assert [w for st, w in ev if st == "running"] == ["w1", "w2"]
+
+
+SCORED = re.compile(r"deepsift: job (\S+) (?:scored by|taken by \S+ \(intervals)")
+"""A worker's line saying that a job is scored: it scored it, or it took it over for the intervals."""
 
 
 def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, tmp_path):
@@ -175,8 +164,11 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
     users = [join(c, hosted.slug, register(c, f"user{i}"), f"Team {i}") for i in range(3)]
     preds = tmp_path / "p.csv"
     preds.write_text(csv_text(good_scores(hosted, 0.2)))
-    workers = [_worker_proc(pg_server.url, data, f"w{i}", tmp_path / f"w{i}.log", lease=3) for i in range(2)]
+    out = LineWaiter()
+    workers = [start_worker(pg_server.url, data, f"w{i}", out, {"DEEPSIFT_CHALLENGES_LEASE_SECONDS": "3"})
+               for i in range(2)]
     accepted: list[str] = []
+    more = threading.Condition()  # notified at each accepted submission
     errors: list[str] = []
     stop = threading.Event()
     with LiveServer(app) as srv:
@@ -184,7 +176,10 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
             with Client(srv.url, p.token, retries=12) as cl:
                 while not stop.is_set():
                     try:
-                        accepted.append(cl.submit(hosted.slug, "dev", preds)["id"])
+                        sid = cl.submit(hosted.slug, "dev", preds)["id"]
+                        with more:
+                            accepted.append(sid)
+                            more.notify_all()
                         cl.leaderboard(hosted.slug, "dev")
                     except Exception as exc:  # noqa: BLE001 - recorded, asserted below
                         errors.append(repr(exc))
@@ -193,22 +188,26 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
         threads = [threading.Thread(target=client_loop, args=(u,)) for u in users]
         for t in threads:
             t.start()
-        wait_until(lambda: len(accepted) >= 6, 180, 0.1, "submissions before the restart")
+        with more:
+            assert more.wait_for(lambda: len(accepted) >= 6, 180), "no 6 submissions before the restart"
         pg_server.restart()  # immediate stop (like a crash), then start
-        n_before = len(accepted)
-        wait_until(lambda: len(accepted) >= n_before + 6, 180, 0.2, "submissions after the restart")
+        with more:
+            n_before = len(accepted)
+            assert more.wait_for(lambda: len(accepted) >= n_before + 6, 180), "no 6 submissions after the restart"
         stop.set()
         for t in threads:
             t.join(60)
         assert httpx.get(srv.url + "/healthz").status_code == 200
         db = Database(pg_server.url)
         try:
-            def all_scored() -> bool:
-                with db.session() as s:
-                    states = dict(s.execute(select(Submission.id, Submission.state)).all())
-                return set(states) == set(accepted) and set(states.values()) == {"scored"}
+            def all_scored(lines: list[str]) -> bool:  # a job taken for its intervals was scored (its scoring
+                done = {m[1] for m in map(SCORED.search, lines) if m}  # worker may have lost its answer to the restart)
+                return done >= set(accepted)
 
-            wait_until(all_scored, 240, 0.5, "every accepted submission to be scored")
+            out.wait(all_scored, 240, "every accepted submission to be scored")
+            with db.session() as s:
+                states = dict(s.execute(select(Submission.id, Submission.state)).all())
+            assert set(states) == set(accepted) and set(states.values()) == {"scored"}, states
             with db.session() as s:
                 scored_events = s.scalars(select(SubmissionEvent.submission_id).where(
                     SubmissionEvent.state == "scored")).all()

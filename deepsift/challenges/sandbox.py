@@ -23,6 +23,7 @@ import ctypes
 import dataclasses
 import io
 import json
+import logging
 import os
 import resource
 import select
@@ -46,6 +47,7 @@ __all__ = ["CHILD", "Confinement", "LIMIT_FAILURES", "ModelRunError", "Preproces
            "confinement_available", "failure_of", "parse_preprocessing", "preprocess", "run_model"]
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
+log = logging.getLogger("deepsift.challenges.sandbox")
 _CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
 _PR_SET_PDEATHSIG = 1
@@ -302,6 +304,7 @@ def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Co
     with tempfile.TemporaryDirectory(prefix="deepsift-model-") as workdir:
         os.chmod(workdir, 0o555)
         proc = _start(child, workdir=workdir)
+        log.info("model process %d started", proc.pid)
         batch = 0
         try:
             _write(proc, json.dumps({"model_bytes": len(data), "threads": conf.threads}).encode() + b"\n", dl)
@@ -313,6 +316,8 @@ def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Co
                 batch = len(pixels)
                 _write(proc, struct.pack(">5Q", pixels.nbytes, *pixels.shape), dl)
                 _write(proc, memoryview(pixels).cast("B"), dl)
+                if start == 0:
+                    log.info("model process %d loaded the model and runs it on its first batch (%d images)", proc.pid, batch)
                 size = _answer(proc, dl, conf, plan, batch)
                 if size > _max_output(batch):
                     raise ModelRunError(RunFailure.WRONG_OUTPUT_SHAPE, batch=batch)

@@ -74,8 +74,8 @@ def _info(db: Database, storage: Storage, sid: str) -> JobInfo:
 class Heartbeat:
     """Renews a job's lease in a background thread until stopped; ``lost`` once the lease is gone."""
 
-    def __init__(self, db: Database, job: queue.Job, lease_s: float) -> None:
-        self.db, self.job, self.lease_s = db, job, lease_s
+    def __init__(self, db: Database, job: queue.Job, lease_s: float, worker: str = "") -> None:
+        self.db, self.job, self.lease_s, self.worker = db, job, lease_s, worker
         self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job.submission_id}", daemon=True)
@@ -85,7 +85,10 @@ class Heartbeat:
             try:
                 if not queue.heartbeat(self.db, self.job, self.lease_s):
                     self.lost = True
+                    log.warning("job %s: lease lost (taken over by another worker)", self.job.submission_id)
                     return
+                log.info("job %s: heartbeat by %s, lease renewed for %g s", self.job.submission_id, self.worker,
+                         self.lease_s)
             except DBAPIError as exc:  # the database is away: keep trying, the lease may survive it
                 log.warning("heartbeat of %s failed: %s", self.job.submission_id, str(exc).splitlines()[0])
 
@@ -153,8 +156,9 @@ class Worker:
 
     def handle(self, job: queue.Job) -> None:
         """Run one job to its end (scored + intervals, or failed with the reason)."""
-        log.info("job %s (%s, attempt %d)", job.submission_id, job.stage, job.attempts)
-        with Heartbeat(self.db, job, self.settings.lease_seconds) as hb:
+        sid = job.submission_id
+        log.info("job %s taken by %s (%s, attempt %d)", sid, self.name, job.stage, job.attempts)
+        with Heartbeat(self.db, job, self.settings.lease_seconds, self.name) as hb:
             try:
                 info = _info(self.db, self.storage, job.submission_id)
                 key = load_key(info.key_folder)
@@ -163,22 +167,33 @@ class Worker:
                     result = scoring.score(key, scores, labels, threshold=info.threshold,
                                            ranking_metric=info.ranking_metric,
                                            train_generators=info.train_generators, rank_on=info.rank_on)
-                    if hb.lost or not queue.finish(self.db, job, result, scoring.ranking_value(result, "public"),
-                                                   scoring.ranking_value(result, "private"), keep_lease=True):
-                        log.warning("job %s: lease lost, result dropped", job.submission_id)
+                    public = scoring.ranking_value(result, "public")
+                    if hb.lost or not queue.finish(self.db, job, result, public, scoring.ranking_value(result, "private"),
+                                                   keep_lease=True):
+                        log.warning("job %s: lease lost, result dropped", sid)
                         return
+                    log.info("job %s scored by %s (public %s %s)", sid, self.name, info.ranking_metric, public)
                 else:
                     scores, labels = load_aligned(info.folder / ALIGNED_FILE)
                     result = self._current_scores(job.submission_id)
                 result = scoring.complete(result, key, scores, labels, resamples=info.bootstrap)
-                queue.set_intervals(self.db, job, result)
+                if queue.set_intervals(self.db, job, result):
+                    log.info("job %s intervals done by %s", sid, self.name)
+                else:
+                    log.warning("job %s: lease lost, intervals dropped", sid)
             except (ModelRunError, DeepsiftError) as exc:
-                queue.fail(self.db, job, str(exc))
+                self._fail(job, str(exc))
             except DBAPIError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug: fail this job with the reason, keep the worker
-                log.exception("job %s crashed", job.submission_id)
-                queue.fail(self.db, job, f"internal error while scoring ({type(exc).__name__}: {exc})")
+                log.exception("job %s crashed", sid)
+                self._fail(job, f"internal error while scoring ({type(exc).__name__}: {exc})")
+
+    def _fail(self, job: queue.Job, reason: str) -> None:
+        if queue.fail(self.db, job, reason):
+            log.info("job %s failed by %s: %s", job.submission_id, self.name, reason.splitlines()[0] if reason else "")
+        else:
+            log.warning("job %s: lease lost, failure dropped", job.submission_id)
 
     def _scores(self, info: JobInfo, key: Any, hb: Heartbeat) -> tuple[np.ndarray, np.ndarray | None]:
         if info.kind == "predictions":

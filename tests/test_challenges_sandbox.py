@@ -24,7 +24,7 @@ from deepsift.challenges.preprocessing import RUNTIME_BASE_MB, plan_batches
 from deepsift.challenges.runfailures import LIMIT_FAILURES, ModelRunError, RunFailure, failure_of
 from deepsift.challenges.sandbox import Confinement, parse_preprocessing, run_model
 from platformkit import host_challenge, join, make_folders, register
-from serverkit import child_pids, cmdline, wait_until
+from serverkit import LineWaiter, child_pids, cmdline, start_worker
 from test_challenges_models import SIZE, SPEC, detector_model, slow_model
 
 MIB = 1 << 20
@@ -292,14 +292,6 @@ def test_a_large_spec_streams_batches_under_the_cap(tmp_path):
 
 
 # -- 6: a model process dies with its worker --------------------------------------------------------
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_model_process_dies_with_its_worker(app, client, server_settings, tmp_path):
     """kill -9 of a real `deepsift challenges worker` mid-run: its looping model is gone within a second."""
@@ -309,21 +301,14 @@ def test_the_model_process_dies_with_its_worker(app, client, server_settings, tm
                     files={"file": ("slow.onnx", slow_model(tmp_path / "slow.onnx").read_bytes())},
                     data={"kind": "model", "preprocessing": SPEC}, headers=alice.auth)
     assert r.status_code == 201, r.text
-    env = {**os.environ, "DEEPSIFT_CHALLENGES_ALLOW_UNCONFINED_MODELS": "true"}
-    worker = subprocess.Popen([sys.executable, "-m", "deepsift", "challenges", "worker", "--database-url",
-                               server_settings.db_url, "--data-dir", str(server_settings.data_dir),
-                               "--poll-seconds", "0.1", "--name", "w1"], env=env,
-                              stdout=open(tmp_path / "w1.log", "ab"), stderr=subprocess.STDOUT)
-    child = None
+    out = LineWaiter()
+    worker = start_worker(server_settings.db_url, str(server_settings.data_dir), "w1", out,
+                          {"DEEPSIFT_CHALLENGES_ALLOW_UNCONFINED_MODELS": "true"})
     try:
-        def model_running() -> bool:
-            nonlocal child
-            kids = [k for k in child_pids(worker.pid) if b"sandbox_child" in cmdline(k)]
-            child = kids[0] if kids else None
-            return child is not None and _cpu_seconds(child) > 1.5  # loaded, and inside the endless loop
-
-        wait_until(model_running, 120, 0.1, "the worker to run the looping model")
-        assert child is not None
+        said = out.wait_line(r"deepsift: model process (\d+) loaded the model and runs it on its first batch", 120,
+                             "the worker to run the looping model")
+        child = int(said[1])
+        assert child in child_pids(worker.pid) and b"sandbox_child" in cmdline(child), out.tail()
         pidfd = os.pidfd_open(child)
         try:
             worker.send_signal(signal.SIGKILL)

@@ -155,7 +155,7 @@ def test_deepsift_serve_alone_scores_submissions(tmp_path):
     from deepsift.server.migrate import upgrade
     from deepsift.server.storage import Storage
     from platformkit import spec_dict
-    from serverkit import ServeProcess, wait_gone, wait_until
+    from serverkit import ServeProcess, wait_gone
 
     url, data = f"sqlite:///{tmp_path / 'alone.db'}", tmp_path / "data"
     db = Database(url)
@@ -168,7 +168,7 @@ def test_deepsift_serve_alone_scores_submissions(tmp_path):
     service.import_testset(db, Storage(data / "storage"), "alone", "dev",
                            collect(TestSetSpec(source="labels", labels=str(key))))
     db.dispose()
-    with ServeProcess(url, data, scoring_workers=1) as srv:
+    with ServeProcess(url, data, scoring_workers=1, args=("--verbose",)) as srv:  # its worker announces each job
         c = httpx.Client(base_url=srv.url, timeout=60)
         c.post("/api/auth/register", json={"username": "solo", "password": "solo-password"})
         tok = c.post("/api/auth/token", json={"username": "solo", "password": "solo-password"}).json()["token"]
@@ -176,9 +176,9 @@ def test_deepsift_serve_alone_scores_submissions(tmp_path):
         c.post("/api/challenges/alone/teams", json={"name": "Solo"})
         sid = c.post("/api/challenges/alone/phases/dev/submissions",
                      files={"file": ("p.csv", "id,score\n" + "".join(f"i{k},{k % 2}\n" for k in range(20)))}).json()["id"]
-        wait_until(lambda: c.get(f"/api/submissions/{sid}").json()["state"] == "scored", 180, 0.2,
-                   "the submission to be scored by serve's own worker")
-        assert c.get(f"/api/submissions/{sid}").json()["events"][1]["worker"] == "serve-0"
+        srv.wait_line(rf"^deepsift: job {sid} scored by serve-0 ", 180, "the submission to be scored by serve's own worker")
+        sub = c.get(f"/api/submissions/{sid}").json()
+        assert sub["state"] == "scored" and sub["events"][1]["worker"] == "serve-0", sub
         workers = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(p) == srv.proc.pid]
         assert len(workers) == 1
         # serving and scoring predictions need numpy and the evaluate metrics, never torch

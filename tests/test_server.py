@@ -19,7 +19,7 @@ from deepsift.server.migrate import current, heads, upgrade
 from deepsift.server.security import (RateLimiter, SharedRateLimiter, csrf_ok, csrf_token_for, hash_password, hash_token, new_token,
                                       verify_password)
 from deepsift.server.storage import ArchiveLimits, Storage, archive_members, extract_archive
-from serverkit import LiveServer, ServeProcess, child_pids, cmdline, make_settings, wait_until
+from serverkit import LiveServer, ServeProcess, child_pids, cmdline, make_settings
 
 import example_domain.domain as notes_domain
 
@@ -392,8 +392,10 @@ def test_the_worker_serve_starts_reads_the_database_url_from_its_environment(pg_
     pg_server.reset_database()
     url = pg_server.url.replace("postgres@", "postgres:not-in-argv-pw@")  # the test cluster trusts; the URL has one
     with ServeProcess(url, tmp_path / "data", scoring_workers=1) as srv:
-        [worker] = wait_until(lambda: [k for k in child_pids(srv.proc.pid) if b"challenges\0worker" in cmdline(k)],
-                              60, what="the scoring worker serve starts")
+        said = srv.wait_line(r"^deepsift: started `deepsift challenges worker .*` \(pid (\d+)\)$", 60,
+                             "the scoring worker serve starts")
+        worker = int(said[1])
+        assert [k for k in child_pids(srv.proc.pid) if b"challenges\0worker" in cmdline(k)] == [worker]
         argv = cmdline(worker)
         assert b"not-in-argv-pw" not in argv and b"--database-url" not in argv, argv
         assert f"DEEPSIFT_DATABASE_URL={url}".encode() in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")

@@ -289,7 +289,8 @@ class ServeProcess:
         try:
             self.output.wait_line("^" + re.escape(f"{LISTENING}{self.url}"), timeout, "its listening line")
         except TimeoutError:
-            raise TimeoutError(f"deepsift serve said no listening line within {timeout:g} s: {self.log()[-2000:]}") from None
+            raise TimeoutError(f"deepsift serve said no listening line within {timeout:g} s: "
+                               f"{self.log()[-2000:]}") from None
         except RuntimeError:  # its output ended: the process exited before it listened
             code = self.proc.wait(30)
             raise RuntimeError(f"deepsift serve exited ({code}) before listening: {self.log()[-2000:]}") from None

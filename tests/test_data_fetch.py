@@ -281,12 +281,13 @@ def test_status_lines_survive_a_kill_9_of_fetch_real(tmp_path):
     from deepsift.cli import main
 
     n_served, concurrency, n_records = 6, 4, 14
-    lock, held = threading.Lock(), [0]
+    more_held, held = threading.Condition(), [0]
 
     with LocalServer({}) as srv:
         def held_image():  # answers only once released: the killed run's workers wait here
-            with lock:
+            with more_held:
                 held[0] += 1
+                more_held.notify_all()
             srv.release.wait(30)
             return 200, "image/jpeg", GOOD
 
@@ -301,13 +302,13 @@ def test_status_lines_survive_a_kill_9_of_fetch_real(tmp_path):
             proc = subprocess.Popen([sys.executable, "-m", "deepsift", *args], stdout=subprocess.DEVNULL, stderr=err,
                                     env={**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"})
         try:
-            # wait until the served images are stored and every worker sits in a held request
-            # (so each stored image's line has been handed to the status file), then kill -9
-            deadline, tick = time.monotonic() + 60, threading.Event()
-            while not (len(list(out.glob("*.jpg"))) == n_served and held[0] == concurrency):
-                assert proc.poll() is None, (tmp_path / "stderr.txt").read_text()
-                assert time.monotonic() < deadline, f"only {len(list(out.glob('*.jpg')))} images, {held[0]} held"
-                tick.wait(0.02)
+            # wait until every worker sits in a held request: a worker asks for its next image only once its
+            # last one is stored and that image's line handed to the status file, so the served images are
+            # all on disk by then; then kill -9
+            with more_held:
+                assert more_held.wait_for(lambda: held[0] == concurrency, 60), \
+                    (f"{held[0]} held", proc.poll(), (tmp_path / "stderr.txt").read_text())
+            assert len(list(out.glob("*.jpg"))) == n_served
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)

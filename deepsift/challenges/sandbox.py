@@ -317,7 +317,8 @@ def run_model(model: Path, images: Sequence[Path], spec: Preprocessing, conf: Co
                 _write(proc, struct.pack(">5Q", pixels.nbytes, *pixels.shape), dl)
                 _write(proc, memoryview(pixels).cast("B"), dl)
                 if start == 0:
-                    log.info("model process %d loaded the model and runs it on its first batch (%d images)", proc.pid, batch)
+                    log.info("model process %d loaded the model and runs it on its first batch (%d images)",
+                             proc.pid, batch)
                 size = _answer(proc, dl, conf, plan, batch)
                 if size > _max_output(batch):
                     raise ModelRunError(RunFailure.WRONG_OUTPUT_SHAPE, batch=batch)

@@ -167,9 +167,8 @@ class Worker:
                     result = scoring.score(key, scores, labels, threshold=info.threshold,
                                            ranking_metric=info.ranking_metric,
                                            train_generators=info.train_generators, rank_on=info.rank_on)
-                    public = scoring.ranking_value(result, "public")
-                    if hb.lost or not queue.finish(self.db, job, result, public, scoring.ranking_value(result, "private"),
-                                                   keep_lease=True):
+                    public, private = scoring.ranking_value(result, "public"), scoring.ranking_value(result, "private")
+                    if hb.lost or not queue.finish(self.db, job, result, public, private, keep_lease=True):
                         log.warning("job %s: lease lost, result dropped", sid)
                         return
                     log.info("job %s scored by %s (public %s %s)", sid, self.name, info.ranking_metric, public)

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,6 +17,7 @@ from PIL import Image
 
 from deepsift.cli import main
 from deepsift.output import PARTIAL_SUFFIX, open_rows, printable
+from waitkit import FolderWatch
 
 ODD = os.fsdecode(b"caf\xe9-\xff.png")  # not UTF-8: arrives from the file system as surrogate escapes
 ESCAPED = "caf\\xe9-\\xff.png"
@@ -122,6 +122,7 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
     """
     stdout_path = many[0].parent.parent / f"stdout-{fmt}-{int(sig)}-{'file' if out else 'stdout'}.txt"
     args = ["--out", str(out)] if out is not None else []
+    watch = FolderWatch(stdout_path.parent if out is None else out.parent)
     with open(stdout_path, "wb") as stdout:
         proc = subprocess.Popen([sys.executable, "-m", "deepsift", "detect", "-", "--model", str(code_model_dir),
                                  "--heads", str(heads), "--format", fmt, *args, "--batch-size", "1",
@@ -135,22 +136,24 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
         proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN]))
         proc.stdin.flush()
         lines_wanted = N_WRITTEN + (1 if fmt == "csv" else 0) + (1 if fmt == "json" else 0)
-        deadline, tick = time.monotonic() + 240, threading.Event()
-        while True:
+
+        def rows_written() -> bool:
             if out is None:
                 written = stdout_path.read_bytes()
             else:
                 tmp = [p for p in out.parent.iterdir()
                        if p.name.startswith(f".{out.name}.") and p.name.endswith(".tmp")]
                 written = tmp[0].read_bytes() if tmp else b""
-            if written.count(b"\n") >= lines_wanted:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "detect wrote no rows in time"
-            tick.wait(0.05)
+            return written.count(b"\n") >= lines_wanted
+
+        try:  # woken by each write to the folder of the rows (inotify), or by detect ending
+            watch.wait(rows_written, 240, f"detect to write {N_WRITTEN} rows", pid=proc.pid)
+        except RuntimeError:
+            raise AssertionError(proc.stderr.read().decode()) from None
         proc.send_signal(sig)
         proc.wait(120)
     finally:
+        watch.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -47,7 +47,11 @@ __all__ = ["CHILD", "Confinement", "LIMIT_FAILURES", "ModelRunError", "Preproces
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 _CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+# a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
+# ptrace-read (itself), without /proc's system files; an older kernel refuses these option values outright,
+# so the host's /proc is never changed
+PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
 HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev/shm", "/home", "/root", "/opt", "/srv", "/mnt", "/media",
                "/boot")
@@ -57,7 +61,7 @@ WORKDIR = "/tmp/deepsift-model"  # the confined child's working directory: empty
 FAILED = 1 << 63
 _CHILD_CODES = {1: RunFailure.INVALID_MODEL, 2: RunFailure.WRONG_INPUTS, 3: RunFailure.MEMORY_LIMIT,
                 4: RunFailure.CRASH, 5: RunFailure.WRONG_OUTPUT_TYPE}
-_SETUP_EXIT_CODES = range(71, 77)
+_SETUP_EXIT_CODES = range(71, 79)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,12 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
             os.close(fd)
         if os.path.realpath("/tmp") not in hidden:
             os._exit(75)
+        # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace
+        if libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0:
+            os._exit(77)
+        # sysfs mounted from the new network namespace: its devices only (lo); no cgroup tree under it
+        if libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
+            os._exit(78)
         try:  # an empty folder in the private /tmp, owned by root: nothing to read or write relative to it
             os.mkdir(WORKDIR, 0o555)
         except OSError:

@@ -46,16 +46,22 @@ __all__ = ["CHILD", "Confinement", "LIMIT_FAILURES", "ModelRunError", "Preproces
            "confinement_available", "failure_of", "parse_preprocessing", "preprocess", "run_model"]
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
-_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWNET = (0x00020000, 0x02000000, 0x04000000,
+                                                                          0x08000000, 0x40000000)
+# network: nothing reachable; mounts: the views below; UTS: its own hostname; IPC: none of the host's shared memory
+# segments, semaphores or message queues; cgroup: its /proc/self/cgroup shows "/", not the worker's service path
+_NAMESPACES = _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWCGROUP
+HOSTNAME = "deepsift-model"
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 # a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
 # ptrace-read (itself), without /proc's system files; an older kernel refuses these option values outright,
 # so the host's /proc is never changed
 PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
-HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev/shm", "/home", "/root", "/opt", "/srv", "/mnt", "/media",
-               "/boot")
-KEEP_FILES = ("/etc/ld.so.cache",)  # bound back into the hidden /etc: the dynamic loader's library index
+HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
+DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the only device nodes in its /dev (no disk, GPU, tty)
+# bound back into the hidden folders: the dynamic loader's library index, the harmless device nodes
+KEEP_FILES = ("/etc/ld.so.cache", *(f"/dev/{name}" for name in DEV_NODES))
 WORKDIR = "/tmp/deepsift-model"  # the confined child's working directory: empty, not writable (inside /tmp's tmpfs)
 # the child's answer frames: a length, or FAILED | code (sandbox_child.py writes the same codes)
 FAILED = 1 << 63
@@ -86,7 +92,7 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
     """In the child between fork and exec: namespaces, mounts, identity, limits (no Python left after)."""
     os.setsid()
     if confine:
-        if libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) != 0:
+        if libc.unshare(_NAMESPACES) != 0 or libc.sethostname(HOSTNAME.encode(), len(HOSTNAME)) != 0:
             os._exit(71)
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             os._exit(72)

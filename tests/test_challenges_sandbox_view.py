@@ -1,5 +1,5 @@
 """What a confined model process can see of the machine: no other process, none of the host's network devices,
-cgroups, device nodes, hostname or IPC objects, no inherited descriptor."""
+cgroups, device nodes, hostname or IPC objects, no inherited descriptor or environment variable."""
 from __future__ import annotations
 
 import ctypes
@@ -46,6 +46,7 @@ def is_open(fd):
         return False
 out["fds"] = [fd for fd in range(64) if is_open(fd)]
 out["hostname"] = socket.gethostname()
+out["env"] = sorted(os.environ)
 out["shm"] = ctypes.CDLL(None).shmget(%(shm_key)d, 0, 0)  # -1: no such segment in its IPC namespace
 sys.stdout.write(json.dumps(out))
 """
@@ -115,17 +116,20 @@ def test_the_confined_child_has_its_own_hostname_and_ipc(seen):
     assert seen["shm"] == -1  # the host's world-readable segment does not exist for it
 
 
-def test_the_confined_child_inherits_no_descriptor(seen):
+def test_the_confined_child_inherits_no_descriptor_nor_environment(seen):
     assert seen["fds"] == [0, 1, 2]
+    assert seen["env"] == ["LANG", "OMP_NUM_THREADS", "PATH"]
 
 
-def test_a_refused_proc_mount_fails_closed_and_leaves_the_hosts_proc_alone(tmp_path, monkeypatch):
-    """A kernel that refuses the fresh /proc (older than 5.8) refuses the run: no model runs with the host's /proc."""
+@pytest.mark.parametrize("options", [b"hidepid=no-such-value",  # refused, as kernels 5.3-5.7 refuse ours
+                                     b"hidepid=invisible"])  # mounted with /proc's system files, as if ignored
+def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone(tmp_path, monkeypatch, options):
+    """A kernel older than 5.8 cannot give the child its own /proc: the run is refused, never run with the host's."""
     def proc_mount() -> list[str]:
         return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if " /proc " in line]
 
     before = proc_mount()
-    monkeypatch.setattr(sandbox, "PROC_OPTIONS", b"hidepid=no-such-value")  # what an old kernel says to ours
+    monkeypatch.setattr(sandbox, "PROC_OPTIONS", options)
     images = sorted(make_folders(tmp_path / "imgs", n=1).rglob("*.*"))
     spec = parse_preprocessing({"input_size": 32, "crop": "stretch", "output": "score", "batch_size": 4})
     with pytest.raises(ModelRunError) as exc:

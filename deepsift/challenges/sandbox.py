@@ -5,14 +5,22 @@ The worker (trusted code) decodes and preprocesses the images per the submission
 model. The child never sees a path, a file name or a label. Before it starts, the model is refused
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
 child gets, before it starts Python: its own network namespace (no interface up: nothing
-reachable), its own mount namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``,
-``/opt``, ``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself
-needs, and the loader's ``/etc/ld.so.cache``, is bound back), an empty working directory it cannot
-write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean environment, rlimits (address space = the phase's memory limit less the worker's
+reachable), UTS (hostname ``deepsift-model``), IPC (none of the host's shared memory, semaphores or
+message queues) and cgroup namespaces (its ``/proc/self/cgroup`` says ``/``), its own mount
+namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``, ``/dev``, ``/opt``,
+``/home``, ``/root``... and the server's data folder (what Python itself needs, the loader's
+``/etc/ld.so.cache`` and ``/dev/null``, ``zero``, ``full``, ``random``, ``urandom`` are bound back),
+a fresh ``/proc`` (``hidepid=invisible,subset=pid``: no other process, no system file; mounting it
+fails closed on a kernel older than 5.8, whose ``/proc`` options are shared with the host's) and a
+fresh read-only ``/sys`` (its network namespace's devices only, no cgroup tree), an empty working
+directory it cannot write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean
+environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
-and death with its parent (set after the user switch, which clears it). A wall-clock deadline
-bounds the whole run. Not root: refused unless ``allow_unconfined`` (then only the rlimits, an empty
-temporary working directory, the clean environment and the deadline apply).
+and death with its parent (set after the user switch, which clears it). The child makes itself
+non-dumpable first thing, so another model running as the same user can neither see it nor read its
+memory. A wall-clock deadline bounds the whole run. Not root: refused unless ``allow_unconfined``
+(then only the rlimits, an empty temporary working directory, the clean environment and the
+deadline apply).
 
 Failures are a :class:`ModelRunError` of one :class:`RunFailure` kind whose fixed reason is shown to
 the participant; the child reports only a failure code (its stderr is discarded), never text.
@@ -54,8 +62,8 @@ _NAMESPACES = _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CL
 HOSTNAME = "deepsift-model"
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 # a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
-# ptrace-read (itself), without /proc's system files; an older kernel refuses these option values outright,
-# so the host's /proc is never changed
+# ptrace-read (itself), without /proc's system files; kernels 5.3-5.7 (which would apply a new mount's options
+# to the host's /proc) refuse these values outright, older ones may ignore them (checked after the mount)
 PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
 HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
@@ -115,8 +123,11 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
             os.close(fd)
         if os.path.realpath("/tmp") not in hidden:
             os._exit(75)
-        # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace
-        if libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0:
+        # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace;
+        # older kernels share one /proc per pid namespace and may ignore a second mount's options: a system file
+        # still there means no subset=pid, so no hidepid either: refused
+        if (libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0
+                or os.path.exists("/proc/cpuinfo")):
             os._exit(77)
         # sysfs mounted from the new network namespace: its devices only (lo); no cgroup tree under it
         if libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:

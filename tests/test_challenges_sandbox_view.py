@@ -19,7 +19,7 @@ from test_challenges_sandbox import mean_model
 
 pytestmark = pytest.mark.skipif(not sandbox.confinement_available(),
                                 reason="confinement needs root (CI runs as root)")
-IPC_CREAT, IPC_RMID = 0o1000, 0
+IPC_CREAT, IPC_EXCL, IPC_RMID = 0o1000, 0o2000, 0
 
 PROBE = """
 import ctypes, json, os, socket, sys
@@ -69,7 +69,7 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("view")
     libc = ctypes.CDLL(None, use_errno=True)
     key = int.from_bytes(os.urandom(3), "big") + 1
-    shm = libc.shmget(key, 4096, IPC_CREAT | 0o666)
+    shm = libc.shmget(key, 4096, IPC_CREAT | IPC_EXCL | 0o666)  # a new one: never removes a host segment
     assert shm >= 0, os.strerror(ctypes.get_errno())
     other = _loaded_model_child(tmp)
     try:

@@ -5,7 +5,8 @@ imports nothing of deepsift: only numpy and onnxruntime. It never opens a file o
 the time it starts it has no network, no way to see the server's files or other processes, an empty
 working directory, and rlimits on memory, CPU time and file writes. Its first act makes it
 non-dumpable, so that another process of the same user (another team's model) can neither see it in
-its /proc (``hidepid``) nor read its memory: the model and the hidden images' pixels. Protocol (big-endian 8-byte integers):
+its /proc (``hidepid``) nor read its memory: the model and the hidden images' pixels.
+Protocol (big-endian 8-byte integers):
 
     stdin : header JSON line, model bytes, then per batch <nbytes><4 dims><float32 pixels>, then <0>
     stdout: <0> once the model is loaded, then per batch <len><npy float32 model output>;
@@ -53,6 +54,7 @@ def _is_memory(exc):
 
 
 def _undumpable():
+    """Not dumpable: its /proc entries and memory only for root (a failure here is a crash, never a weaker run)."""
     import ctypes
 
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:

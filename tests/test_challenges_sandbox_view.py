@@ -134,5 +134,5 @@ def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone
     spec = parse_preprocessing({"input_size": 32, "crop": "stretch", "output": "score", "batch_size": 4})
     with pytest.raises(ModelRunError) as exc:
         run_model(mean_model(tmp_path / "m.onnx"), images, spec, Confinement(memory_mb=1024, time_limit_s=30))
-    assert exc.value.kind is RunFailure.SANDBOX_UNAVAILABLE
+    assert exc.value.kind is RunFailure.SANDBOX_UNAVAILABLE and "its own /proc" in str(exc.value)  # the host's clue
     assert proc_mount() == before

@@ -76,6 +76,8 @@ FAILED = 1 << 63
 _CHILD_CODES = {1: RunFailure.INVALID_MODEL, 2: RunFailure.WRONG_INPUTS, 3: RunFailure.MEMORY_LIMIT,
                 4: RunFailure.CRASH, 5: RunFailure.WRONG_OUTPUT_TYPE}
 _SETUP_EXIT_CODES = range(71, 79)
+_NO_OWN_PROC = 77  # the setup exit code of a /proc that could not be the child's own
+NO_OWN_PROC = "this worker's kernel cannot give the model its own /proc (Linux 5.8 or newer is needed)"
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
         # still there means no subset=pid, so no hidepid either: refused
         if (libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0
                 or os.path.exists("/proc/cpuinfo")):
-            os._exit(77)
+            os._exit(_NO_OWN_PROC)
         # sysfs mounted from the new network namespace: its devices only (lo); no cgroup tree under it
         if libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
             os._exit(78)
@@ -301,7 +303,7 @@ def _child_died(proc: subprocess.Popen, conf: Confinement, plan: BatchPlan, batc
         return _failure(_CHILD_CODES.get(struct.unpack(">Q", rest)[0] & ~FAILED, RunFailure.CRASH), conf, plan, batch)
     rc = proc.returncode
     if rc in _SETUP_EXIT_CODES:
-        return ModelRunError(RunFailure.SANDBOX_UNAVAILABLE)
+        return ModelRunError(RunFailure.SANDBOX_UNAVAILABLE, NO_OWN_PROC if rc == _NO_OWN_PROC else None)
     if rc is not None and rc < 0:
         if -rc == signal.SIGXCPU:
             return _failure(RunFailure.TIME_LIMIT, conf, plan, batch)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import socket
 import struct
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,35 @@ def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone
         run_model(mean_model(tmp_path / "m.onnx"), images, spec, Confinement(memory_mb=1024, time_limit_s=30))
     assert exc.value.kind is RunFailure.SANDBOX_UNAVAILABLE and "its own /proc" in str(exc.value)  # the host's clue
     assert proc_mount() == before
+
+
+def test_a_top_level_folder_of_the_host_is_hidden_too(tmp_path):
+    """Not only the usual ones (/etc, /srv, /opt...): a deployment's own folder at the root (/app with its .env, say)
+    shows empty, a file at the root reads empty; the system folders stay."""
+    plant = Path(tempfile.mkdtemp(dir="/", prefix="deepsift-app-"))
+    fd, loose = tempfile.mkstemp(dir="/", prefix="deepsift-app-", suffix=".env")
+    os.write(fd, b"DATABASE_URL=postgresql://app:secret@db/y")
+    os.close(fd)
+    os.chmod(loose, 0o644)
+    try:
+        plant.chmod(0o755)
+        (plant / "app.env").write_text("DATABASE_URL=postgresql://app:secret@db/x")
+        (plant / "app.env").chmod(0o644)  # readable by anyone, as a careless deployment leaves it
+        probe = tmp_path / "probe" / "probe.py"
+        probe.parent.mkdir()
+        probe.write_text("import json, os, sys\n"
+                         f"p = {str(plant)!r}\n"
+                         "out = {'entries': os.listdir(p) if os.path.isdir(p) else None, 'usr': os.listdir('/usr')}\n"
+                         f"out['loose'] = open({loose!r}).read() if os.path.exists({loose!r}) else ''\n"
+                         "sys.stdout.write(json.dumps(out))\n")
+        probe.chmod(0o644)
+        probe.parent.chmod(0o755)
+        proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        shutil.rmtree(plant)
+        os.unlink(loose)
+    assert proc.returncode == 0
+    seen = json.loads(out)
+    assert seen["entries"] in ([], None) and seen["loose"] == ""
+    assert "lib" in seen["usr"]

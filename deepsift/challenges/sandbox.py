@@ -8,8 +8,9 @@ child gets, before it starts Python: its own network namespace (no interface up:
 reachable), UTS (hostname ``deepsift-model``), IPC (none of the host's shared memory, semaphores or
 message queues) and cgroup namespaces (its ``/proc/self/cgroup`` says ``/``), its own mount
 namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``, ``/dev``, ``/opt``,
-``/home``, ``/root``... and the server's data folder (what Python itself needs, the loader's
-``/etc/ld.so.cache`` and ``/dev/null``, ``zero``, ``full``, ``random``, ``urandom`` are bound back),
+``/home``, ``/root``..., every other folder at the root but the system ones (``/usr``, ``/lib``...)
+and the server's data folder (what Python itself needs, the loader's ``/etc/ld.so.cache`` and
+``/dev/null``, ``zero``, ``full``, ``random``, ``urandom`` are bound back; files at the root read empty),
 a fresh ``/proc`` (``hidepid=invisible,subset=pid``: no other process, no system file; mounting it
 fails closed on a kernel older than 5.8, whose ``/proc`` options are shared with the host's) and a
 fresh read-only ``/sys`` (its network namespace's devices only, no cgroup tree), an empty working
@@ -67,6 +68,9 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 
 PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
 HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
+# the root's system folders, left as they are; every other folder at the root is hidden too (a deployment's /app,
+# /data, /workspace...), with what Python needs bound back
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/nix", "/gnu", "/proc", "/sys")
 DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the only device nodes in its /dev (no disk, GPU, tty)
 # bound back into the hidden folders: the dynamic loader's library index, the harmless device nodes
 KEEP_FILES = ("/etc/ld.so.cache", *(f"/dev/{name}" for name in DEV_NODES))
@@ -107,7 +111,9 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             os._exit(72)
         hidden: list[str] = []
-        for d in sorted({os.path.realpath(x) for x in (*HIDDEN_DIRS, *conf.hide)}, key=len):
+        top = [f"/{e}" for e in os.listdir("/") if f"/{e}" not in SYSTEM_DIRS and not os.path.islink(f"/{e}")]
+        top_files = [f for f in top if os.path.isfile(f)]
+        for d in sorted({os.path.realpath(x) for x in (*HIDDEN_DIRS, *conf.hide, *top)}, key=len):
             if os.path.isdir(d) and not any(d == h or d.startswith(h.rstrip("/") + "/") for h in hidden):
                 hidden.append(d)  # a folder inside one already hidden is hidden with it
         # what Python itself needs and a hidden folder covers: held open, bound back after the hiding
@@ -125,6 +131,9 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
             os.close(fd)
         if os.path.realpath("/tmp") not in hidden:
             os._exit(75)
+        for f in top_files:  # a file at the root (a deployment's /app.env): read as empty
+            if libc.mount(b"/dev/null", f.encode(), None, _MS_BIND, None) != 0:
+                os._exit(74)
         # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace;
         # older kernels share one /proc per pid namespace and may ignore a second mount's options: a system file
         # still there means no subset=pid, so no hidepid either: refused

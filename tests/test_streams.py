@@ -280,4 +280,6 @@ def test_streams_give_bit_identical_embeddings_to_the_one_team_engine(small_mode
     if det.onnx is not None:
         single = det.onnx.single_threaded()
         assert single.session.get_session_options().intra_op_num_threads == 1
+        for session in (det.onnx.session, single.session):  # pool threads stop spinning once a run returns
+            assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
         assert det.onnx.single_threaded() is single  # built once

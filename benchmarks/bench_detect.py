@@ -326,6 +326,10 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
         else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)
             detect[prec] = decode_wall.compare_engines(det, lambda d=det: end_to_end(d, folder)[0], engines, rounds)
     decode_wall.print_bound(table, copies, forwards, detect)
+    onnx_det = res["onnx"].get("det") if res and "onnx" in res else None
+    if "onnx" in precisions:
+        det = onnx_det or Detector.load(str(model_dir), batch_size=bs, backend="onnx")
+        decode_wall.print_spin_after_run(det.onnx.path, tensors[0].numpy())
 
 
 # -- main -----------------------------------------------------------------------------------

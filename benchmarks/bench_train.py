@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         shards, reals = make_data(Path(tmp), max(64, B * 2), args.size)
         index = build_index([str(shards)], real=str(reals))
+        print(f"setup: {len(index.records)} records, batch {B}, {steps} timed steps, device {args.device}, "
+              f"{cfg.loader_workers()} loader workers", flush=True)
         model = build_model(cfg).to(dev)
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=1e-4)
 

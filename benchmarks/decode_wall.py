@@ -268,3 +268,34 @@ def make_large_pngs(folder: Path, n: int, picture: Callable[[np.random.Generator
         if not p.is_file():
             Image.fromarray(picture(rng, i % 2 == 1)).resize(size, Image.BICUBIC).save(p)
     return paths
+
+
+def spin_after_run(onnx_path: str, x: np.ndarray, window_s: float = 0.1,
+                   repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """ONNX Runtime's pool after a run of the normalised batch ``x``, ORT's default (spin between runs) vs ours
+    (stop): ``(core ms burnt in the window_s after a run, ms for one image)`` each, medians of ``repeats``."""
+    from deepsift.model.onnx import OnnxEmbedder
+
+    out = {}
+    for label, spin in (("ORT default (spins between runs)", True), ("deepsift (stops when a run returns)", False)):
+        emb = OnnxEmbedder(onnx_path, spin_between_runs=spin)
+        emb(x)
+        burnt, one = [], []
+        for _ in range(repeats):
+            emb(x)
+            c0 = time.process_time()
+            time.sleep(window_s)  # the measurement window: what the pool's threads do while nothing runs
+            burnt.append(1e3 * (time.process_time() - c0))
+            for _ in range(5):
+                t0 = time.perf_counter()
+                emb(x[:1])
+                one.append(1e3 * (time.perf_counter() - t0))
+        out[label] = (float(np.median(burnt)), float(np.median(one)))
+    return out
+
+
+def print_spin_after_run(onnx_path: str, x: np.ndarray) -> None:
+    """The core time ONNX Runtime's pool burns after a run, and one image's latency, each way."""
+    print(f"ONNX Runtime's pool after a batch of {len(x)} (core ms burnt in the next 100 ms; one image's wall ms, p50):")
+    for label, (burnt, one) in spin_after_run(onnx_path, x).items():
+        print(f"  {label:38s} {burnt:6.1f} ms burnt   one image {one:5.1f} ms")

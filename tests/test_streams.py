@@ -18,7 +18,8 @@ from deepsift.model.backbone import build_code_config, create_backbone
 from deepsift.model.detector import Detector
 from deepsift.model.devices import Runner
 from deepsift.model.engine import run_batches
-from deepsift.model.streams import stream_count
+import deepsift.model.streams as streams
+from deepsift.model.streams import TEAM_SCALING, last_on_team, stream_count, streams_time
 
 
 @pytest.fixture
@@ -137,10 +138,54 @@ def test_inputs_that_fit_one_batch_take_the_one_team_path_in_the_callers_thread(
     assert stream_count(forward, None, 4, cpus=1) == 0  # one CPU: nothing to share
     assert stream_count(lambda b: b, None, 4, cpus=8) == 0  # a forward that does not take part (a baseline's)
     assert stream_count(forward, None, 4, cpus=2) == 2  # an unknown count: streams
-    # a known count: streams where the team would take longer (batches of 4, two CPUs)
+    # a known count: streams where the team would take longer (batches of 4); on two CPUs a last
+    # batch left alone runs on the team, so only one batch stays there
     assert [stream_count(forward, n, 4, cpus=2) for n in (4, 5, 8, 9, 12, 13, 16, 20, 24, 28)] == \
-        [0, 2, 2, 0, 0, 2, 2, 0, 2, 2]  # 1, 2, 2, 3, 3, 4, 4, 5, 6, 7 batches
-    assert stream_count(forward, 80, 4, cpus=16) == 0 and stream_count(forward, 128, 4, cpus=16) == 16
+        [0, 2, 2, 2, 2, 2, 2, 2, 2, 2]  # 1, 2, 2, 3, 3, 4, 4, 5, 6, 7 batches
+    # 16 CPUs: 20 batches = a wave of 16 and 4 more (team sooner), 17 = a wave and one left for the team
+    assert [stream_count(forward, 4 * m, 4, cpus=16) for m in (16, 17, 18, 20, 32)] == [16, 16, 0, 0, 16]
+    assert streams_time(3, 2) == pytest.approx(1 + 1 / (2 * TEAM_SCALING)) and streams_time(4, 2) == 2
+
+
+def test_the_last_batch_runs_on_the_team_when_it_would_otherwise_run_alone():
+    assert not last_on_team([], [], 1.0, 2)  # no batch done yet: no batch-time to compare
+    assert last_on_team([10.0], [9.5], 1.0, 2)  # the other stream is nearly done: wait 0.5, then 10 / 1.68
+    assert last_on_team([10.0], [], 1.0, 2)  # nothing else running
+    assert not last_on_team([10.0], [1.0], 1.0, 2)  # the other stream just started: run beside it
+    assert not last_on_team([10.0, 10.0, 30.0], [5.0], 1.0, 2)  # the median batch-time: 10; 5 + 5.95 > 10
+    assert last_on_team([10.0, 10.0, 30.0], [7.0], 1.0, 2)  # 3 + 5.95 < 10
+    assert not last_on_team([10.0], [8.0], 0.25, 2)  # a short batch: 2 + 1.49 > 2.5
+    assert last_on_team([10.0], [9.5], 0.25, 2)
+    assert not last_on_team([10.0], [9.5, 1.0], 1.0, 3)  # one of the others just started
+
+
+def test_a_last_full_batch_left_alone_on_a_stream_runs_on_the_team_in_the_callers_thread(runner, two_cpus,
+                                                                                        monkeypatch):
+    """Three full batches of unknown count on two streams: the third would run alone on one core."""
+    now = [0.0]
+    monkeypatch.setattr(streams, "_clock", lambda: now[0])
+
+    def finish():  # batches 0 and 1 end together at t=10, once the input has ended (the feeder is done)
+        for t in threading.enumerate():
+            if t.name == "deepsift-feed":
+                t.join(30)
+        now[0] = 10.0
+
+    started, done = threading.Barrier(2), threading.Barrier(2, action=finish)
+
+    def on_stream(barrier):
+        return lambda batch: barrier.wait(30) if threading.current_thread().name.startswith("deepsift-stream") else None
+
+    sources = arrays(9)
+    forward = Recording(runner, on_stream(started), on_stream(done))
+    got = list(run_batches(iter(sources), forward, batch_size=3, workers=1))
+    assert [len(c) and c[0].startswith("deepsift-stream") for c in forward.calls] == [True, True, False]
+    assert forward.calls[2] == (threading.current_thread().name, torch.get_num_threads(), 3)
+    team = list(run_batches(sources, lambda b: runner.collect_now(b), batch_size=3, workers=1))
+    assert [[it.index for it in items] for items, _ in got] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    for (_, out_a), (_, out_b) in zip(got, team):
+        assert np.array_equal(out_a, out_b)
+    assert_engine_threads_end()
 
 
 def test_a_failing_forward_raises_in_order_and_leaves_no_stream_running(runner, two_cpus):
@@ -235,4 +280,6 @@ def test_streams_give_bit_identical_embeddings_to_the_one_team_engine(small_mode
     if det.onnx is not None:
         single = det.onnx.single_threaded()
         assert single.session.get_session_options().intra_op_num_threads == 1
+        for session in (det.onnx.session, single.session):  # pool threads stop spinning once a run returns
+            assert session.get_session_options().get_session_config_entry("session.force_spinning_stop") == "1"
         assert det.onnx.single_threaded() is single  # built once

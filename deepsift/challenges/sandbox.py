@@ -5,14 +5,23 @@ The worker (trusted code) decodes and preprocesses the images per the submission
 model. The child never sees a path, a file name or a label. Before it starts, the model is refused
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
 child gets, before it starts Python: its own network namespace (no interface up: nothing
-reachable), its own mount namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``,
-``/opt``, ``/dev/shm``, ``/home``, ``/root``... and the server's data folder (what Python itself
-needs, and the loader's ``/etc/ld.so.cache``, is bound back), an empty working directory it cannot
-write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean environment, rlimits (address space = the phase's memory limit less the worker's
+reachable), UTS (hostname ``deepsift-model``), IPC (none of the host's shared memory, semaphores or
+message queues) and cgroup namespaces (its ``/proc/self/cgroup`` says ``/``), its own mount
+namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``, ``/dev``, ``/opt``,
+``/home``, ``/root``..., every other folder at the root but the system ones (``/usr``, ``/lib``...)
+and the server's data folder (what Python itself needs, the loader's ``/etc/ld.so.cache`` and
+``/dev/null``, ``zero``, ``full``, ``random``, ``urandom`` are bound back; files at the root read empty),
+a fresh ``/proc`` (``hidepid=invisible,subset=pid``: no other process, no system file; mounting it
+fails closed on a kernel older than 5.8, whose ``/proc`` options are shared with the host's) and a
+fresh read-only ``/sys`` (its network namespace's devices only, no cgroup tree), an empty working
+directory it cannot write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean
+environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
-and death with its parent (set after the user switch, which clears it). A wall-clock deadline
-bounds the whole run. Not root: refused unless ``allow_unconfined`` (then only the rlimits, an empty
-temporary working directory, the clean environment and the deadline apply).
+and death with its parent (set after the user switch, which clears it). The child makes itself
+non-dumpable first thing, so another model running as the same user can neither see it nor read its
+memory. A wall-clock deadline bounds the whole run. Not root: refused unless ``allow_unconfined``
+(then only the rlimits, an empty temporary working directory, the clean environment and the
+deadline apply).
 
 Failures are a :class:`ModelRunError` of one :class:`RunFailure` kind whose fixed reason is shown to
 the participant; the child reports only a failure code (its stderr is discarded), never text.
@@ -48,18 +57,33 @@ __all__ = ["CHILD", "Confinement", "LIMIT_FAILURES", "ModelRunError", "Preproces
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 log = logging.getLogger("deepsift.challenges.sandbox")
-_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWNET = (0x00020000, 0x02000000, 0x04000000,
+                                                                          0x08000000, 0x40000000)
+# network: nothing reachable; mounts: the views below; UTS: its own hostname; IPC: none of the host's shared memory
+# segments, semaphores or message queues; cgroup: its /proc/self/cgroup shows "/", not the worker's service path
+_NAMESPACES = _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWCGROUP
+HOSTNAME = "deepsift-model"
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
+# a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
+# ptrace-read (itself), without /proc's system files; kernels 5.3-5.7 (which would apply a new mount's options
+# to the host's /proc) refuse these values outright, older ones may ignore them (checked after the mount)
+PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
-HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev/shm", "/home", "/root", "/opt", "/srv", "/mnt", "/media",
-               "/boot")
-KEEP_FILES = ("/etc/ld.so.cache",)  # bound back into the hidden /etc: the dynamic loader's library index
+HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
+# the root's system folders, left as they are; every other folder at the root is hidden too (a deployment's /app,
+# /data, /workspace...), with what Python needs bound back
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/nix", "/gnu", "/proc", "/sys")
+DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the only device nodes in its /dev (no disk, GPU, tty)
+# bound back into the hidden folders: the dynamic loader's library index, the harmless device nodes
+KEEP_FILES = ("/etc/ld.so.cache", *(f"/dev/{name}" for name in DEV_NODES))
 WORKDIR = "/tmp/deepsift-model"  # the confined child's working directory: empty, not writable (inside /tmp's tmpfs)
 # the child's answer frames: a length, or FAILED | code (sandbox_child.py writes the same codes)
 FAILED = 1 << 63
 _CHILD_CODES = {1: RunFailure.INVALID_MODEL, 2: RunFailure.WRONG_INPUTS, 3: RunFailure.MEMORY_LIMIT,
                 4: RunFailure.CRASH, 5: RunFailure.WRONG_OUTPUT_TYPE}
-_SETUP_EXIT_CODES = range(71, 77)
+_SETUP_EXIT_CODES = range(71, 79)
+_NO_OWN_PROC = 77  # the setup exit code of a /proc that could not be the child's own
+NO_OWN_PROC = "this worker's kernel cannot give the model its own /proc (Linux 5.8 or newer is needed)"
 
 
 @dataclass(frozen=True)
@@ -84,12 +108,14 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
     """In the child between fork and exec: namespaces, mounts, identity, limits (no Python left after)."""
     os.setsid()
     if confine:
-        if libc.unshare(_CLONE_NEWNET | _CLONE_NEWNS) != 0:
+        if libc.unshare(_NAMESPACES) != 0 or libc.sethostname(HOSTNAME.encode(), len(HOSTNAME)) != 0:
             os._exit(71)
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             os._exit(72)
         hidden: list[str] = []
-        for d in sorted({os.path.realpath(x) for x in (*HIDDEN_DIRS, *conf.hide)}, key=len):
+        top = [f"/{e}" for e in os.listdir("/") if f"/{e}" not in SYSTEM_DIRS and not os.path.islink(f"/{e}")]
+        top_files = [f for f in top if os.path.isfile(f)]
+        for d in sorted({os.path.realpath(x) for x in (*HIDDEN_DIRS, *conf.hide, *top)}, key=len):
             if os.path.isdir(d) and not any(d == h or d.startswith(h.rstrip("/") + "/") for h in hidden):
                 hidden.append(d)  # a folder inside one already hidden is hidden with it
         # what Python itself needs and a hidden folder covers: held open, bound back after the hiding
@@ -107,6 +133,18 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
             os.close(fd)
         if os.path.realpath("/tmp") not in hidden:
             os._exit(75)
+        for f in top_files:  # a file at the root (a deployment's /app.env): read as empty
+            if libc.mount(b"/dev/null", f.encode(), None, _MS_BIND, None) != 0:
+                os._exit(74)
+        # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace;
+        # older kernels share one /proc per pid namespace and may ignore a second mount's options: a system file
+        # still there means no subset=pid, so no hidepid either: refused
+        if (libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0
+                or os.path.exists("/proc/cpuinfo")):
+            os._exit(_NO_OWN_PROC)
+        # sysfs mounted from the new network namespace: its devices only (lo); no cgroup tree under it
+        if libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
+            os._exit(78)
         try:  # an empty folder in the private /tmp, owned by root: nothing to read or write relative to it
             os.mkdir(WORKDIR, 0o555)
         except OSError:
@@ -276,7 +314,7 @@ def _child_died(proc: subprocess.Popen, conf: Confinement, plan: BatchPlan, batc
         return _failure(_CHILD_CODES.get(struct.unpack(">Q", rest)[0] & ~FAILED, RunFailure.CRASH), conf, plan, batch)
     rc = proc.returncode
     if rc in _SETUP_EXIT_CODES:
-        return ModelRunError(RunFailure.SANDBOX_UNAVAILABLE)
+        return ModelRunError(RunFailure.SANDBOX_UNAVAILABLE, NO_OWN_PROC if rc == _NO_OWN_PROC else None)
     if rc is not None and rc < 0:
         if -rc == signal.SIGXCPU:
             return _failure(RunFailure.TIME_LIMIT, conf, plan, batch)

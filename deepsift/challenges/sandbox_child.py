@@ -2,8 +2,11 @@
 
 Run by :mod:`deepsift.challenges.sandbox` as a plain script (``python -I sandbox_child.py``), so it
 imports nothing of deepsift: only numpy and onnxruntime. It never opens a file or a socket; by
-the time it starts it has no network, no way to see the server's files, an empty working directory,
-and rlimits on memory, CPU time and file writes. Protocol (big-endian 8-byte integers):
+the time it starts it has no network, no way to see the server's files or other processes, an empty
+working directory, and rlimits on memory, CPU time and file writes. Its first act makes it
+non-dumpable, so that another process of the same user (another team's model) can neither see it in
+its /proc (``hidepid``) nor read its memory: the model and the hidden images' pixels.
+Protocol (big-endian 8-byte integers):
 
     stdin : header JSON line, model bytes, then per batch <nbytes><4 dims><float32 pixels>, then <0>
     stdout: <0> once the model is loaded, then per batch <len><npy float32 model output>;
@@ -16,6 +19,7 @@ import struct
 import sys
 
 FAILED = 1 << 63
+PR_SET_DUMPABLE = 4
 INVALID_MODEL, WRONG_INPUTS, MEMORY, RUNTIME, NOT_NUMBERS = 1, 2, 3, 4, 5
 
 
@@ -49,7 +53,16 @@ def _is_memory(exc):
     return isinstance(exc, MemoryError) or "alloc" in text or "memory" in text
 
 
+def _undumpable():
+    """Not dumpable: its /proc entries and memory only for root (a failure here is a crash, never a weaker run)."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        sys.exit(3)
+
+
 def main():
+    _undumpable()
     import numpy as np
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer

@@ -74,18 +74,22 @@ class OnnxEmbedder:
     # benchmarks turn streams on.
     streamable = False
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, spin_between_runs: bool = False) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # ORT's pool threads spin-wait after each run (its default): ~45 ms of core time in the 100 ms after
+        # a batch of 32 on 2 cores, taken from the decoding that runs between the passes. They still spin
+        # inside a run (off altogether, one image took ~38 ms instead of ~25); benchmarks/README.md, issue 23
+        opts.add_session_config_entry("session.force_spinning_stop", "0" if spin_between_runs else "1")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ModelError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
         self.input_name = self.session.get_inputs()[0].name
-        self.path, self.threads = str(path), threads
+        self.path, self.threads, self.spin_between_runs = str(path), threads, spin_between_runs
         self._single: OnnxEmbedder | None = None
         self._lock = threading.Lock()
 
@@ -95,7 +99,7 @@ class OnnxEmbedder:
             return self
         with self._lock:
             if self._single is None:
-                self._single = OnnxEmbedder(self.path, threads=1)
+                self._single = OnnxEmbedder(self.path, threads=1, spin_between_runs=self.spin_between_runs)
             return self._single
 
     def __call__(self, pixels: torch.Tensor | np.ndarray) -> np.ndarray:

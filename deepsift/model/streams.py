@@ -19,8 +19,10 @@ network; the reduction order inside one image's row does not depend on the threa
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -32,25 +34,35 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 TEAM_SCALING = 0.84
 """How much of N cores one N-thread team's forward gets (``detect`` / bound on an idle 2-core AVX2
-machine before streams, ``benchmarks/README.md``, issue 23); the streams' rule for a known count."""
+machine before streams, ``benchmarks/README.md``, issue 23): the streams' rule for a known count
+and for the input's last batch."""
 
 
 def stream_count(forward: object, count: int | None, batch_size: int, cpus: int) -> int:
     """How many streams run ``forward``: one per CPU, or 0 (the one-team path).
 
     0 for a forward that does not take part (a GPU, a baseline's), on one CPU (nothing to share),
-    and for a known ``count`` whose batches the team finishes sooner: ``m`` batches take
-    ``ceil(m / cpus)`` batch-times on the streams and ``m / (cpus * TEAM_SCALING)`` on the team,
-    so one batch (a demo's one-image call), or three on two CPUs (the third would run alone on
-    one core), stay on the team. An unknown count (a generator, a pipe) runs as streams.
+    and for a known ``count`` whose batches the team finishes sooner (:func:`streams_time`): one
+    batch (a demo's one-image call) stays on the team. An unknown count (a generator, a pipe) runs
+    as streams.
     """
     if not getattr(forward, "streamable", False) or cpus < 2:
         return 0
     if count is not None:
         batches = -(-count // batch_size)
-        if -(-batches // cpus) * cpus * TEAM_SCALING > batches:
+        if streams_time(batches, cpus) >= batches / (cpus * TEAM_SCALING):
             return 0
     return cpus
+
+
+def streams_time(batches: int, streams: int) -> float:
+    """Batch-times that ``batches`` full batches take on ``streams`` streams, started together.
+
+    Whole waves of one batch per stream, then the rest: a last batch that would run alone (one
+    left over) runs on the whole team once the others are done (:func:`last_on_team`).
+    """
+    waves, rest = divmod(batches, streams)
+    return waves + (1 / (streams * TEAM_SCALING) if rest == 1 else 1.0 if rest else 0.0)
 
 
 def stream_batches(runs: Iterable[list[Item]], forward: Forward, streams: int,
@@ -60,11 +72,13 @@ def stream_batches(runs: Iterable[list[Item]], forward: Forward, streams: int,
     A feeder thread takes the batches (the inputs are read, decoded and batched there) and hands
     them to the streams, never more than ``streams + 1`` ahead of what was yielded; the caller's
     thread yields each batch once it and every batch before it are done, so rows come out while
-    the input stalls (a pipe) as they do from the one-team path. The input's last, short batch runs
-    on the whole team in the caller's thread when no stream is busy (as the one-team path would
-    run it). Errors come out in input order (a failing forward, or the input's own error after the
-    rows before it); on any exit (an error, Ctrl-C, the consumer stopping) the batches not started
-    are dropped and the running ones are waited for.
+    the input stalls (a pipe) as they do from the one-team path. The input's last batch runs on
+    the whole team in the caller's thread, after the batches before it, when it would otherwise
+    run alone on one core: a short last batch with no stream busy, or any last batch that a stream
+    is about to start while the other streams are nearly done (:func:`last_on_team`).
+    Errors come out in input order (a failing forward, or the input's own error after the rows
+    before it); on any exit (an error, Ctrl-C, the consumer stopping) the batches not started are
+    dropped and the running ones are waited for.
     """
     feed = _Feeder(runs, forward, streams, batch_size)
     try:
@@ -72,17 +86,50 @@ def stream_batches(runs: Iterable[list[Item]], forward: Forward, streams: int,
             entry = feed.next_entry()
             if entry is None:
                 return
-            items, good, fut, team_batch = entry
-            if team_batch is not None:
-                outputs = forward(team_batch)
+            if entry.fut is None and entry.batch is None:
+                outputs = np.empty((0, 0), np.float32)  # no decodable image in this run
+            elif entry.fut is None or entry.fut.result() is _ON_TEAM:
+                outputs = forward(entry.batch)  # type: ignore[arg-type]
             else:
-                outputs = fut.result() if fut is not None else np.empty((0, 0), np.float32)
+                outputs = entry.fut.result()
             feed.taken()
-            for k, it in enumerate(good):
+            for k, it in enumerate(entry.good):
                 it.row, it.pixels = k, None
-            yield items, outputs
+            yield entry.items, outputs
     finally:
         feed.stop()
+
+
+def last_on_team(seconds: list[float], running: list[float], share: float, streams: int) -> bool:
+    """Whether the input's last batch, about to start on a stream, ends sooner on the whole team.
+
+    ``seconds``: how long the full batches took on a stream so far (their median is one batch-time
+    ``t``); ``running``: how long each batch still on a stream has run; ``share``: the last batch's
+    size over a full one's. On its stream it takes ``share * t``; on the team it waits for the
+    running batches (each due ``t`` after its start) and then takes ``share * t / (streams *
+    TEAM_SCALING)``. No batch done yet (``t`` unknown): the stream.
+    """
+    if not seconds:
+        return False
+    t = float(np.median(seconds))
+    wait = max((max(t - ran, 0.0) for ran in running), default=0.0)
+    return wait + share * t / (streams * TEAM_SCALING) < share * t
+
+
+_clock = time.monotonic  # the streams' clock (a test sets its own)
+_ON_TEAM = np.empty(0)  # a stream's answer for a last batch that the caller runs on the whole team
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One batch handed out: its run of items, the decodable ones stacked, and where it runs."""
+
+    items: list[Item]
+    good: list[Item]
+    batch: np.ndarray | None
+    fut: Future[np.ndarray] | None = None  # None: the team runs it in the caller's thread
+    started: float | None = None  # when a stream started it (monotonic seconds)
+    last: bool = False  # the input's last batch (known once the input ended)
 
 
 class _Feeder:
@@ -92,28 +139,41 @@ class _Feeder:
         self.forward, self.streams, self.batch_size = forward, streams, batch_size
         self.pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="deepsift-stream")
         self.cond = threading.Condition()
-        self.pending: deque[tuple[list[Item], list[Item], Future[np.ndarray] | None, np.ndarray | None]] = deque()
+        self.pending: deque[_Entry] = deque()
         self.ended, self.stopping = False, False
         self.error: BaseException | None = None
+        self.seconds: list[float] = []  # how long each full batch took on a stream
         self.local = threading.local()
         self.context = forward.streams()  # type: ignore[attr-defined]
         self.make = self.context.__enter__()
         self.thread = threading.Thread(target=self._feed, args=(runs,), daemon=True, name="deepsift-feed")
         self.thread.start()
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, entry: _Entry) -> np.ndarray:
         """One batch in a stream thread, through that thread's own one-thread forward."""
+        with self.cond:
+            now = _clock()
+            if entry.last:
+                running = [now - e.started for e in self.pending
+                           if e is not entry and e.started is not None and e.fut is not None and not e.fut.done()]
+                if last_on_team(self.seconds, running, len(entry.good) / self.batch_size, self.streams):
+                    return _ON_TEAM
+            entry.started = now
         fwd = getattr(self.local, "forward", None)
         if fwd is None:
             fwd = self.local.forward = self.make()
-        return fwd(batch)
+        out = fwd(entry.batch)
+        if len(entry.good) == self.batch_size:
+            with self.cond:
+                self.seconds.append(_clock() - entry.started)
+        return out
 
     def _feed(self, runs: Iterable[list[Item]]) -> None:
         iterator = iter(runs)
         try:
             for items in iterator:
                 good = [it for it in items if it.pixels is not None]
-                batch = np.stack([it.pixels for it in good]) if good else None
+                entry = _Entry(items, good, np.stack([it.pixels for it in good]) if good else None)
                 for it in good:
                     it.pixels = None  # the stacked batch holds them now
                 with self.cond:
@@ -121,12 +181,11 @@ class _Feeder:
                         self.cond.wait()
                     if self.stopping:
                         return
-                    idle = all(f is None or f.done() for _, _, f, _ in self.pending)
-                    if batch is not None and len(good) < self.batch_size and idle:
-                        self.pending.append((items, good, None, batch))  # the last batch: the team, in the caller's thread
-                    else:
-                        fut = self.pool.submit(self._run, batch) if batch is not None else None
-                        self.pending.append((items, good, fut, None))
+                    idle = all(e.fut is None or e.fut.done() for e in self.pending)
+                    if entry.batch is not None and not (len(good) < self.batch_size and idle):
+                        entry.fut = self.pool.submit(self._run, entry)
+                    # else the last, short batch with no stream busy: the team, in the caller's thread
+                    self.pending.append(entry)
                     self.cond.notify_all()
         except BaseException as exc:  # the input's own error: raised in the caller's thread, in order
             with self.cond:
@@ -136,10 +195,12 @@ class _Feeder:
             if close is not None:
                 close()
             with self.cond:
+                if self.error is None and self.pending:
+                    self.pending[-1].last = True  # a stream that has not started it yet may leave it to the team
                 self.ended = True
                 self.cond.notify_all()
 
-    def next_entry(self) -> tuple[list[Item], list[Item], Future[np.ndarray] | None, np.ndarray | None] | None:
+    def next_entry(self) -> _Entry | None:
         """The next batch in input order once handed out (None at the end; the input's error is raised here)."""
         with self.cond:
             while not self.pending and not self.ended:

@@ -1,0 +1,172 @@
+"""What a confined model process can see of the machine: no other process, none of the host's network devices,
+cgroups, device nodes, hostname or IPC objects, no inherited descriptor or environment variable."""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import socket
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from deepsift.challenges import sandbox
+from deepsift.challenges.runfailures import ModelRunError, RunFailure
+from deepsift.challenges.sandbox import Confinement, parse_preprocessing, run_model
+from platformkit import make_folders
+from test_challenges_sandbox import mean_model
+
+pytestmark = pytest.mark.skipif(not sandbox.confinement_available(),
+                                reason="confinement needs root (CI runs as root)")
+IPC_CREAT, IPC_EXCL, IPC_RMID = 0o1000, 0o2000, 0
+
+PROBE = """
+import ctypes, json, os, socket, sys
+out = {"pid": os.getpid(), "procs": sorted(e for e in os.listdir("/proc") if e.isdigit())}
+for name, path in (("worker", "/proc/%(worker)d/cmdline"), ("init", "/proc/1/cmdline"),
+                   ("other", "/proc/%(other)d/cmdline"), ("other_env", "/proc/%(other)d/environ"),
+                   ("other_mem", "/proc/%(other)d/mem"), ("self", "/proc/self/status"), ("maps", "/proc/self/maps"),
+                   ("cgroups", "/proc/self/cgroup"), ("zero", "/dev/zero")):
+    try:
+        with open(path, "rb") as f:
+            out[name] = "read:" + f.read(4096).decode("latin-1")
+    except OSError as e:
+        out[name] = type(e).__name__
+for name, path in (("net", "/sys/class/net"), ("cgroup", "/sys/fs/cgroup"), ("dev", "/dev")):
+    try:
+        out[name] = sorted(os.listdir(path))
+    except OSError as e:
+        out[name] = type(e).__name__
+def is_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+out["fds"] = [fd for fd in range(64) if is_open(fd)]
+out["hostname"] = socket.gethostname()
+out["env"] = sorted(os.environ)
+out["shm"] = ctypes.CDLL(None).shmget(%(shm_key)d, 0, 0)  # -1: no such segment in its IPC namespace
+sys.stdout.write(json.dumps(out))
+"""
+
+
+def _loaded_model_child(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real confined model process, its model loaded (its answer read back), waiting for a batch."""
+    data = mean_model(tmp_path / "m.onnx").read_bytes()
+    proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30))
+    proc.stdin.write(json.dumps({"model_bytes": len(data), "threads": 1}).encode() + b"\n" + data)
+    proc.stdin.flush()
+    assert proc.stdout.read(8) == struct.pack(">Q", 0)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
+    """What a confined probe saw while another team's model was running and the host held a shared memory segment
+    anyone may read."""
+    tmp = tmp_path_factory.mktemp("view")
+    libc = ctypes.CDLL(None, use_errno=True)
+    key = int.from_bytes(os.urandom(3), "big") + 1
+    shm = libc.shmget(key, 4096, IPC_CREAT | IPC_EXCL | 0o666)  # a new one: never removes a host segment
+    assert shm >= 0, os.strerror(ctypes.get_errno())
+    other = _loaded_model_child(tmp)
+    try:
+        probe = tmp / "probe" / "probe.py"
+        probe.parent.mkdir()
+        probe.write_text(PROBE % {"worker": os.getpid(), "other": other.pid, "shm_key": key})
+        probe.chmod(0o644)
+        probe.parent.chmod(0o755)
+        proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        assert other.poll() is None  # still running while the probe looked
+    finally:
+        sandbox._kill(other)
+        other.stdin.close()
+        other.stdout.close()
+        libc.shmctl(shm, IPC_RMID, None)
+    return json.loads(out)
+
+
+def test_the_confined_child_sees_no_other_process(seen):
+    """Neither the worker (whose command line may hold a database password), nor pid 1, nor another team's
+    running model (its memory holds that team's model and the hidden images' pixels)."""
+    assert seen["procs"] == [str(seen["pid"])]
+    for name in ("worker", "init", "other", "other_env", "other_mem"):
+        assert seen[name] in ("FileNotFoundError", "PermissionError"), (name, seen[name])
+    assert seen["self"].startswith("read:") and seen["maps"].startswith("read:")  # its own entries still work
+
+
+def test_the_confined_child_sees_no_host_network_device_nor_cgroup_tree(seen):
+    assert seen["net"] == ["lo"]  # its own network namespace's devices, not the host's (names, MAC addresses)
+    assert seen["cgroup"] in ([], "FileNotFoundError")
+    cgroups = seen["cgroups"].removeprefix("read:").splitlines()
+    assert cgroups and all(line.endswith(":/") for line in cgroups), cgroups  # not the worker's service path
+
+
+def test_the_confined_child_has_only_the_harmless_device_nodes(seen):
+    assert seen["dev"] == sorted(sandbox.DEV_NODES)
+    assert seen["zero"] == "read:" + "\0" * 4096
+
+
+def test_the_confined_child_has_its_own_hostname_and_ipc(seen):
+    assert seen["hostname"] == sandbox.HOSTNAME != socket.gethostname()
+    assert seen["shm"] == -1  # the host's world-readable segment does not exist for it
+
+
+def test_the_confined_child_inherits_no_descriptor_nor_environment(seen):
+    assert seen["fds"] == [0, 1, 2]
+    assert seen["env"] == ["LANG", "OMP_NUM_THREADS", "PATH"]
+
+
+@pytest.mark.parametrize("options", [b"hidepid=no-such-value",  # refused, as kernels 5.3-5.7 refuse ours
+                                     b"hidepid=invisible"])  # mounted with /proc's system files, as if ignored
+def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone(tmp_path, monkeypatch, options):
+    """A kernel older than 5.8 cannot give the child its own /proc: the run is refused, never run with the host's."""
+    def proc_mount() -> list[str]:
+        return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if " /proc " in line]
+
+    before = proc_mount()
+    monkeypatch.setattr(sandbox, "PROC_OPTIONS", options)
+    images = sorted(make_folders(tmp_path / "imgs", n=1).rglob("*.*"))
+    spec = parse_preprocessing({"input_size": 32, "crop": "stretch", "output": "score", "batch_size": 4})
+    with pytest.raises(ModelRunError) as exc:
+        run_model(mean_model(tmp_path / "m.onnx"), images, spec, Confinement(memory_mb=1024, time_limit_s=30))
+    assert exc.value.kind is RunFailure.SANDBOX_UNAVAILABLE and "its own /proc" in str(exc.value)  # the host's clue
+    assert proc_mount() == before
+
+
+def test_a_top_level_folder_of_the_host_is_hidden_too(tmp_path):
+    """Not only the usual ones (/etc, /srv, /opt...): a deployment's own folder at the root (/app with its .env, say)
+    shows empty, a file at the root reads empty; the system folders stay."""
+    plant = Path(tempfile.mkdtemp(dir="/", prefix="deepsift-app-"))
+    fd, loose = tempfile.mkstemp(dir="/", prefix="deepsift-app-", suffix=".env")
+    os.write(fd, b"DATABASE_URL=postgresql://app:secret@db/y")
+    os.close(fd)
+    os.chmod(loose, 0o644)
+    try:
+        plant.chmod(0o755)
+        (plant / "app.env").write_text("DATABASE_URL=postgresql://app:secret@db/x")
+        (plant / "app.env").chmod(0o644)  # readable by anyone, as a careless deployment leaves it
+        probe = tmp_path / "probe" / "probe.py"
+        probe.parent.mkdir()
+        probe.write_text("import json, os, sys\n"
+                         f"p = {str(plant)!r}\n"
+                         "out = {'entries': os.listdir(p) if os.path.isdir(p) else None, 'usr': os.listdir('/usr')}\n"
+                         f"out['loose'] = open({loose!r}).read() if os.path.exists({loose!r}) else ''\n"
+                         "sys.stdout.write(json.dumps(out))\n")
+        probe.chmod(0o644)
+        probe.parent.chmod(0o755)
+        proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        shutil.rmtree(plant)
+        os.unlink(loose)
+    assert proc.returncode == 0
+    seen = json.loads(out)
+    assert seen["entries"] in ([], None) and seen["loose"] == ""
+    assert "lib" in seen["usr"]

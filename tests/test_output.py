@@ -132,10 +132,12 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
                                 # background (`cmd &` without job control starts children with SIGINT ignored)
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        # the engine looks 16 inputs ahead: 16 + N names give N rows, then it waits on the pipe
-        proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN]))
+        # the engine looks 16 inputs ahead: 16 + N names give N rows, then it waits on the pipe. One row more
+        # than the N asserted: a row is flushed before the writer marks it complete, and a signal landing in
+        # between rightly cuts it from the partial file; row N is marked once row N + 1 is on disk
+        proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN + 1]))
         proc.stdin.flush()
-        lines_wanted = N_WRITTEN + (1 if fmt == "csv" else 0) + (1 if fmt == "json" else 0)
+        lines_wanted = N_WRITTEN + 1 + (1 if fmt == "csv" else 0) + (1 if fmt == "json" else 0)
 
         def rows_written() -> bool:
             if out is None:

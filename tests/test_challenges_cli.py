@@ -340,3 +340,13 @@ def test_team_commands_and_entry_options(app, client, live_server, tmp_path, cap
     [s] = json.loads(capsys.readouterr().out)
     assert (s["method_name"], s["method_description"], s["method_url"], s["public"]) == (
         "CoDE", "ViT-Tiny", "https://github.com/aimagelab/CoDE", False)
+
+
+def test_ids_and_invite_codes_never_read_as_an_option():
+    """An invite code starting with ``-`` (1 in 64 of ``token_urlsafe``'s) made ``team join CODE`` fail as an option."""
+    from deepsift.server.db import new_id
+
+    ids = [new_id(12) for _ in range(5000)]  # P(no leading "-" in 5000 draws of the old ids) ~ 5e-35
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids) and all(len(i) == 16 for i in ids)
+    assert any(i.startswith("_") for i in ids)  # the rest of the alphabet is kept

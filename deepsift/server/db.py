@@ -67,8 +67,13 @@ def utcnow() -> dt.datetime:
 
 
 def new_id(nbytes: int = 12) -> str:
-    """A random, unguessable URL-safe id for anything a client can name (submissions, files, tokens)."""
-    return secrets.token_urlsafe(nbytes)
+    """A random, unguessable URL-safe id for anything a client can name (submissions, files, invite codes).
+
+    Never one that starts with ``-``: a command line would read it as an option (``team join -Xy...``)."""
+    while True:
+        value = secrets.token_urlsafe(nbytes)
+        if not value.startswith("-"):
+            return value
 
 
 def make_private_dir(path: "str | os.PathLike[str]") -> None:

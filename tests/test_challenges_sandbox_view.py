@@ -50,6 +50,13 @@ out["fds"] = [fd for fd in range(64) if is_open(fd)]
 out["hostname"] = socket.gethostname()
 out["env"] = sorted(os.environ)
 out["shm"] = ctypes.CDLL(None).shmget(%(shm_key)d, 0, 0)  # -1: no such segment in its IPC namespace
+out["ids"] = [os.getuid(), os.getgid(), os.getgroups()]
+for name, pid in (("signal_other", %(other)d), ("signal_worker", %(worker)d)):
+    try:
+        os.kill(pid, 0)  # signal 0: the permission check alone, nothing is sent
+        out[name] = "allowed"
+    except OSError as e:
+        out[name] = type(e).__name__
 sys.stdout.write(json.dumps(out))
 """
 
@@ -84,12 +91,13 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0
         assert other.poll() is None  # still running while the probe looked
+        other_uid = int(Path(f"/proc/{other.pid}/status").read_text().split("Uid:")[1].split()[0])
     finally:
         sandbox._kill(other)
         other.stdin.close()
         other.stdout.close()
         libc.shmctl(shm, IPC_RMID, None)
-    return json.loads(out)
+    return {**json.loads(out), "other_uid": other_uid}
 
 
 def test_the_confined_child_sees_no_other_process(seen):
@@ -99,6 +107,29 @@ def test_the_confined_child_sees_no_other_process(seen):
     for name in ("worker", "init", "other", "other_env", "other_mem"):
         assert seen[name] in ("FileNotFoundError", "PermissionError"), (name, seen[name])
     assert seen["self"].startswith("read:") and seen["maps"].startswith("read:")  # its own entries still work
+
+
+def test_each_model_process_has_a_uid_of_its_own_and_can_signal_no_other(seen):
+    """Two teams' models running at once never share a uid: neither can signal (kill) the other, nor the worker."""
+    uid, gid, groups = seen["ids"]
+    assert uid == gid and uid >= sandbox.OWN_UID_BASE and groups == []
+    assert seen["other_uid"] >= sandbox.OWN_UID_BASE and seen["other_uid"] != uid
+    assert seen["signal_other"] == "PermissionError" and seen["signal_worker"] == "PermissionError"
+
+
+def test_a_host_named_sandbox_user_is_used_as_is(tmp_path):
+    """``sandbox_user`` set: every model runs as that user (the behaviour before a uid of its own)."""
+    import pwd
+
+    probe = tmp_path / "probe" / "uid.py"
+    probe.parent.mkdir()
+    probe.write_text("import os, sys; sys.stdout.write('%d %d' % (os.getuid(), os.getgid()))")
+    probe.chmod(0o644)
+    probe.parent.chmod(0o755)
+    proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30, user="nobody"), script=probe)
+    out, _ = proc.communicate(timeout=60)
+    nobody = pwd.getpwnam("nobody")
+    assert proc.returncode == 0 and out.decode() == f"{nobody.pw_uid} {nobody.pw_gid}"
 
 
 def test_the_confined_child_sees_no_host_network_device_nor_cgroup_tree(seen):

@@ -14,7 +14,8 @@ and the server's data folder (what Python itself needs, the loader's ``/etc/ld.s
 a fresh ``/proc`` (``hidepid=invisible,subset=pid``: no other process, no system file; mounting it
 fails closed on a kernel older than 5.8, whose ``/proc`` options are shared with the host's) and a
 fresh read-only ``/sys`` (its network namespace's devices only, no cgroup tree), an empty working
-directory it cannot write to, the unprivileged ``sandbox_user``, no supplementary groups, a clean
+directory it cannot write to, a uid and gid of its own (:func:`own_uid`; or the ``sandbox_user`` a
+host names), no supplementary groups, a clean
 environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
 and death with its parent (set after the user switch, which clears it). The child makes itself
@@ -31,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import os
@@ -69,6 +71,10 @@ _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 
 # to the host's /proc) refuse these values outright, older ones may ignore them (checked after the mount)
 PROC_OPTIONS = b"hidepid=invisible,subset=pid"
 _PR_SET_PDEATHSIG = 1
+# a model process's own uid: above the ranges systems hand out to users and containers (<= 1879048191), below
+# systemd's dynamic users (>= 2147352576); pids up to 4194304 (pid_max's ceiling) x 16 fit in between
+OWN_UID_BASE = 2_000_000_000
+_uid_counter = itertools.count()
 HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
 # the root's system folders, left as they are; every other folder at the root is hidden too (a deployment's /app,
 # /data, /workspace...), with what Python needs bound back
@@ -93,7 +99,7 @@ class Confinement:
     memory_mb: int
     time_limit_s: float
     allow_unconfined: bool = False
-    user: str = "nobody"
+    user: str = ""  # a named user, or "" for a uid of the child's own (:func:`own_uid`)
     hide: tuple[str, ...] = ()  # more folders to hide (the server's data folder)
     threads: int = 1
     max_batch_mb: int = 256  # the most one batch of preprocessed pixels may take (the platform's cap)
@@ -187,6 +193,16 @@ def _needed_paths() -> list[str]:
     return sorted(p for p in real if os.path.exists(p))
 
 
+def own_uid() -> int:
+    """A uid (and gid) that no other process uses, for one model process: no user, no file has it.
+
+    ``OWN_UID_BASE + 16 x this process's pid + a counter``: processes alive at once have distinct
+    pids, and one process runs at most 16 children at once (a worker runs one), so two models never
+    share a uid and neither can signal the other (another team's run) or anything else on the host.
+    """
+    return OWN_UID_BASE + 16 * os.getpid() + next(_uid_counter) % 16
+
+
 def confinement_available() -> bool:
     """True when this process can build the namespaces (root)."""
     return os.geteuid() == 0
@@ -203,7 +219,9 @@ def _start(conf: Confinement, script: Path = CHILD, workdir: str | None = None) 
     if not confine and workdir is None:
         raise ValueError("an unconfined child needs an empty working directory")
     uid = gid = 65534
-    if confine:
+    if confine and not conf.user:
+        uid = gid = own_uid()
+    elif confine:
         import pwd
 
         try:

@@ -19,7 +19,9 @@ class ChallengeSettings(BaseSettings):
                                                              "and user switch when not root (development only)")
     max_batch_mb: int = Field(256, ge=1, description="most memory one batch of a submitted model's preprocessed "
                                                       "images may take (smaller batches are sent to fit)")
-    sandbox_user: str = Field("nobody", description="user a submitted model runs as (when the worker is root)")
+    sandbox_user: str = Field("", description="user a submitted model runs as when the worker is root; empty: a "
+                                             "uid of its own per model process, shared with nothing (2000000000 + "
+                                             "16 x the worker's pid + a counter)")
     import_threads: int = Field(4, ge=1, le=64, description="threads re-encoding images of a test set")
     max_queued_per_team: int = Field(5, ge=1, le=1000, description="jobs a team may have waiting or running at once "
                                                                    "(the queue serves teams round-robin)")

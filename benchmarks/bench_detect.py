@@ -318,13 +318,16 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
         det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
         single = det.onnx.single_threaded() if det.onnx is not None else None  # the streams' one-thread session
-        forwards[prec] = decode_wall.forward_core_ms(
-            lambda t, d=det: single(t) if single is not None else embed_tensor(d.backbone, t), tensors[:3],
-            one_thread=True, repeats=3)  # 3 x 3 batches: one-thread timings here varied by ~10 % with 2 x 2
+        one = (lambda t, d=det, s=single: s(t) if s is not None else embed_tensor(d.backbone, t))
+        forwards[prec] = decode_wall.forward_core_ms(one, tensors[:3], one_thread=True, repeats=3)
+        # 3 x 3 batches: one-thread timings here varied by ~10 % with 2 x 2
         if res:
             detect[prec] = {"streams": [res[prec]["e2e"]]}
-        else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked)
-            detect[prec] = decode_wall.compare_engines(det, lambda d=det: end_to_end(d, folder)[0], engines, rounds)
+        else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked),
+            # each round with its own timing of the forward (best of 2 over 2 batches)
+            detect[prec] = decode_wall.compare_engines(
+                det, lambda d=det: end_to_end(d, folder)[0], engines, rounds,
+                forward_ms=lambda f=one: decode_wall.forward_core_ms(f, tensors[:2], one_thread=True, repeats=2))
     decode_wall.print_bound(table, copies, forwards, detect)
     onnx_det = res["onnx"].get("det") if res and "onnx" in res else None
     if "onnx" in precisions:

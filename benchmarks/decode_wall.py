@@ -197,11 +197,18 @@ def print_bound(table: dict, copies: dict[str, float], forwards: dict[str, float
         for prec, fwd in forwards.items():
             bound = 1e3 * cores / (fwd + mix + extra)
             print(f"{prec:>5}: forward {fwd:5.2f} core ms/img -> bound {bound:6.1f} img/s")
-            for engine, rates in (detect.get(prec, {}) if label == "now" else {}).items():
+            runs = dict(detect.get(prec, {})) if label == "now" else {}
+            per_round = runs.pop("forward", None)  # the forward timed again in each round, beside its passes
+            for engine, rates in runs.items():
                 got = float(np.median(rates))
                 print(f"{'':>7}detect, {engine:>7} engine: {got:6.1f} img/s (wall clock; median of {len(rates)}, "
                       f"spread {min(rates):.1f}-{max(rates):.1f}) | detect/bound {got / bound:.2f} "
                       f"(spread {min(rates) / bound:.2f}-{max(rates) / bound:.2f})")
+                if per_round:
+                    paired = [r * (f + mix + extra) / (1e3 * cores) for r, f in zip(rates, per_round)]
+                    print(f"{'':>7}{'':>24}paired with each round's own forward "
+                          f"({min(per_round):.1f}-{max(per_round):.1f} core ms/img): detect/bound "
+                          f"{float(np.median(paired)):.2f} (spread {min(paired):.2f}-{max(paired):.2f})")
 
 
 def large_png(paths: list[Path]) -> dict[str, float]:
@@ -241,16 +248,25 @@ def set_engine(det: object, engine: str) -> None:
     forward.streamable = engine == "streams"
 
 
-def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str, ...],
-                    rounds: int) -> dict[str, list[float]]:
-    """``detect()`` images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved."""
+def compare_engines(det: object, detect: Callable[[], float], engines: tuple[str, ...], rounds: int,
+                    forward_ms: Callable[[], float] | None = None) -> dict[str, list[float]]:
+    """``detect()`` images/s per engine: one warm-up pass each, then ``rounds`` passes interleaved.
+
+    ``forward_ms`` (the bound's one-thread forward, core ms per image) is timed again in each round,
+    just before that round's passes, under the key ``"forward"``: a rate and its bound measured
+    minutes apart drift apart on a machine whose speed drifts (a shared VM's did by 10-20 % in an hour).
+    """
     rates: dict[str, list[float]] = {e: [] for e in engines}
+    if forward_ms is not None:
+        rates["forward"] = []
     forward = det.onnx if det.onnx is not None else det.runner  # type: ignore[attr-defined]
     default = forward.streamable
     for engine in engines:
         set_engine(det, engine)
         detect()
     for _ in range(rounds):
+        if forward_ms is not None:
+            rates["forward"].append(forward_ms())
         for engine in engines:
             set_engine(det, engine)
             rates[engine].append(detect())

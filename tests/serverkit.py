@@ -172,31 +172,27 @@ def start_worker(database_url: str, data_dir: str | os.PathLike, name: str, outp
     return proc
 
 
-def group_pids(pgid: int) -> list[int]:
-    """The processes of process group ``pgid`` (from /proc)."""
+def _pids_where(test) -> list[int]:  # type: ignore[no-untyped-def]
+    """The running processes (from /proc) whose pid passes ``test``; one that ends meanwhile is skipped."""
     out = []
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                if os.getpgid(int(d)) == pgid:
+                if test(int(d)):
                     out.append(int(d))
             except OSError:
                 continue
     return out
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The processes of process group ``pgid`` (from /proc)."""
+    return _pids_where(lambda pid: os.getpgid(pid) == pgid)
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
+    return _pids_where(lambda k: int(Path(f"/proc/{k}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid)
 
 
 def cmdline(pid: int) -> bytes:

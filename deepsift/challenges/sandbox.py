@@ -19,10 +19,10 @@ host names), no supplementary groups, a clean
 environment, rlimits (address space = the phase's memory limit less the worker's
 batch buffers, CPU seconds, no file writes, no core dumps, few descriptors), its own process group,
 and death with its parent (set after the user switch, which clears it). The child makes itself
-non-dumpable first thing, so another model running as the same user can neither see it nor read its
-memory. A wall-clock deadline bounds the whole run. Not root: refused unless ``allow_unconfined``
-(then only the rlimits, an empty temporary working directory, the clean environment and the
-deadline apply).
+non-dumpable first thing, so another model running as the same user (a host-named
+``sandbox_user``) can neither see it nor read its memory. A wall-clock deadline bounds the whole
+run. Not root: refused unless ``allow_unconfined`` (then only the rlimits, an empty temporary
+working directory, the clean environment and the deadline apply).
 
 Failures are a :class:`ModelRunError` of one :class:`RunFailure` kind whose fixed reason is shown to
 the participant; the child reports only a failure code (its stderr is discarded), never text.

@@ -111,6 +111,13 @@ class RowWriter:
     def write(self, row: dict) -> None:
         """Write one row and flush, so a crash loses nothing already decided."""
         row = {k: (printable(v) if isinstance(v, str) else v) for k, v in row.items()}
+        # a row and its mark are one step for Ctrl-C and SIGTERM: a signal landing between the flush and the
+        # mark would cut a row already on disk from the .partial file; held, it is raised once the row is counted
+        with _signals_held() if self.on_row is not None else contextlib.nullcontext():
+            self._write(row)
+
+    def _write(self, row: dict) -> None:
+        """Write and flush one row, count it and call ``on_row``."""
         try:
             if self.fmt == "csv":
                 cell = csv_safe if self.formula_safe else (lambda v: v)
@@ -283,6 +290,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for the block (main thread only); one that arrived is handled as it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _reason(exc: BaseException) -> str:

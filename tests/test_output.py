@@ -132,12 +132,12 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
                                 # background (`cmd &` without job control starts children with SIGINT ignored)
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        # the engine looks 16 inputs ahead: 16 + N names give N rows, then it waits on the pipe. One row more
-        # than the N asserted: a row is flushed before the writer marks it complete, and a signal landing in
-        # between rightly cuts it from the partial file; row N is marked once row N + 1 is on disk
-        proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN + 1]))
+        # the engine looks 16 inputs ahead: 16 + N names give N rows, then it waits on the pipe. The signal is
+        # sent as soon as row N is on disk (woken by its write), maybe before the writer has counted it: a row
+        # and its count are one step for signals, so every row on disk is kept
+        proc.stdin.write(b"".join(os.fsencode(str(p)) + b"\n" for p in many[: 16 + N_WRITTEN]))
         proc.stdin.flush()
-        lines_wanted = N_WRITTEN + 1 + (1 if fmt == "csv" else 0) + (1 if fmt == "json" else 0)
+        lines_wanted = N_WRITTEN + (1 if fmt == "csv" else 0) + (1 if fmt == "json" else 0)
 
         def rows_written() -> bool:
             if out is None:
@@ -161,6 +161,34 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
             proc.wait()
         proc.stdin.close()
     return proc.returncode, proc.stderr.read().decode(), stdout_path.read_text()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_a_signal_landing_between_a_rows_flush_and_its_count_keeps_the_row(tmp_path, fmt):
+    """Ctrl-C arriving right after a row reached the file, before the writer counted it: the row is kept."""
+    out = tmp_path / f"res.{fmt}"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background suite may ignore SIGINT
+    try:
+        with pytest.raises(KeyboardInterrupt), open_rows(str(out), fmt, ["source", "error"]) as writer:
+            writer.write({"source": "a.png", "error": None})
+            flush = writer.stream.flush
+
+            def flush_then_ctrl_c() -> None:  # once
+                writer.stream.flush = flush  # type: ignore[method-assign]
+                flush()
+                signal.raise_signal(signal.SIGINT)
+
+            writer.stream.flush = flush_then_ctrl_c  # type: ignore[method-assign]
+            writer.write({"source": "b.png", "error": None})
+            writer.write({"source": "c.png", "error": None})
+    finally:
+        signal.signal(signal.SIGINT, before)
+    text = out.with_name(out.name + PARTIAL_SUFFIX).read_text()
+    rows = _read(fmt, "".join(text.splitlines(keepends=True)[:-1]))
+    assert [r["source"] for r in rows] == ["a.png", "b.png"]
+    assert text.splitlines()[-1] == ('{"partial": true, "complete_rows": 2, "reason": "interrupted (SIGINT)"}'
+                                     if fmt == "jsonl" else "# partial: 2 complete rows; interrupted (SIGINT)")
+    assert not out.exists()
 
 
 EXIT_CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, as a shell reports it

@@ -52,8 +52,11 @@ warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # the one-o
 
 from deepsift.images import crop_uint8, decode_image, normalize_batch  # noqa: E402
 from deepsift.model.backbone import build_code_config, create_backbone, embed_tensor, save_backbone  # noqa: E402,F401
+from deepsift.model.decoding import load_pixels  # noqa: E402
 from deepsift.model.detector import Detector  # noqa: E402
+from deepsift.model.engine import usable_cpus  # noqa: E402
 from deepsift.model.headset import save_headset  # noqa: E402
+from deepsift.model.onnx import OnnxRunner  # noqa: E402
 from deepsift.model.heads import HEAD_KINDS, make_head  # noqa: E402
 from deepsift.sources import expand_inputs  # noqa: E402
 
@@ -313,7 +316,8 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
           "(detect rates are wall clock: on a machine loaded by other runs they are low, the core times are not)")
     table, copies = decode_wall.stage_table(paths), decode_wall.copies_ms(paths, bs)
     decode_wall.print_stages(table, copies)
-    forwards, detect = {}, {}
+    forwards, detect, scalings = {}, {}, {}
+    crops = np.stack([load_pixels(str(p)) for p in paths[:bs]])
     for prec in precisions:
         det = res[prec]["det"] if res and "det" in res[prec] else Detector.load(
             str(model_dir), batch_size=bs, **({"backend": "onnx"} if prec == "onnx" else {"precision": prec}))
@@ -321,6 +325,8 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
         one = (lambda t, d=det, s=single: s(t) if s is not None else embed_tensor(d.backbone, t))
         forwards[prec] = decode_wall.forward_core_ms(one, tensors[:3], one_thread=True, repeats=3)
         # 3 x 3 batches: one-thread timings here varied by ~10 % with 2 x 2
+        scalings[prec] = decode_wall.stream_scaling(OnnxRunner(det.onnx) if det.onnx is not None else det.runner,
+                                                    [crops, crops], usable_cpus())
         if res:
             detect[prec] = {"streams": [res[prec]["e2e"]]}
         else:  # --part decode: a warm-up pass of each engine, then ``rounds`` interleaved (1 unless asked),
@@ -328,7 +334,7 @@ def decode_section(model_dir: Path, paths: list[Path], tensors: list[torch.Tenso
             detect[prec] = decode_wall.compare_engines(
                 det, lambda d=det: end_to_end(d, folder)[0], engines, rounds,
                 forward_ms=lambda f=one: decode_wall.forward_core_ms(f, tensors[:2], one_thread=True, repeats=2))
-    decode_wall.print_bound(table, copies, forwards, detect)
+    decode_wall.print_bound(table, copies, forwards, detect, scalings)
     onnx_det = res["onnx"].get("det") if res and "onnx" in res else None
     if "onnx" in precisions:
         det = onnx_det or Detector.load(str(model_dir), batch_size=bs, backend="onnx")

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -51,7 +52,7 @@ out["hostname"] = socket.gethostname()
 out["env"] = sorted(os.environ)
 out["shm"] = ctypes.CDLL(None).shmget(%(shm_key)d, 0, 0)  # -1: no such segment in its IPC namespace
 out["ids"] = [os.getuid(), os.getgid(), os.getgroups()]
-for name, pid in (("signal_other", %(other)d), ("signal_worker", %(worker)d)):
+for name, pid in (("signal_other", %(other)d), ("signal_worker", %(worker)d), ("signal_none", %(gone)d)):
     try:
         os.kill(pid, 0)  # signal 0: the permission check alone, nothing is sent
         out[name] = "allowed"
@@ -84,7 +85,9 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
     try:
         probe = tmp / "probe" / "probe.py"
         probe.parent.mkdir()
-        probe.write_text(PROBE % {"worker": os.getpid(), "other": other.pid, "shm_key": key})
+        gone = subprocess.Popen(["true"])  # a host pid that surely does not exist: its process ended, reaped
+        gone.wait()
+        probe.write_text(PROBE % {"worker": os.getpid(), "other": other.pid, "shm_key": key, "gone": gone.pid})
         probe.chmod(0o644)
         probe.parent.chmod(0o755)
         proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
@@ -97,14 +100,17 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
         other.stdin.close()
         other.stdout.close()
         libc.shmctl(shm, IPC_RMID, None)
-    return {**json.loads(out), "other_uid": other_uid}
+    with pytest.raises(ProcessLookupError):
+        os.kill(gone.pid, 0)  # still no such process on the host after the probe ran
+    return {**json.loads(out), "other_uid": other_uid, "worker_pid": os.getpid()}
 
 
 def test_the_confined_child_sees_no_other_process(seen):
-    """Neither the worker (whose command line may hold a database password), nor pid 1, nor another team's
-    running model (its memory holds that team's model and the hidden images' pixels)."""
+    """Neither the worker (whose command line may hold a database password), nor the host's pid 1, nor another
+    team's running model (its memory holds that team's model and the hidden images' pixels)."""
     assert seen["procs"] == [str(seen["pid"])]
-    for name in ("worker", "init", "other", "other_env", "other_mem"):
+    assert seen["init"].startswith("read:") and "probe.py" in seen["init"]  # its pid 1 is itself, not the host's
+    for name in ("worker", "other", "other_env", "other_mem"):
         assert seen[name] in ("FileNotFoundError", "PermissionError"), (name, seen[name])
     assert seen["self"].startswith("read:") and seen["maps"].startswith("read:")  # its own entries still work
 
@@ -114,7 +120,14 @@ def test_each_model_process_has_a_uid_of_its_own_and_can_signal_no_other(seen):
     uid, gid, groups = seen["ids"]
     assert uid == gid and uid >= sandbox.OWN_UID_BASE and groups == []
     assert seen["other_uid"] >= sandbox.OWN_UID_BASE and seen["other_uid"] != uid
-    assert seen["signal_other"] == "PermissionError" and seen["signal_worker"] == "PermissionError"
+    assert seen["signal_other"] == seen["signal_worker"] == "ProcessLookupError"  # not even in its PID namespace
+
+
+def test_the_confined_child_cannot_tell_a_host_pid_that_exists_from_one_that_does_not(seen):
+    """kill(pid, 0) of the worker's real pid and of a pid that surely does not exist answer alike: a model cannot
+    map the host's processes. It is pid 1 of a PID namespace of its own, alone in its /proc."""
+    assert seen["worker_pid"] != 1 and seen["signal_worker"] == seen["signal_none"] == "ProcessLookupError"
+    assert seen["pid"] == 1 and seen["procs"] == ["1"]
 
 
 def test_a_host_named_sandbox_user_is_used_as_is(tmp_path):

@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ _CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWNET = (0
 # network: nothing reachable; mounts: the views below; UTS: its own hostname; IPC: none of the host's shared memory
 # segments, semaphores or message queues; cgroup: its /proc/self/cgroup shows "/", not the worker's service path
 _NAMESPACES = _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWCGROUP
+# pid: the child is pid 1 of a namespace of its own (no host pid exists for it, nor answers kill(pid, 0) differently);
+# a thread of the worker unshares it for its children (:func:`_spawn_as_pid1`), the child unshares the rest
+_CLONE_NEWPID = 0x20000000
 HOSTNAME = "deepsift-model"
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
 # a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
@@ -110,11 +114,14 @@ def _libc() -> ctypes.CDLL:
 
 
 def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.CDLL, keep: Sequence[str],
-             parent: int, workdir: str) -> None:
-    """In the child between fork and exec: namespaces, mounts, identity, limits (no Python left after)."""
+             parent: int | None, workdir: str, worker_fd: int = -1) -> None:
+    """In the child between fork and exec: namespaces, mounts, identity, limits (no Python left after).
+
+    Confined, the child is pid 1 of its own PID namespace (``parent`` None) and ``worker_fd`` a pidfd of the worker."""
     os.setsid()
     if confine:
-        if libc.unshare(_NAMESPACES) != 0 or libc.sethostname(HOSTNAME.encode(), len(HOSTNAME)) != 0:
+        if (os.getpid() != 1 or libc.unshare(_NAMESPACES) != 0
+                or libc.sethostname(HOSTNAME.encode(), len(HOSTNAME)) != 0):
             os._exit(71)
         if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
             os._exit(72)
@@ -168,9 +175,10 @@ def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     os.chdir(workdir)
     # last: a change of user clears the parent-death signal, so it is set after setuid; if the worker
-    # died before this line, the signal will never come: getppid() is no longer the worker's pid
+    # died before this line, the signal will never come: the worker's pidfd is readable (confined: getppid() is 0
+    # for a pid 1, its parent is outside its namespace), or getppid() is no longer the worker's pid
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
+    if select.select([worker_fd], [], [], 0)[0] if parent is None else os.getppid() != parent:
         os._exit(70)
 
 
@@ -231,9 +239,49 @@ def _start(conf: Confinement, script: Path = CHILD, workdir: str | None = None) 
             pass
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(conf.threads), "LANG": "C.UTF-8"}
     libc, keep, parent = _libc(), _needed_paths() + [str(script.parent)], os.getpid()  # prepared before the fork
-    return subprocess.Popen([sys.executable, "-I", "-B", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, close_fds=True,
-                            preexec_fn=lambda: _preexec(conf, confine, uid, gid, libc, keep, parent, workdir or "/"))
+
+    def popen(worker_fd: int = -1) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-B", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, close_fds=True, preexec_fn=lambda: _preexec(
+                conf, confine, uid, gid, libc, keep, None if confine else parent, workdir or "/", worker_fd))
+
+    return _spawn_as_pid1(popen, libc) if confine else popen()
+
+
+def _spawn_as_pid1(popen: Callable[[int], subprocess.Popen], libc: ctypes.CDLL) -> subprocess.Popen:
+    """``popen(pidfd of the worker)`` from a thread of its own that first unshares the PID namespace of its children:
+    the child is pid 1 of a new one, and when it ends the kernel ends everything in it. The thread stays until the
+    child has ended: the parent-death signal follows the thread that forked, not the worker process."""
+    started: list = []
+    ready = threading.Event()
+
+    def run() -> None:
+        try:
+            if libc.unshare(_CLONE_NEWPID) != 0:
+                raise ModelRunError(RunFailure.SANDBOX_UNAVAILABLE, "the worker cannot give the model a PID namespace "
+                                    f"of its own ({os.strerror(ctypes.get_errno())})")
+            worker_fd = os.pidfd_open(os.getpid())
+            try:
+                proc = popen(worker_fd)
+            finally:
+                os.close(worker_fd)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            started.append(exc)
+            ready.set()
+            return
+        started.append(proc)
+        ready.set()
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)  # ended; reaped by the caller (Popen)
+        except ChildProcessError:  # already reaped
+            pass
+
+    threading.Thread(target=run, name="model-pid1", daemon=True).start()
+    ready.wait()
+    if isinstance(started[0], BaseException):
+        raise started[0]
+    return started[0]
 
 
 class _Deadline:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import select
 import tempfile
 from pathlib import Path
 
@@ -214,3 +215,52 @@ def test_a_top_level_folder_of_the_host_is_hidden_too(tmp_path):
     seen = json.loads(out)
     assert seen["entries"] in ([], None) and seen["loose"] == ""
     assert "lib" in seen["usr"]
+
+
+def _probe(tmp_path: Path, code: str) -> Path:
+    probe = tmp_path / "probe" / "probe.py"
+    probe.parent.mkdir()
+    probe.write_text(code)
+    probe.chmod(0o644)
+    probe.parent.chmod(0o755)
+    return probe
+
+
+def test_every_process_of_the_namespace_ends_with_its_pid_1(tmp_path):
+    """A process started inside (a model cannot, a probe can) does not outlive the model's pid 1: the kernel ends the
+    whole PID namespace. The witness: the sleeper holds the pipe of the child's stdout, which then reads its end."""
+    probe = _probe(tmp_path, "import os, sys, time\n"
+                             "pid = os.fork()\n"
+                             "if pid == 0:\n"
+                             "    time.sleep(60)\n"
+                             "    os._exit(0)\n"
+                             "sys.stdout.write('%d\\n' % pid)\n")
+    proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+    fd = proc.stdout.fileno()
+    try:
+        got = b""
+        while not got.endswith(b"\n") and select.select([fd], [], [], 30)[0] and (chunk := os.read(fd, 64)):
+            got += chunk
+        assert proc.wait(30) == 0 and got == b"2\n"  # the sleeper was pid 2 of the child's own namespace
+        ended = select.select([fd], [], [], 10)[0] and os.read(fd, 64) == b""
+        assert ended, "a process of the model's namespace outlived its pid 1"
+    finally:
+        sandbox._kill(proc)  # its process group: a sleeper left by a failed test too
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_a_child_whose_worker_is_gone_before_its_death_signal_is_set_does_not_run(tmp_path, monkeypatch):
+    """The parent-death signal is set last (a change of user clears it); a worker that ended before that line would
+    never send it, so the child checks the worker's pidfd and stops (exit 70) before its script runs."""
+    ended = subprocess.Popen(["true"])
+    gone = os.pidfd_open(ended.pid)
+    ended.wait()  # its pidfd reads as ended, like the worker's would
+    monkeypatch.setattr(os, "pidfd_open", lambda pid: os.dup(gone))
+    try:
+        probe = _probe(tmp_path, "import sys; sys.stdout.write('ran')\n")
+        proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(gone)
+    assert (proc.returncode, out) == (70, b"")

@@ -2,10 +2,12 @@
 cgroups, device nodes, hostname or IPC objects, no inherited descriptor or environment variable."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -245,7 +247,9 @@ def test_every_process_of_the_namespace_ends_with_its_pid_1(tmp_path):
         ended = select.select([fd], [], [], 10)[0] and os.read(fd, 64) == b""
         assert ended, "a process of the model's namespace outlived its pid 1"
     finally:
-        sandbox._kill(proc)  # its process group: a sleeper left by a failed test too
+        sandbox._kill(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a sleeper a failed test left in its process group
         proc.stdin.close()
         proc.stdout.close()
 

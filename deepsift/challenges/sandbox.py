@@ -4,7 +4,8 @@ The worker (trusted code) decodes and preprocesses the images per the submission
 :class:`Preprocessing` spec and streams pixel batches to ``sandbox_child.py``, which holds only the
 model. The child never sees a path, a file name or a label. Before it starts, the model is refused
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
-child gets, before it starts Python: its own network namespace (no interface up: nothing
+child is pid 1 of its own PID namespace (no host pid exists for it; when it ends, the kernel ends
+everything in the namespace) and gets, before it starts Python: its own network namespace (no interface up: nothing
 reachable), UTS (hostname ``deepsift-model``), IPC (none of the host's shared memory, semaphores or
 message queues) and cgroup namespaces (its ``/proc/self/cgroup`` says ``/``), its own mount
 namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``, ``/dev``, ``/opt``,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deepsift.challenges import sandbox
+from deepsift.challenges import confine, sandbox
 from deepsift.challenges.runfailures import ModelRunError, RunFailure
 from deepsift.challenges.sandbox import Confinement, parse_preprocessing, run_model
 from platformkit import make_folders
@@ -178,7 +178,7 @@ def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone
         return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if " /proc " in line]
 
     before = proc_mount()
-    monkeypatch.setattr(sandbox, "PROC_OPTIONS", options)
+    monkeypatch.setattr(confine, "PROC_OPTIONS", options)
     images = sorted(make_folders(tmp_path / "imgs", n=1).rglob("*.*"))
     spec = parse_preprocessing({"input_size": 32, "crop": "stretch", "output": "score", "batch_size": 4})
     with pytest.raises(ModelRunError) as exc:

@@ -186,8 +186,8 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
     preds.write_text(csv_text(good_scores(hosted, 0.2)))
     out = LineWaiter()
     # a lease longer than the downtime: the held job stays its worker's; a short one for the other's takeovers
-    workers = {"held": start_worker(pg_server.url, data, "held", out, {"DEEPSIFT_CHALLENGES_LEASE_SECONDS": "60",
-                                                                       "DEEPSIFT_CHALLENGES_ALLOW_UNCONFINED_MODELS": "true"})}
+    held_env = {"DEEPSIFT_CHALLENGES_LEASE_SECONDS": "60", "DEEPSIFT_CHALLENGES_ALLOW_UNCONFINED_MODELS": "true"}
+    workers = {"held": start_worker(pg_server.url, data, "held", out, held_env)}
     accepted: list[str] = []
     more = threading.Condition()  # notified at each accepted submission
     errors: list[str] = []

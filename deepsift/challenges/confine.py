@@ -170,6 +170,7 @@ def confinement_available() -> bool:
     """True when this process can build the namespaces (root)."""
     return os.geteuid() == 0
 
+
 def _spawn_as_pid1(popen: Callable[[int], subprocess.Popen], libc: ctypes.CDLL) -> subprocess.Popen:
     """``popen(pidfd of the worker)`` from a thread of its own that first unshares the PID namespace of its children:
     the child is pid 1 of a new one, and when it ends the kernel ends everything in it. The thread stays until the

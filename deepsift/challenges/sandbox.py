@@ -53,9 +53,9 @@ from .onnxcheck import check_self_contained
 from .preprocessing import MIB, BatchPlan, Preprocessing, batches, parse_preprocessing, plan_batches, preprocess
 from .runfailures import LIMIT_FAILURES, ModelRunError, RunFailure, failure_of
 
-__all__ = ["CHILD", "DEV_NODES", "HOSTNAME", "OWN_UID_BASE", "WORKDIR", "Confinement", "LIMIT_FAILURES", "ModelRunError",
-           "Preprocessing", "RunFailure", "confinement_available", "failure_of", "own_uid", "parse_preprocessing",
-           "preprocess", "run_model"]
+__all__ = ["CHILD", "DEV_NODES", "HOSTNAME", "OWN_UID_BASE", "WORKDIR", "Confinement", "LIMIT_FAILURES",
+           "ModelRunError", "Preprocessing", "RunFailure", "confinement_available", "failure_of", "own_uid",
+           "parse_preprocessing", "preprocess", "run_model"]
 
 log = logging.getLogger("deepsift.challenges.sandbox")
 # the child's answer frames: a length, or FAILED | code (sandbox_child.py writes the same codes)

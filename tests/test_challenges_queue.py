@@ -222,7 +222,7 @@ def test_postgresql_restarted_under_load_server_and_workers_recover(pg_server, t
             down = True
             n_down = len(out.lines)
 
-            def poll_waited(lines: list[str]) -> bool:  # the claims' own retries ran out, the worker waits on
+            def poll_waited(lines: list[str]) -> bool:  # a claim used up db.run's retries: the worker says it waits
                 return workers["poll"].poll() is not None or any(  # (or it exited: asserted just below)
                     ln.startswith("[poll] deepsift: database unavailable (") for ln in lines[n_down:])
 

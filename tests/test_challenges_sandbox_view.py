@@ -2,18 +2,22 @@
 cgroups, device nodes, hostname or IPC objects, no inherited descriptor or environment variable."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
+import subprocess
+import select
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from deepsift.challenges import sandbox
+from deepsift.challenges import confine, sandbox
 from deepsift.challenges.runfailures import ModelRunError, RunFailure
 from deepsift.challenges.sandbox import Confinement, parse_preprocessing, run_model
 from platformkit import make_folders
@@ -51,7 +55,7 @@ out["hostname"] = socket.gethostname()
 out["env"] = sorted(os.environ)
 out["shm"] = ctypes.CDLL(None).shmget(%(shm_key)d, 0, 0)  # -1: no such segment in its IPC namespace
 out["ids"] = [os.getuid(), os.getgid(), os.getgroups()]
-for name, pid in (("signal_other", %(other)d), ("signal_worker", %(worker)d)):
+for name, pid in (("signal_other", %(other)d), ("signal_worker", %(worker)d), ("signal_none", %(gone)d)):
     try:
         os.kill(pid, 0)  # signal 0: the permission check alone, nothing is sent
         out[name] = "allowed"
@@ -84,7 +88,9 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
     try:
         probe = tmp / "probe" / "probe.py"
         probe.parent.mkdir()
-        probe.write_text(PROBE % {"worker": os.getpid(), "other": other.pid, "shm_key": key})
+        gone = subprocess.Popen(["true"])  # a host pid that surely does not exist: its process ended, reaped
+        gone.wait()
+        probe.write_text(PROBE % {"worker": os.getpid(), "other": other.pid, "shm_key": key, "gone": gone.pid})
         probe.chmod(0o644)
         probe.parent.chmod(0o755)
         proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
@@ -97,14 +103,17 @@ def seen(tmp_path_factory):  # type: ignore[no-untyped-def]
         other.stdin.close()
         other.stdout.close()
         libc.shmctl(shm, IPC_RMID, None)
-    return {**json.loads(out), "other_uid": other_uid}
+    with pytest.raises(ProcessLookupError):
+        os.kill(gone.pid, 0)  # still no such process on the host after the probe ran
+    return {**json.loads(out), "other_uid": other_uid, "worker_pid": os.getpid()}
 
 
 def test_the_confined_child_sees_no_other_process(seen):
-    """Neither the worker (whose command line may hold a database password), nor pid 1, nor another team's
-    running model (its memory holds that team's model and the hidden images' pixels)."""
+    """Neither the worker (whose command line may hold a database password), nor the host's pid 1, nor another
+    team's running model (its memory holds that team's model and the hidden images' pixels)."""
     assert seen["procs"] == [str(seen["pid"])]
-    for name in ("worker", "init", "other", "other_env", "other_mem"):
+    assert seen["init"].startswith("read:") and "probe.py" in seen["init"]  # its pid 1 is itself, not the host's
+    for name in ("worker", "other", "other_env", "other_mem"):
         assert seen[name] in ("FileNotFoundError", "PermissionError"), (name, seen[name])
     assert seen["self"].startswith("read:") and seen["maps"].startswith("read:")  # its own entries still work
 
@@ -114,7 +123,14 @@ def test_each_model_process_has_a_uid_of_its_own_and_can_signal_no_other(seen):
     uid, gid, groups = seen["ids"]
     assert uid == gid and uid >= sandbox.OWN_UID_BASE and groups == []
     assert seen["other_uid"] >= sandbox.OWN_UID_BASE and seen["other_uid"] != uid
-    assert seen["signal_other"] == "PermissionError" and seen["signal_worker"] == "PermissionError"
+    assert seen["signal_other"] == seen["signal_worker"] == "ProcessLookupError"  # not even in its PID namespace
+
+
+def test_the_confined_child_cannot_tell_a_host_pid_that_exists_from_one_that_does_not(seen):
+    """kill(pid, 0) of the worker's real pid and of a pid that surely does not exist answer alike: a model cannot
+    map the host's processes. It is pid 1 of a PID namespace of its own, alone in its /proc."""
+    assert seen["worker_pid"] != 1 and seen["signal_worker"] == seen["signal_none"] == "ProcessLookupError"
+    assert seen["pid"] == 1 and seen["procs"] == ["1"]
 
 
 def test_a_host_named_sandbox_user_is_used_as_is(tmp_path):
@@ -162,7 +178,7 @@ def test_a_proc_without_its_options_fails_closed_and_leaves_the_hosts_proc_alone
         return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if " /proc " in line]
 
     before = proc_mount()
-    monkeypatch.setattr(sandbox, "PROC_OPTIONS", options)
+    monkeypatch.setattr(confine, "PROC_OPTIONS", options)
     images = sorted(make_folders(tmp_path / "imgs", n=1).rglob("*.*"))
     spec = parse_preprocessing({"input_size": 32, "crop": "stretch", "output": "score", "batch_size": 4})
     with pytest.raises(ModelRunError) as exc:
@@ -201,3 +217,54 @@ def test_a_top_level_folder_of_the_host_is_hidden_too(tmp_path):
     seen = json.loads(out)
     assert seen["entries"] in ([], None) and seen["loose"] == ""
     assert "lib" in seen["usr"]
+
+
+def _probe(tmp_path: Path, code: str) -> Path:
+    probe = tmp_path / "probe" / "probe.py"
+    probe.parent.mkdir()
+    probe.write_text(code)
+    probe.chmod(0o644)
+    probe.parent.chmod(0o755)
+    return probe
+
+
+def test_every_process_of_the_namespace_ends_with_its_pid_1(tmp_path):
+    """A process started inside (a model cannot, a probe can) does not outlive the model's pid 1: the kernel ends the
+    whole PID namespace. The witness: the sleeper holds the pipe of the child's stdout, which then reads its end."""
+    probe = _probe(tmp_path, "import os, sys, time\n"
+                             "pid = os.fork()\n"
+                             "if pid == 0:\n"
+                             "    time.sleep(60)\n"
+                             "    os._exit(0)\n"
+                             "sys.stdout.write('%d\\n' % pid)\n")
+    proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+    fd = proc.stdout.fileno()
+    try:
+        got = b""
+        while not got.endswith(b"\n") and select.select([fd], [], [], 30)[0] and (chunk := os.read(fd, 64)):
+            got += chunk
+        assert proc.wait(30) == 0 and got == b"2\n"  # the sleeper was pid 2 of the child's own namespace
+        ended = select.select([fd], [], [], 10)[0] and os.read(fd, 64) == b""
+        assert ended, "a process of the model's namespace outlived its pid 1"
+    finally:
+        sandbox._kill(proc)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a sleeper a failed test left in its process group
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_a_child_whose_worker_is_gone_before_its_death_signal_is_set_does_not_run(tmp_path, monkeypatch):
+    """The parent-death signal is set last (a change of user clears it); a worker that ended before that line would
+    never send it, so the child checks the worker's pidfd and stops (exit 70) before its script runs."""
+    ended = subprocess.Popen(["true"])
+    gone = os.pidfd_open(ended.pid)
+    ended.wait()  # its pidfd reads as ended, like the worker's would
+    monkeypatch.setattr(os, "pidfd_open", lambda pid: os.dup(gone))
+    try:
+        probe = _probe(tmp_path, "import sys; sys.stdout.write('ran')\n")
+        proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        os.close(gone)
+    assert (proc.returncode, out) == (70, b"")

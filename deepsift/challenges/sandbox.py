@@ -4,7 +4,8 @@ The worker (trusted code) decodes and preprocesses the images per the submission
 :class:`Preprocessing` spec and streams pixel batches to ``sandbox_child.py``, which holds only the
 model. The child never sees a path, a file name or a label. Before it starts, the model is refused
 if any tensor keeps its data in an external file (:mod:`.onnxcheck`). When the worker is root the
-child gets, before it starts Python: its own network namespace (no interface up: nothing
+child is pid 1 of its own PID namespace (no host pid exists for it; when it ends, the kernel ends
+everything in the namespace) and gets, before it starts Python: its own network namespace (no interface up: nothing
 reachable), UTS (hostname ``deepsift-model``), IPC (none of the host's shared memory, semaphores or
 message queues) and cgroup namespaces (its ``/proc/self/cgroup`` says ``/``), its own mount
 namespace with empty tmpfs over ``/tmp``, ``/etc``, ``/run``, ``/var``, ``/dev``, ``/opt``,
@@ -29,14 +30,11 @@ the participant; the child reports only a failure code (its stderr is discarded)
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import io
-import itertools
 import json
 import logging
 import os
-import resource
 import select
 import signal
 import struct
@@ -44,168 +42,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .confine import (CHILD, DEV_NODES, HOSTNAME, OWN_UID_BASE, WORKDIR, Confinement, _libc, _needed_paths,
+                      _NO_OWN_PROC, _preexec, _spawn_as_pid1, confinement_available, own_uid)
 from .onnxcheck import check_self_contained
 from .preprocessing import MIB, BatchPlan, Preprocessing, batches, parse_preprocessing, plan_batches, preprocess
 from .runfailures import LIMIT_FAILURES, ModelRunError, RunFailure, failure_of
 
-__all__ = ["CHILD", "Confinement", "LIMIT_FAILURES", "ModelRunError", "Preprocessing", "RunFailure",
-           "confinement_available", "failure_of", "parse_preprocessing", "preprocess", "run_model"]
+__all__ = ["CHILD", "DEV_NODES", "HOSTNAME", "OWN_UID_BASE", "WORKDIR", "Confinement", "LIMIT_FAILURES",
+           "ModelRunError", "Preprocessing", "RunFailure", "confinement_available", "failure_of", "own_uid",
+           "parse_preprocessing", "preprocess", "run_model"]
 
-CHILD = Path(__file__).with_name("sandbox_child.py")
 log = logging.getLogger("deepsift.challenges.sandbox")
-_CLONE_NEWNS, _CLONE_NEWCGROUP, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWNET = (0x00020000, 0x02000000, 0x04000000,
-                                                                          0x08000000, 0x40000000)
-# network: nothing reachable; mounts: the views below; UTS: its own hostname; IPC: none of the host's shared memory
-# segments, semaphores or message queues; cgroup: its /proc/self/cgroup shows "/", not the worker's service path
-_NAMESPACES = _CLONE_NEWNET | _CLONE_NEWNS | _CLONE_NEWUTS | _CLONE_NEWIPC | _CLONE_NEWCGROUP
-HOSTNAME = "deepsift-model"
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 8, 4096, 16384, 1 << 18
-# a fresh procfs instance (kernel >= 5.8: options per instance) listing only the processes the child may
-# ptrace-read (itself), without /proc's system files; kernels 5.3-5.7 (which would apply a new mount's options
-# to the host's /proc) refuse these values outright, older ones may ignore them (checked after the mount)
-PROC_OPTIONS = b"hidepid=invisible,subset=pid"
-_PR_SET_PDEATHSIG = 1
-# a model process's own uid: above the ranges systems hand out to users and containers (<= 1879048191), below
-# systemd's dynamic users (>= 2147352576); pids up to 4194304 (pid_max's ceiling) x 16 fit in between
-OWN_UID_BASE = 2_000_000_000
-_uid_counter = itertools.count()
-HIDDEN_DIRS = ("/tmp", "/etc", "/var", "/run", "/dev", "/home", "/root", "/opt", "/srv", "/mnt", "/media", "/boot")
-# the root's system folders, left as they are; every other folder at the root is hidden too (a deployment's /app,
-# /data, /workspace...), with what Python needs bound back
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/nix", "/gnu", "/proc", "/sys")
-DEV_NODES = ("null", "zero", "full", "random", "urandom")  # the only device nodes in its /dev (no disk, GPU, tty)
-# bound back into the hidden folders: the dynamic loader's library index, the harmless device nodes
-KEEP_FILES = ("/etc/ld.so.cache", *(f"/dev/{name}" for name in DEV_NODES))
-WORKDIR = "/tmp/deepsift-model"  # the confined child's working directory: empty, not writable (inside /tmp's tmpfs)
 # the child's answer frames: a length, or FAILED | code (sandbox_child.py writes the same codes)
 FAILED = 1 << 63
 _CHILD_CODES = {1: RunFailure.INVALID_MODEL, 2: RunFailure.WRONG_INPUTS, 3: RunFailure.MEMORY_LIMIT,
                 4: RunFailure.CRASH, 5: RunFailure.WRONG_OUTPUT_TYPE}
 _SETUP_EXIT_CODES = range(71, 79)
-_NO_OWN_PROC = 77  # the setup exit code of a /proc that could not be the child's own
 NO_OWN_PROC = "this worker's kernel cannot give the model its own /proc (Linux 5.8 or newer is needed)"
-
-
-@dataclass(frozen=True)
-class Confinement:
-    """How the child is confined (built from the platform settings)."""
-
-    memory_mb: int
-    time_limit_s: float
-    allow_unconfined: bool = False
-    user: str = ""  # a named user, or "" for a uid of the child's own (:func:`own_uid`)
-    hide: tuple[str, ...] = ()  # more folders to hide (the server's data folder)
-    threads: int = 1
-    max_batch_mb: int = 256  # the most one batch of preprocessed pixels may take (the platform's cap)
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _preexec(conf: Confinement, confine: bool, uid: int, gid: int, libc: ctypes.CDLL, keep: Sequence[str],
-             parent: int, workdir: str) -> None:
-    """In the child between fork and exec: namespaces, mounts, identity, limits (no Python left after)."""
-    os.setsid()
-    if confine:
-        if libc.unshare(_NAMESPACES) != 0 or libc.sethostname(HOSTNAME.encode(), len(HOSTNAME)) != 0:
-            os._exit(71)
-        if libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-            os._exit(72)
-        hidden: list[str] = []
-        top = [f"/{e}" for e in os.listdir("/") if f"/{e}" not in SYSTEM_DIRS and not os.path.islink(f"/{e}")]
-        top_files = [f for f in top if os.path.isfile(f)]
-        for d in sorted({os.path.realpath(x) for x in (*HIDDEN_DIRS, *conf.hide, *top)}, key=len):
-            if os.path.isdir(d) and not any(d == h or d.startswith(h.rstrip("/") + "/") for h in hidden):
-                hidden.append(d)  # a folder inside one already hidden is hidden with it
-        # what Python itself needs and a hidden folder covers: held open, bound back after the hiding
-        held = [(k, os.path.isdir(k), os.open(k, os.O_PATH)) for k in keep
-                if os.path.exists(k) and any(k == h or k.startswith(h.rstrip("/") + "/") for h in hidden)]
-        for d in hidden:
-            if libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=64k,mode=0755") != 0:
-                os._exit(73)
-        for path, is_dir, fd in held:
-            os.makedirs(path if is_dir else os.path.dirname(path), exist_ok=True)
-            if not is_dir and not os.path.exists(path):
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o444))  # a mount point for the file
-            if libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, _MS_BIND | _MS_REC, None) != 0:
-                os._exit(74)
-            os.close(fd)
-        if os.path.realpath("/tmp") not in hidden:
-            os._exit(75)
-        for f in top_files:  # a file at the root (a deployment's /app.env): read as empty
-            if libc.mount(b"/dev/null", f.encode(), None, _MS_BIND, None) != 0:
-                os._exit(74)
-        # never a remount of the host's /proc or /sys: new instances over them, seen only in this namespace;
-        # older kernels share one /proc per pid namespace and may ignore a second mount's options: a system file
-        # still there means no subset=pid, so no hidepid either: refused
-        if (libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS) != 0
-                or os.path.exists("/proc/cpuinfo")):
-            os._exit(_NO_OWN_PROC)
-        # sysfs mounted from the new network namespace: its devices only (lo); no cgroup tree under it
-        if libc.mount(b"sysfs", b"/sys", b"sysfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None) != 0:
-            os._exit(78)
-        try:  # an empty folder in the private /tmp, owned by root: nothing to read or write relative to it
-            os.mkdir(WORKDIR, 0o555)
-        except OSError:
-            os._exit(76)
-        workdir = WORKDIR
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    mem = conf.memory_mb << 20
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    cpu = int(conf.time_limit_s * max(conf.threads, 1) + 30)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    os.chdir(workdir)
-    # last: a change of user clears the parent-death signal, so it is set after setuid; if the worker
-    # died before this line, the signal will never come: getppid() is no longer the worker's pid
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(70)
-
-
-def _needed_paths() -> list[str]:
-    """What the child's Python needs: the interpreter (and its links), its libraries, numpy, onnxruntime, the script."""
-    import importlib.util
-
-    paths = {sys.base_prefix, sys.prefix, str(CHILD.parent), *KEEP_FILES}
-    exe = os.path.abspath(sys.executable)
-    for _ in range(16):  # every folder on the way to the interpreter (a venv link, /etc/alternatives...)
-        paths.add(os.path.dirname(exe))
-        if not os.path.islink(exe):
-            break
-        exe = os.path.abspath(os.path.join(os.path.dirname(exe), os.readlink(exe)))
-    for mod in ("numpy", "onnxruntime"):
-        spec = importlib.util.find_spec(mod)
-        if spec and spec.origin:
-            paths.add(str(Path(spec.origin).parent.parent))
-    real = {os.path.realpath(p) for p in paths} | paths
-    return sorted(p for p in real if os.path.exists(p))
-
-
-def own_uid() -> int:
-    """A uid (and gid) that no other process uses, for one model process: no user, no file has it.
-
-    ``OWN_UID_BASE + 16 x this process's pid + a counter``: processes alive at once have distinct
-    pids, and one process runs at most 16 children at once (a worker runs one), so two models never
-    share a uid and neither can signal the other (another team's run) or anything else on the host.
-    """
-    return OWN_UID_BASE + 16 * os.getpid() + next(_uid_counter) % 16
-
-
-def confinement_available() -> bool:
-    """True when this process can build the namespaces (root)."""
-    return os.geteuid() == 0
 
 
 def _start(conf: Confinement, script: Path = CHILD, workdir: str | None = None) -> subprocess.Popen:
@@ -231,9 +89,14 @@ def _start(conf: Confinement, script: Path = CHILD, workdir: str | None = None) 
             pass
     env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(conf.threads), "LANG": "C.UTF-8"}
     libc, keep, parent = _libc(), _needed_paths() + [str(script.parent)], os.getpid()  # prepared before the fork
-    return subprocess.Popen([sys.executable, "-I", "-B", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, env=env, close_fds=True,
-                            preexec_fn=lambda: _preexec(conf, confine, uid, gid, libc, keep, parent, workdir or "/"))
+
+    def popen(worker_fd: int = -1) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-B", str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, close_fds=True, preexec_fn=lambda: _preexec(
+                conf, confine, uid, gid, libc, keep, None if confine else parent, workdir or "/", worker_fd))
+
+    return _spawn_as_pid1(popen, libc) if confine else popen()
 
 
 class _Deadline:

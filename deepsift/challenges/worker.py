@@ -168,6 +168,7 @@ class Worker:
                                            ranking_metric=info.ranking_metric,
                                            train_generators=info.train_generators, rank_on=info.rank_on)
                     public, private = scoring.ranking_value(result, "public"), scoring.ranking_value(result, "private")
+                    log.info("job %s: scores computed by %s, saving them", sid, self.name)
                     if hb.lost or not queue.finish(self.db, job, result, public, private, keep_lease=True):
                         log.warning("job %s: lease lost, result dropped", sid)
                         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -25,6 +26,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 T = TypeVar("T")
+
+log = logging.getLogger("deepsift.server.db")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -176,7 +179,11 @@ class Database:
             except (OperationalError, DBAPIError) as exc:
                 if attempt == retries or not is_transient(exc):
                     raise
-                time.sleep(delay_s * (2 ** attempt))
+                delay = delay_s * (2 ** attempt)
+                reason = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+                log.info("database unavailable or busy (%s); retry %d of %d in %.1f s", reason, attempt + 1, retries,
+                         delay)
+                time.sleep(delay)
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:

@@ -76,6 +76,10 @@ def test_register_download_submit_score_leaderboard(browser, screenshots, site, 
     assert page.inner_text("#state") == "scored"
     assert page.locator("svg[aria-label='ROC curve']").count() >= 1
     assert "real + gen_a" in page.inner_text("table.metrics")
+    # then the bootstrap intervals: the page, still polling, reloads itself once they are in; the intervals are
+    # drawn by the server only, so their presence means that reload is over (navigating away during it aborted)
+    page.wait_for_selector("table.metrics span.ci", timeout=60_000)
+    assert page.inner_text("[data-field=intervals]") == "done" and "computing" not in page.inner_text("main")
     shot("05-result")
 
     page.goto(live.url + "/challenges/d3-open/submissions")

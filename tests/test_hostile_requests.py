@@ -35,3 +35,40 @@ def test_a_lone_surrogate_in_a_team_name_is_a_422(app, lenient, tmp_path):
     assert r.json()["detail"][0]["loc"] == ["body", "name"]
     r = lenient.post(f"/api/challenges/{hosted.slug}/teams", json={"name": "Team \u00e9 A"}, headers=alice.auth)
     assert r.status_code == 201 and r.json()["name"] == "Team \u00e9 A", r.text  # real non-ASCII text is fine
+
+
+def _until_closed(sock, limit: float = 30.0) -> bytes:
+    """Everything the server sends until it closes the connection (socket.timeout if it keeps it past ``limit``)."""
+    sock.settimeout(limit)
+    out = b""
+    while chunk := sock.recv(4096):
+        out += chunk
+    return out
+
+
+def test_deepsift_serve_cuts_off_clients_that_send_too_slowly(tmp_path):
+    """Slowloris: a connection that sends no request, or its headers or body too slowly, is closed (a 408 when
+    no response began), rather than held for ever; a prompt client on the same server is answered."""
+    import socket
+
+    import httpx
+
+    from serverkit import ServeProcess
+
+    env = {"DEEPSIFT_HEADER_TIMEOUT_S": "1", "DEEPSIFT_BODY_IDLE_TIMEOUT_S": "1"}
+    with ServeProcess(f"sqlite:///{tmp_path / 'serve.db'}", tmp_path / "data", extra_env=env) as srv:
+        def connect() -> socket.socket:
+            return socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+
+        with connect() as silent, connect() as partial, connect() as stalled, connect() as prompt:
+            partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            stalled.sendall(b"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 200\r\n\r\n{\"username\": \"carol\", \"password\": \"password-123\"")
+            prompt.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            assert _until_closed(prompt).startswith(b"HTTP/1.1 200 ")
+            assert _until_closed(silent).startswith(b"HTTP/1.1 408 ")
+            assert _until_closed(partial).startswith(b"HTTP/1.1 408 ")
+            assert not _until_closed(stalled).startswith(b"HTTP/1.1 2")  # cut off: the account was never made
+        assert httpx.get(srv.url + "/healthz", timeout=30).status_code == 200
+        r = httpx.post(srv.url + "/api/auth/token", json={"username": "carol", "password": "password-123"}, timeout=30)
+        assert r.status_code == 401, r.text

@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     rate_limit_store: Literal["memory", "file"] = Field(
         "memory", description="where rate-limit counts live: this process's memory, or a file in data_dir that "
                               "every process of the machine shares (serve --processes N sets it)")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a client has to send a request's headers "
+                                                          "(from its first byte): a slower one gets a 408 and is "
+                                                          "disconnected (deepsift serve)")
+    body_idle_timeout_s: float = Field(60.0, gt=0, description="seconds a request's body may send nothing before "
+                                                               "the client is disconnected (deepsift serve)")
     db_pool_size: int = Field(10, ge=1, le=500, description="database connections per server process (PostgreSQL)")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="how long SQLite waits for a lock before failing")
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")

@@ -72,3 +72,51 @@ def test_deepsift_serve_cuts_off_clients_that_send_too_slowly(tmp_path):
         assert httpx.get(srv.url + "/healthz", timeout=30).status_code == 200
         r = httpx.post(srv.url + "/api/auth/token", json={"username": "carol", "password": "password-123"}, timeout=30)
         assert r.status_code == 401, r.text
+
+
+def _read_head(sock) -> bytes:
+    """The server's next response head (up to its blank line), or what came before it closed."""
+    sock.settimeout(30)
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def test_one_address_cannot_start_more_than_its_share_of_large_uploads(database_url, tmp_path):
+    """Large bodies are read (spooled to disk, or kept in memory) before a route checks anything: one
+    address gets ``max_uploads_per_client`` of them at once, and the next a 429 before its body is sent."""
+    import socket
+
+    from deepsift.server import create_app
+    from serverkit import LiveServer, make_settings
+
+    app = create_app(make_settings(database_url, tmp_path / "data", max_uploads_per_client=2))
+    size = 4 << 20
+    head = (f"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n").encode()
+    try:
+        with LiveServer(app) as live:
+            def connect() -> socket.socket:
+                return socket.create_connection(("127.0.0.1", live.port), timeout=30)
+
+            with connect() as first, connect() as second, connect() as third:
+                for s in (first, second):  # "100 Continue": the route is reading this body, its slot is taken
+                    s.sendall(head)
+                    assert _read_head(s).startswith(b"HTTP/1.1 100 "), "the upload did not start"
+                third.sendall(head)
+                refused = _read_head(third)
+                assert refused.startswith(b"HTTP/1.1 429 ") and b"retry-after: 1" in refused.lower(), refused
+                for s in (first, second):  # the slots' own uploads go on undisturbed
+                    s.sendall(b'{"username": "x", "password": "' + b"p" * (size - 33) + b'"}')
+                    assert _read_head(s).startswith(b"HTTP/1.1 422 ")
+            small = (b'{"username": "dora", "password": "password-123"}')
+            with connect() as after:  # small requests never wait for a slot
+                after.sendall(b"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(small), small))
+                assert _read_head(after).startswith(b"HTTP/1.1 201 ")
+    finally:
+        app.state.db.dispose()

@@ -24,6 +24,7 @@ from .db import Database, make_private_dir
 from .domains import Domain, installed_domains
 from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, error_headers
 from .settings import Settings
+from .uploadslots import UploadSlots
 from .web import HERE, BodyLimit, RejectNul, SecurityHeaders, make_environment, render, wants_html
 
 log = logging.getLogger("deepsift.server")
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
 
     _error_handlers(app)
     app.add_middleware(RejectNul)
+    app.add_middleware(UploadSlots, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + (1 << 20))  # + multipart overhead
     app.add_middleware(SecurityHeaders, settings=settings)
 

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
     token_days: float = Field(90.0, ge=0, description="default lifetime of a new API token (0: never expires)")
     max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
+    max_uploads_per_client: int = Field(4, ge=1, description="request bodies over 1 MiB one client address may "
+                                                             "send at once (per server process); one more gets a 429 "
+                                                             "before its body is read")
     max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
     login_rate: str = Field("10/minute", description="login/registration attempts per client address")
     login_account_rate: str = Field("10/15min", description="failed logins per account (from any address); beyond "

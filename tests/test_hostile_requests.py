@@ -50,6 +50,7 @@ def test_deepsift_serve_cuts_off_clients_that_send_too_slowly(tmp_path):
     """Slowloris: a connection that sends no request, or its headers or body too slowly, is closed (a 408 when
     no response began), rather than held for ever; a prompt client on the same server is answered."""
     import socket
+    import time
 
     import httpx
 
@@ -69,6 +70,18 @@ def test_deepsift_serve_cuts_off_clients_that_send_too_slowly(tmp_path):
             assert _until_closed(silent).startswith(b"HTTP/1.1 408 ")
             assert _until_closed(partial).startswith(b"HTTP/1.1 408 ")
             assert not _until_closed(stalled).startswith(b"HTTP/1.1 2")  # cut off: the account was never made
+        with connect() as trickle:
+            trickle.sendall(b"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 100\r\n\r\n")
+            sent = 0
+            try:  # a byte every 0.25 s: never idle for the 1 s allowed, but far below 1 KiB/s on average
+                while sent < 100:
+                    trickle.sendall(b" ")
+                    sent += 1
+                    time.sleep(0.25)  # the slow client's pace (what is tested), not a wait for the server
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert sent < 100, "a body trickling in at 4 bytes/s was read to its end"
         assert httpx.get(srv.url + "/healthz", timeout=30).status_code == 200
         r = httpx.post(srv.url + "/api/auth/token", json={"username": "carol", "password": "password-123"}, timeout=30)
         assert r.status_code == 401, r.text

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
                                                           "(from its first byte): a slower one gets a 408 and is "
                                                           "disconnected (deepsift serve)")
     body_idle_timeout_s: float = Field(60.0, gt=0, description="seconds a request's body may send nothing before "
-                                                               "the client is disconnected (deepsift serve)")
+                                                               "the client is disconnected; a body of declared "
+                                                               "length must also arrive within this plus one second "
+                                                               "per KiB (deepsift serve)")
     db_pool_size: int = Field(10, ge=1, le=500, description="database connections per server process (PostgreSQL)")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="how long SQLite waits for a lock before failing")
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")

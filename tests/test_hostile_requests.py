@@ -133,3 +133,18 @@ def test_one_address_cannot_start_more_than_its_share_of_large_uploads(database_
                 assert _read_head(after).startswith(b"HTTP/1.1 201 ")
     finally:
         app.state.db.dispose()
+
+
+def test_a_deeply_nested_preprocessing_spec_is_a_422_and_leaves_nothing(app, lenient, tmp_path):
+    """10,000 characters of ``[[[...]]]`` fit the spec field's cap but not Python's JSON recursion limit."""
+    from platformkit import join
+
+    hosted = host_challenge(app, lenient, tmp_path)
+    alice = join(lenient, hosted.slug, register(lenient, "alice"), "Team A")
+    for spec in ("[" * 5000 + "]" * 5000, '{"mean": ' + "[" * 4000 + "]" * 4000 + "}"):
+        r = lenient.post(f"/api/challenges/{hosted.slug}/phases/{hosted.phase}/submissions",
+                         files={"file": ("model.onnx", b"\x08\x07" + b"\x00" * 64)},
+                         data={"kind": "model", "preprocessing": spec}, headers=alice.auth)
+        assert r.status_code == 422, r.text[:300]
+        assert r.json()["detail"].startswith("preprocessing spec: ") and "nested" in r.json()["detail"]
+    assert not any((app.state.storage.root / "challenges" / "uploads").iterdir())

@@ -148,3 +148,42 @@ def test_a_deeply_nested_preprocessing_spec_is_a_422_and_leaves_nothing(app, len
         assert r.status_code == 422, r.text[:300]
         assert r.json()["detail"].startswith("preprocessing spec: ") and "nested" in r.json()["detail"]
     assert not any((app.state.storage.root / "challenges" / "uploads").iterdir())
+
+
+def _page_login(client, username: str, password: str) -> str:
+    """Log ``client`` in through the login form; the page CSRF token for its next forms."""
+    import re
+
+    token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/login").text).group(1)
+    r = client.post("/login", data={"username": username, "password": password, "csrf_token": token},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text[:300]
+    return token
+
+
+def test_the_new_challenge_form_reads_no_participants_yaml_and_refuses_deep_yaml(app, lenient):
+    """A participant's spec is refused before it is parsed; a host's ``[[[...]]]`` (within the field's
+    200,000 characters, deeper than the YAML parser can go) is a 422 on the form, not a 500."""
+    from deepsift.server.accounts import create_user
+
+    deep = "[" * 50_000 + "]" * 50_000
+    register(lenient, "mallory")
+    token = _page_login(lenient, "mallory", "password-123")
+    r = lenient.post("/host/new", data={"spec": deep, "csrf_token": token}, headers={"accept": "text/html"})
+    assert r.status_code == 403 and "only hosts create challenges" in r.text, r.text[-300:]
+    with app.state.db.session(write=True) as s:
+        create_user(s, username="hoster", password="host-password", role="host")
+    lenient.cookies.clear()
+    token = _page_login(lenient, "hoster", "host-password")
+    r = lenient.post("/host/new", data={"spec": deep, "csrf_token": token}, headers={"accept": "text/html"})
+    assert r.status_code == 422 and "not valid YAML: nested too deeply" in r.text, r.text[-300:]
+
+
+def test_a_spec_file_nested_too_deeply_is_one_clear_error(tmp_path):
+    from deepsift.challenges.spec import load_spec
+    from deepsift.exceptions import InvalidInputError
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(InvalidInputError, match="not valid YAML \\(nested too deeply\\)"):
+        load_spec(path)

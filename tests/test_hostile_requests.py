@@ -187,3 +187,18 @@ def test_a_spec_file_nested_too_deeply_is_one_clear_error(tmp_path):
     path.write_text("[" * 50_000 + "]" * 50_000)
     with pytest.raises(InvalidInputError, match="not valid YAML \\(nested too deeply\\)"):
         load_spec(path)
+
+
+def test_a_team_cannot_pass_itself_off_as_another_with_look_alike_letters(app, lenient, tmp_path):
+    """A Cyrillic "е" in "Tеam A", or full-width "ｔｅａｍ ａ", would show on the boards as "Team A"."""
+    hosted = host_challenge(app, lenient, tmp_path)
+    url = f"/api/challenges/{hosted.slug}/teams"
+    assert lenient.post(url, json={"name": "Team A"}, headers=register(lenient, "alice").auth).status_code == 201
+    r = lenient.post(url, json={"name": "T\u0435am A"}, headers=register(lenient, "mallory").auth)
+    assert r.status_code == 422 and "mixes cyrillic, latin letters" in r.json()["detail"], r.text
+    r = lenient.post(url, json={"name": "\uff54\uff45\uff41\uff4d \uff41"}, headers=register(lenient, "mallet").auth)
+    assert r.status_code == 409 and "'team a' exists" in r.json()["detail"], r.text
+    for i, name in enumerate(["\u041a\u043e\u043c\u0430\u043d\u0434\u0430 1", "\u6771\u4eac\u30c1\u30fc\u30e0 Tokyo",
+                              "\u00c9quipe \u00dcnique"]):  # one script, or the mixes real names use
+        r = lenient.post(url, json={"name": name}, headers=register(lenient, f"player{i}").auth)
+        assert r.status_code == 201 and r.json()["name"] == name, r.text

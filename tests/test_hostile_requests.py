@@ -202,3 +202,21 @@ def test_a_team_cannot_pass_itself_off_as_another_with_look_alike_letters(app, l
                               "\u00c9quipe \u00dcnique"]):  # one script, or the mixes real names use
         r = lenient.post(url, json={"name": name}, headers=register(lenient, f"player{i}").auth)
         assert r.status_code == 201 and r.json()["name"] == name, r.text
+
+
+def test_json_and_form_bodies_over_2_mib_are_refused_before_they_are_parsed(app, lenient, tmp_path):
+    """JSON and URL-encoded bodies are read whole and parsed into objects many times their size: capped far
+    below the upload limit (which multipart file uploads keep)."""
+    from platformkit import join, submit
+
+    zeros = b"[" + b"0," * (3 << 20) + b"0]"  # a 6 MiB array: 3 million objects once parsed
+    for ctype in ("application/json", "application/vnd.api+json"):
+        r = lenient.post("/api/auth/register", content=zeros, headers={"content-type": ctype})
+        assert r.status_code == 413 and "JSON or form body" in r.json()["detail"], r.text[:300]
+    form = b"username=a&password=" + b"p" * (3 << 20)
+    r = lenient.post("/login", content=form, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 413, r.text[:300]
+    hosted = host_challenge(app, lenient, tmp_path)
+    alice = join(lenient, hosted.slug, register(lenient, "alice"), "Team A")
+    r = submit(lenient, hosted, alice, b"id,score\n" + b"x" * (3 << 20), "big.csv")  # a file: read, then judged
+    assert r.status_code == 422 and r.json()["detail"].startswith("big.csv line 2: longer than"), r.text[:300]

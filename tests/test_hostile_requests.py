@@ -109,8 +109,12 @@ def test_one_address_cannot_start_more_than_its_share_of_large_uploads(database_
 
     app = create_app(make_settings(database_url, tmp_path / "data", max_uploads_per_client=2))
     size = 4 << 20
-    head = (f"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n").encode()
+    head = (f"POST /api/challenges/c1/phases/dev/submissions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {size}\r\n"
+            f"Expect: 100-continue\r\n\r\n").encode()  # anonymous: refused, but only once its form is read
+    part = b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="p.csv"\r\n\r\n'
+    body = part + b"x" * (size - len(part) - 11) + b"\r\n--XyZ--\r\n"
+    assert len(body) == size
     try:
         with LiveServer(app) as live:
             def connect() -> socket.socket:
@@ -124,8 +128,8 @@ def test_one_address_cannot_start_more_than_its_share_of_large_uploads(database_
                 refused = _read_head(third)
                 assert refused.startswith(b"HTTP/1.1 429 ") and b"retry-after: 1" in refused.lower(), refused
                 for s in (first, second):  # the slots' own uploads go on undisturbed
-                    s.sendall(b'{"username": "x", "password": "' + b"p" * (size - 33) + b'"}')
-                    assert _read_head(s).startswith(b"HTTP/1.1 422 ")
+                    s.sendall(body)
+                    assert _read_head(s).startswith(b"HTTP/1.1 401 ")
             small = (b'{"username": "dora", "password": "password-123"}')
             with connect() as after:  # small requests never wait for a slot
                 after.sendall(b"POST /api/auth/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

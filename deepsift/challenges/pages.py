@@ -247,11 +247,15 @@ def new_challenge_form(request: Request, user: RequireUser, session: DbSession,
 
     from .spec import parse_spec
 
+    if not user.is_host:  # before any parsing: a participant's text is never read
+        raise ForbiddenError("only hosts create challenges")
     try:
         try:
             data = yaml.safe_load(spec)
         except yaml.YAMLError as exc:
             raise InvalidInputError(f"not valid YAML: {str(exc).splitlines()[0]}") from None
+        except RecursionError:  # [[[[...]]]]: within the field's size, deeper than the YAML parser can go
+            raise InvalidInputError("not valid YAML: nested too deeply") from None
         if not isinstance(data, dict):
             raise InvalidInputError("a challenge spec is a mapping (slug, title, phases, ...)")
         parsed = parse_spec(data)

@@ -82,6 +82,8 @@ def parse_preprocessing(data: object) -> Preprocessing:
         return Preprocessing.model_validate(data or {})
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"preprocessing spec: not JSON ({exc.msg})") from None
+    except RecursionError:  # [[[[...]]]]: short enough for the field, too deep for Python's JSON decoder
+        raise InvalidInputError("preprocessing spec: nested too deeply (a spec is one flat JSON object)") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         raise InvalidInputError(f"preprocessing spec: {'.'.join(map(str, err['loc'])) or 'spec'}: {err['msg']}") from None

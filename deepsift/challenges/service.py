@@ -30,6 +30,35 @@ from .spec import ChallengeSpec, PhaseSpec
 from .testsets import ARCHIVE_FILE, ImportResult, Item, build_testset, load_key
 
 TEAM_NAME = re.compile(r"^[\w][\w .-]{1,58}[\w.]$")
+SCRIPT_MIXES = ({"LATIN", "CJK", "HIRAGANA", "KATAKANA"}, {"LATIN", "CJK", "HANGUL"}, {"LATIN", "CJK", "BOPOMOFO"})
+"""Scripts one team name may mix (Unicode's "highly restrictive" profile); any other mix, such as a Cyrillic
+"е" inside "Team A", is how a team would pass itself off as another on the boards."""
+
+
+def scripts_of(name: str) -> set[str]:
+    """The scripts of the letters of ``name`` (the first word of each letter's Unicode name: LATIN, CYRILLIC, ...)."""
+    import unicodedata
+
+    out = set()
+    for ch in name:
+        if ch.isalpha():
+            word = unicodedata.name(ch, "UNKNOWN").split()[0]
+            out.add("KATAKANA" if word.startswith("KATAKANA") else word)
+    return out
+
+
+def team_name(raw: str) -> str:
+    """A team name as stored: NFKC-normalised, spaces collapsed; InvalidInputError unless valid and of one script."""
+    import unicodedata
+
+    name = " ".join(unicodedata.normalize("NFKC", raw or "").split())
+    if not TEAM_NAME.match(name):
+        raise InvalidInputError("a team name is 3-60 letters, digits, spaces, '.', '-' or '_'")
+    scripts = scripts_of(name)
+    if len(scripts) > 1 and not any(scripts <= mix for mix in SCRIPT_MIXES):
+        raise InvalidInputError(f"a team name is written in one script; this one mixes {', '.join(sorted(scripts)).lower()}"
+                                " letters (which can make it look like another team's)")
+    return name
 AREA = "challenges"
 
 
@@ -234,9 +263,7 @@ def team_of(session: Session, ch: Challenge, user: User | None) -> Team | None:
 
 def create_team(session: Session, ch: Challenge, user: User, name: str) -> Team:
     """A new team with ``user`` as its first member; ConflictError if taken or already in a team."""
-    name = " ".join((name or "").split())
-    if not TEAM_NAME.match(name):
-        raise InvalidInputError("a team name is 3-60 letters, digits, spaces, '.', '-' or '_'")
+    name = team_name(name)
     if team_of(session, ch, user) is not None:
         raise ConflictError("you are already in a team of this challenge")
     if session.scalar(select(Team.id).where(Team.challenge_id == ch.id, func.lower(Team.name) == name.lower())):

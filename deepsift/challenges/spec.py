@@ -201,6 +201,8 @@ def load_spec(path: str | os.PathLike) -> ChallengeSpec:
         raise InvalidInputError(f"{p}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise InvalidInputError(f"{p}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise InvalidInputError(f"{p}: a challenge spec is a mapping (slug, title, phases, ...)")
     spec = parse_spec(data)

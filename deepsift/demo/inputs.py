@@ -4,7 +4,9 @@
 Types are told by their bytes, never by a name or a Content-Type: only the formats in
 :data:`FORMATS` are opened at all (an SVG, an HTML page or a PDF renamed ``.png`` is "not a
 supported image"). The byte cap holds while reading; the pixel cap is checked from the header
-before any pixel is decoded (decompression bombs cost nothing). Every refusal is an
+before any pixel is decoded (decompression bombs cost nothing), and a file of far more chunks, blocks
+or markers than an image of its size holds is refused before any parser walks them
+(:mod:`deepsift.demo.containers`). Every refusal is an
 :class:`~deepsift.exceptions.ImageError` with one clear line.
 
 The detector's input is made here, on the demo's pool, exactly as ``deepsift detect`` makes
@@ -24,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from ..exceptions import DeepsiftError, ImageDecodeError, ImageTooLargeError
 from ..images import MAX_PIXELS, crop_uint8, decode_image
 from ..model.decoding import Preprocessing, error_text, window_pixels
+from .containers import check_segments
 from .reduced import PREVIEW_PIXELS, reduced_image, shrink
 
 FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
@@ -87,6 +90,7 @@ def sniff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[str, tu
     if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")):
         raise ImageDecodeError(f"{name}: an SVG/HTML/XML document, not a supported image "
                                f"({', '.join(sorted(set(FORMATS) - {'MPO'}))})")
+    check_segments(data, name)  # before any parser walks a file of a million tiny chunks
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -93,10 +93,13 @@ def read_trust_list(path: str) -> str:
 
 
 def _reader(c2pa: Any, media_type: str, data: bytes, trust_list: str | None) -> Any:
-    if not trust_list:
-        return c2pa.Reader.try_create(media_type, io.BytesIO(data))
-    settings = c2pa.Settings.from_dict({"verify": {"verify_trust": True},
-                                        "trust": {"trust_anchors": read_trust_list(trust_list)}})
+    # never fetch a "remote manifest": its URL is the uploader's (XMP dcterms:provenance), and fetching it
+    # would let any upload make this server request any address, its own network's included
+    verify: dict[str, Any] = {"remote_manifest_fetch": False}
+    trust = {"trust": {"trust_anchors": read_trust_list(trust_list)}} if trust_list else {}
+    if trust_list:
+        verify["verify_trust"] = True
+    settings = c2pa.Settings.from_dict({"verify": verify, **trust})
     try:
         return c2pa.Reader.try_create(media_type, io.BytesIO(data), context=c2pa.Context(settings))
     finally:

@@ -8,6 +8,7 @@ templates, static files and tables. The JSON API lives under ``/api/`` and is de
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from typing import AsyncIterator, Sequence
 
@@ -23,6 +24,7 @@ from .db import Database, make_private_dir
 from .domains import Domain, installed_domains
 from .security import RATE_LIMIT_FILE, RateLimiter, SharedRateLimiter, error_headers
 from .settings import Settings
+from .uploadslots import UploadSlots
 from .web import HERE, BodyLimit, RejectNul, SecurityHeaders, make_environment, render, wants_html
 
 log = logging.getLogger("deepsift.server")
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None, *, domains: Sequence[str | Doma
 
     _error_handlers(app)
     app.add_middleware(RejectNul)
+    app.add_middleware(UploadSlots, settings=settings)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes + (1 << 20))  # + multipart overhead
     app.add_middleware(SecurityHeaders, settings=settings)
 
@@ -124,10 +127,25 @@ def app_from_env() -> FastAPI:
     return create_app(Settings())
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: text a client escaped into its request (a lone
+    surrogate such as ``"\\ud800"`` is valid JSON but no UTF-8) can be echoed back without a 500."""
+
+    def render(self, content: object) -> bytes:
+        """The content as ASCII JSON (same separators as Starlette's)."""
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def _error_handlers(app: FastAPI) -> None:
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from sqlalchemy.exc import DBAPIError
 
     from .db import is_transient
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, 422)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError):  # type: ignore[no-untyped-def]

@@ -138,9 +138,12 @@ def migrate(settings) -> list[str]:  # type: ignore[no-untyped-def]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Migrate, start the domains' background workers, serve until stopped."""
+    import functools
+
     import uvicorn
 
     from ..output import note
+    from .slowclients import GuardedH11Protocol
 
     if args.processes > 1:  # the processes share their rate-limit counts (else each allows the whole limit)
         os.environ["DEEPSIFT_RATE_LIMIT_STORE"] = "file"
@@ -154,7 +157,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         _run_uvicorn(uvicorn.Config("deepsift.server.app:app_from_env", factory=True, host=args.host, port=args.port,
                                     workers=args.processes, log_level=level, proxy_headers=settings.trusted_proxy,
-                                    forwarded_allow_ips=settings.trusted_proxy_ips, server_header=False))
+                                    forwarded_allow_ips=settings.trusted_proxy_ips, server_header=False,
+                                    http=functools.partial(GuardedH11Protocol, header_timeout=settings.header_timeout_s,
+                                                           body_idle_timeout=settings.body_idle_timeout_s)))
     finally:
         _stop_background(children)
     return EXIT_OK

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     session_days: float = Field(14.0, gt=0, description="lifetime of a login session")
     token_days: float = Field(90.0, ge=0, description="default lifetime of a new API token (0: never expires)")
     max_upload_mb: float = Field(256.0, gt=0, description="largest accepted upload")
+    max_uploads_per_client: int = Field(4, ge=1, description="request bodies over 1 MiB one client address may "
+                                                             "send at once (per server process); one more gets a 429 "
+                                                             "before its body is read")
     max_archive_files: int = Field(100_000, ge=1, description="most members in an uploaded archive")
     login_rate: str = Field("10/minute", description="login/registration attempts per client address")
     login_account_rate: str = Field("10/15min", description="failed logins per account (from any address); beyond "
@@ -69,6 +72,13 @@ class Settings(BaseSettings):
     rate_limit_store: Literal["memory", "file"] = Field(
         "memory", description="where rate-limit counts live: this process's memory, or a file in data_dir that "
                               "every process of the machine shares (serve --processes N sets it)")
+    header_timeout_s: float = Field(10.0, gt=0, description="seconds a client has to send a request's headers "
+                                                          "(from its first byte): a slower one gets a 408 and is "
+                                                          "disconnected (deepsift serve)")
+    body_idle_timeout_s: float = Field(60.0, gt=0, description="seconds a request's body may send nothing before "
+                                                               "the client is disconnected; a body of declared "
+                                                               "length must also arrive within this plus one second "
+                                                               "per KiB (deepsift serve)")
     db_pool_size: int = Field(10, ge=1, le=500, description="database connections per server process (PostgreSQL)")
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0, description="how long SQLite waits for a lock before failing")
     migrate_on_start: bool = Field(True, description="create_app upgrades the database at start-up")

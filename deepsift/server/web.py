@@ -110,12 +110,20 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+MAX_TEXT_BODY = 2 << 20
+"""Largest JSON or URL-encoded form body: they are read whole into memory and parsed into objects many
+times their size (a 256 MiB JSON array of zeros takes gigabytes), and none needs more (files come as
+multipart/form-data)."""
+PARSED_IN_MEMORY = (b"application/json", b"application/x-www-form-urlencoded")
+
+
 class BodyLimit:
     """ASGI middleware: a request body larger than ``max_bytes`` gets a 413 before it fills the disk.
 
     A declared Content-Length over the cap is refused at once; a chunked body is counted as it
     arrives and cut off at the cap. A domain may set a smaller cap for its paths in
-    ``app.state.body_limits`` (path prefix -> bytes).
+    ``app.state.body_limits`` (path prefix -> bytes); a JSON or URL-encoded form body is capped at
+    :data:`MAX_TEXT_BODY`.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -132,7 +140,12 @@ class BodyLimit:
         for prefix, cap in getattr(getattr(scope.get("app"), "state", None), "body_limits", {}).items():
             if path.startswith(prefix):
                 limit = min(limit, cap)
-        too_big = JSONResponse({"detail": f"request body larger than the {limit / (1 << 20):g} MiB limit"}, 413)
+        ctype = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype in PARSED_IN_MEMORY or ctype.endswith(b"+json"):  # files come as multipart/form-data
+            limit = min(limit, MAX_TEXT_BODY)
+        too_big = JSONResponse({"detail": f"request body larger than the {limit / (1 << 20):g} MiB limit"
+                                          + (" of a JSON or form body (files go in multipart/form-data)"
+                                             if limit == MAX_TEXT_BODY else "")}, 413)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await too_big(scope, receive, send)

@@ -14,14 +14,7 @@ Output files (tested in ``tests/test_output.py`` and ``tests/test_full_disk.py``
   becomes ``\\xNN`` (``caf\\xe9.png``). No row is ever lost to it.
 * A target that exists and is not a regular file (``/dev/null``, a FIFO, a terminal) is written in
   place, never replaced by a rename (:func:`is_special_file`); it keeps no ``.partial``.
-* :func:`ensure_writable_dir` and :func:`ensure_writable_file` check an output place before the
-  expensive work starts: one :class:`~deepsift.exceptions.DataError` line, nothing written.
-  :func:`output_file` and :func:`output_dir` are the checks every command that writes uses: a
-  missing parent is created, a read-only place, a folder where a file is due (or the reverse)
-  and a device node or FIFO where a file is renamed into place are one line each, before any
-  work; a symbolic link is written through (its target is the output), never replaced.
-* Files and folders follow the user's umask (:func:`umask_mode`), as ``open`` and ``mkdir`` do,
-  even where a private temporary (0600 / 0700) is renamed into place.
+* Checking an output place before the work, and the modes of new files: :mod:`deepsift.outplaces`.
 """
 from __future__ import annotations
 
@@ -31,7 +24,6 @@ import json
 import math
 import os
 import signal
-import stat
 import sys
 import tempfile
 import threading
@@ -40,6 +32,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 from .choices import OUTPUT_FORMATS  # re-exported: the formats of result rows
 from .exceptions import EXIT_PARTIAL, DataError, Terminated
+from .outplaces import is_special_file, through_links, umask_mode
 
 PREDICTION_COLUMNS = ["source", "verdict", "label", "probability", "score", "head", "generator", "error"]
 EXIT_SOME_FAILED = EXIT_PARTIAL
@@ -365,87 +358,6 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
             target.discard()
             raise
         target.commit()
-
-
-def ensure_writable_dir(path: str | os.PathLike) -> Path:
-    """Create folder ``path`` if needed and prove a file can be written in it; else one DataError line."""
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".deepsift-probe-"):
-            pass
-    except OSError as exc:
-        raise DataError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    return folder
-
-
-def umask_mode(folder: bool = False) -> int:
-    """The mode a new file (0666) or folder (0777) gets under the process umask."""
-    mask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
-
-
-def through_links(path: str | os.PathLike) -> Path:
-    """``path``, or the file or folder a symbolic link there points to (outputs write through links)."""
-    target = Path(path)
-    return Path(os.path.realpath(target)) if target.is_symlink() else target
-
-
-def output_file(path: str | os.PathLike, *, special: bool = False) -> Path:
-    """Check a file output before the work (the one check of every command writing a file); returns where to write.
-
-    A link is followed; a folder is refused; a device node or FIFO is refused unless ``special``
-    (a stream written in place); the parent is created and must take a new file.
-    """
-    target = through_links(path)
-    if target.is_dir():
-        raise DataError(f"cannot write {path}: is a directory")
-    if is_special_file(target) and not special:
-        raise DataError(f"cannot write {path}: not a regular file (a device, FIFO or socket); it is left as it is")
-    return ensure_writable_file(target)
-
-
-def output_dir(path: str | os.PathLike) -> Path:
-    """Check a folder output before the work (the one check of every command writing a folder); returns it.
-
-    A link to a folder is followed; an existing file, device or FIFO is refused, not replaced;
-    a missing folder (and its parents) is created; it must take a new file.
-    """
-    target = through_links(path)
-    if target.exists() and not target.is_dir():
-        raise DataError(f"cannot write to {path}: it exists and is not a folder; it is left as it is")
-    return ensure_writable_dir(target)
-
-
-def is_special_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` exists and is neither a regular file nor a folder (``/dev/null``, a FIFO, a tty)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
-
-
-def ensure_writable_file(path: str | os.PathLike) -> Path:
-    """Check that file ``path`` can be written: not a folder, in a folder that takes new files.
-
-    Files are written to a temporary name and renamed over ``path``, so the folder is what counts.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise DataError(f"cannot write {target}: is a directory")
-    if is_special_file(target):
-        if not os.access(target, os.W_OK):
-            raise DataError(f"cannot write {target}: permission denied")
-        return target
-    ensure_writable_dir(target.parent)
-    return target
 
 
 _CONSOLE_LEVEL = 0

@@ -53,7 +53,7 @@ class Run:
             if not resume and any(self.done(s) for s in STEPS):
                 raise UsageError(f"{self.out} holds a started adaptation: resume it (the resume option) or use another "
                                  f"output folder")
-        from ..output import ensure_writable_dir
+        from ..outplaces import ensure_writable_dir
 
         ensure_writable_dir(self.out)
         self.steps.mkdir(parents=True, exist_ok=True)

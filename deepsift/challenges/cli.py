@@ -316,7 +316,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     with _client(args) as c:
         path = c.download(args.challenge, args.phase, args.out or ".")
     if args.extract:
-        from ..output import is_special_file
+        from ..outplaces import is_special_file
         from .client import extract_images
 
         if is_special_file(path):

@@ -194,7 +194,8 @@ class Client:
 
         ``progress``: a progress bar on stderr (None: when stderr is a terminal; see :func:`deepsift.output.progress`).
         """
-        from ..output import is_special_file, progress as progress_bar
+        from ..outplaces import is_special_file
+        from ..output import progress as progress_bar
 
         info = self.challenge(challenge)
         ph = next((p for p in info["phases"] if p["slug"] == phase), None)

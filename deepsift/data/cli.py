@@ -150,7 +150,8 @@ def cmd_fetch_real(args: argparse.Namespace) -> int:
     import itertools
 
     from ..images import MAX_PIXELS
-    from ..output import ensure_writable_dir, note
+    from ..outplaces import ensure_writable_dir
+    from ..output import note
     from .fetch import STATUS_FILE, Fetcher, FetchConfig
 
     config = FetchConfig(
@@ -179,7 +180,7 @@ def cmd_export_wds(args: argparse.Namespace) -> int:
     from ..output import note
     from .webdataset import export_webdataset
 
-    from ..output import output_dir
+    from ..outplaces import output_dir
 
     out = output_dir(args.out)  # a file, device or unwritable place: one line, before reading any shard
     if not args.overwrite and out.is_dir() and any(out.iterdir()):
@@ -206,7 +207,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     if args.val_fraction + args.test_fraction > 1:
         raise UsageError(f"--val-fraction {args.val_fraction:g} and --test-fraction {args.test_fraction:g} "
                          f"add up to more than 1")
-    from ..output import ensure_writable_dir
+    from ..outplaces import ensure_writable_dir
 
     ensure_writable_dir(args.out)  # before reading every shard
     folder = _folder_dataset(args.sources)

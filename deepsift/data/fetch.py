@@ -44,7 +44,7 @@ from .. import __version__
 from ..exceptions import DataError, ImageDecodeError, ImageTooLargeError, URLNotAllowedError, UsageError
 from ..filenames import safe_name  # noqa: F401  (re-exported: the image file name of an id)
 from ..images import MAX_PIXELS, decode_image
-from ..output import ensure_writable_dir
+from ..outplaces import ensure_writable_dir
 
 if TYPE_CHECKING:
     from .statusindex import StatusIndex

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..exceptions import DataError, UsageError
-from ..output import ensure_writable_dir
+from ..outplaces import ensure_writable_dir
 from .schema import D3Record
 from .writer import DEFAULT_MAX_SHARD_BYTES, ShardWriter
 

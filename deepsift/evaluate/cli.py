@@ -191,7 +191,7 @@ def _check_report(args: argparse.Namespace) -> None:
             raise UsageError(f"--report {args.report} is inside the dataset {args.data}: its plots would be read "
                              f"as images by the next run; write the report elsewhere")
     if getattr(args, "report", None):
-        from ..output import ensure_writable_dir
+        from ..outplaces import ensure_writable_dir
 
         ensure_writable_dir(args.report)
 
@@ -345,7 +345,7 @@ def _cmd_scores(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..output import output_file
+    from ..outplaces import output_file
     from .calibration import Calibrator, threshold_for_fpr
     from .scorefiles import RAW_SCORE_COLUMNS, join, read_labels, read_scores
 

@@ -69,7 +69,7 @@ class Report:
         All or nothing: the files are staged in a hidden folder inside ``folder`` and moved into
         place once every one is written; a failure is one DataError line and leaves no new file.
         """
-        from ..output import ensure_writable_dir
+        from ..outplaces import ensure_writable_dir
 
         final = ensure_writable_dir(folder)
         stage = Path(tempfile.mkdtemp(prefix=".report-", dir=final))

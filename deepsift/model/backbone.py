@@ -153,7 +153,7 @@ def save_backbone(net: ViTModel, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     net.save_pretrained(out, safe_serialization=True)
-    from ..output import umask_mode
+    from ..outplaces import umask_mode
 
     for f in out.glob("*.safetensors"):
         os.chmod(f, umask_mode())  # safetensors writes 0600: the user's umask instead

@@ -233,7 +233,8 @@ def cmd_import_official(args: argparse.Namespace) -> int:
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """deepsift export onnx."""
-    from ..output import note, output_file
+    from ..outplaces import output_file
+    from ..output import note
     from .backbone import load_backbone
     from .onnx import ONNX_TOLERANCE, check_onnx, export_onnx
 

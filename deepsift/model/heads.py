@@ -104,7 +104,7 @@ class Head:
         out.mkdir(parents=True, exist_ok=True)
         arrays = {k: np.ascontiguousarray(getattr(self, k + "_")) for k in self._arrays}
         save_file(arrays, str(out / "head.safetensors"))
-        from ..output import umask_mode
+        from ..outplaces import umask_mode
 
         os.chmod(out / "head.safetensors", umask_mode())  # safetensors writes 0600: the user's umask instead
         meta = {"format_version": HEAD_FORMAT_VERSION, "kind": self.kind, "params": self._params(),

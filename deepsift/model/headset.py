@@ -45,7 +45,7 @@ def _folder_name(name: str) -> str:
 
 def check_heads_folder(folder: str | Path) -> Path:
     """Check, before any work, that :func:`save_headset` can write ``folder`` (one DataError line if not)."""
-    from ..output import ensure_writable_dir, through_links
+    from ..outplaces import ensure_writable_dir, through_links
 
     out = through_links(folder)  # a link to a folder: the heads go into its target, the link stays
     if out.exists() and not out.is_dir():
@@ -70,7 +70,7 @@ def save_headset(heads: dict[str, Head], folder: str | Path, *, model: str | Non
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        from ..output import umask_mode
+        from ..outplaces import umask_mode
 
         os.chmod(stage, umask_mode(folder=True))  # the user's umask, not mkdtemp's 0700
     except OSError as exc:

@@ -34,7 +34,7 @@ class _EmbeddingOnly(torch.nn.Module):
 
 def export_onnx(net: ViTModel, out_path: str | os.PathLike, opset: int = 18) -> Path:
     """Export ``net`` to ONNX with a dynamic batch axis, writing atomically to ``out_path``."""
-    from ..output import output_file, umask_mode
+    from ..outplaces import output_file, umask_mode
 
     out = output_file(out_path)  # a folder, a device or an unwritable place: one line, nothing replaced
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

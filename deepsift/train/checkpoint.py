@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..exceptions import DataError
-from ..output import umask_mode
+from ..outplaces import umask_mode
 
 NAME = "checkpoint"
 BEST = "best.safetensors"

@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = {**base, **(read_config_file(args.config) if args.config else {})}
     cfg = make_config(None, **{**values, **_flags(args)})
     if args.resume is None:
-        from ..output import output_dir
+        from ..outplaces import output_dir
 
         output_dir(out)  # a file, device or unwritable place: one line before any work, nothing replaced
     from .loop import train

@@ -105,7 +105,7 @@ class Baseline:
     def save(self, out_dir: str | os.PathLike) -> Path:
         """Write ``baseline.json`` and ``weights.safetensors`` into ``out_dir``; returns the folder."""
         from ...exceptions import DataError
-        from ...output import output_dir, umask_mode
+        from ...outplaces import output_dir, umask_mode
 
         self._check_fitted()
         out = output_dir(out_dir)

@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     wrong = [MODEL_OPTIONS[k] for k in params if k not in accepted]
     if wrong:
         raise UsageError(f"{', '.join(wrong)} does not apply to the {args.name} baseline")
-    from ...output import output_dir
+    from ...outplaces import output_dir
 
     output_dir(args.out)  # before reading and fitting: one line, nothing replaced
     det = get_baseline(args.name, **params, **_runtime(args, accepted))

@@ -59,6 +59,8 @@ def team_name(raw: str) -> str:
         raise InvalidInputError(f"a team name is written in one script; this one mixes {', '.join(sorted(scripts)).lower()}"
                                 " letters (which can make it look like another team's)")
     return name
+
+
 AREA = "challenges"
 
 

@@ -275,30 +275,61 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated("SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: _interrupt(Terminated("SIGTERM")))
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-_HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+class _Held:
+    """The main thread's row write in progress (``depth``) and the interrupt it holds back (``pending``)."""
+
+    depth = 0
+    pending: BaseException | None = None
+
+
+def _interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` (from a signal handler, which Python runs in the main thread), unless a row is being written
+    there: then it is raised once that row is written and counted."""
+    if _Held.depth:
+        _Held.pending = _Held.pending or exc
+        return
+    raise exc
 
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM for the block (main thread only); one that arrived is handled as it ends."""
+    """Hold back Ctrl-C and SIGTERM (as handled by :func:`_interrupt`) for the block, in the main thread only.
+
+    Masking the signals would not do: the kernel hands a process's signal to any thread that does not
+    mask it (the engine's), and Python then runs its handler in the main thread all the same.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+    _Held.depth += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        _Held.depth -= 1
+        pending, _Held.pending = _Held.pending, None
+    if pending is not None:
+        raise pending
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Within the block, Ctrl-C goes through :func:`_interrupt` (main thread, Python's own handler only)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: _interrupt(KeyboardInterrupt()))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _reason(exc: BaseException) -> str:
@@ -328,7 +359,7 @@ def open_rows(out: str | None, fmt: str, columns: list[str]) -> Iterator[RowWrit
                             f"were written and flushed") from None
         return
     target = AtomicOutput(out)
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), _ctrl_c_held():
         writer = RowWriter(target.stream, fmt, columns, on_row=target.mark)
         try:
             yield writer

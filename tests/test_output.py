@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -165,9 +166,18 @@ def _interrupted_detect(code_model_dir, heads, many, out, fmt, sig):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_a_signal_landing_between_a_rows_flush_and_its_count_keeps_the_row(tmp_path, fmt):
-    """Ctrl-C arriving right after a row reached the file, before the writer counted it: the row is kept."""
+    """Ctrl-C arriving right after a row reached the file, before the writer counted it: the row is kept.
+
+    Sent to the process with another thread alive (as the engine's are), which the kernel may hand it to;
+    the hook returns once the signal has been received (Python's wake-up fd), so the race is decided."""
     out = tmp_path / f"res.{fmt}"
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background suite may ignore SIGINT
+    done = threading.Event()
+    other = threading.Thread(target=done.wait)
+    other.start()
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    wakeup_before = signal.set_wakeup_fd(wake)
     try:
         with pytest.raises(KeyboardInterrupt), open_rows(str(out), fmt, ["source", "error"]) as writer:
             writer.write({"source": "a.png", "error": None})
@@ -176,13 +186,18 @@ def test_a_signal_landing_between_a_rows_flush_and_its_count_keeps_the_row(tmp_p
             def flush_then_ctrl_c() -> None:  # once
                 writer.stream.flush = flush  # type: ignore[method-assign]
                 flush()
-                signal.raise_signal(signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                assert select.select([woken], [], [], 30)[0], "the signal never arrived"
 
             writer.stream.flush = flush_then_ctrl_c  # type: ignore[method-assign]
             writer.write({"source": "b.png", "error": None})
             writer.write({"source": "c.png", "error": None})
     finally:
         signal.signal(signal.SIGINT, before)
+        signal.set_wakeup_fd(wakeup_before)
+        os.close(woken), os.close(wake)
+        done.set()
+        other.join()
     text = out.with_name(out.name + PARTIAL_SUFFIX).read_text()
     rows = _read(fmt, "".join(text.splitlines(keepends=True)[:-1]))
     assert [r["source"] for r in rows] == ["a.png", "b.png"]

@@ -168,22 +168,8 @@ def check_devices_early(args: argparse.Namespace) -> None:
                           f"use the device 'cpu' or 'auto'")
 
 
-OPENMP_SPIN = "10000"
-"""``GOMP_SPINCOUNT`` the ``deepsift`` command sets unless the user set it or ``OMP_WAIT_POLICY``: torch's OpenMP
-threads (libgomp) spin ~0.1 ms at a barrier before they sleep, not ~3 ms (libgomp's default). As fast on an idle
-machine; on a busy one a team member spinning for a preempted sibling stalled a one-image forward for up to 2 s
-(``benchmarks/README.md``, "OpenMP spin"). libgomp reads it once, when torch loads."""
-
-
-def quiet_openmp_spin() -> None:
-    """Shorten libgomp's spin-wait for this process and its children (before torch is imported; a user's setting wins)."""
-    if "torch" not in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
-        os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``deepsift`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    quiet_openmp_spin()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -8,6 +8,17 @@ from typing import Callable
 Route = tuple[int, str, bytes]
 
 
+def read_head(sock) -> bytes:  # type: ignore[no-untyped-def]
+    """An HTTP message head read from ``sock`` up to its blank line, or what came before the peer closed."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 class LocalServer:
     """Serve ``routes`` (path -> (status, content-type, body) or a callable returning one)."""
 
@@ -100,12 +111,8 @@ class DripServer:
     def _drip(self, conn) -> None:  # type: ignore[no-untyped-def]
         with conn:
             try:
-                buf = b""
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        return
-                    buf += chunk
+                if b"\r\n\r\n" not in read_head(conn):
+                    return
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n")
                 with self.cond:
                     self.dripping += 1

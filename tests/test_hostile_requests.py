@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from httpserver import read_head
 from platformkit import host_challenge, register
 
 
@@ -90,13 +91,7 @@ def test_deepsift_serve_cuts_off_clients_that_send_too_slowly(tmp_path):
 def _read_head(sock) -> bytes:
     """The server's next response head (up to its blank line), or what came before it closed."""
     sock.settimeout(30)
-    out = b""
-    while b"\r\n\r\n" not in out:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        out += chunk
-    return out
+    return read_head(sock)
 
 
 def test_one_address_cannot_start_more_than_its_share_of_large_uploads(database_url, tmp_path):

@@ -3,7 +3,7 @@
 Layers, lowest first (a module's layer comes from its first name under ``deepsift``):
 
     0 base    exceptions, choices, decision, filenames   (and the package root's __version__)
-    1 io      images, urlfetch, sources, output, hub, jpegcrop, pngcrop, fastdecode, raytools
+    1 io      images, urlfetch, sources, output, outplaces, hub, jpegcrop, pngcrop, fastdecode, raytools
     2 core    model, data
     3 tools   evaluate, generate, train, adapt
     4 apps    challenges, server, web, demo
@@ -26,7 +26,7 @@ import deepsift
 PKG = Path(deepsift.__file__).parent
 LAYERS = {
     "exceptions": 0, "choices": 0, "decision": 0, "filenames": 0,
-    "images": 1, "urlfetch": 1, "sources": 1, "output": 1, "hub": 1, "jpegcrop": 1, "pngcrop": 1, "fastdecode": 1, "raytools": 1,
+    "images": 1, "urlfetch": 1, "sources": 1, "output": 1, "outplaces": 1, "hub": 1, "jpegcrop": 1, "pngcrop": 1, "fastdecode": 1, "raytools": 1,
     "model": 2, "data": 2,
     "evaluate": 3, "generate": 3, "train": 3, "adapt": 3,
     "challenges": 4, "server": 4, "web": 4, "demo": 4,

@@ -231,10 +231,10 @@ def _probe(tmp_path: Path, code: str) -> Path:
 def test_every_process_of_the_namespace_ends_with_its_pid_1(tmp_path):
     """A process started inside (a model cannot, a probe can) does not outlive the model's pid 1: the kernel ends the
     whole PID namespace. The witness: the sleeper holds the pipe of the child's stdout, which then reads its end."""
-    probe = _probe(tmp_path, "import os, sys, time\n"
+    probe = _probe(tmp_path, "import os, signal, sys\n"
                              "pid = os.fork()\n"
                              "if pid == 0:\n"
-                             "    time.sleep(60)\n"
+                             "    signal.pause()  # until a signal ends it: only the namespace's end\n"
                              "    os._exit(0)\n"
                              "sys.stdout.write('%d\\n' % pid)\n")
     proc = sandbox._start(Confinement(memory_mb=1024, time_limit_s=30), script=probe)

@@ -12,6 +12,7 @@ counts them first, stopping as soon as a file holds more than an image of its si
 from __future__ import annotations
 
 from ..exceptions import ImageDecodeError
+from ..pngcrop import SIGNATURE as PNG_SIGNATURE
 
 BASE_SEGMENTS = 16_384
 """Segments any file may hold whatever its size (metadata chunks, the frames of a small animation, markers)."""
@@ -25,7 +26,7 @@ WHAT = {"PNG": "PNG chunks", "JPEG": "JPEG markers before the first scan", "GIF"
 
 def container_format(data: bytes) -> str | None:
     """PNG, JPEG, GIF or WEBP by the file's first bytes; None for anything else."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(b"\xff\xd8"):
         return "JPEG"
